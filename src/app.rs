@@ -1,0 +1,172 @@
+//! `AppState` (built once) and `App`: binds the listener (port 0 allowed, for tests), serves until
+//! a shutdown signal, then drains in order: stop accepting, finish in-flight requests (bounded by
+//! `SHUTDOWN_TIMEOUT_MS`), record `service_stopped`, flush the security log.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::passwords::PasswordHasher;
+use crate::auth::refresh::RefreshTokens;
+use crate::auth::revocation::InProcessRevocations;
+use crate::auth::service::{AuthService, SessionPolicy};
+use crate::auth::tokens::AccessTokens;
+use crate::config::{ConfigError, Settings, resolve_jwt_secret};
+use crate::limits::Limits;
+use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
+use crate::store::{self, postgres::Database};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub settings: Arc<Settings>,
+    pub limits: Arc<Limits>,
+    /// The security log's database, when it has one (for health).
+    pub security_db: Option<Database>,
+    pub started: Instant,
+}
+
+pub struct App {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    pipeline: Pipeline,
+}
+
+impl App {
+    /// Validates the settings, opens the store and the security log, and binds the port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Problems(problems).into());
+        }
+        let secret = resolve_jwt_secret(&settings)?;
+        if settings.rate_limits == crate::config::Switch::Off {
+            tracing::warn!("RATE_LIMITS=off: rate limits and lockouts are disabled");
+        }
+        let store = store::open(&settings).await?;
+        let pipeline = security_log::start(&settings)?;
+        let hasher = PasswordHasher::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.argon2_parallelism,
+            settings.password_hash_concurrency,
+        )?;
+        let auth = AuthService {
+            store,
+            hasher,
+            access: AccessTokens::new(
+                &secret,
+                settings.jwt_secret_previous.as_ref(),
+                &settings.jwt_issuer,
+                &settings.jwt_audience,
+                settings.access_token_ttl_secs,
+            ),
+            refresh: RefreshTokens::new(&secret)?,
+            revocations: Arc::new(InProcessRevocations::default()),
+            events: pipeline.logger.clone(),
+            policy: SessionPolicy::from_settings(&settings),
+        };
+        let listener = TcpListener::bind((settings.host, settings.port))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "could not listen on {}:{}: {e}",
+                    settings.host,
+                    settings.port
+                )
+            })?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            auth: Arc::new(auth),
+            limits: Arc::new(Limits::new(&settings)?),
+            settings: Arc::new(settings),
+            security_db: pipeline.database.clone(),
+            started,
+        };
+        tracing::info!(
+            port,
+            storage = state.auth.store.kind(),
+            security_log = state.auth.events.sink(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "flux-auth listening"
+        );
+        Ok(Self {
+            listener,
+            port,
+            state,
+            pipeline,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Returns when everything is flushed.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            pipeline,
+            ..
+        } = self;
+        let events = state.auth.events.clone();
+        let grace = Duration::from_millis(state.settings.shutdown_timeout_ms);
+        events
+            .record(SecurityEvent::new(EventType::ServiceStarted).with("pid", std::process::id()))
+            .await;
+        let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stopping = CancellationToken::new();
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.cancel();
+            }
+        };
+        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let deadline = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let drain_started;
+        tokio::select! {
+            result = serve => {
+                drain_started = Instant::now();
+                result?;
+            }
+            () = deadline => {
+                drain_started = Instant::now();
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time; closing them");
+            }
+        }
+        events
+            .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))
+            .await;
+        pipeline.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), pipeline.writer)
+            .await
+            .is_err()
+        {
+            tracing::error!("security log writer did not finish draining");
+        }
+        tracing::info!(
+            drain_ms = drain_started.elapsed().as_millis() as u64,
+            "flux-auth stopped"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! Password hashing: argon2id on a fixed set of worker threads, never on the async runtime.
+//!
+//! Each worker owns one argon2 memory buffer (m KiB) and reuses it for every hash, so peak memory
+//! is workers × m no matter how many logins arrive: a naive `spawn_blocking` per hash lets the
+//! allocator keep a freed 19 MiB block per blocking thread and grows to gigabytes under a flood.
+//! Requests wait their turn on a bounded queue. Legacy bcrypt hashes from the old service verify
+//! here too (the candidate trimmed and HTML-escaped as the old service did before hashing).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::PasswordHash;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OnceCell, mpsc, oneshot};
+
+const SALT_BYTES: usize = 16;
+const OUTPUT_BYTES: usize = 32;
+/// Jobs waiting for a worker; beyond this, callers wait to enqueue (and the request timeout
+/// bounds how long).
+const QUEUE_DEPTH: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Valid,
+    /// Valid, but stored with a legacy algorithm or weaker parameters: re-hash it now.
+    ValidNeedsRehash,
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("password hashing is shutting down")]
+    Stopped,
+    #[error("argon2: {0}")]
+    Argon2(String),
+}
+
+enum Job {
+    Hash {
+        password: SecretString,
+        reply: oneshot::Sender<Result<String, HashError>>,
+    },
+    Verify {
+        password: SecretString,
+        stored: String,
+        reply: oneshot::Sender<Verification>,
+    },
+}
+
+pub struct PasswordHasher {
+    jobs: mpsc::Sender<Job>,
+    params: Params,
+    dummy_hash: OnceCell<String>,
+    in_flight: Arc<AtomicUsize>,
+    workers: usize,
+}
+
+impl PasswordHasher {
+    /// Starts `workers` hashing threads (0 = one per core) with the given argon2id cost.
+    pub fn new(
+        memory_kib: u32,
+        iterations: u32,
+        parallelism: u32,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let params = Params::new(memory_kib, iterations, parallelism, Some(OUTPUT_BYTES))
+            .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            workers
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let rx = Arc::new(Mutex::new(rx));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        for i in 0..workers {
+            let rx = rx.clone();
+            let params = params.clone();
+            let in_flight = in_flight.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || worker(rx, params, in_flight))?;
+        }
+        Ok(Self {
+            jobs: tx,
+            params,
+            dummy_hash: OnceCell::new(),
+            in_flight,
+            workers,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Hashes being computed right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> usize {
+        QUEUE_DEPTH - self.jobs.capacity()
+    }
+
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Hash {
+            password: SecretString::from(password),
+            reply,
+        };
+        self.jobs.send(job).await.map_err(|_| HashError::Stopped)?;
+        rx.await.map_err(|_| HashError::Stopped)?
+    }
+
+    /// Verifies `password` against `stored`; with no stored hash (unknown user, Google-only
+    /// account) it verifies against a dummy hash of the same cost and fails, so both paths take
+    /// the same time.
+    pub async fn verify(
+        &self,
+        password: &str,
+        stored: Option<&str>,
+    ) -> Result<Verification, HashError> {
+        let (stored, real) = match stored {
+            Some(hash) => (hash.to_owned(), true),
+            None => (self.dummy_hash().await?.to_owned(), false),
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Verify {
+            password: SecretString::from(password),
+            stored,
+            reply,
+        };
+        self.jobs.send(job).await.map_err(|_| HashError::Stopped)?;
+        let verdict = rx.await.map_err(|_| HashError::Stopped)?;
+        Ok(if real { verdict } else { Verification::Invalid })
+    }
+
+    async fn dummy_hash(&self) -> Result<&str, HashError> {
+        self.dummy_hash
+            .get_or_try_init(|| async {
+                let random: [u8; 24] = super::os_random();
+                self.hash(&B64.encode(random)).await
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, params: Params, in_flight: Arc<AtomicUsize>) {
+    let mut memory = vec![Block::default(); params.block_count()];
+    loop {
+        // One worker waits on the queue at a time; the others wait for the lock.
+        let job = {
+            let Ok(mut guard) = rx.lock() else { return };
+            guard.blocking_recv()
+        };
+        let Some(job) = job else { return };
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        match job {
+            Job::Hash { password, reply } => {
+                let _ = reply.send(hash_with(&params, password.expose_secret(), &mut memory));
+            }
+            Job::Verify {
+                password,
+                stored,
+                reply,
+            } => {
+                let _ = reply.send(verify_with(
+                    &params,
+                    password.expose_secret(),
+                    &stored,
+                    &mut memory,
+                ));
+            }
+        }
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn hash_with(params: &Params, password: &str, memory: &mut [Block]) -> Result<String, HashError> {
+    let salt: [u8; SALT_BYTES] = super::os_random();
+    let mut out = [0u8; OUTPUT_BYTES];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            &salt,
+            &mut out,
+            &mut memory[..params.block_count()],
+        )
+        .map_err(|e| HashError::Argon2(e.to_string()))?;
+    Ok(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        B64.encode(salt),
+        B64.encode(out)
+    ))
+}
+
+fn verify_with(
+    current: &Params,
+    password: &str,
+    stored: &str,
+    memory: &mut Vec<Block>,
+) -> Verification {
+    if stored.starts_with("$2") {
+        return verify_legacy_bcrypt(password, stored);
+    }
+    let Ok(phc) = PasswordHash::new(stored) else {
+        return Verification::Invalid;
+    };
+    let algorithm = match phc.algorithm.as_str() {
+        "argon2id" => Algorithm::Argon2id,
+        "argon2i" => Algorithm::Argon2i,
+        "argon2d" => Algorithm::Argon2d,
+        _ => return Verification::Invalid,
+    };
+    let Ok(params) = Params::try_from(&phc) else {
+        return Verification::Invalid;
+    };
+    let (Some(salt), Some(expected)) = (phc.salt, phc.hash) else {
+        return Verification::Invalid;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return Verification::Invalid;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let version = phc
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or(Version::V0x13);
+    if Argon2::new(algorithm, version, params.clone())
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks])
+        .is_err()
+    {
+        return Verification::Invalid;
+    }
+    if memory.len() > current.block_count() {
+        // A stored hash with a larger cost grew this worker's buffer; give the memory back.
+        memory.truncate(current.block_count());
+        memory.shrink_to_fit();
+    }
+    if !bool::from(out.as_slice().ct_eq(expected.as_bytes())) {
+        return Verification::Invalid;
+    }
+    let weaker = algorithm != Algorithm::Argon2id
+        || params.m_cost() < current.m_cost()
+        || params.t_cost() < current.t_cost()
+        || params.p_cost() != current.p_cost();
+    if weaker {
+        Verification::ValidNeedsRehash
+    } else {
+        Verification::Valid
+    }
+}
+
+/// The old service hashed `escape(trim(password))` (express-validator) with bcryptjs.
+fn verify_legacy_bcrypt(password: &str, stored: &str) -> Verification {
+    let candidate = legacy_escape(password.trim());
+    match bcrypt::verify(candidate.as_bytes(), stored) {
+        Ok(true) => Verification::ValidNeedsRehash,
+        _ => Verification::Invalid,
+    }
+}
+
+/// validator.js `escape()`, which express-validator applied to passwords before bcrypt.
+pub fn legacy_escape(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    for c in input.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '/' => out.push_str("&#x2F;"),
+            '\\' => out.push_str("&#x5C;"),
+            '`' => out.push_str("&#96;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hasher() -> PasswordHasher {
+        // Cheap parameters keep unit tests fast; the integration tests use the real defaults.
+        PasswordHasher::new(8192, 1, 1, 2).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hashes_are_phc_argon2id_with_unique_salts_and_verify() {
+        let h = hasher();
+        let a = h.hash("correct horse battery").await.unwrap();
+        let b = h.hash("correct horse battery").await.unwrap();
+        assert!(a.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(
+            h.verify("correct horse battery", Some(&a)).await.unwrap(),
+            Verification::Valid
+        );
+        assert_eq!(
+            h.verify("correct horse batterY", Some(&a)).await.unwrap(),
+            Verification::Invalid
+        );
+        assert_eq!(
+            h.verify("anything", None).await.unwrap(),
+            Verification::Invalid
+        );
+        // The argon2 crate's own verifier accepts what we wrote.
+        use argon2::PasswordVerifier;
+        let parsed = PasswordHash::new(&a).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse battery", &parsed)
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn weaker_parameters_ask_for_a_rehash() {
+        let weak = PasswordHasher::new(8192, 1, 1, 1).unwrap();
+        let strong = PasswordHasher::new(8192, 2, 1, 1).unwrap();
+        let stored = weak.hash("a long passphrase").await.unwrap();
+        assert_eq!(
+            strong
+                .verify("a long passphrase", Some(&stored))
+                .await
+                .unwrap(),
+            Verification::ValidNeedsRehash
+        );
+    }
+
+    #[tokio::test]
+    async fn legacy_bcrypt_hashes_of_escaped_passwords_verify() {
+        let stored = bcrypt::hash(legacy_escape("p<a>ss/word&1"), 4).unwrap();
+        let h = hasher();
+        assert_eq!(
+            h.verify("  p<a>ss/word&1 ", Some(&stored)).await.unwrap(),
+            Verification::ValidNeedsRehash
+        );
+        assert_eq!(
+            h.verify("p<a>ss/word&2", Some(&stored)).await.unwrap(),
+            Verification::Invalid
+        );
+    }
+}

@@ -1,0 +1,770 @@
+//! The auth flows: signup, login, authenticate, refresh, logout, sessions. Each flow validates its
+//! input, talks to the store, issues tokens and records exactly the security events API.md lists.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::password_policy;
+use super::passwords::{HashError, PasswordHasher, Verification};
+use super::refresh::{RefreshTokens, hash_token};
+use super::revocation::RevocationList;
+use super::tokens::{AccessClaims, AccessTokens, IssuedAccessToken, TokenError};
+use crate::config::{FingerprintPolicy, Settings};
+use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
+use crate::security_log::event::RequestContext;
+use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
+use crate::store::{
+    InvalidReason, NewSession, RotateOutcome, RotateRequest, SessionRecord, Store, StoreError,
+    TokenRecord,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0:?}")]
+    Validation(ValidationError),
+    #[error("email already registered")]
+    EmailExists,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("access token rejected: {0}")]
+    AccessToken(TokenError),
+    #[error("refresh token rejected")]
+    RefreshInvalid { expired: bool },
+    #[error("refresh token reused")]
+    RefreshReused,
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::Conflict(what) => {
+                Self::Internal(anyhow::anyhow!("unexpected conflict on {what}"))
+            }
+            StoreError::NotFound => Self::Internal(anyhow::anyhow!("record vanished")),
+            StoreError::Other(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<HashError> for AuthError {
+    fn from(e: HashError) -> Self {
+        Self::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl From<ValidationError> for AuthError {
+    fn from(e: ValidationError) -> Self {
+        Self::Validation(e)
+    }
+}
+
+/// Signup body. Every field is optional here so that a missing one is a 400 naming the field;
+/// unknown fields (`role`, `id`, `emailVerified`...) are ignored and never stored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignupRequest {
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub name: Option<String>,
+    pub user_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub email: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    pub refresh_token: Option<String>,
+}
+
+/// A freshly issued access + refresh token pair.
+pub struct IssuedTokens {
+    pub access: IssuedAccessToken,
+    pub refresh_token: String,
+    pub session_id: Uuid,
+}
+
+pub struct AuthSuccess {
+    pub user: UserRecord,
+    pub tokens: IssuedTokens,
+}
+
+/// The caller of an authenticated request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub claims: AccessClaims,
+    pub user: UserRecord,
+}
+
+pub struct SessionPolicy {
+    pub idle_ttl: chrono::Duration,
+    pub absolute_ttl: chrono::Duration,
+    pub grace: chrono::Duration,
+    pub max_sessions: usize,
+    pub fingerprint: FingerprintPolicy,
+    pub password_min_length: usize,
+}
+
+impl SessionPolicy {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            idle_ttl: chrono::Duration::seconds(s.refresh_idle_ttl_secs as i64),
+            absolute_ttl: chrono::Duration::seconds(s.refresh_absolute_ttl_secs as i64),
+            grace: chrono::Duration::seconds(s.refresh_reuse_grace_secs as i64),
+            max_sessions: s.max_sessions_per_user as usize,
+            fingerprint: s.fingerprint_policy,
+            password_min_length: s.password_min_length,
+        }
+    }
+}
+
+pub struct AuthService {
+    pub store: Arc<dyn Store>,
+    pub hasher: PasswordHasher,
+    pub access: AccessTokens,
+    pub refresh: RefreshTokens,
+    pub revocations: Arc<dyn RevocationList>,
+    pub events: SecurityLogger,
+    pub policy: SessionPolicy,
+}
+
+fn required<'a>(
+    value: &'a Option<String>,
+    field: &'static str,
+    label: &str,
+) -> Result<&'a str, ValidationError> {
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ValidationError::new(field, format!("{label} is required"))),
+    }
+}
+
+impl AuthService {
+    async fn record(&self, event: SecurityEvent) {
+        self.events.record(event).await;
+    }
+
+    pub async fn signup(
+        &self,
+        req: SignupRequest,
+        ctx: &RequestContext,
+    ) -> Result<AuthSuccess, AuthError> {
+        let attempted_email = req.email.clone().unwrap_or_default();
+        let validated = (|| {
+            let email = Email::parse(required(&req.email, "email", "Email")?)?;
+            let password = required(&req.password, "password", "Password")?;
+            let name = Name::parse(required(&req.name, "name", "Name")?)?;
+            let user_type = UserType::parse_self_assigned(req.user_type.as_deref())?;
+            Ok::<_, ValidationError>((email, password, name, user_type))
+        })();
+        let (email, password, name, user_type) = match validated {
+            Ok(v) => v,
+            Err(e) => {
+                self.signup_failed(ctx, &attempted_email, &format!("invalid_{}", e.field))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let name_str = name.into_inner();
+        if let Err(e) = password_policy::check_new(
+            password,
+            email.as_str(),
+            &name_str,
+            self.policy.password_min_length,
+        ) {
+            self.signup_failed(ctx, email.as_str(), "weak_password")
+                .await;
+            return Err(e.into());
+        }
+        if self.store.user_by_email(email.as_str()).await?.is_some() {
+            self.signup_failed(ctx, email.as_str(), "email_exists")
+                .await;
+            return Err(AuthError::EmailExists);
+        }
+        let hash = self.hasher.hash(password).await?;
+        let now = Utc::now();
+        let user = UserRecord {
+            id: Uuid::new_v4().to_string(),
+            email: email.as_str().to_owned(),
+            name: name_str,
+            user_type,
+            password_hash: Some(hash),
+            google_id: None,
+            email_verified: false,
+            avatar: None,
+            created_at: now,
+            last_login: Some(now),
+            extra: Default::default(),
+        };
+        match self.store.insert_user(&user).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                // Lost a race with a concurrent signup of the same email: exactly one account.
+                self.signup_failed(ctx, email.as_str(), "email_exists")
+                    .await;
+                return Err(AuthError::EmailExists);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.record(
+            SecurityEvent::from_request(EventType::SignupSuccess, ctx)
+                .user(&user.id)
+                .email(&user.email),
+        )
+        .await;
+        let tokens = self.start_session(&user, ctx, now).await?;
+        Ok(AuthSuccess { user, tokens })
+    }
+
+    async fn signup_failed(&self, ctx: &RequestContext, email: &str, reason: &str) {
+        self.record(
+            SecurityEvent::from_request(EventType::SignupFailed, ctx)
+                .email(email)
+                .reason(reason),
+        )
+        .await;
+    }
+
+    pub async fn login(
+        &self,
+        req: LoginRequest,
+        ctx: &RequestContext,
+    ) -> Result<AuthSuccess, AuthError> {
+        let validated = (|| {
+            let email = Email::parse(required(&req.email, "email", "Email")?)?;
+            let password = match req.password.as_deref() {
+                Some(p) if !p.is_empty() => p,
+                _ => return Err(ValidationError::new("password", "Password is required")),
+            };
+            // Bounds only: the policy applies to new passwords, and this caps hashing work.
+            password_policy::check_length(password, 1)?;
+            Ok((email, password))
+        })();
+        let (email, password) = match validated {
+            Ok(v) => v,
+            Err(e) => {
+                let attempted = req.email.as_deref().unwrap_or_default();
+                self.record(
+                    SecurityEvent::from_request(EventType::LoginFailed, ctx)
+                        .email(attempted)
+                        .reason(&format!("invalid_{}", e.field)),
+                )
+                .await;
+                return Err(e.into());
+            }
+        };
+        let user = self.store.user_by_email(email.as_str()).await?;
+        // Unknown users and Google-only accounts verify against a dummy hash: same time, same 401.
+        let verdict = self
+            .hasher
+            .verify(
+                password,
+                user.as_ref().and_then(|u| u.password_hash.as_deref()),
+            )
+            .await?;
+        let user = match (user, verdict) {
+            (Some(user), Verification::Valid | Verification::ValidNeedsRehash) => user,
+            (known, _) => {
+                let event = match known {
+                    Some(known) => SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
+                        .user(&known.id)
+                        .reason(if known.password_hash.is_some() {
+                            "wrong_password"
+                        } else {
+                            "no_password_set"
+                        }),
+                    None => SecurityEvent::from_request(EventType::LoginFailed, ctx)
+                        .reason("unknown_email"),
+                };
+                self.record(event.email(email.as_str())).await;
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        let now = Utc::now();
+        if verdict == Verification::ValidNeedsRehash {
+            self.rehash(&user, password, ctx).await;
+        }
+        self.store.set_last_login(&user.id, now).await?;
+        let user = UserRecord {
+            last_login: Some(now),
+            ..user
+        };
+        self.record(
+            SecurityEvent::from_request(EventType::LoginSuccess, ctx)
+                .user(&user.id)
+                .email(&user.email),
+        )
+        .await;
+        let tokens = self.start_session(&user, ctx, now).await?;
+        Ok(AuthSuccess { user, tokens })
+    }
+
+    /// Upgrades a legacy bcrypt (or weaker argon2) hash. A failure here must not fail the login.
+    async fn rehash(&self, user: &UserRecord, password: &str, ctx: &RequestContext) {
+        let from = if user
+            .password_hash
+            .as_deref()
+            .is_some_and(|h| h.starts_with("$2"))
+        {
+            "bcrypt"
+        } else {
+            "argon2"
+        };
+        let result = async {
+            let hash = self.hasher.hash(password).await?;
+            self.store.set_password_hash(&user.id, &hash).await?;
+            Ok::<_, AuthError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.record(
+                    SecurityEvent::from_request(EventType::PasswordRehashed, ctx)
+                        .user(&user.id)
+                        .with("from", from),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %user.id, "could not upgrade a password hash; will retry at next login")
+            }
+        }
+    }
+
+    /// Starts a new session (refresh-token family) for `user` and issues its first token pair.
+    async fn start_session(
+        &self,
+        user: &UserRecord,
+        ctx: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedTokens, AuthError> {
+        let session_id = Uuid::new_v4();
+        let refresh_token = self.refresh.generate();
+        let token_id = Uuid::now_v7();
+        let new = NewSession {
+            session: SessionRecord {
+                id: session_id,
+                user_id: user.id.clone(),
+                device_name: ctx.client.device_name(),
+                ip_address: ctx.client.ip.to_string(),
+                user_agent: ctx
+                    .client
+                    .user_agent
+                    .as_deref()
+                    .map(|ua| crate::security_log::sanitize(ua, 512)),
+                fingerprint: ctx.client.fingerprint.as_str().to_owned(),
+                created_at: now,
+                last_used_at: now,
+                expires_at: now + self.policy.absolute_ttl,
+                revoked_at: None,
+                revoked_reason: None,
+            },
+            token: TokenRecord {
+                id: token_id,
+                session_id,
+                token_hash: hash_token(&refresh_token),
+                created_at: now,
+                rotated_at: None,
+                replaced_by: None,
+            },
+        };
+        let evicted = self
+            .store
+            .create_session(&new, self.policy.max_sessions, self.policy.idle_ttl)
+            .await?;
+        for old in evicted {
+            self.revocations
+                .revoke_session(
+                    &old.to_string(),
+                    now + chrono::Duration::seconds(self.access.ttl_secs()),
+                )
+                .await?;
+            self.record(
+                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                    .user(&user.id)
+                    .reason("session_limit")
+                    .with("sessionId", old.to_string()),
+            )
+            .await;
+        }
+        let access = self.access.issue(user, session_id, now)?;
+        self.record(
+            SecurityEvent::from_request(EventType::TokenGenerated, ctx)
+                .user(&user.id)
+                .token(token_id)
+                .with("tokenId", token_id.to_string())
+                .with("sessionId", session_id.to_string()),
+        )
+        .await;
+        Ok(IssuedTokens {
+            access,
+            refresh_token,
+            session_id,
+        })
+    }
+
+    /// Verifies a bearer token and loads its user. Presented-but-bad tokens are recorded.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        ctx: &RequestContext,
+    ) -> Result<Authenticated, AuthError> {
+        match self.authenticate_quietly(token).await {
+            Ok(auth) => Ok(auth),
+            Err((e, user_id)) => {
+                if matches!(e, AuthError::AccessToken(_)) {
+                    let reason = match &e {
+                        AuthError::AccessToken(TokenError::Expired) => "expired",
+                        AuthError::AccessToken(TokenError::Invalid(why)) => why,
+                        _ => "invalid",
+                    };
+                    let mut event =
+                        SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
+                            .reason(reason)
+                            .with("tokenKind", "access");
+                    if let Some(user_id) = user_id {
+                        event = event.user(user_id);
+                    }
+                    self.record(event).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn authenticate_quietly(
+        &self,
+        token: &str,
+    ) -> Result<Authenticated, (AuthError, Option<String>)> {
+        let claims = self
+            .access
+            .verify(token)
+            .map_err(|e| (AuthError::AccessToken(e), None))?;
+        let user_id = Some(claims.sub.clone());
+        match self.revocations.check(&claims).await {
+            Ok(None) => {}
+            Ok(Some(revoked)) => {
+                return Err((
+                    AuthError::AccessToken(TokenError::Invalid(revoked.as_str())),
+                    user_id,
+                ));
+            }
+            Err(e) => return Err((AuthError::Internal(e), user_id)),
+        }
+        let user = match self.store.user_by_id(&claims.sub).await {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                return Err((
+                    AuthError::AccessToken(TokenError::Invalid("user_gone")),
+                    user_id,
+                ));
+            }
+            Err(e) => return Err((e.into(), user_id)),
+        };
+        Ok(Authenticated { claims, user })
+    }
+
+    pub async fn refresh(
+        &self,
+        req: RefreshRequest,
+        ctx: &RequestContext,
+    ) -> Result<(UserRecord, IssuedTokens), AuthError> {
+        let Some(presented) = req.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
+        };
+        let now = Utc::now();
+        let fail = |reason: &str| {
+            SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
+                .reason(reason)
+                .with("tokenKind", "refresh")
+        };
+        if !RefreshTokens::well_formed(presented) {
+            self.record(fail("malformed")).await;
+            return Err(AuthError::RefreshInvalid { expired: false });
+        }
+        let successor = self.refresh.successor(presented);
+        let request = RotateRequest {
+            presented_hash: hash_token(presented),
+            successor_id: Uuid::now_v7(),
+            successor_hash: hash_token(&successor),
+            now,
+            grace: self.policy.grace,
+            idle_ttl: self.policy.idle_ttl,
+            fingerprint: ctx.client.fingerprint.as_str().to_owned(),
+            ip_address: ctx.client.ip.to_string(),
+            reject_on_fingerprint_mismatch: self.policy.fingerprint == FingerprintPolicy::Reject,
+        };
+        let outcome = self.store.rotate_refresh_token(&request).await?;
+        let (session, old_token_id, new_token_id, matched, concurrent) = match outcome {
+            RotateOutcome::Rotated {
+                session,
+                old_token_id,
+                fingerprint_matched,
+            } => (
+                session,
+                old_token_id,
+                request.successor_id,
+                fingerprint_matched,
+                false,
+            ),
+            RotateOutcome::Grace {
+                session,
+                old_token_id,
+                fingerprint_matched,
+            } => {
+                // Same successor as the first request; its id is the stored one.
+                (
+                    session,
+                    old_token_id,
+                    request.successor_id,
+                    fingerprint_matched,
+                    true,
+                )
+            }
+            RotateOutcome::ReuseDetected { session, token_id } => {
+                self.end_session_tokens(&session, now).await?;
+                self.record(
+                    SecurityEvent::from_request(EventType::TokenReuseDetected, ctx)
+                        .user(&session.user_id)
+                        .token(token_id)
+                        .reason("rotated_token_presented_again")
+                        .with("sessionId", session.id.to_string())
+                        .with("familyRevoked", true),
+                )
+                .await;
+                return Err(AuthError::RefreshReused);
+            }
+            RotateOutcome::FingerprintRejected { session, token_id } => {
+                self.end_session_tokens(&session, now).await?;
+                self.record(
+                    SecurityEvent::from_request(EventType::DeviceFingerprintMismatch, ctx)
+                        .user(&session.user_id)
+                        .token(token_id)
+                        .reason("rejected")
+                        .with("sessionId", session.id.to_string())
+                        .with("expectedFingerprint", session.fingerprint.clone()),
+                )
+                .await;
+                return Err(AuthError::RefreshInvalid { expired: false });
+            }
+            RotateOutcome::Invalid {
+                reason,
+                session,
+                token_id,
+            } => {
+                let mut event = fail(reason.as_str());
+                if let Some(s) = &session {
+                    event = event.user(&s.user_id).with("sessionId", s.id.to_string());
+                }
+                if let Some(id) = token_id {
+                    event = event.token(id);
+                }
+                self.record(event).await;
+                return Err(AuthError::RefreshInvalid {
+                    expired: reason == InvalidReason::Expired,
+                });
+            }
+        };
+        let Some(user) = self.store.user_by_id(&session.user_id).await? else {
+            self.store
+                .revoke_session(&session.user_id, session.id, now, "user_deleted")
+                .await?;
+            self.record(fail("user_gone").user(&session.user_id)).await;
+            return Err(AuthError::RefreshInvalid { expired: false });
+        };
+        if !matched {
+            self.record(
+                SecurityEvent::from_request(EventType::DeviceFingerprintMismatch, ctx)
+                    .user(&user.id)
+                    .token(old_token_id)
+                    .reason("logged")
+                    .with("sessionId", session.id.to_string())
+                    .with("expectedFingerprint", session.fingerprint.clone()),
+            )
+            .await;
+        }
+        let access = self.access.issue(&user, session.id, now)?;
+        self.record(
+            SecurityEvent::from_request(EventType::TokenRefreshed, ctx)
+                .user(&user.id)
+                .token(new_token_id)
+                .with("oldTokenId", old_token_id.to_string())
+                .with("tokenId", new_token_id.to_string())
+                .with("sessionId", session.id.to_string())
+                .with("concurrent", concurrent),
+        )
+        .await;
+        Ok((
+            user,
+            IssuedTokens {
+                access,
+                refresh_token: successor,
+                session_id: session.id,
+            },
+        ))
+    }
+
+    /// Makes the access tokens of a revoked session stop working at once.
+    async fn end_session_tokens(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        self.revocations
+            .revoke_session(&session.id.to_string(), until)
+            .await?;
+        Ok(())
+    }
+
+    /// Logout: revokes the caller's session (and the one of `refresh_token`, when it is theirs)
+    /// and denylists the access token. A token already revoked by an earlier logout gets the same
+    /// success, with nothing recorded twice.
+    pub async fn logout(
+        &self,
+        token: &str,
+        refresh_token: Option<&str>,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let auth = match self.authenticate_quietly(token).await {
+            Ok(auth) => auth,
+            Err((
+                AuthError::AccessToken(TokenError::Invalid(
+                    "token_revoked" | "session_revoked" | "all_sessions_revoked",
+                )),
+                _,
+            )) => return Ok(()),
+            Err(_) => return self.authenticate(token, ctx).await.map(|_| ()),
+        };
+        let now = Utc::now();
+        let claims = &auth.claims;
+        let until =
+            DateTime::from_timestamp(claims.exp, 0).unwrap_or(now) + chrono::Duration::seconds(60);
+        self.revocations
+            .revoke_token(&claims.jti.to_string(), until)
+            .await?;
+        let mut revoked = Vec::new();
+        if self
+            .store
+            .revoke_session(&auth.user.id, claims.sid, now, "logout")
+            .await?
+        {
+            revoked.push(claims.sid);
+        }
+        if let Some(raw) = refresh_token.filter(|t| RefreshTokens::well_formed(t))
+            && let Some((session, _)) = self.store.session_by_token_hash(&hash_token(raw)).await?
+            && session.user_id == auth.user.id
+            && session.id != claims.sid
+            && self
+                .store
+                .revoke_session(&auth.user.id, session.id, now, "logout")
+                .await?
+        {
+            revoked.push(session.id);
+        }
+        self.revocations
+            .revoke_session(&claims.sid.to_string(), until)
+            .await?;
+        for sid in &revoked {
+            if *sid != claims.sid {
+                self.revocations
+                    .revoke_session(&sid.to_string(), until)
+                    .await?;
+            }
+            self.record(
+                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                    .user(&auth.user.id)
+                    .reason("logout")
+                    .with("sessionId", sid.to_string()),
+            )
+            .await;
+        }
+        self.record(
+            SecurityEvent::from_request(EventType::Logout, ctx)
+                .user(&auth.user.id)
+                .with("sessionId", claims.sid.to_string())
+                .with("accessTokenId", claims.jti.to_string())
+                .with("sessionsRevoked", revoked.len()),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Logout from every device: every session revoked, every access token issued before now dead.
+    pub async fn logout_all(
+        &self,
+        auth: &Authenticated,
+        ctx: &RequestContext,
+    ) -> Result<u64, AuthError> {
+        let now = Utc::now();
+        let count = self
+            .store
+            .revoke_all_sessions(&auth.user.id, now, "logout_all")
+            .await?;
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        self.revocations
+            .revoke_user_tokens_before(&auth.user.id, now, until)
+            .await?;
+        self.revocations
+            .revoke_token(&auth.claims.jti.to_string(), until)
+            .await?;
+        self.record(
+            SecurityEvent::from_request(EventType::MassTokenRevocation, ctx)
+                .user(&auth.user.id)
+                .reason("logout_all")
+                .with("tokensRevoked", count),
+        )
+        .await;
+        Ok(count)
+    }
+
+    pub async fn sessions(&self, auth: &Authenticated) -> Result<Vec<SessionRecord>, AuthError> {
+        Ok(self
+            .store
+            .live_sessions(&auth.user.id, Utc::now(), self.policy.idle_ttl)
+            .await?)
+    }
+
+    pub async fn revoke_session(
+        &self,
+        auth: &Authenticated,
+        session_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let now = Utc::now();
+        if !self
+            .store
+            .revoke_session(&auth.user.id, session_id, now, "revoked_by_user")
+            .await?
+        {
+            return Err(AuthError::SessionNotFound);
+        }
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        self.revocations
+            .revoke_session(&session_id.to_string(), until)
+            .await?;
+        self.record(
+            SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                .user(&auth.user.id)
+                .reason("revoked_by_user")
+                .with("sessionId", session_id.to_string())
+                .with("current", session_id == auth.claims.sid),
+        )
+        .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Access tokens: short-lived JWTs, HS256 pinned, `typ: at+jwt`, keys and `Validation` built once.
+//!
+//! `JWT_SECRET_PREVIOUS` verifies tokens signed before a rotation; the `kid` header (a digest of
+//! the key, never the key) says which key signed a token, and only configured keys are ever used.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::domain::UserRecord;
+
+pub const TOKEN_TYPE_HEADER: &str = "at+jwt";
+/// Longer bearer values are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+const LEEWAY_SECS: u64 = 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessClaims {
+    pub sub: String,
+    /// Same as `sub`; the old frontends read `id`.
+    pub id: String,
+    pub email: String,
+    #[serde(rename = "userType")]
+    pub user_type: String,
+    #[serde(rename = "type")]
+    pub token_type: String,
+    pub sid: Uuid,
+    pub jti: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    pub iss: String,
+    pub aud: String,
+}
+
+impl AccessClaims {
+    /// When the token was issued, to the millisecond: from its time-ordered `jti` (UUIDv7), so a
+    /// logout-all at 12:00:00.300 rejects a token from 12:00:00.100 but not one from .500.
+    pub fn issued_at_ms(&self) -> i64 {
+        self.jti
+            .get_timestamp()
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+            })
+            .unwrap_or(self.iat * 1000)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token invalid: {0}")]
+    Invalid(&'static str),
+}
+
+pub struct IssuedAccessToken {
+    pub token: String,
+    pub jti: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct AccessTokens {
+    encoding: EncodingKey,
+    kid: String,
+    /// (kid, key): the current key first, then the previous one.
+    decoding: Vec<(String, DecodingKey)>,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    ttl_secs: i64,
+}
+
+fn key_id(secret: &SecretString) -> String {
+    let digest = Sha256::digest(secret.expose_secret().as_bytes());
+    format!("hs-{}", hex::encode(&digest[..6]))
+}
+
+impl AccessTokens {
+    pub fn new(
+        secret: &SecretString,
+        previous: Option<&SecretString>,
+        issuer: &str,
+        audience: &str,
+        ttl_secs: u64,
+    ) -> Self {
+        let kid = key_id(secret);
+        let mut decoding = vec![(
+            kid.clone(),
+            DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+        )];
+        if let Some(prev) = previous {
+            decoding.push((
+                key_id(prev),
+                DecodingKey::from_secret(prev.expose_secret().as_bytes()),
+            ));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        Self {
+            encoding: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+            kid,
+            decoding,
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ttl_secs: ttl_secs as i64,
+        }
+    }
+
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    pub fn issue(
+        &self,
+        user: &UserRecord,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<IssuedAccessToken> {
+        let jti = Uuid::now_v7();
+        let expires_at = now + chrono::Duration::seconds(self.ttl_secs);
+        let claims = AccessClaims {
+            sub: user.id.clone(),
+            id: user.id.clone(),
+            email: user.email.clone(),
+            user_type: user.user_type.as_str().to_owned(),
+            token_type: "access".into(),
+            sid: session_id,
+            jti,
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some(TOKEN_TYPE_HEADER.into());
+        header.kid = Some(self.kid.clone());
+        let token = encode(&header, &claims, &self.encoding)?;
+        Ok(IssuedAccessToken {
+            token,
+            jti,
+            expires_at,
+        })
+    }
+
+    /// Verifies signature, algorithm, `typ`, `kid`, expiry, issuer, audience and token type.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Invalid("malformed"));
+        }
+        let header = decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenError::Invalid("algorithm"));
+        }
+        if !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE_HEADER))
+        {
+            return Err(TokenError::Invalid("typ"));
+        }
+        // jku, x5u and embedded jwk headers are never read: keys come from configuration only.
+        let kid = header.kid.as_deref().unwrap_or_default();
+        let key = self
+            .decoding
+            .iter()
+            .find(|(id, _)| id == kid)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::Invalid("kid"))?;
+        let data =
+            decode::<AccessClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    TokenError::Invalid("signature")
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenError::Invalid("issuer"),
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::Invalid("audience"),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    TokenError::Invalid("not yet valid")
+                }
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => {
+                    TokenError::Invalid("missing claim")
+                }
+                _ => TokenError::Invalid("malformed"),
+            })?;
+        let claims = data.claims;
+        if claims.token_type != "access" {
+            return Err(TokenError::Invalid("token type"));
+        }
+        if claims.sub != claims.id || claims.sub.is_empty() {
+            return Err(TokenError::Invalid("subject"));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserType;
+
+    fn user() -> UserRecord {
+        UserRecord {
+            id: "u1".into(),
+            email: "a@example.com".into(),
+            name: "A".into(),
+            user_type: UserType::Client,
+            password_hash: None,
+            google_id: None,
+            email_verified: false,
+            avatar: None,
+            created_at: Utc::now(),
+            last_login: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.repeat(40))
+    }
+
+    #[test]
+    fn issues_and_verifies_and_previous_key_still_verifies() {
+        let old = AccessTokens::new(&secret("o"), None, "iss", "aud", 900);
+        let issued = old.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
+        let rotated = AccessTokens::new(&secret("n"), Some(&secret("o")), "iss", "aud", 900);
+        let claims = rotated.verify(&issued.token).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.exp - claims.iat, 900);
+        let stranger = AccessTokens::new(&secret("x"), None, "iss", "aud", 900);
+        assert_eq!(
+            stranger.verify(&issued.token),
+            Err(TokenError::Invalid("kid"))
+        );
+    }
+
+    #[test]
+    fn wrong_audience_and_expiry_are_rejected() {
+        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
+        let b = AccessTokens::new(&secret("k"), None, "iss", "other", 900);
+        let t = a.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
+        assert_eq!(b.verify(&t.token), Err(TokenError::Invalid("audience")));
+        let old = a
+            .issue(
+                &user(),
+                Uuid::new_v4(),
+                Utc::now() - chrono::Duration::seconds(2000),
+            )
+            .unwrap();
+        assert_eq!(a.verify(&old.token), Err(TokenError::Expired));
+    }
+}

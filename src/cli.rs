@@ -1,0 +1,279 @@
+//! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
+//! `gen-secret`, `import-users`, `users set-type` and `healthcheck`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{Settings, StorageKind};
+use crate::domain::{Email, UserType};
+use crate::security_log::{self, EventType, SecurityEvent};
+use crate::store::postgres::{Database, PgStore};
+use crate::store::{ImportOutcome, Store, StoreError, json_file};
+
+/// Exit codes, documented in README: scripts and supervisors can tell a bad config from a crash.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    /// EX_CONFIG: fix the configuration; restarting will not help.
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flux-auth",
+    version,
+    about = "FluxStudio's authentication service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default when no command is given).
+    Serve,
+    /// Apply the database migrations to DATABASE_URL (and SECURITY_LOG_DATABASE_URL), then exit.
+    Migrate,
+    /// Check the configuration and list every problem with how to fix it.
+    CheckConfig,
+    /// Print a new random JWT_SECRET (384 bits, base64url).
+    GenSecret,
+    /// Copy users from the old service's users.json into Postgres (DATABASE_URL). Idempotent:
+    /// users whose id or email is already there are skipped.
+    ImportUsers {
+        /// Path to the old users.json ({"users":[...]}).
+        file: PathBuf,
+    },
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Exit 0 if a flux-auth instance answers on its port (for Docker HEALTHCHECK), else 1.
+    Healthcheck {
+        /// Port to check; defaults to PORT from the configuration.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Set a user's type: client, designer or admin (admin is only ever granted here).
+    SetType {
+        email: String,
+        #[arg(value_parser = ["client", "designer", "admin"])]
+        user_type: String,
+    },
+}
+
+pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::CheckConfig => return check_config(&settings),
+        Command::GenSecret => {
+            println!("{}", crate::config::generate_secret());
+            Ok(())
+        }
+        Command::ImportUsers { file } => import_users(&settings, &file).await,
+        Command::Users {
+            command: UsersCommand::SetType { email, user_type },
+        } => set_type(&settings, &email, &user_type).await,
+        Command::Healthcheck { port } => return healthcheck(port.unwrap_or(settings.port)).await,
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let config = e.downcast_ref::<crate::config::ConfigError>().is_some();
+            eprintln!("flux-auth: {e:#}");
+            ExitCode::from(if config { exit::CONFIG } else { exit::FAILURE })
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    app.run_until_stopped(async {
+        let signal = crate::shutdown::signal().await;
+        tracing::info!(
+            signal,
+            "shutting down: finishing in-flight requests, then flushing security events"
+        );
+    })
+    .await
+}
+
+fn check_config(settings: &Settings) -> ExitCode {
+    let problems = settings.problems();
+    if problems.is_empty() {
+        println!("configuration OK");
+        println!("  storage:      {:?}", settings.storage_kind());
+        println!(
+            "  security log: {}",
+            if settings.security_log_database_url().is_some() {
+                "postgresql"
+            } else {
+                "files"
+            }
+        );
+        println!(
+            "  redis:        {}",
+            if settings.redis_url.is_some() {
+                "configured"
+            } else {
+                "not configured (in-process limits)"
+            }
+        );
+        if settings.jwt_secret.is_none() {
+            println!(
+                "  note: JWT_SECRET unset; a development secret is kept in {}",
+                settings.data_dir.join(".jwt-secret").display()
+            );
+        }
+        ExitCode::from(exit::OK)
+    } else {
+        eprintln!("{} configuration problem(s):", problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(exit::CONFIG)
+    }
+}
+
+async fn connect_now(url: &secrecy::SecretString, settings: &Settings) -> anyhow::Result<Database> {
+    let db = Database::connect_lazy(
+        url,
+        2,
+        Duration::from_millis(settings.database_connect_timeout_ms),
+    )?;
+    db.migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("could not reach or migrate the database: {e}"))?;
+    Ok(db)
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let mut done = 0;
+    for url in [
+        settings.database_url.as_ref(),
+        settings.security_log_database_url.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        connect_now(url, settings).await?;
+        done += 1;
+    }
+    if done == 0 {
+        anyhow::bail!("no database configured: set DATABASE_URL (or SECURITY_LOG_DATABASE_URL)");
+    }
+    println!(
+        "migrations applied ({} migration files)",
+        crate::store::postgres::MIGRATOR.iter().count()
+    );
+    Ok(())
+}
+
+/// The configured store, ready now (migrated, for Postgres) rather than in the background.
+async fn open_store_now(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match (settings.storage_kind(), &settings.database_url) {
+        (StorageKind::Postgres, Some(url)) => {
+            Arc::new(PgStore::from_database(connect_now(url, settings).await?))
+        }
+        _ => Arc::new(json_file::FileStore::open(&settings.data_dir).await?),
+    })
+}
+
+async fn import_users(settings: &Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    let url = settings
+        .database_url
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("import-users writes to Postgres: set DATABASE_URL"))?;
+    let users = json_file::read_users_file(file)?;
+    let store = PgStore::from_database(connect_now(url, settings).await?);
+    let total = users.len();
+    let (mut inserted, mut skipped, mut invalid) = (0usize, 0usize, 0usize);
+    for (i, mut user) in users.into_iter().enumerate() {
+        match Email::parse(&user.email) {
+            Ok(email) => user.email = email.as_str().to_owned(),
+            Err(_) => {
+                invalid += 1;
+                eprintln!("skipping user {}: invalid email", user.id);
+                continue;
+            }
+        }
+        match store.import_user(&user).await {
+            Ok(ImportOutcome::Inserted) => inserted += 1,
+            Ok(ImportOutcome::Skipped) => skipped += 1,
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "import stopped at user {} of {total}: {e}",
+                    i + 1
+                ));
+            }
+        }
+        if (i + 1) % 500 == 0 || i + 1 == total {
+            eprint!("\rimported {}/{total}", i + 1);
+        }
+    }
+    eprintln!();
+    println!(
+        "{total} users read: {inserted} imported, {skipped} already present, {invalid} invalid"
+    );
+    Ok(())
+}
+
+async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::Result<()> {
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let user_type = UserType::parse(user_type)
+        .ok_or_else(|| anyhow::anyhow!("user type must be client, designer or admin"))?;
+    let store = open_store_now(settings).await?;
+    let user = match store.set_user_type(email.as_str(), user_type).await {
+        Ok(user) => user,
+        Err(StoreError::NotFound) => anyhow::bail!("no user with email {email}"),
+        Err(e) => return Err(e.into()),
+    };
+    let pipeline = security_log::start(settings)?;
+    pipeline
+        .logger
+        .record(
+            SecurityEvent::new(EventType::UserTypeChanged)
+                .user(&user.id)
+                .email(&user.email)
+                .with("userType", user_type.as_str())
+                .with("by", "cli"),
+        )
+        .await;
+    pipeline.stop.cancel();
+    let _ = pipeline.writer.await;
+    println!("{} is now {}", user.email, user_type.as_str());
+    Ok(())
+}
+
+/// A bare HTTP/1.1 GET of `/health/live` on localhost, so the image needs no curl.
+async fn healthcheck(port: u16) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => ExitCode::from(exit::OK),
+        _ => {
+            eprintln!("flux-auth is not answering on port {port}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! Typed settings. Defaults are compiled in; `config/default.toml` (or `CONFIG_FILE`) overrides
+//! them when present; environment variables (and `.env`) override both. Every setting's env name
+//! is its field name in upper case (`jwt_secret` ← `JWT_SECRET`), and secrets may also come from
+//! `<NAME>_FILE`. Secrets are `SecretString`, redacted in `Debug`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Postgres,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FingerprintPolicy {
+    /// Record `device_fingerprint_mismatch` and rotate as usual.
+    Log,
+    /// Record the event, revoke the session and answer 401.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `record()` never waits; a SIGKILL can lose the events of the last linger interval.
+    Async,
+    /// A request waits until its event is durable in Postgres or the spool (group commit).
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub node_env: Environment,
+    pub log_format: LogFormat,
+
+    pub jwt_secret: Option<SecretString>,
+    /// Accepted for verification only, so rotating `JWT_SECRET` logs nobody out.
+    pub jwt_secret_previous: Option<SecretString>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_idle_ttl_secs: u64,
+    pub refresh_absolute_ttl_secs: u64,
+    pub refresh_reuse_grace_secs: u64,
+    pub max_sessions_per_user: u32,
+    pub fingerprint_policy: FingerprintPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+
+    pub storage: Option<StorageKind>,
+    pub database_url: Option<SecretString>,
+    pub database_max_connections: u32,
+    pub database_connect_timeout_ms: u64,
+    pub run_migrations: bool,
+    pub data_dir: PathBuf,
+
+    pub security_log_database_url: Option<SecretString>,
+    pub security_log_dir: Option<PathBuf>,
+    pub security_log_durability: Durability,
+    pub security_log_queue_capacity: usize,
+    pub security_log_batch_size: usize,
+    pub security_log_linger_ms: u64,
+    pub security_log_spool_max_bytes: u64,
+
+    pub redis_url: Option<SecretString>,
+    pub redis_key_prefix: String,
+    pub rate_limits: Switch,
+
+    pub google_client_id: Vec<String>,
+    pub cors_origins: Vec<String>,
+    pub hsts: bool,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+
+    pub password_min_length: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Hashes computed at once; 0 means one per CPU core.
+    pub password_hash_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3001,
+            node_env: Environment::Development,
+            log_format: LogFormat::Auto,
+            jwt_secret: None,
+            jwt_secret_previous: None,
+            jwt_issuer: "flux-auth".into(),
+            jwt_audience: "fluxstudio".into(),
+            access_token_ttl_secs: 900,
+            refresh_idle_ttl_secs: 7 * 24 * 3600,
+            refresh_absolute_ttl_secs: 30 * 24 * 3600,
+            refresh_reuse_grace_secs: 10,
+            max_sessions_per_user: 10,
+            fingerprint_policy: FingerprintPolicy::Log,
+            trusted_proxies: Vec::new(),
+            storage: None,
+            database_url: None,
+            database_max_connections: 10,
+            database_connect_timeout_ms: 3000,
+            run_migrations: true,
+            data_dir: PathBuf::from("data"),
+            security_log_database_url: None,
+            security_log_dir: None,
+            security_log_durability: Durability::Async,
+            security_log_queue_capacity: 8192,
+            security_log_batch_size: 500,
+            security_log_linger_ms: 5,
+            security_log_spool_max_bytes: 1 << 30,
+            redis_url: None,
+            redis_key_prefix: "flux-auth:".into(),
+            rate_limits: Switch::On,
+            google_client_id: Vec::new(),
+            cors_origins: Vec::new(),
+            hsts: false,
+            body_limit_bytes: 16 * 1024,
+            request_timeout_ms: 15_000,
+            shutdown_timeout_ms: 1_200,
+            password_min_length: 8,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            password_hash_concurrency: 0,
+        }
+    }
+}
+
+/// How an environment value is read into the settings table.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Secret,
+    Number,
+    Flag,
+    List,
+}
+
+/// Every setting that env can set, by field name. `check-config` and `.env.example` follow it.
+const KEYS: &[(&str, Kind)] = &[
+    ("host", Kind::Text),
+    ("port", Kind::Number),
+    ("node_env", Kind::Text),
+    ("log_format", Kind::Text),
+    ("jwt_secret", Kind::Secret),
+    ("jwt_secret_previous", Kind::Secret),
+    ("jwt_issuer", Kind::Text),
+    ("jwt_audience", Kind::Text),
+    ("access_token_ttl_secs", Kind::Number),
+    ("refresh_idle_ttl_secs", Kind::Number),
+    ("refresh_absolute_ttl_secs", Kind::Number),
+    ("refresh_reuse_grace_secs", Kind::Number),
+    ("max_sessions_per_user", Kind::Number),
+    ("fingerprint_policy", Kind::Text),
+    ("trusted_proxies", Kind::List),
+    ("storage", Kind::Text),
+    ("database_url", Kind::Secret),
+    ("database_max_connections", Kind::Number),
+    ("database_connect_timeout_ms", Kind::Number),
+    ("run_migrations", Kind::Flag),
+    ("data_dir", Kind::Text),
+    ("security_log_database_url", Kind::Secret),
+    ("security_log_dir", Kind::Text),
+    ("security_log_durability", Kind::Text),
+    ("security_log_queue_capacity", Kind::Number),
+    ("security_log_batch_size", Kind::Number),
+    ("security_log_linger_ms", Kind::Number),
+    ("security_log_spool_max_bytes", Kind::Number),
+    ("redis_url", Kind::Secret),
+    ("redis_key_prefix", Kind::Text),
+    ("rate_limits", Kind::Text),
+    ("google_client_id", Kind::List),
+    ("cors_origins", Kind::List),
+    ("hsts", Kind::Flag),
+    ("body_limit_bytes", Kind::Number),
+    ("request_timeout_ms", Kind::Number),
+    ("shutdown_timeout_ms", Kind::Number),
+    ("password_min_length", Kind::Number),
+    ("argon2_memory_kib", Kind::Number),
+    ("argon2_iterations", Kind::Number),
+    ("argon2_parallelism", Kind::Number),
+    ("password_hash_concurrency", Kind::Number),
+];
+
+/// Values that have shipped in examples and tutorials; a secret equal to one is no secret.
+const KNOWN_WEAK_SECRETS: &[&str] = &[
+    "secret",
+    "changeme",
+    "change-me",
+    "your-secret-key",
+    "your_jwt_secret",
+    "your-super-secret-jwt-key-change-this-in-production",
+    "fluxstudio-secret-key",
+    "flux-auth-development-secret-change-me",
+    "please-change-this-secret-in-production-32b",
+];
+
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("{name}={value:?} is not {expected}")]
+    BadValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("{}", .0.join("\n"))]
+    Problems(Vec<String>),
+}
+
+impl Settings {
+    /// Loads from the process environment (after `.env`, when present) and the config file.
+    pub fn load() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is reported by the values it fails to set.
+        let _ = dotenvy::dotenv();
+        Self::from_env(std::env::vars().collect())
+    }
+
+    /// Builds settings from an explicit environment map, so tests never touch the process env.
+    pub fn from_env(env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        let file = env.get("CONFIG_FILE").map(PathBuf::from).or_else(|| {
+            let default = PathBuf::from("config/default.toml");
+            default.exists().then_some(default)
+        });
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Toml {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        for (key, kind) in KEYS {
+            let name = key.to_uppercase();
+            let value = match env.get(&name) {
+                Some(v) => Some(v.clone()),
+                None if matches!(kind, Kind::Secret) => match env.get(&format!("{name}_FILE")) {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|source| ConfigError::Read {
+                                path: path.into(),
+                                source,
+                            })?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    None => None,
+                },
+                None => None,
+            };
+            let Some(value) = value else { continue };
+            if value.is_empty() && !matches!(kind, Kind::List) {
+                continue; // `JWT_SECRET=` in a .env means "not set", as it did for the old service
+            }
+            table.insert((*key).to_owned(), env_value(&name, &value, *kind)?);
+        }
+        if !table.contains_key("redis_url")
+            && let Some(host) = env.get("REDIS_HOST").filter(|h| !h.is_empty())
+        {
+            {
+                let port = env.get("REDIS_PORT").map(String::as_str).unwrap_or("6379");
+                let auth = match env.get("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
+                    Some(password) => format!(":{password}@"),
+                    None => String::new(),
+                };
+                table.insert(
+                    "redis_url".into(),
+                    format!("redis://{auth}{host}:{port}").into(),
+                );
+            }
+        }
+        let settings: Settings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        Ok(settings)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.node_env == Environment::Production
+    }
+
+    /// The user store: explicit `STORAGE`, else Postgres when `DATABASE_URL` is set.
+    pub fn storage_kind(&self) -> StorageKind {
+        self.storage.unwrap_or(if self.database_url.is_some() {
+            StorageKind::Postgres
+        } else {
+            StorageKind::File
+        })
+    }
+
+    /// The security log's database: its own URL, else the user store's.
+    pub fn security_log_database_url(&self) -> Option<&SecretString> {
+        self.security_log_database_url
+            .as_ref()
+            .or(self.database_url.as_ref())
+    }
+
+    pub fn security_log_dir(&self) -> PathBuf {
+        self.security_log_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("security-events"))
+    }
+
+    /// Every problem at once, each with what to do about it; empty when the settings can run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &self.jwt_secret {
+            Some(secret) => {
+                if let Some(p) = secret_problem("JWT_SECRET", secret) {
+                    problems.push(p);
+                }
+            }
+            None if self.is_production() => problems.push(
+                "JWT_SECRET is required when NODE_ENV=production. Generate one with \
+                 `flux-auth gen-secret` and set JWT_SECRET (or JWT_SECRET_FILE)."
+                    .into(),
+            ),
+            None => {}
+        }
+        if let Some(p) = self
+            .jwt_secret_previous
+            .as_ref()
+            .and_then(|s| secret_problem("JWT_SECRET_PREVIOUS", s))
+        {
+            problems.push(p);
+        }
+        if self.storage == Some(StorageKind::Postgres) && self.database_url.is_none() {
+            problems.push("STORAGE=postgres needs DATABASE_URL (postgres://user@host/db).".into());
+        }
+        if !(60..=3600).contains(&self.access_token_ttl_secs) {
+            problems
+                .push("ACCESS_TOKEN_TTL_SECS must be between 60 and 3600 (default 900).".into());
+        }
+        if self.refresh_idle_ttl_secs == 0
+            || self.refresh_idle_ttl_secs > self.refresh_absolute_ttl_secs
+        {
+            problems.push(
+                "REFRESH_IDLE_TTL_SECS must be positive and at most REFRESH_ABSOLUTE_TTL_SECS."
+                    .into(),
+            );
+        }
+        if self.refresh_absolute_ttl_secs > 90 * 24 * 3600 {
+            problems.push(
+                "REFRESH_ABSOLUTE_TTL_SECS must be at most 90 days (default 30 days).".into(),
+            );
+        }
+        if self.refresh_reuse_grace_secs > 60 {
+            problems.push("REFRESH_REUSE_GRACE_SECS must be at most 60 (default 10).".into());
+        }
+        if self.max_sessions_per_user == 0 || self.max_sessions_per_user > 1000 {
+            problems.push("MAX_SESSIONS_PER_USER must be between 1 and 1000 (default 10).".into());
+        }
+        if !(8..=64).contains(&self.password_min_length) {
+            problems.push("PASSWORD_MIN_LENGTH must be between 8 and 64 (default 8).".into());
+        }
+        if self.argon2_memory_kib < 7168
+            || self.argon2_iterations == 0
+            || self.argon2_parallelism == 0
+        {
+            problems.push(
+                "ARGON2_MEMORY_KIB must be at least 7168 and ARGON2_ITERATIONS, ARGON2_PARALLELISM \
+                 at least 1 (defaults 19456, 2, 1)."
+                    .into(),
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&self.body_limit_bytes) {
+            problems
+                .push("BODY_LIMIT_BYTES must be between 1024 and 1048576 (default 16384).".into());
+        }
+        if self.security_log_batch_size == 0 || self.security_log_queue_capacity == 0 {
+            problems.push(
+                "SECURITY_LOG_BATCH_SIZE and SECURITY_LOG_QUEUE_CAPACITY must be positive.".into(),
+            );
+        }
+        for origin in &self.cors_origins {
+            if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                problems.push(format!(
+                    "CORS_ORIGINS entry {origin:?} must be an exact origin such as https://app.example.com (no *)."
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The setting names env understands, in upper case (for `.env.example` and `check-config`).
+    pub fn env_names() -> impl Iterator<Item = String> {
+        KEYS.iter().map(|(k, _)| k.to_uppercase())
+    }
+}
+
+fn secret_problem(name: &str, secret: &SecretString) -> Option<String> {
+    let value = secret.expose_secret();
+    let fix = "Generate one with `flux-auth gen-secret`.";
+    if value.len() < MIN_SECRET_BYTES {
+        return Some(format!(
+            "{name} is {} bytes; it must be at least {MIN_SECRET_BYTES}. {fix}",
+            value.len()
+        ));
+    }
+    let lower = value.to_lowercase();
+    if KNOWN_WEAK_SECRETS.iter().any(|weak| lower == *weak)
+        || lower.contains("change") && lower.contains("secret")
+    {
+        return Some(format!(
+            "{name} is a published example value, not a secret. {fix}"
+        ));
+    }
+    let distinct: std::collections::HashSet<char> = value.chars().collect();
+    if distinct.len() < 8 {
+        return Some(format!(
+            "{name} repeats too few characters to be random. {fix}"
+        ));
+    }
+    None
+}
+
+fn env_value(name: &str, value: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
+    let bad = |expected| ConfigError::BadValue {
+        name: name.into(),
+        value: value.into(),
+        expected,
+    };
+    Ok(match kind {
+        Kind::Text | Kind::Secret => toml::Value::String(value.to_owned()),
+        Kind::Number => {
+            toml::Value::Integer(value.trim().parse().map_err(|_| bad("a whole number"))?)
+        }
+        Kind::Flag => toml::Value::Boolean(match value.trim().to_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => return Err(bad("true or false")),
+        }),
+        Kind::List => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+/// Returns the signing secret: the configured one, or in development one generated on first
+/// start and kept in `DATA_DIR/.jwt-secret` (mode 0600) so restarts keep sessions valid.
+pub fn resolve_jwt_secret(settings: &Settings) -> Result<SecretString, ConfigError> {
+    if let Some(secret) = &settings.jwt_secret {
+        return Ok(secret.clone());
+    }
+    if settings.is_production() {
+        return Err(ConfigError::Problems(vec![
+            "JWT_SECRET is required when NODE_ENV=production.".into(),
+        ]));
+    }
+    let path = settings.data_dir.join(".jwt-secret");
+    let read_err = |source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = SecretString::from(text.trim().to_owned());
+            if let Some(problem) = secret_problem(&path.display().to_string(), &secret) {
+                return Err(ConfigError::Problems(vec![problem]));
+            }
+            return Ok(secret);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(read_err(e)),
+    }
+    std::fs::create_dir_all(&settings.data_dir).map_err(read_err)?;
+    let secret = generate_secret();
+    write_private_file(&path, secret.as_bytes()).map_err(read_err)?;
+    tracing::warn!(
+        path = %path.display(),
+        "JWT_SECRET is not set: generated a random development secret and saved it; set JWT_SECRET in production"
+    );
+    Ok(SecretString::from(secret))
+}
+
+/// 48 random bytes from the OS, base64url: 64 characters, 384 bits.
+pub fn generate_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 48] = crate::auth::os_random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        map.insert("CONFIG_FILE".into(), "/dev/null".into());
+        map
+    }
+
+    #[test]
+    fn env_names_override_defaults() {
+        let s = Settings::from_env(env(&[
+            ("PORT", "4000"),
+            ("CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("RUN_MIGRATIONS", "false"),
+        ]))
+        .unwrap();
+        assert_eq!(s.port, 4000);
+        assert_eq!(
+            s.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert_eq!(s.trusted_proxies.len(), 1);
+        assert!(!s.run_migrations);
+        assert_eq!(s.storage_kind(), StorageKind::File);
+    }
+
+    #[test]
+    fn weak_secrets_are_problems() {
+        for weak in [
+            "short",
+            "your-super-secret-jwt-key-change-this-in-production",
+            &"a".repeat(40),
+        ] {
+            let s = Settings::from_env(env(&[("JWT_SECRET", weak)])).unwrap();
+            assert!(!s.problems().is_empty(), "{weak} accepted");
+        }
+        let good = generate_secret();
+        let s = Settings::from_env(env(&[("JWT_SECRET", &good)])).unwrap();
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn production_requires_a_secret() {
+        let s = Settings::from_env(env(&[("NODE_ENV", "production")])).unwrap();
+        assert!(
+            s.problems()
+                .iter()
+                .any(|p| p.contains("JWT_SECRET is required"))
+        );
+    }
+
+    #[test]
+    fn redis_host_variables_build_a_url() {
+        let s =
+            Settings::from_env(env(&[("REDIS_HOST", "cache"), ("REDIS_PORT", "6380")])).unwrap();
+        assert_eq!(s.redis_url.unwrap().expose_secret(), "redis://cache:6380");
+    }
+}

@@ -1,0 +1,252 @@
+//! `ApiError`: the one mapping from a failure to a status code and the Error JSON of API.md.
+//!
+//! Handlers and extractors return `ApiError`; the service layer returns `AuthError`, which converts
+//! here. Internal causes are logged by the error-envelope middleware (inside the request span,
+//! with the request id) and never reach a body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed on {field}: {message}")]
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    #[error("bad request: {message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("unauthorized: {code}")]
+    Unauthorized {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found: {message}")]
+    NotFound {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {code}")]
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("rate limited for {retry_after}s")]
+    RateLimited { retry_after: u64 },
+    #[error("not implemented")]
+    NotImplemented { message: &'static str },
+    #[error("service unavailable")]
+    Unavailable { retry_after: u64 },
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The Error JSON of API.md. `requestId` is filled in by the error-envelope middleware.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub success: bool,
+    pub message: String,
+    pub error: String,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            success: false,
+            error: message.clone(),
+            message,
+            code,
+            field: None,
+            retry_after: None,
+            request_id: None,
+        }
+    }
+}
+
+/// Marks a response whose body is an [`ErrorBody`]; the envelope middleware adds the request id.
+#[derive(Debug, Clone)]
+pub struct ErrorMarker {
+    pub body: ErrorBody,
+    /// The internal cause of a 5xx, for the log only.
+    pub cause: Option<String>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidCredentials | Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        match self {
+            Self::Validation { field, message } => ErrorBody {
+                field: Some(field),
+                ..ErrorBody::new("VALIDATION_ERROR", message.clone())
+            },
+            Self::BadRequest { code, message } => ErrorBody::new(code, message.clone()),
+            Self::InvalidCredentials => {
+                ErrorBody::new("AUTH_INVALID_CREDENTIALS", "Invalid email or password")
+            }
+            Self::Unauthorized { code, message } => ErrorBody::new(code, *message),
+            Self::Forbidden => ErrorBody::new("FORBIDDEN", "You do not have permission to do this"),
+            Self::NotFound { code, message } => ErrorBody::new(code, *message),
+            Self::MethodNotAllowed => {
+                ErrorBody::new("METHOD_NOT_ALLOWED", "Method not allowed on this route")
+            }
+            Self::Conflict { code, message } => ErrorBody::new(code, *message),
+            Self::PayloadTooLarge => {
+                ErrorBody::new("PAYLOAD_TOO_LARGE", "Request body is too large")
+            }
+            Self::UnsupportedMediaType => ErrorBody::new(
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Content-Type must be application/json",
+            ),
+            Self::RateLimited { retry_after } => ErrorBody {
+                retry_after: Some(*retry_after),
+                ..ErrorBody::new("RATE_LIMITED", "Too many requests, please try again later")
+            },
+            Self::NotImplemented { message } => ErrorBody::new("NOT_IMPLEMENTED", *message),
+            Self::Unavailable { .. } => ErrorBody::new(
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable, please try again shortly",
+            ),
+            Self::Internal(_) => {
+                ErrorBody::new("INTERNAL_ERROR", "Something went wrong, please try again")
+            }
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::Unauthorized {
+            code: "AUTH_TOKEN_INVALID",
+            message: "Invalid or expired token",
+        }
+    }
+
+    pub fn missing_token() -> Self {
+        Self::Unauthorized {
+            code: "AUTH_TOKEN_MISSING",
+            message: "Access token required",
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Validation {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.body();
+        let cause = match &self {
+            Self::Internal(e) => Some(format!("{e:#}")),
+            _ => None,
+        };
+        let mut response = (status, axum::Json(&body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::InvalidCredentials | Self::Unauthorized { .. } => {
+                let value = match &self {
+                    Self::Unauthorized {
+                        code: "AUTH_TOKEN_INVALID" | "AUTH_TOKEN_EXPIRED",
+                        ..
+                    } => HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                    _ => HeaderValue::from_static("Bearer"),
+                };
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+            Self::RateLimited { retry_after } | Self::Unavailable { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::MethodNotAllowed => {}
+            _ => {}
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorMarker { body, cause });
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        use crate::auth::tokens::TokenError;
+        match e {
+            A::Validation(v) => v.into(),
+            A::EmailExists => Self::Conflict {
+                code: "AUTH_EMAIL_EXISTS",
+                message: "An account with this email already exists",
+            },
+            A::InvalidCredentials => Self::InvalidCredentials,
+            A::AccessToken(TokenError::Expired) => Self::Unauthorized {
+                code: "AUTH_TOKEN_EXPIRED",
+                message: "Access token expired",
+            },
+            A::AccessToken(TokenError::Invalid(_)) => Self::unauthorized(),
+            A::RefreshInvalid { expired: true } => Self::Unauthorized {
+                code: "AUTH_REFRESH_EXPIRED",
+                message: "Session expired, please sign in again",
+            },
+            A::RefreshInvalid { expired: false } => Self::Unauthorized {
+                code: "AUTH_REFRESH_INVALID",
+                message: "Invalid or expired refresh token",
+            },
+            A::RefreshReused => Self::Unauthorized {
+                code: "AUTH_REFRESH_REUSED",
+                message: "This session was ended for your security, please sign in again",
+            },
+            A::SessionNotFound => Self::NotFound {
+                code: "SESSION_NOT_FOUND",
+                message: "Session not found",
+            },
+            A::Unavailable(why) => {
+                tracing::warn!(reason = %why, "store unavailable; answering 503");
+                Self::Unavailable { retry_after: 5 }
+            }
+            A::Internal(e) => Self::Internal(e),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Middleware: request ids and the request span, the error envelope (every 4xx/5xx in the Error
+//! shape with the request id, including axum's own rejections), and security headers.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody, ErrorMarker};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of this request: the caller's `X-Request-Id` when it is well formed, else a new UUID.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then(|| s.to_owned())
+}
+
+/// Outermost layer: assigns the request id, opens the request span, and logs one line per request
+/// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(well_formed_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", request_id = %id, method = %method,
+        route = route.as_deref().unwrap_or("unmatched"), status = tracing::field::Empty);
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    span.in_scope(|| {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), latency_ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), latency_ms, "request done");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// Puts every error response in the Error shape with its request id. Responses made by axum or
+/// tower (404 fallback, 405, 408 timeout, 413) have no marker and get a body from their status.
+pub async fn error_envelope(req: Request, next: Next) -> Response {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut error = match parts.extensions.remove::<ErrorMarker>() {
+        Some(marker) => {
+            if let Some(cause) = &marker.cause {
+                tracing::error!(cause = %cause, status = status.as_u16(), "internal error");
+            }
+            drop(body);
+            marker.body
+        }
+        None => {
+            drop(body);
+            body_for_status(status)
+        }
+    };
+    error.request_id = request_id;
+    let bytes = serde_json::to_vec(&error).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn body_for_status(status: StatusCode) -> ErrorBody {
+    match status {
+        StatusCode::NOT_FOUND => ErrorBody::new("NOT_FOUND", "Route not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.body(),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.body(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType.body(),
+        StatusCode::REQUEST_TIMEOUT => ErrorBody::new("REQUEST_TIMEOUT", "Request took too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ErrorBody::new("HEADERS_TOO_LARGE", "Request headers are too large")
+        }
+        s if s.is_server_error() => ApiError::Internal(anyhow::anyhow!("{s}")).body(),
+        _ => ErrorBody::new("BAD_REQUEST", "Bad request"),
+    }
+}
+
+/// Security headers on every response; `no-store` everywhere, since most responses carry tokens
+/// or personal data and none benefits from caching.
+pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if state.settings.hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    response
+}
+
+/// The 404 for unknown routes.
+pub async fn not_found() -> impl IntoResponse {
+    ApiError::NotFound {
+        code: "NOT_FOUND",
+        message: "Route not found",
+    }
+}

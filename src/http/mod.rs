@@ -1,0 +1,87 @@
+//! The axum edge: every route in one place, and the layer stack around them.
+
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod sessions;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::routing::{delete, get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let settings = &state.settings;
+    let api = Router::new()
+        .route("/api/auth/signup", post(auth::signup))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/logout-all", post(auth::logout_all))
+        .route("/api/auth/sessions", get(sessions::list))
+        .route("/api/auth/sessions/{id}", delete(sessions::revoke))
+        .route("/api/auth/token-info", get(auth::token_info))
+        .route("/api/auth/apple", post(auth::apple))
+        .route("/api/csrf-token", get(auth::csrf_token))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(middleware::not_found)
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
+
+    // Outermost first: request id and span, then CORS, security headers, the error envelope
+    // (which needs the request id), and the timeout innermost so its 408 gets enveloped too.
+    api.layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_millis(settings.request_timeout_ms),
+    ))
+    .layer(axum::middleware::from_fn(middleware::error_envelope))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::security_headers,
+    ))
+    .layer(cors(&state))
+    .layer(axum::middleware::from_fn(middleware::request_context))
+    .with_state(state)
+}
+
+/// Exact origins from `CORS_ORIGINS` (in development, the usual local frontends when unset).
+/// Credentials are allowed, so `*` is never used; `Vary: Origin` is set by the layer.
+fn cors(state: &AppState) -> CorsLayer {
+    let settings = &state.settings;
+    let mut origins = settings.cors_origins.clone();
+    if origins.is_empty() && !settings.is_production() {
+        origins = vec![
+            "http://localhost:3000".into(),
+            "http://localhost:5173".into(),
+        ];
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("x-csrf-token"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}

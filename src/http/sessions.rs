@@ -1,0 +1,55 @@
+//! The caller's sessions: list them, revoke one.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::extract::AuthUser;
+use crate::app::AppState;
+use crate::domain::format_timestamp;
+use crate::error::{ApiError, ApiResult};
+use crate::security_log::event::RequestContext;
+
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(auth): AuthUser,
+) -> ApiResult<impl IntoResponse> {
+    let idle = state.auth.policy.idle_ttl;
+    let sessions: Vec<_> = state
+        .auth
+        .sessions(&auth)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "deviceName": s.device_name,
+                "ipAddress": s.ip_address,
+                "createdAt": format_timestamp(s.created_at),
+                "lastUsedAt": format_timestamp(s.last_used_at),
+                "expiresAt": format_timestamp(s.expires_at.min(s.last_used_at + idle)),
+                "isCurrent": s.id == auth.claims.sid,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "success": true, "sessions": sessions })))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AuthUser(auth): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let not_found = || ApiError::NotFound {
+        code: "SESSION_NOT_FOUND",
+        message: "Session not found",
+    };
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    state.auth.revoke_session(&auth, id, &ctx).await?;
+    Ok(Json(
+        json!({ "success": true, "message": "Session revoked successfully" }),
+    ))
+}

@@ -1,0 +1,29 @@
+//! flux-auth: FluxStudio's authentication service, as a library so tests start the real app.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+/// `AppState` and `App`: build, bind, serve, drain.
+pub mod app;
+/// The service layer: passwords, tokens, revocation, the auth flows.
+pub mod auth;
+/// The command line.
+pub mod cli;
+/// Typed settings from defaults, `config/default.toml` and env.
+pub mod config;
+/// Value types with no I/O.
+pub mod domain;
+/// Crash-safe file replacement and private folders.
+pub mod durable_file;
+/// `ApiError`: failures to status codes and the Error JSON.
+pub mod error;
+/// The axum edge: routes, extractors, middleware.
+pub mod http;
+/// Abuse protection (Redis).
+pub mod limits;
+/// The security-event pipeline.
+pub mod security_log;
+/// SIGINT / SIGTERM.
+pub mod shutdown;
+/// Users and sessions behind one trait: Postgres or JSON files.
+pub mod store;
+/// The tracing subscriber.
+pub mod telemetry;

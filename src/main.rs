@@ -1,0 +1,19 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use flux_auth::cli::{self, Cli};
+use flux_auth::config::Settings;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("flux-auth: configuration error: {e}");
+            return ExitCode::from(cli::exit::CONFIG);
+        }
+    };
+    flux_auth::telemetry::init(settings.log_format);
+    cli::run(cli, settings).await
+}

@@ -1,0 +1,310 @@
+//! Security events: the types of API.md's table, their severities, and builders that fill in the
+//! request's context. User-controlled strings are escaped and capped here, once, so every sink
+//! (Postgres, spool, log mirror) gets the same safe text.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::domain::{ClientInfo, MAX_USER_AGENT_CHARS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    SignupSuccess,
+    SignupFailed,
+    LoginSuccess,
+    LoginFailed,
+    FailedLoginAttempt,
+    OauthSuccess,
+    OauthFailed,
+    TokenGenerated,
+    TokenRefreshed,
+    TokenRevoked,
+    MassTokenRevocation,
+    TokenVerificationFailed,
+    TokenReuseDetected,
+    DeviceFingerprintMismatch,
+    Logout,
+    RateLimitExceeded,
+    BruteForceDetected,
+    AccountLocked,
+    PasswordRehashed,
+    UserTypeChanged,
+    ServiceStarted,
+    ServiceStopped,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 22] = [
+        Self::SignupSuccess,
+        Self::SignupFailed,
+        Self::LoginSuccess,
+        Self::LoginFailed,
+        Self::FailedLoginAttempt,
+        Self::OauthSuccess,
+        Self::OauthFailed,
+        Self::TokenGenerated,
+        Self::TokenRefreshed,
+        Self::TokenRevoked,
+        Self::MassTokenRevocation,
+        Self::TokenVerificationFailed,
+        Self::TokenReuseDetected,
+        Self::DeviceFingerprintMismatch,
+        Self::Logout,
+        Self::RateLimitExceeded,
+        Self::BruteForceDetected,
+        Self::AccountLocked,
+        Self::PasswordRehashed,
+        Self::UserTypeChanged,
+        Self::ServiceStarted,
+        Self::ServiceStopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SignupSuccess => "signup_success",
+            Self::SignupFailed => "signup_failed",
+            Self::LoginSuccess => "login_success",
+            Self::LoginFailed => "login_failed",
+            Self::FailedLoginAttempt => "failed_login_attempt",
+            Self::OauthSuccess => "oauth_success",
+            Self::OauthFailed => "oauth_failed",
+            Self::TokenGenerated => "token_generated",
+            Self::TokenRefreshed => "token_refreshed",
+            Self::TokenRevoked => "token_revoked",
+            Self::MassTokenRevocation => "mass_token_revocation",
+            Self::TokenVerificationFailed => "token_verification_failed",
+            Self::TokenReuseDetected => "token_reuse_detected",
+            Self::DeviceFingerprintMismatch => "device_fingerprint_mismatch",
+            Self::Logout => "logout",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
+            Self::BruteForceDetected => "brute_force_detected",
+            Self::AccountLocked => "account_locked",
+            Self::PasswordRehashed => "password_rehashed",
+            Self::UserTypeChanged => "user_type_changed",
+            Self::ServiceStarted => "service_started",
+            Self::ServiceStopped => "service_stopped",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+
+    /// The severity API.md assigns to this type.
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::SignupSuccess
+            | Self::LoginSuccess
+            | Self::OauthSuccess
+            | Self::TokenGenerated
+            | Self::TokenRefreshed
+            | Self::TokenRevoked
+            | Self::Logout
+            | Self::PasswordRehashed
+            | Self::ServiceStarted
+            | Self::ServiceStopped => Severity::Info,
+            Self::SignupFailed
+            | Self::LoginFailed
+            | Self::FailedLoginAttempt
+            | Self::OauthFailed
+            | Self::MassTokenRevocation
+            | Self::TokenVerificationFailed
+            | Self::DeviceFingerprintMismatch
+            | Self::RateLimitExceeded
+            | Self::UserTypeChanged => Severity::Warning,
+            Self::BruteForceDetected | Self::AccountLocked => Severity::High,
+            Self::TokenReuseDetected => Severity::Critical,
+        }
+    }
+
+    /// The OWASP Logging Vocabulary name, carried in `metadata.owasp` for SIEM rules.
+    pub fn owasp_name(self) -> &'static str {
+        match self {
+            Self::SignupSuccess => "user_created",
+            Self::SignupFailed => "input_validation_fail",
+            Self::LoginSuccess | Self::OauthSuccess => "authn_login_success",
+            Self::LoginFailed | Self::FailedLoginAttempt | Self::OauthFailed => "authn_login_fail",
+            Self::TokenGenerated | Self::TokenRefreshed => "authn_token_created",
+            Self::TokenRevoked | Self::MassTokenRevocation => "authn_token_revoked",
+            Self::TokenVerificationFailed => "authn_token_invalid",
+            Self::TokenReuseDetected => "authn_token_reuse",
+            Self::DeviceFingerprintMismatch => "session_hijack_suspected",
+            Self::Logout => "session_logout",
+            Self::RateLimitExceeded => "excess_rate_limit_exceeded",
+            Self::BruteForceDetected => "authn_login_fail_max",
+            Self::AccountLocked => "authn_login_lock",
+            Self::PasswordRehashed => "authn_password_change",
+            Self::UserTypeChanged => "authz_change",
+            Self::ServiceStarted => "sys_startup",
+            Self::ServiceStopped => "sys_shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Warning,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Warning => "warning",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::Info,
+            Self::Low,
+            Self::Warning,
+            Self::High,
+            Self::Critical,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+/// One security event, as every sink stores it. Tokens appear only as their id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecurityEvent {
+    pub id: Uuid,
+    pub event_type: EventType,
+    pub severity: Severity,
+    pub user_id: Option<String>,
+    pub token_id: Option<Uuid>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The request an event came from: who, from where, on which route.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub route: String,
+    pub method: String,
+    pub client: ClientInfo,
+}
+
+impl SecurityEvent {
+    /// A new event of `event_type` with its default severity, stamped now with a time-ordered id.
+    pub fn new(event_type: EventType) -> Self {
+        let mut metadata = Map::new();
+        metadata.insert("owasp".into(), event_type.owasp_name().into());
+        Self {
+            id: Uuid::now_v7(),
+            event_type,
+            severity: event_type.severity(),
+            user_id: None,
+            token_id: None,
+            ip_address: None,
+            user_agent: None,
+            metadata,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// An event about a request: fills ip, user agent, fingerprint, device, request id and route.
+    pub fn from_request(event_type: EventType, ctx: &RequestContext) -> Self {
+        let mut event = Self::new(event_type);
+        event.ip_address = Some(ctx.client.ip.to_string());
+        event.user_agent = ctx
+            .client
+            .user_agent
+            .as_deref()
+            .map(|ua| sanitize(ua, MAX_USER_AGENT_CHARS));
+        event.meta("deviceFingerprint", ctx.client.fingerprint.as_str());
+        event.meta("deviceName", ctx.client.device_name());
+        event.meta("requestId", ctx.request_id.as_str());
+        event.meta("route", ctx.route.as_str());
+        event.meta("method", ctx.method.as_str());
+        event
+    }
+
+    pub fn user(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(sanitize(&user_id.into(), 255));
+        self
+    }
+
+    pub fn token(mut self, token_id: Uuid) -> Self {
+        self.token_id = Some(token_id);
+        self
+    }
+
+    pub fn email(mut self, email: &str) -> Self {
+        self.meta("email", sanitize(email, 254));
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.meta("reason", sanitize(reason, 200));
+        self
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.meta(key, value);
+        self
+    }
+
+    fn meta(&mut self, key: &str, value: impl Into<Value>) {
+        self.metadata.insert(key.to_owned(), value.into());
+    }
+}
+
+/// Escapes characters that could forge or hide log lines (CR, LF, ESC, DEL, C1 controls, NUL,
+/// U+2028/U+2029, bidi controls) as `\u{..}` and caps the text at `max_chars`, marking a cut.
+pub fn sanitize(raw: &str, max_chars: usize) -> String {
+    const MARKER: &str = "…[truncated]";
+    let mut out = String::with_capacity(raw.len().min(max_chars + MARKER.len()));
+    for (count, c) in raw.chars().enumerate() {
+        if count >= max_chars {
+            out.push_str(MARKER);
+            return out;
+        }
+        if crate::domain::is_forbidden_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_controls_and_caps() {
+        let s = sanitize("a\r\nb\x1b[31mc\u{7f}\u{9b}\u{2028}\0", 100);
+        assert_eq!(s, "a\\u{d}\\u{a}b\\u{1b}[31mc\\u{7f}\\u{9b}\\u{2028}\\u{0}");
+        let long = sanitize(&"x".repeat(10_000), 512);
+        assert!(long.starts_with(&"x".repeat(512)) && long.ends_with("…[truncated]"));
+    }
+
+    #[test]
+    fn every_type_round_trips_and_has_its_severity() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+        assert_eq!(EventType::TokenReuseDetected.severity(), Severity::Critical);
+        assert_eq!(EventType::AccountLocked.severity(), Severity::High);
+    }
+}

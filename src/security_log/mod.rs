@@ -1,0 +1,95 @@
+//! The security-event pipeline: typed events, a logger handle whose `record()` never waits on a
+//! database or a disk (in the default async mode), and a background writer that batches events
+//! into Postgres, spools them to JSON-lines files when the database is away, and replays the spool
+//! when it comes back.
+
+pub mod event;
+pub mod logger;
+pub mod postgres_sink;
+pub mod spool;
+pub mod writer;
+
+pub use event::{EventType, SecurityEvent, Severity, sanitize};
+pub use logger::{PipelineStats, SecurityLogger};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::store::postgres::Database;
+
+/// The running pipeline: the logger handle, its database (when there is one) and the writer task.
+pub struct Pipeline {
+    pub logger: SecurityLogger,
+    pub database: Option<Database>,
+    pub writer: JoinHandle<()>,
+    pub stop: CancellationToken,
+}
+
+/// Starts the writer. Its database is `SECURITY_LOG_DATABASE_URL`, else `DATABASE_URL`; without
+/// either, the spool files are the log. A database that is down at start is retried in the
+/// background while events go to the spool.
+pub fn start(settings: &Settings) -> anyhow::Result<Pipeline> {
+    let dir = settings.security_log_dir();
+    let spool = Arc::new(spool::Spool::open(&dir).map_err(|e| {
+        anyhow::anyhow!(
+            "could not open the security event spool {}: {e}",
+            dir.display()
+        )
+    })?);
+    let database = match settings.security_log_database_url() {
+        Some(url) => {
+            let db = Database::connect_lazy(
+                url,
+                4,
+                Duration::from_millis(settings.database_connect_timeout_ms),
+            )?;
+            if settings.run_migrations {
+                db.migrate_in_background("security log");
+            } else {
+                db.assume_migrated();
+            }
+            Some(db)
+        }
+        None => None,
+    };
+    let stats = Arc::new(PipelineStats::default());
+    stats
+        .sink_healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let capacity = settings.security_log_queue_capacity;
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let sink_kind = if database.is_some() {
+        "postgresql"
+    } else {
+        "file"
+    };
+    let logger = SecurityLogger::new(
+        tx,
+        spool.clone(),
+        stats.clone(),
+        settings.security_log_durability,
+        capacity,
+        sink_kind,
+    );
+    let writer = writer::Writer {
+        rx,
+        sink: database.clone().map(|db| postgres_sink::PgSink { db }),
+        spool,
+        stats,
+        batch_size: settings.security_log_batch_size,
+        linger: Duration::from_millis(settings.security_log_linger_ms),
+        spool_max_bytes: settings.security_log_spool_max_bytes,
+    };
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(writer.run(stop.clone()));
+    Ok(Pipeline {
+        logger,
+        database,
+        writer,
+        stop,
+    })
+}

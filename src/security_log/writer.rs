@@ -1,0 +1,278 @@
+//! The background writer: takes batches off the queue and writes each in one statement to
+//! Postgres, or to the spool when the database is away (or absent: then the spool is the log).
+//! While the database is down it probes with backoff; when it is back it replays the spool in
+//! order and deletes each file only after all its events are committed. On shutdown it drains the
+//! queue to the database or the spool before returning.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::event::SecurityEvent;
+use super::logger::{Envelope, PipelineStats};
+use super::postgres_sink::PgSink;
+use super::spool::{self, Spool};
+
+/// How long one database write may take before the batch goes to the spool instead.
+const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same during shutdown, where the whole drain must fit in pm2's kill timeout.
+const DRAIN_DB_TIMEOUT: Duration = Duration::from_millis(400);
+const PROBE_MIN: Duration = Duration::from_millis(250);
+const PROBE_MAX: Duration = Duration::from_secs(10);
+
+pub struct Writer {
+    pub rx: mpsc::Receiver<Envelope>,
+    pub sink: Option<PgSink>,
+    pub spool: Arc<Spool>,
+    pub stats: Arc<PipelineStats>,
+    pub batch_size: usize,
+    pub linger: Duration,
+    pub spool_max_bytes: u64,
+}
+
+impl Writer {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.sink.is_some()
+            && let Ok(files) = self.spool.sealed_files()
+        {
+            self.stats
+                .spool_backlog
+                .store(spool::count_lines(&files) as i64, Ordering::Relaxed);
+        }
+        let mut next_probe = Instant::now();
+        let mut probe_wait = PROBE_MIN;
+        let mut maintenance = tokio::time::interval(Duration::from_millis(200));
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                first = self.rx.recv() => {
+                    let Some(first) = first else { break };
+                    let batch = self.collect(first).await;
+                    self.write(batch, DB_WRITE_TIMEOUT).await;
+                }
+                _ = maintenance.tick() => {
+                    if Instant::now() >= next_probe {
+                        if self.maintain().await {
+                            probe_wait = PROBE_MIN;
+                        } else {
+                            probe_wait = (probe_wait * 2).min(PROBE_MAX);
+                        }
+                        next_probe = Instant::now() + if self.healthy() { Duration::ZERO } else { probe_wait };
+                    }
+                }
+            }
+        }
+        self.drain().await;
+    }
+
+    fn healthy(&self) -> bool {
+        self.stats.sink_healthy.load(Ordering::Relaxed)
+    }
+
+    async fn collect(&mut self, first: Envelope) -> Vec<Envelope> {
+        let mut batch = Vec::with_capacity(self.batch_size.min(1024));
+        batch.push(first);
+        while batch.len() < self.batch_size {
+            match self.rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < self.batch_size && !self.linger.is_zero() {
+            let room = self.batch_size - batch.len();
+            let _ = timeout(self.linger, self.rx.recv_many(&mut batch, room)).await;
+        }
+        batch
+    }
+
+    /// Writes one batch to the database if it is up, else to the spool; then acknowledges it.
+    async fn write(&mut self, batch: Vec<Envelope>, db_timeout: Duration) {
+        let (events, acks): (Vec<SecurityEvent>, Vec<_>) =
+            batch.into_iter().map(|e| (e.event, e.ack)).unzip();
+        let mut written = false;
+        if let Some(sink) = &self.sink
+            && sink.db.is_ready()
+            && self.healthy()
+        {
+            let refs: Vec<&SecurityEvent> = events.iter().collect();
+            match timeout(db_timeout, sink.insert(&refs)).await {
+                Ok(Ok(_)) => {
+                    written = true;
+                    self.stats
+                        .written
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.mark_flushed();
+                }
+                Ok(Err(e)) => self.mark_unhealthy(&format!("{e}")),
+                Err(_) => self.mark_unhealthy("write timed out"),
+            }
+        }
+        if !written {
+            self.spool_events(events).await;
+        }
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(());
+        }
+    }
+
+    fn mark_unhealthy(&self, why: &str) {
+        if self.stats.sink_healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error = why,
+                "security log database unavailable; spooling events to disk"
+            );
+        }
+    }
+
+    /// Appends to the spool, retrying once into a fresh file; counts a loss only if both fail.
+    async fn spool_events(&self, events: Vec<SecurityEvent>) {
+        let spool = self.spool.clone();
+        let n = events.len();
+        let result = tokio::task::spawn_blocking(move || {
+            spool.append(&events).or_else(|_| spool.append(&events))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        match result {
+            Ok(_) => {
+                self.stats.spooled.fetch_add(n as u64, Ordering::Relaxed);
+                if self.sink.is_some() {
+                    self.stats
+                        .spool_backlog
+                        .fetch_add(n as i64, Ordering::Relaxed);
+                } else {
+                    self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.mark_flushed();
+                }
+                if self.stats.spool_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("security event spool writable again");
+                }
+            }
+            Err(e) => {
+                self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.spool_failing.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, events = n, dir = %self.spool.dir().display(),
+                    "security events lost: database unavailable and spool not writable");
+            }
+        }
+    }
+
+    /// Probes the database when it is marked down and replays the spool when it is up. Returns
+    /// whether the sink is healthy afterwards.
+    async fn maintain(&mut self) -> bool {
+        let bytes = self.spool.bytes_on_disk();
+        let over = bytes > self.spool_max_bytes;
+        if over != self.stats.spool_over_cap.swap(over, Ordering::Relaxed) && over {
+            tracing::error!(
+                bytes,
+                cap = self.spool_max_bytes,
+                "security event spool is over its size cap; still writing (events are never dropped), free disk space or restore the database"
+            );
+        }
+        let Some(sink) = self.sink.clone() else {
+            return true;
+        };
+        if !sink.db.is_ready() {
+            return false;
+        }
+        if !self.healthy() {
+            match timeout(DB_WRITE_TIMEOUT, sink.db.ping()).await {
+                Ok(Ok(())) => {
+                    self.stats.sink_healthy.store(true, Ordering::Relaxed);
+                    tracing::info!("security log database reachable again; replaying the spool");
+                }
+                _ => return false,
+            }
+        }
+        self.replay(&sink).await
+    }
+
+    /// Replays sealed spool files oldest first; stops at the first failure, leaving the file.
+    async fn replay(&mut self, sink: &PgSink) -> bool {
+        if self.stats.spool_backlog.load(Ordering::Relaxed) <= 0
+            && self.spool.sealed_files().is_ok_and(|f| f.is_empty())
+        {
+            // Nothing sealed; events spilled into the open file are picked up on the next pass.
+            self.spool.seal();
+            return true;
+        }
+        self.spool.seal();
+        let Ok(files) = self.spool.sealed_files() else {
+            return true;
+        };
+        for path in files {
+            let read = match tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || spool::read_file(&path)
+            })
+            .await
+            {
+                Ok(Ok(read)) => read,
+                _ => continue,
+            };
+            if read.bad_lines > 0 {
+                self.stats
+                    .bad_spool_lines
+                    .fetch_add(read.bad_lines as u64, Ordering::Relaxed);
+                tracing::warn!(file = %path.display(), skipped = read.bad_lines,
+                    "skipped spool lines that did not parse (torn write after a crash?)");
+            }
+            for chunk in read.events.chunks(self.batch_size.max(1)) {
+                let refs: Vec<&SecurityEvent> = chunk.iter().collect();
+                match timeout(DB_WRITE_TIMEOUT, sink.insert(&refs)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        self.mark_unhealthy(&e.to_string());
+                        return false;
+                    }
+                    Err(_) => {
+                        self.mark_unhealthy("replay timed out");
+                        return false;
+                    }
+                }
+            }
+            let n = read.events.len() as u64;
+            if self.spool.remove(&path).is_ok() {
+                self.stats.replayed.fetch_add(n, Ordering::Relaxed);
+                self.stats.written.fetch_add(n, Ordering::Relaxed);
+                self.stats
+                    .spool_backlog
+                    .fetch_sub(n as i64, Ordering::Relaxed);
+                self.stats.mark_flushed();
+                tracing::info!(
+                    events = n,
+                    "replayed spooled security events into the database"
+                );
+            }
+        }
+        if self.stats.spool_backlog.load(Ordering::Relaxed) < 0 {
+            self.stats.spool_backlog.store(0, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Shutdown: whatever is queued goes to the database (briefly) or the spool.
+    async fn drain(&mut self) {
+        self.rx.close();
+        let mut batch = Vec::new();
+        while let Ok(envelope) = self.rx.try_recv() {
+            batch.push(envelope);
+            if batch.len() >= self.batch_size {
+                self.write(std::mem::take(&mut batch), DRAIN_DB_TIMEOUT)
+                    .await;
+            }
+        }
+        if !batch.is_empty() {
+            self.write(batch, DRAIN_DB_TIMEOUT).await;
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The JSON-file store: `users.json` in the old service's shape (`{"users":[...]}`) and
+//! `sessions.json` for refresh-token families, both in `DATA_DIR`.
+//!
+//! Each file has its own async lock. A write applies the change to a copy, makes the copy durable
+//! (temp file, fsync, rename, folder fsync) and only then publishes it and answers, so a crash or
+//! a failed write never leaves an acknowledged change unsaved or an unsaved change visible, and
+//! concurrent requests never lose each other's updates.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use super::{
+    ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, RotationDecision,
+    SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
+};
+use crate::domain::{UserRecord, UserType, format_timestamp};
+use crate::durable_file;
+
+/// Revoked or expired sessions are kept this long (for reuse detection and audit), then pruned.
+const SESSION_RETENTION_DAYS: i64 = 7;
+
+pub struct FileStore {
+    users_path: PathBuf,
+    sessions_path: PathBuf,
+    users: RwLock<Vec<UserRecord>>,
+    sessions: RwLock<SessionsFile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SessionsFile {
+    #[serde(default)]
+    sessions: Vec<SessionRecord>,
+    #[serde(default)]
+    tokens: Vec<TokenRecord>,
+}
+
+/// A user as the old service wrote it. Unknown fields are kept in `extra` and written back.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileUser {
+    #[serde(deserialize_with = "string_or_number")]
+    id: String,
+    email: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_type: Option<String>,
+    /// The old service called the hash `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    google_id: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    avatar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_login: Option<String>,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UsersFile<T> {
+    users: Vec<T>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "id must be a string or number, got {other}"
+        ))),
+    }
+}
+
+fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
+    raw.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl From<FileUser> for UserRecord {
+    fn from(u: FileUser) -> Self {
+        let email_verified = u.email_verified || u.google_id.is_some();
+        Self {
+            created_at: parse_time(u.created_at.as_deref()).unwrap_or(DateTime::UNIX_EPOCH),
+            last_login: parse_time(u.last_login.as_deref()),
+            user_type: u
+                .user_type
+                .as_deref()
+                .and_then(UserType::parse)
+                .unwrap_or(UserType::Client),
+            email: u.email.trim().to_lowercase(),
+            id: u.id,
+            name: u.name,
+            password_hash: u.password.filter(|h| !h.is_empty()),
+            google_id: u.google_id,
+            email_verified,
+            avatar: u.avatar,
+            extra: u.extra,
+        }
+    }
+}
+
+impl From<&UserRecord> for FileUser {
+    fn from(u: &UserRecord) -> Self {
+        Self {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            user_type: Some(u.user_type.as_str().to_owned()),
+            password: u.password_hash.clone(),
+            google_id: u.google_id.clone(),
+            email_verified: u.email_verified,
+            avatar: u.avatar.clone(),
+            created_at: Some(format_timestamp(u.created_at)),
+            last_login: u.last_login.map(format_timestamp),
+            extra: u.extra.clone(),
+        }
+    }
+}
+
+/// Reads the old service's `users.json`; used at start and by `import-users`.
+pub fn read_users_file(path: &Path) -> anyhow::Result<Vec<UserRecord>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    let file: UsersFile<FileUser> = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a users.json of the form {{\"users\":[...]}}",
+            path.display()
+        )
+    })?;
+    Ok(file.users.into_iter().map(UserRecord::from).collect())
+}
+
+impl FileStore {
+    pub async fn open(dir: &Path) -> anyhow::Result<Self> {
+        durable_file::ensure_private_dir(dir)
+            .with_context(|| format!("could not create data folder {}", dir.display()))?;
+        let users_path = dir.join("users.json");
+        let sessions_path = dir.join("sessions.json");
+        let users = if users_path.exists() {
+            read_users_file(&users_path)?
+        } else {
+            Vec::new()
+        };
+        let sessions = if sessions_path.exists() {
+            let bytes = std::fs::read(&sessions_path)?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is corrupt", sessions_path.display()))?
+        } else {
+            SessionsFile::default()
+        };
+        Ok(Self {
+            users_path,
+            sessions_path,
+            users: RwLock::new(users),
+            sessions: RwLock::new(sessions),
+        })
+    }
+
+    async fn write_users(&self, users: &[UserRecord]) -> StoreResult<()> {
+        let file = UsersFile {
+            users: users.iter().map(FileUser::from).collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).context("serialising users")?;
+        write_durably(self.users_path.clone(), bytes).await
+    }
+
+    async fn write_sessions(&self, sessions: &SessionsFile) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(sessions).context("serialising sessions")?;
+        write_durably(self.sessions_path.clone(), bytes).await
+    }
+
+    /// Applies `change` to a copy of the users; publishes it only once it is on disk.
+    async fn update_users<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<UserRecord>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut guard = self.users.write().await;
+        let mut next = guard.clone();
+        let out = change(&mut next)?;
+        self.write_users(&next).await?;
+        *guard = next;
+        Ok(out)
+    }
+
+    async fn update_sessions<T>(
+        &self,
+        change: impl FnOnce(&mut SessionsFile) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut guard = self.sessions.write().await;
+        let mut next = guard.clone();
+        let out = change(&mut next)?;
+        self.write_sessions(&next).await?;
+        *guard = next;
+        Ok(out)
+    }
+}
+
+async fn write_durably(path: PathBuf, bytes: Vec<u8>) -> StoreResult<()> {
+    tokio::task::spawn_blocking(move || durable_file::replace(&path, &bytes))
+        .await
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("file writer stopped: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("could not write data file: {e}")))
+}
+
+fn prune(file: &mut SessionsFile, now: DateTime<Utc>, idle_ttl: chrono::Duration) {
+    let keep_until = chrono::Duration::days(SESSION_RETENTION_DAYS);
+    file.sessions.retain(|s| {
+        let ended = s
+            .revoked_at
+            .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl));
+        now < ended + keep_until
+    });
+    let live: std::collections::HashSet<Uuid> = file.sessions.iter().map(|s| s.id).collect();
+    file.tokens.retain(|t| live.contains(&t.session_id));
+}
+
+#[async_trait]
+impl Store for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
+        self.update_users(|users| {
+            if users.iter().any(|u| u.email == user.email) {
+                return Err(StoreError::Conflict("email"));
+            }
+            if users.iter().any(|u| u.id == user.id) {
+                return Err(StoreError::Conflict("id"));
+            }
+            users.push(user.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        Ok(self
+            .users
+            .read()
+            .await
+            .iter()
+            .find(|u| u.email == email)
+            .cloned())
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        Ok(self.users.read().await.iter().find(|u| u.id == id).cloned())
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
+        self.update_users(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.id == user_id)
+                .ok_or(StoreError::NotFound)?;
+            user.password_hash = Some(hash.to_owned());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        self.update_users(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.id == user_id)
+                .ok_or(StoreError::NotFound)?;
+            user.last_login = Some(at);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord> {
+        self.update_users(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.email == email)
+                .ok_or(StoreError::NotFound)?;
+            user.user_type = user_type;
+            Ok(user.clone())
+        })
+        .await
+    }
+
+    async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
+        self.update_users(|users| {
+            if users
+                .iter()
+                .any(|u| u.id == user.id || u.email == user.email)
+            {
+                return Ok(ImportOutcome::Skipped);
+            }
+            users.push(user.clone());
+            Ok(ImportOutcome::Inserted)
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        new: &NewSession,
+        max_live: usize,
+        idle_ttl: chrono::Duration,
+    ) -> StoreResult<Vec<Uuid>> {
+        let now = new.session.created_at;
+        self.update_sessions(|file| {
+            prune(file, now, idle_ttl);
+            file.sessions.push(new.session.clone());
+            file.tokens.push(new.token.clone());
+            let mut live: Vec<&mut SessionRecord> = file
+                .sessions
+                .iter_mut()
+                .filter(|s| s.user_id == new.session.user_id && s.is_live(now, idle_ttl))
+                .collect();
+            live.sort_by_key(|s| s.created_at);
+            let excess = live.len().saturating_sub(max_live);
+            let mut evicted = Vec::with_capacity(excess);
+            for session in live.into_iter().take(excess) {
+                session.revoked_at = Some(now);
+                session.revoked_reason = Some("session_limit".into());
+                evicted.push(session.id);
+            }
+            Ok(evicted)
+        })
+        .await
+    }
+
+    async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
+        // Decide under the read lock first: most outcomes write nothing, and a write re-checks.
+        let decision = {
+            let file = self.sessions.read().await;
+            decide(&file, request)
+        };
+        match decision {
+            Decided::Final(outcome) => return Ok(*outcome),
+            Decided::NeedsWrite => {}
+        }
+        self.update_sessions(|file| {
+            let Some(token_idx) = file
+                .tokens
+                .iter()
+                .position(|t| t.token_hash == request.presented_hash)
+            else {
+                return Ok(invalid(InvalidReason::Unknown, None, None));
+            };
+            let token = file.tokens[token_idx].clone();
+            let Some(session_idx) = file.sessions.iter().position(|s| s.id == token.session_id)
+            else {
+                return Ok(invalid(InvalidReason::Unknown, None, Some(token.id)));
+            };
+            let successor = token
+                .replaced_by
+                .and_then(|id| file.tokens.iter().find(|t| t.id == id))
+                .cloned();
+            let session = &mut file.sessions[session_idx];
+            Ok(
+                match decide_rotation(&token, session, successor.as_ref(), request) {
+                    RotationDecision::Rotate {
+                        fingerprint_matched,
+                    } => {
+                        session.last_used_at = request.now;
+                        session.ip_address = request.ip_address.clone();
+                        let session = session.clone();
+                        let old = &mut file.tokens[token_idx];
+                        old.rotated_at = Some(request.now);
+                        old.replaced_by = Some(request.successor_id);
+                        file.tokens.push(request.successor_in(token.session_id));
+                        RotateOutcome::Rotated {
+                            session,
+                            old_token_id: token.id,
+                            fingerprint_matched,
+                        }
+                    }
+                    RotationDecision::Grace {
+                        fingerprint_matched,
+                    } => RotateOutcome::Grace {
+                        session: session.clone(),
+                        old_token_id: token.id,
+                        fingerprint_matched,
+                    },
+                    RotationDecision::Reuse => {
+                        session.revoked_at = Some(request.now);
+                        session.revoked_reason = Some("token_reuse".into());
+                        RotateOutcome::ReuseDetected {
+                            session: session.clone(),
+                            token_id: token.id,
+                        }
+                    }
+                    RotationDecision::RejectFingerprint => {
+                        session.revoked_at = Some(request.now);
+                        session.revoked_reason = Some("fingerprint_mismatch".into());
+                        RotateOutcome::FingerprintRejected {
+                            session: session.clone(),
+                            token_id: token.id,
+                        }
+                    }
+                    RotationDecision::Invalid(reason) => {
+                        invalid(reason, Some(session.clone()), Some(token.id))
+                    }
+                },
+            )
+        })
+        .await
+    }
+
+    async fn session_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
+        let file = self.sessions.read().await;
+        let Some(token) = file.tokens.iter().find(|t| t.token_hash == token_hash) else {
+            return Ok(None);
+        };
+        Ok(file
+            .sessions
+            .iter()
+            .find(|s| s.id == token.session_id)
+            .map(|s| (s.clone(), token.id)))
+    }
+
+    async fn revoke_session(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<bool> {
+        {
+            let file = self.sessions.read().await;
+            let live = file
+                .sessions
+                .iter()
+                .any(|s| s.id == session_id && s.user_id == user_id && s.revoked_at.is_none());
+            if !live {
+                return Ok(false);
+            }
+        }
+        self.update_sessions(|file| {
+            match file
+                .sessions
+                .iter_mut()
+                .find(|s| s.id == session_id && s.user_id == user_id && s.revoked_at.is_none())
+            {
+                Some(session) => {
+                    session.revoked_at = Some(now);
+                    session.revoked_reason = Some(reason.to_owned());
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<u64> {
+        self.update_sessions(|file| {
+            let mut count = 0;
+            for session in file
+                .sessions
+                .iter_mut()
+                .filter(|s| s.user_id == user_id && s.revoked_at.is_none())
+            {
+                session.revoked_at = Some(now);
+                session.revoked_reason = Some(reason.to_owned());
+                count += 1;
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn live_sessions(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        let file = self.sessions.read().await;
+        let mut sessions: Vec<SessionRecord> = file
+            .sessions
+            .iter()
+            .filter(|s| s.user_id == user_id && s.is_live(now, idle_ttl))
+            .cloned()
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
+        Ok(sessions)
+    }
+
+    async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>> {
+        Ok(self
+            .sessions
+            .read()
+            .await
+            .sessions
+            .iter()
+            .find(|s| s.id == session_id)
+            .cloned())
+    }
+}
+
+enum Decided {
+    Final(Box<RotateOutcome>),
+    NeedsWrite,
+}
+
+/// The read-only half of rotation: answers outright when nothing has to be written.
+fn decide(file: &SessionsFile, request: &RotateRequest) -> Decided {
+    let Some(token) = file
+        .tokens
+        .iter()
+        .find(|t| t.token_hash == request.presented_hash)
+    else {
+        return Decided::Final(Box::new(invalid(InvalidReason::Unknown, None, None)));
+    };
+    let Some(session) = file.sessions.iter().find(|s| s.id == token.session_id) else {
+        return Decided::Final(Box::new(invalid(
+            InvalidReason::Unknown,
+            None,
+            Some(token.id),
+        )));
+    };
+    let successor = token
+        .replaced_by
+        .and_then(|id| file.tokens.iter().find(|t| t.id == id));
+    match decide_rotation(token, session, successor, request) {
+        RotationDecision::Grace {
+            fingerprint_matched,
+        } => Decided::Final(Box::new(RotateOutcome::Grace {
+            session: session.clone(),
+            old_token_id: token.id,
+            fingerprint_matched,
+        })),
+        RotationDecision::Invalid(reason) => Decided::Final(Box::new(invalid(
+            reason,
+            Some(session.clone()),
+            Some(token.id),
+        ))),
+        _ => Decided::NeedsWrite,
+    }
+}
+
+fn invalid(
+    reason: InvalidReason,
+    session: Option<SessionRecord>,
+    token_id: Option<Uuid>,
+) -> RotateOutcome {
+    RotateOutcome::Invalid {
+        reason,
+        session,
+        token_id,
+    }
+}

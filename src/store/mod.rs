@@ -1,0 +1,281 @@
+//! Persistence of users and sessions behind one trait, with two backends chosen once at start:
+//! Postgres (sqlx) and JSON files (the old service's `users.json`, the embedded default).
+//!
+//! A session is one refresh-token family: created at login, rotated on every refresh, revoked by
+//! logout. Decisions that must be atomic (rotation, reuse detection, the session cap) are made
+//! inside the store, so concurrent requests cannot fork a family on either backend.
+
+pub mod json_file;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{Settings, StorageKind};
+use crate::domain::{UserRecord, UserType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A refresh-token family as stored. The raw refresh token is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub user_id: String,
+    pub device_name: String,
+    pub ip_address: String,
+    pub user_agent: Option<String>,
+    /// Hex SHA-256 device fingerprint of the client that created the session.
+    pub fingerprint: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// The absolute end of the session; the idle limit is counted from `last_used_at`.
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+}
+
+impl SessionRecord {
+    pub fn is_live(&self, now: DateTime<Utc>, idle_ttl: chrono::Duration) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at && now < self.last_used_at + idle_ttl
+    }
+}
+
+/// One refresh token of a family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    /// Hex SHA-256 of the raw token.
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+    /// Set when the token was rotated: it is dead from then on, apart from the grace window.
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub replaced_by: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session: SessionRecord,
+    pub token: TokenRecord,
+}
+
+/// Everything the store needs to rotate a refresh token in one atomic step.
+#[derive(Debug, Clone)]
+pub struct RotateRequest {
+    pub presented_hash: String,
+    /// The successor's id and hash. The successor is derived from the presented token (see
+    /// `auth::refresh`), so concurrent refreshes inside the grace window all get the same one.
+    pub successor_id: Uuid,
+    pub successor_hash: String,
+    pub now: DateTime<Utc>,
+    pub grace: chrono::Duration,
+    pub idle_ttl: chrono::Duration,
+    pub fingerprint: String,
+    pub ip_address: String,
+    pub reject_on_fingerprint_mismatch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RotateOutcome {
+    /// The presented token was live and is now rotated to `successor`.
+    Rotated {
+        session: SessionRecord,
+        old_token_id: Uuid,
+        fingerprint_matched: bool,
+    },
+    /// The token was rotated moments ago (inside the grace window) to the same successor, which
+    /// is still live: this request gets that successor too.
+    Grace {
+        session: SessionRecord,
+        old_token_id: Uuid,
+        fingerprint_matched: bool,
+    },
+    /// A rotated token came back after the grace window: the whole family is now revoked.
+    ReuseDetected {
+        session: SessionRecord,
+        token_id: Uuid,
+    },
+    /// The fingerprint differed and policy is `reject`: the session is now revoked.
+    FingerprintRejected {
+        session: SessionRecord,
+        token_id: Uuid,
+    },
+    /// Unknown token, or one whose session is revoked or expired.
+    Invalid {
+        reason: InvalidReason,
+        session: Option<SessionRecord>,
+        token_id: Option<Uuid>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    Unknown,
+    Revoked,
+    Expired,
+    /// Rotated inside the grace window, but its successor has moved on already.
+    Superseded,
+}
+
+impl InvalidReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown_token",
+            Self::Revoked => "session_revoked",
+            Self::Expired => "session_expired",
+            Self::Superseded => "token_superseded",
+        }
+    }
+}
+
+/// What a rotation attempt finds, decided in one place for both backends; each backend loads the
+/// rows under its lock or transaction, asks this, and applies the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationDecision {
+    Rotate { fingerprint_matched: bool },
+    Grace { fingerprint_matched: bool },
+    Reuse,
+    RejectFingerprint,
+    Invalid(InvalidReason),
+}
+
+/// `successor` is the token the presented one was rotated to, when it was.
+pub fn decide_rotation(
+    token: &TokenRecord,
+    session: &SessionRecord,
+    successor: Option<&TokenRecord>,
+    request: &RotateRequest,
+) -> RotationDecision {
+    use RotationDecision::*;
+    if session.revoked_at.is_some() {
+        return Invalid(InvalidReason::Revoked);
+    }
+    if !session.is_live(request.now, request.idle_ttl) {
+        return Invalid(InvalidReason::Expired);
+    }
+    let fingerprint_matched = session.fingerprint == request.fingerprint;
+    if !fingerprint_matched && request.reject_on_fingerprint_mismatch {
+        return RejectFingerprint;
+    }
+    match token.rotated_at {
+        None => Rotate {
+            fingerprint_matched,
+        },
+        Some(rotated_at) if request.now - rotated_at <= request.grace => match successor {
+            // The successor is derived from the presented token, so equal hashes mean this
+            // client really holds the parent and gets the same child as the first request.
+            Some(next)
+                if next.rotated_at.is_none() && next.token_hash == request.successor_hash =>
+            {
+                Grace {
+                    fingerprint_matched,
+                }
+            }
+            _ => Invalid(InvalidReason::Superseded),
+        },
+        Some(_) => Reuse,
+    }
+}
+
+impl RotateRequest {
+    /// The successor token record, in the family of the presented token.
+    pub fn successor_in(&self, session_id: Uuid) -> TokenRecord {
+        TokenRecord {
+            id: self.successor_id,
+            session_id,
+            token_hash: self.successor_hash.clone(),
+            created_at: self.now,
+            rotated_at: None,
+            replaced_by: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Inserted,
+    /// The id or email is already there; the existing user is left as it is.
+    Skipped,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgresql` or `file`, as `/health` reports it.
+    fn kind(&self) -> &'static str;
+    /// Cheap liveness probe for health checks.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a new user; `Conflict("email")` when the email is taken.
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()>;
+    async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord>;
+    /// Inserts an imported user unless its id or email exists (idempotent re-runs).
+    async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome>;
+
+    /// Stores a new session and its first token. When the user then has more than `max_live`
+    /// live sessions, the oldest are revoked; their ids are returned.
+    async fn create_session(
+        &self,
+        new: &NewSession,
+        max_live: usize,
+        idle_ttl: chrono::Duration,
+    ) -> StoreResult<Vec<Uuid>>;
+    async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome>;
+    /// The session a (live or rotated) refresh token belongs to, with that token's id.
+    async fn session_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<(SessionRecord, Uuid)>>;
+    /// Revokes one session of the user; false when it was not the user's live session.
+    async fn revoke_session(
+        &self,
+        user_id: &str,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<bool>;
+    /// Revokes every live session of the user; returns how many.
+    async fn revoke_all_sessions(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<u64>;
+    async fn live_sessions(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+    ) -> StoreResult<Vec<SessionRecord>>;
+    async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>>;
+}
+
+/// Opens the configured store. A Postgres store that cannot connect yet still opens: it reports
+/// `Unavailable` until the database answers and its migrations have run.
+pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match settings.storage_kind() {
+        StorageKind::Postgres => Arc::new(postgres::PgStore::open(settings)?),
+        StorageKind::File => Arc::new(json_file::FileStore::open(&settings.data_dir).await?),
+    })
+}
