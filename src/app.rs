@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
-use crate::auth::revocation::InProcessRevocations;
+use crate::auth::revocation::{InProcessRevocations, RevocationList, SharedRevocations};
+use crate::clock::Clock;
 use crate::auth::service::{AuthService, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
-use crate::limits::Limits;
+use crate::limits::{Limits, RedisLink};
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::store::{self, postgres::Database};
 
@@ -25,6 +26,7 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub settings: Arc<Settings>,
     pub limits: Arc<Limits>,
+    pub clock: Clock,
     /// The security log's database, when it has one (for health).
     pub security_db: Option<Database>,
     pub started: Instant,
@@ -35,6 +37,8 @@ pub struct App {
     port: u16,
     state: AppState,
     pipeline: Pipeline,
+    /// Stops background tasks (the Redis probe) at shutdown.
+    background: CancellationToken,
 }
 
 impl App {
@@ -57,8 +61,25 @@ impl App {
             settings.argon2_parallelism,
             settings.password_hash_concurrency,
         )?;
+        let clock = Clock::default();
+        let redis = match &settings.redis_url {
+            Some(url) => Some(Arc::new(RedisLink::new(url, Duration::from_millis(settings.redis_timeout_ms))?)),
+            None => None,
+        };
+        let revocations: Arc<dyn RevocationList> = match &redis {
+            Some(link) => Arc::new(SharedRevocations::new(link.clone(), &settings.redis_key_prefix)),
+            None => Arc::new(InProcessRevocations::default()),
+        };
+        let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
+        let background = CancellationToken::new();
+        if let Some(link) = redis.clone() {
+            let stop = background.clone();
+            tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
+        }
         let auth = AuthService {
             store,
+            limits: limits.clone(),
+            clock: clock.clone(),
             hasher,
             access: AccessTokens::new(
                 &secret,
@@ -68,7 +89,7 @@ impl App {
                 settings.access_token_ttl_secs,
             ),
             refresh: RefreshTokens::new(&secret)?,
-            revocations: Arc::new(InProcessRevocations::default()),
+            revocations,
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),
         };
@@ -82,9 +103,12 @@ impl App {
                 )
             })?;
         let port = listener.local_addr()?.port();
+        // With PORT=0 the OS picks the port; health and logs report the one actually bound.
+        let settings = Settings { port, ..settings };
         let state = AppState {
             auth: Arc::new(auth),
-            limits: Arc::new(Limits::new(&settings)?),
+            limits,
+            clock,
             settings: Arc::new(settings),
             security_db: pipeline.database.clone(),
             started,
@@ -96,12 +120,7 @@ impl App {
             startup_ms = started.elapsed().as_millis() as u64,
             "flux-auth listening"
         );
-        Ok(Self {
-            listener,
-            port,
-            state,
-            pipeline,
-        })
+        Ok(Self { listener, port, state, pipeline, background })
     }
 
     pub fn port(&self) -> u16 {
@@ -117,12 +136,7 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            pipeline,
-            ..
-        } = self;
+        let Self { listener, state, pipeline, background, .. } = self;
         let events = state.auth.events.clone();
         let grace = Duration::from_millis(state.settings.shutdown_timeout_ms);
         events
@@ -156,6 +170,7 @@ impl App {
         events
             .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))
             .await;
+        background.cancel();
         pipeline.stop.cancel();
         if tokio::time::timeout(Duration::from_secs(5), pipeline.writer)
             .await

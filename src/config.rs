@@ -98,7 +98,18 @@ pub struct Settings {
 
     pub redis_url: Option<SecretString>,
     pub redis_key_prefix: String,
+    pub redis_timeout_ms: u64,
+    /// `off` disables every rate limit and lockout (load tests, trusted networks); logged loudly.
     pub rate_limits: Switch,
+    pub login_limit_per_ip: u32,
+    pub login_limit_per_account: u32,
+    pub signup_limit_per_ip: u32,
+    pub refresh_limit_per_ip: u32,
+    pub lockout_threshold: u32,
+    pub lockout_base_secs: u64,
+    pub lockout_max_secs: u64,
+    pub ip_failure_threshold: u32,
+    pub ip_block_secs: u64,
 
     pub google_client_id: Vec<String>,
     pub cors_origins: Vec<String>,
@@ -148,7 +159,17 @@ impl Default for Settings {
             security_log_spool_max_bytes: 1 << 30,
             redis_url: None,
             redis_key_prefix: "flux-auth:".into(),
+            redis_timeout_ms: 250,
             rate_limits: Switch::On,
+            login_limit_per_ip: 100,
+            login_limit_per_account: 10,
+            signup_limit_per_ip: 5,
+            refresh_limit_per_ip: 60,
+            lockout_threshold: 5,
+            lockout_base_secs: 30,
+            lockout_max_secs: 900,
+            ip_failure_threshold: 50,
+            ip_block_secs: 900,
             google_client_id: Vec::new(),
             cors_origins: Vec::new(),
             hsts: false,
@@ -206,7 +227,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("security_log_spool_max_bytes", Kind::Number),
     ("redis_url", Kind::Secret),
     ("redis_key_prefix", Kind::Text),
+    ("redis_timeout_ms", Kind::Number),
     ("rate_limits", Kind::Text),
+    ("login_limit_per_ip", Kind::Number),
+    ("login_limit_per_account", Kind::Number),
+    ("signup_limit_per_ip", Kind::Number),
+    ("refresh_limit_per_ip", Kind::Number),
+    ("lockout_threshold", Kind::Number),
+    ("lockout_base_secs", Kind::Number),
+    ("lockout_max_secs", Kind::Number),
+    ("ip_failure_threshold", Kind::Number),
+    ("ip_block_secs", Kind::Number),
     ("google_client_id", Kind::List),
     ("cors_origins", Kind::List),
     ("hsts", Kind::Flag),
@@ -267,7 +298,8 @@ impl Settings {
     /// Builds settings from an explicit environment map, so tests never touch the process env.
     pub fn from_env(env: HashMap<String, String>) -> Result<Self, ConfigError> {
         let mut table = toml::Table::new();
-        let file = env.get("CONFIG_FILE").map(PathBuf::from).or_else(|| {
+        let set = |name: &str| env.get(name).filter(|v| !v.is_empty());
+        let file = set("CONFIG_FILE").map(PathBuf::from).or_else(|| {
             let default = PathBuf::from("config/default.toml");
             default.exists().then_some(default)
         });
@@ -283,9 +315,14 @@ impl Settings {
         }
         for (key, kind) in KEYS {
             let name = key.to_uppercase();
-            let value = match env.get(&name) {
+            // An empty value is "not set" (an empty list for lists), so `JWT_SECRET=` in a .env
+            // does not hide JWT_SECRET_FILE.
+            let direct = env
+                .get(&name)
+                .filter(|v| !v.is_empty() || matches!(kind, Kind::List));
+            let value = match direct {
                 Some(v) => Some(v.clone()),
-                None if matches!(kind, Kind::Secret) => match env.get(&format!("{name}_FILE")) {
+                None if matches!(kind, Kind::Secret) => match set(&format!("{name}_FILE")) {
                     Some(path) => Some(
                         std::fs::read_to_string(path)
                             .map_err(|source| ConfigError::Read {
@@ -309,7 +346,7 @@ impl Settings {
             && let Some(host) = env.get("REDIS_HOST").filter(|h| !h.is_empty())
         {
             {
-                let port = env.get("REDIS_PORT").map(String::as_str).unwrap_or("6379");
+                let port = set("REDIS_PORT").map(String::as_str).unwrap_or("6379");
                 let auth = match env.get("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
                     Some(password) => format!(":{password}@"),
                     None => String::new(),
@@ -417,6 +454,15 @@ impl Settings {
         if !(1024..=1024 * 1024).contains(&self.body_limit_bytes) {
             problems
                 .push("BODY_LIMIT_BYTES must be between 1024 and 1048576 (default 16384).".into());
+        }
+        if self.lockout_threshold == 0 || self.lockout_threshold > 100 {
+            problems.push("LOCKOUT_THRESHOLD must be between 1 and 100 (default 5; NIST caps it at 100).".into());
+        }
+        if self.lockout_base_secs == 0 || self.lockout_base_secs > self.lockout_max_secs {
+            problems.push("LOCKOUT_BASE_SECS must be positive and at most LOCKOUT_MAX_SECS (defaults 30, 900).".into());
+        }
+        if !(10..=5000).contains(&self.redis_timeout_ms) {
+            problems.push("REDIS_TIMEOUT_MS must be between 10 and 5000 (default 250).".into());
         }
         if self.security_log_batch_size == 0 || self.security_log_queue_capacity == 0 {
             problems.push(

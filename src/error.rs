@@ -45,7 +45,7 @@ pub enum ApiError {
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("rate limited for {retry_after}s")]
-    RateLimited { retry_after: u64 },
+    RateLimited { retry_after: u64, limit: u32, window_secs: u64 },
     #[error("not implemented")]
     NotImplemented { message: &'static str },
     #[error("service unavailable")]
@@ -135,7 +135,7 @@ impl ApiError {
                 "UNSUPPORTED_MEDIA_TYPE",
                 "Content-Type must be application/json",
             ),
-            Self::RateLimited { retry_after } => ErrorBody {
+            Self::RateLimited { retry_after, .. } => ErrorBody {
                 retry_after: Some(*retry_after),
                 ..ErrorBody::new("RATE_LIMITED", "Too many requests, please try again later")
             },
@@ -195,10 +195,19 @@ impl IntoResponse for ApiError {
                 };
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
-            Self::RateLimited { retry_after } | Self::Unavailable { retry_after } => {
+            Self::RateLimited { retry_after, limit, window_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                // IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers).
+                headers.insert("ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0));
+                headers.insert("ratelimit-reset", HeaderValue::from(*retry_after));
+                if let Ok(policy) = HeaderValue::from_str(&format!("{limit};w={window_secs}")) {
+                    headers.insert("ratelimit-policy", policy);
+                }
+            }
+            Self::Unavailable { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Self::MethodNotAllowed => {}
             _ => {}
         }
         response
@@ -237,6 +246,11 @@ impl From<crate::auth::AuthError> for ApiError {
             A::RefreshReused => Self::Unauthorized {
                 code: "AUTH_REFRESH_REUSED",
                 message: "This session was ended for your security, please sign in again",
+            },
+            A::RateLimited(e) => Self::RateLimited {
+                retry_after: e.retry_after_secs,
+                limit: e.max,
+                window_secs: e.window_secs,
             },
             A::SessionNotFound => Self::NotFound {
                 code: "SESSION_NOT_FOUND",

@@ -7,6 +7,8 @@ pub mod app;
 pub mod auth;
 /// The command line.
 pub mod cli;
+/// "Now", injectable so tests move time instead of sleeping.
+pub mod clock;
 /// Typed settings from defaults, `config/default.toml` and env.
 pub mod config;
 /// Value types with no I/O.

@@ -12,7 +12,9 @@ use super::passwords::{HashError, PasswordHasher, Verification};
 use super::refresh::{RefreshTokens, hash_token};
 use super::revocation::RevocationList;
 use super::tokens::{AccessClaims, AccessTokens, IssuedAccessToken, TokenError};
+use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
+use crate::limits::{Exceeded, Limit, Limits, ip_subject};
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
@@ -37,6 +39,8 @@ pub enum AuthError {
     RefreshReused,
     #[error("session not found")]
     SessionNotFound,
+    #[error("rate limited")]
+    RateLimited(Exceeded),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -134,6 +138,8 @@ impl SessionPolicy {
 
 pub struct AuthService {
     pub store: Arc<dyn Store>,
+    pub limits: Arc<Limits>,
+    pub clock: Clock,
     pub hasher: PasswordHasher,
     pub access: AccessTokens,
     pub refresh: RefreshTokens,
@@ -158,11 +164,72 @@ impl AuthService {
         self.events.record(event).await;
     }
 
+    /// Counts one request against `limit`; over it, records `rate_limit_exceeded` and refuses.
+    async fn enforce(&self, limit: Limit, subject: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+        match self.limits.check(limit, subject).await {
+            Ok(()) => Ok(()),
+            Err(exceeded) => Err(self.limited(exceeded, ctx, limit.name()).await),
+        }
+    }
+
+    async fn limited(&self, exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> AuthError {
+        self.record(
+            SecurityEvent::from_request(EventType::RateLimitExceeded, ctx)
+                .reason(reason)
+                .with("limit", exceeded.max)
+                .with("windowSecs", exceeded.window_secs)
+                .with("retryAfter", exceeded.retry_after_secs),
+        )
+        .await;
+        AuthError::RateLimited(exceeded)
+    }
+
+    /// Counts a failed login against the account (when it exists) and the address, and records
+    /// the lock or block it starts.
+    async fn count_failure(&self, user: Option<&UserRecord>, email: &str, ip: &str, ctx: &RequestContext) {
+        let report = self.limits.login_failed(user.map(|_| email), ip).await;
+        if let (Some(user), Some(failure)) = (user, report.account)
+            && failure.lock_ms > 0
+        {
+            if failure.count == Some(report.account_threshold) {
+                self.record(
+                    SecurityEvent::from_request(EventType::BruteForceDetected, ctx)
+                        .user(&user.id)
+                        .email(email)
+                        .reason("account_failure_threshold")
+                        .with("failures", report.account_threshold),
+                )
+                .await;
+            }
+            self.record(
+                SecurityEvent::from_request(EventType::AccountLocked, ctx)
+                    .user(&user.id)
+                    .email(email)
+                    .with("failures", failure.count.unwrap_or_default())
+                    .with("lockedForSecs", failure.lock_ms / 1000),
+            )
+            .await;
+        }
+        if let Some(failure) = report.ip
+            && failure.lock_ms > 0
+            && failure.count.is_some()
+        {
+            self.record(
+                SecurityEvent::from_request(EventType::BruteForceDetected, ctx)
+                    .reason("ip_failure_threshold")
+                    .with("failures", failure.count.unwrap_or_default())
+                    .with("blockedForSecs", failure.lock_ms / 1000),
+            )
+            .await;
+        }
+    }
+
     pub async fn signup(
         &self,
         req: SignupRequest,
         ctx: &RequestContext,
     ) -> Result<AuthSuccess, AuthError> {
+        self.enforce(Limit::SignupPerIp, &ip_subject(ctx.client.ip), ctx).await?;
         let attempted_email = req.email.clone().unwrap_or_default();
         let validated = (|| {
             let email = Email::parse(required(&req.email, "email", "Email")?)?;
@@ -226,6 +293,7 @@ impl AuthService {
                 .email(&user.email),
         )
         .await;
+        self.limits.clear_account(&user.email).await;
         let tokens = self.start_session(&user, ctx, now).await?;
         Ok(AuthSuccess { user, tokens })
     }
@@ -244,6 +312,17 @@ impl AuthService {
         req: LoginRequest,
         ctx: &RequestContext,
     ) -> Result<AuthSuccess, AuthError> {
+        let ip = ip_subject(ctx.client.ip);
+        if let Some(wait) = self.limits.ip_blocked(&ip).await {
+            let exceeded = Exceeded {
+                limit: Limit::LoginPerIp,
+                max: 0,
+                window_secs: wait.as_secs(),
+                retry_after_secs: wait.as_secs().max(1),
+            };
+            return Err(self.limited(exceeded, ctx, "ip_blocked").await);
+        }
+        self.enforce(Limit::LoginPerIp, &ip, ctx).await?;
         let validated = (|| {
             let email = Email::parse(required(&req.email, "email", "Email")?)?;
             let password = match req.password.as_deref() {
@@ -267,7 +346,22 @@ impl AuthService {
                 return Err(e.into());
             }
         };
+        self.enforce(Limit::LoginPerAccount, &format!("{ip}|{email}"), ctx).await?;
         let user = self.store.user_by_email(email.as_str()).await?;
+        if let Some(wait) = self.limits.account_locked(email.as_str()).await {
+            // Same work and the same answer as a wrong password, even for the right one, and not
+            // counted: a locked account tells an attacker nothing and cannot be locked longer.
+            self.hasher.verify(password, None).await?;
+            let mut event = SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
+                .email(email.as_str())
+                .reason("account_locked")
+                .with("lockedForSecs", wait.as_secs());
+            if let Some(user) = &user {
+                event = event.user(&user.id);
+            }
+            self.record(event).await;
+            return Err(AuthError::InvalidCredentials);
+        }
         // Unknown users and Google-only accounts verify against a dummy hash: same time, same 401.
         let verdict = self
             .hasher
@@ -279,6 +373,7 @@ impl AuthService {
         let user = match (user, verdict) {
             (Some(user), Verification::Valid | Verification::ValidNeedsRehash) => user,
             (known, _) => {
+                self.count_failure(known.as_ref(), email.as_str(), &ip, ctx).await;
                 let event = match known {
                     Some(known) => SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
                         .user(&known.id)
@@ -294,6 +389,7 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        self.limits.login_succeeded(email.as_str()).await;
         let now = Utc::now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
@@ -483,6 +579,7 @@ impl AuthService {
         req: RefreshRequest,
         ctx: &RequestContext,
     ) -> Result<(UserRecord, IssuedTokens), AuthError> {
+        self.enforce(Limit::RefreshPerIp, &ip_subject(ctx.client.ip), ctx).await?;
         let Some(presented) = req.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
             return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
         };

@@ -235,6 +235,21 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
 /// The authenticated caller: a valid, unrevoked access token whose user still exists.
 pub struct AuthUser(pub Authenticated);
 
+/// An authenticated caller whose (stored, current) user type is `admin`; others get 403.
+pub struct AdminUser(pub Authenticated);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let AuthUser(auth) = AuthUser::from_request_parts(parts, state).await?;
+        if auth.user.user_type != crate::domain::UserType::Admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self(auth))
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 

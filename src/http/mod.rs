@@ -1,5 +1,6 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
+pub mod admin;
 pub mod auth;
 pub mod extract;
 pub mod health;
@@ -31,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/token-info", get(auth::token_info))
         .route("/api/auth/apple", post(auth::apple))
         .route("/api/csrf-token", get(auth::csrf_token))
+        .route("/api/admin/security/blocked", get(admin::blocked))
+        .route("/api/admin/security/blocked/{key}", delete(admin::unblock))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

@@ -32,12 +32,13 @@ pub enum EventType {
     AccountLocked,
     PasswordRehashed,
     UserTypeChanged,
+    LockoutLifted,
     ServiceStarted,
     ServiceStopped,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 23] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -58,6 +59,7 @@ impl EventType {
         Self::AccountLocked,
         Self::PasswordRehashed,
         Self::UserTypeChanged,
+        Self::LockoutLifted,
         Self::ServiceStarted,
         Self::ServiceStopped,
     ];
@@ -84,6 +86,7 @@ impl EventType {
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
             Self::UserTypeChanged => "user_type_changed",
+            Self::LockoutLifted => "lockout_lifted",
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
         }
@@ -114,7 +117,8 @@ impl EventType {
             | Self::TokenVerificationFailed
             | Self::DeviceFingerprintMismatch
             | Self::RateLimitExceeded
-            | Self::UserTypeChanged => Severity::Warning,
+            | Self::UserTypeChanged
+            | Self::LockoutLifted => Severity::Warning,
             Self::BruteForceDetected | Self::AccountLocked => Severity::High,
             Self::TokenReuseDetected => Severity::Critical,
         }
@@ -138,6 +142,7 @@ impl EventType {
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
             Self::UserTypeChanged => "authz_change",
+            Self::LockoutLifted => "authz_admin",
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",
         }

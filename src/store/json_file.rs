@@ -28,8 +28,28 @@ const SESSION_RETENTION_DAYS: i64 = 7;
 pub struct FileStore {
     users_path: PathBuf,
     sessions_path: PathBuf,
-    users: RwLock<Vec<UserRecord>>,
+    users: RwLock<Users>,
     sessions: RwLock<SessionsFile>,
+}
+
+/// The users as last read or written, and the identity of that version of the file: when an
+/// operator changes users.json (`flux-auth users set-type`) the running service notices.
+struct Users {
+    list: Vec<UserRecord>,
+    stamp: Option<FileStamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: std::time::SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: meta.modified().ok()?, len: meta.len(), inode: meta.ino() })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -160,6 +180,7 @@ impl FileStore {
         } else {
             SessionsFile::default()
         };
+        let users = Users { list: users, stamp: stamp(&users_path) };
         Ok(Self {
             users_path,
             sessions_path,
@@ -186,12 +207,40 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut Vec<UserRecord>) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut guard = self.users.write().await;
-        let mut next = guard.clone();
+        let mut guard = self.fresh_users_for_write().await?;
+        let mut next = guard.list.clone();
         let out = change(&mut next)?;
         self.write_users(&next).await?;
-        *guard = next;
+        guard.list = next;
+        guard.stamp = stamp(&self.users_path);
         Ok(out)
+    }
+
+    /// The users, re-read first if users.json was replaced by someone else (the CLI).
+    async fn users(&self) -> StoreResult<tokio::sync::RwLockReadGuard<'_, Users>> {
+        {
+            let guard = self.users.read().await;
+            if guard.stamp == stamp(&self.users_path) {
+                return Ok(guard);
+            }
+        }
+        let guard = self.fresh_users_for_write().await?;
+        Ok(guard.downgrade())
+    }
+
+    async fn fresh_users_for_write(&self) -> StoreResult<tokio::sync::RwLockWriteGuard<'_, Users>> {
+        let mut guard = self.users.write().await;
+        let current = stamp(&self.users_path);
+        if guard.stamp != current && current.is_some() {
+            let path = self.users_path.clone();
+            let list = tokio::task::spawn_blocking(move || read_users_file(&path))
+                .await
+                .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
+                .map_err(StoreError::Other)?;
+            tracing::info!(users = list.len(), "users.json changed on disk; reloaded");
+            *guard = Users { list, stamp: current };
+        }
+        Ok(guard)
     }
 
     async fn update_sessions<T>(
@@ -251,17 +300,11 @@ impl Store for FileStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self
-            .users
-            .read()
-            .await
-            .iter()
-            .find(|u| u.email == email)
-            .cloned())
+        Ok(self.users().await?.list.iter().find(|u| u.email == email).cloned())
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self.users.read().await.iter().find(|u| u.id == id).cloned())
+        Ok(self.users().await?.list.iter().find(|u| u.id == id).cloned())
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {

@@ -117,7 +117,9 @@ impl Drop for TestDb {
     }
 }
 
-/// Settings for a test: port 0 on loopback, its own folder, a fixed strong secret.
+/// Settings for a test: port 0 on loopback, its own folder, a fixed strong secret. Rate limits
+/// are off (every test client is 127.0.0.1); the limits tests turn them on, with Redis under a key
+/// prefix of their own.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
         host: "127.0.0.1".parse().unwrap(),
@@ -125,6 +127,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         jwt_secret: Some(SecretString::from(JWT_SECRET)),
         data_dir: dir.join("data"),
         security_log_dir: Some(dir.join("events")),
+        rate_limits: flux_auth::config::Switch::Off,
+        redis_key_prefix: format!("flux-test-{}:", uuid::Uuid::new_v4().simple()),
         ..Settings::default()
     }
 }
@@ -137,6 +141,7 @@ pub struct TestApp {
     pub db: Option<TestDb>,
     pub backend: Backend,
     pub settings: Settings,
+    clock: flux_auth::clock::Clock,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -217,6 +222,7 @@ impl TestApp {
     ) -> TestApp {
         let app = App::build(settings.clone()).await.expect("app builds");
         let port = app.port();
+        let clock = app.state().clock.clone();
         if settings.database_url.is_some() || settings.security_log_database_url.is_some() {
             wait_until_ready(app.state()).await;
         }
@@ -233,6 +239,7 @@ impl TestApp {
             db,
             backend,
             settings,
+            clock,
             stop,
             handle: Some(handle),
         }
@@ -248,6 +255,11 @@ impl TestApp {
                 .expect("server task")
                 .expect("server stopped cleanly");
         }
+    }
+
+    /// The app's clock: tests move it forward instead of sleeping through lockouts.
+    pub fn clock(&self) -> flux_auth::clock::Clock {
+        self.clock.clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -448,4 +460,295 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
 
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+// ---- Tokens, refresh rotation and sessions (tokens.rs, refresh.rs, sessions.rs) ----
+
+/// Unpadded base64url of a JSON value: one segment of a hand-built JWT.
+pub fn b64url_json(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// The claims of a JWT the server issued, read without verifying it.
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The session (refresh-token family) of an access token: its `sid` claim.
+pub fn session_of(access_token: &str) -> uuid::Uuid {
+    jwt_claims(access_token)["sid"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("sid claim")
+}
+
+/// Hex SHA-256: the only stored form of a refresh token.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+pub fn count_of(events: &[SecurityEvent], event_type: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event_type.as_str() == event_type)
+        .count()
+}
+
+/// Every file under `dir`, concatenated (lossy UTF-8): for "this never reaches the disk" checks.
+pub fn files_text(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            text.push_str(&files_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    text
+}
+
+/// A session as stored, whichever the backend.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    pub id: uuid::Uuid,
+    pub user_id: String,
+    pub fingerprint: String,
+    pub revoked_reason: Option<String>,
+}
+
+/// A refresh token as stored: its id, family and hash, and whether it was rotated.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub id: uuid::Uuid,
+    pub session_id: uuid::Uuid,
+    pub token_hash: String,
+    pub rotated: bool,
+}
+
+/// When a session was created, last used, and ends (absolutely).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimes {
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl TestApp {
+    /// Logs in with `PASSWORD` and returns the AuthResponse body.
+    pub async fn logged_in(&self, email: &str) -> Value {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// Stops this app and starts another on the same data folder, events folder and database,
+    /// with `tweak` applied to a copy of the settings. The new app reads its store afresh.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        self.stop().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let db = self.db.take();
+        let mut settings = self.settings.clone();
+        tweak(&mut settings);
+        TestApp::start(settings, dir, db, self.backend).await
+    }
+
+    /// Edits the JSON-file store while no app is running, then starts a new app on it.
+    async fn edit_data_file(self, file: &str, edit: impl FnOnce(&mut Value)) -> TestApp {
+        assert_eq!(self.backend, Backend::File);
+        let mut app = self;
+        app.stop().await;
+        let path = app.data_dir().join(file);
+        let mut value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut value);
+        std::fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
+        app.restart_with(|_| {}).await
+    }
+
+    /// Rewrites the times of stored sessions: SQL on Postgres; on files the app is stopped,
+    /// `sessions.json` edited and a new app started on the same folder. Use the returned app.
+    pub async fn with_session_times(self, edits: &[(uuid::Uuid, SessionTimes)]) -> TestApp {
+        if self.backend == Backend::Postgres {
+            let pool = self.db.as_ref().unwrap().pool().await;
+            for (id, t) in edits {
+                let done = sqlx::query(
+                    "UPDATE auth_sessions SET created_at = $2, last_used_at = $3, expires_at = $4 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(t.created_at)
+                .bind(t.last_used_at)
+                .bind(t.expires_at)
+                .execute(&pool)
+                .await
+                .unwrap();
+                assert_eq!(done.rows_affected(), 1, "session {id}");
+            }
+            pool.close().await;
+            return self;
+        }
+        self.edit_data_file("sessions.json", |file| {
+            for (id, t) in edits {
+                let session = file["sessions"]
+                    .as_array_mut()
+                    .unwrap()
+                    .iter_mut()
+                    .find(|s| s["id"] == id.to_string())
+                    .unwrap_or_else(|| panic!("session {id}"));
+                session["createdAt"] = t.created_at.to_rfc3339().into();
+                session["lastUsedAt"] = t.last_used_at.to_rfc3339().into();
+                session["expiresAt"] = t.expires_at.to_rfc3339().into();
+            }
+        })
+        .await
+    }
+
+    /// Deletes a user from the store behind the service's back (an operator removing an account).
+    pub async fn delete_user(self, id: &str) -> TestApp {
+        if self.backend == Backend::Postgres {
+            let pool = self.db.as_ref().unwrap().pool().await;
+            let done = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+            pool.close().await;
+            return self;
+        }
+        self.edit_data_file("users.json", |file| {
+            let users = file["users"].as_array_mut().unwrap();
+            let before = users.len();
+            users.retain(|u| u["id"] != id);
+            assert_eq!(users.len(), before - 1);
+        })
+        .await
+    }
+
+    pub async fn stored_sessions(&self) -> Vec<StoredSession> {
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.db.as_ref().unwrap().pool().await;
+                let rows: Vec<(uuid::Uuid, String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT id, user_id, fingerprint, revoked_reason FROM auth_sessions",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                pool.close().await;
+                rows.into_iter()
+                    .map(|(id, user_id, fingerprint, revoked_reason)| StoredSession {
+                        id,
+                        user_id,
+                        fingerprint,
+                        revoked_reason,
+                    })
+                    .collect()
+            }
+            Backend::File => self.sessions_file()["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| StoredSession {
+                    id: s["id"].as_str().unwrap().parse().unwrap(),
+                    user_id: s["userId"].as_str().unwrap().to_owned(),
+                    fingerprint: s["fingerprint"].as_str().unwrap().to_owned(),
+                    revoked_reason: s["revokedReason"].as_str().map(str::to_owned),
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn stored_refresh_tokens(&self) -> Vec<StoredToken> {
+        match self.backend {
+            Backend::Postgres => {
+                let pool = self.db.as_ref().unwrap().pool().await;
+                let rows: Vec<(uuid::Uuid, uuid::Uuid, String, bool)> = sqlx::query_as(
+                    "SELECT id, session_id, token_hash, rotated_at IS NOT NULL FROM refresh_tokens",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                pool.close().await;
+                rows.into_iter()
+                    .map(|(id, session_id, token_hash, rotated)| StoredToken {
+                        id,
+                        session_id,
+                        token_hash,
+                        rotated,
+                    })
+                    .collect()
+            }
+            Backend::File => self.sessions_file()["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| StoredToken {
+                    id: t["id"].as_str().unwrap().parse().unwrap(),
+                    session_id: t["sessionId"].as_str().unwrap().parse().unwrap(),
+                    token_hash: t["tokenHash"].as_str().unwrap().to_owned(),
+                    rotated: !t["rotatedAt"].is_null(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every row of the service's tables as text (empty on the file store, whose data is files).
+    pub async fn stored_text(&self) -> String {
+        let Some(db) = &self.db else {
+            return String::new();
+        };
+        let pool = db.pool().await;
+        let mut text = String::new();
+        for table in ["users", "auth_sessions", "refresh_tokens", "security_events"] {
+            let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {table} t");
+            let rows: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_default();
+            text.push_str(&rows);
+        }
+        pool.close().await;
+        text
+    }
+
+    fn sessions_file(&self) -> Value {
+        let path = self.data_dir().join("sessions.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+}
+
+/// The Redis for tests: `TEST_REDIS_URL` or the local default. Absent: fails under `CI`, else the
+/// test announces that it was skipped.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub async fn redis_available() -> bool {
+    let ping = async {
+        let client = redis::Client::open(redis_url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => true,
+        outcome => {
+            if std::env::var_os("CI").is_some() {
+                panic!("Redis is required in CI but did not answer at {}: {outcome:?}", redis_url());
+            }
+            eprintln!("!!! SKIPPED: Redis not reachable at {} ({outcome:?}); start it to run this test", redis_url());
+            false
+        }
+    }
+}
+
+/// A direct connection to the test Redis, for looking at the keys the app wrote.
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }

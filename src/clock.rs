@@ -1,0 +1,28 @@
+//! The service's notion of "now", passed to the code whose behaviour depends on elapsed time
+//! (rate limits, lockouts), so tests can move time forward instead of sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Default)]
+pub struct Clock {
+    /// Milliseconds added to the system time; always 0 outside tests.
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.now().timestamp_millis()
+    }
+
+    /// Moves this clock forward (tests).
+    pub fn advance(&self, by: std::time::Duration) {
+        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+    }
+}

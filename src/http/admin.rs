@@ -1,0 +1,61 @@
+//! Admin routes (`userType` admin): locked accounts and blocked addresses.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::extract::AdminUser;
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::security_log::event::RequestContext;
+use crate::security_log::{EventType, SecurityEvent};
+
+/// `GET /api/admin/security/blocked`: `{blocked:[{key, type, subject, expiresInSecs}]}`.
+pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> impl IntoResponse {
+    let entries: Vec<_> = state
+        .limits
+        .blocked()
+        .await
+        .into_iter()
+        .map(|b| {
+            json!({
+                "key": format!("{}:{}", b.kind, b.subject),
+                "type": b.kind,
+                "subject": b.subject,
+                "expiresInSecs": b.expires_in_secs,
+            })
+        })
+        .collect();
+    Json(json!({ "success": true, "blocked": entries }))
+}
+
+/// `DELETE /api/admin/security/blocked/{key}` with `key` = `account:<email>` or `ip:<address>`.
+pub async fn unblock(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AdminUser(admin): AdminUser,
+    Path(key): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let not_found = || ApiError::NotFound { code: "BLOCK_NOT_FOUND", message: "No such lock" };
+    let (kind, subject) = key.split_once(':').ok_or_else(not_found)?;
+    if !matches!(kind, "account" | "ip") || subject.is_empty() || subject.len() > 300 {
+        return Err(not_found());
+    }
+    let live = state.limits.blocked().await.into_iter().any(|b| b.kind == kind && b.subject == subject);
+    if !live {
+        return Err(not_found());
+    }
+    state.limits.unblock(kind, subject).await;
+    state
+        .auth
+        .events
+        .record(
+            SecurityEvent::from_request(EventType::LockoutLifted, &ctx)
+                .user(&admin.user.id)
+                .with("lockType", kind)
+                .with("subject", crate::security_log::sanitize(subject, 300)),
+        )
+        .await;
+    Ok(Json(json!({ "success": true, "message": "Lock lifted" })))
+}

@@ -1,0 +1,55 @@
+//! The Redis connection with its up/down state: requests use Redis only while it is up, so an
+//! outage costs one timeout, not one per request. A probe notices when it is back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::redis_store::RedisStore;
+
+pub struct RedisLink {
+    store: RedisStore,
+    up: AtomicBool,
+}
+
+impl RedisLink {
+    pub fn new(url: &SecretString, timeout: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid redis:// URL"))?;
+        Ok(Self { store: RedisStore::new(client, timeout)?, up: AtomicBool::new(true) })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// Marks Redis down after a failed operation; logs once per outage.
+    pub fn failed(&self, error: &anyhow::Error) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %error, "Redis unavailable: rate limits, lockouts and revocations continue in-process");
+        }
+    }
+
+    /// Probes Redis every `every` until `stop`; marks it up again when it answers.
+    pub async fn watch(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.store.ping().await {
+                Ok(()) => {
+                    if !self.up.swap(true, Ordering::Relaxed) {
+                        tracing::info!("Redis reachable again: shared limits and revocations resume");
+                    }
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+    }
+}

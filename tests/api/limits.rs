@@ -1,0 +1,356 @@
+//! Abuse protection (SECURITY.md F1–F7): rate limits, lockouts and revocations in real Redis,
+//! each test under its own key prefix; the in-process fallback when Redis is unreachable.
+
+use std::time::Duration;
+
+use flux_auth::config::Switch;
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::forwarder::Forwarder;
+use crate::helpers::*;
+
+/// An app with limits on and Redis at `redis` (the real one unless a test points it elsewhere).
+async fn limited_app(backend: Backend, tweak: impl FnOnce(&mut flux_auth::config::Settings) + 'static) -> Option<TestApp> {
+    if !redis_available().await {
+        return None;
+    }
+    TestApp::builder(backend)
+        .settings(move |s| {
+            s.rate_limits = Switch::On;
+            s.redis_url = Some(SecretString::from(redis_url()));
+            tweak(s);
+        })
+        .try_spawn()
+        .await
+}
+
+async fn prefixed_keys(app: &TestApp) -> Vec<String> {
+    let mut conn = redis_conn().await;
+    conn.keys(format!("{}*", app.settings.redis_key_prefix)).await.unwrap()
+}
+
+#[tokio::test]
+async fn f5_fifty_parallel_wrong_passwords_count_exactly_fifty_and_every_key_has_a_ttl() {
+    let Some(app) = limited_app(Backend::File, |s| {
+        s.lockout_threshold = 100;
+        s.login_limit_per_ip = 1000;
+        s.login_limit_per_account = 1000;
+        s.ip_failure_threshold = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let email = unique_email();
+    app.signed_up(&email).await;
+    let attempts = (0..50).map(|_| app.login(&email, "not the password at all"));
+    let statuses = futures::future::join_all(attempts).await;
+    assert!(statuses.iter().all(|r| r.status() == StatusCode::UNAUTHORIZED));
+    let mut conn = redis_conn().await;
+    let count: i64 = conn.get(format!("{}fail:account:{email}", app.settings.redis_key_prefix)).await.unwrap();
+    assert_eq!(count, 50);
+    let keys = prefixed_keys(&app).await;
+    assert!(!keys.is_empty());
+    for key in keys {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn f1_f2_f3_lockout_after_five_failures_grows_and_opens_again() {
+    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    let email = unique_email();
+    app.signed_up(&email).await;
+    for _ in 0..5 {
+        assert_eq!(app.login(&email, "wrong password one").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Locked: even the right password gets the same generic answer, from any case of the email.
+    let locked = app.login(&email.to_uppercase(), PASSWORD).await;
+    let locked_body = assert_error(locked, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
+    let wrong = assert_error(app.login(&unique_email(), PASSWORD).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
+    assert_eq!(locked_body["message"], wrong["message"]);
+    let events = app.events_of("account_locked").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].severity.as_str(), "high");
+    assert_eq!(events[0].metadata["lockedForSecs"], 30);
+    assert_eq!(app.events_of("brute_force_detected").await.len(), 1);
+
+    // Attempts during the lock are not counted; once it has passed, the password works again.
+    let state_clock = app.clock();
+    state_clock.advance(Duration::from_secs(31));
+    assert_eq!(app.login(&email, "wrong password two").await.status(), StatusCode::UNAUTHORIZED);
+    // The sixth counted failure locks for twice as long.
+    let events = app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "account_locked").count() == 2).await;
+    let second = events.iter().filter(|e| e.event_type.as_str() == "account_locked").nth(1).unwrap();
+    assert_eq!(second.metadata["lockedForSecs"], 60);
+    state_clock.advance(Duration::from_secs(61));
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    // Success reset the count: four more failures do not lock.
+    for _ in 0..4 {
+        app.login(&email, "wrong again").await;
+    }
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn f4_login_limit_answers_429_with_retry_after_and_ignores_spoofed_forwarded_for() {
+    let Some(app) = limited_app(Backend::File, |s| {
+        s.login_limit_per_ip = 3;
+        s.lockout_threshold = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    for i in 0..3 {
+        let response = app
+            .client
+            .post(app.url("/api/auth/login"))
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .json(&json!({ "email": unique_email(), "password": "whatever it is" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let response = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({ "email": unique_email(), "password": "whatever it is" }))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+    assert_eq!(response.headers()["ratelimit-limit"], "3");
+    assert_eq!(response.headers()["ratelimit-remaining"], "0");
+    let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    assert_eq!(body["retryAfter"], retry_after);
+    let events = app.events_of("rate_limit_exceeded").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata["reason"], "login_ip");
+    assert_eq!(events[0].ip_address.as_deref(), Some("127.0.0.1"), "the spoofed header was not believed");
+}
+
+#[tokio::test]
+async fn f4_forwarded_for_from_a_trusted_proxy_is_honoured() {
+    let Some(app) = limited_app(Backend::File, |s| {
+        s.login_limit_per_ip = 2;
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await
+    else {
+        return;
+    };
+    let from = |ip: &'static str| {
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("x-forwarded-for", format!("6.6.6.6, {ip}"))
+            .json(&json!({ "email": unique_email(), "password": "whatever it is" }))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(from("192.0.2.10").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(from("192.0.2.10").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(from("192.0.2.11").await.unwrap().status(), StatusCode::UNAUTHORIZED, "another client behind the proxy");
+    let limited = app.events_of("rate_limit_exceeded").await;
+    assert_eq!(limited[0].ip_address.as_deref(), Some("192.0.2.10"));
+}
+
+#[tokio::test]
+async fn signup_is_limited_per_address_per_hour() {
+    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    for _ in 0..5 {
+        assert_eq!(app.signup(&unique_email(), PASSWORD, "N").await.status(), StatusCode::CREATED);
+    }
+    let response = app.signup(&unique_email(), PASSWORD, "N").await;
+    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 60 && retry <= 3600, "{retry}");
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+}
+
+#[tokio::test]
+async fn f7_password_spraying_blocks_the_address_and_leaves_unknown_emails_free() {
+    let Some(app) = limited_app(Backend::File, |s| {
+        s.ip_failure_threshold = 8;
+        s.login_limit_per_ip = 1000;
+        s.signup_limit_per_ip = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let target = unique_email();
+    for _ in 0..8 {
+        assert_eq!(app.login(&unique_email(), "spray password 1").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.login(&target, "spray password 1").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let detected = app.events_of("brute_force_detected").await;
+    assert_eq!(detected[0].metadata["reason"], "ip_failure_threshold");
+    // Nothing was kept against the unknown emails: the target can sign up and, once the address
+    // block is lifted, log in at once.
+    assert_eq!(app.signup(&target, PASSWORD, "T").await.status(), StatusCode::CREATED);
+    app.clock().advance(Duration::from_secs(901));
+    assert_eq!(app.login(&target, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_instances_share_limits_lockouts_and_logouts_through_redis() {
+    let Some(first) = limited_app(Backend::Postgres, |s| s.login_limit_per_ip = 4).await else { return };
+    let mut settings = first.settings.clone();
+    settings.port = 0;
+    let second = TestApp::start(settings, tempfile::tempdir().unwrap(), None, Backend::Postgres).await;
+
+    let email = unique_email();
+    let auth = first.signed_up(&email).await;
+    let token = auth["accessToken"].as_str().unwrap();
+    assert_eq!(second.me(token).await.status(), StatusCode::OK);
+    assert_eq!(first.logout(token).await.status(), StatusCode::OK);
+    assert_error(second.me(token).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+
+    for app in [&first, &second, &first, &second] {
+        assert_eq!(app.login(&email, "wrong password x").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(second.login(&email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS, "4 per minute across both");
+}
+
+#[tokio::test]
+async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
+    if !redis_available().await {
+        return;
+    }
+    let redis_addr = "127.0.0.1:6379".parse().unwrap();
+    let forwarder = Forwarder::start(redis_addr).await;
+    let via = format!("redis://{}", forwarder.addr());
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.rate_limits = Switch::On;
+            s.redis_url = Some(SecretString::from(via));
+            s.login_limit_per_ip = 3;
+            s.lockout_threshold = 100;
+        })
+        .spawn()
+        .await;
+    let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["checks"]["redis"], "ok");
+    forwarder.cut();
+    for _ in 0..3 {
+        assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::TOO_MANY_REQUESTS, "never unlimited");
+    let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["checks"]["redis"], "error");
+    assert_eq!(health["status"], "degraded");
+    forwarder.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+        if health["checks"]["redis"] == "ok" {
+            assert_eq!(health["status"], "ok");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "redis never came back: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back on Redis: a fresh window there.
+    assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::UNAUTHORIZED);
+    assert!(!prefixed_keys(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards() {
+    if !redis_available().await {
+        return;
+    }
+    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
+    let via = format!("redis://{}", forwarder.addr());
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| s.redis_url = Some(SecretString::from(via)))
+        .spawn()
+        .await;
+    let auth = app.signed_up(&unique_email()).await;
+    let token = auth["accessToken"].as_str().unwrap().to_owned();
+    forwarder.cut();
+    assert_eq!(app.logout(&token).await.status(), StatusCode::OK);
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED);
+    forwarder.restore();
+    // Once Redis is back, the next revocation copies the outage's entries over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let other = app.signed_up(&unique_email()).await;
+    loop {
+        let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+        if health["checks"]["redis"] == "ok" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.logout(other["accessToken"].as_str().unwrap()).await.status(), StatusCode::OK);
+    let keys = prefixed_keys(&app).await;
+    let jti_keys = keys.iter().filter(|k| k.contains("rv:jti:")).count();
+    assert_eq!(jti_keys, 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn admins_list_and_lift_lockouts_and_others_get_403() {
+    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    let victim = unique_email();
+    app.signed_up(&victim).await;
+    for _ in 0..5 {
+        app.login(&victim, "wrong password z").await;
+    }
+    let admin_email = unique_email();
+    let admin = app.signed_up(&admin_email).await;
+    let user_token = admin["accessToken"].as_str().unwrap().to_owned();
+    assert_error(app.get_auth("/api/admin/security/blocked", &user_token).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+
+    make_admin(&app, &admin_email).await;
+    let listing: Value = app.get_auth("/api/admin/security/blocked", &user_token).await.json().await.unwrap();
+    let entry = listing["blocked"].as_array().unwrap().iter().find(|b| b["subject"] == victim.as_str()).cloned().unwrap();
+    assert_eq!(entry["type"], "account");
+    assert!(entry["expiresInSecs"].as_u64().unwrap() <= 30);
+    let key = entry["key"].as_str().unwrap();
+    let lifted = app
+        .client
+        .delete(app.url(&format!("/api/admin/security/blocked/{key}")))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), StatusCode::OK);
+    assert_eq!(app.login(&victim, PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(app.events_of("lockout_lifted").await.len(), 1);
+    let again = app
+        .client
+        .delete(app.url(&format!("/api/admin/security/blocked/{key}")))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(again, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND").await;
+}
+
+/// Grants admin through the CLI, as an operator would.
+pub async fn make_admin(app: &TestApp, email: &str) {
+    let data_dir = app.data_dir();
+    let email = email.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"))
+            .args(["users", "set-type", &email, "admin"])
+            .env("CONFIG_FILE", "/dev/null")
+            .env("DATA_DIR", &data_dir)
+            .env("JWT_SECRET", JWT_SECRET)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
