@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::revocation::{InProcessRevocations, RevocationList, SharedRevocations};
-use crate::clock::Clock;
 use crate::auth::service::{AuthService, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
+use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
 use crate::limits::{Limits, RedisLink};
+use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::store::{self, postgres::Database};
 
@@ -29,7 +30,12 @@ pub struct AppState {
     pub clock: Clock,
     /// The security log's database, when it has one (for health).
     pub security_db: Option<Database>,
+    /// The security event spool (the log itself when there is no database).
+    pub spool: Arc<Spool>,
     pub started: Instant,
+    /// Cancelled when shutdown begins, so long-lived responses (event streams) end and let the
+    /// server drain.
+    pub stopping: CancellationToken,
 }
 
 pub struct App {
@@ -37,12 +43,21 @@ pub struct App {
     port: u16,
     state: AppState,
     pipeline: Pipeline,
-    /// Stops background tasks (the Redis probe) at shutdown.
     background: CancellationToken,
 }
 
-impl App {
-    /// Validates the settings, opens the store and the security log, and binds the port.
+/// Everything the service runs on, built once from the settings: the state handlers share, the
+/// security-log pipeline and the background tasks. `App` adds a listener; CLI commands that need
+/// the state (cleanup) use it without one.
+pub struct Core {
+    pub state: AppState,
+    pub pipeline: Pipeline,
+    /// Stops background tasks (the Redis probe, cleanup) at shutdown.
+    pub background: CancellationToken,
+}
+
+impl Core {
+    /// Validates the settings, opens the store, the security log and Redis.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let started = Instant::now();
         let problems = settings.problems();
@@ -63,16 +78,22 @@ impl App {
         )?;
         let clock = Clock::default();
         let redis = match &settings.redis_url {
-            Some(url) => Some(Arc::new(RedisLink::new(url, Duration::from_millis(settings.redis_timeout_ms))?)),
+            Some(url) => Some(Arc::new(RedisLink::new(
+                url,
+                Duration::from_millis(settings.redis_timeout_ms),
+            )?)),
             None => None,
         };
         let revocations: Arc<dyn RevocationList> = match &redis {
-            Some(link) => Arc::new(SharedRevocations::new(link.clone(), &settings.redis_key_prefix)),
+            Some(link) => Arc::new(SharedRevocations::new(
+                link.clone(),
+                &settings.redis_key_prefix,
+            )),
             None => Arc::new(InProcessRevocations::default()),
         };
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
         let background = CancellationToken::new();
-        if let Some(link) = redis.clone() {
+        if let Some(link) = redis {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
         }
@@ -93,34 +114,68 @@ impl App {
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),
         };
-        let listener = TcpListener::bind((settings.host, settings.port))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "could not listen on {}:{}: {e}",
-                    settings.host,
-                    settings.port
-                )
-            })?;
-        let port = listener.local_addr()?.port();
-        // With PORT=0 the OS picks the port; health and logs report the one actually bound.
-        let settings = Settings { port, ..settings };
         let state = AppState {
             auth: Arc::new(auth),
             limits,
             clock,
             settings: Arc::new(settings),
             security_db: pipeline.database.clone(),
+            spool: pipeline.spool.clone(),
             started,
+            stopping: CancellationToken::new(),
         };
+        Ok(Self {
+            state,
+            pipeline,
+            background,
+        })
+    }
+
+    /// Stops background tasks and drains the security log.
+    pub async fn shutdown(self) {
+        self.background.cancel();
+        self.pipeline.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.pipeline.writer)
+            .await
+            .is_err()
+        {
+            tracing::error!("security log writer did not finish draining");
+        }
+    }
+}
+
+impl App {
+    /// Builds the [`Core`] and binds the port (0 picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let Core {
+            mut state,
+            pipeline,
+            background,
+        } = Core::build(settings).await?;
+        let (host, port) = (state.settings.host, state.settings.port);
+        let listener = TcpListener::bind((host, port))
+            .await
+            .map_err(|e| anyhow::anyhow!("could not listen on {host}:{port}: {e}"))?;
+        let port = listener.local_addr()?.port();
+        // With PORT=0 the OS picks the port; health and logs report the one actually bound.
+        state.settings = Arc::new(Settings {
+            port,
+            ..(*state.settings).clone()
+        });
         tracing::info!(
             port,
             storage = state.auth.store.kind(),
             security_log = state.auth.events.sink(),
-            startup_ms = started.elapsed().as_millis() as u64,
+            startup_ms = state.started.elapsed().as_millis() as u64,
             "flux-auth listening"
         );
-        Ok(Self { listener, port, state, pipeline, background })
+        Ok(Self {
+            listener,
+            port,
+            state,
+            pipeline,
+            background,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -136,14 +191,27 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, state, pipeline, background, .. } = self;
+        let Self {
+            listener,
+            state,
+            pipeline,
+            background,
+            ..
+        } = self;
         let events = state.auth.events.clone();
         let grace = Duration::from_millis(state.settings.shutdown_timeout_ms);
         events
             .record(SecurityEvent::new(EventType::ServiceStarted).with("pid", std::process::id()))
             .await;
+        tokio::spawn(crate::cleanup::schedule(
+            state.clone(),
+            Duration::from_secs(state.settings.cleanup_interval_secs),
+            background.clone(),
+        ));
+        let core_state = state.clone();
+        let state_stopping = state.stopping.clone();
         let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stopping = CancellationToken::new();
+        let stopping = state_stopping;
         let signal = {
             let stopping = stopping.clone();
             async move {
@@ -170,14 +238,13 @@ impl App {
         events
             .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))
             .await;
-        background.cancel();
-        pipeline.stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), pipeline.writer)
-            .await
-            .is_err()
-        {
-            tracing::error!("security log writer did not finish draining");
+        Core {
+            state: core_state,
+            pipeline,
+            background,
         }
+        .shutdown()
+        .await;
         tracing::info!(
             drain_ms = drain_started.elapsed().as_millis() as u64,
             "flux-auth stopped"

@@ -55,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Delete sessions that ended long ago and security events past their retention, once.
+    Cleanup,
     /// Exit 0 if a flux-auth instance answers on its port (for Docker HEALTHCHECK), else 1.
     Healthcheck {
         /// Port to check; defaults to PORT from the configuration.
@@ -83,6 +85,7 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
             Ok(())
         }
         Command::ImportUsers { file } => import_users(&settings, &file).await,
+        Command::Cleanup => cleanup(settings).await,
         Command::Users {
             command: UsersCommand::SetType { email, user_type },
         } => set_type(&settings, &email, &user_type).await,
@@ -226,6 +229,27 @@ async fn import_users(settings: &Settings, file: &std::path::Path) -> anyhow::Re
     eprintln!();
     println!(
         "{total} users read: {inserted} imported, {skipped} already present, {invalid} invalid"
+    );
+    Ok(())
+}
+
+async fn cleanup(settings: Settings) -> anyhow::Result<()> {
+    let core = crate::app::Core::build(settings).await?;
+    // The store migrates in the background; give it a moment to come up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while core.state.auth.store.ping().await.is_err()
+        || core.state.security_db.as_ref().is_some_and(|db| !db.is_ready())
+    {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the database did not answer within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = crate::cleanup::run_once(&core.state).await;
+    core.shutdown().await;
+    println!(
+        "deleted {} ended sessions and {} expired security events",
+        report.sessions_deleted, report.events_deleted
     );
     Ok(())
 }

@@ -23,6 +23,7 @@ impl Clock {
 
     /// Moves this clock forward (tests).
     pub fn advance(&self, by: std::time::Duration) {
-        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        self.offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
     }
 }

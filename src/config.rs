@@ -95,6 +95,13 @@ pub struct Settings {
     pub security_log_batch_size: usize,
     pub security_log_linger_ms: u64,
     pub security_log_spool_max_bytes: u64,
+    /// Days security events are kept, by severity (info and low share the first).
+    pub security_log_retention_days_info: u32,
+    pub security_log_retention_days_warning: u32,
+    pub security_log_retention_days_high: u32,
+    pub security_log_retention_days_critical: u32,
+    /// How often expired sessions and old events are deleted.
+    pub cleanup_interval_secs: u64,
 
     pub redis_url: Option<SecretString>,
     pub redis_key_prefix: String,
@@ -112,6 +119,16 @@ pub struct Settings {
     pub ip_block_secs: u64,
 
     pub google_client_id: Vec<String>,
+    /// Needed by the authorization-code flow (`/api/auth/google/authorize`), not by ID-token sign-in.
+    pub google_client_secret: Option<SecretString>,
+    /// Where the provider sends the browser back: this service's `/api/auth/google/callback`.
+    pub google_redirect_uri: Option<String>,
+    /// Where browser flows end, with the tokens in the URL fragment.
+    pub frontend_url: Option<String>,
+    /// When set, only accounts of this Google Workspace domain (the `hd` claim) may sign in.
+    pub google_hosted_domain: Option<String>,
+    /// Another OpenID provider in Google's place (discovery at `{issuer}/.well-known/openid-configuration`).
+    pub oidc_issuer_url: Option<String>,
     pub cors_origins: Vec<String>,
     pub hsts: bool,
     pub body_limit_bytes: usize,
@@ -157,6 +174,11 @@ impl Default for Settings {
             security_log_batch_size: 500,
             security_log_linger_ms: 5,
             security_log_spool_max_bytes: 1 << 30,
+            security_log_retention_days_info: 90,
+            security_log_retention_days_warning: 180,
+            security_log_retention_days_high: 365,
+            security_log_retention_days_critical: 365,
+            cleanup_interval_secs: 3600,
             redis_url: None,
             redis_key_prefix: "flux-auth:".into(),
             redis_timeout_ms: 250,
@@ -171,6 +193,11 @@ impl Default for Settings {
             ip_failure_threshold: 50,
             ip_block_secs: 900,
             google_client_id: Vec::new(),
+            google_client_secret: None,
+            google_redirect_uri: None,
+            frontend_url: None,
+            google_hosted_domain: None,
+            oidc_issuer_url: None,
             cors_origins: Vec::new(),
             hsts: false,
             body_limit_bytes: 16 * 1024,
@@ -225,6 +252,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("security_log_batch_size", Kind::Number),
     ("security_log_linger_ms", Kind::Number),
     ("security_log_spool_max_bytes", Kind::Number),
+    ("security_log_retention_days_info", Kind::Number),
+    ("security_log_retention_days_warning", Kind::Number),
+    ("security_log_retention_days_high", Kind::Number),
+    ("security_log_retention_days_critical", Kind::Number),
+    ("cleanup_interval_secs", Kind::Number),
     ("redis_url", Kind::Secret),
     ("redis_key_prefix", Kind::Text),
     ("redis_timeout_ms", Kind::Number),
@@ -239,6 +271,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("ip_failure_threshold", Kind::Number),
     ("ip_block_secs", Kind::Number),
     ("google_client_id", Kind::List),
+    ("google_client_secret", Kind::Secret),
+    ("google_redirect_uri", Kind::Text),
+    ("frontend_url", Kind::Text),
+    ("google_hosted_domain", Kind::Text),
+    ("oidc_issuer_url", Kind::Text),
     ("cors_origins", Kind::List),
     ("hsts", Kind::Flag),
     ("body_limit_bytes", Kind::Number),
@@ -341,6 +378,15 @@ impl Settings {
                 continue; // `JWT_SECRET=` in a .env means "not set", as it did for the old service
             }
             table.insert((*key).to_owned(), env_value(&name, &value, *kind)?);
+        }
+        // The plural spelling some deployments use for the same list.
+        if !table.contains_key("google_client_id")
+            && let Some(ids) = set("GOOGLE_CLIENT_IDS")
+        {
+            table.insert(
+                "google_client_id".into(),
+                env_value("GOOGLE_CLIENT_IDS", ids, Kind::List)?,
+            );
         }
         if !table.contains_key("redis_url")
             && let Some(host) = env.get("REDIS_HOST").filter(|h| !h.is_empty())
@@ -455,8 +501,14 @@ impl Settings {
             problems
                 .push("BODY_LIMIT_BYTES must be between 1024 and 1048576 (default 16384).".into());
         }
+        if self.cleanup_interval_secs < 60 {
+            problems.push("CLEANUP_INTERVAL_SECS must be at least 60 (default 3600).".into());
+        }
         if self.lockout_threshold == 0 || self.lockout_threshold > 100 {
-            problems.push("LOCKOUT_THRESHOLD must be between 1 and 100 (default 5; NIST caps it at 100).".into());
+            problems.push(
+                "LOCKOUT_THRESHOLD must be between 1 and 100 (default 5; NIST caps it at 100)."
+                    .into(),
+            );
         }
         if self.lockout_base_secs == 0 || self.lockout_base_secs > self.lockout_max_secs {
             problems.push("LOCKOUT_BASE_SECS must be positive and at most LOCKOUT_MAX_SECS (defaults 30, 900).".into());
@@ -469,6 +521,7 @@ impl Settings {
                 "SECURITY_LOG_BATCH_SIZE and SECURITY_LOG_QUEUE_CAPACITY must be positive.".into(),
             );
         }
+        problems.extend(crate::auth::oidc::setting_problems(self));
         for origin in &self.cors_origins {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 problems.push(format!(

@@ -45,11 +45,23 @@ pub enum ApiError {
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("rate limited for {retry_after}s")]
-    RateLimited { retry_after: u64, limit: u32, window_secs: u64 },
+    RateLimited {
+        retry_after: u64,
+        limit: u32,
+        window_secs: u64,
+    },
     #[error("not implemented")]
     NotImplemented { message: &'static str },
     #[error("service unavailable")]
     Unavailable { retry_after: u64 },
+    /// A feature that is not configured, or whose upstream (an OpenID provider) does not answer:
+    /// 503 with a message that says which.
+    #[error("feature unavailable: {code}")]
+    FeatureUnavailable {
+        code: &'static str,
+        message: &'static str,
+        retry_after: Option<u64>,
+    },
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -107,6 +119,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FeatureUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +157,7 @@ impl ApiError {
                 "SERVICE_UNAVAILABLE",
                 "Service temporarily unavailable, please try again shortly",
             ),
+            Self::FeatureUnavailable { code, message, .. } => ErrorBody::new(code, *message),
             Self::Internal(_) => {
                 ErrorBody::new("INTERNAL_ERROR", "Something went wrong, please try again")
             }
@@ -195,7 +209,11 @@ impl IntoResponse for ApiError {
                 };
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }
-            Self::RateLimited { retry_after, limit, window_secs } => {
+            Self::RateLimited {
+                retry_after,
+                limit,
+                window_secs,
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
                 // IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers).
                 headers.insert("ratelimit-limit", HeaderValue::from(*limit));
@@ -206,6 +224,12 @@ impl IntoResponse for ApiError {
                 }
             }
             Self::Unavailable { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::FeatureUnavailable {
+                retry_after: Some(retry_after),
+                ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
@@ -261,6 +285,61 @@ impl From<crate::auth::AuthError> for ApiError {
                 Self::Unavailable { retry_after: 5 }
             }
             A::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<crate::auth::oidc::GoogleError> for ApiError {
+    fn from(e: crate::auth::oidc::GoogleError) -> Self {
+        use crate::auth::oidc::{GoogleError as G, Rejection as R};
+        let unauthorized = |code, message| Self::Unauthorized { code, message };
+        match e {
+            G::NotConfigured(message) => Self::FeatureUnavailable {
+                code: "AUTH_GOOGLE_NOT_CONFIGURED",
+                message,
+                retry_after: None,
+            },
+            // The exact reason goes to the oauth_failed event; the client learns the class.
+            G::Rejected(R::Expired) => unauthorized(
+                "AUTH_GOOGLE_EXPIRED",
+                "Google sign-in expired, please try again",
+            ),
+            G::Rejected(R::EmailNotVerified | R::EmailMissing) => unauthorized(
+                "AUTH_GOOGLE_EMAIL_UNVERIFIED",
+                "Your Google account has no verified email address",
+            ),
+            G::Rejected(R::HostedDomainMismatch) => unauthorized(
+                "AUTH_GOOGLE_DOMAIN_NOT_ALLOWED",
+                "Please sign in with your organisation's Google account",
+            ),
+            G::Rejected(_) => unauthorized("AUTH_GOOGLE_INVALID", "Invalid Google credential"),
+            G::Denied => unauthorized(
+                "AUTH_GOOGLE_DENIED",
+                "Google sign-in was cancelled or refused",
+            ),
+            G::StateInvalid => Self::BadRequest {
+                code: "AUTH_OAUTH_STATE_INVALID",
+                message: "This sign-in link has expired or was already used, please start again"
+                    .into(),
+            },
+            G::MissingCode => Self::BadRequest {
+                code: "AUTH_OAUTH_CODE_MISSING",
+                message: "The sign-in response has no authorization code".into(),
+            },
+            G::Csrf(_) => Self::BadRequest {
+                code: "AUTH_GOOGLE_CSRF",
+                message: "Google sign-in could not be verified (g_csrf_token check failed)".into(),
+            },
+            G::AccountExists { .. } => Self::Conflict {
+                code: "AUTH_ACCOUNT_EXISTS",
+                message: "An account with this email already exists. Sign in with your password",
+            },
+            G::ProviderUnavailable(_) => Self::FeatureUnavailable {
+                code: "AUTH_PROVIDER_UNAVAILABLE",
+                message: "Google sign-in is temporarily unavailable, please try again shortly",
+                retry_after: Some(5),
+            },
+            G::Auth(e) => e.into(),
         }
     }
 }

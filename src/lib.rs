@@ -5,6 +5,8 @@
 pub mod app;
 /// The service layer: passwords, tokens, revocation, the auth flows.
 pub mod auth;
+/// Scheduled deletion of ended sessions and expired security events.
+pub mod cleanup;
 /// The command line.
 pub mod cli;
 /// "Now", injectable so tests move time instead of sleeping.

@@ -66,7 +66,12 @@ impl InProcessRevocations {
     /// Live entries as (key, value, expiry), for copying to Redis after an outage.
     fn entries(&self, now: DateTime<Utc>) -> Vec<(String, i64, DateTime<Utc>)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.entries.iter().filter(|(_, (_, exp))| *exp > now).map(|(k, (v, exp))| (k.clone(), *v, *exp)).collect()
+        state
+            .entries
+            .iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(k, (v, exp))| (k.clone(), *v, *exp))
+            .collect()
     }
 
     fn put(&self, key: String, value: i64, until: DateTime<Utc>) {
@@ -166,7 +171,12 @@ impl SharedRevocations {
             self.catch_up().await;
         }
         let ttl = (until - Utc::now()).num_milliseconds();
-        if let Err(e) = self.redis.store().set_px(&format!("{}{key}", self.prefix), value, ttl).await {
+        if let Err(e) = self
+            .redis
+            .store()
+            .set_px(&format!("{}{key}", self.prefix), value, ttl)
+            .await
+        {
             self.redis.failed(&e);
             self.behind.store(true, Ordering::Relaxed);
         }
@@ -178,9 +188,15 @@ impl SharedRevocations {
         let now = Utc::now();
         for (key, value, until) in self.local.entries(now) {
             let ttl = (until - now).num_milliseconds();
-            if let Err(e) = self.redis.store().set_px(&format!("{}{key}", self.prefix), value, ttl).await {
+            if let Err(e) = self
+                .redis
+                .store()
+                .set_px(&format!("{}{key}", self.prefix), value, ttl)
+                .await
+            {
                 self.redis.failed(&e);
-                self.behind.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.behind
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         }
@@ -190,7 +206,11 @@ impl SharedRevocations {
 #[async_trait]
 impl RevocationList for SharedRevocations {
     fn backend(&self) -> &'static str {
-        if self.redis.is_up() { "redis" } else { "in-process" }
+        if self.redis.is_up() {
+            "redis"
+        } else {
+            "in-process"
+        }
     }
 
     async fn revoke_token(&self, jti: &str, until: DateTime<Utc>) -> anyhow::Result<()> {
@@ -207,7 +227,8 @@ impl RevocationList for SharedRevocations {
         at: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        self.put(format!("user:{user_id}"), at.timestamp_millis(), until).await
+        self.put(format!("user:{user_id}"), at.timestamp_millis(), until)
+            .await
     }
 
     async fn check(&self, claims: &AccessClaims) -> anyhow::Result<Option<Revoked>> {
@@ -223,7 +244,12 @@ impl RevocationList for SharedRevocations {
             format!("{}user:{}", self.prefix, claims.sub),
         ];
         match self.redis.store().get_many(&keys).await {
-            Ok(values) => Ok(revoked_from(values.first().copied().flatten(), values.get(1).copied().flatten(), values.get(2).copied().flatten(), claims)),
+            Ok(values) => Ok(revoked_from(
+                values.first().copied().flatten(),
+                values.get(1).copied().flatten(),
+                values.get(2).copied().flatten(),
+                claims,
+            )),
             Err(e) => {
                 // Fail to the local list, which every instance also writes: never fail open on
                 // what this instance knows, never fail a request because Redis blinked.
@@ -234,7 +260,12 @@ impl RevocationList for SharedRevocations {
     }
 }
 
-fn revoked_from(jti: Option<i64>, sid: Option<i64>, user: Option<i64>, claims: &AccessClaims) -> Option<Revoked> {
+fn revoked_from(
+    jti: Option<i64>,
+    sid: Option<i64>,
+    user: Option<i64>,
+    claims: &AccessClaims,
+) -> Option<Revoked> {
     if jti.is_some() {
         Some(Revoked::Token)
     } else if sid.is_some() {

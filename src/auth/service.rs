@@ -14,8 +14,8 @@ use super::revocation::RevocationList;
 use super::tokens::{AccessClaims, AccessTokens, IssuedAccessToken, TokenError};
 use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
-use crate::limits::{Exceeded, Limit, Limits, ip_subject};
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
+use crate::limits::{Exceeded, Limit, Limits, ip_subject};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
 use crate::store::{
@@ -165,7 +165,12 @@ impl AuthService {
     }
 
     /// Counts one request against `limit`; over it, records `rate_limit_exceeded` and refuses.
-    async fn enforce(&self, limit: Limit, subject: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+    pub(crate) async fn enforce(
+        &self,
+        limit: Limit,
+        subject: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
         match self.limits.check(limit, subject).await {
             Ok(()) => Ok(()),
             Err(exceeded) => Err(self.limited(exceeded, ctx, limit.name()).await),
@@ -186,7 +191,13 @@ impl AuthService {
 
     /// Counts a failed login against the account (when it exists) and the address, and records
     /// the lock or block it starts.
-    async fn count_failure(&self, user: Option<&UserRecord>, email: &str, ip: &str, ctx: &RequestContext) {
+    async fn count_failure(
+        &self,
+        user: Option<&UserRecord>,
+        email: &str,
+        ip: &str,
+        ctx: &RequestContext,
+    ) {
         let report = self.limits.login_failed(user.map(|_| email), ip).await;
         if let (Some(user), Some(failure)) = (user, report.account)
             && failure.lock_ms > 0
@@ -229,7 +240,8 @@ impl AuthService {
         req: SignupRequest,
         ctx: &RequestContext,
     ) -> Result<AuthSuccess, AuthError> {
-        self.enforce(Limit::SignupPerIp, &ip_subject(ctx.client.ip), ctx).await?;
+        self.enforce(Limit::SignupPerIp, &ip_subject(ctx.client.ip), ctx)
+            .await?;
         let attempted_email = req.email.clone().unwrap_or_default();
         let validated = (|| {
             let email = Email::parse(required(&req.email, "email", "Email")?)?;
@@ -346,7 +358,8 @@ impl AuthService {
                 return Err(e.into());
             }
         };
-        self.enforce(Limit::LoginPerAccount, &format!("{ip}|{email}"), ctx).await?;
+        self.enforce(Limit::LoginPerAccount, &format!("{ip}|{email}"), ctx)
+            .await?;
         let user = self.store.user_by_email(email.as_str()).await?;
         if let Some(wait) = self.limits.account_locked(email.as_str()).await {
             // Same work and the same answer as a wrong password, even for the right one, and not
@@ -373,7 +386,8 @@ impl AuthService {
         let user = match (user, verdict) {
             (Some(user), Verification::Valid | Verification::ValidNeedsRehash) => user,
             (known, _) => {
-                self.count_failure(known.as_ref(), email.as_str(), &ip, ctx).await;
+                self.count_failure(known.as_ref(), email.as_str(), &ip, ctx)
+                    .await;
                 let event = match known {
                     Some(known) => SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
                         .user(&known.id)
@@ -442,7 +456,7 @@ impl AuthService {
     }
 
     /// Starts a new session (refresh-token family) for `user` and issues its first token pair.
-    async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
         ctx: &RequestContext,
@@ -579,7 +593,8 @@ impl AuthService {
         req: RefreshRequest,
         ctx: &RequestContext,
     ) -> Result<(UserRecord, IssuedTokens), AuthError> {
-        self.enforce(Limit::RefreshPerIp, &ip_subject(ctx.client.ip), ctx).await?;
+        self.enforce(Limit::RefreshPerIp, &ip_subject(ctx.client.ip), ctx)
+            .await?;
         let Some(presented) = req.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
             return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
         };
@@ -623,14 +638,14 @@ impl AuthService {
                 old_token_id,
                 fingerprint_matched,
             } => {
-                // Same successor as the first request; its id is the stored one.
-                (
-                    session,
-                    old_token_id,
-                    request.successor_id,
-                    fingerprint_matched,
-                    true,
-                )
+                // Same successor as the first request: report the id it was stored under, not
+                // this request's unused one, so `token_refreshed` names a token that exists.
+                let stored_id = self
+                    .store
+                    .session_by_token_hash(&request.successor_hash)
+                    .await?
+                    .map_or(request.successor_id, |(_, id)| id);
+                (session, old_token_id, stored_id, fingerprint_matched, true)
             }
             RotateOutcome::ReuseDetected { session, token_id } => {
                 self.end_session_tokens(&session, now).await?;

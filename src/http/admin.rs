@@ -37,12 +37,20 @@ pub async fn unblock(
     AdminUser(admin): AdminUser,
     Path(key): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let not_found = || ApiError::NotFound { code: "BLOCK_NOT_FOUND", message: "No such lock" };
+    let not_found = || ApiError::NotFound {
+        code: "BLOCK_NOT_FOUND",
+        message: "No such lock",
+    };
     let (kind, subject) = key.split_once(':').ok_or_else(not_found)?;
     if !matches!(kind, "account" | "ip") || subject.is_empty() || subject.len() > 300 {
         return Err(not_found());
     }
-    let live = state.limits.blocked().await.into_iter().any(|b| b.kind == kind && b.subject == subject);
+    let live = state
+        .limits
+        .blocked()
+        .await
+        .into_iter()
+        .any(|b| b.kind == kind && b.subject == subject);
     if !live {
         return Err(not_found());
     }

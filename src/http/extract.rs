@@ -52,45 +52,57 @@ async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes),
     Ok((headers, bytes))
 }
 
+/// The body fields a 400 may name.
+const BODY_FIELDS: [&str; 6] = [
+    "email",
+    "password",
+    "name",
+    "userType",
+    "refreshToken",
+    "credential",
+];
+
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => {
-                // serde's message names the field; keep the name, drop the rest.
-                let text = e.to_string();
-                let field = [
-                    "email",
-                    "password",
-                    "name",
-                    "userType",
-                    "refreshToken",
-                    "credential",
-                ]
-                .into_iter()
-                .find(|f| text.contains(&format!("`{f}`")));
-                let message = if text.starts_with("duplicate field") {
-                    "Request body has a duplicate field".to_owned()
-                } else {
-                    match field {
-                        Some(f) => format!("{f} has the wrong type"),
-                        None => "Request body has a field of the wrong type".to_owned(),
-                    }
-                };
-                match field {
-                    Some(f) => ApiError::Validation { field: f, message },
-                    None => ApiError::BadRequest {
-                        code: "INVALID_BODY",
-                        message,
-                    },
-                }
-            }
-            _ => ApiError::BadRequest {
-                code: "INVALID_JSON",
-                message: "Request body is not valid JSON".into(),
-            },
-        }
-    })
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // serde's messages do not name the field of a wrong type (`invalid type: integer `123``);
+    // the path to the failure does.
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        body_error(e.inner(), BODY_FIELDS.into_iter().find(|f| *f == path))
+    })?;
+    de.end().map_err(|e| body_error(&e, None))?;
+    Ok(value)
+}
+
+fn body_error(e: &serde_json::Error, field_at_path: Option<&'static str>) -> ApiError {
+    use serde_json::error::Category;
+    if e.classify() != Category::Data {
+        return ApiError::BadRequest {
+            code: "INVALID_JSON",
+            message: "Request body is not valid JSON".into(),
+        };
+    }
+    // Keep the field's name, drop the rest of serde's text (it can quote the input). A duplicate
+    // is reported before its value is read, so its name is in the text, not the path.
+    let text = e.to_string();
+    let duplicate = text.starts_with("duplicate field");
+    let field = field_at_path.or_else(|| {
+        BODY_FIELDS
+            .into_iter()
+            .find(|f| duplicate && text.contains(&format!("`{f}`")))
+    });
+    let message = match (duplicate, field) {
+        (true, _) => "Request body has a duplicate field".to_owned(),
+        (false, Some(f)) => format!("{f} has the wrong type"),
+        (false, None) => "Request body has a field of the wrong type".to_owned(),
+    };
+    match field {
+        Some(f) => ApiError::Validation { field: f, message },
+        None => ApiError::BadRequest {
+            code: "INVALID_BODY",
+            message,
+        },
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -241,7 +253,10 @@ pub struct AdminUser(pub Authenticated);
 impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let AuthUser(auth) = AuthUser::from_request_parts(parts, state).await?;
         if auth.user.user_type != crate::domain::UserType::Admin {
             return Err(ApiError::Forbidden);

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod middleware;
@@ -32,6 +33,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/token-info", get(auth::token_info))
         .route("/api/auth/apple", post(auth::apple))
         .route("/api/csrf-token", get(auth::csrf_token))
+        .route("/api/auth/security-events", get(events::own))
+        .route("/api/admin/security/events", get(events::list))
+        .route("/api/admin/security/events/stats", get(events::stats))
+        .route("/api/admin/security/events/export", get(events::export))
+        .route("/api/admin/security/events/stream", get(events::stream))
+        .route("/api/admin/security/users/{id}/timeline", get(events::timeline))
         .route("/api/admin/security/blocked", get(admin::blocked))
         .route("/api/admin/security/blocked/{key}", delete(admin::unblock))
         .route("/health", get(health::health))

@@ -37,9 +37,20 @@ pub struct LockPolicy {
 
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    async fn gcra(&self, key: &str, now_ms: i64, interval_ms: i64, window_ms: i64) -> anyhow::Result<Gcra>;
-    async fn record_failure(&self, fail_key: &str, lock_key: &str, now_ms: i64, policy: LockPolicy)
-    -> anyhow::Result<Failure>;
+    async fn gcra(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        window_ms: i64,
+    ) -> anyhow::Result<Gcra>;
+    async fn record_failure(
+        &self,
+        fail_key: &str,
+        lock_key: &str,
+        now_ms: i64,
+        policy: LockPolicy,
+    ) -> anyhow::Result<Failure>;
     /// Remaining lock in ms, 0 when not locked.
     async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64>;
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()>;
@@ -56,18 +67,40 @@ pub fn lock_ms(count: i64, policy: &LockPolicy) -> i64 {
         return policy.base_ms;
     }
     let doublings = (count - policy.threshold).min(20) as u32;
-    policy.base_ms.saturating_mul(1i64 << doublings).min(policy.max_ms)
+    policy
+        .base_ms
+        .saturating_mul(1i64 << doublings)
+        .min(policy.max_ms)
 }
 
 /// `(allowed, retry_after, new_tat)` of GCRA, shared by both backends so they agree exactly.
-pub fn gcra_step(stored_tat: Option<i64>, now_ms: i64, interval_ms: i64, window_ms: i64) -> (Gcra, Option<i64>) {
+pub fn gcra_step(
+    stored_tat: Option<i64>,
+    now_ms: i64,
+    interval_ms: i64,
+    window_ms: i64,
+) -> (Gcra, Option<i64>) {
     let tat = stored_tat.unwrap_or(now_ms).max(now_ms);
     let new_tat = tat + interval_ms;
     let allow_at = new_tat - window_ms;
     if now_ms < allow_at {
-        (Gcra { allowed: false, retry_after_ms: allow_at - now_ms, used_ms: tat - now_ms }, None)
+        (
+            Gcra {
+                allowed: false,
+                retry_after_ms: allow_at - now_ms,
+                used_ms: tat - now_ms,
+            },
+            None,
+        )
     } else {
-        (Gcra { allowed: true, retry_after_ms: 0, used_ms: new_tat - now_ms }, Some(new_tat))
+        (
+            Gcra {
+                allowed: true,
+                retry_after_ms: 0,
+                used_ms: new_tat - now_ms,
+            },
+            Some(new_tat),
+        )
     }
 }
 
@@ -93,7 +126,13 @@ mod tests {
 
     #[test]
     fn lock_doubles_from_the_threshold_and_is_capped() {
-        let p = LockPolicy { threshold: 5, base_ms: 30_000, max_ms: 900_000, memory_ms: 0, grows: true };
+        let p = LockPolicy {
+            threshold: 5,
+            base_ms: 30_000,
+            max_ms: 900_000,
+            memory_ms: 0,
+            grows: true,
+        };
         assert_eq!(lock_ms(4, &p), 0);
         assert_eq!(lock_ms(5, &p), 30_000);
         assert_eq!(lock_ms(6, &p), 60_000);

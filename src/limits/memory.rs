@@ -33,15 +33,24 @@ impl MemoryStore {
     }
 
     fn live(map: &HashMap<String, (i64, i64)>, key: &str, now_ms: i64) -> Option<i64> {
-        map.get(key).filter(|(_, exp)| *exp > now_ms).map(|(v, _)| *v)
+        map.get(key)
+            .filter(|(_, exp)| *exp > now_ms)
+            .map(|(v, _)| *v)
     }
 }
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    async fn gcra(&self, key: &str, now_ms: i64, interval_ms: i64, window_ms: i64) -> anyhow::Result<Gcra> {
+    async fn gcra(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        window_ms: i64,
+    ) -> anyhow::Result<Gcra> {
         Ok(self.with(now_ms, |map| {
-            let (decision, new_tat) = gcra_step(Self::live(map, key, now_ms), now_ms, interval_ms, window_ms);
+            let (decision, new_tat) =
+                gcra_step(Self::live(map, key, now_ms), now_ms, interval_ms, window_ms);
             if let Some(tat) = new_tat {
                 map.insert(key.to_owned(), (tat, tat));
             }
@@ -58,7 +67,10 @@ impl KeyStore for MemoryStore {
     ) -> anyhow::Result<Failure> {
         Ok(self.with(now_ms, |map| {
             if let Some(until) = Self::live(map, lock_key, now_ms) {
-                return Failure { count: None, lock_ms: until - now_ms };
+                return Failure {
+                    count: None,
+                    lock_ms: until - now_ms,
+                };
             }
             let count = Self::live(map, fail_key, now_ms).unwrap_or(0) + 1;
             map.insert(fail_key.to_owned(), (count, now_ms + policy.memory_ms));
@@ -66,12 +78,17 @@ impl KeyStore for MemoryStore {
             if lock > 0 {
                 map.insert(lock_key.to_owned(), (now_ms + lock, now_ms + lock));
             }
-            Failure { count: Some(count), lock_ms: lock }
+            Failure {
+                count: Some(count),
+                lock_ms: lock,
+            }
         }))
     }
 
     async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64> {
-        Ok(self.with(now_ms, |map| Self::live(map, lock_key, now_ms).map_or(0, |until| until - now_ms)))
+        Ok(self.with(now_ms, |map| {
+            Self::live(map, lock_key, now_ms).map_or(0, |until| until - now_ms)
+        }))
     }
 
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {
@@ -85,7 +102,9 @@ impl KeyStore for MemoryStore {
     async fn locks(&self, prefix: &str, now_ms: i64) -> anyhow::Result<Vec<(String, i64)>> {
         Ok(self.with(now_ms, |map| {
             map.iter()
-                .filter(|(k, (until, exp))| k.starts_with(prefix) && *exp > now_ms && *until > now_ms)
+                .filter(|(k, (until, exp))| {
+                    k.starts_with(prefix) && *exp > now_ms && *until > now_ms
+                })
                 .map(|(k, (until, _))| (k.clone(), until - now_ms))
                 .collect()
         }))

@@ -181,16 +181,27 @@ impl Limits {
         if decision.allowed {
             Ok(())
         } else {
-            Err(Exceeded { limit, max, window_secs, retry_after_secs: ceil_secs(decision.retry_after_ms) })
+            Err(Exceeded {
+                limit,
+                max,
+                window_secs,
+                retry_after_secs: ceil_secs(decision.retry_after_ms),
+            })
         }
     }
 
     fn account_keys(&self, account: &str) -> (String, String) {
-        (format!("{}fail:account:{account}", self.prefix), format!("{}lock:account:{account}", self.prefix))
+        (
+            format!("{}fail:account:{account}", self.prefix),
+            format!("{}lock:account:{account}", self.prefix),
+        )
     }
 
     fn ip_keys(&self, ip: &str) -> (String, String) {
-        (format!("{}fail:ip:{ip}", self.prefix), format!("{}lock:ip:{ip}", self.prefix))
+        (
+            format!("{}fail:ip:{ip}", self.prefix),
+            format!("{}lock:ip:{ip}", self.prefix),
+        )
     }
 
     /// The remaining lockout of an account, if any.
@@ -227,11 +238,13 @@ impl Limits {
         if let Some(account) = account {
             let (fail, lock) = self.account_keys(account);
             let policy = self.rules.account_lock;
-            report.account = Some(on_backend!(self, |store| store.record_failure(&fail, &lock, now, policy)));
+            report.account = Some(on_backend!(self, |store| store
+                .record_failure(&fail, &lock, now, policy)));
         }
         let (fail, lock) = self.ip_keys(ip);
         let policy = self.rules.ip_lock;
-        report.ip = Some(on_backend!(self, |store| store.record_failure(&fail, &lock, now, policy)));
+        report.ip = Some(on_backend!(self, |store| store
+            .record_failure(&fail, &lock, now, policy)));
         report
     }
 

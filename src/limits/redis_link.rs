@@ -17,7 +17,10 @@ impl RedisLink {
     pub fn new(url: &SecretString, timeout: Duration) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid redis:// URL"))?;
-        Ok(Self { store: RedisStore::new(client, timeout)?, up: AtomicBool::new(true) })
+        Ok(Self {
+            store: RedisStore::new(client, timeout)?,
+            up: AtomicBool::new(true),
+        })
     }
 
     pub fn is_up(&self) -> bool {
@@ -45,7 +48,9 @@ impl RedisLink {
             match self.store.ping().await {
                 Ok(()) => {
                     if !self.up.swap(true, Ordering::Relaxed) {
-                        tracing::info!("Redis reachable again: shared limits and revocations resume");
+                        tracing::info!(
+                            "Redis reachable again: shared limits and revocations resume"
+                        );
                     }
                 }
                 Err(e) => self.failed(&e),

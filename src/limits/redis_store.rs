@@ -71,10 +71,18 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { manager, timeout, gcra: Script::new(GCRA_SCRIPT), failure: Script::new(FAILURE_SCRIPT) })
+        Ok(Self {
+            manager,
+            timeout,
+            gcra: Script::new(GCRA_SCRIPT),
+            failure: Script::new(FAILURE_SCRIPT),
+        })
     }
 
-    async fn bounded<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> anyhow::Result<T> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(result) => Ok(result?),
             Err(_) => anyhow::bail!("redis did not answer within {:?}", self.timeout),
@@ -83,30 +91,79 @@ impl RedisStore {
 
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut conn = self.manager.clone();
-        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         Ok(())
     }
 
     pub async fn set_px(&self, key: &str, value: i64, ttl_ms: i64) -> anyhow::Result<()> {
         let mut conn = self.manager.clone();
-        self.bounded(conn.pset_ex::<_, _, ()>(key, value, ttl_ms.max(1) as u64)).await
+        self.bounded(conn.pset_ex::<_, _, ()>(key, value, ttl_ms.max(1) as u64))
+            .await
     }
 
     /// Values of `keys` (missing ones as `None`) in one round trip.
     pub async fn get_many(&self, keys: &[String]) -> anyhow::Result<Vec<Option<i64>>> {
         let mut conn = self.manager.clone();
-        self.bounded(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await
+        self.bounded(redis::cmd("MGET").arg(keys).query_async(&mut conn))
+            .await
+    }
+
+    /// Stores `value` under `key` for `ttl_ms` unless `key` exists; true when it was stored.
+    /// (Single-use sign-in state and replay markers.)
+    pub async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: i64) -> anyhow::Result<bool> {
+        let mut conn = self.manager.clone();
+        let stored: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(stored.is_some())
+    }
+
+    /// Reads and deletes `key` in one atomic step, so a value can be taken once only.
+    pub async fn take(&self, key: &str) -> anyhow::Result<Option<String>> {
+        // A script rather than GETDEL, which Redis before 6.2 lacks.
+        let script = Script::new(
+            "local v = redis.call('GET', KEYS[1]) if v then redis.call('DEL', KEYS[1]) end return v",
+        );
+        let mut conn = self.manager.clone();
+        self.bounded(script.key(key).invoke_async(&mut conn)).await
     }
 }
 
 #[async_trait]
 impl KeyStore for RedisStore {
-    async fn gcra(&self, key: &str, now_ms: i64, interval_ms: i64, window_ms: i64) -> anyhow::Result<Gcra> {
+    async fn gcra(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        window_ms: i64,
+    ) -> anyhow::Result<Gcra> {
         let mut conn = self.manager.clone();
         let (allowed, retry, used): (i64, i64, i64) = self
-            .bounded(self.gcra.key(key).arg(now_ms).arg(interval_ms).arg(window_ms).invoke_async(&mut conn))
+            .bounded(
+                self.gcra
+                    .key(key)
+                    .arg(now_ms)
+                    .arg(interval_ms)
+                    .arg(window_ms)
+                    .invoke_async(&mut conn),
+            )
             .await?;
-        Ok(Gcra { allowed: allowed == 1, retry_after_ms: retry, used_ms: used })
+        Ok(Gcra {
+            allowed: allowed == 1,
+            retry_after_ms: retry,
+            used_ms: used,
+        })
     }
 
     async fn record_failure(
@@ -131,7 +188,10 @@ impl KeyStore for RedisStore {
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(Failure { count: (count >= 0).then_some(count), lock_ms: lock })
+        Ok(Failure {
+            count: (count >= 0).then_some(count),
+            lock_ms: lock,
+        })
     }
 
     async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64> {
@@ -178,7 +238,10 @@ impl KeyStore for RedisStore {
         Ok(keys
             .into_iter()
             .zip(values)
-            .filter_map(|(k, v)| v.filter(|until| *until > now_ms).map(|until| (k, until - now_ms)))
+            .filter_map(|(k, v)| {
+                v.filter(|until| *until > now_ms)
+                    .map(|until| (k, until - now_ms))
+            })
             .collect())
     }
 }

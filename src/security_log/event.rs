@@ -33,12 +33,13 @@ pub enum EventType {
     PasswordRehashed,
     UserTypeChanged,
     LockoutLifted,
+    TokenCleanup,
     ServiceStarted,
     ServiceStopped,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 23] = [
+    pub const ALL: [EventType; 24] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -60,6 +61,7 @@ impl EventType {
         Self::PasswordRehashed,
         Self::UserTypeChanged,
         Self::LockoutLifted,
+        Self::TokenCleanup,
         Self::ServiceStarted,
         Self::ServiceStopped,
     ];
@@ -87,6 +89,7 @@ impl EventType {
             Self::PasswordRehashed => "password_rehashed",
             Self::UserTypeChanged => "user_type_changed",
             Self::LockoutLifted => "lockout_lifted",
+            Self::TokenCleanup => "token_cleanup",
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
         }
@@ -107,6 +110,7 @@ impl EventType {
             | Self::TokenRevoked
             | Self::Logout
             | Self::PasswordRehashed
+            | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped => Severity::Info,
             Self::SignupFailed
@@ -143,6 +147,7 @@ impl EventType {
             Self::PasswordRehashed => "authn_password_change",
             Self::UserTypeChanged => "authz_change",
             Self::LockoutLifted => "authz_admin",
+            Self::TokenCleanup => "sys_monitor_cleanup",
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",
         }

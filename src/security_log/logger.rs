@@ -63,7 +63,12 @@ pub struct SecurityLogger {
     capacity: usize,
     /// `postgresql` when a database is the sink, `file` when the spool is.
     sink: &'static str,
+    /// Live feed for the admin stream; slow subscribers lag and resume from the sink.
+    live: tokio::sync::broadcast::Sender<Arc<SecurityEvent>>,
 }
+
+/// Events a slow live subscriber may fall behind by before it skips ahead.
+const LIVE_BUFFER: usize = 1024;
 
 impl SecurityLogger {
     pub fn new(
@@ -74,20 +79,22 @@ impl SecurityLogger {
         capacity: usize,
         sink: &'static str,
     ) -> Self {
-        Self {
-            tx,
-            spool,
-            stats,
-            durability,
-            capacity,
-            sink,
-        }
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        Self { tx, spool, stats, durability, capacity, sink, live }
+    }
+
+    /// A receiver of every event recorded from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
+        self.live.subscribe()
     }
 
     /// Records one event. In async mode this returns without waiting on any I/O.
     pub async fn record(&self, event: SecurityEvent) {
         mirror(&event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(event.clone()));
+        }
         match self.durability {
             Durability::Async => self.enqueue(Envelope { event, ack: None }),
             Durability::Sync => {

@@ -6,6 +6,8 @@
 pub mod event;
 pub mod logger;
 pub mod postgres_sink;
+pub mod query;
+pub mod retention;
 pub mod spool;
 pub mod writer;
 
@@ -24,6 +26,7 @@ use crate::store::postgres::Database;
 /// The running pipeline: the logger handle, its database (when there is one) and the writer task.
 pub struct Pipeline {
     pub logger: SecurityLogger,
+    pub spool: Arc<spool::Spool>,
     pub database: Option<Database>,
     pub writer: JoinHandle<()>,
     pub stop: CancellationToken,
@@ -78,16 +81,18 @@ pub fn start(settings: &Settings) -> anyhow::Result<Pipeline> {
     let writer = writer::Writer {
         rx,
         sink: database.clone().map(|db| postgres_sink::PgSink { db }),
-        spool,
+        spool: spool.clone(),
         stats,
         batch_size: settings.security_log_batch_size,
         linger: Duration::from_millis(settings.security_log_linger_ms),
         spool_max_bytes: settings.security_log_spool_max_bytes,
     };
     let stop = CancellationToken::new();
+    let spool_handle = writer.spool.clone();
     let writer = tokio::spawn(writer.run(stop.clone()));
     Ok(Pipeline {
         logger,
+        spool: spool_handle,
         database,
         writer,
         stop,

@@ -148,6 +148,16 @@ impl Spool {
         Ok(files)
     }
 
+    /// Every spool file including the one being written, oldest first (for reading the log).
+    pub fn all_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| is_spool_file(p))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
     /// Total size of the spool files, for the size alarm.
     pub fn bytes_on_disk(&self) -> u64 {
         fs::read_dir(&self.dir)

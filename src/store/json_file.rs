@@ -22,8 +22,7 @@ use super::{
 use crate::domain::{UserRecord, UserType, format_timestamp};
 use crate::durable_file;
 
-/// Revoked or expired sessions are kept this long (for reuse detection and audit), then pruned.
-const SESSION_RETENTION_DAYS: i64 = 7;
+mod identities;
 
 pub struct FileStore {
     users_path: PathBuf,
@@ -49,7 +48,11 @@ struct FileStamp {
 fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: meta.modified().ok()?, len: meta.len(), inode: meta.ino() })
+    Some(FileStamp {
+        modified: meta.modified().ok()?,
+        len: meta.len(),
+        inode: meta.ino(),
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -180,7 +183,10 @@ impl FileStore {
         } else {
             SessionsFile::default()
         };
-        let users = Users { list: users, stamp: stamp(&users_path) };
+        let users = Users {
+            list: users,
+            stamp: stamp(&users_path),
+        };
         Ok(Self {
             users_path,
             sessions_path,
@@ -238,7 +244,10 @@ impl FileStore {
                 .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
                 .map_err(StoreError::Other)?;
             tracing::info!(users = list.len(), "users.json changed on disk; reloaded");
-            *guard = Users { list, stamp: current };
+            *guard = Users {
+                list,
+                stamp: current,
+            };
         }
         Ok(guard)
     }
@@ -264,7 +273,7 @@ async fn write_durably(path: PathBuf, bytes: Vec<u8>) -> StoreResult<()> {
 }
 
 fn prune(file: &mut SessionsFile, now: DateTime<Utc>, idle_ttl: chrono::Duration) {
-    let keep_until = chrono::Duration::days(SESSION_RETENTION_DAYS);
+    let keep_until = chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
     file.sessions.retain(|s| {
         let ended = s
             .revoked_at
@@ -279,6 +288,32 @@ fn prune(file: &mut SessionsFile, now: DateTime<Utc>, idle_ttl: chrono::Duration
 impl Store for FileStore {
     fn kind(&self) -> &'static str {
         "file"
+    }
+
+    async fn delete_ended_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        _batch: usize,
+    ) -> StoreResult<u64> {
+        // One rewrite of the file removes them all; batching buys nothing here.
+        let before = self.sessions.read().await.sessions.len();
+        let cutoff = now - chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
+        let ended = |s: &SessionRecord| {
+            s.revoked_at
+                .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl))
+                < cutoff
+        };
+        if !self.sessions.read().await.sessions.iter().any(ended) {
+            return Ok(0);
+        }
+        self.update_sessions(|file| {
+            prune(file, now, idle_ttl);
+            Ok(())
+        })
+        .await?;
+        let after = self.sessions.read().await.sessions.len();
+        Ok(before.saturating_sub(after) as u64)
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -300,11 +335,23 @@ impl Store for FileStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self.users().await?.list.iter().find(|u| u.email == email).cloned())
+        Ok(self
+            .users()
+            .await?
+            .list
+            .iter()
+            .find(|u| u.email == email)
+            .cloned())
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self.users().await?.list.iter().find(|u| u.id == id).cloned())
+        Ok(self
+            .users()
+            .await?
+            .list
+            .iter()
+            .find(|u| u.id == id)
+            .cloned())
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
@@ -561,6 +608,40 @@ impl Store for FileStore {
             .iter()
             .find(|s| s.id == session_id)
             .cloned())
+    }
+
+    async fn user_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>> {
+        self.fs_user_by_identity(issuer, subject).await
+    }
+
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<super::IdentityRecord>> {
+        self.fs_identities_of(user_id).await
+    }
+
+    async fn insert_user_with_identity(
+        &self,
+        user: &UserRecord,
+        identity: &super::IdentityRecord,
+    ) -> StoreResult<()> {
+        self.fs_insert_user_with_identity(user, identity).await
+    }
+
+    async fn link_identity(&self, identity: &super::IdentityRecord) -> StoreResult<()> {
+        self.fs_link_identity(identity).await
+    }
+
+    async fn touch_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.fs_touch_identity(issuer, subject, email, at).await
     }
 }
 

@@ -5,8 +5,11 @@
 //! logout. Decisions that must be atomic (rotation, reuse detection, the session cap) are made
 //! inside the store, so concurrent requests cannot fork a family on either backend.
 
+pub mod identity;
 pub mod json_file;
 pub mod postgres;
+
+pub use identity::{GOOGLE_ISSUER, IdentityRecord};
 
 use std::sync::Arc;
 
@@ -269,7 +272,48 @@ pub trait Store: Send + Sync + 'static {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>>;
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>>;
+    /// Deletes up to `batch` sessions (and their tokens) that ended (revoked, expired or idle)
+    /// more than [`ENDED_SESSION_RETENTION_DAYS`] ago; returns how many. Callers loop until a
+    /// batch comes back short, so no statement holds locks for long.
+    async fn delete_ended_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        batch: usize,
+    ) -> StoreResult<u64>;
+
+    /// The user that the provider identity (`issuer`, `subject`) signs in as. For Google's issuer a
+    /// user whose legacy `google_id` (the old service's link) is `subject` counts too.
+    async fn user_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>>;
+    /// The provider identities linked to a user, including a legacy `google_id`.
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>>;
+    /// Inserts a new user and its first identity in one atomic step: `Conflict("email")` when the
+    /// email is taken, `Conflict("identity")` when the identity is linked already (a lost race).
+    async fn insert_user_with_identity(
+        &self,
+        user: &UserRecord,
+        identity: &IdentityRecord,
+    ) -> StoreResult<()>;
+    /// Links an identity to an existing user: `Conflict("identity")` when it is linked to a user
+    /// already, `NotFound` when the user is gone.
+    async fn link_identity(&self, identity: &IdentityRecord) -> StoreResult<()>;
+    /// Records a sign-in through an identity: when, and the email the provider reports now. The
+    /// account's own email is never changed here.
+    async fn touch_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
+
+/// Ended sessions are kept this long (reuse detection, audit, the sessions history), then deleted.
+pub const ENDED_SESSION_RETENTION_DAYS: i64 = 7;
 
 /// Opens the configured store. A Postgres store that cannot connect yet still opens: it reports
 /// `Unavailable` until the database answers and its migrations have run.

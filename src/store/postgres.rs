@@ -25,6 +25,8 @@ use crate::domain::{UserRecord, UserType};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+mod identities;
+
 /// A pool that connects on first use, and a flag that turns true once migrations have run.
 #[derive(Clone)]
 pub struct Database {
@@ -309,6 +311,29 @@ async fn revoke_in_tx(
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
         "postgresql"
+    }
+
+    async fn delete_ended_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        batch: usize,
+    ) -> StoreResult<u64> {
+        let cutoff = now - chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
+        // SKIP LOCKED: never wait behind a refresh that holds a session row.
+        let done = sqlx::query(
+            "DELETE FROM auth_sessions WHERE id IN ( \
+               SELECT id FROM auth_sessions \
+               WHERE revoked_at < $1 OR expires_at < $1 OR last_used_at < $2 \
+               LIMIT $3 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .bind(cutoff - idle_ttl)
+        .bind(batch as i64)
+        .execute(self.pool()?)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -671,5 +696,39 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         Ok(row.map(SessionRecord::from))
+    }
+
+    async fn user_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>> {
+        self.pg_user_by_identity(issuer, subject).await
+    }
+
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<super::IdentityRecord>> {
+        self.pg_identities_of(user_id).await
+    }
+
+    async fn insert_user_with_identity(
+        &self,
+        user: &UserRecord,
+        identity: &super::IdentityRecord,
+    ) -> StoreResult<()> {
+        self.pg_insert_user_with_identity(user, identity).await
+    }
+
+    async fn link_identity(&self, identity: &super::IdentityRecord) -> StoreResult<()> {
+        self.pg_link_identity(identity).await
+    }
+
+    async fn touch_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.pg_touch_identity(issuer, subject, email, at).await
     }
 }

@@ -142,6 +142,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub settings: Settings,
     clock: flux_auth::clock::Clock,
+    /// The running app's state, for tests that call library functions (cleanup) directly.
+    pub state: flux_auth::app::AppState,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -223,6 +225,7 @@ impl TestApp {
         let app = App::build(settings.clone()).await.expect("app builds");
         let port = app.port();
         let clock = app.state().clock.clone();
+        let state = app.state().clone();
         if settings.database_url.is_some() || settings.security_log_database_url.is_some() {
             wait_until_ready(app.state()).await;
         }
@@ -240,6 +243,7 @@ impl TestApp {
             backend,
             settings,
             clock,
+            state,
             stop,
             handle: Some(handle),
         }
@@ -706,7 +710,12 @@ impl TestApp {
         };
         let pool = db.pool().await;
         let mut text = String::new();
-        for table in ["users", "auth_sessions", "refresh_tokens", "security_events"] {
+        for table in [
+            "users",
+            "auth_sessions",
+            "refresh_tokens",
+            "security_events",
+        ] {
             let sql = format!("SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {table} t");
             let rows: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .fetch_one(&pool)
@@ -740,9 +749,15 @@ pub async fn redis_available() -> bool {
         Ok(Ok(_)) => true,
         outcome => {
             if std::env::var_os("CI").is_some() {
-                panic!("Redis is required in CI but did not answer at {}: {outcome:?}", redis_url());
+                panic!(
+                    "Redis is required in CI but did not answer at {}: {outcome:?}",
+                    redis_url()
+                );
             }
-            eprintln!("!!! SKIPPED: Redis not reachable at {} ({outcome:?}); start it to run this test", redis_url());
+            eprintln!(
+                "!!! SKIPPED: Redis not reachable at {} ({outcome:?}); start it to run this test",
+                redis_url()
+            );
             false
         }
     }
@@ -750,5 +765,35 @@ pub async fn redis_available() -> bool {
 
 /// A direct connection to the test Redis, for looking at the keys the app wrote.
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Grants admin as an operator would: the CLI on the file store, SQL on Postgres.
+pub async fn make_admin(app: &TestApp, email: &str) {
+    if let (Backend::Postgres, Some(db)) = (app.backend, &app.db) {
+        let pool = db.pool().await;
+        sqlx::query("UPDATE users SET user_type = 'admin' WHERE email = $1").bind(email).execute(&pool).await.unwrap();
+        return;
+    }
+    let data_dir = app.data_dir();
+    let email = email.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"))
+            .args(["users", "set-type", &email, "admin"])
+            .env("CONFIG_FILE", "/dev/null")
+            .env("DATA_DIR", &data_dir)
+            .env("SECURITY_LOG_DIR", data_dir.join("cli-events"))
+            .env("JWT_SECRET", JWT_SECRET)
+            .env_remove("DATABASE_URL")
+            .env_remove("SECURITY_LOG_DATABASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

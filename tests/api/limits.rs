@@ -13,7 +13,10 @@ use crate::forwarder::Forwarder;
 use crate::helpers::*;
 
 /// An app with limits on and Redis at `redis` (the real one unless a test points it elsewhere).
-async fn limited_app(backend: Backend, tweak: impl FnOnce(&mut flux_auth::config::Settings) + 'static) -> Option<TestApp> {
+async fn limited_app(
+    backend: Backend,
+    tweak: impl FnOnce(&mut flux_auth::config::Settings) + 'static,
+) -> Option<TestApp> {
     if !redis_available().await {
         return None;
     }
@@ -29,7 +32,9 @@ async fn limited_app(backend: Backend, tweak: impl FnOnce(&mut flux_auth::config
 
 async fn prefixed_keys(app: &TestApp) -> Vec<String> {
     let mut conn = redis_conn().await;
-    conn.keys(format!("{}*", app.settings.redis_key_prefix)).await.unwrap()
+    conn.keys(format!("{}*", app.settings.redis_key_prefix))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -48,9 +53,19 @@ async fn f5_fifty_parallel_wrong_passwords_count_exactly_fifty_and_every_key_has
     app.signed_up(&email).await;
     let attempts = (0..50).map(|_| app.login(&email, "not the password at all"));
     let statuses = futures::future::join_all(attempts).await;
-    assert!(statuses.iter().all(|r| r.status() == StatusCode::UNAUTHORIZED));
+    assert!(
+        statuses
+            .iter()
+            .all(|r| r.status() == StatusCode::UNAUTHORIZED)
+    );
     let mut conn = redis_conn().await;
-    let count: i64 = conn.get(format!("{}fail:account:{email}", app.settings.redis_key_prefix)).await.unwrap();
+    let count: i64 = conn
+        .get(format!(
+            "{}fail:account:{email}",
+            app.settings.redis_key_prefix
+        ))
+        .await
+        .unwrap();
     assert_eq!(count, 50);
     let keys = prefixed_keys(&app).await;
     assert!(!keys.is_empty());
@@ -62,16 +77,27 @@ async fn f5_fifty_parallel_wrong_passwords_count_exactly_fifty_and_every_key_has
 
 #[tokio::test]
 async fn f1_f2_f3_lockout_after_five_failures_grows_and_opens_again() {
-    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    let Some(app) = limited_app(Backend::File, |_| {}).await else {
+        return;
+    };
     let email = unique_email();
     app.signed_up(&email).await;
     for _ in 0..5 {
-        assert_eq!(app.login(&email, "wrong password one").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login(&email, "wrong password one").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // Locked: even the right password gets the same generic answer, from any case of the email.
     let locked = app.login(&email.to_uppercase(), PASSWORD).await;
-    let locked_body = assert_error(locked, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
-    let wrong = assert_error(app.login(&unique_email(), PASSWORD).await, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
+    let locked_body =
+        assert_error(locked, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
+    let wrong = assert_error(
+        app.login(&unique_email(), PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID_CREDENTIALS",
+    )
+    .await;
     assert_eq!(locked_body["message"], wrong["message"]);
     let events = app.events_of("account_locked").await;
     assert_eq!(events.len(), 1);
@@ -82,10 +108,24 @@ async fn f1_f2_f3_lockout_after_five_failures_grows_and_opens_again() {
     // Attempts during the lock are not counted; once it has passed, the password works again.
     let state_clock = app.clock();
     state_clock.advance(Duration::from_secs(31));
-    assert_eq!(app.login(&email, "wrong password two").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.login(&email, "wrong password two").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // The sixth counted failure locks for twice as long.
-    let events = app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "account_locked").count() == 2).await;
-    let second = events.iter().filter(|e| e.event_type.as_str() == "account_locked").nth(1).unwrap();
+    let events = app
+        .events_where(|e| {
+            e.iter()
+                .filter(|e| e.event_type.as_str() == "account_locked")
+                .count()
+                == 2
+        })
+        .await;
+    let second = events
+        .iter()
+        .filter(|e| e.event_type.as_str() == "account_locked")
+        .nth(1)
+        .unwrap();
     assert_eq!(second.metadata["lockedForSecs"], 60);
     state_clock.advance(Duration::from_secs(61));
     assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
@@ -125,7 +165,11 @@ async fn f4_login_limit_answers_429_with_retry_after_and_ignores_spoofed_forward
         .send()
         .await
         .unwrap();
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_eq!(response.headers()["ratelimit-limit"], "3");
     assert_eq!(response.headers()["ratelimit-remaining"], "0");
@@ -134,7 +178,11 @@ async fn f4_login_limit_answers_429_with_retry_after_and_ignores_spoofed_forward
     let events = app.events_of("rate_limit_exceeded").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].metadata["reason"], "login_ip");
-    assert_eq!(events[0].ip_address.as_deref(), Some("127.0.0.1"), "the spoofed header was not believed");
+    assert_eq!(
+        events[0].ip_address.as_deref(),
+        Some("127.0.0.1"),
+        "the spoofed header was not believed"
+    );
 }
 
 #[tokio::test]
@@ -155,22 +203,41 @@ async fn f4_forwarded_for_from_a_trusted_proxy_is_honoured() {
             .send()
     };
     for _ in 0..2 {
-        assert_eq!(from("192.0.2.10").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            from("192.0.2.10").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
-    assert_eq!(from("192.0.2.10").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(from("192.0.2.11").await.unwrap().status(), StatusCode::UNAUTHORIZED, "another client behind the proxy");
+    assert_eq!(
+        from("192.0.2.10").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        from("192.0.2.11").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "another client behind the proxy"
+    );
     let limited = app.events_of("rate_limit_exceeded").await;
     assert_eq!(limited[0].ip_address.as_deref(), Some("192.0.2.10"));
 }
 
 #[tokio::test]
 async fn signup_is_limited_per_address_per_hour() {
-    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    let Some(app) = limited_app(Backend::File, |_| {}).await else {
+        return;
+    };
     for _ in 0..5 {
-        assert_eq!(app.signup(&unique_email(), PASSWORD, "N").await.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.signup(&unique_email(), PASSWORD, "N").await.status(),
+            StatusCode::CREATED
+        );
     }
     let response = app.signup(&unique_email(), PASSWORD, "N").await;
-    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 60 && retry <= 3600, "{retry}");
     assert_error(response, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
 }
@@ -188,36 +255,67 @@ async fn f7_password_spraying_blocks_the_address_and_leaves_unknown_emails_free(
     };
     let target = unique_email();
     for _ in 0..8 {
-        assert_eq!(app.login(&unique_email(), "spray password 1").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login(&unique_email(), "spray password 1")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
-    assert_eq!(app.login(&target, "spray password 1").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        app.login(&target, "spray password 1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     let detected = app.events_of("brute_force_detected").await;
     assert_eq!(detected[0].metadata["reason"], "ip_failure_threshold");
     // Nothing was kept against the unknown emails: the target can sign up and, once the address
     // block is lifted, log in at once.
-    assert_eq!(app.signup(&target, PASSWORD, "T").await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.signup(&target, PASSWORD, "T").await.status(),
+        StatusCode::CREATED
+    );
     app.clock().advance(Duration::from_secs(901));
     assert_eq!(app.login(&target, PASSWORD).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn two_instances_share_limits_lockouts_and_logouts_through_redis() {
-    let Some(first) = limited_app(Backend::Postgres, |s| s.login_limit_per_ip = 4).await else { return };
+    let Some(first) = limited_app(Backend::Postgres, |s| s.login_limit_per_ip = 4).await else {
+        return;
+    };
     let mut settings = first.settings.clone();
     settings.port = 0;
-    let second = TestApp::start(settings, tempfile::tempdir().unwrap(), None, Backend::Postgres).await;
+    let second = TestApp::start(
+        settings,
+        tempfile::tempdir().unwrap(),
+        None,
+        Backend::Postgres,
+    )
+    .await;
 
     let email = unique_email();
     let auth = first.signed_up(&email).await;
     let token = auth["accessToken"].as_str().unwrap();
     assert_eq!(second.me(token).await.status(), StatusCode::OK);
     assert_eq!(first.logout(token).await.status(), StatusCode::OK);
-    assert_error(second.me(token).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        second.me(token).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
 
     for app in [&first, &second, &first, &second] {
-        assert_eq!(app.login(&email, "wrong password x").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login(&email, "wrong password x").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
-    assert_eq!(second.login(&email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS, "4 per minute across both");
+    assert_eq!(
+        second.login(&email, PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "4 per minute across both"
+    );
 }
 
 #[tokio::test]
@@ -237,29 +335,66 @@ async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
         })
         .spawn()
         .await;
-    let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["checks"]["redis"], "ok");
     forwarder.cut();
     for _ in 0..3 {
-        assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login(&unique_email(), "pw pw pw pw").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
-    assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::TOO_MANY_REQUESTS, "never unlimited");
-    let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        app.login(&unique_email(), "pw pw pw pw").await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "never unlimited"
+    );
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["checks"]["redis"], "error");
     assert_eq!(health["status"], "degraded");
     forwarder.restore();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if health["checks"]["redis"] == "ok" {
             assert_eq!(health["status"], "ok");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "redis never came back: {health}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never came back: {health}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Back on Redis: a fresh window there.
-    assert_eq!(app.login(&unique_email(), "pw pw pw pw").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.login(&unique_email(), "pw pw pw pw").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert!(!prefixed_keys(&app).await.is_empty());
 }
 
@@ -284,14 +419,27 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let other = app.signed_up(&unique_email()).await;
     loop {
-        let health: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if health["checks"]["redis"] == "ok" {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.logout(other["accessToken"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.logout(other["accessToken"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let keys = prefixed_keys(&app).await;
     let jti_keys = keys.iter().filter(|k| k.contains("rv:jti:")).count();
     assert_eq!(jti_keys, 2, "{keys:?}");
@@ -299,7 +447,9 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
 
 #[tokio::test]
 async fn admins_list_and_lift_lockouts_and_others_get_403() {
-    let Some(app) = limited_app(Backend::File, |_| {}).await else { return };
+    let Some(app) = limited_app(Backend::File, |_| {}).await else {
+        return;
+    };
     let victim = unique_email();
     app.signed_up(&victim).await;
     for _ in 0..5 {
@@ -308,11 +458,28 @@ async fn admins_list_and_lift_lockouts_and_others_get_403() {
     let admin_email = unique_email();
     let admin = app.signed_up(&admin_email).await;
     let user_token = admin["accessToken"].as_str().unwrap().to_owned();
-    assert_error(app.get_auth("/api/admin/security/blocked", &user_token).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    assert_error(
+        app.get_auth("/api/admin/security/blocked", &user_token)
+            .await,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    )
+    .await;
 
     make_admin(&app, &admin_email).await;
-    let listing: Value = app.get_auth("/api/admin/security/blocked", &user_token).await.json().await.unwrap();
-    let entry = listing["blocked"].as_array().unwrap().iter().find(|b| b["subject"] == victim.as_str()).cloned().unwrap();
+    let listing: Value = app
+        .get_auth("/api/admin/security/blocked", &user_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entry = listing["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["subject"] == victim.as_str())
+        .cloned()
+        .unwrap();
     assert_eq!(entry["type"], "account");
     assert!(entry["expiresInSecs"].as_u64().unwrap() <= 30);
     let key = entry["key"].as_str().unwrap();
@@ -334,23 +501,4 @@ async fn admins_list_and_lift_lockouts_and_others_get_403() {
         .await
         .unwrap();
     assert_error(again, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND").await;
-}
-
-/// Grants admin through the CLI, as an operator would.
-pub async fn make_admin(app: &TestApp, email: &str) {
-    let data_dir = app.data_dir();
-    let email = email.to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"))
-            .args(["users", "set-type", &email, "admin"])
-            .env("CONFIG_FILE", "/dev/null")
-            .env("DATA_DIR", &data_dir)
-            .env("JWT_SECRET", JWT_SECRET)
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }

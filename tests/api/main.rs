@@ -1,5 +1,17 @@
 //! One integration-test binary: the real app on a loopback port, real Postgres, real files.
+// Tests fail by panicking; the crate's unwrap/expect/panic lints are for the service code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
 
+mod bad_input;
+mod forwarder;
+mod events;
+mod limits;
+mod login;
+mod ops;
+mod refresh;
+mod sessions;
 mod signup;
+mod stores;
+mod tokens;

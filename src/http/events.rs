@@ -1,0 +1,272 @@
+//! Reading security events: the admin's query, stats, export and live stream, a user's timeline,
+//! and a signed-in user's own history.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::extract::{AdminUser, AuthUser};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::security_log::Severity;
+use crate::security_log::query::{Cursor, EventFilter, EventSource, EventView};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventQuery {
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub severity: Option<String>,
+    pub min_severity: Option<String>,
+    pub user_id: Option<String>,
+    pub ip: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    pub format: Option<String>,
+}
+
+fn bad(field: &'static str, message: &str) -> ApiError {
+    ApiError::Validation { field, message: message.to_owned() }
+}
+
+fn time(raw: &Option<String>, field: &'static str) -> ApiResult<Option<DateTime<Utc>>> {
+    raw.as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| bad(field, "must be an ISO-8601 time such as 2026-01-31T12:00:00Z"))
+        })
+        .transpose()
+}
+
+fn short(raw: &Option<String>, field: &'static str) -> ApiResult<Option<String>> {
+    match raw {
+        Some(s) if s.len() > 255 || s.chars().any(char::is_control) => Err(bad(field, "is not a valid value")),
+        Some(s) if s.is_empty() => Ok(None),
+        other => Ok(other.clone()),
+    }
+}
+
+impl EventQuery {
+    fn filter(&self) -> ApiResult<EventFilter> {
+        if let Some(s) = &self.severity
+            && Severity::parse(s).is_none()
+        {
+            return Err(bad("severity", "must be info, low, warning, high or critical"));
+        }
+        let before = match &self.cursor {
+            Some(c) => Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?),
+            None => None,
+        };
+        Ok(EventFilter {
+            event_type: short(&self.event_type, "type")?,
+            severity: self.severity.clone(),
+            user_id: short(&self.user_id, "userId")?,
+            ip: short(&self.ip, "ip")?,
+            from: time(&self.from, "from")?,
+            to: time(&self.to, "to")?,
+            before,
+        })
+    }
+}
+
+pub fn source(state: &AppState) -> EventSource {
+    match &state.security_db {
+        Some(db) => EventSource::Postgres(db.clone()),
+        None => EventSource::Files(state.spool.clone()),
+    }
+}
+
+async fn page(state: &AppState, filter: EventFilter, limit: Option<usize>) -> ApiResult<Json<serde_json::Value>> {
+    let page = source(state).page(&filter, limit.unwrap_or(100)).await.map_err(unavailable)?;
+    Ok(Json(json!({ "success": true, "events": page.events, "nextCursor": page.next_cursor })))
+}
+
+/// The log's database is down: say so (503), do not pretend there are no events.
+fn unavailable(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %e, "security events could not be read");
+    ApiError::Unavailable { retry_after: 5 }
+}
+
+/// `GET /api/admin/security/events`
+pub async fn list(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<impl IntoResponse> {
+    page(&state, q.filter()?, q.limit).await
+}
+
+/// `GET /api/admin/security/users/{id}/timeline`
+pub async fn timeline(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(user_id): Path<String>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let filter = EventFilter { user_id: short(&Some(user_id), "id")?, ..q.filter()? };
+    page(&state, filter, q.limit).await
+}
+
+/// `GET /api/auth/security-events`: the caller's own recent history.
+pub async fn own(
+    State(state): State<AppState>,
+    AuthUser(auth): AuthUser,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let before = match &q.cursor {
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?),
+        None => None,
+    };
+    let filter = EventFilter { user_id: Some(auth.user.id.clone()), before, ..EventFilter::default() };
+    page(&state, filter, q.limit.map(|l| l.min(100))).await
+}
+
+/// `GET /api/admin/security/events/stats?from&to` (default: the last 24 hours).
+pub async fn stats(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let to = time(&q.to, "to")?.unwrap_or_else(Utc::now);
+    let from = time(&q.from, "from")?.unwrap_or(to - chrono::Duration::hours(24));
+    if from >= to {
+        return Err(bad("from", "must be before to"));
+    }
+    let stats = source(&state).stats(from, to).await.map_err(unavailable)?;
+    Ok(Json(json!({ "success": true, "stats": stats })))
+}
+
+/// `GET /api/admin/security/events/export?format=ndjson|csv`, streamed oldest first.
+pub async fn export(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Response> {
+    let filter = EventFilter { before: None, ..q.filter()? };
+    let csv = match q.format.as_deref() {
+        None | Some("ndjson") | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(bad("format", "must be ndjson or csv")),
+    };
+    let rows = source(&state).export(filter);
+    let (content_type, extension) =
+        if csv { ("text/csv; charset=utf-8", "csv") } else { ("application/x-ndjson", "ndjson") };
+    let header_line = csv.then(|| Ok::<_, std::io::Error>(CSV_HEADER.as_bytes().to_vec()));
+    let body = futures::stream::iter(header_line).chain(rows.map(move |row| match row {
+        Ok(event) => Ok(if csv { csv_line(&event) } else { ndjson_line(&event) }),
+        Err(e) => {
+            tracing::warn!(error = %e, "export stopped");
+            Err(std::io::Error::other("export stopped"))
+        }
+    }));
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("attachment; filename=\"security-events.{extension}\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+const CSV_HEADER: &str = "id,created_at,event_type,severity,user_id,token_id,ip_address,user_agent,metadata\n";
+
+fn ndjson_line(event: &EventView) -> Vec<u8> {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// RFC 4180 quoting, and a leading `'` on cells a spreadsheet would run as a formula.
+fn csv_cell(value: &str) -> String {
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_owned() };
+    format!("\"{}\"", guarded.replace('"', "\"\""))
+}
+
+fn csv_line(e: &EventView) -> Vec<u8> {
+    let opt = |v: &Option<String>| v.as_deref().map(csv_cell).unwrap_or_default();
+    let cells = [
+        csv_cell(&e.id.to_string()),
+        csv_cell(&crate::domain::format_timestamp(e.created_at)),
+        csv_cell(&e.event_type),
+        csv_cell(&e.severity),
+        opt(&e.user_id),
+        e.token_id.map(|t| csv_cell(&t.to_string())).unwrap_or_default(),
+        opt(&e.ip_address),
+        opt(&e.user_agent),
+        e.metadata.as_ref().map(|m| csv_cell(&m.to_string())).unwrap_or_default(),
+    ];
+    let mut line = cells.join(",").into_bytes();
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+/// `GET /api/admin/security/events/stream?minSeverity=`: server-sent events, live. A client that
+/// reconnects with `Last-Event-ID` first gets what it missed from the log, then the live feed.
+pub async fn stream(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let min = match q.min_severity.as_deref() {
+        None | Some("") => Severity::Info,
+        Some(s) => Severity::parse(s).ok_or_else(|| bad("minSeverity", "must be info, low, warning, high or critical"))?,
+    };
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = state.auth.events.subscribe();
+    let last_seen: Option<Uuid> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut backlog = Vec::new();
+    if let Some(last) = last_seen {
+        let page = source(&state).page(&EventFilter::default(), crate::security_log::query::MAX_PAGE).await;
+        if let Ok(page) = page {
+            backlog = page.events.into_iter().filter(|e| e.id > last).collect();
+            backlog.reverse();
+        }
+    }
+    let replayed: std::collections::HashSet<Uuid> = backlog.iter().map(|e| e.id).collect();
+    let passes = move |severity: &str| Severity::parse(severity).is_some_and(|s| s >= min);
+    let backlog_stream = futures::stream::iter(backlog.into_iter().filter(move |e| passes(&e.severity)).map(sse_event));
+    let live_stream = futures::stream::unfold(live, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => return Some((event, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::warn!(skipped, "live event stream subscriber fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |event| {
+        let keep = event.severity >= min && !replayed.contains(&event.id);
+        async move { keep }
+    })
+    .map(|event| sse_event(EventView::from((*event).clone())));
+    let until_shutdown = state.stopping.clone().cancelled_owned();
+    let events = backlog_stream.chain(live_stream).take_until(until_shutdown);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn sse_event(event: EventView) -> Result<Event, Infallible> {
+    let data = serde_json::to_string(&event).unwrap_or_default();
+    Ok(Event::default().id(event.id.to_string()).event("security-event").data(data))
+}

@@ -1,0 +1,217 @@
+//! Provider identities on Postgres: rows of `user_identities` (migration 003), plus the legacy
+//! `users.google_id` column that users imported from the old service carry.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+
+use super::{PgStore, UserRow, map_err};
+use crate::domain::UserRecord;
+use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
+
+#[derive(sqlx::FromRow)]
+struct IdentityRow {
+    issuer: String,
+    subject: String,
+    user_id: String,
+    email: Option<String>,
+    created_at: DateTime<Utc>,
+    last_used_at: DateTime<Utc>,
+}
+
+impl From<IdentityRow> for IdentityRecord {
+    fn from(r: IdentityRow) -> Self {
+        Self {
+            issuer: r.issuer,
+            subject: r.subject,
+            user_id: r.user_id,
+            email: r.email,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// Any unique violation while linking means the identity (or, for Google, the legacy
+/// `google_id`) belongs to someone already.
+fn identity_conflict(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict("email") => StoreError::Conflict("email"),
+        StoreError::Conflict(_) => StoreError::Conflict("identity"),
+        other => other,
+    }
+}
+
+/// Inserts the identity row. A row left behind by a deleted user is taken over; a row of a live
+/// user is not (`Conflict("identity")`).
+async fn insert_identity(
+    tx: &mut Transaction<'_, Postgres>,
+    identity: &IdentityRecord,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "INSERT INTO user_identities (issuer, subject, user_id, email, created_at, last_used_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (issuer, subject) DO UPDATE SET user_id = EXCLUDED.user_id, email = EXCLUDED.email, \
+           created_at = EXCLUDED.created_at, last_used_at = EXCLUDED.last_used_at \
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = user_identities.user_id)",
+    )
+    .bind(&identity.issuer)
+    .bind(&identity.subject)
+    .bind(&identity.user_id)
+    .bind(&identity.email)
+    .bind(identity.created_at)
+    .bind(identity.last_used_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| identity_conflict(map_err(e)))?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict("identity"));
+    }
+    Ok(())
+}
+
+impl PgStore {
+    pub(super) async fn pg_user_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<UserRecord>> {
+        // A linked row wins over a legacy google_id; rows of deleted users match nothing.
+        let row: Option<UserRow> = sqlx::query_as(
+            "SELECT id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
+               created_at, last_login FROM users WHERE id IN \
+               (SELECT user_id FROM user_identities WHERE issuer = $1 AND subject = $2) \
+             OR ($3 AND google_id = $2) \
+             ORDER BY (google_id IS NOT DISTINCT FROM $2) LIMIT 1",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(issuer == GOOGLE_ISSUER)
+        .fetch_optional(self.pool()?)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(UserRecord::from))
+    }
+
+    pub(super) async fn pg_identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
+        let pool = self.pool()?;
+        let rows: Vec<IdentityRow> = sqlx::query_as(
+            "SELECT issuer, subject, user_id, email, created_at, last_used_at \
+             FROM user_identities WHERE user_id = $1 ORDER BY created_at",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+        .map_err(map_err)?;
+        let mut identities: Vec<IdentityRecord> =
+            rows.into_iter().map(IdentityRecord::from).collect();
+        let legacy: Option<(Option<String>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT google_id, created_at FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(map_err)?;
+        if let Some((Some(google_id), created_at)) = legacy
+            && !identities
+                .iter()
+                .any(|i| i.is_google() && i.subject == google_id)
+        {
+            identities.push(IdentityRecord::from_legacy_google_id(
+                &google_id, user_id, created_at,
+            ));
+        }
+        Ok(identities)
+    }
+
+    pub(super) async fn pg_insert_user_with_identity(
+        &self,
+        user: &UserRecord,
+        identity: &IdentityRecord,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
+             created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(user.user_type.as_str())
+        .bind(&user.password_hash)
+        .bind(&user.google_id)
+        .bind(user.email_verified)
+        .bind(&user.avatar)
+        .bind(user.created_at)
+        .bind(user.last_login)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| identity_conflict(map_err(e)))?;
+        insert_identity(&mut tx, identity).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    pub(super) async fn pg_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
+        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        // Locks the user row, so two links to one user are made one after the other.
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(&identity.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        insert_identity(&mut tx, identity).await?;
+        if identity.is_google() {
+            // Kept in step so the old service (and `import-users`) still know the link.
+            sqlx::query(
+                "UPDATE users SET google_id = $2, updated_at = now() WHERE id = $1 AND google_id IS NULL",
+            )
+            .bind(&identity.user_id)
+            .bind(&identity.subject)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| identity_conflict(map_err(e)))?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    pub(super) async fn pg_touch_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let pool = self.pool()?;
+        let done = sqlx::query(
+            "UPDATE user_identities SET last_used_at = $3, email = COALESCE($4, email) \
+             WHERE issuer = $1 AND subject = $2",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(at)
+        .bind(email)
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 && issuer == GOOGLE_ISSUER {
+            // A user linked only by the old service's google_id gets a proper row now.
+            sqlx::query(
+                "INSERT INTO user_identities (issuer, subject, user_id, email, created_at, last_used_at) \
+                 SELECT $1, $2, id, $4, created_at, $3 FROM users WHERE google_id = $2 \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(at)
+            .bind(email)
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,654 @@
+//! Bad input (SECURITY.md I1–I6), malformed Authorization headers (C7) and HTTP hardening (J1, J3,
+//! J5): every rejection is the Error shape, none is a 500, and nothing is stored half-way.
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Body, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Every route that takes a JSON body.
+const JSON_ROUTES: [&str; 3] = ["/api/auth/signup", "/api/auth/login", "/api/auth/refresh"];
+
+/// A body each JSON route would accept as well formed.
+fn valid_body(route: &str) -> Value {
+    match route {
+        "/api/auth/signup" => json!({ "email": unique_email(), "password": PASSWORD, "name": "N" }),
+        "/api/auth/login" => json!({ "email": unique_email(), "password": PASSWORD }),
+        _ => json!({ "refreshToken": "r".repeat(43) }),
+    }
+}
+
+/// POSTs `body` as is, with `content_type` when given (reqwest adds none of its own).
+async fn post_raw(
+    app: &TestApp,
+    route: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Response {
+    let mut request = app
+        .client
+        .post(app.url(route))
+        .header("user-agent", UA)
+        .body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.send().await.unwrap()
+}
+
+async fn post_json_text(app: &TestApp, route: &str, body: impl Into<Body>) -> Response {
+    post_raw(app, route, Some("application/json"), body).await
+}
+
+/// How many users the store holds.
+async fn user_count(app: &TestApp) -> usize {
+    match app.backend {
+        Backend::Postgres => {
+            let pool = app.db.as_ref().unwrap().pool().await;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            n as usize
+        }
+        Backend::File => match std::fs::read(app.data_dir().join("users.json")) {
+            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["users"]
+                .as_array()
+                .unwrap()
+                .len(),
+            Err(_) => 0,
+        },
+    }
+}
+
+async fn assert_still_serving(app: &TestApp) {
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn i2_malformed_json_is_400_invalid_json() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    for route in JSON_ROUTES {
+        for body in [
+            "",
+            "{",
+            "not json",
+            r#"{"email":"a@b.co",}"#,
+            "{'email':'a'}",
+            r#"{"a":1} {"b":2}"#,
+        ] {
+            let response = post_json_text(&app, route, body).await;
+            assert_error(response, StatusCode::BAD_REQUEST, "INVALID_JSON").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn i2_missing_or_wrong_content_type_is_415_and_nothing_is_stored() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    for route in JSON_ROUTES {
+        let body = valid_body(route).to_string();
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+            None,
+        ] {
+            let response = post_raw(&app, route, content_type, body.clone()).await;
+            assert_error(
+                response,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+            )
+            .await;
+        }
+    }
+    assert_eq!(user_count(&app).await, 0);
+    // A charset parameter or `+json` is still JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let body = valid_body("/api/auth/signup").to_string();
+        let response = post_raw(&app, "/api/auth/signup", Some(content_type), body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn i1_bodies_over_16_kib_are_413_with_or_without_content_length() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let padded = |size: usize| {
+        let head = r#"{"email":"nobody@example.com","password":"x","pad":""#;
+        format!("{head}{}\"}}", " ".repeat(size - head.len() - 2))
+    };
+    // Exactly at the limit is read (and fails as a login); one byte more is not.
+    assert_eq!(padded(16 * 1024).len(), 16 * 1024);
+    let response = post_json_text(&app, "/api/auth/login", padded(16 * 1024)).await;
+    assert_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID_CREDENTIALS",
+    )
+    .await;
+    for route in JSON_ROUTES {
+        let response = post_json_text(&app, route, padded(16 * 1024 + 1)).await;
+        assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+
+        // Chunked transfer encoding, no Content-Length: 64 chunks of 1 KiB.
+        let mut chunks = vec![br#"{"email":"nobody@example.com","pad":""#.to_vec()];
+        chunks.extend((0..64).map(|_| vec![b'x'; 1024]));
+        chunks.push(br#""}"#.to_vec());
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        let response = post_json_text(&app, route, Body::wrap_stream(stream)).await;
+        assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+    }
+    assert_eq!(user_count(&app).await, 0);
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn i2_wrong_types_are_400_naming_the_field() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let email = unique_email();
+    for (route, body, field) in [
+        (
+            "/api/auth/signup",
+            json!({ "email": 123, "password": PASSWORD, "name": "N" }),
+            "email",
+        ),
+        (
+            "/api/auth/signup",
+            json!({ "email": email, "password": ["x"], "name": "N" }),
+            "password",
+        ),
+        (
+            "/api/auth/signup",
+            json!({ "email": email, "password": PASSWORD, "name": { "first": "N" } }),
+            "name",
+        ),
+        (
+            "/api/auth/signup",
+            json!({ "email": email, "password": PASSWORD, "name": "N", "userType": 1 }),
+            "userType",
+        ),
+        (
+            "/api/auth/login",
+            json!({ "email": 123, "password": PASSWORD }),
+            "email",
+        ),
+        (
+            "/api/auth/login",
+            json!({ "email": email, "password": 12345678 }),
+            "password",
+        ),
+        (
+            "/api/auth/login",
+            json!({ "email": true, "password": false }),
+            "email",
+        ),
+        (
+            "/api/auth/refresh",
+            json!({ "refreshToken": 123 }),
+            "refreshToken",
+        ),
+        (
+            "/api/auth/refresh",
+            json!({ "refreshToken": { "token": "x" } }),
+            "refreshToken",
+        ),
+    ] {
+        let response = app.post_json(route, &body).await;
+        let error = assert_error(response, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert_eq!(error["field"], field, "{route} {body}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            !message.contains("123") && !message.contains("invalid type"),
+            "{message}"
+        );
+    }
+    // Not an object at all: a generic 400 without a field.
+    for route in JSON_ROUTES {
+        for body in ["null", "42", r#""text""#, "[]"] {
+            let error = assert_error(
+                post_json_text(&app, route, body).await,
+                StatusCode::BAD_REQUEST,
+                "INVALID_BODY",
+            )
+            .await;
+            assert!(error.get("field").is_none(), "{route} {body}: {error}");
+        }
+    }
+    assert_eq!(user_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn i3_duplicate_keys_are_400_not_last_wins() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let victim = app.signed_up("victim@example.com").await;
+    for (route, body, field) in [
+        (
+            "/api/auth/signup",
+            format!(
+                r#"{{"email":"{}","password":"{PASSWORD}","name":"N","email":"{}"}}"#,
+                unique_email(),
+                unique_email()
+            ),
+            "email",
+        ),
+        (
+            "/api/auth/login",
+            format!(
+                r#"{{"email":"nobody@example.com","password":"{PASSWORD}","email":"victim@example.com"}}"#
+            ),
+            "email",
+        ),
+        (
+            "/api/auth/login",
+            format!(
+                r#"{{"email":"victim@example.com","password":"wrong","password":"{PASSWORD}"}}"#
+            ),
+            "password",
+        ),
+        (
+            "/api/auth/refresh",
+            format!(
+                r#"{{"refreshToken":"x","refreshToken":"{}"}}"#,
+                victim["refreshToken"].as_str().unwrap()
+            ),
+            "refreshToken",
+        ),
+    ] {
+        let response = post_json_text(&app, route, body.clone()).await;
+        let error = assert_error(response, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert_eq!(error["field"], field, "{body}");
+    }
+    assert_eq!(user_count(&app).await, 1);
+    // The refresh token in the rejected body was not rotated: it still works.
+    assert_eq!(
+        app.refresh(victim["refreshToken"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn i3_json_nested_10000_levels_is_400_without_crashing() {
+    // A body limit that lets the whole document reach the parser.
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| s.body_limit_bytes = 256 * 1024)
+        .try_spawn()
+        .await
+        .unwrap();
+    let depth = 10_000;
+    let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let objects = format!(
+        r#"{{"x":{}0{}}}"#,
+        r#"{"x":"#.repeat(depth),
+        "}".repeat(depth)
+    );
+    let unclosed = format!(r#"{{"email":"a@b.co","x":{}"#, "[".repeat(depth));
+    for route in JSON_ROUTES {
+        for (body, code) in [
+            (&arrays, "INVALID_BODY"),
+            (&objects, "VALIDATION_ERROR"),
+            (&unclosed, "INVALID_JSON"),
+        ] {
+            let response = post_json_text(&app, route, body.clone()).await;
+            assert_error(response, StatusCode::BAD_REQUEST, code).await;
+        }
+    }
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn i4_nul_surrogates_bidi_zero_width_and_huge_emails_are_400_and_nothing_is_stored() {
+    for backend in BACKENDS {
+        let Some(app) = TestApp::try_spawn(backend).await else {
+            continue;
+        };
+        let long_email = format!("{}@example.com", "a".repeat(10_000));
+        for (email, code) in [
+            (r#""nul\u0000@example.com""#.to_owned(), "VALIDATION_ERROR"),
+            (r#""lone\ud800@example.com""#.to_owned(), "INVALID_JSON"),
+            (
+                r#""bidi\u202Emoc.elpmaxe@x.com""#.to_owned(),
+                "VALIDATION_ERROR",
+            ),
+            (
+                r#""zero\u200Bwidth@example.com""#.to_owned(),
+                "VALIDATION_ERROR",
+            ),
+            (format!(r#""{long_email}""#), "VALIDATION_ERROR"),
+        ] {
+            let signup = format!(r#"{{"email":{email},"password":"{PASSWORD}","name":"N"}}"#);
+            let login = format!(r#"{{"email":{email},"password":"{PASSWORD}"}}"#);
+            for (route, body) in [("/api/auth/signup", signup), ("/api/auth/login", login)] {
+                let response = post_json_text(&app, route, body).await;
+                let error = assert_error(response, StatusCode::BAD_REQUEST, code).await;
+                if code == "VALIDATION_ERROR" {
+                    assert_eq!(error["field"], "email", "{backend:?} {route} {email:.40}");
+                }
+            }
+        }
+        for name in [
+            r#""N\u0000""#,
+            r#""\u202Eevil""#,
+            r#""a\u200Bb""#,
+            r#""x\ud800""#,
+        ] {
+            let body = format!(
+                r#"{{"email":"{}","password":"{PASSWORD}","name":{name}}}"#,
+                unique_email()
+            );
+            let response = post_json_text(&app, "/api/auth/signup", body).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::BAD_REQUEST,
+                "{backend:?} {name}"
+            );
+        }
+        let response =
+            post_json_text(&app, "/api/auth/refresh", r#"{"refreshToken":"\u0000"}"#).await;
+        assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_REFRESH_INVALID").await;
+        assert_eq!(user_count(&app).await, 0, "{backend:?}");
+        assert_still_serving(&app).await;
+    }
+}
+
+#[tokio::test]
+async fn i6_unknown_routes_are_json_404_and_wrong_methods_405_with_allow() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    for path in [
+        "/nope",
+        "/api/auth/nope",
+        "/api/auth/login/extra",
+        "/api/auth/../../etc/passwd",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_error(response, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    }
+    for (method, path, allowed) in [
+        (reqwest::Method::PUT, "/api/auth/login", "POST"),
+        (reqwest::Method::GET, "/api/auth/signup", "POST"),
+        (reqwest::Method::DELETE, "/api/auth/me", "GET"),
+        (reqwest::Method::TRACE, "/api/auth/login", "POST"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let allow = response
+            .headers()
+            .get("allow")
+            .unwrap_or_else(|| panic!("{method} {path}: no Allow header"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{method} {path}: {allow}"
+        );
+        assert_error(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn i5_more_than_100_headers_or_a_huge_header_block_is_431() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let mut many = HeaderMap::new();
+    for i in 0..101 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-h-{i}").as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+    }
+    let too_many = app
+        .client
+        .get(app.url("/health/live"))
+        .headers(many)
+        .send()
+        .await;
+    let huge = HeaderValue::from_str(&"h".repeat(448 * 1024)).unwrap();
+    let too_big = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-huge", huge)
+        .send()
+        .await;
+    // hyper refuses both while reading the head, before any axum layer runs: a bare 431 that
+    // closes the connection, with an empty body rather than the Error shape.
+    for response in [too_many, too_big] {
+        let response = response.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(response.headers()["connection"], "close");
+        assert_eq!(response.text().await.unwrap(), "");
+    }
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn bodiless_logout_post_is_not_415() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let user = app.signed_up(&unique_email()).await;
+    let response = app.logout(user["accessToken"].as_str().unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], true);
+}
+
+/// J1: the headers every token response and every error carries.
+fn assert_hardening_headers(headers: &HeaderMap, what: &str) {
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("pragma", "no-cache"),
+        ("referrer-policy", "no-referrer"),
+        ("content-type", "application/json; charset=utf-8"),
+    ] {
+        assert_eq!(
+            headers.get(name).map(|v| v.to_str().unwrap()),
+            Some(value),
+            "{what}: {name}"
+        );
+    }
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{what}: {csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+    // J5: nothing that names the software or its version.
+    for name in ["server", "x-powered-by"] {
+        assert!(headers.get(name).is_none(), "{what}: {name} header");
+    }
+}
+
+#[tokio::test]
+async fn j1_j5_security_headers_on_token_responses_and_errors() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let email = unique_email();
+    let signup = app.signup(&email, PASSWORD, "N").await;
+    assert_eq!(signup.status(), StatusCode::CREATED);
+    assert_hardening_headers(signup.headers(), "signup");
+    let login = app.login(&email, PASSWORD).await;
+    assert_eq!(login.status(), StatusCode::OK);
+    assert_hardening_headers(login.headers(), "login");
+    let body: Value = login.json().await.unwrap();
+    let refresh = app.refresh(body["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(refresh.status(), StatusCode::OK);
+    assert_hardening_headers(refresh.headers(), "refresh");
+    let me = app.me(body["accessToken"].as_str().unwrap()).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_hardening_headers(me.headers(), "me");
+
+    let errors = [
+        ("bad login", app.login(&email, "wrong password here").await),
+        (
+            "404",
+            app.client.get(app.url("/nope")).send().await.unwrap(),
+        ),
+        ("415", post_raw(&app, "/api/auth/login", None, "{}").await),
+        ("400", post_json_text(&app, "/api/auth/login", "{").await),
+    ];
+    for (what, response) in errors {
+        assert!(response.status().is_client_error(), "{what}");
+        assert_hardening_headers(response.headers(), what);
+    }
+}
+
+#[tokio::test]
+async fn j3_cors_echoes_only_allowlisted_origins_never_star() {
+    const ALLOWED: &str = "https://app.fluxstudio.art";
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| s.cors_origins = vec![ALLOWED.into()])
+        .try_spawn()
+        .await
+        .unwrap();
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/auth/login"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let vary = |r: &Response| {
+        r.headers()
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+
+    let evil = preflight("https://evil.example").await.unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    let evil = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("origin", "https://evil.example")
+        .json(&json!({ "email": unique_email(), "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+
+    let good = preflight(ALLOWED).await.unwrap();
+    assert!(good.status().is_success(), "{}", good.status());
+    assert_eq!(good.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(good.headers()["access-control-allow-credentials"], "true");
+    assert!(vary(&good).contains("origin"), "{}", vary(&good));
+    let methods = good.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+
+    let actual = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("origin", ALLOWED)
+        .json(&json!({ "email": unique_email(), "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(actual.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(actual.headers()["access-control-allow-credentials"], "true");
+    assert!(vary(&actual).contains("origin"), "{}", vary(&actual));
+    // Same-looking origins are not the allowlisted one.
+    for origin in [
+        "https://app.fluxstudio.art.evil.example",
+        "http://app.fluxstudio.art",
+        "null",
+    ] {
+        let response = preflight(origin).await.unwrap();
+        assert!(
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none(),
+            "{origin}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn c7_malformed_authorization_headers_are_401_with_www_authenticate() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let user = app.signed_up(&unique_email()).await;
+    let valid = user["accessToken"].as_str().unwrap();
+    let big = format!("Bearer {}", "a".repeat(64 * 1024));
+    let segments: Vec<&str> = valid.split('.').collect();
+    let two = format!("Bearer {}.{}", segments[0], segments[1]);
+    let four = format!("Bearer {valid}.{}", segments[2]);
+    let doubled = format!("Bearer Bearer {valid}");
+    let cases: Vec<(&str, HeaderValue)> = vec![
+        ("empty", HeaderValue::from_static("")),
+        ("scheme alone", HeaderValue::from_static("Bearer")),
+        ("scheme and space", HeaderValue::from_static("Bearer ")),
+        ("basic", HeaderValue::from_static("Basic x")),
+        ("doubled bearer", HeaderValue::from_str(&doubled).unwrap()),
+        ("two segments", HeaderValue::from_str(&two).unwrap()),
+        ("four segments", HeaderValue::from_str(&four).unwrap()),
+        ("not base64", HeaderValue::from_static("Bearer !!!.@@@.###")),
+        ("64 KB token", HeaderValue::from_str(&big).unwrap()),
+        (
+            "not UTF-8",
+            HeaderValue::from_bytes(b"Bearer \xff\xfe.\xfd").unwrap(),
+        ),
+    ];
+    for (what, value) in cases {
+        let response = app
+            .client
+            .get(app.url("/api/auth/me"))
+            .header("authorization", value)
+            .send()
+            .await
+            .unwrap();
+        let challenge = response.headers().get("www-authenticate").cloned();
+        assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+        let challenge = challenge.unwrap_or_else(|| panic!("{what}: no WWW-Authenticate"));
+        assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{what}");
+    }
+    // The genuine token still works, so the failures above were about the headers.
+    assert_eq!(app.me(valid).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn c7_a_token_in_the_query_string_is_ignored() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let user = app.signed_up(&unique_email()).await;
+    let token = user["accessToken"].as_str().unwrap();
+    for path in ["/api/auth/me", "/api/auth/token-info"] {
+        let response = app
+            .client
+            .get(app.url(&format!("{path}?access_token={token}&token={token}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "{path}"
+        );
+        assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_MISSING").await;
+    }
+}

@@ -1,0 +1,191 @@
+//! `Forwarder`: a TCP relay between the app and Postgres, so a test can cut the database away
+//! under a running service (and bring it back) without touching the shared server.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+pub struct Forwarder {
+    addr: SocketAddr,
+    /// Cancelled on drop: stops the accept loop and every relayed connection.
+    root: CancellationToken,
+    state: Arc<Mutex<Link>>,
+    accept: JoinHandle<()>,
+}
+
+/// Whether the link is cut, and the token the live connections of this generation hang on.
+struct Link {
+    cut: bool,
+    generation: CancellationToken,
+}
+
+impl Forwarder {
+    /// Listens on 127.0.0.1:0 and relays every accepted connection to `target`.
+    pub async fn start(target: SocketAddr) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind forwarder");
+        let addr = listener.local_addr().expect("forwarder address");
+        let root = CancellationToken::new();
+        let state = Arc::new(Mutex::new(Link {
+            cut: false,
+            generation: root.child_token(),
+        }));
+        let accept = tokio::spawn(accept_loop(listener, target, root.clone(), state.clone()));
+        Forwarder {
+            addr,
+            root,
+            state,
+            accept,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every live connection; new ones are accepted and dropped at once until `restore`.
+    pub fn cut(&self) {
+        let mut link = self.state.lock().expect("forwarder state");
+        link.cut = true;
+        link.generation.cancel();
+        link.generation = self.root.child_token();
+    }
+
+    pub fn restore(&self) {
+        self.state.lock().expect("forwarder state").cut = false;
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.root.cancel();
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    root: CancellationToken,
+    state: Arc<Mutex<Link>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = root.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        let generation = {
+            let link = state.lock().expect("forwarder state");
+            if link.cut {
+                drop(client);
+                continue;
+            }
+            link.generation.clone()
+        };
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(target).await else {
+                return;
+            };
+            let mut client = client;
+            tokio::select! {
+                () = generation.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            }
+        });
+    }
+}
+
+/// The socket address of the test Postgres server (`TEST_DATABASE_URL` or the local default).
+pub async fn postgres_addr() -> SocketAddr {
+    let url = postgres_admin_url();
+    let (_, authority) = split_authority(&url);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    tokio::net::lookup_host(host_port.as_str())
+        .await
+        .expect("resolve postgres host")
+        .next()
+        .expect("postgres host has an address")
+}
+
+/// `url` with its host and port replaced by `addr` (user, database and options kept).
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, authority) = split_authority(url);
+    let rest = &url[scheme.len() + authority.len()..];
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!("{scheme}{user}{addr}{rest}")
+}
+
+/// (`postgres://`, `user@host:port`) of a connection URL.
+fn split_authority(url: &str) -> (&str, &str) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (scheme, rest) = url.split_at(start);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    (scheme, &rest[..end])
+}
+
+#[tokio::test]
+async fn forwarder_relays_to_postgres_cuts_and_restores() {
+    if !postgres_available().await {
+        return;
+    }
+    let forwarder = Forwarder::start(postgres_addr().await).await;
+    let url = via(&postgres_admin_url(), forwarder.addr());
+    assert!(url.contains(&forwarder.addr().to_string()), "{url}");
+
+    let mut conn = PgConnection::connect(&url).await.expect("connect through");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+
+    forwarder.cut();
+    assert!(
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .is_err(),
+        "a live connection is closed by the cut"
+    );
+    let attempt = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await;
+    assert!(
+        matches!(attempt, Ok(Err(_))),
+        "a new connection fails at once while cut"
+    );
+
+    forwarder.restore();
+    let mut conn = PgConnection::connect(&url)
+        .await
+        .expect("connect after restore");
+    let two: i32 = sqlx::query_scalar("SELECT 2")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(two, 2);
+    let _ = conn.close().await;
+
+    drop(forwarder);
+    let attempt = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await;
+    assert!(
+        matches!(attempt, Ok(Err(_))),
+        "dropping stops the forwarder"
+    );
+}
