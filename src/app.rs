@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::oidc::GoogleSignIn;
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::revocation::{InProcessRevocations, RevocationList, SharedRevocations};
@@ -18,6 +19,7 @@ use crate::auth::tokens::AccessTokens;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
 use crate::limits::{Limits, RedisLink};
+use crate::metrics::{Metrics, StateCollector};
 use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::store::{self, postgres::Database};
@@ -25,9 +27,14 @@ use crate::store::{self, postgres::Database};
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
+    pub metrics: Metrics,
+    /// What `/metrics` serves.
+    pub registry: Arc<prometheus_client::registry::Registry>,
     pub settings: Arc<Settings>,
     pub limits: Arc<Limits>,
     pub clock: Clock,
+    /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
+    pub google: Option<Arc<GoogleSignIn>>,
     /// The security log's database, when it has one (for health).
     pub security_db: Option<Database>,
     /// The security event spool (the log itself when there is no database).
@@ -40,6 +47,8 @@ pub struct AppState {
 
 pub struct App {
     listener: TcpListener,
+    /// `METRICS_ADDR`'s own listener, when set.
+    metrics_listener: Option<TcpListener>,
     port: u16,
     state: AppState,
     pipeline: Pipeline,
@@ -69,18 +78,21 @@ impl Core {
             tracing::warn!("RATE_LIMITS=off: rate limits and lockouts are disabled");
         }
         let store = store::open(&settings).await?;
-        let pipeline = security_log::start(&settings)?;
+        let metrics = Metrics::default();
+        let pipeline = security_log::start(&settings, &metrics)?;
         let hasher = PasswordHasher::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
             settings.argon2_parallelism,
             settings.password_hash_concurrency,
+            metrics.hash_wait_seconds.clone(),
         )?;
         let clock = Clock::default();
         let redis = match &settings.redis_url {
             Some(url) => Some(Arc::new(RedisLink::new(
                 url,
                 Duration::from_millis(settings.redis_timeout_ms),
+                metrics.redis_errors.clone(),
             )?)),
             None => None,
         };
@@ -92,8 +104,10 @@ impl Core {
             None => Arc::new(InProcessRevocations::default()),
         };
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
+        let google =
+            GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
         let background = CancellationToken::new();
-        if let Some(link) = redis {
+        if let Some(link) = redis.clone() {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
         }
@@ -114,10 +128,31 @@ impl Core {
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),
         };
+        let auth = Arc::new(auth);
+        auth.hasher.prepare().await?;
+        let mut pools = Vec::new();
+        if let Some(db) = auth.store.database() {
+            pools.push(("users", db));
+        }
+        if let Some(db) = &pipeline.database {
+            pools.push(("security_log", db.clone()));
+        }
+        let hashes = auth.clone();
+        let registry = metrics.registry(StateCollector {
+            events: pipeline.logger.clone(),
+            stats: pipeline.logger.shared_stats(),
+            hashes_in_flight: Arc::new(move || (hashes.hasher.in_flight(), hashes.hasher.queued())),
+            pools,
+            redis_up: redis,
+            started,
+        });
         let state = AppState {
-            auth: Arc::new(auth),
+            metrics,
+            registry: Arc::new(registry),
+            auth,
             limits,
             clock,
+            google,
             settings: Arc::new(settings),
             security_db: pipeline.database.clone(),
             spool: pipeline.spool.clone(),
@@ -157,6 +192,13 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("could not listen on {host}:{port}: {e}"))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener =
+            match state.settings.metrics_addr {
+                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("could not listen on METRICS_ADDR {addr}: {e}")
+                })?),
+                None => None,
+            };
         // With PORT=0 the OS picks the port; health and logs report the one actually bound.
         state.settings = Arc::new(Settings {
             port,
@@ -171,6 +213,7 @@ impl App {
         );
         Ok(Self {
             listener,
+            metrics_listener,
             port,
             state,
             pipeline,
@@ -193,6 +236,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             pipeline,
             background,
@@ -210,16 +254,29 @@ impl App {
         ));
         let core_state = state.clone();
         let state_stopping = state.stopping.clone();
+        if let Some(listener) = metrics_listener {
+            let router = crate::http::metrics::router(state.clone());
+            let stop = state.stopping.clone();
+            tokio::spawn(async move {
+                let serve =
+                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stopping = state_stopping;
         let signal = {
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
+                crate::systemd::notify("STOPPING=1");
                 stopping.cancel();
             }
         };
         let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        crate::systemd::notify("READY=1");
         let deadline = async {
             stopping.cancelled().await;
             tokio::time::sleep(grace).await;

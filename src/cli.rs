@@ -102,6 +102,8 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Secrets are `SecretString`s: their Debug form is redacted.
+    tracing::info!(config = ?settings, "effective configuration");
     let app = App::build(settings).await?;
     app.run_until_stopped(async {
         let signal = crate::shutdown::signal().await;
@@ -238,7 +240,11 @@ async fn cleanup(settings: Settings) -> anyhow::Result<()> {
     // The store migrates in the background; give it a moment to come up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while core.state.auth.store.ping().await.is_err()
-        || core.state.security_db.as_ref().is_some_and(|db| !db.is_ready())
+        || core
+            .state
+            .security_db
+            .as_ref()
+            .is_some_and(|db| !db.is_ready())
     {
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("the database did not answer within 15 s");
@@ -264,7 +270,7 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
         Err(StoreError::NotFound) => anyhow::bail!("no user with email {email}"),
         Err(e) => return Err(e.into()),
     };
-    let pipeline = security_log::start(settings)?;
+    let pipeline = security_log::start(settings, &crate::metrics::Metrics::default())?;
     pipeline
         .logger
         .record(

@@ -130,6 +130,8 @@ pub struct Settings {
     /// Another OpenID provider in Google's place (discovery at `{issuer}/.well-known/openid-configuration`).
     pub oidc_issuer_url: Option<String>,
     pub cors_origins: Vec<String>,
+    /// Serve `/metrics` on this address instead of the API port (e.g. 127.0.0.1:9464).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub hsts: bool,
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
@@ -199,6 +201,7 @@ impl Default for Settings {
             google_hosted_domain: None,
             oidc_issuer_url: None,
             cors_origins: Vec::new(),
+            metrics_addr: None,
             hsts: false,
             body_limit_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
@@ -277,6 +280,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("google_hosted_domain", Kind::Text),
     ("oidc_issuer_url", Kind::Text),
     ("cors_origins", Kind::List),
+    ("metrics_addr", Kind::Text),
     ("hsts", Kind::Flag),
     ("body_limit_bytes", Kind::Number),
     ("request_timeout_ms", Kind::Number),

@@ -23,11 +23,15 @@ pub mod error;
 pub mod http;
 /// Abuse protection (Redis).
 pub mod limits;
+/// Prometheus metrics.
+pub mod metrics;
 /// The security-event pipeline.
 pub mod security_log;
 /// SIGINT / SIGTERM.
 pub mod shutdown;
 /// Users and sessions behind one trait: Postgres or JSON files.
 pub mod store;
+/// systemd readiness notifications.
+pub mod systemd;
 /// The tracing subscriber.
 pub mod telemetry;

@@ -51,8 +51,11 @@ enum Job {
     },
 }
 
+/// A job and when it was queued (for the wait-time histogram).
+type Queued = (Job, std::time::Instant);
+
 pub struct PasswordHasher {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     params: Params,
     dummy_hash: OnceCell<String>,
     in_flight: Arc<AtomicUsize>,
@@ -66,6 +69,7 @@ impl PasswordHasher {
         iterations: u32,
         parallelism: u32,
         workers: usize,
+        wait: prometheus_client::metrics::histogram::Histogram,
     ) -> anyhow::Result<Self> {
         let params = Params::new(memory_kib, iterations, parallelism, Some(OUTPUT_BYTES))
             .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
@@ -75,15 +79,16 @@ impl PasswordHasher {
             workers
         };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let rx = Arc::new(Mutex::new(rx));
+        let rx: Arc<Mutex<mpsc::Receiver<Queued>>> = Arc::new(Mutex::new(rx));
         let in_flight = Arc::new(AtomicUsize::new(0));
         for i in 0..workers {
             let rx = rx.clone();
             let params = params.clone();
             let in_flight = in_flight.clone();
+            let wait = wait.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(rx, params, in_flight))?;
+                .spawn(move || worker(rx, params, in_flight, wait))?;
         }
         Ok(Self {
             jobs: tx,
@@ -114,7 +119,10 @@ impl PasswordHasher {
             password: SecretString::from(password),
             reply,
         };
-        self.jobs.send(job).await.map_err(|_| HashError::Stopped)?;
+        self.jobs
+            .send((job, std::time::Instant::now()))
+            .await
+            .map_err(|_| HashError::Stopped)?;
         rx.await.map_err(|_| HashError::Stopped)?
     }
 
@@ -136,9 +144,18 @@ impl PasswordHasher {
             stored,
             reply,
         };
-        self.jobs.send(job).await.map_err(|_| HashError::Stopped)?;
+        self.jobs
+            .send((job, std::time::Instant::now()))
+            .await
+            .map_err(|_| HashError::Stopped)?;
         let verdict = rx.await.map_err(|_| HashError::Stopped)?;
         Ok(if real { verdict } else { Verification::Invalid })
+    }
+
+    /// Computes the dummy hash now, so the first login for an unknown email takes no longer
+    /// than any other (a lazily built dummy would make that first answer measurably slower).
+    pub async fn prepare(&self) -> Result<(), HashError> {
+        self.dummy_hash().await.map(|_| ())
     }
 
     async fn dummy_hash(&self) -> Result<&str, HashError> {
@@ -156,7 +173,12 @@ impl PasswordHasher {
     }
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, params: Params, in_flight: Arc<AtomicUsize>) {
+fn worker(
+    rx: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    params: Params,
+    in_flight: Arc<AtomicUsize>,
+    wait: prometheus_client::metrics::histogram::Histogram,
+) {
     let mut memory = vec![Block::default(); params.block_count()];
     loop {
         // One worker waits on the queue at a time; the others wait for the lock.
@@ -164,7 +186,8 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, params: Params, in_flight: Arc<At
             let Ok(mut guard) = rx.lock() else { return };
             guard.blocking_recv()
         };
-        let Some(job) = job else { return };
+        let Some((job, queued_at)) = job else { return };
+        wait.observe(queued_at.elapsed().as_secs_f64());
         in_flight.fetch_add(1, Ordering::Relaxed);
         match job {
             Job::Hash { password, reply } => {
@@ -304,7 +327,14 @@ mod tests {
 
     fn hasher() -> PasswordHasher {
         // Cheap parameters keep unit tests fast; the integration tests use the real defaults.
-        PasswordHasher::new(8192, 1, 1, 2).unwrap()
+        PasswordHasher::new(
+            8192,
+            1,
+            1,
+            2,
+            crate::metrics::Metrics::default().hash_wait_seconds,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -338,8 +368,22 @@ mod tests {
 
     #[tokio::test]
     async fn weaker_parameters_ask_for_a_rehash() {
-        let weak = PasswordHasher::new(8192, 1, 1, 1).unwrap();
-        let strong = PasswordHasher::new(8192, 2, 1, 1).unwrap();
+        let weak = PasswordHasher::new(
+            8192,
+            1,
+            1,
+            1,
+            crate::metrics::Metrics::default().hash_wait_seconds,
+        )
+        .unwrap();
+        let strong = PasswordHasher::new(
+            8192,
+            2,
+            1,
+            1,
+            crate::metrics::Metrics::default().hash_wait_seconds,
+        )
+        .unwrap();
         let stored = weak.hash("a long passphrase").await.unwrap();
         assert_eq!(
             strong

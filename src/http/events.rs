@@ -39,7 +39,10 @@ pub struct EventQuery {
 }
 
 fn bad(field: &'static str, message: &str) -> ApiError {
-    ApiError::Validation { field, message: message.to_owned() }
+    ApiError::Validation {
+        field,
+        message: message.to_owned(),
+    }
 }
 
 fn time(raw: &Option<String>, field: &'static str) -> ApiResult<Option<DateTime<Utc>>> {
@@ -47,14 +50,21 @@ fn time(raw: &Option<String>, field: &'static str) -> ApiResult<Option<DateTime<
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| bad(field, "must be an ISO-8601 time such as 2026-01-31T12:00:00Z"))
+                .map_err(|_| {
+                    bad(
+                        field,
+                        "must be an ISO-8601 time such as 2026-01-31T12:00:00Z",
+                    )
+                })
         })
         .transpose()
 }
 
 fn short(raw: &Option<String>, field: &'static str) -> ApiResult<Option<String>> {
     match raw {
-        Some(s) if s.len() > 255 || s.chars().any(char::is_control) => Err(bad(field, "is not a valid value")),
+        Some(s) if s.len() > 255 || s.chars().any(char::is_control) => {
+            Err(bad(field, "is not a valid value"))
+        }
         Some(s) if s.is_empty() => Ok(None),
         other => Ok(other.clone()),
     }
@@ -65,10 +75,15 @@ impl EventQuery {
         if let Some(s) = &self.severity
             && Severity::parse(s).is_none()
         {
-            return Err(bad("severity", "must be info, low, warning, high or critical"));
+            return Err(bad(
+                "severity",
+                "must be info, low, warning, high or critical",
+            ));
         }
         let before = match &self.cursor {
-            Some(c) => Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?),
+            Some(c) => Some(
+                Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?,
+            ),
             None => None,
         };
         Ok(EventFilter {
@@ -90,9 +105,18 @@ pub fn source(state: &AppState) -> EventSource {
     }
 }
 
-async fn page(state: &AppState, filter: EventFilter, limit: Option<usize>) -> ApiResult<Json<serde_json::Value>> {
-    let page = source(state).page(&filter, limit.unwrap_or(100)).await.map_err(unavailable)?;
-    Ok(Json(json!({ "success": true, "events": page.events, "nextCursor": page.next_cursor })))
+async fn page(
+    state: &AppState,
+    filter: EventFilter,
+    limit: Option<usize>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let page = source(state)
+        .page(&filter, limit.unwrap_or(100))
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(
+        json!({ "success": true, "events": page.events, "nextCursor": page.next_cursor }),
+    ))
 }
 
 /// The log's database is down: say so (503), do not pretend there are no events.
@@ -117,7 +141,10 @@ pub async fn timeline(
     Path(user_id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let filter = EventFilter { user_id: short(&Some(user_id), "id")?, ..q.filter()? };
+    let filter = EventFilter {
+        user_id: short(&Some(user_id), "id")?,
+        ..q.filter()?
+    };
     page(&state, filter, q.limit).await
 }
 
@@ -128,10 +155,16 @@ pub async fn own(
     Query(q): Query<EventQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let before = match &q.cursor {
-        Some(c) => Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?),
+        Some(c) => {
+            Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?)
+        }
         None => None,
     };
-    let filter = EventFilter { user_id: Some(auth.user.id.clone()), before, ..EventFilter::default() };
+    let filter = EventFilter {
+        user_id: Some(auth.user.id.clone()),
+        before,
+        ..EventFilter::default()
+    };
     page(&state, filter, q.limit.map(|l| l.min(100))).await
 }
 
@@ -156,18 +189,28 @@ pub async fn export(
     AdminUser(_): AdminUser,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Response> {
-    let filter = EventFilter { before: None, ..q.filter()? };
+    let filter = EventFilter {
+        before: None,
+        ..q.filter()?
+    };
     let csv = match q.format.as_deref() {
         None | Some("ndjson") | Some("json") => false,
         Some("csv") => true,
         Some(_) => return Err(bad("format", "must be ndjson or csv")),
     };
     let rows = source(&state).export(filter);
-    let (content_type, extension) =
-        if csv { ("text/csv; charset=utf-8", "csv") } else { ("application/x-ndjson", "ndjson") };
+    let (content_type, extension) = if csv {
+        ("text/csv; charset=utf-8", "csv")
+    } else {
+        ("application/x-ndjson", "ndjson")
+    };
     let header_line = csv.then(|| Ok::<_, std::io::Error>(CSV_HEADER.as_bytes().to_vec()));
     let body = futures::stream::iter(header_line).chain(rows.map(move |row| match row {
-        Ok(event) => Ok(if csv { csv_line(&event) } else { ndjson_line(&event) }),
+        Ok(event) => Ok(if csv {
+            csv_line(&event)
+        } else {
+            ndjson_line(&event)
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "export stopped");
             Err(std::io::Error::other("export stopped"))
@@ -176,15 +219,16 @@ pub async fn export(
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("attachment; filename=\"security-events.{extension}\""))
-    {
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"security-events.{extension}\""
+    )) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
 }
 
-const CSV_HEADER: &str = "id,created_at,event_type,severity,user_id,token_id,ip_address,user_agent,metadata\n";
+const CSV_HEADER: &str =
+    "id,created_at,event_type,severity,user_id,token_id,ip_address,user_agent,metadata\n";
 
 fn ndjson_line(event: &EventView) -> Vec<u8> {
     let mut line = serde_json::to_vec(event).unwrap_or_default();
@@ -194,7 +238,11 @@ fn ndjson_line(event: &EventView) -> Vec<u8> {
 
 /// RFC 4180 quoting, and a leading `'` on cells a spreadsheet would run as a formula.
 fn csv_cell(value: &str) -> String {
-    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_owned() };
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
     format!("\"{}\"", guarded.replace('"', "\"\""))
 }
 
@@ -206,10 +254,15 @@ fn csv_line(e: &EventView) -> Vec<u8> {
         csv_cell(&e.event_type),
         csv_cell(&e.severity),
         opt(&e.user_id),
-        e.token_id.map(|t| csv_cell(&t.to_string())).unwrap_or_default(),
+        e.token_id
+            .map(|t| csv_cell(&t.to_string()))
+            .unwrap_or_default(),
         opt(&e.ip_address),
         opt(&e.user_agent),
-        e.metadata.as_ref().map(|m| csv_cell(&m.to_string())).unwrap_or_default(),
+        e.metadata
+            .as_ref()
+            .map(|m| csv_cell(&m.to_string()))
+            .unwrap_or_default(),
     ];
     let mut line = cells.join(",").into_bytes();
     line.extend_from_slice(b"\r\n");
@@ -226,7 +279,12 @@ pub async fn stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let min = match q.min_severity.as_deref() {
         None | Some("") => Severity::Info,
-        Some(s) => Severity::parse(s).ok_or_else(|| bad("minSeverity", "must be info, low, warning, high or critical"))?,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
+            bad(
+                "minSeverity",
+                "must be info, low, warning, high or critical",
+            )
+        })?,
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = state.auth.events.subscribe();
@@ -236,7 +294,12 @@ pub async fn stream(
         .and_then(|v| v.parse().ok());
     let mut backlog = Vec::new();
     if let Some(last) = last_seen {
-        let page = source(&state).page(&EventFilter::default(), crate::security_log::query::MAX_PAGE).await;
+        let page = source(&state)
+            .page(
+                &EventFilter::default(),
+                crate::security_log::query::MAX_PAGE,
+            )
+            .await;
         if let Ok(page) = page {
             backlog = page.events.into_iter().filter(|e| e.id > last).collect();
             backlog.reverse();
@@ -244,7 +307,12 @@ pub async fn stream(
     }
     let replayed: std::collections::HashSet<Uuid> = backlog.iter().map(|e| e.id).collect();
     let passes = move |severity: &str| Severity::parse(severity).is_some_and(|s| s >= min);
-    let backlog_stream = futures::stream::iter(backlog.into_iter().filter(move |e| passes(&e.severity)).map(sse_event));
+    let backlog_stream = futures::stream::iter(
+        backlog
+            .into_iter()
+            .filter(move |e| passes(&e.severity))
+            .map(sse_event),
+    );
     let live_stream = futures::stream::unfold(live, |mut rx| async move {
         loop {
             match rx.recv().await {
@@ -268,5 +336,8 @@ pub async fn stream(
 
 fn sse_event(event: EventView) -> Result<Event, Infallible> {
     let data = serde_json::to_string(&event).unwrap_or_default();
-    Ok(Event::default().id(event.id.to_string()).event("security-event").data(data))
+    Ok(Event::default()
+        .id(event.id.to_string())
+        .event("security-event")
+        .data(data))
 }

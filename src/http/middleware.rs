@@ -30,7 +30,11 @@ fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
 
 /// Outermost layer: assigns the request id, opens the request span, and logs one line per request
 /// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -42,18 +46,29 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let client_ip = super::extract::client_ip(peer, req.headers(), &state.settings.trusted_proxies);
+    let route_label = route.as_deref().unwrap_or("unmatched");
     let span = tracing::info_span!("request", request_id = %id, method = %method,
-        route = route.as_deref().unwrap_or("unmatched"), status = tracing::field::Empty);
+        route = route_label, client_ip = %client_ip, status = tracing::field::Empty);
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status();
     span.record("status", status.as_u16());
+    let elapsed = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .observe_request(route_label, method.as_str(), status.as_u16(), elapsed);
     span.in_scope(|| {
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = elapsed * 1000.0;
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), latency_ms, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), latency_ms, "request done");
+            tracing::info!(status = status.as_u16(), latency_ms, "request");
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -108,6 +123,25 @@ fn body_for_status(status: StatusCode) -> ErrorBody {
         s if s.is_server_error() => ApiError::Internal(anyhow::anyhow!("{s}")).body(),
         _ => ErrorBody::new("BAD_REQUEST", "Bad request"),
     }
+}
+
+/// The largest request head accepted: room for the 64 KB bearer token of SECURITY.md C7 (which
+/// must still get its 401) and ordinary headers. hyper's own cap (~400 KiB of read buffer) is not
+/// exact, since a head that arrives in one large read can pass it, so it is enforced here too.
+pub const MAX_HEADER_BYTES: usize = 96 * 1024;
+
+/// 431 for a request head over [`MAX_HEADER_BYTES`]; the error envelope gives it the Error shape.
+pub async fn header_limit(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if target + headers > MAX_HEADER_BYTES {
+        return StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
+    }
+    next.run(req).await
 }
 
 /// Security headers on every response; `no-store` everywhere, since most responses carry tokens

@@ -4,7 +4,9 @@ pub mod admin;
 pub mod auth;
 pub mod events;
 pub mod extract;
+pub mod google;
 pub mod health;
+pub mod metrics;
 pub mod middleware;
 pub mod sessions;
 
@@ -21,7 +23,11 @@ use crate::app::AppState;
 
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
-    let api = Router::new()
+    let mut api = Router::new();
+    if settings.metrics_addr.is_none() {
+        api = api.route("/metrics", get(metrics::metrics));
+    }
+    let api = api
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/me", get(auth::me))
@@ -31,6 +37,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/sessions", get(sessions::list))
         .route("/api/auth/sessions/{id}", delete(sessions::revoke))
         .route("/api/auth/token-info", get(auth::token_info))
+        .route("/api/auth/google", post(google::sign_in))
+        .route("/api/auth/google/authorize", get(google::authorize))
+        .route(
+            "/api/auth/google/callback",
+            get(google::callback).post(google::gis_callback),
+        )
         .route("/api/auth/apple", post(auth::apple))
         .route("/api/csrf-token", get(auth::csrf_token))
         .route("/api/auth/security-events", get(events::own))
@@ -38,14 +50,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/security/events/stats", get(events::stats))
         .route("/api/admin/security/events/export", get(events::export))
         .route("/api/admin/security/events/stream", get(events::stream))
-        .route("/api/admin/security/users/{id}/timeline", get(events::timeline))
+        .route(
+            "/api/admin/security/users/{id}/timeline",
+            get(events::timeline),
+        )
         .route("/api/admin/security/blocked", get(admin::blocked))
         .route("/api/admin/security/blocked/{key}", delete(admin::unblock))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .fallback(middleware::not_found)
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(axum::middleware::from_fn(middleware::header_limit));
 
     // Outermost first: request id and span, then CORS, security headers, the error envelope
     // (which needs the request id), and the timeout innermost so its 408 gets enveloped too.
@@ -59,7 +75,10 @@ pub fn router(state: AppState) -> Router {
         middleware::security_headers,
     ))
     .layer(cors(&state))
-    .layer(axum::middleware::from_fn(middleware::request_context))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::request_context,
+    ))
     .with_state(state)
 }
 

@@ -11,15 +11,21 @@ use super::redis_store::RedisStore;
 pub struct RedisLink {
     store: RedisStore,
     up: AtomicBool,
+    errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl RedisLink {
-    pub fn new(url: &SecretString, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &SecretString,
+        timeout: Duration,
+        errors: prometheus_client::metrics::counter::Counter,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid redis:// URL"))?;
         Ok(Self {
             store: RedisStore::new(client, timeout)?,
             up: AtomicBool::new(true),
+            errors,
         })
     }
 
@@ -33,6 +39,7 @@ impl RedisLink {
 
     /// Marks Redis down after a failed operation; logs once per outage.
     pub fn failed(&self, error: &anyhow::Error) {
+        self.errors.inc();
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %error, "Redis unavailable: rate limits, lockouts and revocations continue in-process");
         }

@@ -65,6 +65,7 @@ pub struct SecurityLogger {
     sink: &'static str,
     /// Live feed for the admin stream; slow subscribers lag and resume from the sink.
     live: tokio::sync::broadcast::Sender<Arc<SecurityEvent>>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Events a slow live subscriber may fall behind by before it skips ahead.
@@ -78,9 +79,19 @@ impl SecurityLogger {
         durability: Durability,
         capacity: usize,
         sink: &'static str,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
-        Self { tx, spool, stats, durability, capacity, sink, live }
+        Self {
+            tx,
+            spool,
+            stats,
+            durability,
+            capacity,
+            sink,
+            live,
+            metrics,
+        }
     }
 
     /// A receiver of every event recorded from now on.
@@ -91,6 +102,7 @@ impl SecurityLogger {
     /// Records one event. In async mode this returns without waiting on any I/O.
     pub async fn record(&self, event: SecurityEvent) {
         mirror(&event);
+        self.metrics.observe_event(&event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(Arc::new(event.clone()));
@@ -151,6 +163,10 @@ impl SecurityLogger {
 
     pub fn stats(&self) -> &PipelineStats {
         &self.stats
+    }
+
+    pub fn shared_stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
     }
 
     pub fn sink(&self) -> &'static str {

@@ -35,7 +35,7 @@ pub struct Pipeline {
 /// Starts the writer. Its database is `SECURITY_LOG_DATABASE_URL`, else `DATABASE_URL`; without
 /// either, the spool files are the log. A database that is down at start is retried in the
 /// background while events go to the spool.
-pub fn start(settings: &Settings) -> anyhow::Result<Pipeline> {
+pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::Result<Pipeline> {
     let dir = settings.security_log_dir();
     let spool = Arc::new(spool::Spool::open(&dir).map_err(|e| {
         anyhow::anyhow!(
@@ -77,6 +77,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<Pipeline> {
         settings.security_log_durability,
         capacity,
         sink_kind,
+        metrics.clone(),
     );
     let writer = writer::Writer {
         rx,
@@ -86,6 +87,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<Pipeline> {
         batch_size: settings.security_log_batch_size,
         linger: Duration::from_millis(settings.security_log_linger_ms),
         spool_max_bytes: settings.security_log_spool_max_bytes,
+        metrics: metrics.clone(),
     };
     let stop = CancellationToken::new();
     let spool_handle = writer.spool.clone();

@@ -49,14 +49,21 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at.timestamp_micros(), self.id))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}:{}",
+            self.created_at.timestamp_micros(),
+            self.id
+        ))
     }
 
     pub fn decode(raw: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let (micros, id) = text.split_once(':')?;
-        Some(Self { created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: id.parse().ok()? })
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: id.parse().ok()?,
+        })
     }
 }
 
@@ -99,17 +106,25 @@ impl From<SecurityEvent> for EventView {
 
 impl EventView {
     pub fn cursor(&self) -> Cursor {
-        Cursor { created_at: self.created_at, id: self.id }
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
     }
 
     fn matches(&self, f: &EventFilter) -> bool {
         f.event_type.as_ref().is_none_or(|t| *t == self.event_type)
             && f.severity.as_ref().is_none_or(|s| *s == self.severity)
-            && f.user_id.as_ref().is_none_or(|u| Some(u) == self.user_id.as_ref())
-            && f.ip.as_ref().is_none_or(|ip| Some(ip) == self.ip_address.as_ref())
+            && f.user_id
+                .as_ref()
+                .is_none_or(|u| Some(u) == self.user_id.as_ref())
+            && f.ip
+                .as_ref()
+                .is_none_or(|ip| Some(ip) == self.ip_address.as_ref())
             && f.from.is_none_or(|from| self.created_at >= from)
             && f.to.is_none_or(|to| self.created_at < to)
-            && f.before.is_none_or(|c| (self.created_at, self.id) < (c.created_at, c.id))
+            && f.before
+                .is_none_or(|c| (self.created_at, self.id) < (c.created_at, c.id))
     }
 }
 
@@ -146,7 +161,10 @@ impl EventSource {
         let mut events = match self {
             Self::Postgres(db) => {
                 filtered!(
-                    sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY created_at DESC, id DESC LIMIT {}", limit + 1)),
+                    sqlx::AssertSqlSafe(format!(
+                        "{SELECT} ORDER BY created_at DESC, id DESC LIMIT {}",
+                        limit + 1
+                    )),
                     filter
                 )
                 .fetch_all(&db.pool)
@@ -155,14 +173,18 @@ impl EventSource {
             Self::Files(spool) => {
                 let spool = spool.clone();
                 let filter = filter.clone();
-                tokio::task::spawn_blocking(move || newest_from_files(&spool, &filter, limit + 1)).await??
+                tokio::task::spawn_blocking(move || newest_from_files(&spool, &filter, limit + 1))
+                    .await??
             }
         };
         let next_cursor = (events.len() > limit).then(|| {
             events.truncate(limit);
             events.last().map(|e| e.cursor().encode())
         });
-        Ok(Page { events, next_cursor: next_cursor.flatten() })
+        Ok(Page {
+            events,
+            next_cursor: next_cursor.flatten(),
+        })
     }
 
     /// Counts by type and by severity between `from` and `to`.
@@ -182,19 +204,31 @@ impl EventSource {
                 let spool = spool.clone();
                 tokio::task::spawn_blocking(move || {
                     let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
-                    let filter = EventFilter { from: Some(from), to: Some(to), ..Default::default() };
+                    let filter = EventFilter {
+                        from: Some(from),
+                        to: Some(to),
+                        ..Default::default()
+                    };
                     for_each_file_event(&spool, |e| {
                         if e.matches(&filter) {
-                            *counts.entry((e.event_type.clone(), e.severity.clone())).or_default() += 1;
+                            *counts
+                                .entry((e.event_type.clone(), e.severity.clone()))
+                                .or_default() += 1;
                         }
                         true
                     })?;
-                    Ok::<_, std::io::Error>(counts.into_iter().map(|((t, s), n)| (t, s, n)).collect())
+                    Ok::<_, std::io::Error>(
+                        counts.into_iter().map(|((t, s), n)| (t, s, n)).collect(),
+                    )
                 })
                 .await??
             }
         };
-        let mut stats = Stats { from: format_timestamp(from), to: format_timestamp(to), ..Stats::default() };
+        let mut stats = Stats {
+            from: format_timestamp(from),
+            to: format_timestamp(to),
+            ..Stats::default()
+        };
         for (event_type, severity, n) in rows {
             stats.total += n;
             *stats.by_type.entry(event_type).or_default() += n;
@@ -227,17 +261,26 @@ impl EventSource {
 
 /// Streams rows through a small bounded channel from a task that owns the query, so an export of
 /// any size holds only a few rows in memory and stops when the client goes away.
-fn async_stream(pool: sqlx::PgPool, filter: EventFilter) -> impl futures::Stream<Item = anyhow::Result<EventView>> {
+fn async_stream(
+    pool: sqlx::PgPool,
+    filter: EventFilter,
+) -> impl futures::Stream<Item = anyhow::Result<EventView>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
-        let mut rows = filtered!(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY created_at, id")), filter).fetch(&pool);
+        let mut rows = filtered!(
+            sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY created_at, id")),
+            filter
+        )
+        .fetch(&pool);
         while let Some(row) = rows.next().await {
             if tx.send(row.map_err(anyhow::Error::new)).await.is_err() {
                 return; // the client disconnected
             }
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -278,14 +321,23 @@ fn collect_files(spool: &Spool, filter: &EventFilter) -> std::io::Result<Vec<Eve
 
 /// The newest `n` matching events from the files. Files are read newest first and reading stops
 /// one file after `n` matches were found (a batch's events can straddle a file boundary).
-fn newest_from_files(spool: &Spool, filter: &EventFilter, n: usize) -> std::io::Result<Vec<EventView>> {
+fn newest_from_files(
+    spool: &Spool,
+    filter: &EventFilter,
+    n: usize,
+) -> std::io::Result<Vec<EventView>> {
     let mut files = spool.all_files()?;
     files.reverse();
     let mut found = Vec::new();
     let mut extra_file_read = false;
     for path in files {
         let read = spool::read_file(&path)?;
-        found.extend(read.events.into_iter().map(EventView::from).filter(|e| e.matches(filter)));
+        found.extend(
+            read.events
+                .into_iter()
+                .map(EventView::from)
+                .filter(|e| e.matches(filter)),
+        );
         if found.len() >= n {
             if extra_file_read {
                 break;

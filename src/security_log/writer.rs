@@ -32,6 +32,7 @@ pub struct Writer {
     pub batch_size: usize,
     pub linger: Duration,
     pub spool_max_bytes: u64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Writer {
@@ -101,7 +102,12 @@ impl Writer {
             && self.healthy()
         {
             let refs: Vec<&SecurityEvent> = events.iter().collect();
-            match timeout(db_timeout, sink.insert(&refs)).await {
+            let started = std::time::Instant::now();
+            let result = timeout(db_timeout, sink.insert(&refs)).await;
+            self.metrics
+                .log_batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
                 Ok(Ok(_)) => {
                     written = true;
                     self.stats

@@ -223,6 +223,10 @@ pub enum ImportOutcome {
 pub trait Store: Send + Sync + 'static {
     /// `postgresql` or `file`, as `/health` reports it.
     fn kind(&self) -> &'static str;
+    /// The database behind this store, if any (for pool metrics).
+    fn database(&self) -> Option<postgres::Database> {
+        None
+    }
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> StoreResult<()>;
 

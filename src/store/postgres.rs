@@ -313,6 +313,10 @@ impl Store for PgStore {
         "postgresql"
     }
 
+    fn database(&self) -> Option<Database> {
+        Some(self.db.clone())
+    }
+
     async fn delete_ended_sessions(
         &self,
         now: DateTime<Utc>,

@@ -153,9 +153,9 @@ pub fn verify_signature(token: &str, key: &DecodingKey) -> Result<RawClaims, Rej
     jsonwebtoken::decode::<RawClaims>(token, key, &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
-                Rejection::BadSignature
-            }
+            ErrorKind::InvalidSignature
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidKeyFormat => Rejection::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                 Rejection::AlgorithmNotAllowed
             }
@@ -250,7 +250,10 @@ mod tests {
 
     fn policy() -> ClaimPolicy {
         ClaimPolicy {
-            issuers: vec!["https://accounts.google.com".into(), "accounts.google.com".into()],
+            issuers: vec![
+                "https://accounts.google.com".into(),
+                "accounts.google.com".into(),
+            ],
             canonical_issuer: "https://accounts.google.com".into(),
             client_ids: vec!["ours".into(), "ours-too".into()],
             hosted_domain: None,
@@ -279,22 +282,46 @@ mod tests {
         let t = check(json!({})).unwrap();
         assert_eq!(t.issuer, "https://accounts.google.com");
         assert_eq!(t.email, "ann@gmail.com");
-        assert!(check(json!({"email_verified": "true", "aud": ["ours", "ours-too"], "azp": "ours"})).is_ok());
+        assert!(
+            check(json!({"email_verified": "true", "aud": ["ours", "ours-too"], "azp": "ours"}))
+                .is_ok()
+        );
     }
 
     #[test]
     fn each_claim_is_checked() {
         use Rejection::*;
-        assert_eq!(check(json!({"iss": "https://evil.example"})), Err(WrongIssuer));
+        assert_eq!(
+            check(json!({"iss": "https://evil.example"})),
+            Err(WrongIssuer)
+        );
         assert_eq!(check(json!({"aud": "theirs"})), Err(WrongAudience));
-        assert_eq!(check(json!({"aud": ["ours", "theirs"], "azp": "ours"})), Err(UntrustedAudience));
-        assert_eq!(check(json!({"aud": ["ours", "ours-too"]})), Err(AzpMismatch));
+        assert_eq!(
+            check(json!({"aud": ["ours", "theirs"], "azp": "ours"})),
+            Err(UntrustedAudience)
+        );
+        assert_eq!(
+            check(json!({"aud": ["ours", "ours-too"]})),
+            Err(AzpMismatch)
+        );
         assert_eq!(check(json!({"azp": "theirs"})), Err(AzpMismatch));
         assert_eq!(check(json!({"exp": NOW - LEEWAY_SECS})), Err(Expired));
-        assert!(check(json!({"exp": NOW - LEEWAY_SECS + 1})).is_ok(), "within the leeway");
-        assert_eq!(check(json!({"iat": NOW + LEEWAY_SECS + 1})), Err(IssuedInFuture));
-        assert_eq!(check(json!({"email_verified": false})), Err(EmailNotVerified));
-        assert_eq!(check(json!({"email_verified": "yes"})), Err(EmailNotVerified));
+        assert!(
+            check(json!({"exp": NOW - LEEWAY_SECS + 1})).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            check(json!({"iat": NOW + LEEWAY_SECS + 1})),
+            Err(IssuedInFuture)
+        );
+        assert_eq!(
+            check(json!({"email_verified": false})),
+            Err(EmailNotVerified)
+        );
+        assert_eq!(
+            check(json!({"email_verified": "yes"})),
+            Err(EmailNotVerified)
+        );
         assert_eq!(check(json!({"email": null})), Err(EmailMissing));
         assert_eq!(check(json!({"sub": ""})), Err(MissingClaim("sub")));
         let nonce = check_claims(claims(json!({"nonce": "n1"})), &policy(), NOW, Some("n2"));
@@ -302,8 +329,14 @@ mod tests {
         let missing = check_claims(claims(json!({})), &policy(), NOW, Some("n2"));
         assert_eq!(missing, Err(NonceMismatch));
         assert!(check_claims(claims(json!({"nonce": "n2"})), &policy(), NOW, Some("n2")).is_ok());
-        let hd = ClaimPolicy { hosted_domain: Some("example.com".into()), ..policy() };
-        assert_eq!(check_claims(claims(json!({})), &hd, NOW, None), Err(HostedDomainMismatch));
+        let hd = ClaimPolicy {
+            hosted_domain: Some("example.com".into()),
+            ..policy()
+        };
+        assert_eq!(
+            check_claims(claims(json!({})), &hd, NOW, None),
+            Err(HostedDomainMismatch)
+        );
         assert!(check_claims(claims(json!({"hd": "Example.com"})), &hd, NOW, None).is_ok());
     }
 
@@ -313,11 +346,26 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
         let token = |h: serde_json::Value| format!("{}.{}.sig", b64(h), b64(json!({})));
-        assert_eq!(header_kid(&token(json!({"alg": "RS256", "kid": "k"}))), Ok("k".into()));
-        assert_eq!(header_kid(&token(json!({"alg": "none", "kid": "k"}))), Err(Rejection::AlgorithmNotAllowed));
-        assert_eq!(header_kid(&token(json!({"alg": "HS256", "kid": "k"}))), Err(Rejection::AlgorithmNotAllowed));
-        assert_eq!(header_kid(&token(json!({"alg": "RS256"}))), Err(Rejection::MissingKid));
+        assert_eq!(
+            header_kid(&token(json!({"alg": "RS256", "kid": "k"}))),
+            Ok("k".into())
+        );
+        assert_eq!(
+            header_kid(&token(json!({"alg": "none", "kid": "k"}))),
+            Err(Rejection::AlgorithmNotAllowed)
+        );
+        assert_eq!(
+            header_kid(&token(json!({"alg": "HS256", "kid": "k"}))),
+            Err(Rejection::AlgorithmNotAllowed)
+        );
+        assert_eq!(
+            header_kid(&token(json!({"alg": "RS256"}))),
+            Err(Rejection::MissingKid)
+        );
         assert_eq!(header_kid("a.b"), Err(Rejection::Malformed));
-        assert_eq!(header_kid(&"x".repeat(MAX_CREDENTIAL_BYTES + 1)), Err(Rejection::Malformed));
+        assert_eq!(
+            header_kid(&"x".repeat(MAX_CREDENTIAL_BYTES + 1)),
+            Err(Rejection::Malformed)
+        );
     }
 }

@@ -167,7 +167,11 @@ async fn fetch(
         .take(MAX_KEYS)
         .filter_map(usable_rsa_key)
         .collect();
-    tracing::debug!(keys = keys.len(), max_age, "fetched the provider's signing keys");
+    tracing::debug!(
+        keys = keys.len(),
+        max_age,
+        "fetched the provider's signing keys"
+    );
     Ok(KeySet {
         source: Some(source.clone()),
         keys,
@@ -219,7 +223,10 @@ mod tests {
 
     #[test]
     fn max_age_is_read_from_cache_control() {
-        assert_eq!(max_age_secs("public, max-age=19204, must-revalidate"), Some(19204));
+        assert_eq!(
+            max_age_secs("public, max-age=19204, must-revalidate"),
+            Some(19204)
+        );
         assert_eq!(max_age_secs("no-store"), Some(0));
         assert_eq!(max_age_secs("public"), None);
         assert_eq!(max_age_secs("max-age=abc"), None);
@@ -232,7 +239,8 @@ mod tests {
         let ec = serde_json::json!({"kty":"EC","kid":"b","crv":"P-256","x":"AA","y":"AA"});
         assert!(usable_rsa_key(&ec).is_none());
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
-        let ok = serde_json::json!({"kty":"RSA","kid":"c","n":n,"e":"AQAB","alg":"RS256","use":"sig"});
+        let ok =
+            serde_json::json!({"kty":"RSA","kid":"c","n":n,"e":"AQAB","alg":"RS256","use":"sig"});
         assert_eq!(usable_rsa_key(&ok).map(|(k, _)| k).as_deref(), Some("c"));
         let enc = serde_json::json!({"kty":"RSA","kid":"d","n":n,"e":"AQAB","use":"enc"});
         assert!(usable_rsa_key(&enc).is_none());

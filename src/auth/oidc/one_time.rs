@@ -36,7 +36,11 @@ impl OneTimeStore {
     /// Keys are hashes of the secret they stand for, so neither Redis nor a heap dump holds
     /// a usable state value or ID token.
     fn key(&self, kind: &str, secret: &str) -> String {
-        format!("{}{kind}:{}", self.prefix, hex::encode(Sha256::digest(secret.as_bytes())))
+        format!(
+            "{}{kind}:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(secret.as_bytes()))
+        )
     }
 
     fn redis_up(&self) -> Option<&RedisLink> {
@@ -47,7 +51,11 @@ impl OneTimeStore {
     pub async fn put(&self, kind: &str, secret: &str, value: &str, ttl: Duration) {
         let key = self.key(kind, secret);
         if let Some(link) = self.redis_up() {
-            match link.store().set_nx_px(&key, value, ttl.as_millis() as i64).await {
+            match link
+                .store()
+                .set_nx_px(&key, value, ttl.as_millis() as i64)
+                .await
+            {
                 Ok(_) => return,
                 Err(e) => link.failed(&e),
             }
@@ -77,7 +85,11 @@ impl OneTimeStore {
             return false;
         }
         if let Some(link) = self.redis_up() {
-            match link.store().set_nx_px(&key, "1", ttl.as_millis() as i64).await {
+            match link
+                .store()
+                .set_nx_px(&key, "1", ttl.as_millis() as i64)
+                .await
+            {
                 Ok(stored) => return stored,
                 Err(e) => link.failed(&e),
             }
@@ -143,14 +155,26 @@ mod tests {
     async fn values_are_taken_once_and_expire() {
         let clock = Clock::default();
         let store = OneTimeStore::new(None, "t:", clock.clone());
-        store.put("state", "abc", "v", Duration::from_secs(60)).await;
+        store
+            .put("state", "abc", "v", Duration::from_secs(60))
+            .await;
         assert_eq!(store.take("state", "abc").await.as_deref(), Some("v"));
         assert_eq!(store.take("state", "abc").await, None);
-        store.put("state", "def", "v", Duration::from_secs(60)).await;
+        store
+            .put("state", "def", "v", Duration::from_secs(60))
+            .await;
         clock.advance(Duration::from_secs(61));
         assert_eq!(store.take("state", "def").await, None);
-        assert!(store.first_use("used", "tok", Duration::from_secs(60)).await);
-        assert!(!store.first_use("used", "tok", Duration::from_secs(60)).await);
+        assert!(
+            store
+                .first_use("used", "tok", Duration::from_secs(60))
+                .await
+        );
+        assert!(
+            !store
+                .first_use("used", "tok", Duration::from_secs(60))
+                .await
+        );
     }
 
     #[test]
@@ -158,7 +182,10 @@ mod tests {
         let now = Utc::now();
         let mut map = HashMap::new();
         for i in 0..LOCAL_CAPACITY {
-            map.insert(i.to_string(), (String::new(), now + chrono::Duration::seconds(i as i64 + 1)));
+            map.insert(
+                i.to_string(),
+                (String::new(), now + chrono::Duration::seconds(i as i64 + 1)),
+            );
         }
         make_room(&mut map, now);
         assert!(map.len() < LOCAL_CAPACITY);

@@ -205,7 +205,9 @@ impl Provider {
             }
             Ok(url)
         };
-        let methods = doc.token_endpoint_auth_methods_supported.unwrap_or_default();
+        let methods = doc
+            .token_endpoint_auth_methods_supported
+            .unwrap_or_default();
         let basic = methods.is_empty() || methods.iter().any(|m| m == "client_secret_basic");
         Ok(ProviderMetadata {
             authorization_endpoint: endpoint(

@@ -104,8 +104,7 @@ pub fn setting_problems(s: &Settings) -> Vec<String> {
     check_url(&mut problems, "GOOGLE_REDIRECT_URI", &s.google_redirect_uri);
     check_url(&mut problems, "FRONTEND_URL", &s.frontend_url);
     check_url(&mut problems, "OIDC_ISSUER_URL", &s.oidc_issuer_url);
-    if s
-        .oidc_issuer_url
+    if s.oidc_issuer_url
         .as_deref()
         .and_then(|u| Url::parse(u.trim()).ok())
         .is_some_and(|u| u.query().is_some())
@@ -121,8 +120,7 @@ pub fn setting_problems(s: &Settings) -> Vec<String> {
                 .into(),
         );
     }
-    if s
-        .google_client_id
+    if s.google_client_id
         .iter()
         .any(|id| id.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
@@ -158,8 +156,15 @@ mod tests {
         s.frontend_url = Some("https://app.example.com/#x".into());
         s.node_env = crate::config::Environment::Production;
         let problems = setting_problems(&s);
-        assert!(problems.iter().any(|p| p.contains("#fragment")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("OIDC_ISSUER_URL must be an https")));
+        assert!(
+            problems.iter().any(|p| p.contains("#fragment")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("OIDC_ISSUER_URL must be an https"))
+        );
     }
 
     #[test]
@@ -182,6 +187,10 @@ mod tests {
             o.discovery_url.unwrap().as_str(),
             "http://127.0.0.1:4444/.well-known/openid-configuration"
         );
-        assert!(OidcSettings::from_settings(&Settings::default()).unwrap().is_none());
+        assert!(
+            OidcSettings::from_settings(&Settings::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

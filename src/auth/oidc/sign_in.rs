@@ -16,12 +16,12 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::GoogleSignIn;
 use super::code_flow::Pending;
 use super::error::GoogleError;
 use super::id_token::{LEEWAY_SECS, Rejection, VerifiedIdToken};
-use super::GoogleSignIn;
-use crate::auth::service::{AuthService, AuthSuccess};
 use crate::auth::AuthError;
+use crate::auth::service::{AuthService, AuthSuccess};
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
 use crate::limits::{Limit, ip_subject};
 use crate::security_log::event::RequestContext;
@@ -122,7 +122,9 @@ impl GoogleSignIn {
             .map_err(|e| GoogleError::ProviderUnavailable(e.0))?;
         let (url, state, pending) = flow.authorization(&metadata);
         let value = serde_json::to_string(&pending).map_err(|e| AuthError::Internal(e.into()))?;
-        self.one_time.put(STATE_KIND, &state, &value, STATE_TTL).await;
+        self.one_time
+            .put(STATE_KIND, &state, &value, STATE_TTL)
+            .await;
         Ok(url)
     }
 
@@ -139,7 +141,10 @@ impl GoogleSignIn {
             self.frontend_url()?;
             auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
                 .await?;
-            let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 512);
+            let state = params
+                .state
+                .as_deref()
+                .filter(|s| !s.is_empty() && s.len() <= 512);
             let pending = match state {
                 Some(state) => self.one_time.take(STATE_KIND, state).await,
                 None => None,
@@ -184,7 +189,10 @@ impl GoogleSignIn {
             self.frontend_url()?;
             auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
                 .await?;
-            match (csrf_field.filter(|v| !v.is_empty()), csrf_cookie.filter(|v| !v.is_empty())) {
+            match (
+                csrf_field.filter(|v| !v.is_empty()),
+                csrf_cookie.filter(|v| !v.is_empty()),
+            ) {
                 (Some(field), Some(cookie)) => {
                     if !bool::from(field.as_bytes().ct_eq(cookie.as_bytes())) {
                         return Err(GoogleError::Csrf("csrf_mismatch"));
@@ -232,17 +240,18 @@ impl GoogleSignIn {
         }
         let account = self.account_for(auth, &token).await?;
         let user = account.user;
-        auth.events.record(
-            SecurityEvent::from_request(EventType::OauthSuccess, ctx)
-                .user(&user.id)
-                .email(&user.email)
-                .with("provider", "google")
-                .with("issuer", token.issuer.as_str())
-                .with("flow", flow.as_str())
-                .with("isNewUser", account.is_new)
-                .with("linked", account.linked),
-        )
-        .await;
+        auth.events
+            .record(
+                SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+                    .user(&user.id)
+                    .email(&user.email)
+                    .with("provider", "google")
+                    .with("issuer", token.issuer.as_str())
+                    .with("flow", flow.as_str())
+                    .with("isNewUser", account.is_new)
+                    .with("linked", account.linked),
+            )
+            .await;
         let tokens = auth.start_session(&user, ctx, Utc::now()).await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
@@ -380,10 +389,9 @@ impl GoogleSignIn {
                         .map_err(AuthError::from)?;
                     let user = UserRecord {
                         last_login: Some(now),
-                        google_id: existing
-                            .google_id
-                            .clone()
-                            .or_else(|| (token.issuer == GOOGLE_ISSUER).then(|| token.subject.clone())),
+                        google_id: existing.google_id.clone().or_else(|| {
+                            (token.issuer == GOOGLE_ISSUER).then(|| token.subject.clone())
+                        }),
                         ..existing
                     };
                     return Ok(Account {
@@ -405,7 +413,11 @@ impl GoogleSignIn {
 /// `hd` set and the address in that domain (stricter than Google asks, so a secondary domain
 /// never links silently).
 fn authoritative(token: &VerifiedIdToken) -> bool {
-    let domain = token.email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    let domain = token
+        .email
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or_default();
     if domain == "gmail.com" {
         return true;
     }
@@ -427,7 +439,9 @@ fn new_user(token: &VerifiedIdToken, email: &Email, now: chrono::DateTime<Utc>) 
     let avatar = token
         .picture
         .as_deref()
-        .filter(|p| p.starts_with("https://") && p.len() <= 2048 && !p.chars().any(char::is_control))
+        .filter(|p| {
+            p.starts_with("https://") && p.len() <= 2048 && !p.chars().any(char::is_control)
+        })
         .map(str::to_owned);
     UserRecord {
         id: Uuid::new_v4().to_string(),
@@ -463,9 +477,15 @@ mod tests {
     #[test]
     fn google_is_authoritative_for_gmail_and_its_workspace_domain_only() {
         assert!(authoritative(&token("ann@gmail.com", None)));
-        assert!(authoritative(&token("ann@corp.example", Some("corp.example"))));
+        assert!(authoritative(&token(
+            "ann@corp.example",
+            Some("corp.example")
+        )));
         assert!(!authoritative(&token("ann@corp.example", None)));
-        assert!(!authoritative(&token("ann@other.example", Some("corp.example"))));
+        assert!(!authoritative(&token(
+            "ann@other.example",
+            Some("corp.example")
+        )));
         assert!(!authoritative(&token("ann@notgmail.com", None)));
     }
 

@@ -1,0 +1,201 @@
+//! Google sign-in routes: `POST /api/auth/google` (an ID token from Google Identity Services),
+//! `GET /api/auth/google/authorize` and `GET|POST /api/auth/google/callback`. Thin: extract,
+//! call `auth::oidc`, shape the answer. Browser flows end with a 302 to `FRONTEND_URL` whose
+//! tokens are in the URL fragment, which browsers never send to a server or in a Referer.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use url::Url;
+
+use super::auth::AuthResponse;
+use super::extract::JsonBody;
+use crate::app::AppState;
+use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn, GoogleSignInRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::security_log::event::RequestContext;
+
+fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
+    state.google.as_deref().ok_or(ApiError::FeatureUnavailable {
+        code: "AUTH_GOOGLE_NOT_CONFIGURED",
+        message: "Google sign-in is not configured on this server (GOOGLE_CLIENT_ID is not set)",
+        retry_after: None,
+    })
+}
+
+pub async fn sign_in(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    JsonBody(body): JsonBody<GoogleSignInRequest>,
+) -> ApiResult<Json<AuthResponse>> {
+    let outcome = google(&state)?.sign_in(&state.auth, body, &ctx).await?;
+    Ok(Json(AuthResponse::new(
+        &outcome.success,
+        state.auth.access.ttl_secs(),
+        Some(outcome.is_new_user),
+    )))
+}
+
+pub async fn authorize(State(state): State<AppState>) -> ApiResult<Response> {
+    let url = google(&state)?.authorize().await?;
+    Ok(found(url.as_str()))
+}
+
+pub async fn callback(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let google = google(&state)?;
+    let mut fields = pairs(query.as_deref().unwrap_or_default().as_bytes())?;
+    let params = CallbackParams {
+        state: fields.remove("state"),
+        code: fields.remove("code"),
+        error: fields.remove("error"),
+    };
+    let outcome = google.callback(&state.auth, params, &ctx).await?;
+    to_frontend(&state, google, &outcome)
+}
+
+/// GIS redirect mode: Google posts `credential` and `g_csrf_token` as a form, and has set the
+/// `g_csrf_token` cookie to the same value.
+pub async fn gis_callback(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    FormBody(mut fields, headers): FormBody,
+) -> ApiResult<Response> {
+    let google = google(&state)?;
+    let cookie = cookie(&headers, "g_csrf_token");
+    let outcome = google
+        .gis_callback(
+            &state.auth,
+            fields.remove("credential").as_deref(),
+            fields.remove("g_csrf_token").as_deref(),
+            cookie.as_deref(),
+            &ctx,
+        )
+        .await?;
+    to_frontend(&state, google, &outcome)
+}
+
+fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::FOUND, [(header::LOCATION, value)]).into_response(),
+        Err(_) => ApiError::Internal(anyhow::anyhow!("redirect URL is not a header value"))
+            .into_response(),
+    }
+}
+
+/// 302 to `FRONTEND_URL#accessToken=…&refreshToken=…`: the AuthResponse fields, in the fragment.
+fn to_frontend(
+    state: &AppState,
+    google: &GoogleSignIn,
+    outcome: &GoogleOutcome,
+) -> ApiResult<Response> {
+    let body = AuthResponse::new(
+        &outcome.success,
+        state.auth.access.ttl_secs(),
+        Some(outcome.is_new_user),
+    );
+    let fragment = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("accessToken", &body.access_token)
+        .append_pair("token", &body.token)
+        .append_pair("refreshToken", &body.refresh_token)
+        .append_pair("expiresIn", &body.expires_in.to_string())
+        .append_pair("expiresAt", &body.expires_at.to_string())
+        .append_pair("tokenType", body.token_type)
+        .append_pair(
+            "isNewUser",
+            if outcome.is_new_user { "true" } else { "false" },
+        )
+        .finish();
+    let mut url: Url = google.frontend_url()?.clone();
+    url.set_fragment(Some(&fragment));
+    Ok(found(url.as_str()))
+}
+
+/// Form or query pairs; a repeated name is refused rather than guessed at.
+fn pairs(bytes: &[u8]) -> ApiResult<HashMap<String, String>> {
+    let mut fields = HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(bytes) {
+        if fields
+            .insert(name.into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::BadRequest {
+                code: "INVALID_BODY",
+                message: "Request has a duplicate field".into(),
+            });
+        }
+    }
+    Ok(fields)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+}
+
+/// An `application/x-www-form-urlencoded` body (415 otherwise, 413 over the body limit), with
+/// the request headers.
+pub struct FormBody(pub HashMap<String, String>, pub HeaderMap);
+
+impl FromRequest<AppState> for FormBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest {
+                    code: "INVALID_BODY",
+                    message: "Request body could not be read".into(),
+                }
+            }
+        })?;
+        Ok(Self(pairs(&bytes)?, headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, "a=1; g_csrf_token=abc".parse().unwrap());
+        headers.append(header::COOKIE, "x_g_csrf_token=no".parse().unwrap());
+        assert_eq!(cookie(&headers, "g_csrf_token").as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers, "csrf"), None);
+    }
+
+    #[test]
+    fn repeated_fields_are_refused() {
+        assert!(pairs(b"state=a&state=b").is_err());
+        assert_eq!(pairs(b"state=a%20b&code=c").unwrap()["state"], "a b");
+    }
+}

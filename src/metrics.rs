@@ -1,0 +1,327 @@
+//! Prometheus metrics (prometheus-client, one registry owned by the app state, no globals).
+//!
+//! Handles (`Metrics`) are cheap clones handed to the components that observe things as they
+//! happen: HTTP requests, security events and auth outcomes, security-log batch latency, argon2
+//! queue wait, Redis errors. Levels that already live in the components (queue depth, spool
+//! backlog, pool connections, memory) are read at scrape time by [`StateCollector`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::security_log::{EventType, PipelineStats, SecurityEvent, SecurityLogger};
+use crate::store::postgres::Database;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event_type: &'static str,
+    pub severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub security_events: Family<EventLabels, Counter>,
+    pub auth_outcomes: Family<OutcomeLabels, Counter>,
+    pub log_batch_seconds: Histogram,
+    pub hash_wait_seconds: Histogram,
+    pub redis_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            security_events: Family::default(),
+            auth_outcomes: Family::default(),
+            log_batch_seconds: latency_histogram(),
+            hash_wait_seconds: latency_histogram(),
+            redis_errors: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a recorded security event, and the auth outcome it stands for.
+    pub fn observe_event(&self, event: &SecurityEvent) {
+        self.security_events
+            .get_or_create(&EventLabels {
+                event_type: event.event_type.as_str(),
+                severity: event.severity.as_str(),
+            })
+            .inc();
+        let outcome = match event.event_type {
+            EventType::SignupSuccess => "signup_success",
+            EventType::SignupFailed => "signup_failure",
+            EventType::LoginSuccess => "login_success",
+            EventType::LoginFailed | EventType::FailedLoginAttempt => "login_failure",
+            EventType::OauthSuccess => "google_success",
+            EventType::OauthFailed => "google_failure",
+            EventType::TokenRefreshed => "refresh",
+            EventType::TokenReuseDetected => "refresh_reuse_detected",
+            EventType::AccountLocked => "lockout",
+            EventType::RateLimitExceeded => "rate_limited",
+            _ => return,
+        };
+        self.auth_outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The registry to scrape: these handles plus the levels `collector` reads at scrape time.
+    pub fn registry(&self, collector: StateCollector) -> Registry {
+        let mut r = Registry::with_prefix("flux_auth");
+        r.register(
+            "http_requests",
+            "HTTP requests by matched route, method and status",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            self.http_duration.clone(),
+        );
+        r.register(
+            "security_events",
+            "Security events recorded, by type and severity",
+            self.security_events.clone(),
+        );
+        r.register(
+            "auth_outcomes",
+            "Auth outcomes: signups, logins, refreshes, reuse, lockouts, rate limits",
+            self.auth_outcomes.clone(),
+        );
+        r.register(
+            "security_log_batch_duration_seconds",
+            "Time to write one batch of security events",
+            self.log_batch_seconds.clone(),
+        );
+        r.register(
+            "password_hash_wait_seconds",
+            "Time a password hash waited for a worker",
+            self.hash_wait_seconds.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis operations that failed or timed out",
+            self.redis_errors.clone(),
+        );
+        r.register_collector(Box::new(collector));
+        r
+    }
+}
+
+/// Reads levels from the running components at scrape time.
+pub struct StateCollector {
+    pub events: SecurityLogger,
+    pub stats: Arc<PipelineStats>,
+    pub hashes_in_flight: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+    pub pools: Vec<(&'static str, Database)>,
+    pub redis_up: Option<Arc<crate::limits::RedisLink>>,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// Resident set size from /proc (Linux); 0 elsewhere.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    pages * 4096
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        gauge(
+            &mut e,
+            "security_log_queue_depth",
+            "Events waiting in memory for the writer",
+            self.events.queued() as f64,
+        )?;
+        gauge(
+            &mut e,
+            "security_log_spool_backlog_events",
+            "Events in spool files waiting for the database",
+            s.spool_backlog.load(Ordering::Relaxed).max(0) as f64,
+        )?;
+        let last = s
+            .last_flush()
+            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        gauge(
+            &mut e,
+            "security_log_last_flush_timestamp_seconds",
+            "When events were last made durable",
+            last,
+        )?;
+        gauge(
+            &mut e,
+            "security_log_sink_up",
+            "1 while the security log's sink accepts writes",
+            f64::from(u8::from(s.sink_healthy.load(Ordering::Relaxed))),
+        )?;
+        gauge(
+            &mut e,
+            "security_log_spool_over_cap",
+            "1 while the spool exceeds its size cap",
+            f64::from(u8::from(s.spool_over_cap.load(Ordering::Relaxed))),
+        )?;
+        counter(
+            &mut e,
+            "security_log_events_written",
+            "Events made durable in the sink",
+            s.written.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_batches_written",
+            "Batches written to the sink",
+            s.batches.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_events_spooled",
+            "Events written to the spool",
+            s.spooled.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_events_replayed",
+            "Spooled events replayed into the database",
+            s.replayed.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_events_dropped",
+            "Events lost (expected 0: only a failed disk loses events)",
+            s.dropped.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_spool_bad_lines",
+            "Spool lines skipped because they did not parse",
+            s.bad_spool_lines.load(Ordering::Relaxed),
+        )?;
+        let (in_flight, queued) = (self.hashes_in_flight)();
+        gauge(
+            &mut e,
+            "password_hashes_in_flight",
+            "Argon2 hashes being computed",
+            in_flight as f64,
+        )?;
+        gauge(
+            &mut e,
+            "password_hashes_queued",
+            "Argon2 hashes waiting for a worker",
+            queued as f64,
+        )?;
+        for (pool, db) in &self.pools {
+            let size = db.pool.size() as f64;
+            let idle = db.pool.num_idle() as f64;
+            let name = format!("db_pool_{pool}_connections");
+            gauge(&mut e, &name, "Open database connections", size)?;
+            gauge(
+                &mut e,
+                &format!("db_pool_{pool}_idle"),
+                "Idle database connections",
+                idle,
+            )?;
+        }
+        if let Some(link) = &self.redis_up {
+            gauge(
+                &mut e,
+                "redis_up",
+                "1 while Redis answers",
+                f64::from(u8::from(link.is_up())),
+            )?;
+        }
+        gauge(
+            &mut e,
+            "process_resident_memory_bytes",
+            "Resident memory",
+            resident_bytes() as f64,
+        )?;
+        gauge(
+            &mut e,
+            "process_uptime_seconds",
+            "Seconds since start",
+            self.started.elapsed().as_secs_f64(),
+        )?;
+        Ok(())
+    }
+}
