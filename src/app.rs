@@ -130,6 +130,11 @@ impl Core {
         };
         let auth = Arc::new(auth);
         auth.hasher.prepare().await?;
+        {
+            let auth = auth.clone();
+            let stop = background.clone();
+            tokio::spawn(async move { auth.restore_revocations(stop).await });
+        }
         let mut pools = Vec::new();
         if let Some(db) = auth.store.database() {
             pools.push(("users", db));

@@ -102,11 +102,13 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Before anything can report ready: see `StopSignals`.
+    let signals = crate::shutdown::StopSignals::listen()?;
     // Secrets are `SecretString`s: their Debug form is redacted.
     tracing::info!(config = ?settings, "effective configuration");
     let app = App::build(settings).await?;
-    app.run_until_stopped(async {
-        let signal = crate::shutdown::signal().await;
+    app.run_until_stopped(async move {
+        let signal = signals.recv().await;
         tracing::info!(
             signal,
             "shutting down: finishing in-flight requests, then flushing security events"
@@ -165,15 +167,35 @@ async fn connect_now(url: &secrecy::SecretString, settings: &Settings) -> anyhow
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    use crate::store::postgres::Schema;
+    let store_in_postgres = settings.storage_kind() == StorageKind::Postgres;
+    let mut targets = Vec::new();
+    if let Some(url) = &settings.database_url {
+        // With STORAGE=file, DATABASE_URL holds only the security log.
+        targets.push((
+            url,
+            if store_in_postgres {
+                Schema::Full
+            } else {
+                Schema::SecurityEventsOnly
+            },
+        ));
+    }
+    if let Some(url) = &settings.security_log_database_url {
+        targets.push((url, Schema::SecurityEventsOnly));
+    }
     let mut done = 0;
-    for url in [
-        settings.database_url.as_ref(),
-        settings.security_log_database_url.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        connect_now(url, settings).await?;
+    for (url, schema) in targets {
+        let db = Database::connect_lazy(
+            url,
+            2,
+            Duration::from_millis(settings.database_connect_timeout_ms),
+        )?;
+        match schema {
+            Schema::Full => db.migrate().await,
+            Schema::SecurityEventsOnly => db.ensure_security_events().await,
+        }
+        .map_err(|e| anyhow::anyhow!("could not reach or migrate the database: {e}"))?;
         done += 1;
     }
     if done == 0 {
@@ -271,6 +293,13 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
         Err(e) => return Err(e.into()),
     };
     let pipeline = security_log::start(settings, &crate::metrics::Metrics::default())?;
+    // Give the log's database a moment, so the event lands in the table rather than the spool.
+    if let Some(db) = &pipeline.database {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !db.is_ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     pipeline
         .logger
         .record(

@@ -67,17 +67,27 @@ pub enum ApiError {
 }
 
 /// The Error JSON of API.md. `requestId` is filled in by the error-envelope middleware.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(title = "Error")]
 pub struct ErrorBody {
+    /// Always false.
     pub success: bool,
+    /// What the frontend shows.
+    #[schema(example = "Invalid email or password")]
     pub message: String,
+    /// The same text as `message`, for clients that read this key.
     pub error: String,
+    /// A stable machine code; each response below says which codes it can carry.
+    #[schema(example = "AUTH_INVALID_CREDENTIALS")]
     pub code: &'static str,
+    /// The body field at fault, on validation errors only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<&'static str>,
+    /// Seconds to wait, on 429s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// The request id, also in the `X-Request-Id` response header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }

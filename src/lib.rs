@@ -13,6 +13,8 @@ pub mod cli;
 pub mod clock;
 /// Typed settings from defaults, `config/default.toml` and env.
 pub mod config;
+/// The admin security dashboard (`/admin`), embedded in the binary.
+pub mod dashboard;
 /// Value types with no I/O.
 pub mod domain;
 /// Crash-safe file replacement and private folders.

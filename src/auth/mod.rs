@@ -1,6 +1,7 @@
 //! The service layer: passwords, tokens, revocation and the flows that combine them with the
 //! store and the security log. No HTTP types here.
 
+pub mod admin;
 pub mod oidc;
 pub mod password_policy;
 pub mod passwords;

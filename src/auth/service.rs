@@ -73,25 +73,36 @@ impl From<ValidationError> for AuthError {
 }
 
 /// Signup body. Every field is optional here so that a missing one is a 400 naming the field;
-/// unknown fields (`role`, `id`, `emailVerified`...) are ignored and never stored.
-#[derive(Debug, Deserialize)]
+/// unknown fields (`role`, `id`, `emailVerified`...) are ignored and never stored. The `schema`
+/// attributes give the OpenAPI document the contract: these fields are required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(description = "Signup body; unknown fields are ignored.")]
 pub struct SignupRequest {
+    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
     pub email: Option<String>,
+    /// At least the configured minimum (8 by default) characters; not a common password.
+    #[schema(value_type = String, required = true, max_length = 128)]
     pub password: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 100)]
     pub name: Option<String>,
+    /// `client` (the default) or `designer`; `admin` is never self-assigned.
+    #[schema(value_type = Option<String>, example = "client")]
     pub user_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
+    #[schema(value_type = String, required = true)]
     pub email: Option<String>,
+    #[schema(value_type = String, required = true)]
     pub password: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshRequest {
+    #[schema(value_type = String, required = true)]
     pub refresh_token: Option<String>,
 }
 
@@ -728,6 +739,41 @@ impl AuthService {
                 session_id: session.id,
             },
         ))
+    }
+
+    /// Denies again the access tokens of sessions revoked within the last access-token lifetime.
+    /// Without Redis the denylist lives in memory; after a restart this keeps a logged-out
+    /// session's access token from working until it expires. Waits for the store to answer.
+    pub async fn restore_revocations(&self, stop: tokio_util::sync::CancellationToken) {
+        let ttl = chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        let mut wait = std::time::Duration::from_millis(200);
+        loop {
+            match self.store.sessions_revoked_since(Utc::now() - ttl).await {
+                Ok(sessions) => {
+                    for (sid, revoked_at) in &sessions {
+                        if let Err(e) = self
+                            .revocations
+                            .revoke_session(&sid.to_string(), *revoked_at + ttl)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "could not restore a session revocation");
+                        }
+                    }
+                    tracing::debug!(
+                        sessions = sessions.len(),
+                        "recent session revocations restored"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
     }
 
     /// Makes the access tokens of a revoked session stop working at once.

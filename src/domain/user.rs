@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ValidationError, is_forbidden_char};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserType {
     Client,
@@ -97,8 +97,9 @@ pub struct UserRecord {
 pub type User = UserRecord;
 
 /// What responses show of a user: never a hash, never `googleId`, never a secret.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(title = "User")]
 pub struct UserView {
     pub id: String,
     pub email: String,

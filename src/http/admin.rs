@@ -5,13 +5,19 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use super::bodies::{AdminErrors, BlockedList, MessageBody};
 use super::extract::AdminUser;
 use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};
 
 /// `GET /api/admin/security/blocked`: `{blocked:[{key, type, subject, expiresInSecs}]}`.
+#[utoipa::path(get, path = "/api/admin/security/blocked", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Locked accounts and blocked addresses", body = BlockedList),
+        AdminErrors,
+    ))]
 pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> impl IntoResponse {
     let entries: Vec<_> = state
         .limits
@@ -31,6 +37,13 @@ pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> 
 }
 
 /// `DELETE /api/admin/security/blocked/{key}` with `key` = `account:<email>` or `ip:<address>`.
+#[utoipa::path(delete, path = "/api/admin/security/blocked/{key}", tag = "admin", security(("bearer" = [])),
+    params(("key" = String, Path, description = "`account:<email>` or `ip:<address>`")),
+    responses(
+        (status = 200, description = "The lock is lifted", body = MessageBody),
+        (status = 404, description = "`BLOCK_NOT_FOUND`: no such live lock", body = ErrorBody),
+        AdminErrors,
+    ))]
 pub async fn unblock(
     State(state): State<AppState>,
     ctx: RequestContext,

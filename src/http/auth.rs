@@ -9,27 +9,39 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::json;
 
+use super::bodies::{
+    BearerErrors, CsrfToken, JsonBodyErrors, LogoutAllBody, MessageBody, RateLimited, TokenInfo,
+    Unavailable,
+};
 use super::extract::{AuthUser, BearerToken, JsonBody, OptionalJsonBody};
 use crate::app::AppState;
 use crate::auth::service::{
     AuthSuccess, IssuedTokens, LoginRequest, RefreshRequest, SignupRequest,
 };
 use crate::domain::{UserView, format_timestamp};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 
 /// AuthResponse of API.md: `token` is the legacy alias of `accessToken`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthResponse {
     pub success: bool,
+    /// The access token again, for old clients.
     pub token: String,
+    /// A JWT (`typ: at+jwt`) for `Authorization: Bearer`.
     pub access_token: String,
+    /// Opaque; rotated by every refresh.
     pub refresh_token: String,
+    /// Access-token lifetime in seconds.
+    #[schema(example = 900)]
     pub expires_in: i64,
+    /// Access-token expiry, epoch milliseconds.
     pub expires_at: i64,
+    #[schema(example = "Bearer")]
     pub token_type: &'static str,
     pub user: UserView,
+    /// Google sign-in only: whether this sign-in created the account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_new_user: Option<bool>,
 }
@@ -51,6 +63,13 @@ impl AuthResponse {
     }
 }
 
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account created and signed in", body = AuthResponse),
+        (status = 409, description = "`AUTH_EMAIL_EXISTS`", body = ErrorBody),
+        JsonBodyErrors, RateLimited, Unavailable,
+    ))]
 pub async fn signup(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -67,6 +86,15 @@ pub async fn signup(
     ))
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = AuthResponse),
+        (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
+            description = "`AUTH_INVALID_CREDENTIALS`, the same for an unknown email, a wrong \
+                password, a Google-only account and a locked account"),
+        JsonBodyErrors, RateLimited, Unavailable,
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -80,11 +108,16 @@ pub async fn login(
     )))
 }
 
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller, bare", body = UserView),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn me(AuthUser(auth): AuthUser) -> Json<UserView> {
     Json(UserView::from(&auth.user))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenData {
     access_token: String,
@@ -109,7 +142,7 @@ impl TokenData {
 }
 
 /// RefreshResponse: flat fields for the October 2025 frontend and a `data` copy for the newer one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RefreshResponse {
     success: bool,
@@ -119,6 +152,16 @@ struct RefreshResponse {
     data: TokenData,
 }
 
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens; the refresh token sent is now rotated", body = RefreshResponse),
+        (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
+            description = "`AUTH_REFRESH_INVALID` (unknown or revoked), `AUTH_REFRESH_EXPIRED` \
+                (the session's idle or absolute lifetime is over), `AUTH_REFRESH_REUSED` (a rotated \
+                token came back: the whole session is revoked)"),
+        JsonBodyErrors, RateLimited, Unavailable,
+    ))]
 pub async fn refresh(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -134,6 +177,13 @@ pub async fn refresh(
     }))
 }
 
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
+    request_body(content = Option<RefreshRequest>,
+        description = "Optional: no body at all is accepted (the frontend's bodiless POST)"),
+    responses(
+        (status = 200, description = "This session's refresh tokens and the access token are revoked; idempotent", body = MessageBody),
+        BearerErrors, JsonBodyErrors, Unavailable,
+    ))]
 pub async fn logout(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -150,6 +200,11 @@ pub async fn logout(
     ))
 }
 
+#[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every session of the user is revoked", body = LogoutAllBody),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn logout_all(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -161,6 +216,11 @@ pub async fn logout_all(
     ))
 }
 
+#[utoipa::path(get, path = "/api/auth/token-info", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the caller's access token says", body = TokenInfo),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn token_info(AuthUser(auth): AuthUser) -> impl IntoResponse {
     let c = &auth.claims;
     let now = chrono::Utc::now().timestamp();
@@ -178,11 +238,15 @@ pub async fn token_info(AuthUser(auth): AuthUser) -> impl IntoResponse {
 
 /// Kept so old clients that fetch a CSRF token first do not break. Tokens travel in headers and
 /// bodies, never cookies, so no route checks it.
+#[utoipa::path(get, path = "/api/csrf-token", tag = "auth",
+    responses((status = 200, description = "A random token, for old clients", body = CsrfToken)))]
 pub async fn csrf_token() -> impl IntoResponse {
     let bytes: [u8; 32] = crate::auth::os_random();
     Json(json!({ "csrfToken": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes) }))
 }
 
+#[utoipa::path(post, path = "/api/auth/apple", tag = "auth",
+    responses((status = 501, description = "`NOT_IMPLEMENTED`", body = ErrorBody)))]
 pub async fn apple() -> ApiError {
     ApiError::NotImplemented {
         message: "Apple Sign In not yet implemented",

@@ -16,9 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::bodies::{
+    AdminErrors, BearerErrors, EventFilterParams, EventStats, EventsPage, ExportParams, PageParams,
+    StreamParams, Unavailable, WindowParams,
+};
 use super::extract::{AdminUser, AuthUser};
 use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::Severity;
 use crate::security_log::query::{Cursor, EventFilter, EventSource, EventView};
 
@@ -126,6 +130,13 @@ fn unavailable(e: anyhow::Error) -> ApiError {
 }
 
 /// `GET /api/admin/security/events`
+#[utoipa::path(get, path = "/api/admin/security/events", tag = "admin", operation_id = "list_events", security(("bearer" = [])),
+    params(EventFilterParams, PageParams),
+    responses(
+        (status = 200, description = "Matching events, newest first", body = EventsPage),
+        (status = 400, description = "`VALIDATION_ERROR` naming the bad parameter", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
@@ -135,6 +146,13 @@ pub async fn list(
 }
 
 /// `GET /api/admin/security/users/{id}/timeline`
+#[utoipa::path(get, path = "/api/admin/security/users/{id}/timeline", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id"), EventFilterParams, PageParams),
+    responses(
+        (status = 200, description = "The user's events, newest first", body = EventsPage),
+        (status = 400, description = "`VALIDATION_ERROR` naming the bad parameter", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
 pub async fn timeline(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
@@ -149,6 +167,13 @@ pub async fn timeline(
 }
 
 /// `GET /api/auth/security-events`: the caller's own recent history.
+#[utoipa::path(get, path = "/api/auth/security-events", tag = "auth", security(("bearer" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "The caller's events, newest first (at most 100 a page)", body = EventsPage),
+        (status = 400, description = "`VALIDATION_ERROR`: a cursor not from this API", body = ErrorBody),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn own(
     State(state): State<AppState>,
     AuthUser(auth): AuthUser,
@@ -169,6 +194,13 @@ pub async fn own(
 }
 
 /// `GET /api/admin/security/events/stats?from&to` (default: the last 24 hours).
+#[utoipa::path(get, path = "/api/admin/security/events/stats", tag = "admin", security(("bearer" = [])),
+    params(WindowParams),
+    responses(
+        (status = 200, description = "Counts by type and severity over the window", body = EventStats),
+        (status = 400, description = "`VALIDATION_ERROR`: a bad time, or `from` not before `to`", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
 pub async fn stats(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
@@ -184,6 +216,17 @@ pub async fn stats(
 }
 
 /// `GET /api/admin/security/events/export?format=ndjson|csv`, streamed oldest first.
+#[utoipa::path(get, path = "/api/admin/security/events/export", tag = "admin", security(("bearer" = [])),
+    params(EventFilterParams, ExportParams),
+    responses(
+        (status = 200, description = "Every matching event, oldest first, as an attachment",
+            content(
+                (EventView = "application/x-ndjson"),
+                (String = "text/csv; charset=utf-8"),
+            )),
+        (status = 400, description = "`VALIDATION_ERROR` naming the bad parameter", body = ErrorBody),
+        AdminErrors,
+    ))]
 pub async fn export(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
@@ -271,6 +314,15 @@ fn csv_line(e: &EventView) -> Vec<u8> {
 
 /// `GET /api/admin/security/events/stream?minSeverity=`: server-sent events, live. A client that
 /// reconnects with `Last-Event-ID` first gets what it missed from the log, then the live feed.
+#[utoipa::path(get, path = "/api/admin/security/events/stream", tag = "admin", security(("bearer" = [])),
+    params(StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Replay what came after this event first")),
+    responses(
+        (status = 200, description = "Server-sent events named `security-event`, each an EventView in JSON, id = the event id",
+            body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`VALIDATION_ERROR`: an unknown severity", body = ErrorBody),
+        AdminErrors,
+    ))]
 pub async fn stream(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,

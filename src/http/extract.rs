@@ -63,6 +63,17 @@ const BODY_FIELDS: [&str; 6] = [
 ];
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would accept a struct written as an array (`["a@b.c","pw"]`); bodies are objects.
+    if bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[')
+    {
+        return Err(ApiError::BadRequest {
+            code: "INVALID_BODY",
+            message: "Request body must be a JSON object".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     // serde's messages do not name the field of a wrong type (`invalid type: integer `123``);
     // the path to the failure does.

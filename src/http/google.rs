@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use url::Url;
 
 use super::auth::AuthResponse;
+use super::bodies::{GisCallbackForm, GoogleSignInBody, JsonBodyErrors, RateLimited};
 use super::extract::JsonBody;
 use crate::app::AppState;
 use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn, GoogleSignInRequest};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 
 fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
@@ -27,6 +28,18 @@ fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
     })
 }
 
+#[utoipa::path(post, path = "/api/auth/google", tag = "google",
+    request_body = GoogleSignInBody,
+    responses(
+        (status = 200, description = "Signed in; `isNewUser` says whether the account was created", body = AuthResponse),
+        (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
+            description = "`AUTH_GOOGLE_INVALID`, `AUTH_GOOGLE_EXPIRED`, \
+                `AUTH_GOOGLE_EMAIL_UNVERIFIED` or `AUTH_GOOGLE_DOMAIN_NOT_ALLOWED`"),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`: a password account has this email \
+            and Google is not authoritative for it", body = ErrorBody),
+        (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+        JsonBodyErrors, RateLimited,
+    ))]
 pub async fn sign_in(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -40,11 +53,31 @@ pub async fn sign_in(
     )))
 }
 
-pub async fn authorize(State(state): State<AppState>) -> ApiResult<Response> {
-    let url = google(&state)?.authorize().await?;
+#[utoipa::path(get, path = "/api/auth/google/authorize", tag = "google",
+    responses(
+        (status = 302, description = "To Google's consent page (state, nonce, PKCE S256)",
+            headers(("Location" = String))),
+        (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+    ))]
+pub async fn authorize(State(state): State<AppState>, ctx: RequestContext) -> ApiResult<Response> {
+    let url = google(&state)?.authorize(&state.auth, &ctx).await?;
     Ok(found(url.as_str()))
 }
 
+#[utoipa::path(get, path = "/api/auth/google/callback", tag = "google",
+    params(
+        ("state" = Option<String>, Query), ("code" = Option<String>, Query),
+        ("error" = Option<String>, Query, description = "Set by Google when the user refused"),
+    ),
+    responses(
+        (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
+            fragment", headers(("Location" = String))),
+        (status = 400, description = "`AUTH_OAUTH_STATE_INVALID`, `AUTH_OAUTH_CODE_MISSING` or \
+            `INVALID_BODY` (a repeated parameter)", body = ErrorBody),
+        (status = 401, description = "`AUTH_GOOGLE_DENIED` or another `AUTH_GOOGLE_*` code", body = ErrorBody),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`", body = ErrorBody),
+        (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn callback(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -61,6 +94,19 @@ pub async fn callback(
     to_frontend(&state, google, &outcome)
 }
 
+#[utoipa::path(post, path = "/api/auth/google/callback", tag = "google",
+    request_body(content = GisCallbackForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
+            fragment", headers(("Location" = String))),
+        (status = 400, description = "`AUTH_GOOGLE_CSRF` (the form's `g_csrf_token` is not the \
+            cookie's) or `INVALID_BODY`", body = ErrorBody),
+        (status = 401, description = "An `AUTH_GOOGLE_*` code", body = ErrorBody),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not a form", body = ErrorBody),
+        (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+    ))]
 /// GIS redirect mode: Google posts `credential` and `g_csrf_token` as a form, and has set the
 /// `g_csrf_token` cookie to the same value.
 pub async fn gis_callback(

@@ -9,8 +9,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use super::bodies::{Health, Liveness, Readiness};
 use crate::app::AppState;
 use crate::domain::format_timestamp;
+use crate::error::ErrorBody;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -38,6 +40,8 @@ async fn database_check(state: &AppState) -> &'static str {
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Always 200; `status` says ok or degraded", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let database = database_check(&state).await;
     let redis = state.limits.health().await;
@@ -75,11 +79,19 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "The process runs", body = Liveness)))]
 pub async fn live() -> impl IntoResponse {
     Json(json!({ "status": "alive" }))
 }
 
 /// 503 while logins cannot be served: the configured user store does not answer.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Logins can be served", body = Readiness),
+        (status = 503, description = "The user store does not answer. The body is the Error \
+            shape (`INTERNAL_ERROR`): the error envelope replaces the probe's own", body = ErrorBody),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let store_ok = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,

@@ -9,6 +9,10 @@ use axum::routing::get;
 
 use crate::app::AppState;
 
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    description = "Served here unless `METRICS_ADDR` is set; then only on that listener.",
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = String::with_capacity(16 * 1024);
     if prometheus_client::encoding::text::encode(&mut text, &state.registry).is_err() {

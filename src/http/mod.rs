@@ -1,64 +1,119 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
 pub mod admin;
+pub mod admin_users;
 pub mod auth;
+pub mod bodies;
 pub mod events;
 pub mod extract;
 pub mod google;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod sessions;
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::routing::{delete, get, post};
+use axum::routing::{self, MethodRouter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
 
+/// One public route: the method and path the OpenAPI document must list, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::GET, path, routing::get(handler))
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::POST, path, routing::post(handler))
+    }
+
+    fn delete<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::DELETE, path, routing::delete(handler))
+    }
+
+    fn new(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
+        Self {
+            method,
+            path,
+            handler,
+        }
+    }
+}
+
+/// Where Prometheus scrapes (on its own listener instead when `METRICS_ADDR` is set).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Every public route, in one list: `router` serves these, and the operability test checks that
+/// `/openapi.json` documents exactly these.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get(METRICS_PATH, metrics::metrics),
+        Route::get("/openapi.json", openapi::openapi),
+        Route::post("/api/auth/signup", auth::signup),
+        Route::post("/api/auth/login", auth::login),
+        Route::get("/api/auth/me", auth::me),
+        Route::post("/api/auth/refresh", auth::refresh),
+        Route::post("/api/auth/logout", auth::logout),
+        Route::post("/api/auth/logout-all", auth::logout_all),
+        Route::get("/api/auth/sessions", sessions::list),
+        Route::delete("/api/auth/sessions/{id}", sessions::revoke),
+        Route::get("/api/auth/token-info", auth::token_info),
+        Route::post("/api/auth/google", google::sign_in),
+        Route::get("/api/auth/google/authorize", google::authorize),
+        Route::get("/api/auth/google/callback", google::callback),
+        Route::post("/api/auth/google/callback", google::gis_callback),
+        Route::post("/api/auth/apple", auth::apple),
+        Route::get("/api/csrf-token", auth::csrf_token),
+        Route::get("/api/auth/security-events", events::own),
+        Route::get("/api/admin/security/events", events::list),
+        Route::get("/api/admin/security/events/stats", events::stats),
+        Route::get("/api/admin/security/events/export", events::export),
+        Route::get("/api/admin/security/events/stream", events::stream),
+        Route::get("/api/admin/security/users/{id}/timeline", events::timeline),
+        Route::get("/api/admin/security/blocked", admin::blocked),
+        Route::delete("/api/admin/security/blocked/{key}", admin::unblock),
+        Route::get("/api/admin/security/users", admin_users::search),
+        Route::delete(
+            "/api/admin/security/users/{id}/sessions",
+            admin_users::revoke_all,
+        ),
+        Route::delete(
+            "/api/admin/security/users/{id}/sessions/{sid}",
+            admin_users::revoke_session,
+        ),
+        Route::get("/health", health::health),
+        Route::get("/health/live", health::live),
+        Route::get("/health/ready", health::ready),
+    ]
+}
+
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let mut api = Router::new();
-    if settings.metrics_addr.is_none() {
-        api = api.route("/metrics", get(metrics::metrics));
+    for route in routes() {
+        if route.path == METRICS_PATH && settings.metrics_addr.is_some() {
+            continue;
+        }
+        // Two methods on one path (the Google callback) merge into one method router.
+        api = api.route(route.path, route.handler);
     }
     let api = api
-        .route("/api/auth/signup", post(auth::signup))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/me", get(auth::me))
-        .route("/api/auth/refresh", post(auth::refresh))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/auth/logout-all", post(auth::logout_all))
-        .route("/api/auth/sessions", get(sessions::list))
-        .route("/api/auth/sessions/{id}", delete(sessions::revoke))
-        .route("/api/auth/token-info", get(auth::token_info))
-        .route("/api/auth/google", post(google::sign_in))
-        .route("/api/auth/google/authorize", get(google::authorize))
-        .route(
-            "/api/auth/google/callback",
-            get(google::callback).post(google::gis_callback),
-        )
-        .route("/api/auth/apple", post(auth::apple))
-        .route("/api/csrf-token", get(auth::csrf_token))
-        .route("/api/auth/security-events", get(events::own))
-        .route("/api/admin/security/events", get(events::list))
-        .route("/api/admin/security/events/stats", get(events::stats))
-        .route("/api/admin/security/events/export", get(events::export))
-        .route("/api/admin/security/events/stream", get(events::stream))
-        .route(
-            "/api/admin/security/users/{id}/timeline",
-            get(events::timeline),
-        )
-        .route("/api/admin/security/blocked", get(admin::blocked))
-        .route("/api/admin/security/blocked/{key}", delete(admin::unblock))
-        .route("/health", get(health::health))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
+        // The dashboard's page and scripts: not API routes, so not in `routes()` or the document.
+        .merge(crate::dashboard::routes())
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(axum::middleware::from_fn(middleware::header_limit));

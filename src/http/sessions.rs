@@ -6,12 +6,18 @@ use axum::response::IntoResponse;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::bodies::{BearerErrors, MessageBody, SessionList, Unavailable};
 use super::extract::AuthUser;
 use crate::app::AppState;
 use crate::domain::format_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 
+#[utoipa::path(get, path = "/api/auth/sessions", tag = "sessions", operation_id = "list_sessions", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions", body = SessionList),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(auth): AuthUser,
@@ -37,6 +43,13 @@ pub async fn list(
     Ok(Json(json!({ "success": true, "sessions": sessions })))
 }
 
+#[utoipa::path(delete, path = "/api/auth/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A session id from `GET /api/auth/sessions`")),
+    responses(
+        (status = 200, description = "The session is revoked", body = MessageBody),
+        (status = 404, description = "`SESSION_NOT_FOUND`: not a live session of the caller", body = ErrorBody),
+        BearerErrors, Unavailable,
+    ))]
 pub async fn revoke(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::store::postgres::Database;
+use crate::store::postgres::{Database, Schema};
 
 /// The running pipeline: the logger handle, its database (when there is one) and the writer task.
 pub struct Pipeline {
@@ -51,7 +51,15 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
                 Duration::from_millis(settings.database_connect_timeout_ms),
             )?;
             if settings.run_migrations {
-                db.migrate_in_background("security log");
+                // Its own database gets only its table; the user store's gets everything.
+                let shared = settings.security_log_database_url.is_none()
+                    && settings.storage_kind() == crate::config::StorageKind::Postgres;
+                let schema = if shared {
+                    Schema::Full
+                } else {
+                    Schema::SecurityEventsOnly
+                };
+                db.migrate_in_background("security log", schema);
             } else {
                 db.assume_migrated();
             }

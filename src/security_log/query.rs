@@ -69,7 +69,7 @@ impl Cursor {
 
 /// An event as the API shows it. Types are strings: rows written by the old service may carry
 /// types this version does not know, and they are still shown.
-#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
     pub id: Uuid,
@@ -81,6 +81,7 @@ pub struct EventView {
     pub user_agent: Option<String>,
     pub metadata: Option<serde_json::Value>,
     #[serde(serialize_with = "iso")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
 }
 
@@ -283,7 +284,7 @@ fn async_stream(
     })
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub from: String,

@@ -202,7 +202,8 @@ pub fn read_file(path: &Path) -> io::Result<SpoolRead> {
     Ok(out)
 }
 
-/// Counts the events waiting in sealed spool files (at start, for health and metrics).
+/// Counts the lines waiting in sealed spool files (at start, for health and metrics): events, and
+/// torn lines that replay will skip. Blank lines are not counted, as `read_file` skips them.
 pub fn count_lines(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -210,7 +211,10 @@ pub fn count_lines(paths: &[PathBuf]) -> u64 {
         .map(|f| {
             BufReader::new(f)
                 .split(b'\n')
-                .filter(|l| l.as_ref().is_ok_and(|l| !l.is_empty()))
+                .filter(|l| {
+                    l.as_ref()
+                        .is_ok_and(|l| !l.iter().all(u8::is_ascii_whitespace))
+                })
                 .count() as u64
         })
         .sum()

@@ -225,13 +225,6 @@ impl Writer {
                 Ok(Ok(read)) => read,
                 _ => continue,
             };
-            if read.bad_lines > 0 {
-                self.stats
-                    .bad_spool_lines
-                    .fetch_add(read.bad_lines as u64, Ordering::Relaxed);
-                tracing::warn!(file = %path.display(), skipped = read.bad_lines,
-                    "skipped spool lines that did not parse (torn write after a crash?)");
-            }
             for chunk in read.events.chunks(self.batch_size.max(1)) {
                 let refs: Vec<&SecurityEvent> = chunk.iter().collect();
                 match timeout(DB_WRITE_TIMEOUT, sink.insert(&refs)).await {
@@ -248,11 +241,22 @@ impl Writer {
             }
             let n = read.events.len() as u64;
             if self.spool.remove(&path).is_ok() {
+                // Counted once, when the file is done (a replay retried after a failure reads
+                // the same lines again).
+                if read.bad_lines > 0 {
+                    self.stats
+                        .bad_spool_lines
+                        .fetch_add(read.bad_lines as u64, Ordering::Relaxed);
+                    tracing::warn!(file = %path.display(), skipped = read.bad_lines,
+                        "skipped spool lines that did not parse (torn write after a crash?)");
+                }
                 self.stats.replayed.fetch_add(n, Ordering::Relaxed);
                 self.stats.written.fetch_add(n, Ordering::Relaxed);
-                self.stats
-                    .spool_backlog
-                    .fetch_sub(n as i64, Ordering::Relaxed);
+                // The backlog counts lines (at start it is `count_lines`), torn ones included.
+                self.stats.spool_backlog.fetch_sub(
+                    (read.events.len() + read.bad_lines) as i64,
+                    Ordering::Relaxed,
+                );
                 self.stats.mark_flushed();
                 tracing::info!(
                     events = n,

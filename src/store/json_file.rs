@@ -599,6 +599,18 @@ impl Store for FileStore {
         Ok(sessions)
     }
 
+    async fn sessions_revoked_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
+        let file = self.sessions.read().await;
+        Ok(file
+            .sessions
+            .iter()
+            .filter_map(|s| s.revoked_at.filter(|at| *at >= since).map(|at| (s.id, at)))
+            .collect())
+    }
+
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>> {
         Ok(self
             .sessions

@@ -276,6 +276,12 @@ pub trait Store: Send + Sync + 'static {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>>;
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>>;
+    /// Sessions revoked at or after `since` (with when), so that a restarted instance without
+    /// Redis can deny their still-unexpired access tokens again.
+    async fn sessions_revoked_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>>;
     /// Deletes up to `batch` sessions (and their tokens) that ended (revoked, expired or idle)
     /// more than [`ENDED_SESSION_RETENTION_DAYS`] ago; returns how many. Callers loop until a
     /// batch comes back short, so no statement holds locks for long.

@@ -27,6 +27,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 mod identities;
 
+/// Which tables a database gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Every migration: users, sessions, identities, security events.
+    Full,
+    /// Only `security_events`.
+    SecurityEventsOnly,
+}
+
 /// A pool that connects on first use, and a flag that turns true once migrations have run.
 #[derive(Clone)]
 pub struct Database {
@@ -70,13 +79,31 @@ impl Database {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Creates only `security_events` (migration 004, idempotent), marking the database ready.
+    /// A database that holds nothing but the security log (users in JSON files — the old
+    /// production setup, whose database may still have the old service's own `users` table) must
+    /// not get this service's user tables and indexes.
+    pub async fn ensure_security_events(&self) -> anyhow::Result<()> {
+        sqlx::raw_sql(include_str!(
+            "../../migrations/004_create_security_events.sql"
+        ))
+        .execute(&self.pool)
+        .await?;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Keeps trying to migrate with capped backoff until it works; the service runs meanwhile.
-    pub fn migrate_in_background(&self, what: &'static str) {
+    pub fn migrate_in_background(&self, what: &'static str, schema: Schema) {
         let db = self.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(250);
             loop {
-                match db.migrate().await {
+                let result = match schema {
+                    Schema::Full => db.migrate().await,
+                    Schema::SecurityEventsOnly => db.ensure_security_events().await,
+                };
+                match result {
                     Ok(()) => {
                         tracing::info!(database = what, "database ready, migrations applied");
                         return;
@@ -146,7 +173,7 @@ impl PgStore {
             Duration::from_millis(settings.database_connect_timeout_ms),
         )?;
         if settings.run_migrations {
-            db.migrate_in_background("users");
+            db.migrate_in_background("users", Schema::Full);
         } else {
             db.assume_migrated();
         }
@@ -687,6 +714,19 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         Ok(rows.into_iter().map(SessionRecord::from).collect())
+    }
+
+    async fn sessions_revoked_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as("SELECT id, revoked_at FROM auth_sessions WHERE revoked_at >= $1")
+                .bind(since)
+                .fetch_all(self.pool()?)
+                .await
+                .map_err(map_err)?;
+        Ok(rows)
     }
 
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>> {

@@ -14,7 +14,11 @@ use crate::helpers::*;
 /// production setup).
 async fn apps() -> Vec<TestApp> {
     let mut apps = vec![TestApp::try_spawn(Backend::File).await.unwrap()];
-    if let Some(app) = TestApp::builder(Backend::File).events_in_postgres().try_spawn().await {
+    if let Some(app) = TestApp::builder(Backend::File)
+        .events_in_postgres()
+        .try_spawn()
+        .await
+    {
         apps.push(app);
     }
     apps
@@ -43,39 +47,80 @@ async fn admin_query_filters_and_pages_newest_first_without_gaps_or_duplicates()
         for _ in 0..5 {
             app.login(&victim, "not the right password").await;
         }
-        app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "failed_login_attempt").count() == 5)
-            .await;
+        app.events_where(|e| {
+            e.iter()
+                .filter(|e| e.event_type.as_str() == "failed_login_attempt")
+                .count()
+                == 5
+        })
+        .await;
 
         let mut seen = Vec::new();
-        let mut path = format!("/api/admin/security/events?type=failed_login_attempt&userId={victim_id}&limit=2");
+        let mut path = format!(
+            "/api/admin/security/events?type=failed_login_attempt&userId={victim_id}&limit=2"
+        );
         loop {
             let page = get_json(&app, &path, &token).await;
             let events = page["events"].as_array().unwrap();
             assert!(events.len() <= 2);
             seen.extend(events.iter().cloned());
             match page["nextCursor"].as_str() {
-                Some(cursor) => path = format!("/api/admin/security/events?type=failed_login_attempt&userId={victim_id}&limit=2&cursor={cursor}"),
+                Some(cursor) => {
+                    path = format!(
+                        "/api/admin/security/events?type=failed_login_attempt&userId={victim_id}&limit=2&cursor={cursor}"
+                    )
+                }
                 None => break,
             }
         }
         assert_eq!(seen.len(), 5, "{seen:?}");
-        let ids: std::collections::HashSet<&str> = seen.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let ids: std::collections::HashSet<&str> =
+            seen.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 5, "no duplicates across pages");
-        let times: Vec<&str> = seen.iter().map(|e| e["createdAt"].as_str().unwrap()).collect();
-        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
-        assert!(seen.iter().all(|e| e["eventType"] == "failed_login_attempt" && e["userId"] == victim_id.as_str()));
+        let times: Vec<&str> = seen
+            .iter()
+            .map(|e| e["createdAt"].as_str().unwrap())
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] >= w[1]),
+            "newest first: {times:?}"
+        );
+        assert!(
+            seen.iter()
+                .all(|e| e["eventType"] == "failed_login_attempt"
+                    && e["userId"] == victim_id.as_str())
+        );
         assert_eq!(seen[0]["severity"], "warning");
 
-        let bad = app.get_auth("/api/admin/security/events?severity=extreme", &token).await;
+        let bad = app
+            .get_auth("/api/admin/security/events?severity=extreme", &token)
+            .await;
         assert_error(bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
-        let bad = app.get_auth("/api/admin/security/events?cursor=%%%", &token).await;
+        let bad = app
+            .get_auth("/api/admin/security/events?cursor=%%%", &token)
+            .await;
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-        let bad = app.get_auth("/api/admin/security/events?from=yesterday", &token).await;
+        let bad = app
+            .get_auth("/api/admin/security/events?from=yesterday", &token)
+            .await;
         assert_error(bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
 
-        let timeline = get_json(&app, &format!("/api/admin/security/users/{victim_id}/timeline"), &token).await;
-        let types: Vec<&str> = timeline["events"].as_array().unwrap().iter().map(|e| e["eventType"].as_str().unwrap()).collect();
-        assert!(types.contains(&"signup_success") && types.contains(&"failed_login_attempt"), "{types:?}");
+        let timeline = get_json(
+            &app,
+            &format!("/api/admin/security/users/{victim_id}/timeline"),
+            &token,
+        )
+        .await;
+        let types: Vec<&str> = timeline["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["eventType"].as_str().unwrap())
+            .collect();
+        assert!(
+            types.contains(&"signup_success") && types.contains(&"failed_login_attempt"),
+            "{types:?}"
+        );
     }
 }
 
@@ -92,7 +137,12 @@ async fn non_admins_get_403_and_anonymous_401_on_every_admin_route() {
         "/api/admin/security/users/x/timeline",
         "/api/admin/security/blocked",
     ] {
-        assert_error(app.get_auth(path, token).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        assert_error(
+            app.get_auth(path, token).await,
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+        )
+        .await;
         let anonymous = app.client.get(app.url(path)).send().await.unwrap();
         assert_error(anonymous, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_MISSING").await;
     }
@@ -104,13 +154,35 @@ async fn users_see_only_their_own_history() {
         let a = app.signed_up(&unique_email()).await;
         let b = app.signed_up(&unique_email()).await;
         let a_id = a["user"]["id"].as_str().unwrap();
-        app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "token_generated").count() == 2).await;
-        let mine = get_json(&app, "/api/auth/security-events", a["accessToken"].as_str().unwrap()).await;
+        app.events_where(|e| {
+            e.iter()
+                .filter(|e| e.event_type.as_str() == "token_generated")
+                .count()
+                == 2
+        })
+        .await;
+        let mine = get_json(
+            &app,
+            "/api/auth/security-events",
+            a["accessToken"].as_str().unwrap(),
+        )
+        .await;
         let events = mine["events"].as_array().unwrap();
         assert!(!events.is_empty());
         assert!(events.iter().all(|e| e["userId"] == a_id), "{events:?}");
-        let theirs = get_json(&app, "/api/auth/security-events", b["accessToken"].as_str().unwrap()).await;
-        assert!(theirs["events"].as_array().unwrap().iter().all(|e| e["userId"] != a_id));
+        let theirs = get_json(
+            &app,
+            "/api/auth/security-events",
+            b["accessToken"].as_str().unwrap(),
+        )
+        .await;
+        assert!(
+            theirs["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["userId"] != a_id)
+        );
     }
 }
 
@@ -121,14 +193,25 @@ async fn stats_count_by_type_and_severity() {
         for _ in 0..3 {
             app.login(&unique_email(), "no such user here").await;
         }
-        app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "login_failed").count() == 3).await;
+        app.events_where(|e| {
+            e.iter()
+                .filter(|e| e.event_type.as_str() == "login_failed")
+                .count()
+                == 3
+        })
+        .await;
         let stats = get_json(&app, "/api/admin/security/events/stats", &token).await;
         assert_eq!(stats["stats"]["byType"]["login_failed"], 3, "{stats}");
         assert_eq!(stats["stats"]["byType"]["signup_success"], 1);
         let by_severity = stats["stats"]["bySeverity"].as_object().unwrap();
         let total: i64 = by_severity.values().map(|v| v.as_i64().unwrap()).sum();
         assert_eq!(stats["stats"]["total"], total);
-        let empty = get_json(&app, "/api/admin/security/events/stats?from=2001-01-01T00:00:00Z&to=2001-01-02T00:00:00Z", &token).await;
+        let empty = get_json(
+            &app,
+            "/api/admin/security/events/stats?from=2001-01-01T00:00:00Z&to=2001-01-02T00:00:00Z",
+            &token,
+        )
+        .await;
         assert_eq!(empty["stats"]["total"], 0);
     }
 }
@@ -148,22 +231,45 @@ async fn export_streams_ndjson_and_csv_with_formula_cells_defused() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         app.events_of("login_failed").await;
 
-        let ndjson = app.get_auth("/api/admin/security/events/export?type=login_failed", &token).await;
+        let ndjson = app
+            .get_auth(
+                "/api/admin/security/events/export?type=login_failed",
+                &token,
+            )
+            .await;
         assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
         let text = ndjson.text().await.unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["eventType"], "login_failed");
 
-        let csv = app.get_auth("/api/admin/security/events/export?format=csv&type=login_failed", &token).await;
-        assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+        let csv = app
+            .get_auth(
+                "/api/admin/security/events/export?format=csv&type=login_failed",
+                &token,
+            )
+            .await;
+        assert!(
+            csv.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
         let text = csv.text().await.unwrap();
         let mut rows = text.lines();
         assert!(rows.next().unwrap().starts_with("id,created_at,event_type"));
         let row = rows.next().unwrap();
-        assert!(row.contains("\"'=HYPERLINK(\"\"http://evil.example\"\")\""), "{row}");
+        assert!(
+            row.contains("\"'=HYPERLINK(\"\"http://evil.example\"\")\""),
+            "{row}"
+        );
         assert!(rows.next().is_none());
-        let bad = app.get_auth("/api/admin/security/events/export?format=xml", &token).await;
+        let bad = app
+            .get_auth("/api/admin/security/events/export?format=xml", &token)
+            .await;
         assert_error(bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
     }
 }
@@ -178,7 +284,10 @@ async fn next_event<B: AsRef<[u8]>>(
         loop {
             while let Some(end) = buf.find("\n\n") {
                 let frame: String = buf.drain(..end + 2).collect();
-                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))) {
+                if let Some(data) = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                {
                     let value: Value = serde_json::from_str(data).unwrap();
                     if want(&value) {
                         return value;
@@ -197,23 +306,42 @@ async fn next_event<B: AsRef<[u8]>>(
 async fn live_stream_delivers_events_filtered_by_minimum_severity_and_replays_after_reconnect() {
     let app = TestApp::try_spawn(Backend::File).await.unwrap();
     let token = admin_token(&app).await;
-    let response = app.get_auth("/api/admin/security/events/stream?minSeverity=warning", &token).await;
+    let response = app
+        .get_auth(
+            "/api/admin/security/events/stream?minSeverity=warning",
+            &token,
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut stream = response.bytes_stream();
     let mut buf = String::new();
     let email = unique_email();
     app.signed_up(&email).await; // info events: filtered out
     app.login(&email, "wrong password here").await;
     let event = next_event(&mut stream, &mut buf, |_| true).await;
-    assert_eq!(event["eventType"], "failed_login_attempt", "the first event at warning or above");
+    assert_eq!(
+        event["eventType"], "failed_login_attempt",
+        "the first event at warning or above"
+    );
     let last_id = event["id"].as_str().unwrap().to_owned();
     drop(stream);
 
     // While disconnected, two more failures; reconnecting with Last-Event-ID replays them.
     app.login(&email, "wrong password again").await;
     app.login(&email, "and once more wrong").await;
-    app.events_where(|e| e.iter().filter(|e| e.event_type.as_str() == "failed_login_attempt").count() == 3).await;
+    app.events_where(|e| {
+        e.iter()
+            .filter(|e| e.event_type.as_str() == "failed_login_attempt")
+            .count()
+            == 3
+    })
+    .await;
     let response = app
         .client
         .get(app.url("/api/admin/security/events/stream?minSeverity=warning"))
@@ -228,7 +356,10 @@ async fn live_stream_delivers_events_filtered_by_minimum_severity_and_replays_af
     let second = next_event(&mut stream, &mut buf, |_| true).await;
     assert_eq!(first["eventType"], "failed_login_attempt");
     assert_eq!(second["eventType"], "failed_login_attempt");
-    assert!(first["id"].as_str().unwrap() > last_id.as_str() && second["id"].as_str() > first["id"].as_str());
+    assert!(
+        first["id"].as_str().unwrap() > last_id.as_str()
+            && second["id"].as_str() > first["id"].as_str()
+    );
 }
 
 #[tokio::test]
@@ -257,10 +388,17 @@ async fn g3_canaries_never_reach_a_sink() {
         for event in app.events().await {
             everything.push_str(&serde_json::to_string(&event).unwrap());
         }
-        for entry in std::fs::read_dir(app.settings.security_log_dir()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(app.settings.security_log_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             everything.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
         }
-        assert!(everything.contains("failed_login_attempt"), "the sink was read");
+        assert!(
+            everything.contains("failed_login_attempt"),
+            "the sink was read"
+        );
         for canary in [
             password.as_str(),
             access.as_str(),
@@ -269,24 +407,31 @@ async fn g3_canaries_never_reach_a_sink() {
             "canary-bearer-value",
             "canary-cookie-value",
         ] {
-            assert!(!everything.contains(canary), "a secret reached the security log");
+            assert!(
+                !everything.contains(canary),
+                "a secret reached the security log"
+            );
         }
     }
 }
 
 #[tokio::test]
 async fn cleanup_deletes_long_ended_sessions_and_expired_events_in_postgres() {
-    let Some(app) = TestApp::try_spawn(Backend::Postgres).await else { return };
+    let Some(app) = TestApp::try_spawn(Backend::Postgres).await else {
+        return;
+    };
     let a = app.signed_up(&unique_email()).await;
     let b = app.signed_up(&unique_email()).await;
     let pool = app.db.as_ref().unwrap().pool().await;
     // One session revoked 8 days ago, one live; one event older than its retention, one not.
     let user_a = a["user"]["id"].as_str().unwrap();
-    sqlx::query("UPDATE auth_sessions SET revoked_at = now() - interval '8 days' WHERE user_id = $1")
-        .bind(user_a)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE auth_sessions SET revoked_at = now() - interval '8 days' WHERE user_id = $1",
+    )
+    .bind(user_a)
+    .execute(&pool)
+    .await
+    .unwrap();
     app.events_of("token_generated").await;
     sqlx::query(
         "INSERT INTO security_events (id, event_type, severity, created_at) VALUES \
@@ -298,12 +443,26 @@ async fn cleanup_deletes_long_ended_sessions_and_expired_events_in_postgres() {
     .unwrap();
     let report = flux_auth::cleanup::run_once(&app.state).await;
     assert_eq!(report.sessions_deleted, 1);
-    assert_eq!(report.events_deleted, 1, "info expires after 90 days, critical is kept a year");
-    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_sessions").fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        report.events_deleted, 1,
+        "info expires after 90 days, critical is kept a year"
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(sessions, 1);
-    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens").fetch_one(&pool).await.unwrap();
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(tokens, 1, "the deleted session's tokens went with it");
-    assert_eq!(app.refresh(b["refreshToken"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.refresh(b["refreshToken"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let cleanup = app.events_of("token_cleanup").await;
     assert_eq!(cleanup[0].metadata["sessionsDeleted"], 1);
 }
@@ -313,16 +472,25 @@ async fn cleanup_on_the_file_store_prunes_sessions_and_rewrites_old_event_files(
     let app = TestApp::try_spawn(Backend::File).await.unwrap();
     app.signed_up(&unique_email()).await;
     // An old events file: one info event past retention and one critical event within it.
-    let mut old_info = flux_auth::security_log::SecurityEvent::new(flux_auth::security_log::EventType::LoginSuccess);
+    let mut old_info = flux_auth::security_log::SecurityEvent::new(
+        flux_auth::security_log::EventType::LoginSuccess,
+    );
     old_info.created_at = chrono::Utc::now() - chrono::Duration::days(100);
-    let mut old_critical = flux_auth::security_log::SecurityEvent::new(flux_auth::security_log::EventType::TokenReuseDetected);
+    let mut old_critical = flux_auth::security_log::SecurityEvent::new(
+        flux_auth::security_log::EventType::TokenReuseDetected,
+    );
     old_critical.created_at = chrono::Utc::now() - chrono::Duration::days(100);
     let dir = app.settings.security_log_dir();
     let path = dir.join("events-20000101T000000.000000Z-old.jsonl");
-    let lines = format!("{}\n{}\n", serde_json::to_string(&old_info).unwrap(), serde_json::to_string(&old_critical).unwrap());
+    let lines = format!(
+        "{}\n{}\n",
+        serde_json::to_string(&old_info).unwrap(),
+        serde_json::to_string(&old_critical).unwrap()
+    );
     std::fs::write(&path, lines).unwrap();
     let file = std::fs::File::options().write(true).open(&path).unwrap();
-    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(100 * 86_400)).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(100 * 86_400))
+        .unwrap();
     drop(file);
     let report = flux_auth::cleanup::run_once(&app.state).await;
     assert_eq!(report.events_deleted, 1);

@@ -1,12 +1,16 @@
 //! `Forwarder`: a TCP relay between the app and Postgres, so a test can cut the database away
-//! under a running service (and bring it back) without touching the shared server.
+//! under a running service (and bring it back), or make it slow, without touching the shared
+//! server.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +22,8 @@ pub struct Forwarder {
     /// Cancelled on drop: stops the accept loop and every relayed connection.
     root: CancellationToken,
     state: Arc<Mutex<Link>>,
+    /// Microseconds every relayed chunk waits before it is passed on (0: none).
+    delay: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -39,11 +45,19 @@ impl Forwarder {
             cut: false,
             generation: root.child_token(),
         }));
-        let accept = tokio::spawn(accept_loop(listener, target, root.clone(), state.clone()));
+        let delay = Arc::new(AtomicU64::new(0));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            root.clone(),
+            state.clone(),
+            delay.clone(),
+        ));
         Forwarder {
             addr,
             root,
             state,
+            delay,
             accept,
         }
     }
@@ -63,6 +77,13 @@ impl Forwarder {
     pub fn restore(&self) {
         self.state.lock().expect("forwarder state").cut = false;
     }
+
+    /// A slow network: from now on every chunk, in either direction and on live connections too,
+    /// waits `delay` before it is relayed. `Duration::ZERO` makes the link fast again.
+    pub fn slow(&self, delay: Duration) {
+        self.delay
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Forwarder {
@@ -77,6 +98,7 @@ async fn accept_loop(
     target: SocketAddr,
     root: CancellationToken,
     state: Arc<Mutex<Link>>,
+    delay: Arc<AtomicU64>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -92,17 +114,42 @@ async fn accept_loop(
             }
             link.generation.clone()
         };
+        let delay = delay.clone();
         tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(target).await else {
+            let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
-            let mut client = client;
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
             tokio::select! {
                 () = generation.cancelled() => {}
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = futures::future::join(
+                    relay(client_read, server_write, delay.clone()),
+                    relay(server_read, client_write, delay),
+                ) => {}
             }
         });
     }
+}
+
+/// Copies one direction of a connection chunk by chunk, each after the current delay; at end of
+/// stream it shuts the other side's write half, as `copy_bidirectional` does.
+async fn relay(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let wait = delay.load(Ordering::Relaxed);
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// The socket address of the test Postgres server (`TEST_DATABASE_URL` or the local default).

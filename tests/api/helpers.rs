@@ -148,9 +148,12 @@ pub struct TestApp {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A change to the settings before the app starts.
+type SettingsTweak = Box<dyn FnOnce(&mut Settings)>;
+
 pub struct TestAppBuilder {
     backend: Backend,
-    tweak: Vec<Box<dyn FnOnce(&mut Settings)>>,
+    tweak: Vec<SettingsTweak>,
     events_in_postgres: bool,
 }
 
@@ -776,7 +779,11 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 pub async fn make_admin(app: &TestApp, email: &str) {
     if let (Backend::Postgres, Some(db)) = (app.backend, &app.db) {
         let pool = db.pool().await;
-        sqlx::query("UPDATE users SET user_type = 'admin' WHERE email = $1").bind(email).execute(&pool).await.unwrap();
+        sqlx::query("UPDATE users SET user_type = 'admin' WHERE email = $1")
+            .bind(email)
+            .execute(&pool)
+            .await
+            .unwrap();
         return;
     }
     let data_dir = app.data_dir();
@@ -795,5 +802,9 @@ pub async fn make_admin(app: &TestApp, email: &str) {
     })
     .await
     .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -5,11 +5,16 @@
 mod helpers;
 
 mod bad_input;
-mod forwarder;
+mod dashboard;
 mod events;
+mod fake_oidc;
+mod forwarder;
+mod google;
 mod limits;
 mod login;
+mod operability;
 mod ops;
+mod pipeline;
 mod refresh;
 mod sessions;
 mod signup;

@@ -112,9 +112,16 @@ impl GoogleSignIn {
 
     /// `GET /api/auth/google/authorize`: the provider URL, with `state`, `nonce` and the PKCE
     /// challenge; the verifier and nonce wait for the callback under the state.
-    pub async fn authorize(&self) -> Result<url::Url, GoogleError> {
+    pub async fn authorize(
+        &self,
+        auth: &AuthService,
+        ctx: &RequestContext,
+    ) -> Result<url::Url, GoogleError> {
         let flow = self.code_flow()?;
         self.frontend_url()?;
+        // Each call stores a pending state: counted like a login, so it cannot be flooded.
+        auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
+            .await?;
         let metadata = self
             .provider
             .metadata(&self.http)

@@ -1,0 +1,141 @@
+//! Micro-benchmarks of the per-request CPU work (BENCHMARKS.md, "Micro-benchmarks"):
+//! `cargo bench --bench micro`.
+//!
+//! - `tokens`: issuing and verifying an access token (`AccessTokens`, HS256, keys built once).
+//! - `fingerprint`: `DeviceFingerprint::compute` for an IPv4 and an IPv6 client.
+//! - `refresh_token`: the successor HMAC and the SHA-256 a refresh stores.
+//! - `event`: building a `token_refreshed` event from a request, and its serde_json encoding (what
+//!   the spool and the log mirror write).
+//!
+//! `record()`, the spool and the Postgres insert are in `benches/security_log.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use chrono::Utc;
+use criterion::{Criterion, criterion_group, criterion_main};
+use flux_auth::auth::refresh::{RefreshTokens, hash_token};
+use flux_auth::auth::tokens::AccessTokens;
+use flux_auth::domain::{ClientInfo, DeviceFingerprint, UserRecord, UserType};
+use flux_auth::security_log::event::RequestContext;
+use flux_auth::security_log::{EventType, SecurityEvent};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+const UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+
+fn secret() -> SecretString {
+    SecretString::from("micro-bench-secret-5f0c1f2e9a8b7c6d5e4f3a2b1c0d9e8f7a6b")
+}
+
+fn user() -> UserRecord {
+    UserRecord {
+        id: Uuid::new_v4().to_string(),
+        email: "someone@example.com".into(),
+        name: "Some One".into(),
+        user_type: UserType::Client,
+        password_hash: None,
+        google_id: None,
+        email_verified: false,
+        avatar: None,
+        created_at: Utc::now(),
+        last_login: None,
+        extra: Default::default(),
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    let access = AccessTokens::new(&secret(), None, "flux-auth", "fluxstudio", 900);
+    let user = user();
+    let session = Uuid::now_v7();
+    let mut group = c.benchmark_group("tokens");
+    group.bench_function("issue", |b| {
+        b.iter(|| access.issue(black_box(&user), session, Utc::now()).unwrap())
+    });
+    let token = access.issue(&user, session, Utc::now()).unwrap().token;
+    group.bench_function("verify", |b| {
+        b.iter(|| access.verify(black_box(&token)).unwrap())
+    });
+    // The previous key is tried only by kid, so a rotation costs nothing per request.
+    let rotated = AccessTokens::new(
+        &secret(),
+        Some(&SecretString::from(
+            "micro-bench-previous-8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d",
+        )),
+        "flux-auth",
+        "fluxstudio",
+        900,
+    );
+    group.bench_function("verify_with_previous_key_configured", |b| {
+        b.iter(|| rotated.verify(black_box(&token)).unwrap())
+    });
+    group.finish();
+}
+
+fn fingerprint(c: &mut Criterion) {
+    let v4: IpAddr = "203.0.113.57".parse().unwrap();
+    let v6: IpAddr = "2001:db8:85a3:1:2:8a2e:370:7334".parse().unwrap();
+    let mut group = c.benchmark_group("fingerprint");
+    group.bench_function("ipv4", |b| {
+        b.iter(|| DeviceFingerprint::compute(black_box(UA), black_box("en-GB,en;q=0.9"), v4))
+    });
+    group.bench_function("ipv6", |b| {
+        b.iter(|| DeviceFingerprint::compute(black_box(UA), black_box("en-GB,en;q=0.9"), v6))
+    });
+    group.finish();
+}
+
+fn refresh_token(c: &mut Criterion) {
+    let refresh = RefreshTokens::new(&secret()).unwrap();
+    let token = refresh.generate();
+    let mut group = c.benchmark_group("refresh_token");
+    group.bench_function("successor", |b| {
+        b.iter(|| refresh.successor(black_box(&token)))
+    });
+    group.bench_function("hash", |b| b.iter(|| hash_token(black_box(&token))));
+    group.finish();
+}
+
+fn context() -> RequestContext {
+    RequestContext {
+        request_id: Uuid::new_v4().to_string(),
+        route: "/api/auth/refresh".into(),
+        method: "POST".into(),
+        client: ClientInfo::new(
+            "203.0.113.57".parse().unwrap(),
+            Some(UA.into()),
+            Some("en-GB,en;q=0.9".into()),
+        ),
+    }
+}
+
+fn refreshed(ctx: &RequestContext) -> SecurityEvent {
+    SecurityEvent::from_request(EventType::TokenRefreshed, ctx)
+        .user("0b7f4c2e-7d7a-4a86-9b43-1f0f3c1d2e5a")
+        .token(Uuid::now_v7())
+        .with("oldTokenId", Uuid::now_v7().to_string())
+        .with("tokenId", Uuid::now_v7().to_string())
+        .with("sessionId", Uuid::now_v7().to_string())
+        .with("concurrent", false)
+}
+
+fn event(c: &mut Criterion) {
+    let ctx = context();
+    let built = refreshed(&ctx);
+    let mut group = c.benchmark_group("event");
+    group.bench_function("build_token_refreshed", |b| {
+        b.iter(|| refreshed(black_box(&ctx)))
+    });
+    group.bench_function("serialize_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&built)).unwrap())
+    });
+    let bytes = serde_json::to_vec(&built).unwrap();
+    group.bench_function("deserialize_json", |b| {
+        b.iter(|| serde_json::from_slice::<SecurityEvent>(black_box(&bytes)).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tokens, fingerprint, refresh_token, event);
+criterion_main!(benches);

@@ -1,0 +1,560 @@
+//! Security-log benchmarks (BENCHMARKS.md, "Security log"). Run with
+//! `cargo bench --bench security_log`; Postgres is `BENCH_DATABASE_URL`, else
+//! `TEST_DATABASE_URL`, else postgres://postgres@127.0.0.1:5432/postgres (a scratch database is
+//! created next to it and dropped at the end). Without Postgres the database benchmarks are
+//! skipped, loudly.
+//!
+//! - `record`: the request-path cost of `SecurityLogger::record()` (async mode), with no log
+//!   subscriber and with the production JSON subscriber writing the mirror line to a sink.
+//! - `spool`: `Spool::append` of 500-event batches, each written and fdatasync'ed, on the disk
+//!   under `target/tmp` (not a tmpfs).
+//! - `postgres`: `PgSink::insert` (one `INSERT … SELECT FROM UNNEST … ON CONFLICT DO NOTHING` per
+//!   batch of 500) into the real `security_events` table with its seven indexes, and `COPY … FROM
+//!   STDIN (FORMAT csv)` of the same batches into the same table as the baseline; then both again,
+//!   interleaved batch by batch on one growing table, as the sustained comparison.
+//! - `request`: what `SECURITY_LOG_DURABILITY=sync` costs per request: `GET /api/auth/me` with a
+//!   bad token (401 + one `token_verification_failed` event), one request at a time, async vs
+//!   sync, in the same run; then both at a fixed 2,000 requests/s with p50/p99 latencies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flux_auth::app::App;
+use flux_auth::config::{Durability, Settings, StorageKind, Switch};
+use flux_auth::domain::ClientInfo;
+use flux_auth::metrics::Metrics;
+use flux_auth::security_log::event::RequestContext;
+use flux_auth::security_log::logger::Envelope;
+use flux_auth::security_log::postgres_sink::PgSink;
+use flux_auth::security_log::spool::Spool;
+use flux_auth::security_log::{EventType, PipelineStats, SecurityEvent, SecurityLogger};
+use flux_auth::store::postgres::Database;
+use secrecy::SecretString;
+use sqlx::{Connection, PgConnection};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: usize = 500;
+const UA: &str =
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A scratch folder on the real disk (`target/tmp`), so fsync costs what it costs.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An event as a login produces it: request context, user, email; ids and times fresh.
+fn sample_event(i: usize) -> SecurityEvent {
+    const TYPES: [EventType; 6] = [
+        EventType::LoginSuccess,
+        EventType::TokenGenerated,
+        EventType::LoginFailed,
+        EventType::FailedLoginAttempt,
+        EventType::TokenRefreshed,
+        EventType::TokenVerificationFailed,
+    ];
+    let ip: IpAddr = [10, 0, (i / 256 % 256) as u8, (i % 256) as u8].into();
+    let ctx = RequestContext {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        route: "/api/auth/login".into(),
+        method: "POST".into(),
+        client: ClientInfo::new(ip, Some(UA.into()), Some("en-GB,en;q=0.9".into())),
+    };
+    SecurityEvent::from_request(TYPES[i % TYPES.len()], &ctx)
+        .user(format!("user-{}", i % 1000))
+        .email(&format!("user-{}@example.com", i % 1000))
+        .token(uuid::Uuid::now_v7())
+}
+
+fn batch(start: usize) -> Vec<SecurityEvent> {
+    (start..start + BATCH).map(sample_event).collect()
+}
+
+// ---- record() ---------------------------------------------------------------------------------
+
+fn bench_record(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = scratch_dir("record");
+    let spool = Arc::new(Spool::open(&dir).unwrap());
+    let capacity = 8192;
+    let (tx, mut rx) = mpsc::channel::<Envelope>(capacity);
+    let logger = SecurityLogger::new(
+        tx,
+        spool,
+        Arc::new(PipelineStats::default()),
+        Durability::Async,
+        capacity,
+        "postgresql",
+        Metrics::default(),
+    );
+    let templates: Vec<SecurityEvent> = (0..1024).map(sample_event).collect();
+    // Times `iters` calls in chunks that fit the queue; the queue is emptied between chunks,
+    // outside the timing, as the writer would.
+    let mut run = |iters: u64| {
+        let mut total = Duration::ZERO;
+        let mut left = iters as usize;
+        while left > 0 {
+            let n = left.min(capacity / 2);
+            let events: Vec<SecurityEvent> = (0..n)
+                .map(|i| templates[i % templates.len()].clone())
+                .collect();
+            total += rt.block_on(async {
+                let started = Instant::now();
+                for event in events {
+                    logger.record(event).await;
+                }
+                started.elapsed()
+            });
+            while rx.try_recv().is_ok() {}
+            left -= n;
+        }
+        total
+    };
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("async, no log subscriber", |b| b.iter_custom(&mut run));
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        group.bench_function("async, JSON mirror line to a sink", |b| {
+            b.iter_custom(&mut run)
+        });
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- the spool --------------------------------------------------------------------------------
+
+fn bench_spool(c: &mut Criterion) {
+    let dir = scratch_dir("spool");
+    let spool = Spool::open(&dir).unwrap();
+    let events = batch(0);
+    let mut group = c.benchmark_group("spool");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("append 500 + fdatasync", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let started = Instant::now();
+                spool.append(&events).unwrap();
+                total += started.elapsed();
+                // Keep the disk footprint small: start over every 200 batches (untimed).
+                if i % 200 == 199 {
+                    spool.seal();
+                    for file in spool.all_files().unwrap() {
+                        spool.remove(&file).unwrap();
+                    }
+                }
+            }
+            total
+        })
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- Postgres ---------------------------------------------------------------------------------
+
+fn admin_url() -> String {
+    std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A scratch database with the service's migrations, dropped by `drop_database`.
+struct BenchDb {
+    name: String,
+    url: String,
+    db: Database,
+}
+
+async fn create_database() -> Option<BenchDb> {
+    let admin = admin_url();
+    let mut conn = match PgConnection::connect(&admin).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("!!! SKIPPED the Postgres benchmarks: no Postgres at {admin} ({e})");
+            return None;
+        }
+    };
+    let name = format!("flux_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db = Database::connect_lazy(&SecretString::from(url.clone()), 4, Duration::from_secs(5))
+        .unwrap();
+    db.migrate().await.unwrap();
+    Some(BenchDb { name, url, db })
+}
+
+async fn drop_database(bench: BenchDb) {
+    bench.db.pool.close().await;
+    if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            bench.name
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+const COPY_SQL: &str = "COPY security_events \
+    (id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, created_at) \
+    FROM STDIN (FORMAT csv)";
+
+fn csv_field(out: &mut String, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push('"');
+        for c in value.chars() {
+            if c == '"' {
+                out.push('"');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+}
+
+/// The batch as COPY's CSV (NULL is an unquoted empty field).
+fn to_csv(events: &[SecurityEvent]) -> String {
+    let mut out = String::with_capacity(events.len() * 700);
+    for e in events {
+        out.push_str(&e.id.to_string());
+        out.push(',');
+        out.push_str(e.event_type.as_str());
+        out.push(',');
+        out.push_str(e.severity.as_str());
+        out.push(',');
+        csv_field(&mut out, e.user_id.as_deref());
+        out.push(',');
+        if let Some(token) = e.token_id {
+            out.push_str(&token.to_string());
+        }
+        out.push(',');
+        csv_field(&mut out, e.ip_address.as_deref());
+        out.push(',');
+        csv_field(&mut out, e.user_agent.as_deref());
+        out.push(',');
+        let metadata = serde_json::Value::Object(e.metadata.clone()).to_string();
+        csv_field(&mut out, Some(&metadata));
+        out.push(',');
+        out.push_str(&e.created_at.to_rfc3339());
+        out.push('\n');
+    }
+    out
+}
+
+async fn insert_unnest(sink: &PgSink, events: &[SecurityEvent]) {
+    let refs: Vec<&SecurityEvent> = events.iter().collect();
+    let n = sink.insert(&refs).await.unwrap();
+    assert_eq!(n, events.len() as u64);
+}
+
+async fn insert_copy(db: &Database, events: &[SecurityEvent]) {
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut copy = conn.copy_in_raw(COPY_SQL).await.unwrap();
+    copy.send(to_csv(events).into_bytes()).await.unwrap();
+    let n = copy.finish().await.unwrap();
+    assert_eq!(n, events.len() as u64);
+}
+
+async fn truncate(db: &Database) {
+    sqlx::query("TRUNCATE security_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn rows(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM security_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn bench_postgres(c: &mut Criterion) {
+    let rt = runtime();
+    let Some(bench) = rt.block_on(create_database()) else {
+        return;
+    };
+    let sink = PgSink {
+        db: bench.db.clone(),
+    };
+    let mut next = 0usize;
+    let mut fresh = || {
+        next += BATCH;
+        batch(next)
+    };
+    let mut group = c.benchmark_group("postgres");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(10));
+
+    rt.block_on(truncate(&bench.db));
+    group.bench_function("PgSink::insert (UNNEST) 500", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let events = fresh();
+                total += rt.block_on(async {
+                    let started = Instant::now();
+                    insert_unnest(&sink, &events).await;
+                    started.elapsed()
+                });
+            }
+            total
+        })
+    });
+    let unnest_rows = rt.block_on(rows(&bench.db));
+
+    rt.block_on(truncate(&bench.db));
+    group.bench_function("COPY csv 500 (baseline)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let events = fresh();
+                total += rt.block_on(async {
+                    let started = Instant::now();
+                    insert_copy(&bench.db, &events).await;
+                    started.elapsed()
+                });
+            }
+            total
+        })
+    });
+    let copy_rows = rt.block_on(rows(&bench.db));
+    group.finish();
+    println!("postgres: the table held {unnest_rows} rows after UNNEST, {copy_rows} after COPY");
+
+    // Sustained and interleaved: batch by batch on one growing table, so both see the same
+    // table size, cache and background load.
+    rt.block_on(async {
+        truncate(&bench.db).await;
+        let batches = 400;
+        let (mut unnest, mut copy) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..batches {
+            let events = fresh();
+            let started = Instant::now();
+            insert_unnest(&sink, &events).await;
+            unnest += started.elapsed();
+            let events = fresh();
+            let started = Instant::now();
+            insert_copy(&bench.db, &events).await;
+            copy += started.elapsed();
+        }
+        let per_sec = |d: Duration| (batches * BATCH) as f64 / d.as_secs_f64();
+        let (u, c) = (per_sec(unnest), per_sec(copy));
+        println!(
+            "postgres sustained, interleaved, {} events each into one table of {} rows: \
+             UNNEST {u:.0} events/s, COPY {c:.0} events/s, UNNEST/COPY {:.0}%",
+            batches * BATCH,
+            rows(&bench.db).await,
+            100.0 * u / c
+        );
+    });
+    rt.block_on(drop_database(bench));
+}
+
+// ---- the request path: sync vs async ----------------------------------------------------------
+
+/// flux-auth on a loopback port, on a runtime of its own, with its events in `events_url`.
+struct Served {
+    base: String,
+    stop: CancellationToken,
+    runtime: Runtime,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn serve(events_url: &str, durability: Durability) -> Served {
+    let runtime = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let settings = Settings {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        jwt_secret: Some(SecretString::from(
+            "bench-secret-5f0c1f2e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+        )),
+        data_dir: dir.path().join("data"),
+        storage: Some(StorageKind::File),
+        security_log_database_url: Some(SecretString::from(events_url.to_owned())),
+        security_log_durability: durability,
+        rate_limits: Switch::Off,
+        ..Settings::default()
+    };
+    let stop = CancellationToken::new();
+    let (base, handle) = runtime.block_on(async {
+        let app = App::build(settings).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let ready = app.state().security_db.clone().unwrap();
+        while !ready.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+        (base, handle)
+    });
+    Served {
+        base,
+        stop,
+        runtime,
+        handle,
+        _dir: dir,
+    }
+}
+
+impl Served {
+    fn shutdown(self) {
+        self.stop.cancel();
+        self.runtime.block_on(self.handle).unwrap().unwrap();
+    }
+}
+
+async fn bad_token_me(client: &reqwest::Client, base: &str) {
+    let response = client
+        .get(format!("{base}/api/auth/me"))
+        .header("user-agent", UA)
+        .bearer_auth("not-a.real.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let _ = response.bytes().await.unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Requests at a fixed rate for `duration`, each timed from when it was due (so a stall counts
+/// against every request it delays); returns the sorted latencies.
+async fn paced(
+    client: &reqwest::Client,
+    base: &str,
+    rate: u32,
+    duration: Duration,
+) -> Vec<Duration> {
+    let interval = Duration::from_secs(1) / rate;
+    let total = (duration.as_secs_f64() * f64::from(rate)) as u32;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval * i;
+        tokio::time::sleep_until(due).await;
+        let (client, base) = (client.clone(), base.to_owned());
+        tasks.push(tokio::spawn(async move {
+            bad_token_me(&client, &base).await;
+            due.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await.unwrap());
+    }
+    latencies.sort();
+    latencies
+}
+
+fn bench_request(c: &mut Criterion) {
+    let rt = runtime();
+    let Some(bench) = rt.block_on(create_database()) else {
+        return;
+    };
+    let servers = [
+        ("async", serve(&bench.url, Durability::Async)),
+        ("sync", serve(&bench.url, Durability::Sync)),
+    ];
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(1));
+    for (label, server) in &servers {
+        group.bench_function(format!("GET /me bad token, {label}, one at a time"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        bad_token_me(&client, &server.base).await;
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+
+    // Open loop at 2,000 requests/s, 10 s each, alternating twice so drift hits both.
+    let rate = 2000;
+    let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
+    for round in 0..2 {
+        for (label, server) in &servers {
+            let latencies = rt.block_on(paced(&client, &server.base, rate, Duration::from_secs(5)));
+            println!(
+                "request: {rate}/s GET /me bad token, {label} (round {}): n {} p50 {:?} p99 {:?} p99.9 {:?} max {:?}",
+                round + 1,
+                latencies.len(),
+                percentile(&latencies, 0.50),
+                percentile(&latencies, 0.99),
+                percentile(&latencies, 0.999),
+                latencies.last().unwrap(),
+            );
+            results.push((label, latencies));
+        }
+    }
+    for label in ["async", "sync"] {
+        let mut all: Vec<Duration> = results
+            .iter()
+            .filter(|(l, _)| *l == label)
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        all.sort();
+        println!(
+            "request: {rate}/s GET /me bad token, {label}, both rounds: p50 {:?} p99 {:?} p99.9 {:?}",
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
+            percentile(&all, 0.999),
+        );
+    }
+    for (_, server) in servers {
+        server.shutdown();
+    }
+    rt.block_on(drop_database(bench));
+}
+
+criterion_group!(
+    benches,
+    bench_record,
+    bench_spool,
+    bench_postgres,
+    bench_request
+);
+criterion_main!(benches);

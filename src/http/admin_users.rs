@@ -1,0 +1,166 @@
+//! Admin routes on another user's account (the dashboard's user view): find a user with their
+//! live sessions, revoke one session or all of them.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::bodies::{AdminErrors, MessageBody, Unavailable};
+use super::extract::AdminUser;
+use crate::app::AppState;
+use crate::domain::{UserView, format_timestamp};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::security_log::event::RequestContext;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// A user id, or an email address.
+    pub query: Option<String>,
+}
+
+/// The body of a search (for the OpenAPI document; the handler builds it with `json!`).
+#[derive(utoipa::ToSchema)]
+pub struct FoundUser {
+    pub success: bool,
+    pub user: UserView,
+    pub sessions: Vec<AdminSessionView>,
+}
+
+/// A live session of the user, as an admin sees it.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct AdminSessionView {
+    pub id: Uuid,
+    pub device_name: String,
+    pub ip_address: String,
+    pub user_agent: Option<String>,
+    pub created_at: String,
+    pub last_used_at: String,
+    /// The earlier of the absolute end and the idle end (last use plus the idle lifetime).
+    pub expires_at: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct RevokedAll {
+    pub success: bool,
+    #[schema(example = "All sessions revoked")]
+    pub message: String,
+    /// Sessions that were live and are now ended.
+    pub sessions_revoked: u64,
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "USER_NOT_FOUND",
+        message: "No user with that id or email",
+    }
+}
+
+/// `GET /api/admin/security/users?query=<email or id>`: `{user, sessions:[...]}`.
+#[utoipa::path(get, path = "/api/admin/security/users", tag = "admin", security(("bearer" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "The user and their live sessions", body = FoundUser),
+        (status = 400, description = "`VALIDATION_ERROR`: no query", body = ErrorBody),
+        (status = 404, description = "`USER_NOT_FOUND`: no user with that id or email", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
+pub async fn search(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<SearchQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let query = q.query.unwrap_or_default();
+    if query.trim().is_empty() || query.len() > 300 {
+        return Err(ApiError::Validation {
+            field: "query",
+            message: "query must be a user id or an email address".into(),
+        });
+    }
+    let (user, sessions) = state
+        .auth
+        .find_user_for_admin(&query)
+        .await?
+        .ok_or_else(user_not_found)?;
+    let idle = state.auth.policy.idle_ttl;
+    let sessions: Vec<_> = sessions
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "deviceName": s.device_name,
+                "ipAddress": s.ip_address,
+                "userAgent": s.user_agent,
+                "createdAt": format_timestamp(s.created_at),
+                "lastUsedAt": format_timestamp(s.last_used_at),
+                "expiresAt": format_timestamp(s.expires_at.min(s.last_used_at + idle)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "success": true,
+        "user": UserView::from(&user),
+        "sessions": sessions,
+    })))
+}
+
+/// `DELETE /api/admin/security/users/{id}/sessions/{sid}`: recorded as `token_revoked` about the
+/// user, with `by: admin` and the admin's id.
+#[utoipa::path(delete, path = "/api/admin/security/users/{id}/sessions/{sid}", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id"),
+        ("sid" = String, Path, description = "One of the user's live sessions")),
+    responses(
+        (status = 200, description = "The session is revoked", body = MessageBody),
+        (status = 404, description = "`SESSION_NOT_FOUND`: not a live session of that user", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AdminUser(admin): AdminUser,
+    Path((user_id, session_id)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let session_id = Uuid::parse_str(&session_id).map_err(|_| ApiError::NotFound {
+        code: "SESSION_NOT_FOUND",
+        message: "Session not found",
+    })?;
+    state
+        .auth
+        .admin_revoke_session(&admin, &user_id, session_id, &ctx)
+        .await?;
+    Ok(Json(
+        json!({ "success": true, "message": "Session revoked" }),
+    ))
+}
+
+/// `DELETE /api/admin/security/users/{id}/sessions`: recorded as `mass_token_revocation` about the
+/// user, with `by: admin` and the admin's id.
+#[utoipa::path(delete, path = "/api/admin/security/users/{id}/sessions", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id")),
+    responses(
+        (status = 200, description = "Every session of the user is revoked", body = RevokedAll),
+        (status = 404, description = "`USER_NOT_FOUND`: no such user", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
+pub async fn revoke_all(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AdminUser(admin): AdminUser,
+    Path(user_id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let revoked = state
+        .auth
+        .admin_revoke_all_sessions(&admin, &user_id, &ctx)
+        .await?
+        .ok_or_else(user_not_found)?;
+    Ok(Json(
+        json!({ "success": true, "message": "All sessions revoked", "sessionsRevoked": revoked }),
+    ))
+}

@@ -1,0 +1,917 @@
+//! Operability (issue 6): `/metrics` as Prometheus scrapes it, the JSON request log and what it
+//! must never contain, request ids, `/openapi.json` against the router and against the bodies
+//! the service sends, and systemd's readiness protocol on the real binary. (`flux-auth
+//! healthcheck` is covered in `ops.rs`.)
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flux-auth");
+/// Upper bound for anything these tests wait on, so a broken binary fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ---- Prometheus / OpenMetrics text ---------------------------------------------------------------
+
+/// One sample line: `name{label="value",...} value`.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `label="value",...}` (after the `{`): the labels, and the rest of the line after the `}`.
+fn parse_labels(mut rest: &str, line: &str) -> (BTreeMap<String, String>, String) {
+    let mut labels = BTreeMap::new();
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return (labels, after.to_owned());
+        }
+        let (name, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("label without =\" in {line:?}"));
+        assert!(is_label_name(name), "label name {name:?} in {line:?}");
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    other => panic!("bad escape {other:?} in {line:?}"),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value in {line:?}"),
+            }
+        };
+        assert!(
+            labels.insert(name.to_owned(), value).is_none(),
+            "label {name} twice in {line:?}"
+        );
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
+/// Parses an exposition, asserting its syntax: `# HELP`/`# TYPE`/`# UNIT` comments, `# EOF` last
+/// (OpenMetrics), and every other line `name{labels} value`, optionally with a timestamp.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.pop(), Some("# EOF"), "OpenMetrics ends with # EOF");
+    let mut samples = Vec::new();
+    for line in lines {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let kind = words.next().unwrap_or_default();
+            let name = words.next().unwrap_or_default();
+            assert!(
+                matches!(kind, "HELP" | "TYPE" | "UNIT") && is_metric_name(name),
+                "bad comment line {line:?}"
+            );
+            if kind == "TYPE" {
+                let metric_type = words.next().unwrap_or_default();
+                assert!(
+                    matches!(
+                        metric_type,
+                        "counter"
+                            | "gauge"
+                            | "histogram"
+                            | "summary"
+                            | "info"
+                            | "stateset"
+                            | "gaugehistogram"
+                            | "unknown"
+                    ),
+                    "bad type in {line:?}"
+                );
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        assert!(is_metric_name(name), "bad metric name in {line:?}");
+        let (labels, rest) = match line[name_end..].strip_prefix('{') {
+            Some(inner) => parse_labels(inner, line),
+            None => (BTreeMap::new(), line[name_end..].to_owned()),
+        };
+        let mut fields = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no space before the value in {line:?}"))
+            .split(' ');
+        let value = fields.next().unwrap_or_default();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            other => other
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value {other:?} in {line:?}")),
+        };
+        if let Some(timestamp) = fields.next() {
+            assert!(
+                timestamp.parse::<f64>().is_ok(),
+                "bad timestamp in {line:?}"
+            );
+        }
+        assert!(fields.next().is_none(), "trailing text in {line:?}");
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels include `labels`; 0 when there is none yet (a
+/// labelled counter appears at its first increment).
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert!(matching.len() <= 1, "{name}{labels:?} is ambiguous");
+    matching.first().map_or(0.0, |s| s.value)
+}
+
+async fn scrape(client: &Client, url: &str) -> Vec<Sample> {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    parse_exposition(&response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn metrics_parse_as_openmetrics_text_and_count_the_requests_sent() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let metrics = app.url("/metrics");
+    let before = scrape(&app.client, &metrics).await;
+    for name in [
+        "flux_auth_process_uptime_seconds",
+        "flux_auth_process_resident_memory_bytes",
+        "flux_auth_security_log_queue_depth",
+        "flux_auth_password_hashes_in_flight",
+    ] {
+        assert!(before.iter().any(|s| s.name == name), "{name} missing");
+    }
+
+    // Three logins for an email nobody has: 401s, `login_failed` events, failed-login outcomes.
+    let email = unique_email();
+    for _ in 0..3 {
+        let response = app.login(&email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let after = scrape(&app.client, &metrics).await;
+
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let login = [
+        ("route", "/api/auth/login"),
+        ("method", "POST"),
+        ("status", "401"),
+    ];
+    assert_eq!(moved("flux_auth_http_requests_total", &login), 3.0);
+    assert_eq!(
+        moved(
+            "flux_auth_http_request_duration_seconds_count",
+            &[("route", "/api/auth/login"), ("method", "POST")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        moved(
+            "flux_auth_security_events_total",
+            &[("event_type", "login_failed"), ("severity", "warning")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        moved(
+            "flux_auth_auth_outcomes_total",
+            &[("outcome", "login_failure")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        moved(
+            "flux_auth_auth_outcomes_total",
+            &[("outcome", "login_success")]
+        ),
+        0.0
+    );
+    // The first scrape is itself a request, counted by the time the second one is answered.
+    assert_eq!(
+        moved(
+            "flux_auth_http_requests_total",
+            &[("route", "/metrics"), ("method", "GET"), ("status", "200")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn with_metrics_addr_metrics_leave_the_api_port_for_their_own_listener() {
+    let metrics_port = free_port();
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| s.metrics_addr = Some(([127, 0, 0, 1], metrics_port).into()))
+        .spawn()
+        .await;
+
+    let on_api = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_error(on_api, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+
+    let listener = format!("http://127.0.0.1:{metrics_port}");
+    let samples = scrape(&app.client, &format!("{listener}/metrics")).await;
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "flux_auth_process_uptime_seconds"),
+        "the metrics listener serves the registry"
+    );
+    // The metrics listener serves metrics only, not the API.
+    let api_there = app
+        .client
+        .get(format!("{listener}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api_there.status(), StatusCode::NOT_FOUND);
+}
+
+// ---- the binary: JSON logs, request ids, sd_notify -----------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A strong secret of 40 random characters, new for each run.
+fn random_secret() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect()
+}
+
+/// `flux-auth` serving as pm2 or systemd runs it: the bare binary, nothing inherited, JSON logs
+/// to files in its own folder (also its working directory and data folder).
+struct Instance {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Instance {
+    async fn start(extra_env: &[(&str, &str)]) -> Instance {
+        let instance = Self::spawn(extra_env);
+        instance.wait_until_live().await;
+        instance
+    }
+
+    fn spawn(extra_env: &[(&str, &str)]) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("CONFIG_FILE", "/dev/null")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("JWT_SECRET", random_secret())
+            .env("DATA_DIR", dir.path().join("data"))
+            .env("LOG_FORMAT", "json")
+            .envs(extra_env.iter().copied())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .kill_on_drop(true);
+        let child = command.spawn().expect("spawn flux-auth");
+        Instance { child, port, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- stdout\n{}--- stderr\n{}",
+            self.read("stdout.log"),
+            self.read("stderr.log")
+        )
+    }
+
+    /// Polls `/health/live` until it answers 200; fails at once if the process exits.
+    async fn wait_until_live(&self) {
+        let client = Client::new();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = client.get(self.url("/health/live")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flux-auth never became live\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, as systemd and Docker stop it; returns the exit code.
+    async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("still running").to_string();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success());
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit after SIGTERM\n{}", self.logs()))
+            .unwrap();
+        status.code()
+    }
+}
+
+/// A request id the service generated: a UUID.
+fn assert_generated_id(id: &str, sent: &str) {
+    assert_ne!(id, sent, "a malformed X-Request-Id is replaced");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id:?} is not a UUID");
+}
+
+fn request_id(response: &reqwest::Response) -> String {
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_request_ids_and_never_credentials() {
+    let mut instance = Instance::start(&[]).await;
+    let client = Client::new();
+    let canary_token = format!("canary-token-{}", uuid::Uuid::new_v4().simple());
+    let canary_cookie = format!("canary-cookie-{}", uuid::Uuid::new_v4().simple());
+    let canary_password = format!("canary password {}", uuid::Uuid::new_v4().simple());
+
+    // A well-formed id is echoed, in the header and the error body, and carries into the log.
+    let sent_id = format!("ops-check-{}", uuid::Uuid::new_v4().simple());
+    let me = client
+        .get(instance.url("/api/auth/me"))
+        .header("x-request-id", &sent_id)
+        .header("authorization", format!("Bearer {canary_token}"))
+        .header("cookie", format!("session={canary_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(request_id(&me), sent_id);
+    let body = assert_error(me, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_eq!(body["requestId"], sent_id.as_str());
+
+    // No id: one is generated and returned.
+    let login = client
+        .post(instance.url("/api/auth/login"))
+        .header("cookie", format!("session={canary_cookie}"))
+        .json(&json!({ "email": unique_email(), "password": canary_password }))
+        .send()
+        .await
+        .unwrap();
+    let login_id = request_id(&login);
+    assert_generated_id(&login_id, "");
+    let body = assert_error(login, StatusCode::UNAUTHORIZED, "AUTH_INVALID_CREDENTIALS").await;
+    assert_eq!(body["requestId"], login_id.as_str());
+
+    // Malformed ids (spaces; 200 characters) are replaced, not echoed.
+    let mut replaced = Vec::new();
+    for bad in ["has spaces in it".to_owned(), "a".repeat(200)] {
+        let response = client
+            .get(instance.url("/health/live"))
+            .header("x-request-id", &bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = request_id(&response);
+        assert_generated_id(&id, &bad);
+        replaced.push((bad, id));
+    }
+
+    assert_eq!(instance.terminate().await, Some(0), "{}", instance.logs());
+    let stdout = instance.read("stdout.log");
+    let stderr = instance.read("stderr.log");
+
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON value ({e}): {line:?}"));
+        assert!(value.is_object(), "not a JSON object: {line:?}");
+        lines.push(value);
+    }
+    assert!(lines.len() >= 5, "too few log lines:\n{stdout}");
+
+    // The request line: id, route, method, status, latency, client IP.
+    let request_line = |id: &str| -> &Value {
+        lines
+            .iter()
+            .find(|l| l["message"] == "request" && l["span"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no request line for {id}:\n{stdout}"))
+    };
+    let line = request_line(&sent_id);
+    assert_eq!(line["span"]["route"], "/api/auth/me", "{line}");
+    assert_eq!(line["span"]["method"], "GET", "{line}");
+    assert_eq!(line["status"], 401, "{line}");
+    assert_eq!(line["span"]["client_ip"], "127.0.0.1", "{line}");
+    assert!(line["latency_ms"].is_number(), "{line}");
+    assert!(
+        line["timestamp"].is_string() && line["level"] == "INFO",
+        "{line}"
+    );
+    assert_eq!(request_line(&login_id)["span"]["route"], "/api/auth/login");
+    for (bad, id) in &replaced {
+        request_line(id);
+        assert!(
+            !stdout.contains(bad.as_str()),
+            "the malformed id was logged"
+        );
+    }
+    // The login's security event is mirrored in the log inside the request's span.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event_type"] == "login_failed"
+                && l["span"]["request_id"] == login_id.as_str()),
+        "{stdout}"
+    );
+
+    for (what, canary) in [
+        ("Authorization token", &canary_token),
+        ("cookie", &canary_cookie),
+        ("password", &canary_password),
+    ] {
+        assert!(!stdout.contains(canary.as_str()), "the {what} is in stdout");
+        assert!(!stderr.contains(canary.as_str()), "the {what} is in stderr");
+    }
+}
+
+/// Receives one notification (bounded by `PATIENCE`).
+async fn notification(socket: &tokio::net::UnixDatagram, instance: &Instance) -> String {
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, socket.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no sd_notify message\n{}", instance.logs()))
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn under_notify_socket_it_sends_ready_then_stopping_on_sigterm_and_exits_0() {
+    let sockets = tempfile::tempdir().unwrap();
+    let path: PathBuf = sockets.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let mut instance = Instance::spawn(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+
+    assert_eq!(notification(&socket, &instance).await, "READY=1");
+    // READY means serving: no polling needed.
+    let live = Client::new()
+        .get(instance.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+
+    let pid = instance.child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(notification(&socket, &instance).await, "STOPPING=1");
+    let status = tokio::time::timeout(PATIENCE, instance.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("no exit after SIGTERM\n{}", instance.logs()))
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", instance.logs());
+}
+
+// ---- /openapi.json -------------------------------------------------------------------------------
+
+async fn openapi(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("/openapi.json is not JSON: {e}"))
+}
+
+/// Every `$ref` in `value`.
+fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                found.push(r);
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routes_the_router_serves() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let doc = openapi(&app).await;
+    let version = doc["openapi"].as_str().unwrap();
+    assert!(version.starts_with("3.1."), "{version}");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+
+    let served: BTreeSet<(String, String)> = flux_auth::http::routes()
+        .iter()
+        .map(|r| (r.path.to_owned(), r.method.as_str().to_ascii_lowercase()))
+        .collect();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| !matches!(k.as_str(), "parameters" | "summary" | "description"))
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+
+    let mut operation_ids = HashSet::new();
+    for (path, method) in &documented {
+        let operation = &doc["paths"][path][method];
+        let id = operation["operationId"].as_str().unwrap();
+        assert!(operation_ids.insert(id), "operationId {id} twice");
+        let responses = operation["responses"].as_object().unwrap();
+        // (Apple sign-in is the one route that only ever answers 501, as the old service did.)
+        assert!(
+            responses
+                .keys()
+                .any(|s| s.starts_with('2') || s.starts_with('3') || s == "501"),
+            "{method} {path} documents no answer but errors"
+        );
+        // Every error is documented with the Error shape, and says which codes it carries.
+        for (status, response) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+                assert!(
+                    response["description"].as_str().unwrap().contains('`'),
+                    "{method} {path} {status} names no code"
+                );
+            }
+        }
+        // Each path parameter is declared.
+        for name in path.split('{').skip(1).filter_map(|s| s.split_once('}')) {
+            let declared = operation["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == name.0 && p["in"] == "path"));
+            assert!(declared, "{method} {path}: {{{}}} undeclared", name.0);
+        }
+    }
+
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    for r in found {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external $ref {r}"));
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+// ---- documented schemas against real bodies ----
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, doc.pointer(r.trim_start_matches('#')).unwrap()),
+        None => schema,
+    }
+}
+
+/// The properties and required keys of an object schema, `allOf` parts (serde's `flatten`)
+/// merged; `None` for a schema that says nothing about properties.
+fn object_shape(
+    doc: &Value,
+    schema: &Value,
+) -> Option<(BTreeMap<String, Value>, BTreeSet<String>)> {
+    let schema = resolve(doc, schema);
+    let mut properties = BTreeMap::new();
+    let mut required = BTreeSet::new();
+    let mut any = false;
+    if let Some(own) = schema["properties"].as_object() {
+        any = true;
+        properties.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(own) = schema["required"].as_array() {
+        required.extend(own.iter().map(|k| k.as_str().unwrap().to_owned()));
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        if let Some((p, r)) = object_shape(doc, part) {
+            any = true;
+            properties.extend(p);
+            required.extend(r);
+        }
+    }
+    any.then_some((properties, required))
+}
+
+fn has_type(value: &Value, ty: &str) -> bool {
+    match ty {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        other => panic!("unknown type {other}"),
+    }
+}
+
+/// Whether `value` is what `schema` documents: types, enums, every key documented, every
+/// required key present, recursively.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            return if options.iter().any(|s| conforms(doc, s, value, at).is_ok()) {
+                Ok(())
+            } else {
+                Err(format!("{at}: {value} matches none of its {key}"))
+            };
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.iter().any(|t| has_type(value, t)) {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !value.is_null()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let Value::Object(fields) = value {
+        let extra = &schema["additionalProperties"];
+        if let Some((properties, required)) = object_shape(doc, schema) {
+            for key in &required {
+                if !fields.contains_key(key) {
+                    return Err(format!("{at}: required key {key} missing"));
+                }
+            }
+            for (key, field) in fields {
+                match properties.get(key) {
+                    Some(s) => conforms(doc, s, field, &format!("{at}.{key}"))?,
+                    None if extra.is_object() => {
+                        conforms(doc, extra, field, &format!("{at}.{key}"))?
+                    }
+                    None => return Err(format!("{at}: key {key} is not documented")),
+                }
+            }
+        } else if extra.is_object() {
+            for (key, field) in fields {
+                conforms(doc, extra, field, &format!("{at}.{key}"))?;
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item)) = (value, schema.get("items")) {
+        for (i, element) in items.iter().enumerate() {
+            conforms(doc, item, element, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Asserts that `response` has a status documented for `method path` and a body its schema
+/// describes; returns the body.
+async fn assert_documented(
+    doc: &Value,
+    method: &str,
+    path: &str,
+    response: reqwest::Response,
+) -> Value {
+    let status = response.status().as_u16().to_string();
+    let body: Value = response.json().await.unwrap();
+    let documented = &doc["paths"][path][method]["responses"][&status];
+    assert!(
+        documented.is_object(),
+        "{method} {path} answered {status}, which is not documented: {body}"
+    );
+    let schema = &documented["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status} documents no JSON body"
+    );
+    if let Err(why) = conforms(doc, schema, &body, &format!("{method} {path} {status}")) {
+        panic!("{why}\nbody: {body}");
+    }
+    body
+}
+
+#[tokio::test]
+async fn openapi_schemas_match_the_bodies_the_service_sends() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let doc = openapi(&app).await;
+    let email = unique_email();
+
+    let signup = assert_documented(
+        &doc,
+        "post",
+        "/api/auth/signup",
+        app.signup(&email, PASSWORD, "Schema Check").await,
+    )
+    .await;
+    // At least the top-level keys, spelled out: what the frontends read.
+    let keys: BTreeSet<&str> = signup
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let (documented, _) =
+        object_shape(&doc, &doc["components"]["schemas"]["AuthResponse"]).unwrap();
+    let documented: BTreeSet<&str> = documented.keys().map(String::as_str).collect();
+    let google_only: BTreeSet<&str> = ["isNewUser"].into();
+    assert_eq!(keys, &documented - &google_only);
+    // The check itself catches a key the document lacks and a required key the body lacks.
+    let schema = &doc["paths"]["/api/auth/signup"]["post"]["responses"]["201"]["content"]["application/json"]
+        ["schema"];
+    let mut extra = signup.clone();
+    extra["surprise"] = json!(true);
+    assert!(conforms(&doc, schema, &extra, "extra").is_err());
+    let mut missing = signup.clone();
+    missing["user"].as_object_mut().unwrap().remove("email");
+    assert!(conforms(&doc, schema, &missing, "missing").is_err());
+
+    let login = assert_documented(
+        &doc,
+        "post",
+        "/api/auth/login",
+        app.login(&email, PASSWORD).await,
+    )
+    .await;
+    let token = login["accessToken"].as_str().unwrap().to_owned();
+    assert_documented(&doc, "get", "/api/auth/me", app.me(&token).await).await;
+    let refresh_token = login["refreshToken"].as_str().unwrap();
+    let refreshed = assert_documented(
+        &doc,
+        "post",
+        "/api/auth/refresh",
+        app.refresh(refresh_token).await,
+    )
+    .await;
+    let token = refreshed["accessToken"].as_str().unwrap().to_owned();
+    assert_documented(
+        &doc,
+        "get",
+        "/api/auth/token-info",
+        app.get_auth("/api/auth/token-info", &token).await,
+    )
+    .await;
+    assert_documented(
+        &doc,
+        "get",
+        "/api/auth/sessions",
+        app.get_auth("/api/auth/sessions", &token).await,
+    )
+    .await;
+    // The events of this user (signup, login, refresh) are written within milliseconds.
+    app.events_of("token_refreshed").await;
+    let own = assert_documented(
+        &doc,
+        "get",
+        "/api/auth/security-events",
+        app.get_auth("/api/auth/security-events", &token).await,
+    )
+    .await;
+    assert!(!own["events"].as_array().unwrap().is_empty(), "{own}");
+
+    for path in [
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/api/csrf-token",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_documented(&doc, "get", path, response).await;
+    }
+
+    // Errors: the Error shape, with the statuses each route documents.
+    assert_documented(
+        &doc,
+        "post",
+        "/api/auth/signup",
+        app.signup(&email, PASSWORD, "Again").await,
+    )
+    .await;
+    assert_documented(
+        &doc,
+        "post",
+        "/api/auth/login",
+        app.login(&email, "not the password").await,
+    )
+    .await;
+    assert_documented(&doc, "get", "/api/auth/me", app.me("not-a-token").await).await;
+    let wrong_type = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_documented(&doc, "post", "/api/auth/login", wrong_type).await;
+
+    assert_documented(
+        &doc,
+        "post",
+        "/api/auth/logout-all",
+        app.post_json_auth("/api/auth/logout-all", &token, &json!({}))
+            .await,
+    )
+    .await;
+    assert_documented(&doc, "post", "/api/auth/logout", app.logout(&token).await).await;
+}
