@@ -629,6 +629,27 @@ async fn scenario(app: TestApp, c: Client, link: Forwarder) {
     )
     .await;
 
+    // The last day, hour by hour from the stats API; then back to the last hour.
+    css(&c, "#range-day").await.click().await.unwrap();
+    wait_js(
+        &c,
+        "the day chart is drawn",
+        PATIENCE,
+        "return document.getElementById('charts-note').textContent.includes('last day')
+            && document.querySelector('#chart-rate svg rect.bar') !== null",
+        vec![],
+    )
+    .await;
+    css(&c, "#range-hour").await.click().await.unwrap();
+    wait_js(
+        &c,
+        "the hour chart is drawn again",
+        PATIENCE,
+        "return document.getElementById('charts-note').textContent.includes('last hour')",
+        vec![],
+    )
+    .await;
+
     // The main view, for review, with a lock listed and the user open.
     let key = format!("account:{locked_email}");
     wait_js(

@@ -736,7 +736,7 @@ async fn sigterm_under_load_exits_0_in_time_and_loses_nothing() {
         .find(|l| l["message"] == "flux-auth stopped")
         .map(|l| l["drain_ms"].clone());
     eprintln!(
-        "SIGTERM under load: exit {status} {took:?} after the signal (drain_ms {drain_ms:?}), {} requests answered",
+        "SIGTERM under load: {status} {took:?} after the signal (drain_ms {drain_ms:?}), {} requests answered",
         answers.len()
     );
     assert_eq!(status.code(), Some(0), "{}", service.logs());

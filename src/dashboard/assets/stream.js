@@ -19,18 +19,19 @@ export class EventStream {
     this.lastId = null;
     this.seen = new Set();
     this.controller = null;
-    this.stopped = true;
+    /** Bumped by every start and stop: a loop from an earlier start sees it and ends. */
+    this.generation = 0;
   }
 
   /** Starts after `lastId` (the newest event already shown), or live-only when null. */
   start(lastId) {
+    this.stop();
     this.lastId = lastId;
-    this.stopped = false;
-    this.run();
+    this.run(this.generation);
   }
 
   stop() {
-    this.stopped = true;
+    this.generation += 1;
     if (this.controller) this.controller.abort();
     this.onState("stopped");
   }
@@ -40,39 +41,41 @@ export class EventStream {
     this.seen.add(id);
   }
 
-  async run() {
+  async run(generation) {
+    const stopped = () => generation !== this.generation;
     let backoff = 500;
-    while (!this.stopped) {
+    while (!stopped()) {
       this.onState(this.lastId ? "reconnecting" : "connecting");
       try {
-        await this.connectOnce(() => {
+        await this.connectOnce(generation, () => {
           backoff = 500;
           this.onState("live");
         });
       } catch (error) {
-        if (this.stopped) return;
+        if (stopped()) return;
         if (error && error.status === 403) {
           this.session.onForbidden();
           return;
         }
       }
-      if (this.stopped) return;
+      if (stopped()) return;
       this.onState("reconnecting");
       await new Promise((resolve) => setTimeout(resolve, backoff));
       backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
     }
   }
 
-  async connectOnce(onOpen) {
+  async connectOnce(generation, onOpen) {
     if (!this.session.signedIn) throw new Error("signed out");
-    this.controller = new AbortController();
+    const controller = new AbortController();
+    this.controller = controller;
     const headers = this.session.authHeaders({ Accept: "text/event-stream" });
     if (this.lastId) headers["Last-Event-ID"] = this.lastId;
     const response = await fetch(STREAM, {
       headers,
       cache: "no-store",
       credentials: "omit",
-      signal: this.controller.signal,
+      signal: controller.signal,
     });
     if (response.status === 401) {
       await this.session.refresh();
@@ -85,7 +88,9 @@ export class EventStream {
     }
     onOpen();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    const parser = new SseParser((message) => this.deliver(message));
+    const parser = new SseParser((message) => {
+      if (generation === this.generation) this.deliver(message);
+    });
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
