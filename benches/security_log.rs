@@ -5,9 +5,10 @@
 //! skipped, loudly.
 //!
 //! - `record`: the request-path cost of `SecurityLogger::record()` (async mode), with no log
-//!   subscriber and with the production JSON subscriber writing the mirror line to a sink.
+//!   subscriber and with the production JSON subscriber installed (writing to a sink); and the
+//!   cost of the event's JSON log line itself, which the writer task pays.
 //! - `spool`: `Spool::append` of 500-event batches, each written and fdatasync'ed, on the disk
-//!   under `target/tmp` (not a tmpfs).
+//!   under `target/tmp` (not a tmpfs); and the JSON serialisation of a batch alone.
 //! - `postgres`: `PgSink::insert` (one `INSERT … SELECT FROM UNNEST … ON CONFLICT DO NOTHING` per
 //!   batch of 500) into the real `security_events` table with its seven indexes, and `COPY … FROM
 //!   STDIN (FORMAT csv)` of the same batches into the same table as the baseline; then both again,
@@ -138,12 +139,36 @@ fn bench_record(c: &mut Criterion) {
         .with_writer(std::io::sink)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        group.bench_function("async, JSON mirror line to a sink", |b| {
+        group.bench_function("async, JSON log subscriber installed", |b| {
             b.iter_custom(&mut run)
+        });
+        // What the writer pays per event for the log-line mirror (the same `tracing::info!`
+        // with the same fields as `logger::mirror`, which is private).
+        group.bench_function("the event's JSON log line (writer side)", |b| {
+            let event = sample_event(0);
+            b.iter(|| mirror_line(&event))
         });
     });
     group.finish();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same line as `flux_auth::security_log::logger::mirror` writes.
+fn mirror_line(event: &SecurityEvent) {
+    let metadata = serde_json::Value::Object(event.metadata.clone());
+    tracing::info!(
+        target: "security",
+        event_id = %event.id,
+        created_at = %flux_auth::domain::format_timestamp(event.created_at),
+        event_type = event.event_type.as_str(),
+        severity = event.severity.as_str(),
+        user_id = event.user_id.as_deref(),
+        token_id = event.token_id.map(|t| t.to_string()),
+        ip = event.ip_address.as_deref(),
+        user_agent = event.user_agent.as_deref(),
+        metadata = %metadata,
+        "security event"
+    );
 }
 
 // ---- the spool --------------------------------------------------------------------------------
@@ -154,6 +179,24 @@ fn bench_spool(c: &mut Criterion) {
     let events = batch(0);
     let mut group = c.benchmark_group("spool");
     group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("serialise 500 to JSON lines (no I/O)", |b| {
+        b.iter(|| {
+            let mut buf = Vec::with_capacity(BATCH * 1024);
+            for event in &events {
+                serde_json::to_writer(&mut buf, event).unwrap();
+                buf.push(b'\n');
+            }
+            buf
+        })
+    });
+    let line_bytes: usize = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len() + 1)
+        .sum();
+    println!(
+        "spool: a batch of {BATCH} is {line_bytes} bytes ({} per event)",
+        line_bytes / BATCH
+    );
     group.bench_function("append 500 + fdatasync", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod events;
+
 use crate::app::App;
 use crate::config::{Settings, StorageKind};
 use crate::domain::{Email, UserType};
@@ -57,6 +59,11 @@ pub enum Command {
     },
     /// Delete sessions that ended long ago and security events past their retention, once.
     Cleanup,
+    /// Read the security log: tail, export, stats, or replay a spool folder.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Exit 0 if a flux-auth instance answers on its port (for Docker HEALTHCHECK), else 1.
     Healthcheck {
         /// Port to check; defaults to PORT from the configuration.
@@ -86,6 +93,7 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
         }
         Command::ImportUsers { file } => import_users(&settings, &file).await,
         Command::Cleanup => cleanup(settings).await,
+        Command::Events { command } => events::run(&settings, command).await,
         Command::Users {
             command: UsersCommand::SetType { email, user_type },
         } => set_type(&settings, &email, &user_type).await,

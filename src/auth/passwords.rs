@@ -3,7 +3,9 @@
 //! Each worker owns one argon2 memory buffer (m KiB) and reuses it for every hash, so peak memory
 //! is workers × m no matter how many logins arrive: a naive `spawn_blocking` per hash lets the
 //! allocator keep a freed 19 MiB block per blocking thread and grows to gigabytes under a flood.
-//! Requests wait their turn on a bounded queue. Legacy bcrypt hashes from the old service verify
+//! A worker allocates its buffer at its first hash, not at start, so an instance that has not
+//! hashed yet holds none of it (idle RSS, BENCHMARKS.md). Requests wait their turn on a bounded
+//! queue. Legacy bcrypt hashes from the old service verify
 //! here too (the candidate trimmed and HTML-escaped as the old service did before hashing).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,17 +154,21 @@ impl PasswordHasher {
         Ok(if real { verdict } else { Verification::Invalid })
     }
 
-    /// Computes the dummy hash now, so the first login for an unknown email takes no longer
-    /// than any other (a lazily built dummy would make that first answer measurably slower).
+    /// Makes the dummy hash now, so the first login for an unknown email takes no longer than
+    /// any other.
     pub async fn prepare(&self) -> Result<(), HashError> {
         self.dummy_hash().await.map(|_| ())
     }
 
+    /// A PHC string with the current cost, a random salt and a random digest. Verifying against
+    /// it costs exactly one hash of the current cost and never succeeds, which is all a dummy has
+    /// to do; it needs no hashing to make, so start-up stays fast and touches no argon2 memory.
     async fn dummy_hash(&self) -> Result<&str, HashError> {
         self.dummy_hash
             .get_or_try_init(|| async {
-                let random: [u8; 24] = super::os_random();
-                self.hash(&B64.encode(random)).await
+                let salt: [u8; SALT_BYTES] = super::os_random();
+                let digest: [u8; OUTPUT_BYTES] = super::os_random();
+                Ok(phc(&self.params, &salt, &digest))
             })
             .await
             .map(String::as_str)
@@ -179,7 +185,8 @@ fn worker(
     in_flight: Arc<AtomicUsize>,
     wait: prometheus_client::metrics::histogram::Histogram,
 ) {
-    let mut memory = vec![Block::default(); params.block_count()];
+    // Grown to the cost's size at the first hash and kept for every later one.
+    let mut memory: Vec<Block> = Vec::new();
     loop {
         // One worker waits on the queue at a time; the others wait for the lock.
         let job = {
@@ -210,25 +217,38 @@ fn worker(
     }
 }
 
-fn hash_with(params: &Params, password: &str, memory: &mut [Block]) -> Result<String, HashError> {
+fn hash_with(
+    params: &Params,
+    password: &str,
+    memory: &mut Vec<Block>,
+) -> Result<String, HashError> {
     let salt: [u8; SALT_BYTES] = super::os_random();
     let mut out = [0u8; OUTPUT_BYTES];
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
         .hash_password_into_with_memory(
             password.as_bytes(),
             &salt,
             &mut out,
-            &mut memory[..params.block_count()],
+            &mut memory[..blocks],
         )
         .map_err(|e| HashError::Argon2(e.to_string()))?;
-    Ok(format!(
+    Ok(phc(params, &salt, &out))
+}
+
+/// The PHC string form of an argon2id hash.
+fn phc(params: &Params, salt: &[u8], digest: &[u8]) -> String {
+    format!(
         "$argon2id$v=19$m={},t={},p={}${}${}",
         params.m_cost(),
         params.t_cost(),
         params.p_cost(),
         B64.encode(salt),
-        B64.encode(out)
-    ))
+        B64.encode(digest)
+    )
 }
 
 fn verify_with(

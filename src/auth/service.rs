@@ -487,7 +487,7 @@ impl AuthService {
                     .user_agent
                     .as_deref()
                     .map(|ua| crate::security_log::sanitize(ua, 512)),
-                fingerprint: ctx.client.fingerprint.as_str().to_owned(),
+                fingerprint: ctx.client.fingerprint().as_str().to_owned(),
                 created_at: now,
                 last_used_at: now,
                 expires_at: now + self.policy.absolute_ttl,
@@ -627,7 +627,7 @@ impl AuthService {
             now,
             grace: self.policy.grace,
             idle_ttl: self.policy.idle_ttl,
-            fingerprint: ctx.client.fingerprint.as_str().to_owned(),
+            fingerprint: ctx.client.fingerprint().as_str().to_owned(),
             ip_address: ctx.client.ip.to_string(),
             reject_on_fingerprint_mismatch: self.policy.fingerprint == FingerprintPolicy::Reject,
         };

@@ -1,6 +1,7 @@
 //! Who is on the other end of a request: address, user agent and the device fingerprint.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
@@ -12,22 +13,28 @@ pub struct ClientInfo {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
     pub accept_language: Option<String>,
-    pub fingerprint: DeviceFingerprint,
+    /// Computed on first use: most authenticated requests (a successful /me) never need it.
+    fingerprint: OnceLock<DeviceFingerprint>,
 }
 
 impl ClientInfo {
     pub fn new(ip: IpAddr, user_agent: Option<String>, accept_language: Option<String>) -> Self {
-        let fingerprint = DeviceFingerprint::compute(
-            user_agent.as_deref().unwrap_or_default(),
-            accept_language.as_deref().unwrap_or_default(),
-            ip,
-        );
         Self {
             ip,
             user_agent,
             accept_language,
-            fingerprint,
+            fingerprint: OnceLock::new(),
         }
+    }
+
+    pub fn fingerprint(&self) -> &DeviceFingerprint {
+        self.fingerprint.get_or_init(|| {
+            DeviceFingerprint::compute(
+                self.user_agent.as_deref().unwrap_or_default(),
+                self.accept_language.as_deref().unwrap_or_default(),
+                self.ip,
+            )
+        })
     }
 
     pub fn device_name(&self) -> String {

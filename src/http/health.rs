@@ -89,20 +89,18 @@ pub async fn live() -> impl IntoResponse {
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Logins can be served", body = Readiness),
-        (status = 503, description = "The user store does not answer. The body is the Error \
-            shape (`INTERNAL_ERROR`): the error envelope replaces the probe's own", body = ErrorBody),
+        (status = 503, description = "The user store does not answer: `SERVICE_UNAVAILABLE` \
+            with `Retry-After`", body = ErrorBody),
     ))]
-pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, crate::error::ApiError> {
     let store_ok = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,
         Ok(Ok(()))
     );
     if store_ok {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        Ok((StatusCode::OK, Json(json!({ "status": "ready" }))))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": "user store unavailable" })),
-        )
+        // The Error shape, SERVICE_UNAVAILABLE with Retry-After, like every other 503.
+        Err(crate::error::ApiError::Unavailable { retry_after: 5 })
     }
 }

@@ -120,6 +120,7 @@ fn body_for_status(status: StatusCode) -> ErrorBody {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
             ErrorBody::new("HEADERS_TOO_LARGE", "Request headers are too large")
         }
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable { retry_after: 5 }.body(),
         s if s.is_server_error() => ApiError::Internal(anyhow::anyhow!("{s}")).body(),
         _ => ErrorBody::new("BAD_REQUEST", "Bad request"),
     }

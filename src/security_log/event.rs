@@ -238,7 +238,7 @@ impl SecurityEvent {
             .user_agent
             .as_deref()
             .map(|ua| sanitize(ua, MAX_USER_AGENT_CHARS));
-        event.meta("deviceFingerprint", ctx.client.fingerprint.as_str());
+        event.meta("deviceFingerprint", ctx.client.fingerprint().as_str());
         event.meta("deviceName", ctx.client.device_name());
         event.meta("requestId", ctx.request_id.as_str());
         event.meta("route", ctx.route.as_str());

@@ -4,6 +4,9 @@
 //! the queue is full (a slow or absent database under load) the event is appended straight to the
 //! spool instead, so nothing is dropped and memory stays bounded. In sync mode the caller waits
 //! until the writer has made its batch durable (group commit: one write serves many requests).
+//! The log-line mirror of each event is written by the writer task, not here: formatting a line
+//! and writing it to stdout (under stdout's lock, maybe into a full pipe) is I/O the request path
+//! must not do.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -101,7 +104,6 @@ impl SecurityLogger {
 
     /// Records one event. In async mode this returns without waiting on any I/O.
     pub async fn record(&self, event: SecurityEvent) {
-        mirror(&event);
         self.metrics.observe_event(&event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if self.live.receiver_count() > 0 {
@@ -136,7 +138,9 @@ impl SecurityLogger {
 
     /// The overload path: a direct, synced append to the spool. It blocks this thread for one
     /// small write, which is the backpressure that keeps memory bounded without losing events.
+    /// The event bypasses the writer, so its log line is written here.
     fn spill(&self, envelope: Envelope) {
+        mirror(&envelope.event);
         match self
             .spool
             .append([&envelope.event])
@@ -179,13 +183,16 @@ impl SecurityLogger {
     }
 }
 
-/// Every event is also a `tracing` event (target `security`) for log shippers. Its strings were
-/// sanitised when the event was built; the formatter escapes them again for its own format.
-fn mirror(event: &SecurityEvent) {
+/// Every event is also a `tracing` event (target `security`) for log shippers, written when the
+/// writer takes it (so `created_at`, when it happened, can be a few milliseconds before the line's
+/// own timestamp). Its strings were sanitised when the event was built; the formatter escapes them
+/// again for its own format.
+pub(super) fn mirror(event: &SecurityEvent) {
     let metadata = serde_json::Value::Object(event.metadata.clone());
     tracing::info!(
         target: "security",
         event_id = %event.id,
+        created_at = %crate::domain::format_timestamp(event.created_at),
         event_type = event.event_type.as_str(),
         severity = event.severity.as_str(),
         user_id = event.user_id.as_deref(),

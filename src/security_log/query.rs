@@ -350,3 +350,47 @@ fn newest_from_files(
     found.truncate(n);
     Ok(found)
 }
+
+// Export formats, shared by the HTTP export and `flux-auth events export`.
+
+pub const CSV_HEADER: &str =
+    "id,created_at,event_type,severity,user_id,token_id,ip_address,user_agent,metadata\n";
+
+pub fn ndjson_line(event: &EventView) -> Vec<u8> {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// RFC 4180 quoting, and a leading `'` on cells a spreadsheet would run as a formula.
+fn csv_cell(value: &str) -> String {
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    format!("\"{}\"", guarded.replace('"', "\"\""))
+}
+
+pub fn csv_line(e: &EventView) -> Vec<u8> {
+    let opt = |v: &Option<String>| v.as_deref().map(csv_cell).unwrap_or_default();
+    let cells = [
+        csv_cell(&e.id.to_string()),
+        csv_cell(&crate::domain::format_timestamp(e.created_at)),
+        csv_cell(&e.event_type),
+        csv_cell(&e.severity),
+        opt(&e.user_id),
+        e.token_id
+            .map(|t| csv_cell(&t.to_string()))
+            .unwrap_or_default(),
+        opt(&e.ip_address),
+        opt(&e.user_agent),
+        e.metadata
+            .as_ref()
+            .map(|m| csv_cell(&m.to_string()))
+            .unwrap_or_default(),
+    ];
+    let mut line = cells.join(",").into_bytes();
+    line.extend_from_slice(b"\r\n");
+    line
+}

@@ -85,7 +85,11 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        if batch.len() < self.batch_size && !self.linger.is_zero() {
+        // Linger only for events nobody waits on: a sync-mode request would pay the whole linger
+        // when it is alone, and under load the requests that arrive during one write make up the
+        // next batch anyway (group commit without a timer).
+        let waited_on = batch.iter().any(|e| e.ack.is_some());
+        if batch.len() < self.batch_size && !self.linger.is_zero() && !waited_on {
             let room = self.batch_size - batch.len();
             let _ = timeout(self.linger, self.rx.recv_many(&mut batch, room)).await;
         }
@@ -93,9 +97,13 @@ impl Writer {
     }
 
     /// Writes one batch to the database if it is up, else to the spool; then acknowledges it.
+    /// Each event's log-line mirror is written here, off the request path.
     async fn write(&mut self, batch: Vec<Envelope>, db_timeout: Duration) {
         let (events, acks): (Vec<SecurityEvent>, Vec<_>) =
             batch.into_iter().map(|e| (e.event, e.ack)).unzip();
+        for event in &events {
+            super::logger::mirror(event);
+        }
         let mut written = false;
         if let Some(sink) = &self.sink
             && sink.db.is_ready()

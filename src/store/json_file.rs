@@ -1,18 +1,19 @@
 //! The JSON-file store: `users.json` in the old service's shape (`{"users":[...]}`) and
 //! `sessions.json` for refresh-token families, both in `DATA_DIR`.
 //!
-//! Each file has its own async lock. A write applies the change to a copy, makes the copy durable
-//! (temp file, fsync, rename, folder fsync) and only then publishes it and answers, so a crash or
-//! a failed write never leaves an acknowledged change unsaved or an unsaved change visible, and
-//! concurrent requests never lose each other's updates.
+//! Each file is a [`GroupFile`]: changes apply in order to the latest state, and a write makes
+//! that state durable (temp file, fsync, rename, folder fsync) and only then publishes it and
+//! answers, so a crash or a failed write never leaves an acknowledged change unsaved or an unsaved
+//! change visible, and concurrent requests never lose each other's updates. Changes that arrive
+//! during a write share the next one (group commit): one rewrite and its fsyncs serve them all,
+//! and reads never wait for a write.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use super::{
@@ -22,20 +23,32 @@ use super::{
 use crate::domain::{UserRecord, UserType, format_timestamp};
 use crate::durable_file;
 
+mod group_commit;
 mod identities;
 
+use group_commit::GroupFile;
+
 pub struct FileStore {
-    users_path: PathBuf,
-    sessions_path: PathBuf,
-    users: RwLock<Users>,
-    sessions: RwLock<SessionsFile>,
+    /// users.json. When an operator changes the file (`flux-auth users set-type`) the running
+    /// service notices by its identity ([`FileStamp`]) and reloads it.
+    users: GroupFile<Users>,
+    sessions: GroupFile<SessionsFile>,
 }
 
-/// The users as last read or written, and the identity of that version of the file: when an
-/// operator changes users.json (`flux-auth users set-type`) the running service notices.
+#[derive(Clone)]
 struct Users {
     list: Vec<UserRecord>,
-    stamp: Option<FileStamp>,
+}
+
+fn encode_users(users: &Users) -> anyhow::Result<Vec<u8>> {
+    let file = UsersFile {
+        users: users.list.iter().map(FileUser::from).collect(),
+    };
+    serde_json::to_vec_pretty(&file).context("serialising users")
+}
+
+fn encode_sessions(sessions: &SessionsFile) -> anyhow::Result<Vec<u8>> {
+    serde_json::to_vec(sessions).context("serialising sessions")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,93 +196,54 @@ impl FileStore {
         } else {
             SessionsFile::default()
         };
-        let users = Users {
-            list: users,
-            stamp: stamp(&users_path),
-        };
         Ok(Self {
-            users_path,
-            sessions_path,
-            users: RwLock::new(users),
-            sessions: RwLock::new(sessions),
+            users: GroupFile::new(users_path, Users { list: users }, encode_users),
+            sessions: GroupFile::new(sessions_path, sessions, encode_sessions),
         })
     }
 
-    async fn write_users(&self, users: &[UserRecord]) -> StoreResult<()> {
-        let file = UsersFile {
-            users: users.iter().map(FileUser::from).collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).context("serialising users")?;
-        write_durably(self.users_path.clone(), bytes).await
-    }
-
-    async fn write_sessions(&self, sessions: &SessionsFile) -> StoreResult<()> {
-        let bytes = serde_json::to_vec(sessions).context("serialising sessions")?;
-        write_durably(self.sessions_path.clone(), bytes).await
-    }
-
-    /// Applies `change` to a copy of the users; publishes it only once it is on disk.
+    /// Applies `change` to the users (re-read first if users.json was replaced by someone
+    /// else); returns once the change is on disk. `change` must not alter the users when it
+    /// returns an error.
     async fn update_users<T>(
         &self,
         change: impl FnOnce(&mut Vec<UserRecord>) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut guard = self.fresh_users_for_write().await?;
-        let mut next = guard.list.clone();
-        let out = change(&mut next)?;
-        self.write_users(&next).await?;
-        guard.list = next;
-        guard.stamp = stamp(&self.users_path);
-        Ok(out)
+        self.reload_users_if_replaced().await?;
+        self.users.update(|users| change(&mut users.list)).await
     }
 
     /// The users, re-read first if users.json was replaced by someone else (the CLI).
-    async fn users(&self) -> StoreResult<tokio::sync::RwLockReadGuard<'_, Users>> {
-        {
-            let guard = self.users.read().await;
-            if guard.stamp == stamp(&self.users_path) {
-                return Ok(guard);
-            }
-        }
-        let guard = self.fresh_users_for_write().await?;
-        Ok(guard.downgrade())
+    async fn users(&self) -> StoreResult<std::sync::Arc<Users>> {
+        self.reload_users_if_replaced().await?;
+        Ok(self.users.read())
     }
 
-    async fn fresh_users_for_write(&self) -> StoreResult<tokio::sync::RwLockWriteGuard<'_, Users>> {
-        let mut guard = self.users.write().await;
-        let current = stamp(&self.users_path);
-        if guard.stamp != current && current.is_some() {
-            let path = self.users_path.clone();
-            let list = tokio::task::spawn_blocking(move || read_users_file(&path))
-                .await
-                .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
-                .map_err(StoreError::Other)?;
-            tracing::info!(users = list.len(), "users.json changed on disk; reloaded");
-            *guard = Users {
-                list,
-                stamp: current,
-            };
+    async fn reload_users_if_replaced(&self) -> StoreResult<()> {
+        let current = stamp(self.users.path());
+        if current.is_none() || current == self.users.stamp() {
+            return Ok(());
         }
-        Ok(guard)
+        let path = self.users.path().to_owned();
+        let list = tokio::task::spawn_blocking(move || read_users_file(&path))
+            .await
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
+            .map_err(StoreError::Other)?;
+        let count = list.len();
+        if self.users.reload(Users { list }, current).await {
+            tracing::info!(users = count, "users.json changed on disk; reloaded");
+        }
+        Ok(())
     }
 
+    /// Applies `change` to the sessions; returns once it is on disk. `change` must not alter
+    /// them when it returns an error.
     async fn update_sessions<T>(
         &self,
         change: impl FnOnce(&mut SessionsFile) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut guard = self.sessions.write().await;
-        let mut next = guard.clone();
-        let out = change(&mut next)?;
-        self.write_sessions(&next).await?;
-        *guard = next;
-        Ok(out)
+        self.sessions.update(change).await
     }
-}
-
-async fn write_durably(path: PathBuf, bytes: Vec<u8>) -> StoreResult<()> {
-    tokio::task::spawn_blocking(move || durable_file::replace(&path, &bytes))
-        .await
-        .map_err(|e| StoreError::Other(anyhow::anyhow!("file writer stopped: {e}")))?
-        .map_err(|e| StoreError::Unavailable(format!("could not write data file: {e}")))
 }
 
 fn prune(file: &mut SessionsFile, now: DateTime<Utc>, idle_ttl: chrono::Duration) {
@@ -297,14 +271,14 @@ impl Store for FileStore {
         _batch: usize,
     ) -> StoreResult<u64> {
         // One rewrite of the file removes them all; batching buys nothing here.
-        let before = self.sessions.read().await.sessions.len();
+        let before = self.sessions.read().sessions.len();
         let cutoff = now - chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
         let ended = |s: &SessionRecord| {
             s.revoked_at
                 .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl))
                 < cutoff
         };
-        if !self.sessions.read().await.sessions.iter().any(ended) {
+        if !self.sessions.read().sessions.iter().any(ended) {
             return Ok(0);
         }
         self.update_sessions(|file| {
@@ -312,7 +286,7 @@ impl Store for FileStore {
             Ok(())
         })
         .await?;
-        let after = self.sessions.read().await.sessions.len();
+        let after = self.sessions.read().sessions.len();
         Ok(before.saturating_sub(after) as u64)
     }
 
@@ -436,7 +410,7 @@ impl Store for FileStore {
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
         // Decide under the read lock first: most outcomes write nothing, and a write re-checks.
         let decision = {
-            let file = self.sessions.read().await;
+            let file = self.sessions.read();
             decide(&file, request)
         };
         match decision {
@@ -515,7 +489,7 @@ impl Store for FileStore {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
-        let file = self.sessions.read().await;
+        let file = self.sessions.read();
         let Some(token) = file.tokens.iter().find(|t| t.token_hash == token_hash) else {
             return Ok(None);
         };
@@ -534,7 +508,7 @@ impl Store for FileStore {
         reason: &str,
     ) -> StoreResult<bool> {
         {
-            let file = self.sessions.read().await;
+            let file = self.sessions.read();
             let live = file
                 .sessions
                 .iter()
@@ -588,7 +562,7 @@ impl Store for FileStore {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>> {
-        let file = self.sessions.read().await;
+        let file = self.sessions.read();
         let mut sessions: Vec<SessionRecord> = file
             .sessions
             .iter()
@@ -603,7 +577,7 @@ impl Store for FileStore {
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
-        let file = self.sessions.read().await;
+        let file = self.sessions.read();
         Ok(file
             .sessions
             .iter()
@@ -615,7 +589,6 @@ impl Store for FileStore {
         Ok(self
             .sessions
             .read()
-            .await
             .sessions
             .iter()
             .find(|s| s.id == session_id)

@@ -1,12 +1,18 @@
 //! The two ceilings every run measures on the same machine: a bare axum handler that verifies an
 //! HS256 bearer token and answers a small JSON (what HTTP + JWT alone cost), and the argon2id hash
 //! time for the service's parameters (what a login must cost).
+//!
+//! The baseline server also answers the same handler plus the round trips /me cannot avoid: one
+//! Redis MGET of three keys (the shared revocation check) and one Postgres SELECT of the user by
+//! id. Those are the floors that show what share of the bare ceiling a /me with that I/O can reach
+//! on this machine, whatever the service does around it.
 
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::Json;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
@@ -14,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::server::JWT_SECRET;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     sub: String,
     email: String,
@@ -23,10 +29,11 @@ pub struct Claims {
     exp: i64,
 }
 
-/// A token the baseline server accepts, shaped like flux-auth's access tokens.
-pub fn token() -> anyhow::Result<String> {
+/// A token the baseline server accepts, shaped like flux-auth's access tokens; `sub` is a user
+/// id the Postgres variant finds.
+pub fn token(sub: &str) -> anyhow::Result<String> {
     let claims = Claims {
-        sub: uuid::Uuid::new_v4().to_string(),
+        sub: sub.to_owned(),
         email: "baseline@bench.example".into(),
         iss: "flux-auth".into(),
         aud: "fluxstudio".into(),
@@ -42,30 +49,102 @@ pub fn token() -> anyhow::Result<String> {
 struct Keys {
     key: DecodingKey,
     validation: Validation,
+    redis: Option<redis::aio::ConnectionManager>,
+    db: Option<sqlx::PgPool>,
 }
 
-/// The baseline handler: bearer token, HS256 verify (issuer, audience, expiry), small JSON.
-async fn me(
-    State(keys): State<std::sync::Arc<Keys>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, StatusCode> {
+type Shared = std::sync::Arc<Keys>;
+
+fn verified(keys: &Keys, headers: &HeaderMap) -> Result<Claims, StatusCode> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(StatusCode::UNAUTHORIZED)?;
-    let data = jsonwebtoken::decode::<Claims>(token, &keys.key, &keys.validation)
-        .map_err(|_| StatusCode::UNAUTHORIZED)?;
-    Ok(Json(serde_json::json!({
-        "id": data.claims.sub,
-        "email": data.claims.email,
+    jsonwebtoken::decode::<Claims>(token, &keys.key, &keys.validation)
+        .map(|data| data.claims)
+        .map_err(|_| StatusCode::UNAUTHORIZED)
+}
+
+fn answer(claims: &Claims) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "id": claims.sub,
+        "email": claims.email,
         "userType": "client",
-    })))
+    }))
+}
+
+/// The bare baseline: bearer token, HS256 verify (issuer, audience, expiry), small JSON.
+async fn me(State(keys): State<Shared>, headers: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+    verified(&keys, &headers).map(|c| answer(&c))
+}
+
+/// One MGET of three keys, as flux-auth's shared revocation check does.
+async fn redis_check(keys: &Keys, claims: &Claims) -> Result<(), StatusCode> {
+    let mut conn = keys.redis.clone().ok_or(StatusCode::NOT_IMPLEMENTED)?;
+    let names = [
+        format!("flux-load-baseline:rv:jti:{}", claims.sub),
+        format!("flux-load-baseline:rv:sid:{}", claims.sub),
+        format!("flux-load-baseline:rv:user:{}", claims.sub),
+    ];
+    let _: Vec<Option<i64>> = redis::cmd("MGET")
+        .arg(&names)
+        .query_async(&mut conn)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok(())
+}
+
+/// One SELECT of the user by id, as flux-auth's Postgres store does.
+async fn pg_lookup(keys: &Keys, claims: &Claims) -> Result<(), StatusCode> {
+    let db = keys.db.as_ref().ok_or(StatusCode::NOT_IMPLEMENTED)?;
+    let row: Option<(String, String, String, String)> =
+        sqlx::query_as("SELECT id, email, name, user_type FROM users WHERE id = $1")
+            .bind(&claims.sub)
+            .fetch_optional(db)
+            .await
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    row.map(|_| ()).ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn me_redis(State(keys): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    match verified(&keys, &headers) {
+        Ok(claims) => match redis_check(&keys, &claims).await {
+            Ok(()) => answer(&claims).into_response(),
+            Err(status) => status.into_response(),
+        },
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn me_pg(State(keys): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    match verified(&keys, &headers) {
+        Ok(claims) => match pg_lookup(&keys, &claims).await {
+            Ok(()) => answer(&claims).into_response(),
+            Err(status) => status.into_response(),
+        },
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn me_redis_pg(State(keys): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    let claims = match verified(&keys, &headers) {
+        Ok(claims) => claims,
+        Err(status) => return status.into_response(),
+    };
+    if let Err(status) = redis_check(&keys, &claims).await {
+        return status.into_response();
+    }
+    match pg_lookup(&keys, &claims).await {
+        Ok(()) => answer(&claims).into_response(),
+        Err(status) => status.into_response(),
+    }
 }
 
 /// Serves the baseline on 127.0.0.1:`port` until killed, on a runtime shaped like flux-auth's
-/// (tokio's multi-threaded default: one worker per core).
-pub fn serve(port: u16) -> anyhow::Result<()> {
+/// (tokio's multi-threaded default: one worker per core). With Redis and Postgres URLs it also
+/// serves `/me-redis`, `/me-pg` and `/me-redis-pg`.
+pub fn serve(port: u16, redis_url: Option<String>, database_url: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -73,12 +152,31 @@ pub fn serve(port: u16) -> anyhow::Result<()> {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_issuer(&["flux-auth"]);
         validation.set_audience(&["fluxstudio"]);
+        let redis = match redis_url {
+            Some(url) => Some(redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?),
+            None => None,
+        };
+        // Sized like flux-auth's pool (DATABASE_MAX_CONNECTIONS default).
+        let db = match database_url {
+            Some(url) => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(10)
+                    .connect(&url)
+                    .await?,
+            ),
+            None => None,
+        };
         let keys = std::sync::Arc::new(Keys {
             key: DecodingKey::from_secret(JWT_SECRET.as_bytes()),
             validation,
+            redis,
+            db,
         });
         let app = axum::Router::new()
             .route("/me", get(me))
+            .route("/me-redis", get(me_redis))
+            .route("/me-pg", get(me_pg))
+            .route("/me-redis-pg", get(me_redis_pg))
             .route("/health", get(|| async { "ok" }))
             .with_state(keys);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -56,6 +56,12 @@ enum Command {
     BaselineServer {
         #[arg(long)]
         port: u16,
+        /// Also serve /me-redis (one MGET per request) against this Redis.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Also serve /me-pg (one SELECT of the user per request) against this database.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -141,15 +147,29 @@ struct RunArgs {
     /// run logs hundreds of megabytes: one line per request.
     #[arg(long)]
     server_logs: Option<PathBuf>,
+    /// Extra environment for the servers under test, KEY=VALUE (repeatable), e.g. RUST_LOG=warn
+    /// to see what the per-request log line costs.
+    #[arg(long = "server-env", value_parser = parse_env_pair)]
+    server_env: Vec<(String, String)>,
     /// Upper bound on requests per worker and point.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: u64,
 }
 
+fn parse_env_pair(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::BaselineServer { port }) => baseline::serve(port),
+        Some(Command::BaselineServer {
+            port,
+            redis_url,
+            database_url,
+        }) => baseline::serve(port, redis_url, database_url),
         // The client runs on one thread: it shares the machine with the server, and a
         // single-threaded client takes at most one core's worth from it.
         None => tokio::runtime::Builder::new_current_thread()
@@ -170,6 +190,7 @@ fn main() -> std::process::ExitCode {
 /// Tokens of one account, from its signup.
 #[derive(Clone)]
 struct Account {
+    user_id: String,
     email: String,
     access: String,
     refresh: String,
@@ -198,7 +219,14 @@ async fn signup(addr: SocketAddr, email: &str, client: Option<&str>) -> anyhow::
             .map(str::to_owned)
             .with_context(|| format!("signup answer has no {name}"))
     };
+    let user_id = value
+        .get("user")
+        .and_then(|u| u.get("id"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .context("signup answer has no user.id")?;
     Ok(Account {
+        user_id,
         email: email.to_owned(),
         access: field("accessToken")?,
         refresh: field("refreshToken")?,
@@ -307,12 +335,19 @@ impl Fixture {
     }
 }
 
+/// The baseline server of one store's run.
+struct Baseline {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    pid: u32,
+    token: String,
+    /// (path, row name): the bare handler and the I/O floors it can serve.
+    variants: Vec<(&'static str, &'static str)>,
+}
+
 struct Harness {
     args: RunArgs,
     window: Window,
-    baseline_addr: SocketAddr,
-    baseline_pid: u32,
-    baseline_token: String,
     redis: Option<String>,
     work_dir: PathBuf,
     report: Report,
@@ -336,18 +371,20 @@ impl Harness {
         (jobs, latency, stats)
     }
 
-    async fn baseline_point(&mut self, store: &str, concurrency: usize) {
-        let call = Call::get("/me").bearer(&self.baseline_token);
-        let jobs = (0..concurrency)
-            .map(|_| Job::Fixed {
-                call: call.clone(),
-                expect: StatusCode::OK,
-            })
-            .collect();
-        let (_, latency, stats) = self
-            .measure(Some(self.baseline_pid), self.baseline_addr, jobs)
-            .await;
-        self.push(store, "baseline-jwt", concurrency, latency, stats);
+    async fn baseline_points(&mut self, baseline: &Baseline, store: &str, concurrency: usize) {
+        for (path, row) in &baseline.variants {
+            let call = Call::get(path).bearer(&baseline.token);
+            let jobs = (0..concurrency)
+                .map(|_| Job::Fixed {
+                    call: call.clone(),
+                    expect: StatusCode::OK,
+                })
+                .collect();
+            let (_, latency, stats) = self
+                .measure(Some(baseline.pid), baseline.addr, jobs)
+                .await;
+            self.push(store, row, concurrency, latency, stats);
+        }
     }
 
     fn push(
@@ -395,23 +432,31 @@ impl Harness {
             store,
             database_url,
             redis_url: self.redis.as_deref(),
-            env: Vec::new(),
+            env: self.args.server_env.clone(),
             work_dir: &self.work_dir,
             log_file: log.as_deref(),
         })
         .await?;
-        let result = self.run_scenarios(store, &server).await;
+        let result = self.run_scenarios(store, &server, database_url).await;
         server.stop().await;
         result
     }
 
-    async fn run_scenarios(&mut self, store: StoreKind, server: &Server) -> anyhow::Result<()> {
+    async fn run_scenarios(
+        &mut self,
+        store: StoreKind,
+        server: &Server,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<()> {
         let name = store.name();
         let start_ms = server.start_to_ready.as_secs_f64() * 1000.0;
         // Let the start settle (the first health probes, the Redis link) before reading RSS.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_start = rss_mb(server.pid).unwrap_or(0.0);
-        println!("[{name}] start to ready {start_ms:.0} ms, idle RSS {idle_start:.1} MB");
+        println!(
+            "[{name}] pid {}, start to ready {start_ms:.0} ms, idle RSS {idle_start:.1} MB",
+            server.pid
+        );
         let max_c = self.args.concurrency.iter().copied().max().unwrap_or(1);
         let prepared = Instant::now();
         let run_tag = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -427,24 +472,18 @@ impl Harness {
             max_c + 8,
             prepared.elapsed().as_secs_f64()
         );
-        let scenarios = self.args.scenarios.clone();
-        let concurrencies = self.args.concurrency.clone();
-        for scenario in scenarios {
-            for &c in &concurrencies {
-                if scenario == Scenario::Me {
-                    // The ceiling right before the point it is compared with: same machine load.
-                    self.baseline_point(name, c).await;
-                }
-                let jobs = fixture.jobs(scenario, c);
-                let (jobs, latency, stats) =
-                    self.measure(Some(server.pid), fixture.addr, jobs).await;
-                fixture.keep_chains(&jobs);
-                self.push(name, scenario.name(), c, latency, stats);
-            }
-        }
-        if !self.args.no_mixed {
-            self.mixed(name, server, &fixture, max_c).await;
-        }
+        let sub = fixture
+            .sessions
+            .first()
+            .map(|a| a.user_id.clone())
+            .unwrap_or_default();
+        let mut baseline =
+            start_baseline(&self.work_dir, self.redis.as_deref(), database_url, &sub).await?;
+        let result = self
+            .scenarios(name, server, &mut fixture, &baseline, max_c)
+            .await;
+        let _ = baseline.child.kill().await;
+        result?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle_end = rss_mb(server.pid).unwrap_or(0.0);
         println!("[{name}] idle RSS after the run {idle_end:.1} MB");
@@ -459,6 +498,35 @@ impl Harness {
             idle_rss_mb: idle_start,
             idle_rss_after_mb: idle_end,
         });
+        Ok(())
+    }
+
+    async fn scenarios(
+        &mut self,
+        name: &str,
+        server: &Server,
+        fixture: &mut Fixture,
+        baseline: &Baseline,
+        max_c: usize,
+    ) -> anyhow::Result<()> {
+        let scenarios = self.args.scenarios.clone();
+        let concurrencies = self.args.concurrency.clone();
+        for scenario in scenarios {
+            for &c in &concurrencies {
+                if scenario == Scenario::Me {
+                    // The ceilings right before the point they are compared with: same load.
+                    self.baseline_points(baseline, name, c).await;
+                }
+                let jobs = fixture.jobs(scenario, c);
+                let (jobs, latency, stats) =
+                    self.measure(Some(server.pid), fixture.addr, jobs).await;
+                fixture.keep_chains(&jobs);
+                self.push(name, scenario.name(), c, latency, stats);
+            }
+        }
+        if !self.args.no_mixed {
+            self.mixed(name, server, fixture, max_c).await;
+        }
         Ok(())
     }
 
@@ -531,7 +599,8 @@ impl Harness {
     ) -> anyhow::Result<()> {
         // Loopback is the trusted proxy and each worker another client address: limits count
         // per address, as they would for real clients. Limits high enough never to refuse.
-        let mut common = vec![("TRUSTED_PROXIES".to_owned(), "127.0.0.0/8".to_owned())];
+        let mut common = self.args.server_env.clone();
+        common.push(("TRUSTED_PROXIES".to_owned(), "127.0.0.0/8".to_owned()));
         let mut on = common.clone();
         on.push(("RATE_LIMITS".into(), "on".into()));
         for key in [
@@ -648,22 +717,46 @@ async fn postgres_answers(url: &str) -> bool {
     }
 }
 
-async fn start_baseline(work_dir: &Path) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+async fn start_baseline(
+    work_dir: &Path,
+    redis: Option<&str>,
+    database_url: Option<&str>,
+    sub: &str,
+) -> anyhow::Result<Baseline> {
     let port = server::free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
         .args(["baseline-server", "--port", &port.to_string()])
         .current_dir(work_dir)
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the baseline server")?;
+        .kill_on_drop(true);
+    let mut variants = vec![("/me", "baseline-jwt")];
+    if let Some(url) = redis {
+        command.args(["--redis-url", url]);
+        variants.push(("/me-redis", "baseline-jwt+redis"));
+    }
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+        variants.push(("/me-pg", "baseline-jwt+pg"));
+        if redis.is_some() {
+            variants.push(("/me-redis-pg", "baseline-jwt+redis+pg"));
+        }
+    }
+    let child = command.spawn().context("starting the baseline server")?;
+    let pid = child.id().context("the baseline server exited")?;
     let started = Instant::now();
     loop {
         if let Ok(mut conn) = Conn::open(addr).await
             && conn.send(&Call::get("/health")).await.is_ok()
         {
-            return Ok((child, addr));
+            return Ok(Baseline {
+                child,
+                addr,
+                pid,
+                token: baseline::token(sub)?,
+                variants,
+            });
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(10),
@@ -742,8 +835,6 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         argon.measured_parallel_per_sec
     );
     report.argon2 = Some(argon);
-    let (mut baseline_child, baseline_addr) = start_baseline(&work_dir).await?;
-    let baseline_pid = baseline_child.id().context("the baseline server exited")?;
     let window = Window {
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration),
@@ -753,9 +844,6 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report.print_header();
     let mut harness = Harness {
         window,
-        baseline_addr,
-        baseline_pid,
-        baseline_token: baseline::token()?,
         redis,
         work_dir: work_dir.clone(),
         report,
@@ -779,7 +867,6 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             failure.get_or_insert(e);
         }
     }
-    let _ = baseline_child.kill().await;
     let _ = std::fs::remove_dir_all(&work_dir);
     let mut report = harness.report;
     report.load_average_end = machine_load();

@@ -74,6 +74,9 @@ pub struct Report {
     pub stores: Vec<StoreSummary>,
     pub rows: Vec<Row>,
     pub targets: Vec<Target>,
+    /// What the I/O floors say about the /me targets: the same bare handler plus the round trips
+    /// /me has to make.
+    pub floors: Vec<String>,
 }
 
 const HEADER: &str = "store                 scenario                 conc      req/s    p50 ms    p99 ms  p99.9 ms   errors  peak RSS MB  server CPU%  machine busy%";
@@ -113,6 +116,7 @@ impl Report {
             stores: Vec::new(),
             rows: Vec::new(),
             targets: Vec::new(),
+            floors: Vec::new(),
         }
     }
 
@@ -239,6 +243,35 @@ impl Report {
             }
         }
         self.targets = targets;
+        let mut floors = Vec::new();
+        for (store, floor_rows) in [
+            ("postgres", ["baseline-jwt+redis+pg", "baseline-jwt+pg"]),
+            ("file", ["baseline-jwt+redis", "baseline-jwt+redis"]),
+        ] {
+            for c in self.concurrencies() {
+                let (Some(me), Some(bare)) =
+                    (self.row(store, "me", c), self.row(store, "baseline-jwt", c))
+                else {
+                    continue;
+                };
+                let Some(floor) = floor_rows.iter().find_map(|f| self.row(store, f, c)) else {
+                    continue;
+                };
+                if bare.latency.rps <= 0.0 || floor.latency.rps <= 0.0 {
+                    continue;
+                }
+                floors.push(format!(
+                    "/me {store}, c={c}: the bare handler plus the same round trips ({}) does {:.0} req/s = {:.0}% of the bare {:.0} req/s; flux-auth's /me does {:.0} req/s = {:.0}% of that floor",
+                    floor.scenario.trim_start_matches("baseline-jwt+"),
+                    floor.latency.rps,
+                    floor.latency.rps / bare.latency.rps * 100.0,
+                    bare.latency.rps,
+                    me.latency.rps,
+                    me.latency.rps / floor.latency.rps * 100.0
+                ));
+            }
+        }
+        self.floors = floors;
     }
 
     pub fn targets_text(&mut self) -> String {
@@ -253,6 +286,9 @@ impl Report {
                 t.measured,
                 t.target
             );
+        }
+        for f in &self.floors {
+            let _ = writeln!(out, "  {f}");
         }
         out
     }
@@ -335,6 +371,12 @@ impl Report {
                 t.measured,
                 if t.met { "met" } else { "**missed**" }
             );
+        }
+        if !self.floors.is_empty() {
+            md.push('\n');
+            for f in &self.floors {
+                let _ = writeln!(md, "- {f}");
+            }
         }
         md
     }
