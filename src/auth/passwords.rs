@@ -53,6 +53,12 @@ enum Job {
     },
 }
 
+/// The hashing threads' nice value. Async workers stay at the process's own priority, so when
+/// every core is hashing, a request that needs microseconds of CPU (a /me, a refresh) preempts a
+/// hash at once instead of queueing behind it; with no other work the hashes still get every core
+/// (BENCHMARKS.md: the p99 of /me during a login flood).
+const HASH_THREAD_NICE: i32 = 10;
+
 /// A job and when it was queued (for the wait-time histogram).
 type Queued = (Job, std::time::Instant);
 
@@ -185,6 +191,13 @@ fn worker(
     in_flight: Arc<AtomicUsize>,
     wait: prometheus_client::metrics::histogram::Histogram,
 ) {
+    // On Linux a thread id names one thread here, so this lowers this thread only. Without
+    // permission to (never the case for lowering) hashing just keeps the normal priority.
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_THREAD_NICE)
+    {
+        tracing::debug!(error = %e, "could not lower the hashing thread's priority");
+    }
     // Grown to the cost's size at the first hash and kept for every later one.
     let mut memory: Vec<Block> = Vec::new();
     loop {
@@ -229,12 +242,7 @@ fn hash_with(
         memory.resize(blocks, Block::default());
     }
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password_into_with_memory(
-            password.as_bytes(),
-            &salt,
-            &mut out,
-            &mut memory[..blocks],
-        )
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, &mut memory[..blocks])
         .map_err(|e| HashError::Argon2(e.to_string()))?;
     Ok(phc(params, &salt, &out))
 }

@@ -12,7 +12,9 @@ use futures::StreamExt;
 
 use crate::config::Settings;
 use crate::security_log::postgres_sink::PgSink;
-use crate::security_log::query::{CSV_HEADER, EventFilter, EventSource, EventView, csv_line, ndjson_line};
+use crate::security_log::query::{
+    CSV_HEADER, EventFilter, EventSource, EventView, csv_line, ndjson_line,
+};
 use crate::security_log::spool::{self, Spool};
 use crate::security_log::{SecurityEvent, Severity};
 use crate::store::postgres::Database;
@@ -77,7 +79,9 @@ fn time(raw: Option<&str>, name: &str) -> anyhow::Result<Option<DateTime<Utc>>> 
     raw.map(|s| {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| anyhow::anyhow!("--{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))
+            .map_err(|_| {
+                anyhow::anyhow!("--{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z")
+            })
     })
     .transpose()
 }
@@ -86,12 +90,18 @@ fn time(raw: Option<&str>, name: &str) -> anyhow::Result<Option<DateTime<Utc>>> 
 async fn source(settings: &Settings) -> anyhow::Result<EventSource> {
     match settings.security_log_database_url() {
         Some(url) => Ok(EventSource::Postgres(database(url, settings).await?)),
-        None => Ok(EventSource::Files(Arc::new(Spool::open(&settings.security_log_dir())?))),
+        None => Ok(EventSource::Files(Arc::new(Spool::open(
+            &settings.security_log_dir(),
+        )?))),
     }
 }
 
 async fn database(url: &secrecy::SecretString, settings: &Settings) -> anyhow::Result<Database> {
-    let db = Database::connect_lazy(url, 2, Duration::from_millis(settings.database_connect_timeout_ms))?;
+    let db = Database::connect_lazy(
+        url,
+        2,
+        Duration::from_millis(settings.database_connect_timeout_ms),
+    )?;
     db.ensure_security_events()
         .await
         .map_err(|e| anyhow::anyhow!("could not reach the security log database: {e}"))?;
@@ -113,10 +123,16 @@ pub async fn run(settings: &Settings, command: EventsCommand) -> anyhow::Result<
     }
 }
 
-async fn tail(settings: &Settings, last: usize, min_severity: Option<String>) -> anyhow::Result<()> {
+async fn tail(
+    settings: &Settings,
+    last: usize,
+    min_severity: Option<String>,
+) -> anyhow::Result<()> {
     let min = match min_severity.as_deref() {
         None => Severity::Info,
-        Some(s) => Severity::parse(s).ok_or_else(|| anyhow::anyhow!("--min-severity must be info, low, warning, high or critical"))?,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
+            anyhow::anyhow!("--min-severity must be info, low, warning, high or critical")
+        })?,
     };
     let source = source(settings).await?;
     let passes = |e: &EventView| Severity::parse(&e.severity).is_none_or(|s| s >= min);
@@ -139,7 +155,9 @@ async fn tail(settings: &Settings, last: usize, min_severity: Option<String>) ->
         let mut fresh = Vec::new();
         let mut filter = EventFilter::default();
         loop {
-            let page = source.page(&filter, crate::security_log::query::MAX_PAGE).await?;
+            let page = source
+                .page(&filter, crate::security_log::query::MAX_PAGE)
+                .await?;
             let mut done = page.next_cursor.is_none();
             for event in page.events {
                 if newest.is_some_and(|n| (event.created_at, event.id) <= (n.created_at, n.id)) {
@@ -187,7 +205,11 @@ async fn export(settings: &Settings, format: &str, f: FilterArgs) -> anyhow::Res
     let mut count = 0u64;
     while let Some(row) = rows.next().await {
         let event = row?;
-        out.write_all(&if csv { csv_line(&event) } else { ndjson_line(&event) })?;
+        out.write_all(&if csv {
+            csv_line(&event)
+        } else {
+            ndjson_line(&event)
+        })?;
         count += 1;
     }
     out.flush()?;
@@ -196,10 +218,12 @@ async fn export(settings: &Settings, format: &str, f: FilterArgs) -> anyhow::Res
 }
 
 async fn replay(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
-    let url = settings
-        .security_log_database_url()
-        .ok_or_else(|| anyhow::anyhow!("replay writes to Postgres: set SECURITY_LOG_DATABASE_URL or DATABASE_URL"))?;
-    let sink = PgSink { db: database(url, settings).await? };
+    let url = settings.security_log_database_url().ok_or_else(|| {
+        anyhow::anyhow!("replay writes to Postgres: set SECURITY_LOG_DATABASE_URL or DATABASE_URL")
+    })?;
+    let sink = PgSink {
+        db: database(url, settings).await?,
+    };
     let spool = Spool::open(dir)?;
     let files = spool.sealed_files()?;
     if files.is_empty() {
@@ -213,13 +237,25 @@ async fn replay(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
         for chunk in read.events.chunks(settings.security_log_batch_size.max(1)) {
             let refs: Vec<&SecurityEvent> = chunk.iter().collect();
             sink.insert(&refs).await.map_err(|e| {
-                anyhow::anyhow!("stopped at {} (kept; run again to resume): {e}", path.display())
+                anyhow::anyhow!(
+                    "stopped at {} (kept; run again to resume): {e}",
+                    path.display()
+                )
             })?;
         }
         spool.remove(path)?;
         events += read.events.len();
-        eprintln!("[{}/{}] {}: {} events", i + 1, files.len(), path.display(), read.events.len());
+        eprintln!(
+            "[{}/{}] {}: {} events",
+            i + 1,
+            files.len(),
+            path.display(),
+            read.events.len()
+        );
     }
-    println!("replayed {events} events from {} files ({bad} unreadable lines skipped)", files.len());
+    println!(
+        "replayed {events} events from {} files ({bad} unreadable lines skipped)",
+        files.len()
+    );
     Ok(())
 }

@@ -24,7 +24,9 @@ use super::extract::{AdminUser, AuthUser};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::Severity;
-use crate::security_log::query::{CSV_HEADER, Cursor, EventFilter, EventSource, EventView, csv_line, ndjson_line};
+use crate::security_log::query::{
+    CSV_HEADER, Cursor, EventFilter, EventSource, EventView, csv_line, ndjson_line,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -269,7 +271,6 @@ pub async fn export(
     }
     Ok(response)
 }
-
 
 /// `GET /api/admin/security/events/stream?minSeverity=`: server-sent events, live. A client that
 /// reconnects with `Last-Event-ID` first gets what it missed from the log, then the live feed.

@@ -92,7 +92,9 @@ pub async fn live() -> impl IntoResponse {
         (status = 503, description = "The user store does not answer: `SERVICE_UNAVAILABLE` \
             with `Retry-After`", body = ErrorBody),
     ))]
-pub async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, crate::error::ApiError> {
+pub async fn ready(
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, crate::error::ApiError> {
     let store_ok = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,
         Ok(Ok(()))

@@ -529,10 +529,13 @@ impl Store for PgStore {
         let mut tx = self.pool()?.begin().await.map_err(map_err)?;
         // The row lock on the presented token serialises concurrent refreshes of one token: the
         // first rotates it, the rest see it rotated and take the grace path.
+        // token_hash is CHAR(64) and sqlx sends a String as text: compared as text, Postgres casts
+        // the column and scans the whole table (refresh got slower with every token ever issued,
+        // BENCHMARKS.md). Casting the parameter instead keeps the unique index in use.
         let token: Option<TokenRow> = sqlx::query_as(concat!(
             "SELECT ",
             token_columns!(),
-            " FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE"
+            " FROM refresh_tokens WHERE token_hash = $1::bpchar FOR UPDATE"
         ))
         .bind(&request.presented_hash)
         .fetch_optional(&mut *tx)
@@ -578,21 +581,23 @@ impl Store for PgStore {
             RotationDecision::Rotate {
                 fingerprint_matched,
             } => {
+                // The three writes of a rotation in one statement (one round trip, not three):
+                // the old token marked rotated, its successor inserted, the session touched.
+                let successor = request.successor_in(token.session_id);
                 sqlx::query(
-                    "UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 WHERE id = $1",
+                    "WITH rotated AS ( \
+                       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 WHERE id = $1), \
+                     successor AS ( \
+                       INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
+                       VALUES ($3, $4, $5, $6)) \
+                     UPDATE auth_sessions SET last_used_at = $2, ip_address = $7 WHERE id = $4",
                 )
                 .bind(token.id)
                 .bind(request.now)
-                .bind(request.successor_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                insert_token(&mut tx, &request.successor_in(token.session_id)).await?;
-                sqlx::query(
-                    "UPDATE auth_sessions SET last_used_at = $2, ip_address = $3 WHERE id = $1",
-                )
-                .bind(session.id)
-                .bind(request.now)
+                .bind(successor.id)
+                .bind(successor.session_id)
+                .bind(&successor.token_hash)
+                .bind(successor.created_at)
                 .bind(&request.ip_address)
                 .execute(&mut *tx)
                 .await
@@ -644,12 +649,14 @@ impl Store for PgStore {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
-        let row: Option<(Uuid, Uuid)> =
-            sqlx::query_as("SELECT session_id, id FROM refresh_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(self.pool()?)
-                .await
-                .map_err(map_err)?;
+        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+            // `::bpchar`: see rotate_refresh_token.
+            "SELECT session_id, id FROM refresh_tokens WHERE token_hash = $1::bpchar",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.pool()?)
+        .await
+        .map_err(map_err)?;
         let Some((session_id, token_id)) = row else {
             return Ok(None);
         };

@@ -500,8 +500,17 @@ async fn cleanup_on_the_file_store_prunes_sessions_and_rewrites_old_event_files(
 
 fn cli(envs: &[(&str, String)], args: &[&str]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"));
-    command.args(args).env("CONFIG_FILE", "/dev/null").env("JWT_SECRET", JWT_SECRET);
-    for name in ["DATABASE_URL", "SECURITY_LOG_DATABASE_URL", "SECURITY_LOG_DIR", "DATA_DIR", "REDIS_URL"] {
+    command
+        .args(args)
+        .env("CONFIG_FILE", "/dev/null")
+        .env("JWT_SECRET", JWT_SECRET);
+    for name in [
+        "DATABASE_URL",
+        "SECURITY_LOG_DATABASE_URL",
+        "SECURITY_LOG_DIR",
+        "DATA_DIR",
+        "REDIS_URL",
+    ] {
         command.env_remove(name);
     }
     for (k, v) in envs {
@@ -525,9 +534,15 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     })
     .await
     .unwrap();
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
-    let lines: Vec<Value> =
-        String::from_utf8_lossy(&export.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|e| e["eventType"] == "login_failed"));
     let stats = tokio::task::spawn_blocking({
@@ -538,7 +553,11 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     .unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["byType"]["login_failed"], 3, "{stats}");
-    let bad = tokio::task::spawn_blocking(move || cli(&envs, &["events", "export", "--from", "yesterday"])).await.unwrap();
+    let bad = tokio::task::spawn_blocking(move || {
+        cli(&envs, &["events", "export", "--from", "yesterday"])
+    })
+    .await
+    .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
 
@@ -550,21 +569,40 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     let url = db.url.clone();
     let replay = tokio::task::spawn_blocking({
         let (dir, url) = (dir.clone(), url.clone());
-        move || cli(&[("SECURITY_LOG_DATABASE_URL", url)], &["events", "replay", &dir])
+        move || {
+            cli(
+                &[("SECURITY_LOG_DATABASE_URL", url)],
+                &["events", "replay", &dir],
+            )
+        }
     })
     .await
     .unwrap();
-    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     let pool = db.pool().await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM security_events WHERE event_type = 'login_failed'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM security_events WHERE event_type = 'login_failed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(rows, 3);
-    assert!(events_from_files(std::path::Path::new(&dir)).is_empty(), "replayed files are deleted");
-    let again = tokio::task::spawn_blocking(move || cli(&[("SECURITY_LOG_DATABASE_URL", url)], &["events", "replay", &dir]))
-        .await
-        .unwrap();
+    assert!(
+        events_from_files(std::path::Path::new(&dir)).is_empty(),
+        "replayed files are deleted"
+    );
+    let again = tokio::task::spawn_blocking(move || {
+        cli(
+            &[("SECURITY_LOG_DATABASE_URL", url)],
+            &["events", "replay", &dir],
+        )
+    })
+    .await
+    .unwrap();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("no spool files"));
 }

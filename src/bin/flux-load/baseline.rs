@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use axum::Json;
 use axum::extract::State;
-use axum::response::IntoResponse;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,10 @@ fn answer(claims: &Claims) -> Json<serde_json::Value> {
 }
 
 /// The bare baseline: bearer token, HS256 verify (issuer, audience, expiry), small JSON.
-async fn me(State(keys): State<Shared>, headers: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+async fn me(
+    State(keys): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, StatusCode> {
     verified(&keys, &headers).map(|c| answer(&c))
 }
 
@@ -144,7 +147,11 @@ async fn me_redis_pg(State(keys): State<Shared>, headers: HeaderMap) -> axum::re
 /// Serves the baseline on 127.0.0.1:`port` until killed, on a runtime shaped like flux-auth's
 /// (tokio's multi-threaded default: one worker per core). With Redis and Postgres URLs it also
 /// serves `/me-redis`, `/me-pg` and `/me-redis-pg`.
-pub fn serve(port: u16, redis_url: Option<String>, database_url: Option<String>) -> anyhow::Result<()> {
+pub fn serve(
+    port: u16,
+    redis_url: Option<String>,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

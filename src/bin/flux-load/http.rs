@@ -49,7 +49,7 @@ impl Call {
         self
     }
 
-    pub fn from_client(mut self, client: Option<&str>) -> Self {
+    pub fn with_client(mut self, client: Option<&str>) -> Self {
         self.forwarded_for = client.map(str::to_owned);
         self
     }

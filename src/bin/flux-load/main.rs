@@ -204,7 +204,7 @@ fn client_address(i: usize) -> String {
 
 async fn signup(addr: SocketAddr, email: &str, client: Option<&str>) -> anyhow::Result<Account> {
     let body = serde_json::json!({ "email": email, "password": PASSWORD, "name": "Load Tester" });
-    let call = Call::post("/api/auth/signup", &body).from_client(client);
+    let call = Call::post("/api/auth/signup", &body).with_client(client);
     let (status, body) = once(addr, &call).await?;
     anyhow::ensure!(
         status == StatusCode::CREATED,
@@ -283,7 +283,7 @@ impl Fixture {
             .map(|i| {
                 let client = self.client(i);
                 let fixed = |call: Call, expect| Job::Fixed {
-                    call: call.from_client(client.as_deref()),
+                    call: call.with_client(client.as_deref()),
                     expect,
                 };
                 match scenario {
@@ -380,9 +380,7 @@ impl Harness {
                     expect: StatusCode::OK,
                 })
                 .collect();
-            let (_, latency, stats) = self
-                .measure(Some(baseline.pid), baseline.addr, jobs)
-                .await;
+            let (_, latency, stats) = self.measure(Some(baseline.pid), baseline.addr, jobs).await;
             self.push(store, row, concurrency, latency, stats);
         }
     }

@@ -33,7 +33,7 @@ impl Job {
                     "/api/auth/refresh",
                     &serde_json::json!({ "refreshToken": token }),
                 )
-                .from_client(client.as_deref()),
+                .with_client(client.as_deref()),
                 StatusCode::OK,
             ),
             Self::Signup { tag, n } => {

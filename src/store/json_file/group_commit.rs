@@ -81,10 +81,7 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
 
     /// Applies `change` to the latest state and returns once it is durable. `change` must leave
     /// the state as it found it when it returns an error.
-    pub async fn update<R>(
-        &self,
-        change: impl FnOnce(&mut T) -> StoreResult<R>,
-    ) -> StoreResult<R> {
+    pub async fn update<R>(&self, change: impl FnOnce(&mut T) -> StoreResult<R>) -> StoreResult<R> {
         let (out, written) = {
             let mut pending = self.inner.pending.lock().await;
             let out = change(&mut pending.data)?;
