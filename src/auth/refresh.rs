@@ -1,8 +1,14 @@
-//! Refresh tokens: opaque, 256 bits from the OS CSPRNG, stored only as SHA-256.
+//! Refresh tokens: opaque, stored only as SHA-256. A token is a session tag (64 bits) followed by
+//! 256 secret bits from the OS CSPRNG, both unpadded base64url.
 //!
-//! A token's successor is not random but `HMAC(key, token)`: only a holder of the token (and the
-//! server) can compute it, and every concurrent refresh of one token inside the grace window gets
-//! the same successor without the server ever storing a raw token.
+//! The tag is random per session and kept by every successor: it names the session to the
+//! per-session refresh limit before any lookup, so that limit costs no database round trip. It
+//! carries no authority — the whole token is what is hashed and looked up — and an attacker who
+//! does not hold a token of the session does not know it.
+//!
+//! A token's successor is not random but `tag ‖ HMAC(key, token)`: only a holder of the token (and
+//! the server) can compute it, and every concurrent refresh of one token inside the grace window
+//! gets the same successor without the server ever storing a raw token.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,8 +16,15 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-/// 32 bytes in unpadded base64url.
-pub const TOKEN_CHARS: usize = 43;
+/// The session tag: 8 bytes in unpadded base64url.
+const TAG_CHARS: usize = 11;
+/// The secret part: 32 bytes in unpadded base64url.
+const SECRET_CHARS: usize = 43;
+/// A whole token.
+pub const TOKEN_CHARS: usize = TAG_CHARS + SECRET_CHARS;
+/// Tokens issued before session tags (the secret part alone) are still accepted; their successors
+/// carry a tag derived from them.
+const UNTAGGED_CHARS: usize = SECRET_CHARS;
 
 pub struct RefreshTokens {
     /// Keyed once; cloned per use.
@@ -31,20 +44,39 @@ impl RefreshTokens {
         Ok(Self { successor_mac })
     }
 
+    /// The first token of a new session.
     pub fn generate(&self) -> String {
-        let bytes: [u8; 32] = super::os_random();
-        URL_SAFE_NO_PAD.encode(bytes)
+        let tag: [u8; 8] = super::os_random();
+        let secret: [u8; 32] = super::os_random();
+        let mut token = URL_SAFE_NO_PAD.encode(tag);
+        URL_SAFE_NO_PAD.encode_string(secret, &mut token);
+        token
     }
 
+    /// The token that replaces `token` (well formed): same session tag, secret `HMAC(key, token)`.
     pub fn successor(&self, token: &str) -> String {
+        let mut successor = self.session_tag(token);
         let mut mac = self.successor_mac.clone();
         mac.update(token.as_bytes());
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut successor);
+        successor
+    }
+
+    /// The session tag of a well-formed token: its first characters, or for an untagged token one
+    /// derived from it (what its successor will carry).
+    pub fn session_tag(&self, token: &str) -> String {
+        if token.len() == TOKEN_CHARS {
+            return token[..TAG_CHARS].to_owned();
+        }
+        let mut mac = self.successor_mac.clone();
+        mac.update(b"session-tag\0");
+        mac.update(token.as_bytes());
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..8])
     }
 
     /// True when `token` has the shape of one of ours; anything else is refused before lookup.
     pub fn well_formed(token: &str) -> bool {
-        token.len() == TOKEN_CHARS
+        (token.len() == TOKEN_CHARS || token.len() == UNTAGGED_CHARS)
             && token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -72,5 +104,30 @@ mod tests {
         assert!(RefreshTokens::well_formed(&r.successor(&a)));
         assert!(!RefreshTokens::well_formed("short"));
         assert_eq!(hash_token(&a).len(), 64);
+    }
+
+    #[test]
+    fn the_session_tag_is_kept_by_every_successor_and_given_to_untagged_tokens() {
+        let r = RefreshTokens::new(&SecretString::from("k".repeat(40))).unwrap();
+        let first = r.generate();
+        assert_eq!(first.len(), TOKEN_CHARS);
+        let tag = r.session_tag(&first);
+        assert_eq!(tag.len(), TAG_CHARS);
+        let second = r.successor(&first);
+        let third = r.successor(&second);
+        assert_eq!(r.session_tag(&second), tag);
+        assert_eq!(r.session_tag(&third), tag);
+        assert_ne!(
+            r.session_tag(&r.generate()),
+            tag,
+            "each session its own tag"
+        );
+
+        let untagged = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert!(RefreshTokens::well_formed(&untagged));
+        let next = r.successor(&untagged);
+        assert_eq!(next.len(), TOKEN_CHARS);
+        assert_eq!(r.session_tag(&next), r.session_tag(&untagged));
+        assert_eq!(r.session_tag(&r.successor(&next)), r.session_tag(&untagged));
     }
 }

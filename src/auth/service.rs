@@ -15,7 +15,7 @@ use super::tokens::{AccessClaims, AccessTokens, IssuedAccessToken, TokenError};
 use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
-use crate::limits::{Exceeded, Limit, Limits, ip_subject};
+use crate::limits::{Exceeded, Limit, Limits, Refusal, ip_subject};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
 use crate::store::{
@@ -188,6 +188,31 @@ impl AuthService {
         }
     }
 
+    /// The login limits (see [`crate::limits::Limits::admit_login`]); a refusal is recorded.
+    /// Answers the account's remaining lockout.
+    async fn admit_login(
+        &self,
+        ip: &str,
+        account: Option<&str>,
+        ctx: &RequestContext,
+    ) -> Result<Option<std::time::Duration>, AuthError> {
+        match self.limits.admit_login(ip, account).await {
+            Ok(locked) => Ok(locked),
+            Err(Refusal::Exceeded(exceeded)) => {
+                Err(self.limited(exceeded, ctx, exceeded.limit.name()).await)
+            }
+            Err(Refusal::IpBlocked(wait)) => {
+                let exceeded = Exceeded {
+                    limit: Limit::LoginPerIp,
+                    max: 0,
+                    window_secs: wait.as_secs(),
+                    retry_after_secs: wait.as_secs().max(1),
+                };
+                Err(self.limited(exceeded, ctx, "ip_blocked").await)
+            }
+        }
+    }
+
     async fn limited(&self, exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> AuthError {
         self.record(
             SecurityEvent::from_request(EventType::RateLimitExceeded, ctx)
@@ -336,16 +361,6 @@ impl AuthService {
         ctx: &RequestContext,
     ) -> Result<AuthSuccess, AuthError> {
         let ip = ip_subject(ctx.client.ip);
-        if let Some(wait) = self.limits.ip_blocked(&ip).await {
-            let exceeded = Exceeded {
-                limit: Limit::LoginPerIp,
-                max: 0,
-                window_secs: wait.as_secs(),
-                retry_after_secs: wait.as_secs().max(1),
-            };
-            return Err(self.limited(exceeded, ctx, "ip_blocked").await);
-        }
-        self.enforce(Limit::LoginPerIp, &ip, ctx).await?;
         let validated = (|| {
             let email = Email::parse(required(&req.email, "email", "Email")?)?;
             let password = match req.password.as_deref() {
@@ -356,6 +371,9 @@ impl AuthService {
             password_policy::check_length(password, 1)?;
             Ok((email, password))
         })();
+        // One round trip for every limit: the account's only once the request names one.
+        let account = validated.as_ref().ok().map(|(email, _)| email.as_str());
+        let locked = self.admit_login(&ip, account, ctx).await?;
         let (email, password) = match validated {
             Ok(v) => v,
             Err(e) => {
@@ -369,10 +387,8 @@ impl AuthService {
                 return Err(e.into());
             }
         };
-        self.enforce(Limit::LoginPerAccount, &format!("{ip}|{email}"), ctx)
-            .await?;
         let user = self.store.user_by_email(email.as_str()).await?;
-        if let Some(wait) = self.limits.account_locked(email.as_str()).await {
+        if let Some(wait) = locked {
             // Same work and the same answer as a wrong password, even for the right one, and not
             // counted: a locked account tells an attacker nothing and cannot be locked longer.
             self.hasher.verify(password, None).await?;
@@ -604,8 +620,19 @@ impl AuthService {
         req: RefreshRequest,
         ctx: &RequestContext,
     ) -> Result<(UserRecord, IssuedTokens), AuthError> {
-        self.enforce(Limit::RefreshPerIp, &ip_subject(ctx.client.ip), ctx)
-            .await?;
+        // Per session once the token names one (its tag), and per address: one round trip.
+        let presented = req
+            .refresh_token
+            .as_deref()
+            .filter(|t| !t.is_empty() && RefreshTokens::well_formed(t));
+        let session = presented.map(|t| self.refresh.session_tag(t));
+        if let Err(exceeded) = self
+            .limits
+            .admit_refresh(&ip_subject(ctx.client.ip), session.as_deref())
+            .await
+        {
+            return Err(self.limited(exceeded, ctx, exceeded.limit.name()).await);
+        }
         let Some(presented) = req.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
             return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
         };

@@ -4,17 +4,6 @@
 
 use async_trait::async_trait;
 
-/// GCRA (generic cell rate algorithm): one key per subject holding its "theoretical arrival time".
-/// The default (not allowed) is what a failed backend would mean: fail closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Gcra {
-    pub allowed: bool,
-    /// How long until a request would be allowed (0 when allowed).
-    pub retry_after_ms: i64,
-    /// How far the subject's arrival time is ahead of now: `window` means the burst is used up.
-    pub used_ms: i64,
-}
-
 /// The result of counting one failed login against an account or address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Failure {
@@ -35,24 +24,59 @@ pub struct LockPolicy {
     pub grows: bool,
 }
 
+/// One GCRA limit to count within an [`Admission`].
+#[derive(Debug, Clone)]
+pub struct Rate {
+    pub key: String,
+    pub interval_ms: i64,
+    pub window_ms: i64,
+}
+
+/// Everything a request is checked against before it is served, answered in one atomic step (one
+/// Redis round trip): a block that refuses outright, then limits counted in order (the first one
+/// over refuses, and the ones after it are not counted), then a lock that is only reported (a
+/// locked account still gets the same answer as a wrong password).
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pub block: Option<String>,
+    pub rates: Vec<Rate>,
+    pub lock: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// `block` is running for this long.
+    Blocked { remaining_ms: i64 },
+    /// `rates[index]` is over its limit.
+    Limited { index: usize, retry_after_ms: i64 },
+    /// Served; `locked_ms` is what remains of `lock` (0 when none).
+    Admitted { locked_ms: i64 },
+}
+
+impl Default for Verdict {
+    /// What a failed backend would mean: refuse (fail closed).
+    fn default() -> Self {
+        Self::Blocked { remaining_ms: 1000 }
+    }
+}
+
+/// One failure to count: the failure counter, the lock it may start, and the lock's policy.
+#[derive(Debug, Clone)]
+pub struct FailureKeys {
+    pub fail_key: String,
+    pub lock_key: String,
+    pub policy: LockPolicy,
+}
+
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    async fn gcra(
+    async fn admit(&self, admission: &Admission, now_ms: i64) -> anyhow::Result<Verdict>;
+    /// Counts one failure against each entry, all in one atomic step; results in the same order.
+    async fn record_failures(
         &self,
-        key: &str,
+        entries: &[FailureKeys],
         now_ms: i64,
-        interval_ms: i64,
-        window_ms: i64,
-    ) -> anyhow::Result<Gcra>;
-    async fn record_failure(
-        &self,
-        fail_key: &str,
-        lock_key: &str,
-        now_ms: i64,
-        policy: LockPolicy,
-    ) -> anyhow::Result<Failure>;
-    /// Remaining lock in ms, 0 when not locked.
-    async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64>;
+    ) -> anyhow::Result<Vec<Failure>>;
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()>;
     /// Live lock keys under `prefix` with their remaining ms (admin listing).
     async fn locks(&self, prefix: &str, now_ms: i64) -> anyhow::Result<Vec<(String, i64)>>;
@@ -73,35 +97,47 @@ pub fn lock_ms(count: i64, policy: &LockPolicy) -> i64 {
         .min(policy.max_ms)
 }
 
-/// `(allowed, retry_after, new_tat)` of GCRA, shared by both backends so they agree exactly.
+/// One GCRA (generic cell rate algorithm) step on a subject's "theoretical arrival time", shared
+/// by both backends so they agree exactly: `Ok(new_tat)` when allowed, `Err(retry_after_ms)` when
+/// not.
 pub fn gcra_step(
     stored_tat: Option<i64>,
     now_ms: i64,
     interval_ms: i64,
     window_ms: i64,
-) -> (Gcra, Option<i64>) {
+) -> Result<i64, i64> {
     let tat = stored_tat.unwrap_or(now_ms).max(now_ms);
     let new_tat = tat + interval_ms;
     let allow_at = new_tat - window_ms;
     if now_ms < allow_at {
-        (
-            Gcra {
-                allowed: false,
-                retry_after_ms: allow_at - now_ms,
-                used_ms: tat - now_ms,
-            },
-            None,
-        )
+        Err(allow_at - now_ms)
     } else {
-        (
-            Gcra {
-                allowed: true,
-                retry_after_ms: 0,
-                used_ms: new_tat - now_ms,
-            },
-            Some(new_tat),
-        )
+        Ok(new_tat)
     }
+}
+
+/// The counter and lock after one more failure, unless a lock runs (then nothing is counted):
+/// `(failure, new count to store, lock until to store)`, shared by both backends.
+pub fn failure_step(
+    stored_count: Option<i64>,
+    lock_until: Option<i64>,
+    now_ms: i64,
+    policy: &LockPolicy,
+) -> (Failure, Option<i64>, Option<i64>) {
+    if let Some(until) = lock_until.filter(|u| *u > now_ms) {
+        let failure = Failure {
+            count: None,
+            lock_ms: until - now_ms,
+        };
+        return (failure, None, None);
+    }
+    let count = stored_count.unwrap_or(0) + 1;
+    let lock = lock_ms(count, policy);
+    let failure = Failure {
+        count: Some(count),
+        lock_ms: lock,
+    };
+    (failure, Some(count), (lock > 0).then_some(now_ms + lock))
 }
 
 #[cfg(test)]
@@ -113,15 +149,15 @@ mod tests {
         let (interval, window) = (6_000, 60_000); // 10 per minute
         let mut tat = None;
         for i in 0..10 {
-            let (d, next) = gcra_step(tat, 0, interval, window);
-            assert!(d.allowed, "request {i}");
-            tat = next;
+            let next = gcra_step(tat, 0, interval, window);
+            assert!(next.is_ok(), "request {i}");
+            tat = next.ok();
         }
-        let (d, _) = gcra_step(tat, 0, interval, window);
-        assert!(!d.allowed);
-        assert_eq!(d.retry_after_ms, 6_000);
-        let (d, _) = gcra_step(tat, 6_000, interval, window);
-        assert!(d.allowed, "one more after one interval");
+        assert_eq!(gcra_step(tat, 0, interval, window), Err(6_000));
+        assert!(
+            gcra_step(tat, 6_000, interval, window).is_ok(),
+            "one more after one interval"
+        );
     }
 
     #[test]

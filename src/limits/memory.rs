@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::keystore::{Failure, Gcra, KeyStore, LockPolicy, gcra_step, lock_ms};
+use super::keystore::{
+    Admission, Failure, FailureKeys, KeyStore, Verdict, failure_step, gcra_step,
+};
 
 const MAX_ENTRIES: usize = 200_000;
 
@@ -41,53 +43,63 @@ impl MemoryStore {
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    async fn gcra(
-        &self,
-        key: &str,
-        now_ms: i64,
-        interval_ms: i64,
-        window_ms: i64,
-    ) -> anyhow::Result<Gcra> {
+    async fn admit(&self, admission: &Admission, now_ms: i64) -> anyhow::Result<Verdict> {
         Ok(self.with(now_ms, |map| {
-            let (decision, new_tat) =
-                gcra_step(Self::live(map, key, now_ms), now_ms, interval_ms, window_ms);
-            if let Some(tat) = new_tat {
-                map.insert(key.to_owned(), (tat, tat));
-            }
-            decision
-        }))
-    }
-
-    async fn record_failure(
-        &self,
-        fail_key: &str,
-        lock_key: &str,
-        now_ms: i64,
-        policy: LockPolicy,
-    ) -> anyhow::Result<Failure> {
-        Ok(self.with(now_ms, |map| {
-            if let Some(until) = Self::live(map, lock_key, now_ms) {
-                return Failure {
-                    count: None,
-                    lock_ms: until - now_ms,
+            let remaining = |map: &HashMap<String, (i64, i64)>, key: &Option<String>| {
+                key.as_deref()
+                    .and_then(|k| Self::live(map, k, now_ms))
+                    .map_or(0, |until| (until - now_ms).max(0))
+            };
+            let blocked = remaining(map, &admission.block);
+            if blocked > 0 {
+                return Verdict::Blocked {
+                    remaining_ms: blocked,
                 };
             }
-            let count = Self::live(map, fail_key, now_ms).unwrap_or(0) + 1;
-            map.insert(fail_key.to_owned(), (count, now_ms + policy.memory_ms));
-            let lock = lock_ms(count, &policy);
-            if lock > 0 {
-                map.insert(lock_key.to_owned(), (now_ms + lock, now_ms + lock));
+            for (index, rate) in admission.rates.iter().enumerate() {
+                let stored = Self::live(map, &rate.key, now_ms);
+                match gcra_step(stored, now_ms, rate.interval_ms, rate.window_ms) {
+                    Ok(tat) => {
+                        map.insert(rate.key.clone(), (tat, tat));
+                    }
+                    Err(retry_after_ms) => {
+                        return Verdict::Limited {
+                            index,
+                            retry_after_ms,
+                        };
+                    }
+                }
             }
-            Failure {
-                count: Some(count),
-                lock_ms: lock,
+            Verdict::Admitted {
+                locked_ms: remaining(map, &admission.lock),
             }
         }))
     }
 
-    async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64> {
+    async fn record_failures(
+        &self,
+        entries: &[FailureKeys],
+        now_ms: i64,
+    ) -> anyhow::Result<Vec<Failure>> {
         Ok(self.with(now_ms, |map| {
-            Self::live(map, lock_key, now_ms).map_or(0, |until| until - now_ms)
+            entries
+                .iter()
+                .map(|e| {
+                    let (failure, count, lock_until) = failure_step(
+                        Self::live(map, &e.fail_key, now_ms),
+                        Self::live(map, &e.lock_key, now_ms),
+                        now_ms,
+                        &e.policy,
+                    );
+                    if let Some(count) = count {
+                        map.insert(e.fail_key.clone(), (count, now_ms + e.policy.memory_ms));
+                    }
+                    if let Some(until) = lock_until {
+                        map.insert(e.lock_key.clone(), (until, until));
+                    }
+                    failure
+                })
+                .collect()
         }))
     }
 
@@ -108,5 +120,87 @@ impl KeyStore for MemoryStore {
                 .map(|(k, (until, _))| (k.clone(), until - now_ms))
                 .collect()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::keystore::{LockPolicy, Rate};
+
+    fn rate(key: &str, per_minute: i64) -> Rate {
+        Rate {
+            key: key.into(),
+            interval_ms: 60_000 / per_minute,
+            window_ms: 60_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_blocks_first_counts_in_order_and_reports_the_lock() {
+        let store = MemoryStore::default();
+        let admission = Admission {
+            block: Some("block".into()),
+            rates: vec![rate("wide", 3), rate("narrow", 2)],
+            lock: Some("lock".into()),
+        };
+        let admitted = Verdict::Admitted { locked_ms: 0 };
+        assert_eq!(store.admit(&admission, 0).await.unwrap(), admitted);
+        assert_eq!(store.admit(&admission, 0).await.unwrap(), admitted);
+        // The narrow limit refuses the third; the wide one counted it (it comes first).
+        assert!(matches!(
+            store.admit(&admission, 0).await.unwrap(),
+            Verdict::Limited { index: 1, .. }
+        ));
+        assert!(matches!(
+            store.admit(&admission, 0).await.unwrap(),
+            Verdict::Limited { index: 0, .. }
+        ));
+
+        // Failures past the threshold lock; the lock is reported, a block refuses outright.
+        let policy = LockPolicy {
+            threshold: 2,
+            base_ms: 30_000,
+            max_ms: 60_000,
+            memory_ms: 600_000,
+            grows: true,
+        };
+        let entries = [
+            FailureKeys {
+                fail_key: "fail".into(),
+                lock_key: "lock".into(),
+                policy,
+            },
+            FailureKeys {
+                fail_key: "fail-ip".into(),
+                lock_key: "block".into(),
+                policy: LockPolicy {
+                    threshold: 3,
+                    ..policy
+                },
+            },
+        ];
+        let first = store.record_failures(&entries, 0).await.unwrap();
+        assert_eq!(first[0].count, Some(1));
+        let second = store.record_failures(&entries, 0).await.unwrap();
+        assert_eq!((second[0].count, second[0].lock_ms), (Some(2), 30_000));
+        assert_eq!((second[1].count, second[1].lock_ms), (Some(2), 0));
+        let later = Admission {
+            rates: vec![],
+            ..admission.clone()
+        };
+        assert_eq!(
+            store.admit(&later, 1_000).await.unwrap(),
+            Verdict::Admitted { locked_ms: 29_000 }
+        );
+        let third = store.record_failures(&entries, 1_000).await.unwrap();
+        assert_eq!(third[0].count, None, "not counted while locked");
+        assert_eq!(third[1].count, Some(3));
+        assert_eq!(
+            store.admit(&later, 1_000).await.unwrap(),
+            Verdict::Blocked {
+                remaining_ms: 30_000
+            }
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keystore::{Failure, KeyStore, LockPolicy};
+use keystore::{Admission, Failure, FailureKeys, KeyStore, LockPolicy, Rate, Verdict};
 use memory::MemoryStore;
 pub use redis_link::RedisLink;
 
@@ -28,6 +28,7 @@ pub enum Limit {
     LoginPerAccount,
     SignupPerIp,
     RefreshPerIp,
+    RefreshPerSession,
 }
 
 impl Limit {
@@ -37,6 +38,7 @@ impl Limit {
             Self::LoginPerAccount => "login_account",
             Self::SignupPerIp => "signup_ip",
             Self::RefreshPerIp => "refresh_ip",
+            Self::RefreshPerSession => "refresh_session",
         }
     }
 }
@@ -48,6 +50,14 @@ pub struct Exceeded {
     pub max: u32,
     pub window_secs: u64,
     pub retry_after_secs: u64,
+}
+
+/// Why a request is refused before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address is blocked for password spraying, for this long.
+    IpBlocked(Duration),
+    Exceeded(Exceeded),
 }
 
 /// The failure counters after one failed login.
@@ -73,6 +83,7 @@ struct Rules {
     login_per_account: (u32, u64),
     signup_per_ip: (u32, u64),
     refresh_per_ip: (u32, u64),
+    refresh_per_session: (u32, u64),
     account_lock: LockPolicy,
     ip_lock: LockPolicy,
 }
@@ -136,6 +147,7 @@ impl Limits {
                 login_per_account: (settings.login_limit_per_account, 60),
                 signup_per_ip: (settings.signup_limit_per_ip, 3600),
                 refresh_per_ip: (settings.refresh_limit_per_ip, 60),
+                refresh_per_session: (settings.refresh_limit_per_session, 60),
                 account_lock: LockPolicy {
                     threshold: settings.lockout_threshold as i64,
                     base_ms: secs(settings.lockout_base_secs),
@@ -164,29 +176,106 @@ impl Limits {
             Limit::LoginPerAccount => self.rules.login_per_account,
             Limit::SignupPerIp => self.rules.signup_per_ip,
             Limit::RefreshPerIp => self.rules.refresh_per_ip,
+            Limit::RefreshPerSession => self.rules.refresh_per_session,
         }
     }
 
     /// Counts one request of `subject` against `limit`.
     pub async fn check(&self, limit: Limit, subject: &str) -> Result<(), Exceeded> {
-        let (max, window_secs) = self.rule(limit);
-        if !self.enabled || max == 0 {
-            return Ok(());
+        match self.admit(None, &[(limit, subject)], None).await {
+            Err(Refusal::Exceeded(exceeded)) => Err(exceeded),
+            _ => Ok(()),
         }
-        let key = format!("{}rl:{}:{subject}", self.prefix, limit.name());
-        let window_ms = (window_secs * 1000) as i64;
-        let interval_ms = (window_ms / i64::from(max)).max(1);
-        let now = self.clock.now_ms();
-        let decision = on_backend!(self, |store| store.gcra(&key, now, interval_ms, window_ms));
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(Exceeded {
-                limit,
-                max,
-                window_secs,
-                retry_after_secs: ceil_secs(decision.retry_after_ms),
+    }
+
+    /// Everything a login is checked against, in one round trip: the address's spraying block,
+    /// the per-address limit, and — once the request names an account — the per-address+account
+    /// limit; answers the account's remaining lockout, if any.
+    pub async fn admit_login(
+        &self,
+        ip: &str,
+        account: Option<&str>,
+    ) -> Result<Option<Duration>, Refusal> {
+        let pair = account.map(|a| format!("{ip}|{a}"));
+        let mut rates = vec![(Limit::LoginPerIp, ip)];
+        if let Some(pair) = &pair {
+            rates.push((Limit::LoginPerAccount, pair));
+        }
+        let block = Some(self.ip_keys(ip).1);
+        let lock = account.map(|a| self.account_keys(a).1);
+        self.admit(block, &rates, lock).await
+    }
+
+    /// The refresh limits in one round trip: per address, and per session once the token names
+    /// one.
+    pub async fn admit_refresh(&self, ip: &str, session: Option<&str>) -> Result<(), Exceeded> {
+        let mut rates = vec![(Limit::RefreshPerIp, ip)];
+        if let Some(session) = session {
+            rates.push((Limit::RefreshPerSession, session));
+        }
+        match self.admit(None, &rates, None).await {
+            Err(Refusal::Exceeded(exceeded)) => Err(exceeded),
+            _ => Ok(()),
+        }
+    }
+
+    async fn admit(
+        &self,
+        block: Option<String>,
+        limits: &[(Limit, &str)],
+        lock: Option<String>,
+    ) -> Result<Option<Duration>, Refusal> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        // A limit set to 0 is off; the rest are counted in the order given.
+        let counted: Vec<(Limit, &str, u32, u64)> = limits
+            .iter()
+            .filter_map(|&(limit, subject)| {
+                let (max, window_secs) = self.rule(limit);
+                (max > 0).then_some((limit, subject, max, window_secs))
             })
+            .collect();
+        let admission = Admission {
+            block,
+            rates: counted
+                .iter()
+                .map(|&(limit, subject, max, window_secs)| {
+                    let window_ms = (window_secs * 1000) as i64;
+                    Rate {
+                        key: format!("{}rl:{}:{subject}", self.prefix, limit.name()),
+                        interval_ms: (window_ms / i64::from(max)).max(1),
+                        window_ms,
+                    }
+                })
+                .collect(),
+            lock,
+        };
+        let now = self.clock.now_ms();
+        match on_backend!(self, |store| store.admit(&admission, now)) {
+            Verdict::Admitted { locked_ms } => {
+                Ok((locked_ms > 0).then(|| Duration::from_millis(locked_ms as u64)))
+            }
+            Verdict::Blocked { remaining_ms } => Err(Refusal::IpBlocked(Duration::from_millis(
+                remaining_ms.max(0) as u64,
+            ))),
+            Verdict::Limited {
+                index,
+                retry_after_ms,
+            } => {
+                // An index the backend was not sent would be a bug: refuse as the first limit.
+                let (limit, _, max, window_secs) = counted
+                    .get(index)
+                    .or(counted.first())
+                    .copied()
+                    .unwrap_or((Limit::LoginPerIp, "", 0, 0));
+                Err(Refusal::Exceeded(Exceeded {
+                    limit,
+                    max,
+                    window_secs,
+                    retry_after_secs: ceil_secs(retry_after_ms),
+                }))
+            }
         }
     }
 
@@ -204,25 +293,6 @@ impl Limits {
         )
     }
 
-    /// The remaining lockout of an account, if any.
-    pub async fn account_locked(&self, account: &str) -> Option<Duration> {
-        self.locked(self.account_keys(account).1).await
-    }
-
-    /// The remaining block of an address (password spraying), if any.
-    pub async fn ip_blocked(&self, ip: &str) -> Option<Duration> {
-        self.locked(self.ip_keys(ip).1).await
-    }
-
-    async fn locked(&self, lock_key: String) -> Option<Duration> {
-        if !self.enabled {
-            return None;
-        }
-        let now = self.clock.now_ms();
-        let remaining: i64 = on_backend!(self, |store| store.lock_remaining(&lock_key, now));
-        (remaining > 0).then(|| Duration::from_millis(remaining as u64))
-    }
-
     /// Counts a failed login: against the account (only for accounts that exist, so failures on
     /// unknown emails leave nothing behind) and against the address.
     pub async fn login_failed(&self, account: Option<&str>, ip: &str) -> FailureReport {
@@ -234,17 +304,29 @@ impl Limits {
         if !self.enabled {
             return report;
         }
-        let now = self.clock.now_ms();
+        let mut entries = Vec::with_capacity(2);
         if let Some(account) = account {
-            let (fail, lock) = self.account_keys(account);
-            let policy = self.rules.account_lock;
-            report.account = Some(on_backend!(self, |store| store
-                .record_failure(&fail, &lock, now, policy)));
+            let (fail_key, lock_key) = self.account_keys(account);
+            entries.push(FailureKeys {
+                fail_key,
+                lock_key,
+                policy: self.rules.account_lock,
+            });
         }
-        let (fail, lock) = self.ip_keys(ip);
-        let policy = self.rules.ip_lock;
-        report.ip = Some(on_backend!(self, |store| store
-            .record_failure(&fail, &lock, now, policy)));
+        let (fail_key, lock_key) = self.ip_keys(ip);
+        entries.push(FailureKeys {
+            fail_key,
+            lock_key,
+            policy: self.rules.ip_lock,
+        });
+        let now = self.clock.now_ms();
+        // Both counters in one round trip.
+        let mut failures: Vec<Failure> =
+            on_backend!(self, |store| store.record_failures(&entries, now));
+        // A backend that answered the wrong number of results counted nothing we can report.
+        failures.resize(entries.len(), Failure::default());
+        report.ip = failures.pop();
+        report.account = failures.pop().filter(|_| account.is_some());
         report
     }
 

@@ -8,57 +8,86 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::keystore::{Failure, Gcra, KeyStore, LockPolicy};
+use super::keystore::{Admission, Failure, FailureKeys, KeyStore, Verdict};
 
-const GCRA_SCRIPT: &str = r"
+/// [`Admission`] in one round trip. KEYS: the block (if any), one per rate, the lock (if any).
+/// ARGV: now, has block, number of rates, has lock, then interval and window per rate.
+/// Returns `{0, 0, locked ms}` (admitted), `{1, 0, remaining ms}` (blocked) or
+/// `{2, rate index, retry after ms}` (limited).
+const ADMIT_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - window
-if now < allow_at then
-  return {0, allow_at - now, tat - now}
+local nrates = tonumber(ARGV[3])
+local k = 1
+if ARGV[2] == '1' then
+  local until_ms = tonumber(redis.call('GET', KEYS[1]) or 0)
+  if until_ms > now then return {1, 0, until_ms - now} end
+  k = 2
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
-return {1, 0, new_tat - now}
+for i = 1, nrates do
+  local interval = tonumber(ARGV[3 + 2 * i])
+  local window = tonumber(ARGV[4 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[k]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - window
+  if now < allow_at then return {2, i - 1, allow_at - now} end
+  redis.call('SET', KEYS[k], new_tat, 'PX', new_tat - now)
+  k = k + 1
+end
+local locked = 0
+if ARGV[4] == '1' then
+  local until_ms = tonumber(redis.call('GET', KEYS[k]) or 0)
+  if until_ms > now then locked = until_ms - now end
+end
+return {0, 0, locked}
 ";
 
-/// Counts a failure unless a lock is running; starts (or extends) the lock at the threshold.
-const FAILURE_SCRIPT: &str = r"
+/// Counts a failure against each (failure counter, lock) pair of KEYS unless its lock is running,
+/// and starts (or extends) the lock at the threshold. ARGV: now, then per pair threshold, base,
+/// max, memory, grows. Returns count (-1 when a lock was running) and lock ms per pair.
+const FAILURES_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
-local threshold = tonumber(ARGV[2])
-local base = tonumber(ARGV[3])
-local max = tonumber(ARGV[4])
-local memory = tonumber(ARGV[5])
-local grows = ARGV[6] == '1'
-local until_ms = tonumber(redis.call('GET', KEYS[2]) or 0)
-if until_ms > now then
-  return {-1, until_ms - now}
+local out = {}
+for i = 1, #KEYS / 2 do
+  local fail_key = KEYS[2 * i - 1]
+  local lock_key = KEYS[2 * i]
+  local a = 1 + 5 * (i - 1)
+  local threshold = tonumber(ARGV[a + 1])
+  local base = tonumber(ARGV[a + 2])
+  local max = tonumber(ARGV[a + 3])
+  local memory = tonumber(ARGV[a + 4])
+  local grows = ARGV[a + 5] == '1'
+  local until_ms = tonumber(redis.call('GET', lock_key) or 0)
+  if until_ms > now then
+    out[#out + 1] = -1
+    out[#out + 1] = until_ms - now
+  else
+    local count = redis.call('INCR', fail_key)
+    redis.call('PEXPIRE', fail_key, memory)
+    local lock = 0
+    if count >= threshold then
+      lock = base
+      if grows then
+        local doublings = count - threshold
+        if doublings > 20 then doublings = 20 end
+        lock = base * (2 ^ doublings)
+        if lock > max then lock = max end
+      end
+      lock = math.floor(lock)
+      if lock > 0 then redis.call('SET', lock_key, now + lock, 'PX', lock) end
+    end
+    out[#out + 1] = count
+    out[#out + 1] = lock
+  end
 end
-local count = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], memory)
-if count < threshold then
-  return {count, 0}
-end
-local lock = base
-if grows then
-  local doublings = count - threshold
-  if doublings > 20 then doublings = 20 end
-  lock = base * (2 ^ doublings)
-  if lock > max then lock = max end
-end
-lock = math.floor(lock)
-redis.call('SET', KEYS[2], now + lock, 'PX', lock)
-return {count, lock}
+return out
 ";
 
 pub struct RedisStore {
     manager: ConnectionManager,
     timeout: Duration,
-    gcra: Script,
-    failure: Script,
+    admit: Script,
+    failures: Script,
 }
 
 impl RedisStore {
@@ -74,8 +103,8 @@ impl RedisStore {
         Ok(Self {
             manager,
             timeout,
-            gcra: Script::new(GCRA_SCRIPT),
-            failure: Script::new(FAILURE_SCRIPT),
+            admit: Script::new(ADMIT_SCRIPT),
+            failures: Script::new(FAILURES_SCRIPT),
         })
     }
 
@@ -141,63 +170,74 @@ impl RedisStore {
 
 #[async_trait]
 impl KeyStore for RedisStore {
-    async fn gcra(
-        &self,
-        key: &str,
-        now_ms: i64,
-        interval_ms: i64,
-        window_ms: i64,
-    ) -> anyhow::Result<Gcra> {
+    async fn admit(&self, admission: &Admission, now_ms: i64) -> anyhow::Result<Verdict> {
+        let mut invocation = self.admit.prepare_invoke();
+        invocation
+            .arg(now_ms)
+            .arg(i64::from(admission.block.is_some()))
+            .arg(admission.rates.len())
+            .arg(i64::from(admission.lock.is_some()));
+        if let Some(block) = &admission.block {
+            invocation.key(block);
+        }
+        for rate in &admission.rates {
+            invocation
+                .key(&rate.key)
+                .arg(rate.interval_ms)
+                .arg(rate.window_ms);
+        }
+        if let Some(lock) = &admission.lock {
+            invocation.key(lock);
+        }
         let mut conn = self.manager.clone();
-        let (allowed, retry, used): (i64, i64, i64) = self
-            .bounded(
-                self.gcra
-                    .key(key)
-                    .arg(now_ms)
-                    .arg(interval_ms)
-                    .arg(window_ms)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        Ok(Gcra {
-            allowed: allowed == 1,
-            retry_after_ms: retry,
-            used_ms: used,
+        let (code, index, ms): (i64, i64, i64) =
+            self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(match code {
+            0 => Verdict::Admitted { locked_ms: ms },
+            1 => Verdict::Blocked { remaining_ms: ms },
+            _ => Verdict::Limited {
+                index: usize::try_from(index).unwrap_or_default(),
+                retry_after_ms: ms,
+            },
         })
     }
 
-    async fn record_failure(
+    async fn record_failures(
         &self,
-        fail_key: &str,
-        lock_key: &str,
+        entries: &[FailureKeys],
         now_ms: i64,
-        policy: LockPolicy,
-    ) -> anyhow::Result<Failure> {
+    ) -> anyhow::Result<Vec<Failure>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.failures.prepare_invoke();
+        invocation.arg(now_ms);
+        for e in entries {
+            let p = e.policy;
+            invocation
+                .key(&e.fail_key)
+                .key(&e.lock_key)
+                .arg(p.threshold)
+                .arg(p.base_ms)
+                .arg(p.max_ms)
+                .arg(p.memory_ms)
+                .arg(i64::from(p.grows));
+        }
         let mut conn = self.manager.clone();
-        let (count, lock): (i64, i64) = self
-            .bounded(
-                self.failure
-                    .key(fail_key)
-                    .key(lock_key)
-                    .arg(now_ms)
-                    .arg(policy.threshold)
-                    .arg(policy.base_ms)
-                    .arg(policy.max_ms)
-                    .arg(policy.memory_ms)
-                    .arg(if policy.grows { "1" } else { "0" })
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        Ok(Failure {
-            count: (count >= 0).then_some(count),
-            lock_ms: lock,
-        })
-    }
-
-    async fn lock_remaining(&self, lock_key: &str, now_ms: i64) -> anyhow::Result<i64> {
-        let mut conn = self.manager.clone();
-        let until: Option<i64> = self.bounded(conn.get(lock_key)).await?;
-        Ok(until.map_or(0, |u| (u - now_ms).max(0)))
+        let flat: Vec<i64> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        anyhow::ensure!(
+            flat.len() == entries.len() * 2,
+            "failure script answered {} values for {} entries",
+            flat.len(),
+            entries.len()
+        );
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| Failure {
+                count: (pair[0] >= 0).then_some(pair[0]),
+                lock_ms: pair[1],
+            })
+            .collect())
     }
 
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()> {

@@ -611,7 +611,7 @@ async fn the_code_flow_runs_end_to_end_with_pkce_state_and_nonce_on_both_stores(
         assert_eq!(fragment["isNewUser"], "true");
         assert_eq!(fragment["tokenType"], "Bearer");
         assert_eq!(fragment["token"], fragment["accessToken"]);
-        assert_eq!(fragment["refreshToken"].len(), 43);
+        assert_eq!(fragment["refreshToken"].len(), 54);
         let me: Value = app.me(&fragment["accessToken"]).await.json().await.unwrap();
         assert_eq!(me["email"], "cody@gmail.com");
         assert_eq!(

@@ -243,6 +243,56 @@ async fn signup_is_limited_per_address_per_hour() {
 }
 
 #[tokio::test]
+async fn refresh_is_limited_per_session_and_per_address() {
+    let Some(app) = limited_app(Backend::File, |s| {
+        s.refresh_limit_per_session = 3;
+        s.refresh_limit_per_ip = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    let email = unique_email();
+    let first = app.signed_up(&email).await;
+    let second = app.logged_in(&email).await;
+    let mut a = first["refreshToken"].as_str().unwrap().to_owned();
+    let tag = a[..11].to_owned();
+    for _ in 0..3 {
+        let response = app.refresh(&a).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        a = body["refreshToken"].as_str().unwrap().to_owned();
+        assert!(a.starts_with(&tag), "a successor keeps its session's tag");
+    }
+    // The session's fourth refresh in a minute is refused, and the token is not spent by it.
+    let response = app.refresh(&a).await;
+    assert_eq!(response.headers()["ratelimit-limit"], "3");
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    // Another session of the same user on the same address is not affected...
+    let b = second["refreshToken"].as_str().unwrap();
+    assert_eq!(app.refresh(b).await.status(), StatusCode::OK);
+    // ...until the address's own limit (5 a minute here) is used up.
+    let response = app.refresh(b).await;
+    assert_eq!(response.headers()["ratelimit-limit"], "5");
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+
+    let reasons: Vec<String> = app
+        .events_of("rate_limit_exceeded")
+        .await
+        .iter()
+        .map(|e| e.metadata["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons, ["refresh_session", "refresh_ip"]);
+    assert_eq!(app.events_of("token_refreshed").await.len(), 4);
+    let keys = prefixed_keys(&app).await;
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(&format!("rl:refresh_session:{tag}"))),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
 async fn f7_password_spraying_blocks_the_address_and_leaves_unknown_emails_free() {
     let Some(app) = limited_app(Backend::File, |s| {
         s.ip_failure_threshold = 8;

@@ -119,7 +119,7 @@ async fn login_returns_auth_response_sets_last_login_and_records_events_on_both_
         assert_eq!(body["tokenType"], "Bearer");
         assert_eq!(body["expiresIn"], 900);
         assert_ne!(body["refreshToken"], signed_up["refreshToken"]);
-        assert_eq!(body["refreshToken"].as_str().unwrap().len(), 43);
+        assert_eq!(body["refreshToken"].as_str().unwrap().len(), 54);
         let access = claims(body["accessToken"].as_str().unwrap());
         assert_eq!(access["sub"], user_id.as_str());
         assert_eq!(

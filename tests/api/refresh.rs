@@ -116,10 +116,15 @@ async fn c8_only_a_sha256_of_each_refresh_token_is_stored() {
         let body = refreshed(&app, &rt0).await;
         let rt1 = text(&body, "refreshToken").to_owned();
         for token in [&rt0, &rt1] {
-            let raw =
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
-                    .expect("base64url");
-            assert_eq!(raw.len(), 32, "256 bits");
+            // An 11-character session tag (64 bits), then the 256-bit secret.
+            let (tag, secret) = token.split_at(11);
+            let decode = |part: &str| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part)
+                    .expect("base64url")
+            };
+            assert_eq!(decode(tag).len(), 8, "64-bit tag");
+            assert_eq!(decode(secret).len(), 32, "256 bits");
+            assert_eq!(tag, &rt0[..11], "a successor keeps the session's tag");
         }
         let mut stored: Vec<String> = app
             .stored_refresh_tokens()

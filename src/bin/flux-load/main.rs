@@ -606,6 +606,7 @@ impl Harness {
             "LOGIN_LIMIT_PER_ACCOUNT",
             "SIGNUP_LIMIT_PER_IP",
             "REFRESH_LIMIT_PER_IP",
+            "REFRESH_LIMIT_PER_SESSION",
             "IP_FAILURE_THRESHOLD",
         ] {
             on.push((key.into(), "1000000000".into()));
