@@ -19,7 +19,7 @@ use crate::auth::tokens::AccessTokens;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
 use crate::limits::{Limits, RedisLink};
-use crate::metrics::{Metrics, StateCollector};
+use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, StateCollector};
 use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::store::{self, postgres::Database};
@@ -97,8 +97,8 @@ impl Core {
         if settings.rate_limits == crate::config::Switch::Off {
             tracing::warn!("RATE_LIMITS=off: rate limits and lockouts are disabled");
         }
-        let store = store::open(&settings).await?;
         let metrics = Metrics::default();
+        let store = store::open(&settings, &metrics).await?;
         let pipeline = security_log::start(&settings, &metrics)?;
         let hasher = PasswordHasher::new(
             settings.argon2_memory_kib,
@@ -157,10 +157,10 @@ impl Core {
         }
         let mut pools = Vec::new();
         if let Some(db) = auth.store.database() {
-            pools.push(("users", db));
+            pools.push((POOL_USERS, db));
         }
         if let Some(db) = &pipeline.database {
-            pools.push(("security_log", db.clone()));
+            pools.push((POOL_SECURITY_LOG, db.clone()));
         }
         let hashes = auth.clone();
         let registry = metrics.registry(StateCollector {

@@ -45,10 +45,11 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
     })?);
     let database = match settings.security_log_database_url() {
         Some(url) => {
-            let db = Database::connect_lazy(
+            let db = Database::connect_lazy_observed(
                 url,
                 4,
                 Duration::from_millis(settings.database_connect_timeout_ms),
+                metrics.pool(crate::metrics::POOL_SECURITY_LOG),
             )?;
             if settings.run_migrations {
                 // Its own database gets only its table; the user store's gets everything.

@@ -32,6 +32,9 @@ impl PgSink {
             metadata.push(serde_json::Value::Object(e.metadata.clone()).to_string());
             times.push(e.created_at);
         }
+        // Acquired once the arrays are built, so the connection is held only for the statement;
+        // timed into `db_pool_acquire_wait_seconds{pool="security_log"}`.
+        let mut conn = self.db.acquire().await?;
         let done = sqlx::query(
             "INSERT INTO security_events \
                (id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, created_at) \
@@ -50,7 +53,7 @@ impl PgSink {
         .bind(&agents)
         .bind(&metadata)
         .bind(&times)
-        .execute(&self.db.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }

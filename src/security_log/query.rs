@@ -168,7 +168,7 @@ impl EventSource {
                     )),
                     filter
                 )
-                .fetch_all(&db.pool)
+                .fetch_all(&mut *db.acquire().await?)
                 .await?
             }
             Self::Files(spool) => {
@@ -198,7 +198,7 @@ impl EventSource {
                 )
                 .bind(from)
                 .bind(to)
-                .fetch_all(&db.pool)
+                .fetch_all(&mut *db.acquire().await?)
                 .await?
             }
             Self::Files(spool) => {

@@ -65,7 +65,7 @@ pub async fn delete_from_postgres(
             .bind(severity.as_str())
             .bind(retention.cutoff(severity, now))
             .bind(batch)
-            .execute(&db.pool)
+            .execute(&mut *db.acquire().await?)
             .await?;
             total += done.rows_affected();
             if (done.rows_affected() as i64) < batch {

@@ -327,9 +327,16 @@ pub const ENDED_SESSION_RETENTION_DAYS: i64 = 7;
 
 /// Opens the configured store. A Postgres store that cannot connect yet still opens: it reports
 /// `Unavailable` until the database answers and its migrations have run.
-pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// Its pool's acquire wait goes to `metrics` (`pool="users"`).
+pub async fn open(
+    settings: &Settings,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match settings.storage_kind() {
-        StorageKind::Postgres => Arc::new(postgres::PgStore::open(settings)?),
+        StorageKind::Postgres => Arc::new(postgres::PgStore::open(
+            settings,
+            metrics.pool(crate::metrics::POOL_USERS),
+        )?),
         StorageKind::File => Arc::new(json_file::FileStore::open(&settings.data_dir).await?),
     })
 }

@@ -3,17 +3,22 @@
 //! The pool connects lazily: if the database is down at start the service still starts, answers
 //! `Unavailable` (503) on routes that need it, and a background task keeps trying to connect and
 //! migrate; once that succeeds the store is ready and stays so, reconnecting as the pool does.
+//!
+//! Every query takes its connection through [`Database::acquire`], which times the wait for the
+//! pool (sqlx does not report it) into `db_pool_acquire_wait_seconds{pool}`.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -22,6 +27,7 @@ use super::{
 };
 use crate::config::Settings;
 use crate::domain::{UserRecord, UserType};
+use crate::metrics::PoolMetrics;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -36,18 +42,34 @@ pub enum Schema {
     SecurityEventsOnly,
 }
 
-/// A pool that connects on first use, and a flag that turns true once migrations have run.
+/// A pool that connects on first use, a flag that turns true once migrations have run, and the
+/// metrics its acquires are timed into.
 #[derive(Clone)]
 pub struct Database {
+    /// For levels (size, idle) and tools. Queries go through [`Database::acquire`] instead, so
+    /// their wait is measured.
     pub pool: PgPool,
     ready: Arc<AtomicBool>,
+    metrics: PoolMetrics,
 }
 
 impl Database {
+    /// A pool whose acquire wait nobody scrapes (CLI commands, tools); the service uses
+    /// [`Database::connect_lazy_observed`].
     pub fn connect_lazy(
         url: &secrecy::SecretString,
         max_connections: u32,
         timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::connect_lazy_observed(url, max_connections, timeout, PoolMetrics::unregistered())
+    }
+
+    /// A pool that observes every acquire into `metrics` (from [`crate::metrics::Metrics::pool`]).
+    pub fn connect_lazy_observed(
+        url: &secrecy::SecretString,
+        max_connections: u32,
+        timeout: Duration,
+        metrics: PoolMetrics,
     ) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
@@ -60,7 +82,23 @@ impl Database {
         Ok(Self {
             pool,
             ready: Arc::new(AtomicBool::new(false)),
+            metrics,
         })
+    }
+
+    /// A connection from the pool, timing the wait: seconds into `db_pool_acquire_wait_seconds`
+    /// when one is handed over (idle, or newly opened), a count in `db_pool_acquire_errors` when
+    /// none is (pool timeout, pool closed, connect failed, or the wait abandoned by its caller).
+    /// The error is sqlx's, for [`map_err`].
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let started = Instant::now();
+        let attempt = Attempt(Some(&self.metrics.errors));
+        let conn = self.pool.acquire().await?;
+        attempt.succeeded();
+        self.metrics
+            .wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(conn)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -69,7 +107,8 @@ impl Database {
 
     /// Runs the embedded migrations once, marking the database ready on success.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut conn = self.acquire().await?;
+        run_migrations(&mut conn).await?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -84,10 +123,11 @@ impl Database {
     /// production setup, whose database may still have the old service's own `users` table) must
     /// not get this service's user tables and indexes.
     pub async fn ensure_security_events(&self) -> anyhow::Result<()> {
+        let mut conn = self.acquire().await?;
         sqlx::raw_sql(include_str!(
             "../../migrations/004_create_security_events.sql"
         ))
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         self.ready.store(true, Ordering::Release);
         Ok(())
@@ -120,12 +160,40 @@ impl Database {
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.acquire().await.map_err(map_err)?;
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(map_err)?;
         Ok(())
     }
+}
+
+/// Counts an acquire as failed unless it succeeded, so a wait dropped midway (the security-log
+/// writer's 2 s batch timeout is shorter than the pool's, a client hanging up) is not lost.
+struct Attempt<'a>(Option<&'a Counter>);
+
+impl Attempt<'_> {
+    fn succeeded(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(errors) = self.0 {
+            errors.inc();
+        }
+    }
+}
+
+/// `MIGRATOR.run` on a connection already acquired (and timed). `run` itself takes an `Acquire`,
+/// and a future awaiting it on `&mut PgConnection` cannot be spawned ("implementation of
+/// `Acquire` is not general enough", a known sqlx limitation); `run_direct` is sqlx's own way
+/// around it (what `run` calls after acquiring). Hidden from sqlx's docs, so an sqlx upgrade may
+/// need this adjusted: it would fail to compile, not misbehave.
+async fn run_migrations(conn: &mut PgConnection) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run_direct(None, conn, false).await
 }
 
 /// Maps sqlx errors to what callers can act on; the detail goes to the log, never to a client.
@@ -162,15 +230,17 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub fn open(settings: &Settings) -> anyhow::Result<Self> {
+    /// The store's pool observes its acquires into `metrics` (`pool="users"`).
+    pub fn open(settings: &Settings, metrics: PoolMetrics) -> anyhow::Result<Self> {
         let url = settings
             .database_url
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("STORAGE=postgres needs DATABASE_URL"))?;
-        let db = Database::connect_lazy(
+        let db = Database::connect_lazy_observed(
             url,
             settings.database_max_connections,
             Duration::from_millis(settings.database_connect_timeout_ms),
+            metrics,
         )?;
         if settings.run_migrations {
             db.migrate_in_background("users", Schema::Full);
@@ -184,14 +254,15 @@ impl PgStore {
         Self { db }
     }
 
-    fn pool(&self) -> StoreResult<&PgPool> {
-        if self.db.is_ready() {
-            Ok(&self.db.pool)
-        } else {
-            Err(StoreError::Unavailable(
+    /// A connection for one operation (timed, see [`Database::acquire`]); `Unavailable` until
+    /// the database is migrated, and when the pool cannot hand one over in time.
+    async fn conn(&self) -> StoreResult<PoolConnection<Postgres>> {
+        if !self.db.is_ready() {
+            return Err(StoreError::Unavailable(
                 "database not ready (connecting or migrating)".into(),
-            ))
+            ));
         }
+        self.db.acquire().await.map_err(map_err)
     }
 }
 
@@ -318,6 +389,22 @@ async fn insert_token(tx: &mut Transaction<'_, Postgres>, token: &TokenRecord) -
     Ok(())
 }
 
+async fn session_by_id(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+) -> StoreResult<Option<SessionRecord>> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        session_columns!(),
+        " FROM auth_sessions WHERE id = $1"
+    ))
+    .bind(session_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(row.map(SessionRecord::from))
+}
+
 async fn revoke_in_tx(
     tx: &mut Transaction<'_, Postgres>,
     session_id: Uuid,
@@ -351,6 +438,7 @@ impl Store for PgStore {
         batch: usize,
     ) -> StoreResult<u64> {
         let cutoff = now - chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
+        let mut conn = self.conn().await?;
         // SKIP LOCKED: never wait behind a refresh that holds a session row.
         let done = sqlx::query(
             "DELETE FROM auth_sessions WHERE id IN ( \
@@ -361,18 +449,23 @@ impl Store for PgStore {
         .bind(cutoff)
         .bind(cutoff - idle_ttl)
         .bind(batch as i64)
-        .execute(self.pool()?)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.pool()?;
-        self.db.ping().await
+        let mut conn = self.conn().await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
         sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
              created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -387,44 +480,47 @@ impl Store for PgStore {
         .bind(&user.avatar)
         .bind(user.created_at)
         .bind(user.last_login)
-        .execute(self.pool()?)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(())
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let mut conn = self.conn().await?;
         let row: Option<UserRow> = sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users WHERE email = $1"
         ))
         .bind(email)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(row.map(UserRecord::from))
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let mut conn = self.conn().await?;
         let row: Option<UserRow> = sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(row.map(UserRecord::from))
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
         let done =
             sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
                 .bind(user_id)
                 .bind(hash)
-                .execute(self.pool()?)
+                .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
         if done.rows_affected() == 0 {
@@ -435,29 +531,32 @@ impl Store for PgStore {
     }
 
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
         sqlx::query("UPDATE users SET last_login = $2 WHERE id = $1")
             .bind(user_id)
             .bind(at)
-            .execute(self.pool()?)
+            .execute(&mut *conn)
             .await
             .map_err(map_err)?;
         Ok(())
     }
 
     async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord> {
+        let mut conn = self.conn().await?;
         let row: Option<UserRow> = sqlx::query_as(concat!(
             "UPDATE users SET user_type = $2, updated_at = now() WHERE email = $1 RETURNING ",
             user_columns!()
         ))
         .bind(email)
         .bind(user_type.as_str())
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
         row.map(UserRecord::from).ok_or(StoreError::NotFound)
     }
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
+        let mut conn = self.conn().await?;
         let done = sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
              created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
@@ -472,7 +571,7 @@ impl Store for PgStore {
         .bind(&user.avatar)
         .bind(user.created_at)
         .bind(user.last_login)
-        .execute(self.pool()?)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(if done.rows_affected() == 1 {
@@ -489,7 +588,8 @@ impl Store for PgStore {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>> {
         let s = &new.session;
-        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO auth_sessions (id, user_id, device_name, ip_address, user_agent, fingerprint, created_at, \
              last_used_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -526,7 +626,8 @@ impl Store for PgStore {
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
-        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // The row lock on the presented token serialises concurrent refreshes of one token: the
         // first rotates it, the rest see it rotated and take the grace path.
         // token_hash is CHAR(64) and sqlx sends a String as text: compared as text, Postgres casts
@@ -649,18 +750,22 @@ impl Store for PgStore {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
+        let mut conn = self.conn().await?;
         let row: Option<(Uuid, Uuid)> = sqlx::query_as(
             // `::bpchar`: see rotate_refresh_token.
             "SELECT session_id, id FROM refresh_tokens WHERE token_hash = $1::bpchar",
         )
         .bind(token_hash)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
         let Some((session_id, token_id)) = row else {
             return Ok(None);
         };
-        Ok(self.session(session_id).await?.map(|s| (s, token_id)))
+        // On the same connection: one acquire, and never two connections held at once.
+        Ok(session_by_id(&mut conn, session_id)
+            .await?
+            .map(|s| (s, token_id)))
     }
 
     async fn revoke_session(
@@ -670,6 +775,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         reason: &str,
     ) -> StoreResult<bool> {
+        let mut conn = self.conn().await?;
         let done = sqlx::query(
             "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = $4 \
              WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
@@ -678,7 +784,7 @@ impl Store for PgStore {
         .bind(user_id)
         .bind(now)
         .bind(reason)
-        .execute(self.pool()?)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -690,13 +796,14 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         reason: &str,
     ) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
         let done = sqlx::query(
             "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
         )
         .bind(user_id)
         .bind(now)
         .bind(reason)
-        .execute(self.pool()?)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -708,6 +815,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>> {
+        let mut conn = self.conn().await?;
         let rows: Vec<SessionRow> = sqlx::query_as(concat!(
             "SELECT ",
             session_columns!(),
@@ -717,7 +825,7 @@ impl Store for PgStore {
         .bind(user_id)
         .bind(now)
         .bind(now - idle_ttl)
-        .fetch_all(self.pool()?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(rows.into_iter().map(SessionRecord::from).collect())
@@ -727,26 +835,19 @@ impl Store for PgStore {
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
+        let mut conn = self.conn().await?;
         let rows: Vec<(Uuid, DateTime<Utc>)> =
             sqlx::query_as("SELECT id, revoked_at FROM auth_sessions WHERE revoked_at >= $1")
                 .bind(since)
-                .fetch_all(self.pool()?)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(map_err)?;
         Ok(rows)
     }
 
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>> {
-        let row: Option<SessionRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM auth_sessions WHERE id = $1"
-        ))
-        .bind(session_id)
-        .fetch_optional(self.pool()?)
-        .await
-        .map_err(map_err)?;
-        Ok(row.map(SessionRecord::from))
+        let mut conn = self.conn().await?;
+        session_by_id(&mut conn, session_id).await
     }
 
     async fn user_by_identity(

@@ -273,6 +273,189 @@ async fn with_metrics_addr_metrics_leave_the_api_port_for_their_own_listener() {
     assert_eq!(api_there.status(), StatusCode::NOT_FOUND);
 }
 
+/// `db_pool_acquire_wait_seconds{pool}` is a histogram whose `_count` moves with every query
+/// (each takes its connection through the timed acquire) on each of the two Postgres pools, and
+/// `db_pool_acquire_errors_total{pool}` is there from the start, at 0.
+#[tokio::test]
+async fn db_pool_acquire_wait_is_observed_for_every_query_on_both_pools() {
+    const WAIT: &str = "flux_auth_db_pool_acquire_wait_seconds";
+    const ERRORS: &str = "flux_auth_db_pool_acquire_errors_total";
+    const POOLS: [&str; 2] = ["users", "security_log"];
+    // Logins of an email nobody has: one query each (the user by email).
+    const LOGINS: usize = 5;
+    let Some(app) = TestApp::try_spawn(Backend::Postgres).await else {
+        return;
+    };
+    let metrics = app.url("/metrics");
+    let before = scrape(&app.client, &metrics).await;
+    let has = |samples: &[Sample], name: &str, pool: &str| {
+        samples
+            .iter()
+            .any(|s| s.name == name && s.labels.get("pool").map(String::as_str) == Some(pool))
+    };
+    for pool in POOLS {
+        for name in [
+            format!("{WAIT}_count"),
+            format!("{WAIT}_sum"),
+            format!("{WAIT}_bucket"),
+            ERRORS.to_owned(),
+        ] {
+            assert!(has(&before, &name, pool), "{name}{{pool={pool:?}}} missing");
+        }
+    }
+
+    // A signup: the user by email, its insert, and the session's transaction (3 acquires).
+    app.signed_up(&unique_email()).await;
+    let email = unique_email();
+    for _ in 0..LOGINS {
+        let response = app.login(&email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Once the events are in the table, the sink has acquired from the security-log pool.
+    let events = app
+        .events_where(|events| {
+            events
+                .iter()
+                .filter(|e| e.event_type.as_str() == "login_failed")
+                .count()
+                >= LOGINS
+        })
+        .await;
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "login_failed")
+            .count()
+            >= LOGINS,
+        "the login_failed events did not reach the security log's database"
+    );
+    let after = scrape(&app.client, &metrics).await;
+
+    let value =
+        |samples: &[Sample], name: &str, pool: &str| sample(samples, name, &[("pool", pool)]);
+    let moved = |name: &str, pool: &str| value(&after, name, pool) - value(&before, name, pool);
+    let users = moved(&format!("{WAIT}_count"), "users");
+    assert!(
+        users >= (3 + LOGINS) as f64,
+        "users pool: {users} acquires for at least {} queries",
+        3 + LOGINS
+    );
+    let security_log = moved(&format!("{WAIT}_count"), "security_log");
+    assert!(
+        security_log >= 1.0,
+        "security_log pool: {security_log} acquires after the sink wrote"
+    );
+    for pool in POOLS {
+        let sum = value(&after, &format!("{WAIT}_sum"), pool);
+        assert!(sum.is_finite() && sum >= 0.0, "{pool}: _sum {sum}");
+        assert!(
+            moved(&format!("{WAIT}_sum"), pool) >= 0.0,
+            "{pool}: _sum went down"
+        );
+        // Buckets are cumulative, from 10 us up, and +Inf holds every observation.
+        let mut buckets: Vec<(f64, f64)> = after
+            .iter()
+            .filter(|s| {
+                s.name == format!("{WAIT}_bucket")
+                    && s.labels.get("pool").map(String::as_str) == Some(pool)
+            })
+            .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(
+            (buckets[0].0 - 0.00001).abs() < 1e-12,
+            "{pool}: {buckets:?}"
+        );
+        assert!(
+            buckets
+                .iter()
+                .any(|(le, _)| (5.0..f64::INFINITY).contains(le)),
+            "{pool}: no bucket at or above 5 s: {buckets:?}"
+        );
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{pool}: buckets not cumulative: {buckets:?}"
+        );
+        let (last_le, last_count) = *buckets.last().unwrap();
+        assert!(last_le.is_infinite(), "{pool}: no +Inf bucket");
+        assert_eq!(
+            last_count,
+            value(&after, &format!("{WAIT}_count"), pool),
+            "{pool}: +Inf bucket != _count"
+        );
+        assert_eq!(
+            value(&after, ERRORS, pool),
+            0.0,
+            "{pool}: acquire errors with a healthy database"
+        );
+    }
+}
+
+/// A wait that ends without a connection is counted, whether the pool timed out or the caller
+/// gave up first (the security-log writer's batch timeout is shorter than the pool's); only
+/// waits that got a connection go into the histogram.
+#[tokio::test]
+async fn db_pool_acquire_errors_count_pool_timeouts_and_abandoned_waits() {
+    use flux_auth::metrics::{Metrics, POOL_USERS};
+    use flux_auth::store::postgres::Database;
+    if !postgres_available().await {
+        return;
+    }
+    let test_db = TestDb::create().await;
+    let metrics = Metrics::default();
+    let db = Database::connect_lazy_observed(
+        &secrecy::SecretString::from(test_db.url.clone()),
+        1,
+        Duration::from_secs(1),
+        metrics.pool(POOL_USERS),
+    )
+    .unwrap();
+    let pool = metrics.pool(POOL_USERS);
+    let held = db.acquire().await.expect("the only connection");
+    assert_eq!(pool.errors.get(), 0);
+
+    let timed_out = db.acquire().await;
+    assert!(
+        matches!(timed_out, Err(sqlx::Error::PoolTimedOut)),
+        "{timed_out:?}"
+    );
+    assert_eq!(pool.errors.get(), 1, "a pool timeout is counted");
+
+    let abandoned = tokio::time::timeout(Duration::from_millis(20), db.acquire()).await;
+    assert!(abandoned.is_err(), "the wait outlived its caller's timeout");
+    assert_eq!(pool.errors.get(), 2, "an abandoned wait is counted");
+
+    drop(held);
+    let again = db.acquire().await.expect("the connection, returned");
+    drop(again);
+    assert_eq!(pool.errors.get(), 2);
+    let (sum, count) = histogram_sum_count(&metrics);
+    assert_eq!(
+        count, 2.0,
+        "only the acquires that got a connection are timed"
+    );
+    assert!(sum.is_finite() && sum >= 0.0, "{sum}");
+    db.pool.close().await;
+}
+
+/// `_sum` and `_count` of `db_pool_acquire_wait_seconds{pool="users"}`, as a scrape shows them.
+fn histogram_sum_count(metrics: &flux_auth::metrics::Metrics) -> (f64, f64) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register(
+        "db_pool_acquire_wait_seconds",
+        "wait",
+        metrics.db_pool_acquire_wait.clone(),
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let samples = parse_exposition(&text);
+    let users = [("pool", "users")];
+    (
+        sample(&samples, "db_pool_acquire_wait_seconds_sum", &users),
+        sample(&samples, "db_pool_acquire_wait_seconds_count", &users),
+    )
+}
+
 // ---- the binary: JSON logs, request ids, sd_notify -----------------------------------------------
 
 fn free_port() -> u16 {

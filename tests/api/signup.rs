@@ -26,7 +26,7 @@ async fn signup_returns_auth_response_and_stores_an_argon2id_user_on_both_stores
         assert_eq!(body["tokenType"], "Bearer");
         assert_eq!(body["expiresIn"], 900);
         assert!(body["expiresAt"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
-        assert_eq!(body["refreshToken"].as_str().unwrap().len(), 43);
+        assert_eq!(body["refreshToken"].as_str().unwrap().len(), 54);
         let user = &body["user"];
         assert_eq!(user["email"], "ann.lee@example.com");
         assert_eq!(

@@ -135,7 +135,9 @@ async fn open_store(
 }
 
 async fn open_ready(settings: &Settings) -> Arc<dyn Store> {
-    let store = store::open(settings).await.expect("store opens");
+    let store = store::open(settings, &flux_auth::metrics::Metrics::default())
+        .await
+        .expect("store opens");
     eventually("the store to be ready", Duration::from_secs(20), || {
         let store = store.clone();
         async move { store.ping().await.ok() }

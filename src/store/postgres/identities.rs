@@ -2,7 +2,7 @@
 //! `users.google_id` column that users imported from the old service carry.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::{PgStore, UserRow, map_err};
 use crate::domain::UserRecord;
@@ -75,6 +75,7 @@ impl PgStore {
         issuer: &str,
         subject: &str,
     ) -> StoreResult<Option<UserRecord>> {
+        let mut conn = self.conn().await?;
         // A linked row wins over a legacy google_id; rows of deleted users match nothing.
         let row: Option<UserRow> = sqlx::query_as(
             "SELECT id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
@@ -86,20 +87,20 @@ impl PgStore {
         .bind(issuer)
         .bind(subject)
         .bind(issuer == GOOGLE_ISSUER)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_err)?;
         Ok(row.map(UserRecord::from))
     }
 
     pub(super) async fn pg_identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
-        let pool = self.pool()?;
+        let mut conn = self.conn().await?;
         let rows: Vec<IdentityRow> = sqlx::query_as(
             "SELECT issuer, subject, user_id, email, created_at, last_used_at \
              FROM user_identities WHERE user_id = $1 ORDER BY created_at",
         )
         .bind(user_id)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(map_err)?;
         let mut identities: Vec<IdentityRecord> =
@@ -107,7 +108,7 @@ impl PgStore {
         let legacy: Option<(Option<String>, DateTime<Utc>)> =
             sqlx::query_as("SELECT google_id, created_at FROM users WHERE id = $1")
                 .bind(user_id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_err)?;
         if let Some((Some(google_id), created_at)) = legacy
@@ -127,7 +128,8 @@ impl PgStore {
         user: &UserRecord,
         identity: &IdentityRecord,
     ) -> StoreResult<()> {
-        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
              created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -151,7 +153,8 @@ impl PgStore {
     }
 
     pub(super) async fn pg_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
-        let mut tx = self.pool()?.begin().await.map_err(map_err)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(map_err)?;
         // Locks the user row, so two links to one user are made one after the other.
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
@@ -185,7 +188,7 @@ impl PgStore {
         email: Option<&str>,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let pool = self.pool()?;
+        let mut conn = self.conn().await?;
         let done = sqlx::query(
             "UPDATE user_identities SET last_used_at = $3, email = COALESCE($4, email) \
              WHERE issuer = $1 AND subject = $2",
@@ -194,7 +197,7 @@ impl PgStore {
         .bind(subject)
         .bind(at)
         .bind(email)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(map_err)?;
         if done.rows_affected() == 0 && issuer == GOOGLE_ISSUER {
@@ -208,7 +211,7 @@ impl PgStore {
             .bind(subject)
             .bind(at)
             .bind(email)
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map_err(map_err)?;
         }
