@@ -4,6 +4,11 @@ use clap::Parser;
 use flux_auth::cli::{self, Cli};
 use flux_auth::config::Settings;
 
+/// Measured (BENCHMARKS.md): with glibc malloc, allocation was ~22% of the CPU of `/me` under load,
+/// much of it lock contention between the runtime's worker threads; mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
