@@ -201,6 +201,14 @@ impl Core {
         {
             tracing::error!("security log writer did not finish draining");
         }
+        if !self
+            .pipeline
+            .logger
+            .drain_overflow(Duration::from_secs(2))
+            .await
+        {
+            tracing::error!("security log overflow did not finish writing to the spool");
+        }
     }
 }
 

@@ -1,15 +1,19 @@
 //! `SecurityLogger`: the handle request code records events through.
 //!
 //! In the default async mode `record()` puts the event on a bounded queue and returns at once; if
-//! the queue is full (a slow or absent database under load) the event is appended straight to the
-//! spool instead, so nothing is dropped and memory stays bounded. In sync mode the caller waits
+//! the queue is full (a slow or absent database under load) the event goes to a second bounded
+//! queue that a thread of its own appends to the spool in group commits (one append and fsync for
+//! everything waiting), so nothing is dropped, memory stays bounded, and a full queue never puts
+//! disk I/O on a request's thread. Only when both queues are full does `record()` append the event
+//! itself (the last resort, and the backpressure). In sync mode the caller waits
 //! until the writer has made its batch durable (group commit: one write serves many requests).
 //! The log-line mirror of each event is written by the writer task, not here: formatting a line
 //! and writing it to stdout (under stdout's lock, maybe into a full pipe) is I/O the request path
 //! must not do.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -69,6 +73,16 @@ pub struct SecurityLogger {
     /// Live feed for the admin stream; slow subscribers lag and resume from the sink.
     live: tokio::sync::broadcast::Sender<Arc<SecurityEvent>>,
     metrics: crate::metrics::Metrics,
+    overflow: std::sync::mpsc::SyncSender<Envelope>,
+    spilling: Arc<Spilling>,
+}
+
+/// What the overflow thread shares with the loggers: how many events it holds, and a wake-up for
+/// whoever waits for it to be empty (shutdown).
+#[derive(Default)]
+struct Spilling {
+    pending: AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 /// Events a slow live subscriber may fall behind by before it skips ahead.
@@ -85,6 +99,16 @@ impl SecurityLogger {
         metrics: crate::metrics::Metrics,
     ) -> Self {
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        let (overflow, overflowed) = std::sync::mpsc::sync_channel(capacity.max(1));
+        let spilling = Arc::new(Spilling::default());
+        {
+            let (spool, stats, spilling) = (spool.clone(), stats.clone(), spilling.clone());
+            // It ends when the last logger is dropped (the channel closes).
+            std::thread::Builder::new()
+                .name("security-spill".into())
+                .spawn(move || spill_thread(&overflowed, &spool, &stats, sink, &spilling))
+                .expect("spawn the security-event spill thread");
+        }
         Self {
             tx,
             spool,
@@ -94,6 +118,8 @@ impl SecurityLogger {
             sink,
             live,
             metrics,
+            overflow,
+            spilling,
         }
     }
 
@@ -124,45 +150,44 @@ impl SecurityLogger {
     }
 
     fn enqueue(&self, envelope: Envelope) {
-        match self.tx.try_send(envelope) {
-            Ok(()) => {}
+        let envelope = match self.tx.try_send(envelope) {
+            Ok(()) => return,
             Err(
                 mpsc::error::TrySendError::Full(envelope)
                 | mpsc::error::TrySendError::Closed(envelope),
+            ) => envelope,
+        };
+        self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+        // Counted before sending, so the thread never sees its count go below zero.
+        self.spilling.pending.fetch_add(1, Ordering::AcqRel);
+        match self.overflow.try_send(envelope) {
+            Ok(()) => {}
+            Err(
+                std::sync::mpsc::TrySendError::Full(envelope)
+                | std::sync::mpsc::TrySendError::Disconnected(envelope),
             ) => {
-                self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
-                self.spill(envelope);
+                self.spilling.pending.fetch_sub(1, Ordering::AcqRel);
+                // Both queues full: append it here. This blocks this thread for one write, which
+                // is the backpressure that keeps memory bounded without losing events.
+                spill(vec![envelope], &self.spool, &self.stats, self.sink);
             }
         }
     }
 
-    /// The overload path: a direct, synced append to the spool. It blocks this thread for one
-    /// small write, which is the backpressure that keeps memory bounded without losing events.
-    /// The event bypasses the writer, so its log line is written here.
-    fn spill(&self, envelope: Envelope) {
-        mirror(&envelope.event);
-        match self
-            .spool
-            .append([&envelope.event])
-            .or_else(|_| self.spool.append([&envelope.event]))
-        {
-            Ok(n) => {
-                self.stats.spooled.fetch_add(n as u64, Ordering::Relaxed);
-                if self.sink == "postgresql" {
-                    self.stats
-                        .spool_backlog
-                        .fetch_add(n as i64, Ordering::Relaxed);
+    /// Waits (up to `limit`) until the overflow thread has written everything it was given.
+    pub async fn drain_overflow(&self, limit: Duration) -> bool {
+        let empty = async {
+            loop {
+                let idle = self.spilling.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.spilling.pending.load(Ordering::Acquire) == 0 {
+                    return;
                 }
+                idle.await;
             }
-            Err(e) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, event_id = %envelope.event.id,
-                    "security event lost: queue full and spool not writable");
-            }
-        }
-        if let Some(ack) = envelope.ack {
-            let _ = ack.send(());
-        }
+        };
+        tokio::time::timeout(limit, empty).await.is_ok()
     }
 
     pub fn stats(&self) -> &PipelineStats {
@@ -177,9 +202,64 @@ impl SecurityLogger {
         self.sink
     }
 
-    /// Events waiting in memory for the writer.
+    /// Events waiting in memory for the writer or the overflow thread.
     pub fn queued(&self) -> usize {
-        self.capacity - self.tx.capacity()
+        self.capacity - self.tx.capacity() + self.spilling.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// The overflow thread: takes everything waiting (up to the writer's spool batch cap) and appends
+/// it with one fsync, until every logger is gone.
+fn spill_thread(
+    rx: &std::sync::mpsc::Receiver<Envelope>,
+    spool: &Spool,
+    stats: &PipelineStats,
+    sink: &'static str,
+    spilling: &Spilling,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < super::writer::SPOOL_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(envelope) => batch.push(envelope),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        spill(batch, spool, stats, sink);
+        if spilling.pending.fetch_sub(n, Ordering::AcqRel) == n {
+            spilling.idle.notify_waiters();
+        }
+    }
+}
+
+/// A synced append of events that bypass the writer (so their log lines are written here),
+/// retried once into a fresh file; a loss is counted only if both fail.
+fn spill(batch: Vec<Envelope>, spool: &Spool, stats: &PipelineStats, sink: &'static str) {
+    let (events, acks): (Vec<SecurityEvent>, Vec<_>) =
+        batch.into_iter().map(|e| (e.event, e.ack)).unzip();
+    for event in &events {
+        mirror(event);
+    }
+    match spool.append(&events).or_else(|_| spool.append(&events)) {
+        Ok(n) => {
+            stats.spooled.fetch_add(n as u64, Ordering::Relaxed);
+            if sink == "postgresql" {
+                stats.spool_backlog.fetch_add(n as i64, Ordering::Relaxed);
+            } else {
+                stats.written.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        Err(e) => {
+            stats
+                .dropped
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            tracing::error!(error = %e, events = events.len(),
+                "security events lost: queue full and spool not writable");
+        }
+    }
+    for ack in acks.into_iter().flatten() {
+        let _ = ack.send(());
     }
 }
 
@@ -202,4 +282,53 @@ pub(super) fn mirror(event: &SecurityEvent) {
         metadata = %metadata,
         "security event"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security_log::EventType;
+
+    /// A queue of one that nobody reads: every event after the first overflows, and the overflow
+    /// thread, not `record()`, appends them to the spool.
+    #[tokio::test]
+    async fn a_full_queue_goes_to_the_overflow_thread_and_every_event_reaches_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let (tx, _rx) = mpsc::channel(1);
+        let stats = Arc::new(PipelineStats::default());
+        let logger = SecurityLogger::new(
+            tx,
+            spool.clone(),
+            stats.clone(),
+            Durability::Async,
+            1,
+            "postgresql",
+            crate::metrics::Metrics::default(),
+        );
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            let event = SecurityEvent::new(EventType::TokenVerificationFailed);
+            ids.push(event.id);
+            logger.record(event).await;
+        }
+        assert!(logger.drain_overflow(Duration::from_secs(10)).await);
+        assert_eq!(logger.queued(), 1, "one in the queue, none left in the overflow");
+        assert_eq!(stats.overflowed.load(Ordering::Relaxed), 199);
+        assert_eq!(stats.spooled.load(Ordering::Relaxed), 199);
+        assert_eq!(stats.spool_backlog.load(Ordering::Relaxed), 199);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        spool.seal();
+        let mut spooled: Vec<_> = spool
+            .all_files()
+            .unwrap()
+            .iter()
+            .flat_map(|f| super::super::spool::read_file(f).unwrap().events)
+            .map(|e| e.id)
+            .collect();
+        spooled.sort();
+        let mut expected = ids[1..].to_vec();
+        expected.sort();
+        assert_eq!(spooled, expected, "each overflowed event once");
+    }
 }
