@@ -313,7 +313,11 @@ mod tests {
             logger.record(event).await;
         }
         assert!(logger.drain_overflow(Duration::from_secs(10)).await);
-        assert_eq!(logger.queued(), 1, "one in the queue, none left in the overflow");
+        assert_eq!(
+            logger.queued(),
+            1,
+            "one in the queue, none left in the overflow"
+        );
         assert_eq!(stats.overflowed.load(Ordering::Relaxed), 199);
         assert_eq!(stats.spooled.load(Ordering::Relaxed), 199);
         assert_eq!(stats.spool_backlog.load(Ordering::Relaxed), 199);
