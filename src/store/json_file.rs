@@ -1,12 +1,14 @@
-//! The JSON-file store: `users.json` in the old service's shape (`{"users":[...]}`) and
-//! `sessions.json` for refresh-token families, both in `DATA_DIR`.
+//! The JSON-file store: `users.json` in the old service's shape (`{"users":[...]}`) and the
+//! refresh-token families in `sessions.json` plus `sessions.journal`, all in `DATA_DIR`.
 //!
-//! Each file is a [`GroupFile`]: changes apply in order to the latest state, and a write makes
+//! `users.json` is a [`GroupFile`]: changes apply in order to the latest state, and a write makes
 //! that state durable (temp file, fsync, rename, folder fsync) and only then publishes it and
-//! answers, so a crash or a failed write never leaves an acknowledged change unsaved or an unsaved
-//! change visible, and concurrent requests never lose each other's updates. Changes that arrive
-//! during a write share the next one (group commit): one rewrite and its fsyncs serve them all,
-//! and reads never wait for a write.
+//! answers. The sessions are a [`SessionLog`]: `sessions.json` is a snapshot and each commit
+//! appends its changes, and only those, to `sessions.journal` (one line, one fdatasync), which is
+//! folded into a new snapshot from time to time, off the request path (see `journal.rs`). Either
+//! way a crash or a failed write never leaves an acknowledged change unsaved or an unsaved change
+//! visible, concurrent requests never lose each other's updates, changes that arrive during a
+//! write share the next one (group commit), and reads never wait for a write.
 
 use std::path::Path;
 
@@ -25,14 +27,20 @@ use crate::durable_file;
 
 mod group_commit;
 mod identities;
+mod journal;
+mod session_state;
 
 use group_commit::GroupFile;
+use journal::SessionLog;
+pub use journal::{compact_sessions, read_sessions};
+use session_state::{Sessions, Tx, ended_at};
 
 pub struct FileStore {
     /// users.json. When an operator changes the file (`flux-auth users set-type`) the running
     /// service notices by its identity ([`FileStamp`]) and reloads it.
     users: GroupFile<Users>,
-    sessions: GroupFile<SessionsFile>,
+    /// sessions.json and sessions.journal.
+    sessions: SessionLog,
 }
 
 #[derive(Clone)]
@@ -45,10 +53,6 @@ fn encode_users(users: &Users) -> anyhow::Result<Vec<u8>> {
         users: users.list.iter().map(FileUser::from).collect(),
     };
     serde_json::to_vec_pretty(&file).context("serialising users")
-}
-
-fn encode_sessions(sessions: &SessionsFile) -> anyhow::Result<Vec<u8>> {
-    serde_json::to_vec(sessions).context("serialising sessions")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +70,6 @@ fn stamp(path: &Path) -> Option<FileStamp> {
         len: meta.len(),
         inode: meta.ino(),
     })
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct SessionsFile {
-    #[serde(default)]
-    sessions: Vec<SessionRecord>,
-    #[serde(default)]
-    tokens: Vec<TokenRecord>,
 }
 
 /// A user as the old service wrote it. Unknown fields are kept in `extra` and written back.
@@ -183,22 +179,24 @@ impl FileStore {
         durable_file::ensure_private_dir(dir)
             .with_context(|| format!("could not create data folder {}", dir.display()))?;
         let users_path = dir.join("users.json");
-        let sessions_path = dir.join("sessions.json");
         let users = if users_path.exists() {
             read_users_file(&users_path)?
         } else {
             Vec::new()
         };
-        let sessions = if sessions_path.exists() {
-            let bytes = std::fs::read(&sessions_path)?;
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is corrupt", sessions_path.display()))?
-        } else {
-            SessionsFile::default()
-        };
+        let sessions = SessionLog::open(dir)?;
+        {
+            let state = sessions.read();
+            tracing::debug!(
+                sessions = state.session_count(),
+                tokens = state.token_count(),
+                seq = state.seq,
+                "sessions loaded"
+            );
+        }
         Ok(Self {
             users: GroupFile::new(users_path, Users { list: users }, encode_users),
-            sessions: GroupFile::new(sessions_path, sessions, encode_sessions),
+            sessions,
         })
     }
 
@@ -240,22 +238,10 @@ impl FileStore {
     /// them when it returns an error.
     async fn update_sessions<T>(
         &self,
-        change: impl FnOnce(&mut SessionsFile) -> StoreResult<T>,
+        change: impl FnOnce(&mut Tx<'_>) -> StoreResult<T>,
     ) -> StoreResult<T> {
         self.sessions.update(change).await
     }
-}
-
-fn prune(file: &mut SessionsFile, now: DateTime<Utc>, idle_ttl: chrono::Duration) {
-    let keep_until = chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
-    file.sessions.retain(|s| {
-        let ended = s
-            .revoked_at
-            .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl));
-        now < ended + keep_until
-    });
-    let live: std::collections::HashSet<Uuid> = file.sessions.iter().map(|s| s.id).collect();
-    file.tokens.retain(|t| live.contains(&t.session_id));
 }
 
 #[async_trait]
@@ -270,24 +256,18 @@ impl Store for FileStore {
         idle_ttl: chrono::Duration,
         _batch: usize,
     ) -> StoreResult<u64> {
-        // One rewrite of the file removes them all; batching buys nothing here.
-        let before = self.sessions.read().sessions.len();
-        let cutoff = now - chrono::Duration::days(super::ENDED_SESSION_RETENTION_DAYS);
-        let ended = |s: &SessionRecord| {
-            s.revoked_at
-                .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl))
-                < cutoff
-        };
-        if !self.sessions.read().sessions.iter().any(ended) {
+        // One journal line removes them all; batching buys nothing here.
+        let cutoff = now - session_state::retention();
+        let any = self
+            .sessions
+            .read()
+            .sessions()
+            .any(|e| ended_at(&e.rec, idle_ttl) <= cutoff);
+        if !any {
             return Ok(0);
         }
-        self.update_sessions(|file| {
-            prune(file, now, idle_ttl);
-            Ok(())
-        })
-        .await?;
-        let after = self.sessions.read().sessions.len();
-        Ok(before.saturating_sub(after) as u64)
+        self.update_sessions(|tx| Ok(tx.prune(now, idle_ttl, true)))
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -385,22 +365,29 @@ impl Store for FileStore {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>> {
         let now = new.session.created_at;
-        self.update_sessions(|file| {
-            prune(file, now, idle_ttl);
-            file.sessions.push(new.session.clone());
-            file.tokens.push(new.token.clone());
-            let mut live: Vec<&mut SessionRecord> = file
-                .sessions
-                .iter_mut()
-                .filter(|s| s.user_id == new.session.user_id && s.is_live(now, idle_ttl))
+        self.update_sessions(|tx| {
+            tx.prune(now, idle_ttl, false);
+            tx.put_session(new.session.clone());
+            tx.put_token(new.token.clone());
+            // The user's live sessions, oldest first (arrival breaks ties, so the new one last).
+            let mut live: Vec<(DateTime<Utc>, u64, Uuid)> = tx
+                .state()
+                .open_sessions_of(&new.session.user_id)
+                .filter(|e| e.rec.is_live(now, idle_ttl))
+                .map(|e| (e.rec.created_at, e.ord, e.rec.id))
                 .collect();
-            live.sort_by_key(|s| s.created_at);
+            live.sort_unstable();
             let excess = live.len().saturating_sub(max_live);
             let mut evicted = Vec::with_capacity(excess);
-            for session in live.into_iter().take(excess) {
+            for (_, _, id) in live.into_iter().take(excess) {
+                let Some(session) = tx.state().session(&id) else {
+                    continue;
+                };
+                let mut session = SessionRecord::clone(session);
                 session.revoked_at = Some(now);
                 session.revoked_reason = Some("session_limit".into());
-                evicted.push(session.id);
+                tx.put_session(session);
+                evicted.push(id);
             }
             Ok(evicted)
         })
@@ -409,44 +396,34 @@ impl Store for FileStore {
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
         // Decide under the read lock first: most outcomes write nothing, and a write re-checks.
-        let decision = {
-            let file = self.sessions.read();
-            decide(&file, request)
-        };
+        let decision = decide(&self.sessions.read(), request);
         match decision {
             Decided::Final(outcome) => return Ok(*outcome),
             Decided::NeedsWrite => {}
         }
-        self.update_sessions(|file| {
-            let Some(token_idx) = file
-                .tokens
-                .iter()
-                .position(|t| t.token_hash == request.presented_hash)
-            else {
+        self.update_sessions(|tx| {
+            let state = tx.state();
+            let Some(token) = state.token_by_hash(&request.presented_hash).cloned() else {
                 return Ok(invalid(InvalidReason::Unknown, None, None));
             };
-            let token = file.tokens[token_idx].clone();
-            let Some(session_idx) = file.sessions.iter().position(|s| s.id == token.session_id)
-            else {
+            let Some(session) = state.session(&token.session_id).cloned() else {
                 return Ok(invalid(InvalidReason::Unknown, None, Some(token.id)));
             };
-            let successor = token
-                .replaced_by
-                .and_then(|id| file.tokens.iter().find(|t| t.id == id))
-                .cloned();
-            let session = &mut file.sessions[session_idx];
+            let successor = token.replaced_by.and_then(|id| state.token(&id)).cloned();
+            let mut session = SessionRecord::clone(&session);
             Ok(
-                match decide_rotation(&token, session, successor.as_ref(), request) {
+                match decide_rotation(&token, &session, successor.as_deref(), request) {
                     RotationDecision::Rotate {
                         fingerprint_matched,
                     } => {
                         session.last_used_at = request.now;
                         session.ip_address = request.ip_address.clone();
-                        let session = session.clone();
-                        let old = &mut file.tokens[token_idx];
+                        tx.put_session(session.clone());
+                        let mut old = TokenRecord::clone(&token);
                         old.rotated_at = Some(request.now);
                         old.replaced_by = Some(request.successor_id);
-                        file.tokens.push(request.successor_in(token.session_id));
+                        tx.put_token(old);
+                        tx.put_token(request.successor_in(token.session_id));
                         RotateOutcome::Rotated {
                             session,
                             old_token_id: token.id,
@@ -456,28 +433,30 @@ impl Store for FileStore {
                     RotationDecision::Grace {
                         fingerprint_matched,
                     } => RotateOutcome::Grace {
-                        session: session.clone(),
+                        session,
                         old_token_id: token.id,
                         fingerprint_matched,
                     },
                     RotationDecision::Reuse => {
                         session.revoked_at = Some(request.now);
                         session.revoked_reason = Some("token_reuse".into());
+                        tx.put_session(session.clone());
                         RotateOutcome::ReuseDetected {
-                            session: session.clone(),
+                            session,
                             token_id: token.id,
                         }
                     }
                     RotationDecision::RejectFingerprint => {
                         session.revoked_at = Some(request.now);
                         session.revoked_reason = Some("fingerprint_mismatch".into());
+                        tx.put_session(session.clone());
                         RotateOutcome::FingerprintRejected {
-                            session: session.clone(),
+                            session,
                             token_id: token.id,
                         }
                     }
                     RotationDecision::Invalid(reason) => {
-                        invalid(reason, Some(session.clone()), Some(token.id))
+                        invalid(reason, Some(session), Some(token.id))
                     }
                 },
             )
@@ -489,15 +468,13 @@ impl Store for FileStore {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
-        let file = self.sessions.read();
-        let Some(token) = file.tokens.iter().find(|t| t.token_hash == token_hash) else {
+        let state = self.sessions.read();
+        let Some(token) = state.token_by_hash(token_hash) else {
             return Ok(None);
         };
-        Ok(file
-            .sessions
-            .iter()
-            .find(|s| s.id == token.session_id)
-            .map(|s| (s.clone(), token.id)))
+        Ok(state
+            .session(&token.session_id)
+            .map(|s| (SessionRecord::clone(s), token.id)))
     }
 
     async fn revoke_session(
@@ -507,29 +484,23 @@ impl Store for FileStore {
         now: DateTime<Utc>,
         reason: &str,
     ) -> StoreResult<bool> {
-        {
-            let file = self.sessions.read();
-            let live = file
-                .sessions
-                .iter()
-                .any(|s| s.id == session_id && s.user_id == user_id && s.revoked_at.is_none());
-            if !live {
-                return Ok(false);
-            }
+        let open = |state: &Sessions| {
+            state
+                .session(&session_id)
+                .filter(|s| s.user_id == user_id && s.revoked_at.is_none())
+                .map(|s| SessionRecord::clone(s))
+        };
+        if open(&self.sessions.read()).is_none() {
+            return Ok(false);
         }
-        self.update_sessions(|file| {
-            match file
-                .sessions
-                .iter_mut()
-                .find(|s| s.id == session_id && s.user_id == user_id && s.revoked_at.is_none())
-            {
-                Some(session) => {
-                    session.revoked_at = Some(now);
-                    session.revoked_reason = Some(reason.to_owned());
-                    Ok(true)
-                }
-                None => Ok(false),
+        self.update_sessions(|tx| match open(tx.state()) {
+            Some(mut session) => {
+                session.revoked_at = Some(now);
+                session.revoked_reason = Some(reason.to_owned());
+                tx.put_session(session);
+                Ok(true)
             }
+            None => Ok(false),
         })
         .await
     }
@@ -540,16 +511,17 @@ impl Store for FileStore {
         now: DateTime<Utc>,
         reason: &str,
     ) -> StoreResult<u64> {
-        self.update_sessions(|file| {
-            let mut count = 0;
-            for session in file
-                .sessions
-                .iter_mut()
-                .filter(|s| s.user_id == user_id && s.revoked_at.is_none())
-            {
+        self.update_sessions(|tx| {
+            let open: Vec<SessionRecord> = tx
+                .state()
+                .open_sessions_of(user_id)
+                .map(|e| SessionRecord::clone(&e.rec))
+                .collect();
+            let count = open.len() as u64;
+            for mut session in open {
                 session.revoked_at = Some(now);
                 session.revoked_reason = Some(reason.to_owned());
-                count += 1;
+                tx.put_session(session);
             }
             Ok(count)
         })
@@ -562,26 +534,32 @@ impl Store for FileStore {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>> {
-        let file = self.sessions.read();
-        let mut sessions: Vec<SessionRecord> = file
-            .sessions
-            .iter()
-            .filter(|s| s.user_id == user_id && s.is_live(now, idle_ttl))
-            .cloned()
+        let state = self.sessions.read();
+        let mut live: Vec<_> = state
+            .open_sessions_of(user_id)
+            .filter(|e| e.rec.is_live(now, idle_ttl))
             .collect();
-        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
-        Ok(sessions)
+        // Most recently used first; arrival breaks ties, as the old file order did.
+        live.sort_unstable_by_key(|e| (std::cmp::Reverse(e.rec.last_used_at), e.ord));
+        Ok(live
+            .into_iter()
+            .map(|e| SessionRecord::clone(&e.rec))
+            .collect())
     }
 
     async fn sessions_revoked_since(
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
-        let file = self.sessions.read();
-        Ok(file
-            .sessions
-            .iter()
-            .filter_map(|s| s.revoked_at.filter(|at| *at >= since).map(|at| (s.id, at)))
+        let state = self.sessions.read();
+        Ok(state
+            .sessions()
+            .filter_map(|e| {
+                e.rec
+                    .revoked_at
+                    .filter(|at| *at >= since)
+                    .map(|at| (e.rec.id, at))
+            })
             .collect())
     }
 
@@ -589,10 +567,8 @@ impl Store for FileStore {
         Ok(self
             .sessions
             .read()
-            .sessions
-            .iter()
-            .find(|s| s.id == session_id)
-            .cloned())
+            .session(&session_id)
+            .map(|s| SessionRecord::clone(s)))
     }
 
     async fn user_by_identity(
@@ -636,35 +612,29 @@ enum Decided {
 }
 
 /// The read-only half of rotation: answers outright when nothing has to be written.
-fn decide(file: &SessionsFile, request: &RotateRequest) -> Decided {
-    let Some(token) = file
-        .tokens
-        .iter()
-        .find(|t| t.token_hash == request.presented_hash)
-    else {
+fn decide(state: &Sessions, request: &RotateRequest) -> Decided {
+    let Some(token) = state.token_by_hash(&request.presented_hash) else {
         return Decided::Final(Box::new(invalid(InvalidReason::Unknown, None, None)));
     };
-    let Some(session) = file.sessions.iter().find(|s| s.id == token.session_id) else {
+    let Some(session) = state.session(&token.session_id) else {
         return Decided::Final(Box::new(invalid(
             InvalidReason::Unknown,
             None,
             Some(token.id),
         )));
     };
-    let successor = token
-        .replaced_by
-        .and_then(|id| file.tokens.iter().find(|t| t.id == id));
-    match decide_rotation(token, session, successor, request) {
+    let successor = token.replaced_by.and_then(|id| state.token(&id));
+    match decide_rotation(token, session, successor.map(|t| t.as_ref()), request) {
         RotationDecision::Grace {
             fingerprint_matched,
         } => Decided::Final(Box::new(RotateOutcome::Grace {
-            session: session.clone(),
+            session: SessionRecord::clone(session),
             old_token_id: token.id,
             fingerprint_matched,
         })),
         RotationDecision::Invalid(reason) => Decided::Final(Box::new(invalid(
             reason,
-            Some(session.clone()),
+            Some(SessionRecord::clone(session)),
             Some(token.id),
         ))),
         _ => Decided::NeedsWrite,

@@ -572,6 +572,10 @@ impl TestApp {
         assert_eq!(self.backend, Backend::File);
         let mut app = self;
         app.stop().await;
+        if file == "sessions.json" {
+            // Fold the journal into sessions.json first, so that the edit is the whole state.
+            flux_auth::store::json_file::compact_sessions(&app.data_dir()).unwrap();
+        }
         let path = app.data_dir().join(file);
         let mut value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         edit(&mut value);
@@ -730,9 +734,10 @@ impl TestApp {
         text
     }
 
+    /// The file store's sessions as `{"sessions":[...],"tokens":[...]}`: sessions.json with
+    /// sessions.journal applied.
     fn sessions_file(&self) -> Value {
-        let path = self.data_dir().join("sessions.json");
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        flux_auth::store::json_file::read_sessions(&self.data_dir()).unwrap()
     }
 }
 

@@ -1,0 +1,479 @@
+//! The file store's sessions in memory, indexed: sessions by id, tokens by id and by hash, each
+//! session's tokens, and each user's unrevoked sessions. The state changes only through [`Op`]s
+//! (whole-record upserts and removals), which is what the journal records: the same ops applied
+//! in the same order to the same state give the same state, on the pending and the published
+//! copy alike, and on restart.
+//!
+//! Records sit behind `Arc`s that the pending and the published copy (and a compaction's
+//! snapshot) share, so a change costs one new record, never a copy of the state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::{ENDED_SESSION_RETENTION_DAYS, SessionRecord, TokenRecord};
+
+/// A record and when it first entered the state (its place in the snapshot, and the tie-break
+/// wherever the old `Vec` order decided).
+#[derive(Debug)]
+pub(super) struct Entry<T> {
+    pub ord: u64,
+    pub rec: Arc<T>,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Self {
+            ord: self.ord,
+            rec: self.rec.clone(),
+        }
+    }
+}
+
+/// One change to the sessions.
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    /// Inserts or replaces a session.
+    Session(Arc<SessionRecord>),
+    /// Inserts or replaces a token (by id; its hash and session never change).
+    Token(Arc<TokenRecord>),
+    /// Removes a session and all its tokens.
+    DropSession(Uuid),
+    /// Removes one token.
+    DropToken(Uuid),
+}
+
+/// An op as the journal writes it: `{"session":{…}}`, `{"token":{…}}`, `{"dropSession":"…"}`,
+/// `{"dropToken":"…"}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) enum OpOut<'a> {
+    Session(&'a SessionRecord),
+    Token(&'a TokenRecord),
+    DropSession(Uuid),
+    DropToken(Uuid),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) enum OpIn {
+    Session(SessionRecord),
+    Token(TokenRecord),
+    DropSession(Uuid),
+    DropToken(Uuid),
+}
+
+impl<'a> From<&'a Op> for OpOut<'a> {
+    fn from(op: &'a Op) -> Self {
+        match op {
+            Op::Session(s) => Self::Session(s),
+            Op::Token(t) => Self::Token(t),
+            Op::DropSession(id) => Self::DropSession(*id),
+            Op::DropToken(id) => Self::DropToken(*id),
+        }
+    }
+}
+
+impl From<OpIn> for Op {
+    fn from(op: OpIn) -> Self {
+        match op {
+            OpIn::Session(s) => Self::Session(Arc::new(s)),
+            OpIn::Token(t) => Self::Token(Arc::new(t)),
+            OpIn::DropSession(id) => Self::DropSession(id),
+            OpIn::DropToken(id) => Self::DropToken(id),
+        }
+    }
+}
+
+/// When the next prune can find something, as far as the sessions seen since the last full scan
+/// tell (a lower bound: refreshes only move session ends later). Kept on the pending copy only;
+/// `None` means unknown, so the next prune scans.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PruneHint {
+    pub due: DateTime<Utc>,
+    pub idle_ttl: chrono::Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sessions {
+    sessions: HashMap<Uuid, Entry<SessionRecord>>,
+    tokens: HashMap<Uuid, Entry<TokenRecord>>,
+    by_hash: HashMap<HashKey, Uuid>,
+    /// Token ids per session id (also for tokens whose session is gone: orphans).
+    family: HashMap<Uuid, Vec<Uuid>>,
+    /// Unrevoked sessions per user (revocation is final; expired ones stay until pruned).
+    open_by_user: HashMap<String, HashSet<Uuid>>,
+    next_ord: u64,
+    /// The sequence number of the last journal batch in this state.
+    pub seq: u64,
+    pub prune_hint: Option<PruneHint>,
+}
+
+/// A token hash as a map key: its 32 bytes rather than 64 hex digits on the heap (the index is
+/// kept twice, and there is one entry per token ever issued).
+type HashKey = [u8; 32];
+
+fn hash_key(hash: &str) -> HashKey {
+    let mut key = [0u8; 32];
+    if hex::decode_to_slice(hash, &mut key).is_err() {
+        // Not a hex SHA-256 (never written by this service): a digest of it still keys it.
+        key = Sha256::digest(hash.as_bytes()).into();
+    }
+    key
+}
+
+/// When a session ended (or ends): revoked, or its absolute or idle end.
+pub(super) fn ended_at(s: &SessionRecord, idle_ttl: chrono::Duration) -> DateTime<Utc> {
+    s.revoked_at
+        .unwrap_or_else(|| s.expires_at.min(s.last_used_at + idle_ttl))
+}
+
+pub(super) fn retention() -> chrono::Duration {
+    chrono::Duration::days(ENDED_SESSION_RETENTION_DAYS)
+}
+
+impl Sessions {
+    /// The state of a snapshot: its sessions then its tokens, in file order.
+    #[cfg(test)]
+    pub fn from_records(seq: u64, sessions: Vec<SessionRecord>, tokens: Vec<TokenRecord>) -> Self {
+        let mut state = Self {
+            seq,
+            ..Self::default()
+        };
+        state.sessions.reserve(sessions.len());
+        state.tokens.reserve(tokens.len());
+        state.by_hash.reserve(tokens.len());
+        for s in sessions {
+            state.apply(&Op::Session(Arc::new(s)));
+        }
+        for t in tokens {
+            state.apply(&Op::Token(Arc::new(t)));
+        }
+        state
+    }
+
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Session(rec) => {
+                match self.sessions.get_mut(&rec.id) {
+                    Some(entry) => entry.rec = rec.clone(),
+                    None => {
+                        let ord = self.bump();
+                        self.sessions.insert(
+                            rec.id,
+                            Entry {
+                                ord,
+                                rec: rec.clone(),
+                            },
+                        );
+                    }
+                }
+                if rec.revoked_at.is_none() {
+                    match self.open_by_user.get_mut(&rec.user_id) {
+                        Some(set) => {
+                            set.insert(rec.id);
+                        }
+                        None => {
+                            self.open_by_user
+                                .insert(rec.user_id.clone(), HashSet::from([rec.id]));
+                        }
+                    }
+                } else {
+                    self.close(&rec.user_id, rec.id);
+                }
+            }
+            Op::Token(rec) => match self.tokens.get_mut(&rec.id) {
+                Some(entry) => entry.rec = rec.clone(),
+                None => {
+                    let ord = self.bump();
+                    self.tokens.insert(
+                        rec.id,
+                        Entry {
+                            ord,
+                            rec: rec.clone(),
+                        },
+                    );
+                    // The first token with a hash wins, as the old linear search did.
+                    self.by_hash
+                        .entry(hash_key(&rec.token_hash))
+                        .or_insert(rec.id);
+                    self.family.entry(rec.session_id).or_default().push(rec.id);
+                }
+            },
+            Op::DropSession(id) => {
+                if let Some(entry) = self.sessions.remove(id) {
+                    self.close(&entry.rec.user_id, *id);
+                }
+                for token in self.family.remove(id).unwrap_or_default() {
+                    self.forget_token(token);
+                }
+            }
+            Op::DropToken(id) => {
+                if let Some(session) = self.forget_token(*id)
+                    && let Some(ids) = self.family.get_mut(&session)
+                {
+                    ids.retain(|t| t != id);
+                    if ids.is_empty() {
+                        self.family.remove(&session);
+                    }
+                }
+            }
+        }
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.next_ord += 1;
+        self.next_ord
+    }
+
+    fn close(&mut self, user_id: &str, id: Uuid) {
+        if let Some(set) = self.open_by_user.get_mut(user_id) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.open_by_user.remove(user_id);
+            }
+        }
+    }
+
+    /// Removes a token from the token maps (not from its family); returns its session.
+    fn forget_token(&mut self, id: Uuid) -> Option<Uuid> {
+        let entry = self.tokens.remove(&id)?;
+        let key = hash_key(&entry.rec.token_hash);
+        if self.by_hash.get(&key) == Some(&id) {
+            self.by_hash.remove(&key);
+        }
+        Some(entry.rec.session_id)
+    }
+
+    pub fn session(&self, id: &Uuid) -> Option<&Arc<SessionRecord>> {
+        self.sessions.get(id).map(|e| &e.rec)
+    }
+
+    pub fn token(&self, id: &Uuid) -> Option<&Arc<TokenRecord>> {
+        self.tokens.get(id).map(|e| &e.rec)
+    }
+
+    pub fn token_by_hash(&self, hash: &str) -> Option<&Arc<TokenRecord>> {
+        self.by_hash
+            .get(&hash_key(hash))
+            .and_then(|id| self.token(id))
+    }
+
+    /// The user's unrevoked sessions (live or not), with their order of arrival.
+    pub fn open_sessions_of<'a>(
+        &'a self,
+        user_id: &str,
+    ) -> impl Iterator<Item = &'a Entry<SessionRecord>> + 'a {
+        self.open_by_user
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.sessions.get(id))
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Entry<SessionRecord>> {
+        self.sessions.values()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Session ids that have tokens but no session (left by an old file).
+    pub fn orphan_families(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.family
+            .keys()
+            .filter(|id| !self.sessions.contains_key(id))
+            .copied()
+    }
+
+    /// Every record, in order of arrival: what a snapshot holds.
+    pub fn records(&self) -> (Vec<Arc<SessionRecord>>, Vec<Arc<TokenRecord>>) {
+        let mut sessions: Vec<&Entry<SessionRecord>> = self.sessions.values().collect();
+        sessions.sort_unstable_by_key(|e| e.ord);
+        let mut tokens: Vec<&Entry<TokenRecord>> = self.tokens.values().collect();
+        tokens.sort_unstable_by_key(|e| e.ord);
+        (
+            sessions.into_iter().map(|e| e.rec.clone()).collect(),
+            tokens.into_iter().map(|e| e.rec.clone()).collect(),
+        )
+    }
+}
+
+/// A change in progress on the pending state: every edit is applied at once and recorded as an
+/// op for the journal.
+pub(super) struct Tx<'a> {
+    state: &'a mut Sessions,
+    ops: &'a mut Vec<Op>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(state: &'a mut Sessions, ops: &'a mut Vec<Op>) -> Self {
+        Self { state, ops }
+    }
+
+    pub fn state(&self) -> &Sessions {
+        self.state
+    }
+
+    fn record(&mut self, op: Op) {
+        self.state.apply(&op);
+        self.ops.push(op);
+    }
+
+    #[cfg(test)]
+    pub fn record_for_test(&mut self, op: Op) {
+        self.record(op);
+    }
+
+    pub fn put_session(&mut self, session: SessionRecord) {
+        if let Some(hint) = &mut self.state.prune_hint {
+            hint.due = hint
+                .due
+                .min(ended_at(&session, hint.idle_ttl) + retention());
+        }
+        self.record(Op::Session(Arc::new(session)));
+    }
+
+    pub fn put_token(&mut self, token: TokenRecord) {
+        self.record(Op::Token(Arc::new(token)));
+    }
+
+    /// Removes the sessions that ended more than the retention ago (and their tokens, and tokens
+    /// whose session is gone), like the old full-file prune, but only when one can be due: the
+    /// scan is skipped until the earliest end seen plus the retention. Returns how many sessions
+    /// went.
+    pub fn prune(&mut self, now: DateTime<Utc>, idle_ttl: chrono::Duration, force: bool) -> u64 {
+        let skip = !force
+            && self
+                .state
+                .prune_hint
+                .is_some_and(|h| h.idle_ttl == idle_ttl && now < h.due);
+        if skip {
+            return 0;
+        }
+        let keep = retention();
+        let mut due: Option<DateTime<Utc>> = None;
+        let mut gone = Vec::new();
+        for entry in self.state.sessions() {
+            let until = ended_at(&entry.rec, idle_ttl) + keep;
+            if now < until {
+                due = Some(due.map_or(until, |d| d.min(until)));
+            } else {
+                gone.push(entry.rec.id);
+            }
+        }
+        let orphans: Vec<Uuid> = self.state.orphan_families().collect();
+        let count = gone.len() as u64;
+        for id in gone.into_iter().chain(orphans) {
+            self.record(Op::DropSession(id));
+        }
+        self.state.prune_hint = Some(PruneHint {
+            due: due.unwrap_or(DateTime::<Utc>::MAX_UTC),
+            idle_ttl,
+        });
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user: &str, at: DateTime<Utc>) -> SessionRecord {
+        SessionRecord {
+            id: Uuid::new_v4(),
+            user_id: user.into(),
+            device_name: "d".into(),
+            ip_address: "127.0.0.1".into(),
+            user_agent: None,
+            fingerprint: "f".into(),
+            created_at: at,
+            last_used_at: at,
+            expires_at: at + chrono::Duration::days(30),
+            revoked_at: None,
+            revoked_reason: None,
+        }
+    }
+
+    fn token(session_id: Uuid, hash: &str, at: DateTime<Utc>) -> TokenRecord {
+        TokenRecord {
+            id: Uuid::new_v4(),
+            session_id,
+            token_hash: hash.into(),
+            created_at: at,
+            rotated_at: None,
+            replaced_by: None,
+        }
+    }
+
+    #[test]
+    fn indexes_follow_upserts_and_removals() {
+        let now = Utc::now();
+        let mut state = Sessions::default();
+        let mut ops = Vec::new();
+        let s = session("ann", now);
+        let t1 = token(s.id, "h1", now);
+        let t2 = token(s.id, "h2", now);
+        {
+            let mut tx = Tx::new(&mut state, &mut ops);
+            tx.put_session(s.clone());
+            tx.put_token(t1.clone());
+            tx.put_token(t2.clone());
+        }
+        assert_eq!(state.token_by_hash("h2").map(|t| t.id), Some(t2.id));
+        assert_eq!(state.open_sessions_of("ann").count(), 1);
+
+        let mut revoked = s.clone();
+        revoked.revoked_at = Some(now);
+        {
+            let mut tx = Tx::new(&mut state, &mut ops);
+            tx.put_session(revoked);
+            tx.record(Op::DropSession(s.id));
+        }
+        assert_eq!(state.open_sessions_of("ann").count(), 0);
+        assert!(state.token_by_hash("h1").is_none());
+        assert_eq!(state.token_count(), 0);
+        assert_eq!(state.session_count(), 0);
+
+        // The recorded ops rebuild the same state from scratch.
+        let mut replayed = Sessions::default();
+        for op in &ops {
+            replayed.apply(op);
+        }
+        assert_eq!(replayed.session_count(), 0);
+        assert_eq!(replayed.token_count(), 0);
+        assert_eq!(ops.len(), 5);
+    }
+
+    #[test]
+    fn prune_drops_long_ended_sessions_and_orphans_and_then_waits() {
+        let now = Utc::now();
+        let idle = chrono::Duration::days(7);
+        let old = session("ann", now - chrono::Duration::days(40));
+        let fresh = session("ann", now);
+        let orphan = token(Uuid::new_v4(), "orphan", now);
+        let mut state = Sessions::from_records(
+            0,
+            vec![old.clone(), fresh.clone()],
+            vec![token(old.id, "h-old", now), orphan],
+        );
+        let mut ops = Vec::new();
+        let mut tx = Tx::new(&mut state, &mut ops);
+        assert_eq!(tx.prune(now, idle, false), 1);
+        // Nothing can be due before the fresh session's end plus the retention: no scan.
+        assert_eq!(tx.prune(now + chrono::Duration::days(1), idle, false), 0);
+        assert!(state.session(&fresh.id).is_some());
+        assert!(state.session(&old.id).is_none());
+        assert_eq!(state.token_count(), 0);
+        assert!(state.prune_hint.unwrap().due <= now + chrono::Duration::days(7) + retention());
+    }
+}
