@@ -109,7 +109,8 @@ fn bench_record(c: &mut Criterion) {
         capacity,
         "postgresql",
         Metrics::default(),
-    );
+    )
+    .unwrap();
     let templates: Vec<SecurityEvent> = (0..1024).map(sample_event).collect();
     // Times `iters` calls in chunks that fit the queue; the queue is emptied between chunks,
     // outside the timing, as the writer would.

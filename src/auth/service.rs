@@ -658,8 +658,10 @@ impl AuthService {
             ip_address: ctx.client.ip.to_string(),
             reject_on_fingerprint_mismatch: self.policy.fingerprint == FingerprintPolicy::Reject,
         };
-        let outcome = self.store.rotate_refresh_token(&request).await?;
-        let (session, old_token_id, new_token_id, matched, concurrent) = match outcome {
+        // The user and the stored successor's id come with the outcome where the store reads them
+        // in the same query (Postgres); otherwise they are looked up below.
+        let rotation = self.store.rotate_refresh_token_with_user(&request).await?;
+        let (session, old_token_id, new_token_id, matched, concurrent) = match rotation.outcome {
             RotateOutcome::Rotated {
                 session,
                 old_token_id,
@@ -678,11 +680,14 @@ impl AuthService {
             } => {
                 // Same successor as the first request: report the id it was stored under, not
                 // this request's unused one, so `token_refreshed` names a token that exists.
-                let stored_id = self
-                    .store
-                    .session_by_token_hash(&request.successor_hash)
-                    .await?
-                    .map_or(request.successor_id, |(_, id)| id);
+                let stored_id = match rotation.stored_successor_id {
+                    Some(id) => id,
+                    None => self
+                        .store
+                        .session_by_token_hash(&request.successor_hash)
+                        .await?
+                        .map_or(request.successor_id, |(_, id)| id),
+                };
                 (session, old_token_id, stored_id, fingerprint_matched, true)
             }
             RotateOutcome::ReuseDetected { session, token_id } => {
@@ -729,7 +734,11 @@ impl AuthService {
                 });
             }
         };
-        let Some(user) = self.store.user_by_id(&session.user_id).await? else {
+        let user = match rotation.user {
+            Some(user) => Some(user),
+            None => self.store.user_by_id(&session.user_id).await?,
+        };
+        let Some(user) = user else {
             self.store
                 .revoke_session(&session.user_id, session.id, now, "user_deleted")
                 .await?;

@@ -97,7 +97,7 @@ impl SecurityLogger {
         capacity: usize,
         sink: &'static str,
         metrics: crate::metrics::Metrics,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
         let (overflow, overflowed) = std::sync::mpsc::sync_channel(capacity.max(1));
         let spilling = Arc::new(Spilling::default());
@@ -106,10 +106,9 @@ impl SecurityLogger {
             // It ends when the last logger is dropped (the channel closes).
             std::thread::Builder::new()
                 .name("security-spill".into())
-                .spawn(move || spill_thread(&overflowed, &spool, &stats, sink, &spilling))
-                .expect("spawn the security-event spill thread");
+                .spawn(move || spill_thread(&overflowed, &spool, &stats, sink, &spilling))?;
         }
-        Self {
+        Ok(Self {
             tx,
             spool,
             stats,
@@ -120,7 +119,7 @@ impl SecurityLogger {
             metrics,
             overflow,
             spilling,
-        }
+        })
     }
 
     /// A receiver of every event recorded from now on.
@@ -305,7 +304,8 @@ mod tests {
             1,
             "postgresql",
             crate::metrics::Metrics::default(),
-        );
+        )
+        .unwrap();
         let mut ids = Vec::new();
         for _ in 0..200 {
             let event = SecurityEvent::new(EventType::TokenVerificationFailed);

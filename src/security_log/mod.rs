@@ -87,7 +87,8 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
         capacity,
         sink_kind,
         metrics.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("could not start the security-event spill thread: {e}"))?;
     let writer = writer::Writer {
         rx,
         sink: database.clone().map(|db| postgres_sink::PgSink { db }),

@@ -129,6 +129,29 @@ pub enum RotateOutcome {
     },
 }
 
+/// A rotation's outcome together with what a backend could read in the same step, so the refresh
+/// flow needs no further queries. Fields a backend leaves `None` the caller looks up itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    pub outcome: RotateOutcome,
+    /// The session's user on `Rotated` and `Grace`, read with the token; `None` when the backend
+    /// did not read it, or found no such user (the caller then asks [`Store::user_by_id`]).
+    pub user: Option<UserRecord>,
+    /// On `Grace`: the id the shared successor is stored under (the first request's id, not this
+    /// request's unused `successor_id`).
+    pub stored_successor_id: Option<Uuid>,
+}
+
+impl From<RotateOutcome> for Rotation {
+    fn from(outcome: RotateOutcome) -> Self {
+        Self {
+            outcome,
+            user: None,
+            stored_successor_id: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
     Unknown,
@@ -249,6 +272,15 @@ pub trait Store: Send + Sync + 'static {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>>;
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome>;
+    /// [`Store::rotate_refresh_token`], plus the session's user and the stored successor's id
+    /// when the backend reads them in the same step (Postgres: one query for all of it). The
+    /// default reads neither; the refresh flow then looks them up itself.
+    async fn rotate_refresh_token_with_user(
+        &self,
+        request: &RotateRequest,
+    ) -> StoreResult<Rotation> {
+        Ok(self.rotate_refresh_token(request).await?.into())
+    }
     /// The session a (live or rotated) refresh token belongs to, with that token's id.
     async fn session_by_token_hash(
         &self,

@@ -6,24 +6,30 @@
 //!
 //! Every query takes its connection through [`Database::acquire`], which times the wait for the
 //! pool (sqlx does not report it) into `db_pool_acquire_wait_seconds{pool}`.
+//!
+//! The store's pool does not ping every connection before handing it out (sqlx's default costs a
+//! round trip per acquire): see [`ConnectionChecks::WhenSuspect`]. A connection broken while idle
+//! (Postgres restarted, the network cut) then fails its first query; reads are retried once on
+//! another connection ([`read_retrying!`]), and the failure makes every older connection suspect,
+//! so it is tested before its next use.
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use secrecy::ExposeSecret;
-use sqlx::pool::PoolConnection;
+use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
-    ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, RotationDecision,
-    SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
+    ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, Rotation,
+    RotationDecision, SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
 };
 use crate::config::Settings;
 use crate::domain::{UserRecord, UserType};
@@ -31,7 +37,126 @@ use crate::metrics::PoolMetrics;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs a read on a connection of the store's pool: `$conn` is bound to a fresh
+/// [`PgStore::conn`] and `$read` (a future of `Result<_, sqlx::Error>` using `&mut *$conn`) runs
+/// on it. After a connection-level failure the read runs once more on another connection: a
+/// connection broken while idle fails its first query, and a read is safe to repeat, so a restart
+/// or a network cut the database is back from costs no request an error. Evaluates to a
+/// `StoreResult`; `?` on the acquire returns from the enclosing function.
+macro_rules! read_retrying {
+    ($store:expr, |$conn:ident| $read:expr) => {{
+        let store: &PgStore = $store;
+        let mut retried = false;
+        loop {
+            let mut $conn = store.conn().await?;
+            match $read.await {
+                Ok(value) => break Ok(value),
+                Err(e) if !retried && is_connection_error(&e) => {
+                    store.db.note_failure(&e);
+                    retried = true;
+                }
+                Err(e) => break Err(store.fail(e)),
+            }
+        }
+    }};
+}
+
+/// `BEGIN` on `$conn` (a `PoolConnection` from [`PgStore::conn`]), evaluating to the transaction.
+/// `BEGIN` is the connection's first statement, so like a read it is retried once, on another
+/// connection, after a connection-level failure: nothing has run yet.
+macro_rules! begin_retrying {
+    ($store:expr, $conn:ident) => {{
+        let store: &PgStore = $store;
+        let mut retried = false;
+        loop {
+            let failure = match $conn.begin().await {
+                Ok(tx) => break tx,
+                Err(e) => e,
+            };
+            if retried || !is_connection_error(&failure) {
+                return Err(store.fail(failure));
+            }
+            store.db.note_failure(&failure);
+            retried = true;
+            $conn = store.conn().await?;
+        }
+    }};
+}
+
 mod identities;
+
+/// When the pool tests a connection (a ping, one round trip) before handing it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionChecks {
+    /// Before every acquire (sqlx's default). For pools off the request path.
+    EveryAcquire,
+    /// Only a connection that may be broken: one opened before the last connection-level failure
+    /// the pool's users reported ([`Database::note_failure`]), or one idle for
+    /// [`IDLE_CHECK_AFTER`] or longer. Its users retry reads once on such a failure.
+    WhenSuspect,
+}
+
+/// A connection idle this long is tested before use even when no failure was reported: after a
+/// quiet spell nothing else may have noticed that the database restarted. Under load connections
+/// are reused within milliseconds and never tested.
+pub const IDLE_CHECK_AFTER: Duration = Duration::from_secs(2);
+
+/// When the pool's users last saw a connection fail (for [`ConnectionChecks::WhenSuspect`]).
+struct ConnectionHealth {
+    origin: Instant,
+    /// Nanoseconds from `origin` to the last reported failure, plus one; 0: none yet.
+    last_failure: AtomicU64,
+}
+
+impl ConnectionHealth {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_failure: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos_since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn note_failure(&self) {
+        let at = self.nanos_since_origin().saturating_add(1);
+        self.last_failure.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Whether an idle connection must be tested before it is handed out.
+    fn suspect(&self, meta: &PoolConnectionMetadata) -> bool {
+        if meta.idle_for >= IDLE_CHECK_AFTER {
+            return true;
+        }
+        let last_failure = self.last_failure.load(Ordering::Relaxed);
+        if last_failure == 0 {
+            return false;
+        }
+        let age = u64::try_from(meta.age.as_nanos()).unwrap_or(u64::MAX);
+        let opened = self.nanos_since_origin().saturating_sub(age);
+        opened < last_failure
+    }
+}
+
+/// A connection-level failure: the connection (or the server behind it) is gone, as opposed to
+/// an error of the statement. The pool's own errors (timeout, closed) are not: they say nothing
+/// about the connections it holds.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 57P01-57P05: the server shut the session (shutdown, crash, dropped database, idle
+        // timeout); 08xxx: connection exceptions.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
 
 /// Which tables a database gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +176,7 @@ pub struct Database {
     pub pool: PgPool,
     ready: Arc<AtomicBool>,
     metrics: PoolMetrics,
+    health: Arc<ConnectionHealth>,
 }
 
 impl Database {
@@ -64,26 +190,74 @@ impl Database {
         Self::connect_lazy_observed(url, max_connections, timeout, PoolMetrics::unregistered())
     }
 
-    /// A pool that observes every acquire into `metrics` (from [`crate::metrics::Metrics::pool`]).
+    /// A pool that observes every acquire into `metrics` (from [`crate::metrics::Metrics::pool`])
+    /// and tests every connection before handing it out.
     pub fn connect_lazy_observed(
         url: &secrecy::SecretString,
         max_connections: u32,
         timeout: Duration,
         metrics: PoolMetrics,
     ) -> anyhow::Result<Self> {
+        Self::connect_lazy_checked(
+            url,
+            max_connections,
+            timeout,
+            metrics,
+            ConnectionChecks::EveryAcquire,
+        )
+    }
+
+    /// [`Database::connect_lazy_observed`] with the given connection tests. With
+    /// [`ConnectionChecks::WhenSuspect`] the users must report failures
+    /// ([`Database::note_failure`]) and retry what is safe to retry.
+    pub fn connect_lazy_checked(
+        url: &secrecy::SecretString,
+        max_connections: u32,
+        timeout: Duration,
+        metrics: PoolMetrics,
+        checks: ConnectionChecks,
+    ) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
             .application_name("flux-auth");
-        let pool = PgPoolOptions::new()
+        let health = Arc::new(ConnectionHealth::new());
+        let mut pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(0)
-            .acquire_timeout(timeout)
-            .connect_lazy_with(options);
+            .acquire_timeout(timeout);
+        if checks == ConnectionChecks::WhenSuspect {
+            let health = health.clone();
+            pool = pool
+                .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    let suspect = health.suspect(&meta).then(|| health.clone());
+                    Box::pin(async move {
+                        if let Some(health) = suspect {
+                            // An error makes sqlx close this connection and try the next one (or
+                            // open a new one), within the acquire timeout.
+                            if let Err(e) = conn.ping().await {
+                                health.note_failure();
+                                return Err(e);
+                            }
+                        }
+                        Ok(true)
+                    })
+                });
+        }
         Ok(Self {
-            pool,
+            pool: pool.connect_lazy_with(options),
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
+            health,
         })
+    }
+
+    /// Reports a failed query: after a connection-level failure every connection opened before
+    /// it is tested before its next use (with [`ConnectionChecks::WhenSuspect`]).
+    pub fn note_failure(&self, e: &sqlx::Error) {
+        if is_connection_error(e) {
+            self.health.note_failure();
+        }
     }
 
     /// A connection from the pool, timing the wait: seconds into `db_pool_acquire_wait_seconds`
@@ -236,11 +410,13 @@ impl PgStore {
             .database_url
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("STORAGE=postgres needs DATABASE_URL"))?;
-        let db = Database::connect_lazy_observed(
+        // Every request takes a connection: no ping before each (see ConnectionChecks).
+        let db = Database::connect_lazy_checked(
             url,
             settings.database_max_connections,
             Duration::from_millis(settings.database_connect_timeout_ms),
             metrics,
+            ConnectionChecks::WhenSuspect,
         )?;
         if settings.run_migrations {
             db.migrate_in_background("users", Schema::Full);
@@ -262,7 +438,13 @@ impl PgStore {
                 "database not ready (connecting or migrating)".into(),
             ));
         }
-        self.db.acquire().await.map_err(map_err)
+        self.db.acquire().await.map_err(|e| self.fail(e))
+    }
+
+    /// [`map_err`], reporting a connection-level failure to the pool (see [`ConnectionChecks`]).
+    fn fail(&self, e: sqlx::Error) -> StoreError {
+        self.db.note_failure(&e);
+        map_err(e)
     }
 }
 
@@ -276,11 +458,6 @@ macro_rules! session_columns {
     () => {
         "id, user_id, device_name, ip_address, user_agent, fingerprint, created_at, last_used_at, expires_at, \
          revoked_at, revoked_reason"
-    };
-}
-macro_rules! token_columns {
-    () => {
-        "id, session_id, token_hash, created_at, rotated_at, replaced_by"
     };
 }
 
@@ -372,7 +549,10 @@ impl From<TokenRow> for TokenRecord {
     }
 }
 
-async fn insert_token(tx: &mut Transaction<'_, Postgres>, token: &TokenRecord) -> StoreResult<()> {
+async fn insert_token(
+    tx: &mut Transaction<'_, Postgres>,
+    token: &TokenRecord,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, rotated_at, replaced_by) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -384,15 +564,14 @@ async fn insert_token(tx: &mut Transaction<'_, Postgres>, token: &TokenRecord) -
     .bind(token.rotated_at)
     .bind(token.replaced_by)
     .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
+    .await?;
     Ok(())
 }
 
 async fn session_by_id(
     conn: &mut PgConnection,
     session_id: Uuid,
-) -> StoreResult<Option<SessionRecord>> {
+) -> Result<Option<SessionRecord>, sqlx::Error> {
     let row: Option<SessionRow> = sqlx::query_as(concat!(
         "SELECT ",
         session_columns!(),
@@ -400,25 +579,397 @@ async fn session_by_id(
     ))
     .bind(session_id)
     .fetch_optional(conn)
-    .await
-    .map_err(map_err)?;
+    .await?;
     Ok(row.map(SessionRecord::from))
 }
 
-async fn revoke_in_tx(
-    tx: &mut Transaction<'_, Postgres>,
-    session_id: Uuid,
-    now: DateTime<Utc>,
-    reason: &str,
-) -> StoreResult<()> {
-    sqlx::query("UPDATE auth_sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
-        .bind(session_id)
-        .bind(now)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    Ok(())
+async fn session_by_token_hash(
+    conn: &mut PgConnection,
+    token_hash: &str,
+) -> Result<Option<(SessionRecord, Uuid)>, sqlx::Error> {
+    let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+        // `::bpchar`: see ROTATION_READ.
+        "SELECT session_id, id FROM refresh_tokens WHERE token_hash = $1::bpchar",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((session_id, token_id)) = row else {
+        return Ok(None);
+    };
+    // On the same connection: one acquire, and never two connections held at once.
+    Ok(session_by_id(conn, session_id)
+        .await?
+        .map(|s| (s, token_id)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refresh-token rotation: one read, then one conditional write.
+//
+// The read takes the presented token with its session, the token it was rotated to and the
+// session's user, in one statement (one snapshot); `decide_rotation` decides on them; the
+// decision's writes then run as one statement that applies only if what the decision rests on
+// still holds (a compare-and-swap). If it does not (a concurrent refresh rotated the token first,
+// a logout revoked the session), the state is read again and decided again. Without a write
+// (grace, invalid) the read is the decision's snapshot. So a refresh costs two round trips on one
+// connection, without a transaction, and concurrent refreshes serialise exactly as they did under
+// row locks: one rotates, the others see it rotated.
+
+/// The rotation state of a presented token. `token_hash` is CHAR(64) and sqlx sends a String as
+/// text: compared as text, Postgres casts the column and scans the whole table (refresh got slower
+/// with every token ever issued, BENCHMARKS.md). Casting the parameter keeps the unique index in
+/// use. The left joins are all by primary key.
+const ROTATION_READ: &str = concat!(
+    "SELECT t.id, t.session_id, t.token_hash, t.created_at, t.rotated_at, t.replaced_by, ",
+    "s.id AS s_id, s.user_id AS s_user_id, s.device_name AS s_device_name, ",
+    "s.ip_address AS s_ip_address, s.user_agent AS s_user_agent, s.fingerprint AS s_fingerprint, ",
+    "s.created_at AS s_created_at, s.last_used_at AS s_last_used_at, ",
+    "s.expires_at AS s_expires_at, s.revoked_at AS s_revoked_at, ",
+    "s.revoked_reason AS s_revoked_reason, ",
+    "n.id AS n_id, n.token_hash AS n_token_hash, n.created_at AS n_created_at, ",
+    "n.rotated_at AS n_rotated_at, n.replaced_by AS n_replaced_by, ",
+    "u.id AS u_id, u.email AS u_email, u.name AS u_name, u.user_type AS u_user_type, ",
+    "u.password_hash AS u_password_hash, u.google_id AS u_google_id, ",
+    "u.email_verified AS u_email_verified, u.avatar AS u_avatar, ",
+    "u.created_at AS u_created_at, u.last_login AS u_last_login ",
+    "FROM refresh_tokens t ",
+    "LEFT JOIN auth_sessions s ON s.id = t.session_id ",
+    "LEFT JOIN refresh_tokens n ON n.id = t.replaced_by ",
+    "LEFT JOIN users u ON u.id = s.user_id ",
+    "WHERE t.token_hash = $1::bpchar"
+);
+
+/// The writes of a rotation in one statement, applied only while the token is unrotated and its
+/// session unrevoked: the session row is locked first (as every writer of sessions and tokens
+/// locks them: session, then token), re-checked on its latest version, then the token is marked
+/// rotated (re-checked likewise by the UPDATE), the successor inserted and the session touched.
+/// A concurrent rotation or revocation that committed first leaves `rotated` empty, and nothing
+/// is written. Returns how many tokens were rotated: 1 or 0.
+const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
+       SELECT id FROM auth_sessions WHERE id = $4 AND revoked_at IS NULL FOR UPDATE), \
+     rotated AS ( \
+       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 \
+       WHERE id = $1 AND rotated_at IS NULL AND session_id IN (SELECT id FROM live) \
+       RETURNING session_id), \
+     successor AS ( \
+       INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
+       SELECT $3, session_id, $5, $6 FROM rotated), \
+     touched AS ( \
+       UPDATE auth_sessions SET last_used_at = $2, ip_address = $7 \
+       WHERE id IN (SELECT session_id FROM rotated)) \
+     SELECT count(*) FROM rotated";
+
+/// Revokes a session that is still live (reuse detected, fingerprint rejected); 0 rows when a
+/// concurrent writer revoked it first.
+const REVOKE_LIVE_SESSION: &str = "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = $3 \
+     WHERE id = $1 AND revoked_at IS NULL";
+
+/// How often a rotation reads and decides before giving up. Every lost compare-and-swap leaves the
+/// token rotated or the session revoked, both for good, and a revoked session needs no write: the
+/// third decision is final. One more for safety.
+const ROTATION_ATTEMPTS: usize = 4;
+
+/// One row of [`ROTATION_READ`]: the token, then the left-joined session (`s_`), successor (`n_`)
+/// and user (`u_`), all NULL when absent.
+#[derive(sqlx::FromRow)]
+struct RotationRow {
+    #[sqlx(flatten)]
+    token: TokenRow,
+    s_id: Option<Uuid>,
+    s_user_id: Option<String>,
+    s_device_name: Option<String>,
+    s_ip_address: Option<String>,
+    s_user_agent: Option<String>,
+    s_fingerprint: Option<String>,
+    s_created_at: Option<DateTime<Utc>>,
+    s_last_used_at: Option<DateTime<Utc>>,
+    s_expires_at: Option<DateTime<Utc>>,
+    s_revoked_at: Option<DateTime<Utc>>,
+    s_revoked_reason: Option<String>,
+    n_id: Option<Uuid>,
+    n_token_hash: Option<String>,
+    n_created_at: Option<DateTime<Utc>>,
+    n_rotated_at: Option<DateTime<Utc>>,
+    n_replaced_by: Option<Uuid>,
+    u_id: Option<String>,
+    u_email: Option<String>,
+    u_name: Option<String>,
+    u_user_type: Option<String>,
+    u_password_hash: Option<String>,
+    u_google_id: Option<String>,
+    u_email_verified: Option<bool>,
+    u_avatar: Option<String>,
+    u_created_at: Option<DateTime<Utc>>,
+    u_last_login: Option<DateTime<Utc>>,
+}
+
+struct RotationState {
+    token: TokenRecord,
+    session: Option<SessionRecord>,
+    successor: Option<TokenRecord>,
+    user: Option<UserRecord>,
+}
+
+impl From<RotationRow> for RotationState {
+    fn from(r: RotationRow) -> Self {
+        let token = TokenRecord::from(r.token);
+        // The NOT NULL columns of a joined row are all present when its key is.
+        let session = match (
+            r.s_id,
+            r.s_user_id,
+            r.s_device_name,
+            r.s_ip_address,
+            r.s_fingerprint,
+            r.s_created_at,
+            r.s_last_used_at,
+            r.s_expires_at,
+        ) {
+            (
+                Some(id),
+                Some(user_id),
+                Some(device_name),
+                Some(ip_address),
+                Some(fingerprint),
+                Some(created_at),
+                Some(last_used_at),
+                Some(expires_at),
+            ) => Some(SessionRecord {
+                id,
+                user_id,
+                device_name,
+                ip_address,
+                user_agent: r.s_user_agent,
+                fingerprint,
+                created_at,
+                last_used_at,
+                expires_at,
+                revoked_at: r.s_revoked_at,
+                revoked_reason: r.s_revoked_reason,
+            }),
+            _ => None,
+        };
+        let successor = match (r.n_id, r.n_token_hash, r.n_created_at) {
+            (Some(id), Some(token_hash), Some(created_at)) => Some(TokenRecord {
+                id,
+                session_id: token.session_id,
+                token_hash,
+                created_at,
+                rotated_at: r.n_rotated_at,
+                replaced_by: r.n_replaced_by,
+            }),
+            _ => None,
+        };
+        let user = match (
+            r.u_id,
+            r.u_email,
+            r.u_name,
+            r.u_user_type,
+            r.u_email_verified,
+            r.u_created_at,
+        ) {
+            (
+                Some(id),
+                Some(email),
+                Some(name),
+                Some(user_type),
+                Some(email_verified),
+                Some(created_at),
+            ) => Some(UserRecord::from(UserRow {
+                id,
+                email,
+                name,
+                user_type,
+                password_hash: r.u_password_hash,
+                google_id: r.u_google_id,
+                email_verified,
+                avatar: r.u_avatar,
+                created_at,
+                last_login: r.u_last_login,
+            })),
+            _ => None,
+        };
+        Self {
+            token,
+            session,
+            successor,
+            user,
+        }
+    }
+}
+
+async fn rotation_state(
+    conn: &mut PgConnection,
+    presented_hash: &str,
+) -> Result<Option<RotationState>, sqlx::Error> {
+    let row: Option<RotationRow> = sqlx::query_as(ROTATION_READ)
+        .bind(presented_hash)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(RotationState::from))
+}
+
+impl PgStore {
+    async fn rotate(&self, request: &RotateRequest) -> StoreResult<Rotation> {
+        // The first read is retried on another connection after a connection-level failure; the
+        // writes are not (they may have been applied), nor what follows them.
+        let mut retried = false;
+        let (mut conn, mut state) = loop {
+            let mut conn = self.conn().await?;
+            match rotation_state(&mut conn, &request.presented_hash).await {
+                Ok(state) => break (conn, state),
+                Err(e) if !retried && is_connection_error(&e) => {
+                    self.db.note_failure(&e);
+                    retried = true;
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        };
+        for _ in 0..ROTATION_ATTEMPTS {
+            let Some(found) = state else {
+                return Ok(RotateOutcome::Invalid {
+                    reason: InvalidReason::Unknown,
+                    session: None,
+                    token_id: None,
+                }
+                .into());
+            };
+            if let Some(rotation) = self.apply_rotation(&mut conn, found, request).await? {
+                return Ok(rotation);
+            }
+            // Lost a race: decide again on what the winner left.
+            state = rotation_state(&mut conn, &request.presented_hash)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Err(StoreError::Other(anyhow::anyhow!(
+            "refresh token rotation lost {ROTATION_ATTEMPTS} races in a row"
+        )))
+    }
+
+    /// Decides on `state` and applies the decision; `None` when its compare-and-swap found the
+    /// state changed (nothing was written).
+    async fn apply_rotation(
+        &self,
+        conn: &mut PgConnection,
+        state: RotationState,
+        request: &RotateRequest,
+    ) -> StoreResult<Option<Rotation>> {
+        let RotationState {
+            token,
+            session,
+            successor,
+            user,
+        } = state;
+        let Some(mut session) = session else {
+            return Ok(Some(
+                RotateOutcome::Invalid {
+                    reason: InvalidReason::Unknown,
+                    session: None,
+                    token_id: Some(token.id),
+                }
+                .into(),
+            ));
+        };
+        let rotation = match decide_rotation(&token, &session, successor.as_ref(), request) {
+            RotationDecision::Rotate {
+                fingerprint_matched,
+            } => {
+                let successor = request.successor_in(token.session_id);
+                let rotated: i64 = sqlx::query_scalar(ROTATION_WRITE)
+                    .bind(token.id)
+                    .bind(request.now)
+                    .bind(successor.id)
+                    .bind(successor.session_id)
+                    .bind(&successor.token_hash)
+                    .bind(successor.created_at)
+                    .bind(&request.ip_address)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                if rotated == 0 {
+                    return Ok(None);
+                }
+                session.last_used_at = request.now;
+                session.ip_address = request.ip_address.clone();
+                Rotation {
+                    outcome: RotateOutcome::Rotated {
+                        session,
+                        old_token_id: token.id,
+                        fingerprint_matched,
+                    },
+                    user,
+                    stored_successor_id: None,
+                }
+            }
+            RotationDecision::Grace {
+                fingerprint_matched,
+            } => Rotation {
+                outcome: RotateOutcome::Grace {
+                    session,
+                    old_token_id: token.id,
+                    fingerprint_matched,
+                },
+                user,
+                stored_successor_id: successor.map(|s| s.id),
+            },
+            RotationDecision::Reuse => {
+                if !self
+                    .revoke_live(conn, &mut session, request.now, "token_reuse")
+                    .await?
+                {
+                    return Ok(None);
+                }
+                RotateOutcome::ReuseDetected {
+                    session,
+                    token_id: token.id,
+                }
+                .into()
+            }
+            RotationDecision::RejectFingerprint => {
+                if !self
+                    .revoke_live(conn, &mut session, request.now, "fingerprint_mismatch")
+                    .await?
+                {
+                    return Ok(None);
+                }
+                RotateOutcome::FingerprintRejected {
+                    session,
+                    token_id: token.id,
+                }
+                .into()
+            }
+            RotationDecision::Invalid(reason) => RotateOutcome::Invalid {
+                reason,
+                session: Some(session),
+                token_id: Some(token.id),
+            }
+            .into(),
+        };
+        Ok(Some(rotation))
+    }
+
+    /// Revokes `session` if it is still live, updating the record; false when it was not.
+    async fn revoke_live(
+        &self,
+        conn: &mut PgConnection,
+        session: &mut SessionRecord,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(REVOKE_LIVE_SESSION)
+            .bind(session.id)
+            .bind(now)
+            .bind(reason)
+            .execute(conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        session.revoked_at = Some(now);
+        session.revoked_reason = Some(reason.to_owned());
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -451,16 +1002,12 @@ impl Store for PgStore {
         .bind(batch as i64)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        sqlx::query("SELECT 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        read_retrying!(self, |conn| sqlx::query("SELECT 1").execute(&mut *conn))?;
         Ok(())
     }
 
@@ -482,35 +1029,29 @@ impl Store for PgStore {
         .bind(user.last_login)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        let mut conn = self.conn().await?;
-        let row: Option<UserRow> = sqlx::query_as(concat!(
+        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users WHERE email = $1"
         ))
         .bind(email)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        .fetch_optional(&mut *conn))?;
         Ok(row.map(UserRecord::from))
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        let mut conn = self.conn().await?;
-        let row: Option<UserRow> = sqlx::query_as(concat!(
+        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        .fetch_optional(&mut *conn))?;
         Ok(row.map(UserRecord::from))
     }
 
@@ -522,7 +1063,7 @@ impl Store for PgStore {
                 .bind(hash)
                 .execute(&mut *conn)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| self.fail(e))?;
         if done.rows_affected() == 0 {
             Err(StoreError::NotFound)
         } else {
@@ -537,7 +1078,7 @@ impl Store for PgStore {
             .bind(at)
             .execute(&mut *conn)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -551,7 +1092,7 @@ impl Store for PgStore {
         .bind(user_type.as_str())
         .fetch_optional(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         row.map(UserRecord::from).ok_or(StoreError::NotFound)
     }
 
@@ -573,7 +1114,7 @@ impl Store for PgStore {
         .bind(user.last_login)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         Ok(if done.rows_affected() == 1 {
             ImportOutcome::Inserted
         } else {
@@ -589,7 +1130,7 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Uuid>> {
         let s = &new.session;
         let mut conn = self.conn().await?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = begin_retrying!(self, conn);
         sqlx::query(
             "INSERT INTO auth_sessions (id, user_id, device_name, ip_address, user_agent, fingerprint, created_at, \
              last_used_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -605,8 +1146,10 @@ impl Store for PgStore {
         .bind(s.expires_at)
         .execute(&mut *tx)
         .await
-        .map_err(map_err)?;
-        insert_token(&mut tx, &new.token).await?;
+        .map_err(|e| self.fail(e))?;
+        insert_token(&mut tx, &new.token)
+            .await
+            .map_err(|e| self.fail(e))?;
         // Revoke the oldest live sessions beyond the cap, in the same transaction.
         let evicted: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'session_limit' WHERE id IN ( \
@@ -620,152 +1163,27 @@ impl Store for PgStore {
         .bind(max_live as i64)
         .fetch_all(&mut *tx)
         .await
-        .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(evicted)
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
-        // The row lock on the presented token serialises concurrent refreshes of one token: the
-        // first rotates it, the rest see it rotated and take the grace path.
-        // token_hash is CHAR(64) and sqlx sends a String as text: compared as text, Postgres casts
-        // the column and scans the whole table (refresh got slower with every token ever issued,
-        // BENCHMARKS.md). Casting the parameter instead keeps the unique index in use.
-        let token: Option<TokenRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            token_columns!(),
-            " FROM refresh_tokens WHERE token_hash = $1::bpchar FOR UPDATE"
-        ))
-        .bind(&request.presented_hash)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(token) = token.map(TokenRecord::from) else {
-            return Ok(RotateOutcome::Invalid {
-                reason: InvalidReason::Unknown,
-                session: None,
-                token_id: None,
-            });
-        };
-        let session: Option<SessionRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM auth_sessions WHERE id = $1 FOR UPDATE"
-        ))
-        .bind(token.session_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(mut session) = session.map(SessionRecord::from) else {
-            return Ok(RotateOutcome::Invalid {
-                reason: InvalidReason::Unknown,
-                session: None,
-                token_id: Some(token.id),
-            });
-        };
-        let successor: Option<TokenRecord> = match token.replaced_by {
-            Some(id) => sqlx::query_as::<_, TokenRow>(concat!(
-                "SELECT ",
-                token_columns!(),
-                " FROM refresh_tokens WHERE id = $1"
-            ))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .map(TokenRecord::from),
-            None => None,
-        };
-        let outcome = match decide_rotation(&token, &session, successor.as_ref(), request) {
-            RotationDecision::Rotate {
-                fingerprint_matched,
-            } => {
-                // The three writes of a rotation in one statement (one round trip, not three):
-                // the old token marked rotated, its successor inserted, the session touched.
-                let successor = request.successor_in(token.session_id);
-                sqlx::query(
-                    "WITH rotated AS ( \
-                       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 WHERE id = $1), \
-                     successor AS ( \
-                       INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
-                       VALUES ($3, $4, $5, $6)) \
-                     UPDATE auth_sessions SET last_used_at = $2, ip_address = $7 WHERE id = $4",
-                )
-                .bind(token.id)
-                .bind(request.now)
-                .bind(successor.id)
-                .bind(successor.session_id)
-                .bind(&successor.token_hash)
-                .bind(successor.created_at)
-                .bind(&request.ip_address)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                session.last_used_at = request.now;
-                session.ip_address = request.ip_address.clone();
-                RotateOutcome::Rotated {
-                    session,
-                    old_token_id: token.id,
-                    fingerprint_matched,
-                }
-            }
-            RotationDecision::Grace {
-                fingerprint_matched,
-            } => RotateOutcome::Grace {
-                session,
-                old_token_id: token.id,
-                fingerprint_matched,
-            },
-            RotationDecision::Reuse => {
-                revoke_in_tx(&mut tx, session.id, request.now, "token_reuse").await?;
-                session.revoked_at = Some(request.now);
-                session.revoked_reason = Some("token_reuse".into());
-                RotateOutcome::ReuseDetected {
-                    session,
-                    token_id: token.id,
-                }
-            }
-            RotationDecision::RejectFingerprint => {
-                revoke_in_tx(&mut tx, session.id, request.now, "fingerprint_mismatch").await?;
-                session.revoked_at = Some(request.now);
-                session.revoked_reason = Some("fingerprint_mismatch".into());
-                RotateOutcome::FingerprintRejected {
-                    session,
-                    token_id: token.id,
-                }
-            }
-            RotationDecision::Invalid(reason) => RotateOutcome::Invalid {
-                reason,
-                session: Some(session),
-                token_id: Some(token.id),
-            },
-        };
-        tx.commit().await.map_err(map_err)?;
-        Ok(outcome)
+        Ok(self.rotate(request).await?.outcome)
+    }
+
+    async fn rotate_refresh_token_with_user(
+        &self,
+        request: &RotateRequest,
+    ) -> StoreResult<Rotation> {
+        self.rotate(request).await
     }
 
     async fn session_by_token_hash(
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<(SessionRecord, Uuid)>> {
-        let mut conn = self.conn().await?;
-        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-            // `::bpchar`: see rotate_refresh_token.
-            "SELECT session_id, id FROM refresh_tokens WHERE token_hash = $1::bpchar",
-        )
-        .bind(token_hash)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        let Some((session_id, token_id)) = row else {
-            return Ok(None);
-        };
-        // On the same connection: one acquire, and never two connections held at once.
-        Ok(session_by_id(&mut conn, session_id)
-            .await?
-            .map(|s| (s, token_id)))
+        read_retrying!(self, |conn| session_by_token_hash(&mut conn, token_hash))
     }
 
     async fn revoke_session(
@@ -786,7 +1204,7 @@ impl Store for PgStore {
         .bind(reason)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -805,7 +1223,7 @@ impl Store for PgStore {
         .bind(reason)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         Ok(done.rows_affected())
     }
 
@@ -815,8 +1233,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<SessionRecord>> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+        let rows: Vec<SessionRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
             "SELECT ",
             session_columns!(),
             " FROM auth_sessions WHERE user_id = $1 AND revoked_at IS NULL \
@@ -825,9 +1242,7 @@ impl Store for PgStore {
         .bind(user_id)
         .bind(now)
         .bind(now - idle_ttl)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        .fetch_all(&mut *conn))?;
         Ok(rows.into_iter().map(SessionRecord::from).collect())
     }
 
@@ -835,19 +1250,15 @@ impl Store for PgStore {
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<(Uuid, DateTime<Utc>)> =
-            sqlx::query_as("SELECT id, revoked_at FROM auth_sessions WHERE revoked_at >= $1")
-                .bind(since)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(map_err)?;
-        Ok(rows)
+        read_retrying!(self, |conn| sqlx::query_as(
+            "SELECT id, revoked_at FROM auth_sessions WHERE revoked_at >= $1"
+        )
+        .bind(since)
+        .fetch_all(&mut *conn))
     }
 
     async fn session(&self, session_id: Uuid) -> StoreResult<Option<SessionRecord>> {
-        let mut conn = self.conn().await?;
-        session_by_id(&mut conn, session_id).await
+        read_retrying!(self, |conn| session_by_id(&mut conn, session_id))
     }
 
     async fn user_by_identity(

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
-use super::{PgStore, UserRow, map_err};
+use super::{PgStore, UserRow, is_connection_error};
 use crate::domain::UserRecord;
 use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
 
@@ -44,6 +44,7 @@ fn identity_conflict(e: StoreError) -> StoreError {
 /// Inserts the identity row. A row left behind by a deleted user is taken over; a row of a live
 /// user is not (`Conflict("identity")`).
 async fn insert_identity(
+    store: &PgStore,
     tx: &mut Transaction<'_, Postgres>,
     identity: &IdentityRecord,
 ) -> StoreResult<()> {
@@ -62,12 +63,24 @@ async fn insert_identity(
     .bind(identity.last_used_at)
     .execute(&mut **tx)
     .await
-    .map_err(|e| identity_conflict(map_err(e)))?;
+    .map_err(|e| identity_conflict(store.fail(e)))?;
     if done.rows_affected() == 0 {
         return Err(StoreError::Conflict("identity"));
     }
     Ok(())
 }
+
+/// The user an identity (`$1` issuer, `$2` subject) signs in as; `$3`: the issuer is Google's, so
+/// a legacy `google_id` counts too. A linked row wins over a legacy google_id; rows of deleted
+/// users match nothing.
+const USER_BY_IDENTITY: &str = "SELECT id, email, name, user_type, password_hash, google_id, \
+     email_verified, avatar, created_at, last_login FROM users WHERE id IN \
+       (SELECT user_id FROM user_identities WHERE issuer = $1 AND subject = $2) \
+     OR ($3 AND google_id = $2) \
+     ORDER BY (google_id IS NOT DISTINCT FROM $2) LIMIT 1";
+
+/// A user's legacy `google_id` (if any) and when the user was created.
+type LegacyLink = (Option<String>, DateTime<Utc>);
 
 impl PgStore {
     pub(super) async fn pg_user_by_identity(
@@ -75,42 +88,35 @@ impl PgStore {
         issuer: &str,
         subject: &str,
     ) -> StoreResult<Option<UserRecord>> {
-        let mut conn = self.conn().await?;
-        // A linked row wins over a legacy google_id; rows of deleted users match nothing.
-        let row: Option<UserRow> = sqlx::query_as(
-            "SELECT id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-               created_at, last_login FROM users WHERE id IN \
-               (SELECT user_id FROM user_identities WHERE issuer = $1 AND subject = $2) \
-             OR ($3 AND google_id = $2) \
-             ORDER BY (google_id IS NOT DISTINCT FROM $2) LIMIT 1",
-        )
-        .bind(issuer)
-        .bind(subject)
-        .bind(issuer == GOOGLE_ISSUER)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        let row: Option<UserRow> = read_retrying!(self, |conn| {
+            sqlx::query_as(USER_BY_IDENTITY)
+                .bind(issuer)
+                .bind(subject)
+                .bind(issuer == GOOGLE_ISSUER)
+                .fetch_optional(&mut *conn)
+        })?;
         Ok(row.map(UserRecord::from))
     }
 
     pub(super) async fn pg_identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
-        let mut conn = self.conn().await?;
-        let rows: Vec<IdentityRow> = sqlx::query_as(
-            "SELECT issuer, subject, user_id, email, created_at, last_used_at \
-             FROM user_identities WHERE user_id = $1 ORDER BY created_at",
-        )
-        .bind(user_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
+        let (rows, legacy): (Vec<IdentityRow>, Option<LegacyLink>) =
+            read_retrying!(self, |conn| async {
+                let rows = sqlx::query_as(
+                    "SELECT issuer, subject, user_id, email, created_at, last_used_at \
+                     FROM user_identities WHERE user_id = $1 ORDER BY created_at",
+                )
+                .bind(user_id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let legacy =
+                    sqlx::query_as("SELECT google_id, created_at FROM users WHERE id = $1")
+                        .bind(user_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Ok::<_, sqlx::Error>((rows, legacy))
+            })?;
         let mut identities: Vec<IdentityRecord> =
             rows.into_iter().map(IdentityRecord::from).collect();
-        let legacy: Option<(Option<String>, DateTime<Utc>)> =
-            sqlx::query_as("SELECT google_id, created_at FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
         if let Some((Some(google_id), created_at)) = legacy
             && !identities
                 .iter()
@@ -129,7 +135,7 @@ impl PgStore {
         identity: &IdentityRecord,
     ) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = begin_retrying!(self, conn);
         sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
              created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -146,26 +152,26 @@ impl PgStore {
         .bind(user.last_login)
         .execute(&mut *tx)
         .await
-        .map_err(|e| identity_conflict(map_err(e)))?;
-        insert_identity(&mut tx, identity).await?;
-        tx.commit().await.map_err(map_err)?;
+        .map_err(|e| identity_conflict(self.fail(e)))?;
+        insert_identity(self, &mut tx, identity).await?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub(super) async fn pg_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.begin().await.map_err(map_err)?;
+        let mut tx = begin_retrying!(self, conn);
         // Locks the user row, so two links to one user are made one after the other.
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
                 .bind(&identity.user_id)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| self.fail(e))?;
         if exists.is_none() {
             return Err(StoreError::NotFound);
         }
-        insert_identity(&mut tx, identity).await?;
+        insert_identity(self, &mut tx, identity).await?;
         if identity.is_google() {
             // Kept in step so the old service (and `import-users`) still know the link.
             sqlx::query(
@@ -175,9 +181,9 @@ impl PgStore {
             .bind(&identity.subject)
             .execute(&mut *tx)
             .await
-            .map_err(|e| identity_conflict(map_err(e)))?;
+            .map_err(|e| identity_conflict(self.fail(e)))?;
         }
-        tx.commit().await.map_err(map_err)?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -199,7 +205,7 @@ impl PgStore {
         .bind(email)
         .execute(&mut *conn)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| self.fail(e))?;
         if done.rows_affected() == 0 && issuer == GOOGLE_ISSUER {
             // A user linked only by the old service's google_id gets a proper row now.
             sqlx::query(
@@ -213,7 +219,7 @@ impl PgStore {
             .bind(email)
             .execute(&mut *conn)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
