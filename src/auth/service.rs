@@ -620,12 +620,10 @@ impl AuthService {
         req: RefreshRequest,
         ctx: &RequestContext,
     ) -> Result<(UserRecord, IssuedTokens), AuthError> {
+        let presented = req.refresh_token.as_deref().filter(|t| !t.is_empty());
+        let well_formed = presented.filter(|t| RefreshTokens::well_formed(t));
         // Per session once the token names one (its tag), and per address: one round trip.
-        let presented = req
-            .refresh_token
-            .as_deref()
-            .filter(|t| !t.is_empty() && RefreshTokens::well_formed(t));
-        let session = presented.map(|t| self.refresh.session_tag(t));
+        let session = well_formed.map(|t| self.refresh.session_tag(t));
         if let Err(exceeded) = self
             .limits
             .admit_refresh(&ip_subject(ctx.client.ip), session.as_deref())
@@ -633,7 +631,7 @@ impl AuthService {
         {
             return Err(self.limited(exceeded, ctx, exceeded.limit.name()).await);
         }
-        let Some(presented) = req.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
+        let Some(presented) = presented else {
             return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
         };
         let now = Utc::now();
@@ -642,7 +640,7 @@ impl AuthService {
                 .reason(reason)
                 .with("tokenKind", "refresh")
         };
-        if !RefreshTokens::well_formed(presented) {
+        if well_formed.is_none() {
             self.record(fail("malformed")).await;
             return Err(AuthError::RefreshInvalid { expired: false });
         }

@@ -266,7 +266,7 @@ fn spill(batch: Vec<Envelope>, spool: &Spool, stats: &PipelineStats, sink: &'sta
 /// writer takes it (so `created_at`, when it happened, can be a few milliseconds before the line's
 /// own timestamp). Its strings were sanitised when the event was built; the formatter escapes them
 /// again for its own format.
-pub(super) fn mirror(event: &SecurityEvent) {
+pub fn mirror(event: &SecurityEvent) {
     let metadata = serde_json::Value::Object(event.metadata.clone());
     tracing::info!(
         target: "security",
