@@ -93,6 +93,15 @@ impl Writer {
         } else {
             self.batch_size
         };
+        // Linger only for events nobody waits on: a sync-mode request (all of them carry an ack)
+        // would pay the whole linger when it is alone, and under load the requests that arrive
+        // during one write make up the next batch anyway (group commit without a timer). Nor
+        // when a full batch is already queued. The linger is a sleep, not a receive: a receive
+        // wakes the writer for every event a request sends (and `recv_many` returns with the
+        // next one, which left batches of one or two events, each a statement and a commit).
+        if first.ack.is_none() && !self.linger.is_zero() && self.rx.len() + 1 < self.batch_size {
+            tokio::time::sleep(self.linger).await;
+        }
         let mut batch = Vec::with_capacity(limit.min(1024));
         batch.push(first);
         while batch.len() < limit {
@@ -100,14 +109,6 @@ impl Writer {
                 Ok(e) => batch.push(e),
                 Err(_) => break,
             }
-        }
-        // Linger only for events nobody waits on: a sync-mode request would pay the whole linger
-        // when it is alone, and under load the requests that arrive during one write make up the
-        // next batch anyway (group commit without a timer).
-        let waited_on = batch.iter().any(|e| e.ack.is_some());
-        if batch.len() < self.batch_size && !self.linger.is_zero() && !waited_on {
-            let room = self.batch_size - batch.len();
-            let _ = timeout(self.linger, self.rx.recv_many(&mut batch, room)).await;
         }
         batch
     }
@@ -308,5 +309,72 @@ impl Writer {
         if !batch.is_empty() {
             self.write(batch, DRAIN_DB_TIMEOUT).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security_log::EventType;
+    use tokio::sync::oneshot;
+
+    /// A writer with no database: the spool is the log, and each append counts one batch.
+    fn writer(linger: Duration) -> (mpsc::Sender<Envelope>, Writer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer {
+            rx,
+            sink: None,
+            spool: Arc::new(Spool::open(dir.path()).unwrap()),
+            stats: Arc::new(PipelineStats::default()),
+            batch_size: 500,
+            linger,
+            spool_max_bytes: u64::MAX,
+            metrics: crate::metrics::Metrics::default(),
+        };
+        (tx, writer, dir)
+    }
+
+    fn envelope(ack: Option<oneshot::Sender<()>>) -> Envelope {
+        Envelope {
+            event: SecurityEvent::new(EventType::TokenVerificationFailed),
+            ack,
+        }
+    }
+
+    /// Events that trickle in one at a time while the writer lingers share one batch: the
+    /// linger waits for more than the next event.
+    #[tokio::test]
+    async fn events_arriving_during_the_linger_share_one_batch() {
+        let (tx, writer, _dir) = writer(Duration::from_secs(2));
+        let stats = writer.stats.clone();
+        let running = tokio::spawn(writer.run(CancellationToken::new()));
+        for _ in 0..20 {
+            tx.send(envelope(None)).await.unwrap();
+            // Traffic spread over time, so the writer is waiting when each event arrives.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(tx); // after the linger the batch is written, then the writer stops
+        running.await.unwrap();
+        assert_eq!(stats.written.load(Ordering::Relaxed), 20);
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
+    }
+
+    /// An event a sync-mode request waits on is written at once instead of after the linger
+    /// (here an hour).
+    #[tokio::test]
+    async fn an_event_somebody_waits_on_is_not_held_for_the_linger() {
+        let (tx, writer, _dir) = writer(Duration::from_secs(3600));
+        let stats = writer.stats.clone();
+        let running = tokio::spawn(writer.run(CancellationToken::new()));
+        let (ack, acked) = oneshot::channel();
+        tx.send(envelope(Some(ack))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), acked)
+            .await
+            .expect("the waited-on event was written without waiting out the linger")
+            .unwrap();
+        assert_eq!(stats.written.load(Ordering::Relaxed), 1);
+        drop(tx);
+        running.await.unwrap();
     }
 }
