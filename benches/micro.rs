@@ -6,6 +6,8 @@
 //! - `refresh_token`: the successor HMAC and the SHA-256 a refresh stores.
 //! - `event`: building a `token_refreshed` event from a request, and its serde_json encoding (what
 //!   the spool and the log mirror write).
+//! - `password_policy`: the strength check a signup runs before hashing (zxcvbn against common
+//!   passwords and the user's own details), with the password `flux-load` signs up with.
 //!
 //! `record()`, the spool and the Postgres insert are in `benches/security_log.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -137,5 +139,38 @@ fn event(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tokens, fingerprint, refresh_token, event);
+/// CPU a signup spends besides the hash: its ceiling is cores / (hash + this + the rest).
+fn password_policy(c: &mut Criterion) {
+    let mut group = c.benchmark_group("password_policy");
+    group.bench_function("check_new_passphrase", |b| {
+        b.iter(|| {
+            flux_auth::auth::password_policy::check_new(
+                black_box("violet tractor hums at dawn"),
+                black_box("load-123@example.com"),
+                black_box("Load Tester"),
+                8,
+            )
+        })
+    });
+    group.bench_function("check_new_common_rejected", |b| {
+        b.iter(|| {
+            flux_auth::auth::password_policy::check_new(
+                black_box("Password123!"),
+                black_box("someone@example.com"),
+                black_box("Some One"),
+                8,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    tokens,
+    fingerprint,
+    refresh_token,
+    event,
+    password_policy
+);
 criterion_main!(benches);

@@ -29,11 +29,13 @@ mod group_commit;
 mod identities;
 mod journal;
 mod session_state;
+mod users;
 
 use group_commit::GroupFile;
 use journal::SessionLog;
 pub use journal::{compact_sessions, read_sessions};
 use session_state::{Sessions, Tx, ended_at};
+use users::Users;
 
 pub struct FileStore {
     /// users.json. When an operator changes the file (`flux-auth users set-type`) the running
@@ -43,14 +45,9 @@ pub struct FileStore {
     sessions: SessionLog,
 }
 
-#[derive(Clone)]
-struct Users {
-    list: Vec<UserRecord>,
-}
-
 fn encode_users(users: &Users) -> anyhow::Result<Vec<u8>> {
     let file = UsersFile {
-        users: users.list.iter().map(FileUser::from).collect(),
+        users: users.iter().map(FileUser::from).collect(),
     };
     serde_json::to_vec_pretty(&file).context("serialising users")
 }
@@ -195,7 +192,7 @@ impl FileStore {
             );
         }
         Ok(Self {
-            users: GroupFile::new(users_path, Users { list: users }, encode_users),
+            users: GroupFile::new(users_path, Users::new(users), encode_users),
             sessions,
         })
     }
@@ -205,10 +202,10 @@ impl FileStore {
     /// returns an error.
     async fn update_users<T>(
         &self,
-        change: impl FnOnce(&mut Vec<UserRecord>) -> StoreResult<T>,
+        change: impl FnOnce(&mut Users) -> StoreResult<T>,
     ) -> StoreResult<T> {
         self.reload_users_if_replaced().await?;
-        self.users.update(|users| change(&mut users.list)).await
+        self.users.update(change).await
     }
 
     /// The users, re-read first if users.json was replaced by someone else (the CLI).
@@ -228,7 +225,7 @@ impl FileStore {
             .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
             .map_err(StoreError::Other)?;
         let count = list.len();
-        if self.users.reload(Users { list }, current).await {
+        if self.users.reload(Users::new(list), current).await {
             tracing::info!(users = count, "users.json changed on disk; reloaded");
         }
         Ok(())
@@ -276,10 +273,10 @@ impl Store for FileStore {
 
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.iter().any(|u| u.email == user.email) {
+            if users.by_email(&user.email).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
-            if users.iter().any(|u| u.id == user.id) {
+            if users.by_id(&user.id).is_some() {
                 return Err(StoreError::Conflict("id"));
             }
             users.push(user.clone());
@@ -289,31 +286,16 @@ impl Store for FileStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self
-            .users()
-            .await?
-            .list
-            .iter()
-            .find(|u| u.email == email)
-            .cloned())
+        Ok(self.users().await?.by_email(email).cloned())
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self
-            .users()
-            .await?
-            .list
-            .iter()
-            .find(|u| u.id == id)
-            .cloned())
+        Ok(self.users().await?.by_id(id).cloned())
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
         self.update_users(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.id == user_id)
-                .ok_or(StoreError::NotFound)?;
+            let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
             user.password_hash = Some(hash.to_owned());
             Ok(())
         })
@@ -322,10 +304,7 @@ impl Store for FileStore {
 
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
         self.update_users(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.id == user_id)
-                .ok_or(StoreError::NotFound)?;
+            let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
             user.last_login = Some(at);
             Ok(())
         })
@@ -334,10 +313,7 @@ impl Store for FileStore {
 
     async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord> {
         self.update_users(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.email == email)
-                .ok_or(StoreError::NotFound)?;
+            let user = users.by_email_mut(email).ok_or(StoreError::NotFound)?;
             user.user_type = user_type;
             Ok(user.clone())
         })
@@ -346,10 +322,7 @@ impl Store for FileStore {
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
         self.update_users(|users| {
-            if users
-                .iter()
-                .any(|u| u.id == user.id || u.email == user.email)
-            {
+            if users.by_id(&user.id).is_some() || users.by_email(&user.email).is_some() {
                 return Ok(ImportOutcome::Skipped);
             }
             users.push(user.clone());

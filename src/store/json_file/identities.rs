@@ -108,10 +108,9 @@ impl FileStore {
         let users = self.users().await?;
         // A stored identity wins over a legacy googleId.
         Ok(users
-            .list
             .iter()
             .find(|u| has_stored(u, issuer, subject))
-            .or_else(|| users.list.iter().find(|u| has_legacy(u, issuer, subject)))
+            .or_else(|| users.iter().find(|u| has_legacy(u, issuer, subject)))
             .cloned())
     }
 
@@ -119,9 +118,7 @@ impl FileStore {
         Ok(self
             .users()
             .await?
-            .list
-            .iter()
-            .find(|u| u.id == user_id)
+            .by_id(user_id)
             .map(identities_in)
             .unwrap_or_default())
     }
@@ -132,7 +129,7 @@ impl FileStore {
         identity: &IdentityRecord,
     ) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.iter().any(|u| u.email == user.email) {
+            if users.by_email(&user.email).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
             if users
@@ -141,7 +138,7 @@ impl FileStore {
             {
                 return Err(StoreError::Conflict("identity"));
             }
-            if users.iter().any(|u| u.id == user.id) {
+            if users.by_id(&user.id).is_some() {
                 return Err(StoreError::Conflict("id"));
             }
             let mut user = user.clone();
@@ -161,8 +158,7 @@ impl FileStore {
                 return Err(StoreError::Conflict("identity"));
             }
             let user = users
-                .iter_mut()
-                .find(|u| u.id == identity.user_id)
+                .by_id_mut(&identity.user_id)
                 .ok_or(StoreError::NotFound)?;
             add_identity(user, identity)
         })
@@ -179,14 +175,13 @@ impl FileStore {
         let known = self
             .users()
             .await?
-            .list
             .iter()
             .any(|u| has_identity(u, issuer, subject));
         if !known {
             return Ok(());
         }
         self.update_users(|users| {
-            let Some(user) = users.iter_mut().find(|u| has_identity(u, issuer, subject)) else {
+            let Some(user) = users.find_mut(|u| has_identity(u, issuer, subject)) else {
                 return Ok(());
             };
             let mut identities = stored(user);

@@ -1,0 +1,117 @@
+//! The users of `users.json` in memory: the file's order, plus indexes by id and by email.
+//!
+//! Records are shared (`Arc`), so the copy a group commit takes of the whole state costs a
+//! reference count per user rather than a deep copy of every string, and a change copies only
+//! the record it changes. Lookups by id (every `/me`) and email (every login) are hash lookups
+//! instead of a scan of every user.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::domain::UserRecord;
+
+#[derive(Clone, Default)]
+pub(super) struct Users {
+    list: Vec<Arc<UserRecord>>,
+    /// Positions in `list`. The first entry wins, as the old linear search did, should an old
+    /// file hold a duplicate. A user's id and email never change once stored.
+    by_id: HashMap<Arc<str>, usize>,
+    by_email: HashMap<Arc<str>, usize>,
+}
+
+impl Users {
+    pub fn new(list: Vec<UserRecord>) -> Self {
+        let mut users = Self::default();
+        for user in list {
+            users.push(user);
+        }
+        users
+    }
+
+    /// In file order.
+    pub fn iter(&self) -> impl Iterator<Item = &UserRecord> {
+        self.list.iter().map(|u| u.as_ref())
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&UserRecord> {
+        self.by_id.get(id).map(|&i| self.list[i].as_ref())
+    }
+
+    pub fn by_email(&self, email: &str) -> Option<&UserRecord> {
+        self.by_email.get(email).map(|&i| self.list[i].as_ref())
+    }
+
+    pub fn push(&mut self, user: UserRecord) {
+        let at = self.list.len();
+        self.by_id.entry(Arc::from(user.id.as_str())).or_insert(at);
+        self.by_email
+            .entry(Arc::from(user.email.as_str()))
+            .or_insert(at);
+        self.list.push(Arc::new(user));
+    }
+
+    /// The user to change (copied first if a published state still shares it). The change must
+    /// leave `id` and `email` as they are.
+    pub fn by_id_mut(&mut self, id: &str) -> Option<&mut UserRecord> {
+        let i = *self.by_id.get(id)?;
+        Some(Arc::make_mut(&mut self.list[i]))
+    }
+
+    /// Like [`Users::by_id_mut`], by email.
+    pub fn by_email_mut(&mut self, email: &str) -> Option<&mut UserRecord> {
+        let i = *self.by_email.get(email)?;
+        Some(Arc::make_mut(&mut self.list[i]))
+    }
+
+    /// The first user matching `pred`, to change (a scan: for the rare lookups with no index).
+    pub fn find_mut(&mut self, pred: impl Fn(&UserRecord) -> bool) -> Option<&mut UserRecord> {
+        let i = self.list.iter().position(|u| pred(u))?;
+        Some(Arc::make_mut(&mut self.list[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserType;
+
+    fn user(id: &str, email: &str) -> UserRecord {
+        UserRecord {
+            id: id.into(),
+            email: email.into(),
+            name: "Someone".into(),
+            user_type: UserType::Client,
+            password_hash: None,
+            google_id: None,
+            email_verified: false,
+            avatar: None,
+            created_at: chrono::Utc::now(),
+            last_login: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn lookups_find_the_first_of_duplicates_and_changes_leave_shared_copies_alone() {
+        let mut users = Users::new(vec![
+            user("1", "a@example.com"),
+            user("2", "b@example.com"),
+            // An old file's duplicate email: the first one keeps answering, as before.
+            user("3", "a@example.com"),
+        ]);
+        assert_eq!(users.iter().count(), 3);
+        assert_eq!(users.by_email("a@example.com").unwrap().id, "1");
+        assert_eq!(users.by_id("3").unwrap().email, "a@example.com");
+        assert!(users.by_id("4").is_none());
+
+        let published = users.clone();
+        users.by_id_mut("2").unwrap().name = "Changed".into();
+        assert_eq!(users.by_id("2").unwrap().name, "Changed");
+        assert_eq!(published.by_id("2").unwrap().name, "Someone");
+
+        users.push(user("4", "d@example.com"));
+        let order: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(order, ["1", "2", "3", "4"]);
+        assert_eq!(published.iter().count(), 3);
+    }
+}
