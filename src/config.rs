@@ -528,6 +528,10 @@ impl Settings {
                 "SECURITY_LOG_BATCH_SIZE and SECURITY_LOG_QUEUE_CAPACITY must be positive.".into(),
             );
         }
+        // The linger bounds what a SIGKILL can lose in async mode, and shutdown waits it out.
+        if self.security_log_linger_ms > 1000 {
+            problems.push("SECURITY_LOG_LINGER_MS must be at most 1000 (default 5).".into());
+        }
         problems.extend(crate::auth::oidc::setting_problems(self));
         for origin in &self.cors_origins {
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -708,6 +712,27 @@ mod tests {
             s.problems()
                 .iter()
                 .any(|p| p.contains("JWT_SECRET is required"))
+        );
+    }
+
+    #[test]
+    fn the_security_log_linger_is_bounded() {
+        let good = generate_secret();
+        let ok = Settings::from_env(env(&[
+            ("JWT_SECRET", &good),
+            ("SECURITY_LOG_LINGER_MS", "1000"),
+        ]))
+        .unwrap();
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let long = Settings::from_env(env(&[
+            ("JWT_SECRET", &good),
+            ("SECURITY_LOG_LINGER_MS", "1001"),
+        ]))
+        .unwrap();
+        assert!(
+            long.problems()
+                .iter()
+                .any(|p| p.contains("SECURITY_LOG_LINGER_MS must be at most 1000"))
         );
     }
 
