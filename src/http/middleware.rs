@@ -30,6 +30,11 @@ fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
 
 /// Outermost layer: assigns the request id, opens the request span, and logs one line per request
 /// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
+///
+/// The span holds only the request id: the JSON formatter writes a span's fields out when the span
+/// opens and parses them back for every line logged inside it, so each field there is paid on
+/// every request, while the lines that need more than the id (the request line) carry it
+/// themselves.
 pub async fn request_context(
     State(state): State<AppState>,
     mut req: Request,
@@ -53,22 +58,23 @@ pub async fn request_context(
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let client_ip = super::extract::client_ip(peer, req.headers(), &state.settings.trusted_proxies);
     let route_label = route.as_deref().unwrap_or("unmatched");
-    let span = tracing::info_span!("request", request_id = %id, method = %method,
-        route = route_label, client_ip = %client_ip, status = tracing::field::Empty);
+    let span = tracing::info_span!("request", request_id = %id);
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status();
-    span.record("status", status.as_u16());
     let elapsed = started.elapsed().as_secs_f64();
     state
         .metrics
         .observe_request(route_label, method.as_str(), status.as_u16(), elapsed);
     span.in_scope(|| {
         let latency_ms = elapsed * 1000.0;
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), latency_ms, "request failed");
+        let (method, status) = (method.as_str(), status.as_u16());
+        if status >= 500 {
+            tracing::warn!(method, route = route_label, status, latency_ms, client_ip = %client_ip,
+                "request failed");
         } else {
-            tracing::info!(status = status.as_u16(), latency_ms, "request");
+            tracing::info!(method, route = route_label, status, latency_ms, client_ip = %client_ip,
+                "request");
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
