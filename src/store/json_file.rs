@@ -376,7 +376,7 @@ impl Store for FileStore {
         }
         self.update_sessions(|tx| {
             let state = tx.state();
-            let Some(token) = state.token_by_hash(&request.presented_hash).cloned() else {
+            let Some(token) = state.token_by_hash(&request.presented_hash) else {
                 return Ok(invalid(InvalidReason::Unknown, None, None));
             };
             let Some(session) = state.session(&token.session_id).cloned() else {
@@ -597,7 +597,7 @@ fn decide(state: &Sessions, request: &RotateRequest) -> Decided {
         )));
     };
     let successor = token.replaced_by.and_then(|id| state.token(&id));
-    match decide_rotation(token, session, successor.map(|t| t.as_ref()), request) {
+    match decide_rotation(&token, session, successor.map(|t| t.as_ref()), request) {
         RotationDecision::Grace {
             fingerprint_matched,
         } => Decided::Final(Box::new(RotateOutcome::Grace {

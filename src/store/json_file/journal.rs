@@ -44,11 +44,13 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use anyhow::Context;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
-use super::session_state::{Op, OpIn, OpOut, Sessions, Tx};
+use super::session_state::{HashKey, Op, OpIn, OpOut, RetiredToken, Sessions, Tx};
 use crate::durable_file;
 use crate::store::{SessionRecord, StoreError, StoreResult, TokenRecord};
 
@@ -203,7 +205,54 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Records<'_, T> {
 struct SnapshotOut<'a> {
     seq: u64,
     sessions: Vec<&'a SessionRecord>,
-    tokens: Vec<&'a TokenRecord>,
+    tokens: TokensOut<'a>,
+}
+
+/// The live tokens, then the retired ones as whole records (the snapshot's format does not know
+/// about retirement: a retired token loads as the rotated token it is).
+struct TokensOut<'a> {
+    live: &'a [Arc<TokenRecord>],
+    retired: &'a [(HashKey, RetiredToken)],
+}
+
+impl Serialize for TokensOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.live.len() + self.retired.len()))?;
+        for t in self.live {
+            seq.serialize_element(t.as_ref())?;
+        }
+        for (key, t) in self.retired {
+            seq.serialize_element(&t.record(key))?;
+        }
+        seq.end()
+    }
+}
+
+/// What a snapshot is written from: the state's records, taken under its lock and written
+/// without it.
+struct SnapshotRecords {
+    seq: u64,
+    sessions: Vec<Arc<SessionRecord>>,
+    tokens: Vec<Arc<TokenRecord>>,
+    retired: Vec<(HashKey, RetiredToken)>,
+}
+
+impl SnapshotRecords {
+    fn of(state: &Sessions) -> Self {
+        let (sessions, tokens) = state.records();
+        let retired = state
+            .retired()
+            .read()
+            .iter()
+            .map(|(k, t)| (*k, *t))
+            .collect();
+        Self {
+            seq: state.seq,
+            sessions,
+            tokens,
+            retired,
+        }
+    }
 }
 
 /// The sessions as the files hold them, and what the writer needs to know of the files.
@@ -275,6 +324,7 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<Loaded> {
             return Err(e).with_context(|| format!("could not open {}", journal_path.display()));
         }
     };
+    state.retire_all_rotated();
     Ok(Loaded {
         state,
         snapshot_len,
@@ -349,10 +399,10 @@ fn replay(
 /// (`{"sessions":[…],"tokens":[…]}`): the snapshot with the journal applied. Read-only.
 pub fn read_sessions(dir: &Path) -> anyhow::Result<serde_json::Value> {
     let loaded = load(dir)?;
-    let (sessions, tokens) = loaded.state.records();
+    let records = SnapshotRecords::of(&loaded.state);
     Ok(serde_json::json!({
-        "sessions": serde_json::to_value(sessions.iter().map(|s| s.as_ref()).collect::<Vec<_>>())?,
-        "tokens": serde_json::to_value(tokens.iter().map(|t| t.as_ref()).collect::<Vec<_>>())?,
+        "sessions": serde_json::to_value(records.sessions.iter().map(|s| s.as_ref()).collect::<Vec<_>>())?,
+        "tokens": serde_json::to_value(TokensOut { live: &records.tokens, retired: &records.retired })?,
     }))
 }
 
@@ -360,8 +410,7 @@ pub fn read_sessions(dir: &Path) -> anyhow::Result<serde_json::Value> {
 /// edit `sessions.json` by hand, or before running an older version that reads only that file).
 pub fn compact_sessions(dir: &Path) -> anyhow::Result<()> {
     let loaded = load(dir)?;
-    let (sessions, tokens) = loaded.state.records();
-    write_snapshot(dir, loaded.state.seq, &sessions, &tokens)?;
+    write_snapshot(dir, &SnapshotRecords::of(&loaded.state))?;
     for name in [JOURNAL, OLD_JOURNAL] {
         match fs::remove_file(dir.join(name)) {
             Ok(()) => {}
@@ -375,12 +424,7 @@ pub fn compact_sessions(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes the snapshot durably (temp file, fsync, rename, folder fsync), streaming it; returns
 /// its length.
-fn write_snapshot(
-    dir: &Path,
-    seq: u64,
-    sessions: &[Arc<SessionRecord>],
-    tokens: &[Arc<TokenRecord>],
-) -> anyhow::Result<u64> {
+fn write_snapshot(dir: &Path, records: &SnapshotRecords) -> anyhow::Result<u64> {
     let path = dir.join(SNAPSHOT);
     let tmp = dir.join(format!(".{SNAPSHOT}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -394,9 +438,12 @@ fn write_snapshot(
         serde_json::to_writer(
             &mut out,
             &SnapshotOut {
-                seq,
-                sessions: sessions.iter().map(|s| s.as_ref()).collect(),
-                tokens: tokens.iter().map(|t| t.as_ref()).collect(),
+                seq: records.seq,
+                sessions: records.sessions.iter().map(|s| s.as_ref()).collect(),
+                tokens: TokensOut {
+                    live: &records.tokens,
+                    retired: &records.retired,
+                },
             },
         )?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -770,17 +817,32 @@ impl Inner {
             });
             match outcome {
                 Outcome::Written(len) => {
-                    {
+                    // Rotated tokens are retired as soon as their rotation is durable: in the
+                    // published copy here, in the pending one (which may hold newer changes, but
+                    // never to a rotated token) below.
+                    let rotated: Vec<Uuid> = ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::Token(t) if t.rotated_at.is_some() => Some(t.id),
+                            _ => None,
+                        })
+                        .collect();
+                    let retired = {
                         let mut published = self.published_mut();
                         for op in &ops {
                             published.apply(op);
                         }
                         published.seq = seq;
-                    }
+                        published.sweep_retired(&ops);
+                        published.retire(&rotated)
+                    };
                     for waiter in waiters {
                         let _ = waiter.send(Ok(()));
                     }
                     self.journal_len.fetch_add(len, Ordering::SeqCst);
+                    if !retired.is_empty() {
+                        self.pending.lock().await.state.forget_retired(&retired);
+                    }
                     self.maybe_compact().await;
                 }
                 Outcome::Foreign => {
@@ -865,12 +927,11 @@ impl Inner {
         let started = tokio::task::spawn_blocking(move || {
             let old = inner.dir.join(OLD_JOURNAL);
             let rotated = inner.journal().rotate(&old);
-            let state = inner.published();
-            let (sessions, tokens) = state.records();
-            (rotated, state.seq, sessions, tokens)
+            let records = SnapshotRecords::of(&inner.published());
+            (rotated, records)
         })
         .await;
-        let (rotated, seq, sessions, tokens) = match started {
+        let (rotated, records) = match started {
             Ok(started) => started,
             Err(e) => {
                 self.compaction_failed(anyhow::anyhow!("compaction stopped: {e}"));
@@ -898,7 +959,7 @@ impl Inner {
         let inner = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            match write_snapshot(&inner.dir, seq, &sessions, &tokens) {
+            match write_snapshot(&inner.dir, &records) {
                 Ok(len) => {
                     let removed = fs::remove_file(inner.dir.join(OLD_JOURNAL));
                     if let Err(e) = removed
@@ -913,9 +974,9 @@ impl Inner {
                     );
                     inner.snapshot_len.store(len, Ordering::SeqCst);
                     tracing::info!(
-                        seq,
-                        sessions = sessions.len(),
-                        tokens = tokens.len(),
+                        seq = records.seq,
+                        sessions = records.sessions.len(),
+                        tokens = records.tokens.len() + records.retired.len(),
                         bytes = len,
                         ms = started.elapsed().as_millis() as u64,
                         "sessions journal compacted into sessions.json"
@@ -1210,7 +1271,7 @@ mod tests {
         }
         drop(log);
         let before = fs::read(dir.path().join(JOURNAL)).unwrap();
-        let (sessions, tokens) = load(dir.path()).unwrap().state.records();
+        let records = SnapshotRecords::of(&load(dir.path()).unwrap().state);
         let later = dir.path().join("later");
         fs::create_dir(&later).unwrap();
         // Two more batches after the rotation point, as the new journal would hold them.
@@ -1234,7 +1295,7 @@ mod tests {
                 fs::write(d.join(JOURNAL), journal).unwrap();
             }
             if snapshot {
-                write_snapshot(&d, 5, &sessions, &tokens).unwrap();
+                write_snapshot(&d, &records).unwrap();
             }
             let loaded = load(&d).unwrap();
             let mut ids: Vec<Uuid> = loaded.state.sessions().map(|e| e.rec.id).collect();
@@ -1252,6 +1313,79 @@ mod tests {
         case("not-rotated", None, Some(&all), true);
         // The old format: no `seq` in the snapshot, everything in the journal.
         case("whole-journal", None, Some(&all), false);
+    }
+
+    /// A rotated token leaves both copies' indexes for the retired map once its rotation is
+    /// written, is still found by hash as the rotated token it is, is in a snapshot written from
+    /// that state, and is retired again when the files are loaded.
+    #[tokio::test]
+    async fn retired_tokens_are_found_by_hash_after_a_restart_and_in_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SessionLog::open(dir.path()).unwrap();
+        let s = session("ann");
+        let at = Utc::now() - chrono::Duration::seconds(1);
+        let token = |hash: &str| TokenRecord {
+            id: Uuid::now_v7(),
+            session_id: s.id,
+            token_hash: hash.repeat(32),
+            created_at: at,
+            rotated_at: None,
+            replaced_by: None,
+        };
+        let (first, second) = (token("a1"), token("a2"));
+        let mut rotated = first.clone();
+        rotated.rotated_at = Some(at);
+        rotated.replaced_by = Some(second.id);
+        log.update(|tx| {
+            tx.put_session(s.clone());
+            tx.put_token(first.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        log.update(|tx| {
+            tx.put_token(rotated.clone());
+            tx.put_token(second.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // The published copy retires before the write's requests are answered, the pending one
+        // after, before the next write.
+        add(&log, "bob").await.unwrap();
+
+        let check = |state: &Sessions| {
+            assert!(state.token(&first.id).is_none());
+            let found = state.token_by_hash(&first.token_hash).unwrap();
+            assert_eq!(
+                (found.id, found.session_id, found.created_at),
+                (first.id, s.id, at)
+            );
+            assert_eq!(
+                (found.rotated_at, found.replaced_by),
+                (Some(at), Some(second.id))
+            );
+            assert_eq!(found.token_hash, first.token_hash);
+            assert_eq!(state.token(&second.id).unwrap().rotated_at, None);
+            assert_eq!(state.token_count(), 2);
+        };
+        check(&log.read());
+        check(&log.inner.pending.lock().await.state);
+
+        let snapshot = dir.path().join("snapshot");
+        fs::create_dir(&snapshot).unwrap();
+        write_snapshot(&snapshot, &SnapshotRecords::of(&log.read())).unwrap();
+        let snapshot: serde_json::Value =
+            serde_json::from_slice(&fs::read(snapshot.join(SNAPSHOT)).unwrap()).unwrap();
+        let tokens = snapshot["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.iter().any(|t| t["id"] == first.id.to_string()
+            && t["tokenHash"] == first.token_hash.as_str()
+            && t["replacedBy"] == second.id.to_string()));
+        check(&load(&dir.path().join("snapshot")).unwrap().state);
+        drop(log);
+        let reopened = SessionLog::open(dir.path()).unwrap();
+        check(&reopened.read());
     }
 
     #[tokio::test]

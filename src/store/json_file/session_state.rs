@@ -6,9 +6,17 @@
 //!
 //! Records sit behind `Arc`s that the pending and the published copy (and a compaction's
 //! snapshot) share, so a change costs one new record, never a copy of the state.
+//!
+//! Rotated tokens are *retired* once their rotation is durable: a rotated token never changes
+//! again and is only ever looked up by hash (reuse detection, the grace window, logout with an
+//! old token), so it leaves both copies' indexes for one map the copies share, keyed by hash,
+//! without its hash string. Nearly all of a busy store's tokens are rotated ones (one per
+//! refresh, kept until the session ends), so this is most of its memory. Rotation decisions are
+//! the same either way: a retired token keeps its rotation time and successor, and a successor
+//! that is itself retired has been rotated, which already rules out the grace answer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -98,6 +106,44 @@ pub(super) struct PruneHint {
     pub idle_ttl: chrono::Duration,
 }
 
+/// A retired token: a rotated [`TokenRecord`] without its hash, which is its key in [`Retired`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetiredToken {
+    id: Uuid,
+    session_id: Uuid,
+    created_at: DateTime<Utc>,
+    rotated_at: DateTime<Utc>,
+    replaced_by: Option<Uuid>,
+}
+
+impl RetiredToken {
+    pub fn record(&self, key: &HashKey) -> TokenRecord {
+        TokenRecord {
+            id: self.id,
+            session_id: self.session_id,
+            token_hash: hex::encode(key),
+            created_at: self.created_at,
+            rotated_at: Some(self.rotated_at),
+            replaced_by: self.replaced_by,
+        }
+    }
+}
+
+/// The retired tokens, shared by the pending and the published copy (and a reload replaces it
+/// with the loaded state's own).
+#[derive(Debug, Default)]
+pub(super) struct Retired(RwLock<HashMap<HashKey, RetiredToken>>);
+
+impl Retired {
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<HashKey, RetiredToken>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<HashKey, RetiredToken>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub(super) struct Sessions {
     sessions: HashMap<Uuid, Entry<SessionRecord>>,
@@ -107,6 +153,8 @@ pub(super) struct Sessions {
     family: HashMap<Uuid, Vec<Uuid>>,
     /// Unrevoked sessions per user (revocation is final; expired ones stay until pruned).
     open_by_user: HashMap<String, HashSet<Uuid>>,
+    /// Shared between the copies (cloning `Sessions` clones the `Arc`).
+    retired: Arc<Retired>,
     next_ord: u64,
     /// The sequence number of the last journal batch in this state.
     pub seq: u64,
@@ -115,7 +163,7 @@ pub(super) struct Sessions {
 
 /// A token hash as a map key: its 32 bytes rather than 64 hex digits on the heap (the index is
 /// kept twice, and there is one entry per token ever issued).
-type HashKey = [u8; 32];
+pub(super) type HashKey = [u8; 32];
 
 fn hash_key(hash: &str) -> HashKey {
     let mut key = [0u8; 32];
@@ -124,6 +172,20 @@ fn hash_key(hash: &str) -> HashKey {
         key = Sha256::digest(hash.as_bytes()).into();
     }
     key
+}
+
+/// Halves a map's table once it is under a quarter full (never below a small floor, so a store
+/// that breathes around a few hundred tokens does not rehash back and forth).
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+fn shrink_if_sparse_vec<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() < v.capacity() / 4 {
+        v.shrink_to(v.len() * 2);
+    }
 }
 
 /// When a session ended (or ends): revoked, or its absolute or idle end.
@@ -257,10 +319,17 @@ impl Sessions {
         self.tokens.get(id).map(|e| &e.rec)
     }
 
-    pub fn token_by_hash(&self, hash: &str) -> Option<&Arc<TokenRecord>> {
-        self.by_hash
-            .get(&hash_key(hash))
-            .and_then(|id| self.token(id))
+    /// A live token, or a retired one rebuilt from its entry (only a reused token is looked up
+    /// that way, so the allocation is rare).
+    pub fn token_by_hash(&self, hash: &str) -> Option<Arc<TokenRecord>> {
+        let key = hash_key(hash);
+        if let Some(token) = self.by_hash.get(&key).and_then(|id| self.token(id)) {
+            return Some(token.clone());
+        }
+        self.retired
+            .read()
+            .get(&key)
+            .map(|t| Arc::new(t.record(&key)))
     }
 
     /// The user's unrevoked sessions (live or not), with their order of arrival.
@@ -283,16 +352,128 @@ impl Sessions {
         self.sessions.len()
     }
 
+    /// Live and retired tokens.
     pub fn token_count(&self) -> usize {
-        self.tokens.len()
+        self.tokens.len() + self.retired.read().len()
     }
 
-    /// Session ids that have tokens but no session (left by an old file).
-    pub fn orphan_families(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.family
+    /// Retires every rotated token (after a load).
+    pub fn retire_all_rotated(&mut self) {
+        let rotated: Vec<Uuid> = self
+            .tokens
+            .values()
+            .filter(|e| e.rec.rotated_at.is_some())
+            .map(|e| e.rec.id)
+            .collect();
+        self.retire(&rotated);
+    }
+
+    pub fn retired(&self) -> &Retired {
+        &self.retired
+    }
+
+    /// Moves the rotated tokens among `ids` out of this copy's indexes into the shared retired
+    /// map; returns the ids it moved, for [`Self::forget_retired`] on the other copy. A token
+    /// that lost its hash to an older duplicate (old files only) stays.
+    pub fn retire(&mut self, ids: &[Uuid]) -> Vec<Uuid> {
+        let mut moved = Vec::new();
+        {
+            let mut retired = self.retired.write();
+            for id in ids {
+                let Some(entry) = self.tokens.get(id) else {
+                    continue;
+                };
+                let t = &entry.rec;
+                let key = hash_key(&t.token_hash);
+                let Some(rotated_at) = t.rotated_at else {
+                    continue;
+                };
+                if self.by_hash.get(&key) != Some(id) || retired.contains_key(&key) {
+                    continue;
+                }
+                retired.insert(
+                    key,
+                    RetiredToken {
+                        id: t.id,
+                        session_id: t.session_id,
+                        created_at: t.created_at,
+                        rotated_at,
+                        replaced_by: t.replaced_by,
+                    },
+                );
+                moved.push(*id);
+            }
+        }
+        self.forget_retired(&moved);
+        moved
+    }
+
+    /// Takes tokens that were retired (through the other copy) out of this copy's indexes.
+    pub fn forget_retired(&mut self, ids: &[Uuid]) {
+        let mut families: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
+        for id in ids {
+            if let Some(session) = self.forget_token(*id) {
+                families.entry(session).or_default().insert(*id);
+            }
+        }
+        for (session, gone) in families {
+            if let Some(ids) = self.family.get_mut(&session) {
+                ids.retain(|t| !gone.contains(t));
+                if ids.is_empty() {
+                    self.family.remove(&session);
+                } else {
+                    shrink_if_sparse_vec(ids);
+                }
+            }
+        }
+        // A burst of refreshes leaves the maps sized for every token of its grace window; once
+        // those are retired the tables would stay that big (in both copies) if not shrunk.
+        shrink_if_sparse(&mut self.tokens);
+        shrink_if_sparse(&mut self.by_hash);
+    }
+
+    /// After `ops` became durable: removes the retired tokens of the sessions and tokens they
+    /// dropped. Retired entries leave only then, so a write that fails (and takes the pending
+    /// copy back to the published one) cannot have cost them.
+    pub fn sweep_retired(&self, ops: &[Op]) {
+        let mut sessions = HashSet::new();
+        let mut tokens = HashSet::new();
+        for op in ops {
+            match op {
+                Op::DropSession(id) => {
+                    sessions.insert(*id);
+                }
+                Op::DropToken(id) => {
+                    tokens.insert(*id);
+                }
+                Op::Session(_) | Op::Token(_) => {}
+            }
+        }
+        if sessions.is_empty() && tokens.is_empty() {
+            return;
+        }
+        let mut retired = self.retired.write();
+        if !retired.is_empty() {
+            retired.retain(|_, t| !sessions.contains(&t.session_id) && !tokens.contains(&t.id));
+        }
+    }
+
+    /// Session ids that have tokens, live or retired, but no session (left by an old file).
+    pub fn orphan_families(&self) -> Vec<Uuid> {
+        let mut orphans: HashSet<Uuid> = self
+            .family
             .keys()
             .filter(|id| !self.sessions.contains_key(id))
             .copied()
+            .collect();
+        orphans.extend(
+            self.retired
+                .read()
+                .values()
+                .map(|t| t.session_id)
+                .filter(|id| !self.sessions.contains_key(id)),
+        );
+        orphans.into_iter().collect()
     }
 
     /// Every record, in order of arrival: what a snapshot holds.
@@ -371,7 +552,7 @@ impl<'a> Tx<'a> {
                 gone.push(entry.rec.id);
             }
         }
-        let orphans: Vec<Uuid> = self.state.orphan_families().collect();
+        let orphans = self.state.orphan_families();
         let count = gone.len() as u64;
         for id in gone.into_iter().chain(orphans) {
             self.record(Op::DropSession(id));
@@ -452,6 +633,107 @@ mod tests {
         assert_eq!(replayed.session_count(), 0);
         assert_eq!(replayed.token_count(), 0);
         assert_eq!(ops.len(), 5);
+    }
+
+    /// A rotation as the store records it: the old token marked, its successor added.
+    fn rotate(tx: &mut Tx<'_>, old: &TokenRecord, hash: &str, at: DateTime<Utc>) -> TokenRecord {
+        let next = token(old.session_id, hash, at);
+        let mut rotated = old.clone();
+        rotated.rotated_at = Some(at);
+        rotated.replaced_by = Some(next.id);
+        tx.put_token(rotated);
+        tx.put_token(next.clone());
+        next
+    }
+
+    #[test]
+    fn retired_tokens_leave_both_copies_but_are_still_found_by_hash_until_their_session_goes() {
+        let now = Utc::now();
+        let early = now - chrono::Duration::minutes(5);
+        let s = session("ann", early);
+        let other = session("bob", early);
+        let t1 = token(s.id, &"a1".repeat(32), early);
+        let b1 = token(other.id, &"b1".repeat(32), early);
+        let mut pending = Sessions::default();
+        let mut ops = Vec::new();
+        let (t3, t2) = {
+            let mut tx = Tx::new(&mut pending, &mut ops);
+            tx.put_session(s.clone());
+            tx.put_session(other.clone());
+            tx.put_token(t1.clone());
+            tx.put_token(b1.clone());
+            let t2 = rotate(&mut tx, &t1, &"a2".repeat(32), early);
+            (rotate(&mut tx, &t2, &"a3".repeat(32), now), t2)
+        };
+        rotate(
+            &mut Tx::new(&mut pending, &mut ops),
+            &b1,
+            &"b2".repeat(32),
+            early,
+        );
+        let mut published = pending.clone();
+        assert_eq!(published.token_count(), 5);
+
+        // t3 is live (not rotated), and the last id is unknown: neither moves.
+        let moved = published.retire(&[t1.id, t2.id, t3.id, b1.id, Uuid::new_v4()]);
+        assert_eq!(sorted(moved.clone()), sorted(vec![t1.id, t2.id, b1.id]));
+        pending.forget_retired(&moved);
+        for copy in [&pending, &published] {
+            // Out of the indexes by id, in the count, and found by hash as the rotated tokens
+            // they are, so a reuse is still a reuse.
+            assert!(copy.token(&t1.id).is_none());
+            assert_eq!(copy.token_count(), 5);
+            let found = copy.token_by_hash(&t1.token_hash).unwrap();
+            assert_eq!(found.id, t1.id);
+            assert_eq!(found.session_id, s.id);
+            assert_eq!(found.token_hash, t1.token_hash);
+            assert_eq!(found.created_at, t1.created_at);
+            assert_eq!(found.rotated_at, Some(early));
+            assert_eq!(found.replaced_by, Some(t2.id));
+            assert_eq!(copy.token_by_hash(&t2.token_hash).unwrap().id, t2.id);
+            assert_eq!(copy.family[&s.id], vec![t3.id]);
+        }
+        // Retiring twice changes nothing.
+        assert!(published.retire(&[t1.id]).is_empty());
+
+        // Dropping a session takes its retired tokens once the drop is durable, not before.
+        let mut drop_ops = Vec::new();
+        Tx::new(&mut pending, &mut drop_ops).record(Op::DropSession(s.id));
+        assert!(pending.token_by_hash(&t1.token_hash).is_some());
+        for op in &drop_ops {
+            published.apply(op);
+        }
+        published.sweep_retired(&drop_ops);
+        for copy in [&pending, &published] {
+            assert!(copy.token_by_hash(&t1.token_hash).is_none());
+            assert!(copy.token_by_hash(&t3.token_hash).is_none());
+            assert!(copy.token_by_hash(&b1.token_hash).is_some());
+            assert_eq!(copy.token_count(), 2);
+        }
+    }
+
+    /// A session whose tokens are all retired and whose record is gone (an old file's orphans)
+    /// is still pruned.
+    #[test]
+    fn prune_finds_orphans_among_retired_tokens() {
+        let now = Utc::now();
+        let early = now - chrono::Duration::minutes(5);
+        let orphan = token(Uuid::new_v4(), &"c1".repeat(32), early);
+        let mut rotated = orphan.clone();
+        rotated.rotated_at = Some(early);
+        let mut state = Sessions::from_records(0, vec![], vec![rotated]);
+        assert_eq!(state.retire(&[orphan.id]).len(), 1);
+        assert!(state.family.is_empty());
+        let mut ops = Vec::new();
+        Tx::new(&mut state, &mut ops).prune(now, chrono::Duration::days(7), true);
+        assert!(matches!(ops.as_slice(), [Op::DropSession(id)] if *id == orphan.session_id));
+        state.sweep_retired(&ops);
+        assert_eq!(state.token_count(), 0);
+    }
+
+    fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+        ids.sort();
+        ids
     }
 
     #[test]
