@@ -108,14 +108,22 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
         }
     }
 
-    /// Replaces the state with `data` read from the file (changed on disk by someone else),
-    /// unless changes of ours are still on their way to disk: then the file's new identity is
-    /// our own write, about to be published.
-    pub async fn reload(&self, data: T, stamp: Option<FileStamp>) -> bool {
+    /// Replaces the state with `data`, read from the file whose identity was `seen` (changed on
+    /// disk by someone else), unless changes of ours are still on their way to disk (then the
+    /// file's new identity is our own write, about to be published), or the file is no longer
+    /// the one that was read. That last case is a reader that saw one of our writes land, read
+    /// it, and got here after a later write of ours: taking its older content would drop
+    /// acknowledged changes from memory, and from the file at the next write.
+    pub async fn reload(&self, data: T, seen: Option<FileStamp>) -> bool {
         let mut pending = self.inner.pending.lock().await;
-        if pending.writing || !pending.waiters.is_empty() || self.stamp() == stamp {
+        if pending.writing
+            || !pending.waiters.is_empty()
+            || self.stamp() == seen
+            || stamp(&self.inner.path) != seen
+        {
             return false;
         }
+        let stamp = seen;
         pending.data = data.clone();
         *self.inner.published_mut() = Published {
             data: Arc::new(data),
@@ -182,5 +190,69 @@ impl<T: Clone + Send + Sync + 'static> Inner<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(v: &Vec<u32>) -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(v)?)
+    }
+
+    fn read(path: &Path) -> Vec<u32> {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    async fn push(file: &GroupFile<Vec<u32>>, n: u32) {
+        file.update(|v| {
+            v.push(n);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Until the write task has seen that nobody waits (a reload is refused while it runs).
+    async fn idle(file: &GroupFile<Vec<u32>>) {
+        loop {
+            if !file.inner.pending.lock().await.writing {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A reader that saw one of our writes land and reached `reload` only after a later write
+    /// of ours must not put the older content back: the second change was acknowledged.
+    #[tokio::test]
+    async fn a_reload_of_our_own_earlier_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.json");
+        let file = GroupFile::new(path.clone(), Vec::new(), encode);
+        push(&file, 1).await;
+        let (seen, seen_stamp) = (read(&path), stamp(&path));
+        push(&file, 2).await;
+        idle(&file).await;
+        assert!(!file.reload(seen, seen_stamp).await);
+        assert_eq!(*file.read(), vec![1, 2]);
+        push(&file, 3).await;
+        assert_eq!(read(&path), vec![1, 2, 3]);
+    }
+
+    /// A file replaced by another process (the CLI) is taken, and later changes build on it.
+    #[tokio::test]
+    async fn a_file_replaced_by_someone_else_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.json");
+        let file = GroupFile::new(path.clone(), Vec::new(), encode);
+        push(&file, 1).await;
+        idle(&file).await;
+        durable_file::replace(&path, b"[7]").unwrap();
+        assert!(file.reload(read(&path), stamp(&path)).await);
+        assert_eq!(*file.read(), vec![7]);
+        push(&file, 8).await;
+        assert_eq!(read(&path), vec![7, 8]);
     }
 }
