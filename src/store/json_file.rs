@@ -45,11 +45,19 @@ pub struct FileStore {
     sessions: SessionLog,
 }
 
+/// users.json as the old service wrote it (pretty-printed). Runs on every commit of users.json,
+/// so it borrows the records instead of copying them, and sizes its buffer up front.
 fn encode_users(users: &Users) -> anyhow::Result<Vec<u8>> {
-    let file = UsersFile {
-        users: users.iter().map(FileUser::from).collect(),
-    };
-    serde_json::to_vec_pretty(&file).context("serialising users")
+    struct All<'a>(&'a Users);
+    impl Serialize for All<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(FileUserOut::from))
+        }
+    }
+    let mut out = Vec::with_capacity(64 + users.len() * 512);
+    serde_json::to_writer_pretty(&mut out, &UsersFile { users: All(users) })
+        .context("serialising users")?;
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +105,31 @@ struct FileUser {
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A [`FileUser`] to write, borrowed from the record: the same fields, in the same order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileUserOut<'a> {
+    id: &'a str,
+    email: &'a str,
+    name: &'a str,
+    user_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    google_id: Option<&'a str>,
+    email_verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar: Option<&'a str>,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_login: Option<String>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct UsersFile<T> {
-    users: Vec<T>,
+    users: T,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -140,20 +170,20 @@ impl From<FileUser> for UserRecord {
     }
 }
 
-impl From<&UserRecord> for FileUser {
-    fn from(u: &UserRecord) -> Self {
+impl<'a> From<&'a UserRecord> for FileUserOut<'a> {
+    fn from(u: &'a UserRecord) -> Self {
         Self {
-            id: u.id.clone(),
-            email: u.email.clone(),
-            name: u.name.clone(),
-            user_type: Some(u.user_type.as_str().to_owned()),
-            password: u.password_hash.clone(),
-            google_id: u.google_id.clone(),
+            id: &u.id,
+            email: &u.email,
+            name: &u.name,
+            user_type: u.user_type.as_str(),
+            password: u.password_hash.as_deref(),
+            google_id: u.google_id.as_deref(),
             email_verified: u.email_verified,
-            avatar: u.avatar.clone(),
-            created_at: Some(format_timestamp(u.created_at)),
+            avatar: u.avatar.as_deref(),
+            created_at: format_timestamp(u.created_at),
             last_login: u.last_login.map(format_timestamp),
-            extra: u.extra.clone(),
+            extra: &u.extra,
         }
     }
 }
@@ -162,7 +192,7 @@ impl From<&UserRecord> for FileUser {
 pub fn read_users_file(path: &Path) -> anyhow::Result<Vec<UserRecord>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    let file: UsersFile<FileUser> = serde_json::from_slice(&bytes).with_context(|| {
+    let file: UsersFile<Vec<FileUser>> = serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "{} is not a users.json of the form {{\"users\":[...]}}",
             path.display()

@@ -29,6 +29,10 @@ impl Users {
     }
 
     /// In file order.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &UserRecord> {
         self.list.iter().map(|u| u.as_ref())
     }
