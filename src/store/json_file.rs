@@ -245,6 +245,12 @@ impl FileStore {
     }
 
     async fn reload_users_if_replaced(&self) -> StoreResult<()> {
+        // While a write of ours is in flight the file's identity changes under us (between its
+        // rename and its publication); reading and parsing the whole file then, on every request
+        // that lands in that window, is what made `/me` stall during a login flood.
+        if self.users.writing() {
+            return Ok(());
+        }
         let current = stamp(self.users.path());
         if current.is_none() || current == self.users.stamp() {
             return Ok(());

@@ -11,6 +11,7 @@
 //! of them since) and fails their requests; the state goes back to what is on disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Mutex, oneshot};
@@ -36,6 +37,9 @@ struct Pending<T> {
 
 struct Inner<T> {
     path: PathBuf,
+    /// `Pending::writing`, readable without the lock: while a write of ours is in flight, a new
+    /// identity of the file is almost certainly that write, and a reload would be refused anyway.
+    writing: AtomicBool,
     encode: fn(&T) -> anyhow::Result<Vec<u8>>,
     published: RwLock<Published<T>>,
     pending: Mutex<Pending<T>>,
@@ -61,6 +65,7 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
                 }),
                 path,
                 encode,
+                writing: AtomicBool::new(false),
             }),
         }
     }
@@ -79,6 +84,11 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
         self.inner.published().stamp
     }
 
+    /// A write of ours is in flight (so a changed file is not worth reading: see [`Self::reload`]).
+    pub fn writing(&self) -> bool {
+        self.inner.writing.load(Ordering::Acquire)
+    }
+
     /// Applies `change` to the latest state and returns once it is durable. `change` must leave
     /// the state as it found it when it returns an error.
     pub async fn update<R>(&self, change: impl FnOnce(&mut T) -> StoreResult<R>) -> StoreResult<R> {
@@ -91,6 +101,7 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
             pending.waiters.push(tx);
             if !pending.writing {
                 pending.writing = true;
+                self.inner.writing.store(true, Ordering::Release);
                 // A task of its own, so a request that is cancelled mid-write cannot stop the
                 // write that other requests are waiting for.
                 tokio::spawn(self.inner.clone().write_until_done());
@@ -149,6 +160,7 @@ impl<T: Clone + Send + Sync + 'static> Inner<T> {
                 let mut pending = self.pending.lock().await;
                 if pending.waiters.is_empty() {
                     pending.writing = false;
+                    self.writing.store(false, Ordering::Release);
                     return;
                 }
                 (
