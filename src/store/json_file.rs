@@ -245,24 +245,14 @@ impl FileStore {
     }
 
     async fn reload_users_if_replaced(&self) -> StoreResult<()> {
-        // While a write of ours is in flight the file's identity changes under us (between its
-        // rename and its publication); reading and parsing the whole file then, on every request
-        // that lands in that window, is what made `/me` stall during a login flood.
-        if self.users.writing() {
-            return Ok(());
-        }
-        let current = stamp(self.users.path());
-        if current.is_none() || current == self.users.stamp() {
-            return Ok(());
-        }
-        let path = self.users.path().to_owned();
-        let list = tokio::task::spawn_blocking(move || read_users_file(&path))
+        let reloaded = self
+            .users
+            .reload_if_replaced(|path| read_users_file(path).map(Users::new))
             .await
-            .map_err(|e| StoreError::Other(anyhow::anyhow!("reader stopped: {e}")))?
             .map_err(StoreError::Other)?;
-        let count = list.len();
-        if self.users.reload(Users::new(list), current).await {
-            tracing::info!(users = count, "users.json changed on disk; reloaded");
+        if reloaded {
+            let users = self.users.read().len();
+            tracing::info!(users, "users.json changed on disk; reloaded");
         }
         Ok(())
     }

@@ -31,14 +31,12 @@ struct Pending<T> {
     data: T,
     /// Requests whose changes are in `data` but in no write yet.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
-    /// A write task is running; it takes `waiters` again when it is done.
-    writing: bool,
 }
 
 struct Inner<T> {
     path: PathBuf,
-    /// `Pending::writing`, readable without the lock: while a write of ours is in flight, a new
-    /// identity of the file is almost certainly that write, and a reload would be refused anyway.
+    /// A write task is running; it takes the waiters again when it is done. Changed only under
+    /// the pending lock, and read without it by [`GroupFile::reload_if_replaced`].
     writing: AtomicBool,
     encode: fn(&T) -> anyhow::Result<Vec<u8>>,
     published: RwLock<Published<T>>,
@@ -61,7 +59,6 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
                 pending: Mutex::new(Pending {
                     data,
                     waiters: Vec::new(),
-                    writing: false,
                 }),
                 path,
                 encode,
@@ -70,23 +67,9 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// The durable state.
     pub fn read(&self) -> Arc<T> {
         self.inner.published().data.clone()
-    }
-
-    /// The identity of the file the durable state came from.
-    pub fn stamp(&self) -> Option<FileStamp> {
-        self.inner.published().stamp
-    }
-
-    /// A write of ours is in flight (so a changed file is not worth reading: see [`Self::reload`]).
-    pub fn writing(&self) -> bool {
-        self.inner.writing.load(Ordering::Acquire)
     }
 
     /// Applies `change` to the latest state and returns once it is durable. `change` must leave
@@ -99,9 +82,7 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
             // that are not durable yet.
             let (tx, rx) = oneshot::channel();
             pending.waiters.push(tx);
-            if !pending.writing {
-                pending.writing = true;
-                self.inner.writing.store(true, Ordering::Release);
+            if !self.inner.writing.swap(true, Ordering::AcqRel) {
                 // A task of its own, so a request that is cancelled mid-write cannot stop the
                 // write that other requests are waiting for.
                 tokio::spawn(self.inner.clone().write_until_done());
@@ -119,17 +100,41 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
         }
     }
 
+    /// Reads the file with `read` and takes it as the state if someone else (the CLI) replaced
+    /// it since our last write; returns whether it did. Cheap when nothing changed: one `stat`.
+    /// While a write of ours is in flight the file's identity changes under us (between its
+    /// rename and its publication), and a reload would be refused, so the file is not read then:
+    /// reading and parsing all of it on every request in that window made reads stall during a
+    /// flood of writes.
+    pub async fn reload_if_replaced(
+        &self,
+        read: fn(&Path) -> anyhow::Result<T>,
+    ) -> anyhow::Result<bool> {
+        if self.inner.writing.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let current = stamp(&self.inner.path);
+        if current.is_none() || current == self.inner.published().stamp {
+            return Ok(false);
+        }
+        let path = self.inner.path.clone();
+        let data = tokio::task::spawn_blocking(move || read(&path))
+            .await
+            .map_err(|e| anyhow::anyhow!("reader stopped: {e}"))??;
+        Ok(self.reload(data, current).await)
+    }
+
     /// Replaces the state with `data`, read from the file whose identity was `seen` (changed on
     /// disk by someone else), unless changes of ours are still on their way to disk (then the
     /// file's new identity is our own write, about to be published), or the file is no longer
     /// the one that was read. That last case is a reader that saw one of our writes land, read
     /// it, and got here after a later write of ours: taking its older content would drop
     /// acknowledged changes from memory, and from the file at the next write.
-    pub async fn reload(&self, data: T, seen: Option<FileStamp>) -> bool {
+    async fn reload(&self, data: T, seen: Option<FileStamp>) -> bool {
         let mut pending = self.inner.pending.lock().await;
-        if pending.writing
+        if self.inner.writing.load(Ordering::Acquire)
             || !pending.waiters.is_empty()
-            || self.stamp() == seen
+            || self.inner.published().stamp == seen
             || stamp(&self.inner.path) != seen
         {
             return false;
@@ -159,7 +164,6 @@ impl<T: Clone + Send + Sync + 'static> Inner<T> {
             let (snapshot, waiters) = {
                 let mut pending = self.pending.lock().await;
                 if pending.waiters.is_empty() {
-                    pending.writing = false;
                     self.writing.store(false, Ordering::Release);
                     return;
                 }
@@ -229,7 +233,7 @@ mod tests {
     /// Until the write task has seen that nobody waits (a reload is refused while it runs).
     async fn idle(file: &GroupFile<Vec<u32>>) {
         loop {
-            if !file.inner.pending.lock().await.writing {
+            if !file.inner.writing.load(Ordering::Acquire) {
                 return;
             }
             tokio::task::yield_now().await;
