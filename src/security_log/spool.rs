@@ -3,8 +3,9 @@
 //! With a database the spool holds batches the database could not take, until the writer replays
 //! them; without one it is the event log itself. Every append is followed by `fdatasync` before
 //! the batch counts as persisted. After a failed write or sync the file is abandoned, never synced
-//! again and trusted (a second fsync can report success after the kernel dropped the data), and
-//! the batch is written again to a fresh file. The folder is 0700 and files 0600.
+//! again and trusted (a second fsync can report success after the kernel dropped the data), cut
+//! back to what was synced before, and the batch is written again to a fresh file. The folder is
+//! 0700 and files 0600.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -93,8 +94,19 @@ impl Spool {
                 Ok(count)
             }
             Err(e) => {
-                // Never trust this descriptor again; the caller retries into a new file.
-                *guard = None;
+                // Never trust this descriptor again; the caller retries into a new file. First
+                // cut off whatever this append left behind (a partial line when the disk filled
+                // mid-write, or the whole batch when only the sync failed): the retry writes the
+                // batch again, and where the spool is the log a second copy would be a duplicate
+                // event in it. A file that held nothing before is removed instead, so a disk that
+                // stays full does not collect one empty file per failed batch.
+                if let Some(open) = guard.take() {
+                    let _ = if open.bytes == 0 {
+                        fs::remove_file(&open.path)
+                    } else {
+                        open.file.set_len(open.bytes)
+                    };
+                }
                 Err(e)
             }
         }

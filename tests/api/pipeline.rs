@@ -1,7 +1,8 @@
 //! The security-event pipeline under stress, on the real `flux-auth` binary (SECURITY.md group H):
 //! `kill -9` in the middle of a burst (async and sync durability), SIGTERM under load, queue
-//! overflow with a slow database, a spool over its size cap, and the spool's permissions and the
-//! log mirror's escaping of hostile input.
+//! overflow with a slow database, a spool over its size cap, a spool whose disk fills up (a small
+//! tmpfs, so these tests run as root, as CI does), and the spool's permissions and the log
+//! mirror's escaping of hostile input.
 //!
 //! Users live in JSON files and events in a Postgres database of the test's own, reached through a
 //! `Forwarder` that the test cuts or slows down: the old production setup, where every auth request
@@ -975,6 +976,161 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
     );
     assert_eq!(table_events_by_request(&db, "cap-late").await.len(), 20);
     assert!(spool_files(&spool_dir).is_empty());
+    service.assert_no_panic();
+}
+
+// ---- H5/H6: the spool's disk fills up ---------------------------------------------------------
+
+/// A tmpfs of a few pages mounted over `dir` for as long as it lives: a disk the test can fill.
+/// Mounting needs root (CAP_SYS_ADMIN), which CI has; the test fails rather than skip without it.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, bytes: usize) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let output = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "the full-disk test mounts a small tmpfs, which needs root (as in CI): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        SmallDisk {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes a file until the disk refuses more; returns it, to delete to free the space.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let page = [0u8; 4096];
+        loop {
+            match file.write(&page) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return path,
+                Err(e) => panic!("filling the small disk: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: the service may still hold a file open on it while the test unwinds.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// The spool is the log (no database) and its disk fills up. Auth answers as always; what the disk
+/// refuses is counted as dropped and alarmed, never half-written or written twice: each event is
+/// in the spool exactly once or counted, and no torn line is left behind. Once space is freed,
+/// writing resumes by itself and health is ok again.
+#[tokio::test]
+async fn a_full_spool_disk_loses_only_what_it_refuses_counts_it_and_recovers() {
+    let work = tempfile::tempdir().unwrap();
+    let setup = Setup::new(work.path(), None, &[]);
+    let disk = SmallDisk::mount(&setup.spool_dir(), 256 * 1024);
+    let mut service = Service::start(&setup, "service").await;
+    let dropped = "flux_auth_security_log_events_dropped_total";
+    eventually("sys_startup in the spool", || async {
+        let (events, _) = read_spool(&setup.spool_dir());
+        let started = count_of(&events, "service_started");
+        when(started == 1, (), format!("{started} sys_startup events"))
+    })
+    .await;
+    assert_eq!(service.metric(dropped).await, 0.0);
+
+    let filler = disk.fill();
+    let full = Load::start(&service.base, "full", 4, 40, bad_token_me());
+    full.until_answered(40, &mut service).await;
+    let answers = full.finish().await;
+    assert_eq!(answers.len(), 40);
+    assert!(answers.iter().all(|a| a.status == StatusCode::UNAUTHORIZED));
+    let health = eventually("the alarm", || async {
+        let health = service.health().await;
+        let lost = service.metric(dropped).await;
+        when(
+            lost > 0.0 && health["status"] == "degraded",
+            health.clone(),
+            format!("{dropped} {lost}, {health}"),
+        )
+    })
+    .await;
+    assert_eq!(
+        health["checks"]["securityLog"]["healthy"], false,
+        "{health}"
+    );
+    let alarm = service
+        .stdout_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("security events lost"))
+        })
+        .unwrap_or_else(|| panic!("no alarm in the log\n{}", service.logs()));
+    assert_eq!(alarm["level"], "ERROR", "{alarm}");
+
+    std::fs::remove_file(filler).unwrap();
+    let after = Load::start(&service.base, "after", 4, 20, bad_token_me());
+    after.until_answered(20, &mut service).await;
+    after.finish().await;
+    eventually(
+        "the events after the disk was freed in the spool, and health ok",
+        || async {
+            let (events, _) = read_spool(&setup.spool_dir());
+            let after = spool_events_by_request(&events, "after").len();
+            let health = service.health().await;
+            when(
+                after == 20 && health["status"] == "ok",
+                (),
+                format!("{after} of 20 later events in the spool, {health}"),
+            )
+        },
+    )
+    .await;
+
+    let (events, bad_lines) = read_spool(&setup.spool_dir());
+    assert_eq!(bad_lines, 0, "a failed append left a torn line in the log");
+    let files = spool_files(&setup.spool_dir());
+    assert!(
+        files
+            .iter()
+            .all(|f| std::fs::metadata(f).unwrap().len() > 0),
+        "a failed append left an empty file behind: {files:?}"
+    );
+    let mut ids = HashSet::new();
+    assert!(
+        events.iter().all(|e| ids.insert(e.id)),
+        "an event is in the log twice"
+    );
+    let kept = spool_events_by_request(&events, "full");
+    assert!(kept.values().all(|types| types.len() == 1), "{kept:?}");
+    let lost = service.metric(dropped).await;
+    assert_eq!(
+        kept.len() + lost as usize,
+        40,
+        "every event of the full disk is in the log once or counted as dropped ({} kept, {lost} dropped)",
+        kept.len()
+    );
+    assert!(lost >= 1.0);
     service.assert_no_panic();
 }
 
