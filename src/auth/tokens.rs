@@ -161,7 +161,35 @@ impl AccessTokens {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid("malformed"));
         }
-        let header = decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        let parse_header = || decode_header(token).map_err(|_| TokenError::Invalid("malformed"));
+        // Every authenticated request runs this. With one key (no rotation under way) the header
+        // is not parsed on its own first: `decode` parses it anyway, and it is checked from the
+        // result. With a previous key too, its `kid` picks the key. A token that fails is
+        // diagnosed header first, so its reason is the same either way.
+        let key = match self.decoding.as_slice() {
+            [(_, key)] => key,
+            _ => self.check_header(&parse_header()?)?,
+        };
+        let data =
+            decode::<AccessClaims>(token, key, &self.validation).map_err(
+                |e| match parse_header().and_then(|header| self.check_header(&header)) {
+                    Err(header_error) => header_error,
+                    Ok(_) => decode_error(&e),
+                },
+            )?;
+        self.check_header(&data.header)?;
+        let claims = data.claims;
+        if claims.token_type != "access" {
+            return Err(TokenError::Invalid("token type"));
+        }
+        if claims.sub != claims.id || claims.sub.is_empty() {
+            return Err(TokenError::Invalid("subject"));
+        }
+        Ok(claims)
+    }
+
+    /// The header's algorithm and `typ`, and the key its `kid` names.
+    fn check_header(&self, header: &Header) -> Result<&DecodingKey, TokenError> {
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Invalid("algorithm"));
         }
@@ -174,36 +202,25 @@ impl AccessTokens {
         }
         // jku, x5u and embedded jwk headers are never read: keys come from configuration only.
         let kid = header.kid.as_deref().unwrap_or_default();
-        let key = self
-            .decoding
+        self.decoding
             .iter()
             .find(|(id, _)| id == kid)
             .map(|(_, key)| key)
-            .ok_or(TokenError::Invalid("kid"))?;
-        let data =
-            decode::<AccessClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                    TokenError::Invalid("signature")
-                }
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenError::Invalid("issuer"),
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::Invalid("audience"),
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                    TokenError::Invalid("not yet valid")
-                }
-                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => {
-                    TokenError::Invalid("missing claim")
-                }
-                _ => TokenError::Invalid("malformed"),
-            })?;
-        let claims = data.claims;
-        if claims.token_type != "access" {
-            return Err(TokenError::Invalid("token type"));
-        }
-        if claims.sub != claims.id || claims.sub.is_empty() {
-            return Err(TokenError::Invalid("subject"));
-        }
-        Ok(claims)
+            .ok_or(TokenError::Invalid("kid"))
+    }
+}
+
+fn decode_error(e: &jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::InvalidSignature => TokenError::Invalid("signature"),
+        ErrorKind::InvalidAlgorithm => TokenError::Invalid("algorithm"),
+        ErrorKind::InvalidIssuer => TokenError::Invalid("issuer"),
+        ErrorKind::InvalidAudience => TokenError::Invalid("audience"),
+        ErrorKind::ImmatureSignature => TokenError::Invalid("not yet valid"),
+        ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("missing claim"),
+        _ => TokenError::Invalid("malformed"),
     }
 }
 
@@ -245,6 +262,44 @@ mod tests {
             stranger.verify(&issued.token),
             Err(TokenError::Invalid("kid"))
         );
+    }
+
+    /// With one key the header is checked after `decode`, on success and on failure alike: a
+    /// wrong `typ` is named as such whether or not the signature holds.
+    #[test]
+    fn header_problems_are_named_first_with_one_key_or_two() {
+        let one = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
+        let two = AccessTokens::new(&secret("k"), Some(&secret("o")), "iss", "aud", 900);
+        let issued = one.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
+        let claims = jwt_claims(&issued.token);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(one.kid.clone());
+        header.typ = Some("JWT".into());
+        let signed = encode(&header, &claims, &one.encoding).unwrap();
+        let forged = encode(&header, &claims, &EncodingKey::from_secret(b"another key")).unwrap();
+        for tokens in [&one, &two] {
+            assert_eq!(tokens.verify(&signed), Err(TokenError::Invalid("typ")));
+            assert_eq!(tokens.verify(&forged), Err(TokenError::Invalid("typ")));
+            assert_eq!(tokens.verify(&issued.token).unwrap().sub, "u1");
+        }
+        header.typ = Some(TOKEN_TYPE_HEADER.into());
+        header.kid = Some("../../x".into());
+        let unknown_kid = encode(&header, &claims, &one.encoding).unwrap();
+        assert_eq!(one.verify(&unknown_kid), Err(TokenError::Invalid("kid")));
+        // The signature's first character: all six of its bits are signature bits.
+        let (signed_part, signature) = issued.token.rsplit_once('.').unwrap();
+        let first = if signature.starts_with('A') { 'B' } else { 'A' };
+        let tampered = format!("{signed_part}.{first}{}", &signature[1..]);
+        assert_eq!(one.verify(&tampered), Err(TokenError::Invalid("signature")));
+    }
+
+    fn jwt_claims(token: &str) -> serde_json::Value {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     #[test]
