@@ -209,6 +209,15 @@ impl Service {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// The first JSON log line whose message contains `text`; fails the test if there is none.
+    fn log_line(&self, text: &str) -> Value {
+        self.stdout_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+            .unwrap_or_else(|| panic!("no log line with {text:?}\n{}", self.logs()))
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- stdout\n{}--- stderr\n{}",
@@ -923,16 +932,7 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
         health["checks"]["securityLog"]["healthy"], false,
         "{health}"
     );
-    let alarm = service
-        .stdout_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("over its size cap"))
-        })
-        .unwrap_or_else(|| panic!("no alarm in the log\n{}", service.logs()));
+    let alarm = service.log_line("over its size cap");
     assert_eq!(alarm["level"], "ERROR", "{alarm}");
 
     // Over the cap the policy is to keep writing: auth answers as usual and nothing is dropped.
@@ -1082,16 +1082,7 @@ async fn a_full_spool_disk_loses_only_what_it_refuses_counts_it_and_recovers() {
         health["checks"]["securityLog"]["healthy"], false,
         "{health}"
     );
-    let alarm = service
-        .stdout_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("security events lost"))
-        })
-        .unwrap_or_else(|| panic!("no alarm in the log\n{}", service.logs()));
+    let alarm = service.log_line("security events lost");
     assert_eq!(alarm["level"], "ERROR", "{alarm}");
 
     std::fs::remove_file(filler).unwrap();
