@@ -116,17 +116,22 @@ impl Core {
             )?)),
             None => None,
         };
+        let background = CancellationToken::new();
         let revocations: Arc<dyn RevocationList> = match &redis {
-            Some(link) => Arc::new(SharedRevocations::new(
-                link.clone(),
-                &settings.redis_key_prefix,
-            )),
+            Some(link) => {
+                let shared = Arc::new(SharedRevocations::new(
+                    link.clone(),
+                    &settings.redis_key_prefix,
+                ));
+                let (mirror, stop) = (shared.clone(), background.clone());
+                tokio::spawn(async move { mirror.mirror(Duration::from_secs(1), stop).await });
+                shared
+            }
             None => Arc::new(InProcessRevocations::default()),
         };
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
         let google =
             GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
-        let background = CancellationToken::new();
         if let Some(link) = redis.clone() {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
@@ -169,6 +174,7 @@ impl Core {
             hashes_in_flight: Arc::new(move || (hashes.hasher.in_flight(), hashes.hasher.queued())),
             pools,
             redis_up: redis,
+            revocations: auth.revocations.clone(),
             started,
         });
         let state = AppState::new(SharedState {

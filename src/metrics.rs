@@ -231,6 +231,7 @@ pub struct StateCollector {
     pub hashes_in_flight: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
     pub pools: Vec<(&'static str, Database)>,
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
+    pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
     pub started: Instant,
 }
 
@@ -371,6 +372,12 @@ impl Collector for StateCollector {
                 "redis_up",
                 "1 while Redis answers",
                 f64::from(u8::from(link.is_up())),
+            )?;
+            gauge(
+                &mut e,
+                "revocations_mirrored",
+                "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
+                f64::from(u8::from(self.revocations.mirrored())),
             )?;
         }
         gauge(

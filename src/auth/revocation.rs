@@ -2,13 +2,16 @@
 //! token ids (`jti`, on logout), denied sessions (`sid`, when a session is revoked from another
 //! device) and a per-user "tokens valid after" time (logout-all). Entries live only as long as an
 //! access token can, so the state stays small. This is the in-process implementation; the Redis
-//! one shares the same state between instances.
+//! one shares the same state between instances, and keeps a copy of it in memory while it can.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::AccessClaims;
 
@@ -44,6 +47,10 @@ pub trait RevocationList: Send + Sync + 'static {
     ) -> anyhow::Result<()>;
     /// One look-up for all three checks.
     async fn check(&self, claims: &AccessClaims) -> anyhow::Result<Option<Revoked>>;
+    /// Whether checks are answered from an in-memory copy kept current from Redis (metrics).
+    fn mirrored(&self) -> bool {
+        false
+    }
 }
 
 /// Entries are pruned when the map grows past this many, so memory is bounded by the number of
@@ -142,26 +149,40 @@ impl RevocationList for InProcessRevocations {
 /// Revocations shared through Redis, with the in-process list always written too: a logout
 /// during a Redis outage still takes effect on this instance, and the entries written meanwhile
 /// are copied to Redis once it is back, so the other instances learn of them.
+///
+/// Every write is also published on a channel. While [`SharedRevocations::mirror`] holds a
+/// subscription to it (and has read what Redis held when it subscribed), the in-process list is a
+/// complete copy and checks are answered from memory, without a round trip per request. Another
+/// instance's revocation then takes effect here as soon as its message arrives (the time of one
+/// pub/sub delivery, far inside the access-token lifetime SECURITY.md D1 allows). Without the
+/// subscription, every check asks Redis, as before.
 pub struct SharedRevocations {
     local: InProcessRevocations,
-    redis: std::sync::Arc<crate::limits::RedisLink>,
+    redis: Arc<crate::limits::RedisLink>,
     prefix: String,
+    channel: String,
     /// Set when a write could not reach Redis; cleared once the local list has been copied over.
-    behind: std::sync::atomic::AtomicBool,
+    behind: AtomicBool,
+    /// True while the in-process list is a complete copy of Redis's (see `mirror`).
+    mirrored: AtomicBool,
 }
 
+/// A published revocation longer than this is not ours; it is ignored rather than stored.
+const MAX_MESSAGE: usize = 512;
+
 impl SharedRevocations {
-    pub fn new(redis: std::sync::Arc<crate::limits::RedisLink>, prefix: &str) -> Self {
+    pub fn new(redis: Arc<crate::limits::RedisLink>, prefix: &str) -> Self {
         Self {
             local: InProcessRevocations::default(),
             redis,
             prefix: format!("{prefix}rv:"),
-            behind: std::sync::atomic::AtomicBool::new(false),
+            channel: format!("{prefix}revocations"),
+            behind: AtomicBool::new(false),
+            mirrored: AtomicBool::new(false),
         }
     }
 
     async fn put(&self, key: String, value: i64, until: DateTime<Utc>) -> anyhow::Result<()> {
-        use std::sync::atomic::Ordering;
         self.local.put(key.clone(), value, until);
         if !self.redis.is_up() {
             self.behind.store(true, Ordering::Relaxed);
@@ -170,35 +191,135 @@ impl SharedRevocations {
         if self.behind.swap(false, Ordering::Relaxed) {
             self.catch_up().await;
         }
-        let ttl = (until - Utc::now()).num_milliseconds();
-        if let Err(e) = self
-            .redis
-            .store()
-            .set_px(&format!("{}{key}", self.prefix), value, ttl)
-            .await
-        {
+        if let Err(e) = self.publish(&key, value, until, Utc::now()).await {
             self.redis.failed(&e);
             self.behind.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
+    /// Stores one entry in Redis and tells the other instances' mirrors about it.
+    async fn publish(
+        &self,
+        key: &str,
+        value: i64,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let message = format!("{key}\n{value}\n{}", until.timestamp_millis());
+        self.redis
+            .store()
+            .set_px_and_publish(
+                &format!("{}{key}", self.prefix),
+                value,
+                (until - now).num_milliseconds(),
+                &self.channel,
+                &message,
+            )
+            .await
+    }
+
     /// Copies every live local entry to Redis (after an outage).
     async fn catch_up(&self) {
         let now = Utc::now();
         for (key, value, until) in self.local.entries(now) {
-            let ttl = (until - now).num_milliseconds();
-            if let Err(e) = self
-                .redis
-                .store()
-                .set_px(&format!("{}{key}", self.prefix), value, ttl)
-                .await
-            {
+            if let Err(e) = self.publish(&key, value, until, now).await {
                 self.redis.failed(&e);
-                self.behind
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.behind.store(true, Ordering::Relaxed);
                 return;
             }
+        }
+    }
+
+    /// Keeps the in-process list a complete copy of Redis's until `stop`: subscribes to the
+    /// revocation channel, then reads every entry Redis holds (a write landing in between arrives
+    /// both ways, and entries only ever add up), then applies each published one. When the
+    /// subscription fails or stops answering a ping (every `every`), checks go back to Redis
+    /// until it is established again.
+    pub async fn mirror(&self, every: Duration, stop: CancellationToken) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.follow(every, &stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    if self.mirrored.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            "revocation feed from Redis lost: checking Redis on every request until it is back"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, "revocation feed from Redis not established");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One subscription, from its start until it fails (`Err`) or `stop` (`Ok`).
+    async fn follow(&self, every: Duration, stop: &CancellationToken) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let (mut sink, mut messages) = self.redis.subscribe(&self.channel).await?;
+        let held = self.redis.store().scan_prefix(&self.prefix).await?;
+        let now = Utc::now();
+        let entries = held.len();
+        for (key, value, ttl_ms) in held {
+            if let Some(key) = key.strip_prefix(&self.prefix) {
+                let until = now + chrono::Duration::milliseconds(ttl_ms);
+                self.local.put(key.to_owned(), value, until);
+            }
+        }
+        self.mirrored.store(true, Ordering::Relaxed);
+        tracing::info!(
+            entries,
+            "revocations mirrored from Redis: checks are answered in memory"
+        );
+        let timeout = self.redis.store().timeout();
+        let mut ping = tokio::time::interval(every);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.mirrored.store(false, Ordering::Relaxed);
+                    return Ok(());
+                }
+                message = messages.next() => match message {
+                    Some(message) => self.apply(message.get_payload_bytes()),
+                    None => anyhow::bail!("the subscription's connection closed"),
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => anyhow::bail!("the subscription did not answer a ping within {timeout:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores one published revocation (`key \n value \n until_ms`); anything else is ignored.
+    fn apply(&self, payload: &[u8]) {
+        let parsed = (payload.len() <= MAX_MESSAGE)
+            .then(|| std::str::from_utf8(payload).ok())
+            .flatten()
+            .and_then(|text| {
+                let mut parts = text.split('\n');
+                let key = parts.next()?;
+                let value = parts.next()?.parse::<i64>().ok()?;
+                let until = DateTime::from_timestamp_millis(parts.next()?.parse().ok()?)?;
+                let known = ["jti:", "sid:", "user:"]
+                    .iter()
+                    .any(|kind| key.starts_with(kind));
+                (known && parts.next().is_none()).then(|| (key.to_owned(), value, until))
+            });
+        match parsed {
+            Some((key, value, until)) => self.local.put(key, value, until),
+            None => tracing::warn!("ignored a malformed message on the revocation channel"),
         }
     }
 }
@@ -235,7 +356,7 @@ impl RevocationList for SharedRevocations {
         if let Some(revoked) = self.local.check(claims).await? {
             return Ok(Some(revoked));
         }
-        if !self.redis.is_up() {
+        if self.mirrored.load(Ordering::Relaxed) || !self.redis.is_up() {
             return Ok(None);
         }
         let keys = [
@@ -258,6 +379,10 @@ impl RevocationList for SharedRevocations {
             }
         }
     }
+
+    fn mirrored(&self) -> bool {
+        self.mirrored.load(Ordering::Relaxed)
+    }
 }
 
 fn revoked_from(
@@ -274,5 +399,82 @@ fn revoked_from(
         Some(Revoked::AllSessions)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh_claims() -> AccessClaims {
+        AccessClaims {
+            sub: "user-1".into(),
+            id: "user-1".into(),
+            email: "a@example.com".into(),
+            user_type: "client".into(),
+            token_type: "access".into(),
+            sid: uuid::Uuid::now_v7(),
+            jti: uuid::Uuid::now_v7(),
+            iat: Utc::now().timestamp(),
+            exp: Utc::now().timestamp() + 900,
+            nbf: None,
+            iss: "flux-auth".into(),
+            aud: "flux".into(),
+        }
+    }
+
+    fn shared() -> SharedRevocations {
+        // Never connected: `apply` only touches the in-process copy.
+        let link = crate::limits::RedisLink::new(
+            &secrecy::SecretString::from("redis://127.0.0.1:1"),
+            Duration::from_millis(50),
+            Default::default(),
+        )
+        .unwrap();
+        SharedRevocations::new(Arc::new(link), "t:")
+    }
+
+    async fn local_verdict(list: &SharedRevocations, claims: &AccessClaims) -> Option<Revoked> {
+        list.local.check(claims).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn published_revocations_are_applied_and_anything_else_is_ignored() {
+        let list = shared();
+        let claims = fresh_claims();
+        let until = (Utc::now() + chrono::Duration::minutes(5)).timestamp_millis();
+        for junk in [
+            format!("jti:{}\n1", claims.jti),
+            format!("jti:{}\nx\n{until}", claims.jti),
+            format!("jti:{}\n1\n{until}\nextra", claims.jti),
+            format!("other:{}\n1\n{until}", claims.jti),
+            format!("jti:{}{}\n1\n{until}", claims.jti, "x".repeat(MAX_MESSAGE)),
+        ] {
+            list.apply(junk.as_bytes());
+            assert_eq!(local_verdict(&list, &claims).await, None, "{junk:?}");
+        }
+        list.apply(&[0xff, 0xfe]);
+
+        // An expired entry is stored but never counts.
+        let past = (Utc::now() - chrono::Duration::seconds(1)).timestamp_millis();
+        list.apply(format!("jti:{}\n1\n{past}", claims.jti).as_bytes());
+        assert_eq!(local_verdict(&list, &claims).await, None);
+
+        list.apply(format!("sid:{}\n1\n{until}", claims.sid).as_bytes());
+        assert_eq!(local_verdict(&list, &claims).await, Some(Revoked::Session));
+        list.apply(format!("jti:{}\n1\n{until}", claims.jti).as_bytes());
+        assert_eq!(local_verdict(&list, &claims).await, Some(Revoked::Token));
+
+        // Logout-all: tokens issued before the time are revoked, later ones are not.
+        let other = fresh_claims();
+        let before = other.issued_at_ms() - 1;
+        list.apply(format!("user:user-1\n{before}\n{until}").as_bytes());
+        assert_eq!(local_verdict(&list, &other).await, None);
+        let after = other.issued_at_ms() + 1;
+        list.apply(format!("user:user-1\n{after}\n{until}").as_bytes());
+        assert_eq!(
+            local_verdict(&list, &other).await,
+            Some(Revoked::AllSessions)
+        );
     }
 }

@@ -9,6 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::redis_store::RedisStore;
 
 pub struct RedisLink {
+    /// For connections of their own (the revocation feed's subscription).
+    client: redis::Client,
     store: RedisStore,
     up: AtomicBool,
     errors: prometheus_client::metrics::counter::Counter,
@@ -23,7 +25,8 @@ impl RedisLink {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid redis:// URL"))?;
         Ok(Self {
-            store: RedisStore::new(client, timeout)?,
+            store: RedisStore::new(client.clone(), timeout)?,
+            client,
             up: AtomicBool::new(true),
             errors,
         })
@@ -35,6 +38,24 @@ impl RedisLink {
 
     pub fn store(&self) -> &RedisStore {
         &self.store
+    }
+
+    /// A connection of its own subscribed to `channel`: its sink (to ping it) and its messages,
+    /// which end when the connection does. Returns once Redis has confirmed the subscription.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> anyhow::Result<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+        let timeout = self.store.timeout();
+        let subscribed = async {
+            let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+            sink.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        match tokio::time::timeout(timeout, subscribed).await {
+            Ok(result) => Ok(result?),
+            Err(_) => anyhow::bail!("redis did not confirm a subscription within {timeout:?}"),
+        }
     }
 
     /// Marks Redis down after a failed operation; logs once per outage.

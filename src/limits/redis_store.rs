@@ -88,6 +88,19 @@ pub struct RedisStore {
     timeout: Duration,
     admit: Script,
     failures: Script,
+    publish_set: Script,
+}
+
+/// `text` as a literal inside a SCAN/KEYS glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl RedisStore {
@@ -105,6 +118,10 @@ impl RedisStore {
             timeout,
             admit: Script::new(ADMIT_SCRIPT),
             failures: Script::new(FAILURES_SCRIPT),
+            publish_set: Script::new(
+                "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+                 redis.call('PUBLISH', ARGV[3], ARGV[4])",
+            ),
         })
     }
 
@@ -118,6 +135,11 @@ impl RedisStore {
         }
     }
 
+    /// How long one operation may take before Redis counts as down.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut conn = self.manager.clone();
         let _: String = self
@@ -126,10 +148,69 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn set_px(&self, key: &str, value: i64, ttl_ms: i64) -> anyhow::Result<()> {
+    /// Sets `key` to `value` for `ttl_ms` and publishes `message` on `channel`, atomically: a
+    /// subscriber that has read the key space and then listens misses no write.
+    pub async fn set_px_and_publish(
+        &self,
+        key: &str,
+        value: i64,
+        ttl_ms: i64,
+        channel: &str,
+        message: &str,
+    ) -> anyhow::Result<()> {
         let mut conn = self.manager.clone();
-        self.bounded(conn.pset_ex::<_, _, ()>(key, value, ttl_ms.max(1) as u64))
-            .await
+        self.bounded(
+            self.publish_set
+                .key(key)
+                .arg(value)
+                .arg(ttl_ms.max(1))
+                .arg(channel)
+                .arg(message)
+                .invoke_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Every key matching `prefix*` with its integer value and the milliseconds it has left;
+    /// keys that are gone, not integers or without an expiry are left out. SCAN walks the key
+    /// space in small steps, so Redis never blocks on it.
+    pub async fn scan_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut conn = self.manager.clone();
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.get(key).pttl(key);
+                }
+                let values: Vec<(Option<String>, i64)> =
+                    self.bounded(pipe.query_async(&mut conn)).await?;
+                for (key, (value, ttl)) in keys.into_iter().zip(values) {
+                    if let Some(value) = value.and_then(|v| v.parse::<i64>().ok())
+                        && ttl > 0
+                    {
+                        found.push((key, value, ttl));
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
     }
 
     /// Values of `keys` (missing ones as `None`) in one round trip.
@@ -283,5 +364,14 @@ impl KeyStore for RedisStore {
                     .map(|until| (k, until - now_ms))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_prefix_matches_itself_only_inside_a_glob() {
+        assert_eq!(super::glob_escape("flux-auth:rv:"), "flux-auth:rv:");
+        assert_eq!(super::glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
     }
 }

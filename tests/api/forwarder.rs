@@ -24,6 +24,8 @@ pub struct Forwarder {
     state: Arc<Mutex<Link>>,
     /// Microseconds every relayed chunk waits before it is passed on (0: none).
     delay: Arc<AtomicU64>,
+    /// Bytes relayed from the app to the server, over every connection so far.
+    sent: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -46,24 +48,32 @@ impl Forwarder {
             generation: root.child_token(),
         }));
         let delay = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let accept = tokio::spawn(accept_loop(
             listener,
             target,
             root.clone(),
             state.clone(),
             delay.clone(),
+            sent.clone(),
         ));
         Forwarder {
             addr,
             root,
             state,
             delay,
+            sent,
             accept,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Bytes the app has sent to the server through this forwarder so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Closes every live connection; new ones are accepted and dropped at once until `restore`.
@@ -99,6 +109,7 @@ async fn accept_loop(
     root: CancellationToken,
     state: Arc<Mutex<Link>>,
     delay: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -114,7 +125,7 @@ async fn accept_loop(
             }
             link.generation.clone()
         };
-        let delay = delay.clone();
+        let (delay, sent) = (delay.clone(), sent.clone());
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
@@ -124,8 +135,8 @@ async fn accept_loop(
             tokio::select! {
                 () = generation.cancelled() => {}
                 _ = futures::future::join(
-                    relay(client_read, server_write, delay.clone()),
-                    relay(server_read, client_write, delay),
+                    relay(client_read, server_write, delay.clone(), Some(sent)),
+                    relay(server_read, client_write, delay, None),
                 ) => {}
             }
         });
@@ -133,8 +144,14 @@ async fn accept_loop(
 }
 
 /// Copies one direction of a connection chunk by chunk, each after the current delay; at end of
-/// stream it shuts the other side's write half, as `copy_bidirectional` does.
-async fn relay(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<AtomicU64>) {
+/// stream it shuts the other side's write half, as `copy_bidirectional` does. Counts what it
+/// relays into `counted`, if given.
+async fn relay(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Arc<AtomicU64>,
+    counted: Option<Arc<AtomicU64>>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
@@ -147,6 +164,9 @@ async fn relay(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<Atomi
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        if let Some(counted) = &counted {
+            counted.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
     let _ = to.shutdown().await;

@@ -813,3 +813,39 @@ pub async fn make_admin(app: &TestApp, email: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Polls `probe` until it yields a value; fails the test after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of an unlabelled metric in `/metrics`, if the service exposes it.
+pub async fn metric(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.parse().ok()).flatten()
+    })
+}

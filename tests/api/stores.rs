@@ -3,7 +3,6 @@
 //! start and cut under load (through a `Forwarder`), and the `import-users` / `users set-type` CLI.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -30,22 +29,6 @@ use uuid::Uuid;
 
 use crate::forwarder::{Forwarder, postgres_addr, via};
 use crate::helpers::*;
-
-/// Polls `probe` until it yields a value; fails the test after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // One scenario, both backends, through the library's `Store` trait.
