@@ -2,10 +2,11 @@
 //! HS256 bearer token and answers a small JSON (what HTTP + JWT alone cost), and the argon2id hash
 //! time for the service's parameters (what a login must cost).
 //!
-//! The baseline server also answers the same handler plus the round trips /me cannot avoid: one
-//! Redis MGET of three keys (the shared revocation check) and one Postgres SELECT of the user by
-//! id. Those are the floors that show what share of the bare ceiling a /me with that I/O can reach
-//! on this machine, whatever the service does around it.
+//! The baseline server also answers the same handler plus one Postgres SELECT of the user by id,
+//! the round trip /me on the Postgres store cannot avoid: the floor that shows what share of the
+//! bare ceiling a /me with that I/O can reach on this machine, whatever the service does around
+//! it. And the handler plus one Redis MGET of three keys: what checking revocations in Redis on
+//! every request would cost (flux-auth checks an in-memory copy kept current from Redis).
 
 use std::time::{Duration, Instant};
 
@@ -130,23 +131,9 @@ async fn me_pg(State(keys): State<Shared>, headers: HeaderMap) -> axum::response
     }
 }
 
-async fn me_redis_pg(State(keys): State<Shared>, headers: HeaderMap) -> axum::response::Response {
-    let claims = match verified(&keys, &headers) {
-        Ok(claims) => claims,
-        Err(status) => return status.into_response(),
-    };
-    if let Err(status) = redis_check(&keys, &claims).await {
-        return status.into_response();
-    }
-    match pg_lookup(&keys, &claims).await {
-        Ok(()) => answer(&claims).into_response(),
-        Err(status) => status.into_response(),
-    }
-}
-
 /// Serves the baseline on 127.0.0.1:`port` until killed, on a runtime shaped like flux-auth's
 /// (tokio's multi-threaded default: one worker per core). With Redis and Postgres URLs it also
-/// serves `/me-redis`, `/me-pg` and `/me-redis-pg`.
+/// serves `/me-redis` and `/me-pg`.
 pub fn serve(
     port: u16,
     redis_url: Option<String>,
@@ -183,7 +170,6 @@ pub fn serve(
             .route("/me", get(me))
             .route("/me-redis", get(me_redis))
             .route("/me-pg", get(me_pg))
-            .route("/me-redis-pg", get(me_redis_pg))
             .route("/health", get(|| async { "ok" }))
             .with_state(keys);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -470,6 +470,11 @@ impl Harness {
             max_c + 8,
             prepared.elapsed().as_secs_f64()
         );
+        if self.redis.is_some() && !revocations_mirrored(server.addr).await {
+            eprintln!(
+                "flux-load: warning: [{name}] the server does not report revocations_mirrored 1; its /me asks Redis per request"
+            );
+        }
         let sub = fixture
             .sessions
             .first()
@@ -686,6 +691,24 @@ impl Harness {
     }
 }
 
+/// Whether the server checks revocations in its in-memory copy (it subscribes to Redis's channel
+/// a moment after start); waits up to 5 s for it.
+async fn revocations_mirrored(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok((_, body)) = http::once(addr, &Call::get("/metrics")).await
+            && String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|line| line.strip_prefix("flux_auth_revocations_mirrored "))
+                .any(|value| value.trim().parse::<f64>() == Ok(1.0))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn redis_answers(url: &str) -> bool {
     let Some(host_port) = url.strip_prefix("redis://").map(|rest| {
         rest.rsplit('@')
@@ -738,9 +761,6 @@ async fn start_baseline(
     if let Some(url) = database_url {
         command.args(["--database-url", url]);
         variants.push(("/me-pg", "baseline-jwt+pg"));
-        if redis.is_some() {
-            variants.push(("/me-redis-pg", "baseline-jwt+redis+pg"));
-        }
     }
     let child = command.spawn().context("starting the baseline server")?;
     let pid = child.id().context("the baseline server exited")?;
