@@ -243,6 +243,8 @@ impl SharedRevocations {
                 Ok(()) => return,
                 Err(e) => {
                     if self.mirrored.swap(false, Ordering::Relaxed) {
+                        // It had been working: this is a new outage, retried from the start.
+                        wait = Duration::from_millis(200);
                         tracing::warn!(
                             error = %e,
                             "revocation feed from Redis lost: checking Redis on every request until it is back"
