@@ -165,6 +165,8 @@ pub struct SharedRevocations {
     behind: AtomicBool,
     /// True while the in-process list is a complete copy of Redis's (see `mirror`).
     mirrored: AtomicBool,
+    /// Set once Redis has refused a publish, so that is logged once.
+    publish_refused: AtomicBool,
 }
 
 /// A published revocation longer than this is not ours; it is ignored rather than stored.
@@ -179,6 +181,7 @@ impl SharedRevocations {
             channel: format!("{prefix}revocations"),
             behind: AtomicBool::new(false),
             mirrored: AtomicBool::new(false),
+            publish_refused: AtomicBool::new(false),
         }
     }
 
@@ -207,16 +210,24 @@ impl SharedRevocations {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let message = format!("{key}\n{value}\n{}", until.timestamp_millis());
-        self.redis
+        let published = self
+            .redis
             .store()
-            .set_px_and_publish(
+            .set_px_then_publish(
                 &format!("{}{key}", self.prefix),
                 value,
                 (until - now).num_milliseconds(),
                 &self.channel,
                 &message,
             )
-            .await
+            .await?;
+        if !published && !self.publish_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                channel = %self.channel,
+                "Redis refused to publish on the revocation channel (an ACL without it?): revocations are stored, and instances without the channel check Redis on every request"
+            );
+        }
+        Ok(())
     }
 
     /// Copies every live local entry to Redis (after an outage).

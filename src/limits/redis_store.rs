@@ -88,7 +88,6 @@ pub struct RedisStore {
     timeout: Duration,
     admit: Script,
     failures: Script,
-    publish_set: Script,
 }
 
 /// `text` as a literal inside a SCAN/KEYS glob pattern.
@@ -118,10 +117,6 @@ impl RedisStore {
             timeout,
             admit: Script::new(ADMIT_SCRIPT),
             failures: Script::new(FAILURES_SCRIPT),
-            publish_set: Script::new(
-                "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-                 redis.call('PUBLISH', ARGV[3], ARGV[4])",
-            ),
         })
     }
 
@@ -148,27 +143,36 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Sets `key` to `value` for `ttl_ms` and publishes `message` on `channel`, atomically: a
-    /// subscriber that has read the key space and then listens misses no write.
-    pub async fn set_px_and_publish(
+    /// Sets `key` to `value` for `ttl_ms`, then publishes `message` on `channel`, in one round
+    /// trip. In that order, a subscriber that reads the key space after subscribing misses no
+    /// write: one it does not read was published after it subscribed. Returns whether the message
+    /// was published; the value is stored either way (an ACL may forbid the channel).
+    pub async fn set_px_then_publish(
         &self,
         key: &str,
         value: i64,
         ttl_ms: i64,
         channel: &str,
         message: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .cmd("PUBLISH")
+            .arg(channel)
+            .arg(message);
         let mut conn = self.manager.clone();
-        self.bounded(
-            self.publish_set
-                .key(key)
-                .arg(value)
-                .arg(ttl_ms.max(1))
-                .arg(channel)
-                .arg(message)
-                .invoke_async::<()>(&mut conn),
-        )
-        .await
+        let replies: Vec<redis::RedisResult<redis::Value>> =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut replies = replies.into_iter();
+        replies
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("redis did not answer SET"))??;
+        Ok(matches!(replies.next(), Some(Ok(_))))
     }
 
     /// Every key matching `prefix*` with its integer value and the milliseconds it has left;

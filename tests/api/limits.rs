@@ -507,6 +507,73 @@ async fn an_instance_that_loses_the_revocation_feed_reads_what_it_missed_when_ba
     .await;
 }
 
+/// Redis 7 gives a new ACL user no pub/sub channel unless told: revocations must still be stored
+/// in Redis and hold on every instance, which then asks Redis per request.
+#[tokio::test]
+async fn without_the_revocation_channel_revocations_still_go_through_redis() {
+    if !redis_available().await {
+        return;
+    }
+    let user = format!("flux-test-{}", uuid::Uuid::new_v4().simple());
+    let mut admin = redis_conn().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">channel-less")
+        .arg("~*")
+        .arg("+@all")
+        .arg("resetchannels")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&redis_url()).unwrap();
+    url.set_username(&user).unwrap();
+    url.set_password(Some("channel-less")).unwrap();
+    let via = url.to_string();
+    let first = limited_app(Backend::Postgres, move |s| {
+        s.redis_url = Some(SecretString::from(via))
+    })
+    .await
+    .unwrap();
+    let mut settings = first.settings.clone();
+    settings.port = 0;
+    let second = TestApp::start(
+        settings,
+        tempfile::tempdir().unwrap(),
+        None,
+        Backend::Postgres,
+    )
+    .await;
+
+    let auth = first.signed_up(&unique_email()).await;
+    let token = auth["accessToken"].as_str().unwrap();
+    assert_eq!(second.me(token).await.status(), StatusCode::OK);
+    assert_eq!(first.logout(token).await.status(), StatusCode::OK);
+    // No subscription, so no copy: the second instance asks Redis, which has the revocation.
+    assert_error(
+        second.me(token).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
+    let keys = prefixed_keys(&first).await;
+    assert!(keys.iter().any(|k| k.contains("rv:jti:")), "{keys:?}");
+    for app in [&first, &second] {
+        assert_eq!(
+            metric(app, "flux_auth_revocations_mirrored").await,
+            Some(0.0)
+        );
+        assert_eq!(metric(app, "flux_auth_redis_up").await, Some(1.0));
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
     if !redis_available().await {
