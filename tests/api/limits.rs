@@ -507,6 +507,35 @@ async fn an_instance_that_loses_the_revocation_feed_reads_what_it_missed_when_ba
     .await;
 }
 
+/// A subscription whose connection stays open but stops answering (a network that drops packets)
+/// is caught by its ping: the instance goes back to asking Redis, and subscribes again later.
+#[tokio::test]
+async fn a_revocation_feed_that_stops_answering_is_dropped_and_made_again() {
+    if !redis_available().await {
+        return;
+    }
+    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
+    let via = format!("redis://{}", forwarder.addr());
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| s.redis_url = Some(SecretString::from(via)))
+        .spawn()
+        .await;
+    mirrored(&app, 1.0).await;
+    // Every chunk now waits far longer than the Redis timeout (250 ms), in both directions.
+    forwarder.slow(Duration::from_secs(2));
+    mirrored(&app, 0.0).await;
+    forwarder.slow(Duration::ZERO);
+    // Retried with a backoff of at most 5 s.
+    eventually(
+        "the feed to be made again",
+        Duration::from_secs(20),
+        || async {
+            (metric(&app, "flux_auth_revocations_mirrored").await == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Redis 7 gives a new ACL user no pub/sub channel unless told: revocations must still be stored
 /// in Redis and hold on every instance, which then asks Redis per request.
 #[tokio::test]
