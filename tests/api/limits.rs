@@ -30,6 +30,28 @@ async fn limited_app(
         .await
 }
 
+/// A forwarder to the test Redis, so a test can cut it or count what an app sends it.
+async fn redis_forwarder() -> Forwarder {
+    Forwarder::start("127.0.0.1:6379".parse().unwrap()).await
+}
+
+/// Another instance beside `first`: the same settings, database and key prefix, on a port and
+/// folder of its own, reaching Redis through `forwarder` when given.
+async fn second_instance(first: &TestApp, forwarder: Option<&Forwarder>) -> TestApp {
+    let mut settings = first.settings.clone();
+    settings.port = 0;
+    if let Some(forwarder) = forwarder {
+        settings.redis_url = Some(SecretString::from(format!("redis://{}", forwarder.addr())));
+    }
+    TestApp::start(
+        settings,
+        tempfile::tempdir().unwrap(),
+        None,
+        Backend::Postgres,
+    )
+    .await
+}
+
 async fn prefixed_keys(app: &TestApp) -> Vec<String> {
     let mut conn = redis_conn().await;
     conn.keys(format!("{}*", app.settings.redis_key_prefix))
@@ -337,15 +359,7 @@ async fn two_instances_share_limits_lockouts_and_logouts_through_redis() {
     let Some(first) = limited_app(Backend::Postgres, |s| s.login_limit_per_ip = 4).await else {
         return;
     };
-    let mut settings = first.settings.clone();
-    settings.port = 0;
-    let second = TestApp::start(
-        settings,
-        tempfile::tempdir().unwrap(),
-        None,
-        Backend::Postgres,
-    )
-    .await;
+    let second = second_instance(&first, None).await;
 
     let email = unique_email();
     let auth = first.signed_up(&email).await;
@@ -400,17 +414,8 @@ async fn an_instance_mirrors_revocations_from_redis_and_answers_me_from_memory()
         return;
     };
     // The second instance reaches Redis through a forwarder that counts what it sends.
-    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
-    let mut settings = first.settings.clone();
-    settings.port = 0;
-    settings.redis_url = Some(SecretString::from(format!("redis://{}", forwarder.addr())));
-    let second = TestApp::start(
-        settings,
-        tempfile::tempdir().unwrap(),
-        None,
-        Backend::Postgres,
-    )
-    .await;
+    let forwarder = redis_forwarder().await;
+    let second = second_instance(&first, Some(&forwarder)).await;
     mirrored(&first, 1.0).await;
     mirrored(&second, 1.0).await;
 
@@ -462,17 +467,8 @@ async fn an_instance_that_loses_the_revocation_feed_reads_what_it_missed_when_ba
     let Some(first) = limited_app(Backend::Postgres, |_| {}).await else {
         return;
     };
-    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
-    let mut settings = first.settings.clone();
-    settings.port = 0;
-    settings.redis_url = Some(SecretString::from(format!("redis://{}", forwarder.addr())));
-    let second = TestApp::start(
-        settings,
-        tempfile::tempdir().unwrap(),
-        None,
-        Backend::Postgres,
-    )
-    .await;
+    let forwarder = redis_forwarder().await;
+    let second = second_instance(&first, Some(&forwarder)).await;
     mirrored(&second, 1.0).await;
     let auth = first.signed_up(&unique_email()).await;
     let token = auth["accessToken"].as_str().unwrap();
@@ -514,7 +510,7 @@ async fn a_revocation_feed_that_stops_answering_is_dropped_and_made_again() {
     if !redis_available().await {
         return;
     }
-    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
+    let forwarder = redis_forwarder().await;
     let via = format!("redis://{}", forwarder.addr());
     let app = TestApp::builder(Backend::File)
         .settings(move |s| s.redis_url = Some(SecretString::from(via)))
@@ -565,15 +561,7 @@ async fn without_the_revocation_channel_revocations_still_go_through_redis() {
     })
     .await
     .unwrap();
-    let mut settings = first.settings.clone();
-    settings.port = 0;
-    let second = TestApp::start(
-        settings,
-        tempfile::tempdir().unwrap(),
-        None,
-        Backend::Postgres,
-    )
-    .await;
+    let second = second_instance(&first, None).await;
 
     let auth = first.signed_up(&unique_email()).await;
     let token = auth["accessToken"].as_str().unwrap();
@@ -608,8 +596,7 @@ async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
     if !redis_available().await {
         return;
     }
-    let redis_addr = "127.0.0.1:6379".parse().unwrap();
-    let forwarder = Forwarder::start(redis_addr).await;
+    let forwarder = redis_forwarder().await;
     let via = format!("redis://{}", forwarder.addr());
     let app = TestApp::builder(Backend::File)
         .settings(move |s| {
@@ -688,7 +675,7 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
     if !redis_available().await {
         return;
     }
-    let forwarder = Forwarder::start("127.0.0.1:6379".parse().unwrap()).await;
+    let forwarder = redis_forwarder().await;
     let via = format!("redis://{}", forwarder.addr());
     let app = TestApp::builder(Backend::File)
         .settings(move |s| s.redis_url = Some(SecretString::from(via)))
