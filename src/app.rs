@@ -105,6 +105,7 @@ impl Core {
             settings.argon2_iterations,
             settings.argon2_parallelism,
             settings.password_hash_concurrency,
+            crate::auth::passwords::MEMORY_IDLE_RELEASE,
             metrics.hash_wait_seconds.clone(),
         )?;
         let clock = Clock::default();
@@ -171,7 +172,7 @@ impl Core {
         let registry = metrics.registry(StateCollector {
             events: pipeline.logger.clone(),
             stats: pipeline.logger.shared_stats(),
-            hashes_in_flight: Arc::new(move || (hashes.hasher.in_flight(), hashes.hasher.queued())),
+            hashes: Arc::new(move || hashes.hasher.levels()),
             pools,
             redis_up: redis,
             revocations: auth.revocations.clone(),

@@ -228,7 +228,7 @@ impl Metrics {
 pub struct StateCollector {
     pub events: SecurityLogger,
     pub stats: Arc<PipelineStats>,
-    pub hashes_in_flight: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+    pub hashes: Arc<dyn Fn() -> crate::auth::passwords::HashLevels + Send + Sync>,
     pub pools: Vec<(&'static str, Database)>,
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
     pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
@@ -341,18 +341,24 @@ impl Collector for StateCollector {
             "Spool lines skipped because they did not parse",
             s.bad_spool_lines.load(Ordering::Relaxed),
         )?;
-        let (in_flight, queued) = (self.hashes_in_flight)();
+        let hashes = (self.hashes)();
         gauge(
             &mut e,
             "password_hashes_in_flight",
             "Argon2 hashes being computed",
-            in_flight as f64,
+            hashes.in_flight as f64,
         )?;
         gauge(
             &mut e,
             "password_hashes_queued",
             "Argon2 hashes waiting for a worker",
-            queued as f64,
+            hashes.queued as f64,
+        )?;
+        gauge(
+            &mut e,
+            "password_hash_memory_bytes",
+            "Argon2 memory held by the hashing threads (given back after 10 s without a hash)",
+            hashes.memory_bytes as f64,
         )?;
         for (pool, db) in &self.pools {
             let size = db.pool.size() as f64;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::{Algorithm, Argon2, Params, Version};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -194,8 +194,8 @@ pub struct Argon2Baseline {
 }
 
 fn hash_times(params: &Params, count: usize) -> anyhow::Result<Vec<Duration>> {
-    // One buffer reused, as the service's workers do.
-    let mut memory = vec![Block::default(); params.block_count()];
+    // One buffer reused, on the same (huge) pages as the service's workers use.
+    let mut memory = flux_auth::auth::passwords::hash_memory(params.block_count());
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut out = [0u8; 32];
     let mut times = Vec::with_capacity(count);

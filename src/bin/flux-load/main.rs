@@ -399,6 +399,7 @@ impl Harness {
             concurrency,
             latency,
             proc: stats,
+            argon2: None,
         };
         report::print_row(&row);
         self.report.rows.push(row);
@@ -487,9 +488,27 @@ impl Harness {
             .await;
         let _ = baseline.child.kill().await;
         result?;
+        // Idle as in production: the hashing threads give their argon2 memory back after 10 s
+        // without a hash, then the allocator returns it to the kernel.
+        let quiet = Instant::now();
+        let released = metric_reaches(
+            server.addr,
+            "flux_auth_password_hash_memory_bytes",
+            0.0,
+            Duration::from_secs(20),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle_end = rss_mb(server.pid).unwrap_or(0.0);
-        println!("[{name}] idle RSS after the run {idle_end:.1} MB");
+        println!(
+            "[{name}] idle RSS after the run {idle_end:.1} MB ({:.0} s after the last request{})",
+            quiet.elapsed().as_secs_f64(),
+            if released {
+                ""
+            } else {
+                "; argon2 memory not given back within 20 s"
+            }
+        );
         if prepared.elapsed() > Duration::from_secs(14 * 60) {
             eprintln!(
                 "flux-load: warning: the run outlived the access tokens' 15 minutes; /me may show 401s"
@@ -520,11 +539,29 @@ impl Harness {
                     // The ceilings right before the point they are compared with: same load.
                     self.baseline_points(baseline, name, c).await;
                 }
+                // The login ceiling too: this VM's hash time moves by a quarter within minutes,
+                // so the one measured at the start says little about a point run later.
+                let ceiling = if matches!(scenario, Scenario::Login | Scenario::Signup) {
+                    let argon = argon2_now().await?;
+                    println!(
+                        "[{name}] argon2id right before: {:.1} ms per hash, ceiling {:.1}/s; {} threads at once {:.1}/s",
+                        argon.hash_ms,
+                        argon.ceiling_per_sec,
+                        argon.cores,
+                        argon.measured_parallel_per_sec
+                    );
+                    Some(argon)
+                } else {
+                    None
+                };
                 let jobs = fixture.jobs(scenario, c);
                 let (jobs, latency, stats) =
                     self.measure(Some(server.pid), fixture.addr, jobs).await;
                 fixture.keep_chains(&jobs);
                 self.push(name, scenario.name(), c, latency, stats);
+                if let (Some(argon), Some(row)) = (ceiling, self.report.rows.last_mut()) {
+                    row.argon2 = Some(argon);
+                }
             }
         }
         if !self.args.no_mixed {
@@ -694,13 +731,25 @@ impl Harness {
 /// Whether the server checks revocations in its in-memory copy (it subscribes to Redis's channel
 /// a moment after start); waits up to 5 s for it.
 async fn revocations_mirrored(addr: SocketAddr) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    metric_reaches(
+        addr,
+        "flux_auth_revocations_mirrored",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// Whether the server's `/metrics` shows `name` at `value` within `patience`.
+async fn metric_reaches(addr: SocketAddr, name: &str, value: f64, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    let prefix = format!("{name} ");
     while Instant::now() < deadline {
         if let Ok((_, body)) = http::once(addr, &Call::get("/metrics")).await
             && String::from_utf8_lossy(&body)
                 .lines()
-                .filter_map(|line| line.strip_prefix("flux_auth_revocations_mirrored "))
-                .any(|value| value.trim().parse::<f64>() == Ok(1.0))
+                .filter_map(|line| line.strip_prefix(prefix.as_str()))
+                .any(|v| v.trim().parse::<f64>() == Ok(value))
         {
             return true;
         }
@@ -737,6 +786,19 @@ async fn postgres_answers(url: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The argon2id baseline for the service's default cost, timed now on blocking threads.
+async fn argon2_now() -> anyhow::Result<baseline::Argon2Baseline> {
+    let defaults = flux_auth::config::Settings::default();
+    tokio::task::spawn_blocking(move || {
+        baseline::argon2(
+            defaults.argon2_memory_kib,
+            defaults.argon2_iterations,
+            defaults.argon2_parallelism,
+        )
+    })
+    .await?
 }
 
 async fn start_baseline(
@@ -833,15 +895,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         stores.retain(|s| *s != StoreKind::Postgres);
     }
     // argon2 first, while nothing else of ours runs.
-    let defaults = flux_auth::config::Settings::default();
-    let argon = tokio::task::spawn_blocking(move || {
-        baseline::argon2(
-            defaults.argon2_memory_kib,
-            defaults.argon2_iterations,
-            defaults.argon2_parallelism,
-        )
-    })
-    .await??;
+    let argon = argon2_now().await?;
     println!(
         "argon2id m={} t={} p={}: {:.1} ms per hash; ceiling {:.1}/s ({} cores); measured with {} threads at once {:.1}/s",
         argon.memory_kib,
