@@ -41,6 +41,8 @@ pub enum HashError {
     Stopped,
     #[error("argon2: {0}")]
     Argon2(String),
+    #[error("argon2 memory could not be mapped: {0}")]
+    Memory(std::io::Error),
 }
 
 enum Job {
@@ -51,7 +53,7 @@ enum Job {
     Verify {
         password: SecretString,
         stored: String,
-        reply: oneshot::Sender<Verification>,
+        reply: oneshot::Sender<Result<Verification, HashError>>,
     },
 }
 
@@ -200,7 +202,7 @@ impl PasswordHasher {
             reply,
         };
         self.submit(job).await?;
-        let verdict = rx.await.map_err(|_| HashError::Stopped)?;
+        let verdict = rx.await.map_err(|_| HashError::Stopped)??;
         Ok(if real { verdict } else { Verification::Invalid })
     }
 
@@ -268,151 +270,188 @@ impl Worker {
             self.wait.observe(at.elapsed().as_secs_f64());
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut memory = self.memory.take();
-            match job {
+            let (params, pool) = (&self.params, &*self.memory);
+            let answer = match job {
                 Job::Hash { password, reply } => {
-                    let hashed = hash_with(
-                        &self.params,
-                        password.expose_secret(),
-                        &mut memory,
-                        &self.memory,
-                    );
-                    let _ = reply.send(hashed);
+                    let hashed = hash_with(params, password.expose_secret(), &mut memory, pool);
+                    Answer::Hash(reply, hashed)
                 }
                 Job::Verify {
                     password,
                     stored,
                     reply,
                 } => {
-                    let _ = reply.send(verify_with(
-                        &self.params,
-                        password.expose_secret(),
-                        &stored,
-                        &mut memory,
-                        &self.memory,
-                    ));
+                    let verdict =
+                        verify_with(params, password.expose_secret(), &stored, &mut memory, pool);
+                    Answer::Verify(reply, verdict)
                 }
-            }
-            self.memory.put(memory);
+            };
+            pool.put(memory, params.block_count());
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Last, so a caller that has its answer sees the levels after its job.
+            answer.send();
         }
     }
 }
 
+/// A finished job's result and where it goes.
+enum Answer {
+    Hash(
+        oneshot::Sender<Result<String, HashError>>,
+        Result<String, HashError>,
+    ),
+    Verify(
+        oneshot::Sender<Result<Verification, HashError>>,
+        Result<Verification, HashError>,
+    ),
+}
+
+impl Answer {
+    /// A caller that stopped waiting (its request timed out) is no error.
+    fn send(self) {
+        let _ = match self {
+            Self::Hash(reply, result) => reply.send(result).map_err(drop),
+            Self::Verify(reply, result) => reply.send(result).map_err(drop),
+        };
+    }
+}
+
 /// The workers' argon2 buffers not in use right now. A worker takes one for each job and puts it
-/// back, and makes one only when none is free, so there are never more buffers than workers.
+/// back, and maps one only when none is free, so there are never more buffers than workers.
 #[derive(Default)]
 struct MemoryPool {
-    free: Mutex<Vec<Vec<Block>>>,
+    free: Mutex<Vec<HashMemory>>,
     /// Bytes of every buffer, free or in use.
     bytes: AtomicUsize,
 }
 
 impl MemoryPool {
-    fn take(&self) -> Vec<Block> {
-        self.free
-            .lock()
-            .ok()
-            .and_then(|mut free| free.pop())
-            .unwrap_or_default()
+    fn take(&self) -> Option<HashMemory> {
+        self.free.lock().ok().and_then(|mut free| free.pop())
     }
 
-    fn put(&self, memory: Vec<Block>) {
-        if let Ok(mut free) = self.free.lock() {
+    /// Puts a worker's buffer back, unless a stored hash of a larger cost than `keep` blocks
+    /// grew it: that one is unmapped now.
+    fn put(&self, memory: Option<HashMemory>, keep: usize) {
+        let Some(memory) = memory else { return };
+        if memory.len() > keep {
+            self.unmap(memory);
+        } else if let Ok(mut free) = self.free.lock() {
             free.push(memory);
         }
     }
 
-    /// Grows `memory` to `blocks`; the old buffer goes first, so a worker never holds two.
-    fn ensure(&self, memory: &mut Vec<Block>, blocks: usize) {
-        if memory.len() < blocks {
-            self.bytes.fetch_sub(bytes_of(memory), Ordering::Relaxed);
-            *memory = Vec::new();
-            *memory = hash_memory(blocks);
-            self.bytes.fetch_add(bytes_of(memory), Ordering::Relaxed);
+    /// The first `blocks` blocks of `memory`, mapped anew when it has fewer; the old mapping
+    /// goes first, so a worker never holds two.
+    fn fit<'m>(
+        &self,
+        memory: &'m mut Option<HashMemory>,
+        blocks: usize,
+    ) -> Result<&'m mut [Block], HashError> {
+        if memory.as_ref().is_none_or(|m| m.len() < blocks) {
+            if let Some(old) = memory.take() {
+                self.unmap(old);
+            }
+            let fresh = HashMemory::new(blocks).map_err(HashError::Memory)?;
+            self.bytes.fetch_add(fresh.bytes(), Ordering::Relaxed);
+            *memory = Some(fresh);
+        }
+        match memory {
+            Some(m) => Ok(&mut m.blocks()[..blocks]),
+            None => Err(HashError::Stopped),
         }
     }
 
-    /// Frees every buffer no worker is using.
+    /// Unmaps every buffer no worker is using.
     fn release_idle(&self) {
         let idle = match self.free.lock() {
             Ok(mut free) => std::mem::take(&mut *free),
             Err(_) => return,
         };
-        for mut memory in idle {
-            self.bytes.fetch_sub(bytes_of(&memory), Ordering::Relaxed);
-            // The allocator may reuse these addresses for small objects, which must not land
-            // on huge pages (each would keep 2 MiB resident).
-            advise(&mut memory, Pages::Normal);
+        for memory in idle {
+            self.unmap(memory);
         }
+    }
+
+    fn unmap(&self, memory: HashMemory) {
+        self.bytes.fetch_sub(memory.bytes(), Ordering::Relaxed);
+        drop(memory);
     }
 }
 
-fn bytes_of(memory: &Vec<Block>) -> usize {
-    memory.capacity() * std::mem::size_of::<Block>()
+/// argon2 memory in a mapping of its own, outside the allocator, so that it goes back to the
+/// kernel the moment it is dropped: a freed 19 MiB block stays resident inside mimalloc until a
+/// later allocation on that thread triggers a purge, which an idle hashing thread never makes.
+///
+/// The mapping is advised for transparent huge pages. argon2 reads its memory at random, so on
+/// 4 KiB pages most reads miss the TLB; on huge pages the same hash takes 3–10% less time
+/// (BENCHMARKS.md, session 7). The allocator is built without huge pages (mimalloc's `no_thp`),
+/// so the rest of the heap stays small: there every 2 MiB page touched once would stay resident
+/// whole. Here all of it is written by every hash anyway. Public so the load harness times the
+/// hash on the same memory as the service (its login ceiling).
+pub struct HashMemory {
+    map: memmap2::MmapMut,
+}
+
+// Block is 128 u64 words (argon2's 1 KiB block): any bytes are a valid Block, and a page-aligned
+// mapping is aligned for it.
+const _: () = assert!(std::mem::size_of::<Block>() == 1024);
+const _: () = assert!(std::mem::align_of::<Block>() <= 4096);
+
+impl HashMemory {
+    /// `blocks` zeroed blocks (the kernel maps anonymous memory zeroed).
+    pub fn new(blocks: usize) -> std::io::Result<Self> {
+        let map = memmap2::MmapOptions::new()
+            .len(blocks.max(1) * std::mem::size_of::<Block>())
+            .map_anon()?;
+        // Advised before it is first written, so its pages fault in huge instead of waiting for
+        // khugepaged to collapse them.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+            // THP compiled out or switched off: hashing works the same, only slower.
+            tracing::debug!(error = %e, "argon2 memory stays on normal pages");
+        }
+        Ok(Self { map })
+    }
+
+    /// All of its blocks.
+    #[allow(unsafe_code)] // the only unsafe code in the crate: bytes of a mapping as blocks
+    pub fn blocks(&mut self) -> &mut [Block] {
+        let len = self.len();
+        // SAFETY: the mapping is page-aligned, so aligned for Block (asserted above); `len`
+        // blocks fit in its length; any bytes are a valid Block; and the slice borrows `self`
+        // mutably, so the mapping stays mapped and nothing else touches it while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast::<Block>(), len) }
+    }
+
+    /// Its size in blocks.
+    pub fn len(&self) -> usize {
+        self.map.len() / std::mem::size_of::<Block>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bytes(&self) -> usize {
+        self.map.len()
+    }
 }
 
 fn hash_with(
     params: &Params,
     password: &str,
-    memory: &mut Vec<Block>,
+    memory: &mut Option<HashMemory>,
     pool: &MemoryPool,
 ) -> Result<String, HashError> {
     let salt: [u8; SALT_BYTES] = super::os_random();
     let mut out = [0u8; OUTPUT_BYTES];
-    let blocks = params.block_count();
-    pool.ensure(memory, blocks);
+    let blocks = pool.fit(memory, params.block_count())?;
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, &mut memory[..blocks])
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
         .map_err(|e| HashError::Argon2(e.to_string()))?;
     Ok(phc(params, &salt, &out))
 }
-
-/// argon2 memory of `blocks` blocks, backed by transparent huge pages where the kernel allows
-/// them. argon2 reads its memory at random, so on 4 KiB pages most reads miss the TLB; on huge
-/// pages logins run 8–17% faster (BENCHMARKS.md). The allocator is built without huge pages
-/// (mimalloc's `no_thp`) so the rest of the heap stays small: there every 2 MiB page touched
-/// once would stay resident whole. Here all of it is written by every hash anyway. Public so
-/// the load harness times the hash on the same memory as the service (its login ceiling).
-pub fn hash_memory(blocks: usize) -> Vec<Block> {
-    let mut memory = Vec::with_capacity(blocks);
-    // Advised before it is first written, so its pages fault in huge instead of waiting for
-    // khugepaged to collapse them.
-    advise(&mut memory, Pages::Huge);
-    memory.resize(blocks, Block::default());
-    memory
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Pages {
-    Huge,
-    Normal,
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // madvise has no safe wrapper; the only unsafe code in the crate
-fn advise(memory: &mut Vec<Block>, pages: Pages) {
-    let page = rustix::param::page_size();
-    let start = memory.as_mut_ptr() as usize;
-    let end = start + memory.capacity() * std::mem::size_of::<Block>();
-    let (from, to) = (start.next_multiple_of(page), end / page * page);
-    if from >= to {
-        return;
-    }
-    let advice = match pages {
-        Pages::Huge => rustix::mm::Advice::LinuxHugepage,
-        Pages::Normal => rustix::mm::Advice::LinuxNoHugepage,
-    };
-    // SAFETY: [from, to) is whole pages inside this Vec's allocation, which we own for the whole
-    // call. MADV_(NO)HUGEPAGE changes only how the kernel backs those pages, never what they hold.
-    let advised = unsafe { rustix::mm::madvise(from as *mut std::ffi::c_void, to - from, advice) };
-    if let Err(e) = advised {
-        // THP compiled out or switched off: hashing works the same, only slower.
-        tracing::debug!(error = %e, ?pages, "madvise on argon2 memory refused");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise(_memory: &mut Vec<Block>, _pages: Pages) {}
 
 /// The PHC string form of an argon2id hash.
 fn phc(params: &Params, salt: &[u8], digest: &[u8]) -> String {
@@ -430,61 +469,55 @@ fn verify_with(
     current: &Params,
     password: &str,
     stored: &str,
-    memory: &mut Vec<Block>,
+    memory: &mut Option<HashMemory>,
     pool: &MemoryPool,
-) -> Verification {
+) -> Result<Verification, HashError> {
     if stored.starts_with("$2") {
-        return verify_legacy_bcrypt(password, stored);
+        return Ok(verify_legacy_bcrypt(password, stored));
     }
     let Ok(phc) = PasswordHash::new(stored) else {
-        return Verification::Invalid;
+        return Ok(Verification::Invalid);
     };
     let algorithm = match phc.algorithm.as_str() {
         "argon2id" => Algorithm::Argon2id,
         "argon2i" => Algorithm::Argon2i,
         "argon2d" => Algorithm::Argon2d,
-        _ => return Verification::Invalid,
+        _ => return Ok(Verification::Invalid),
     };
     let Ok(params) = Params::try_from(&phc) else {
-        return Verification::Invalid;
+        return Ok(Verification::Invalid);
     };
     let (Some(salt), Some(expected)) = (phc.salt, phc.hash) else {
-        return Verification::Invalid;
+        return Ok(Verification::Invalid);
     };
     let mut salt_buf = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
-        return Verification::Invalid;
+        return Ok(Verification::Invalid);
     };
-    let blocks = params.block_count();
-    pool.ensure(memory, blocks);
+    let blocks = pool.fit(memory, params.block_count())?;
     let mut out = vec![0u8; expected.len()];
     let version = phc
         .version
         .and_then(|v| Version::try_from(v).ok())
         .unwrap_or(Version::V0x13);
     if Argon2::new(algorithm, version, params.clone())
-        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks])
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
         .is_err()
     {
-        return Verification::Invalid;
-    }
-    if memory.len() > current.block_count() {
-        // A stored hash with a larger cost grew this worker's buffer; give the memory back.
-        memory.truncate(current.block_count());
-        memory.shrink_to_fit();
+        return Ok(Verification::Invalid);
     }
     if !bool::from(out.as_slice().ct_eq(expected.as_bytes())) {
-        return Verification::Invalid;
+        return Ok(Verification::Invalid);
     }
     let weaker = algorithm != Algorithm::Argon2id
         || params.m_cost() < current.m_cost()
         || params.t_cost() < current.t_cost()
         || params.p_cost() != current.p_cost();
-    if weaker {
+    Ok(if weaker {
         Verification::ValidNeedsRehash
     } else {
         Verification::Valid
-    }
+    })
 }
 
 /// The old service hashed `escape(trim(password))` (express-validator) with bcryptjs.
@@ -530,6 +563,30 @@ mod tests {
             crate::metrics::Metrics::default().hash_wait_seconds,
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_of_a_larger_cost_does_not_keep_its_memory() {
+        let larger = PasswordHasher::new(
+            16384,
+            1,
+            1,
+            1,
+            MEMORY_IDLE_RELEASE,
+            crate::metrics::Metrics::default().hash_wait_seconds,
+        )
+        .unwrap();
+        let stored = larger.hash("a long passphrase").await.unwrap();
+        assert_eq!(larger.levels().memory_bytes, 16384 * 1024);
+        let h = hasher();
+        assert_eq!(
+            h.verify("a long passphrase", Some(&stored)).await.unwrap(),
+            Verification::Valid
+        );
+        assert_eq!(h.levels().memory_bytes, 0, "the 16 MiB block is unmapped");
+        h.hash("a long passphrase").await.unwrap();
+        assert_eq!(h.levels().memory_bytes, 8192 * 1024);
+        assert_eq!((h.levels().in_flight, h.levels().queued), (0, 0));
     }
 
     #[tokio::test]
@@ -594,9 +651,11 @@ mod tests {
     fn argon2_memory_is_on_huge_pages_where_the_kernel_offers_them() {
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .unwrap_or_default();
-        let memory = hash_memory(19 * 1024);
-        assert_eq!(memory.len(), 19 * 1024);
-        let huge = anon_huge_kib_at(memory.as_ptr() as usize + (8 << 20));
+        let mut memory = HashMemory::new(19 * 1024).unwrap();
+        let blocks = memory.blocks();
+        assert_eq!(blocks.len(), 19 * 1024);
+        blocks.fill(Block::new()); // fault it in, as a hash does
+        let huge = anon_huge_kib_at(blocks.as_ptr() as usize + (8 << 20));
         if thp.contains("[never]") || thp.is_empty() {
             assert_eq!(huge, 0, "THP is off, yet {huge} KiB are huge");
         } else {

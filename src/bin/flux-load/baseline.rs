@@ -195,7 +195,7 @@ pub struct Argon2Baseline {
 
 fn hash_times(params: &Params, count: usize) -> anyhow::Result<Vec<Duration>> {
     // One buffer reused, on the same (huge) pages as the service's workers use.
-    let mut memory = flux_auth::auth::passwords::hash_memory(params.block_count());
+    let mut memory = flux_auth::auth::passwords::HashMemory::new(params.block_count())?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut out = [0u8; 32];
     let mut times = Vec::with_capacity(count);
@@ -206,7 +206,7 @@ fn hash_times(params: &Params, count: usize) -> anyhow::Result<Vec<Duration>> {
                 format!("password number {i}").as_bytes(),
                 b"flux-load-salt-16",
                 &mut out,
-                &mut memory,
+                memory.blocks(),
             )
             .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
         times.push(started.elapsed());
