@@ -1,5 +1,7 @@
-//! Middleware: request ids and the request span, the error envelope (every 4xx/5xx in the Error
-//! shape with the request id, including axum's own rejections), and security headers.
+//! The request middleware, one layer: request ids and the request span, the head size limit, the
+//! error envelope (every 4xx/5xx in the Error shape with the request id, including axum's own
+//! rejections), security headers, metrics and the request's log line. One layer rather than one
+//! per concern: each `from_fn` layer boxes the rest of the stack and its future on every request.
 
 use std::time::Instant;
 
@@ -28,7 +30,8 @@ fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
     .then(|| s.to_owned())
 }
 
-/// Outermost layer: assigns the request id, opens the request span, and logs one line per request
+/// Outermost layer: assigns the request id, opens the request span, refuses an oversized head,
+/// puts errors in the Error shape, adds the security headers, and logs one line per request
 /// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
 ///
 /// The span holds only the request id: the JSON formatter writes a span's fields out when the span
@@ -60,7 +63,13 @@ pub async fn request_context(
     let route_label = route.as_deref().unwrap_or("unmatched");
     let span = tracing::info_span!("request", request_id = %id);
     let started = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let response = if head_too_large(&req) {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response()
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
+    let mut response = span.in_scope(|| error_envelope(response, &id));
+    security_headers(response.headers_mut(), state.settings.hsts);
     let status = response.status();
     let elapsed = started.elapsed().as_secs_f64();
     state
@@ -84,10 +93,9 @@ pub async fn request_context(
 }
 
 /// Puts every error response in the Error shape with its request id. Responses made by axum or
-/// tower (404 fallback, 405, 408 timeout, 413) have no marker and get a body from their status.
-pub async fn error_envelope(req: Request, next: Next) -> Response {
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    let response = next.run(req).await;
+/// tower (404 fallback, 405, 408 timeout, 413, 431) have no marker and get a body from their
+/// status.
+fn error_envelope(response: Response, request_id: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -106,7 +114,7 @@ pub async fn error_envelope(req: Request, next: Next) -> Response {
             body_for_status(status)
         }
     };
-    error.request_id = request_id;
+    error.request_id = Some(request_id.to_owned());
     let bytes = serde_json::to_vec(&error).unwrap_or_default();
     parts.headers.insert(
         header::CONTENT_TYPE,
@@ -137,25 +145,20 @@ fn body_for_status(status: StatusCode) -> ErrorBody {
 /// exact, since a head that arrives in one large read can pass it, so it is enforced here too.
 pub const MAX_HEADER_BYTES: usize = 96 * 1024;
 
-/// 431 for a request head over [`MAX_HEADER_BYTES`]; the error envelope gives it the Error shape.
-pub async fn header_limit(req: Request, next: Next) -> Response {
+/// Whether the request head is over [`MAX_HEADER_BYTES`] (answered 431, in the Error shape).
+fn head_too_large(req: &Request) -> bool {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let headers: usize = req
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    if target + headers > MAX_HEADER_BYTES {
-        return StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
-    }
-    next.run(req).await
+    target + headers > MAX_HEADER_BYTES
 }
 
 /// Security headers on every response; `no-store` everywhere, since most responses carry tokens
 /// or personal data and none benefits from caching.
-pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    let h = response.headers_mut();
+fn security_headers(h: &mut axum::http::HeaderMap, hsts: bool) {
     // axum's `Json` says `application/json`; API.md (and J1) promise the charset too.
     if h.get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"))
@@ -180,13 +183,12 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
         ));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if state.settings.hsts {
+    if hsts {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         );
     }
-    response
 }
 
 /// The 404 for unknown routes.

@@ -115,19 +115,14 @@ pub fn router(state: AppState) -> Router {
         // The dashboard's page and scripts: not API routes, so not in `routes()` or the document.
         .merge(crate::dashboard::routes())
         .fallback(middleware::not_found)
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(axum::middleware::from_fn(middleware::header_limit));
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
 
-    // Outermost first: request id and span, then CORS, security headers, the error envelope
-    // (which needs the request id), and the timeout innermost so its 408 gets enveloped too.
+    // Outermost first: the request middleware (request id and span, head limit, error envelope,
+    // security headers, log line), then CORS, and the timeout innermost so that its 408 gets
+    // enveloped too.
     api.layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(settings.request_timeout_ms),
-    ))
-    .layer(axum::middleware::from_fn(middleware::error_envelope))
-    .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        middleware::security_headers,
     ))
     .layer(cors(&state))
     .layer(axum::middleware::from_fn_with_state(
