@@ -541,6 +541,25 @@ async fn j1_j5_security_headers_on_token_responses_and_errors() {
 }
 
 #[tokio::test]
+async fn a_request_over_the_timeout_is_408_in_the_error_shape_with_the_headers() {
+    // A login costs an argon2 hash (milliseconds), so 1 ms cuts it off; the timeout is the
+    // innermost layer and the request middleware still envelopes and labels its 408.
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| s.request_timeout_ms = 1)
+        .try_spawn()
+        .await
+        .unwrap();
+    let response = app.login(&unique_email(), PASSWORD).await;
+    assert_hardening_headers(response.headers(), "408");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = assert_error(response, StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").await;
+    assert_eq!(body["requestId"], id.as_str(), "{body}");
+}
+
+#[tokio::test]
 async fn j3_cors_echoes_only_allowlisted_origins_never_star() {
     const ALLOWED: &str = "https://app.fluxstudio.art";
     let app = TestApp::builder(Backend::File)
