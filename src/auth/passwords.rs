@@ -1,10 +1,11 @@
 //! Password hashing: argon2id on a fixed set of worker threads, never on the async runtime.
 //!
-//! Each worker owns one argon2 memory buffer (m KiB) and reuses it for every hash, so peak memory
-//! is workers × m no matter how many logins arrive: a naive `spawn_blocking` per hash lets the
-//! allocator keep a freed 19 MiB block per blocking thread and grows to gigabytes under a flood.
-//! A worker allocates its buffer at its first hash, not at start, so an instance that has not
-//! hashed yet holds none of it (idle RSS, BENCHMARKS.md). Requests wait their turn on a bounded
+//! The workers reuse argon2 memory buffers (m KiB each, mapped outside the allocator, on huge
+//! pages), never more than one per worker, so peak memory is workers × m no matter how many
+//! logins arrive: a naive `spawn_blocking` per hash lets the allocator keep a freed 19 MiB block
+//! per blocking thread and grows to gigabytes under a flood. A buffer is mapped at the first hash
+//! that needs it and unmapped after [`MEMORY_IDLE_RELEASE`] without a hash, so an instance that
+//! is not hashing holds none (idle RSS, BENCHMARKS.md). Requests wait their turn on a bounded
 //! queue. Legacy bcrypt hashes from the old service verify
 //! here too (the candidate trimmed and HTML-escaped as the old service did before hashing).
 
@@ -309,10 +310,14 @@ enum Answer {
 impl Answer {
     /// A caller that stopped waiting (its request timed out) is no error.
     fn send(self) {
-        let _ = match self {
-            Self::Hash(reply, result) => reply.send(result).map_err(drop),
-            Self::Verify(reply, result) => reply.send(result).map_err(drop),
-        };
+        match self {
+            Self::Hash(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Verify(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
     }
 }
 
@@ -348,18 +353,18 @@ impl MemoryPool {
         memory: &'m mut Option<HashMemory>,
         blocks: usize,
     ) -> Result<&'m mut [Block], HashError> {
-        if memory.as_ref().is_none_or(|m| m.len() < blocks) {
-            if let Some(old) = memory.take() {
-                self.unmap(old);
+        let fitting = match memory.take() {
+            Some(m) if m.len() >= blocks => m,
+            old => {
+                if let Some(old) = old {
+                    self.unmap(old);
+                }
+                let fresh = HashMemory::new(blocks).map_err(HashError::Memory)?;
+                self.bytes.fetch_add(fresh.bytes(), Ordering::Relaxed);
+                fresh
             }
-            let fresh = HashMemory::new(blocks).map_err(HashError::Memory)?;
-            self.bytes.fetch_add(fresh.bytes(), Ordering::Relaxed);
-            *memory = Some(fresh);
-        }
-        match memory {
-            Some(m) => Ok(&mut m.blocks()[..blocks]),
-            None => Err(HashError::Stopped),
-        }
+        };
+        Ok(&mut memory.insert(fitting).blocks()[..blocks])
     }
 
     /// Unmaps every buffer no worker is using.

@@ -488,8 +488,8 @@ impl Harness {
             .await;
         let _ = baseline.child.kill().await;
         result?;
-        // Idle as in production: the hashing threads give their argon2 memory back after 10 s
-        // without a hash, then the allocator returns it to the kernel.
+        // Idle as in production: the hashing threads unmap their argon2 memory after 10 s
+        // without a hash.
         let quiet = Instant::now();
         let released = metric_reaches(
             server.addr,
