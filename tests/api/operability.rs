@@ -200,6 +200,15 @@ async fn metrics_parse_as_openmetrics_text_and_count_the_requests_sent() {
     let moved = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
+    // No hash before the logins, so no argon2 memory; each login verified against the dummy
+    // hash, so one or more whole blocks of the configured cost are held now.
+    let block = f64::from(flux_auth::config::Settings::default().argon2_memory_kib) * 1024.0;
+    assert_eq!(
+        sample(&before, "flux_auth_password_hash_memory_bytes", &[]),
+        0.0
+    );
+    let held = sample(&after, "flux_auth_password_hash_memory_bytes", &[]);
+    assert!(held >= block && held % block == 0.0, "{held} bytes held");
     let login = [
         ("route", "/api/auth/login"),
         ("method", "POST"),
