@@ -78,7 +78,7 @@ struct Queued {
 }
 
 /// What the metrics report about the hashing threads.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct HashLevels {
     /// Hashes being computed right now.
     pub in_flight: usize,
@@ -96,7 +96,6 @@ pub struct PasswordHasher {
     dummy_hash: OnceCell<String>,
     in_flight: Arc<AtomicUsize>,
     memory: Arc<MemoryPool>,
-    workers: usize,
 }
 
 impl PasswordHasher {
@@ -141,7 +140,6 @@ impl PasswordHasher {
             dummy_hash: OnceCell::new(),
             in_flight,
             memory,
-            workers,
         })
     }
 
@@ -160,10 +158,6 @@ impl PasswordHasher {
                 place,
             })
             .map_err(|_| HashError::Stopped)
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     pub fn levels(&self) -> HashLevels {
@@ -557,30 +551,25 @@ pub fn legacy_escape(input: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A hasher of `memory_kib` and `iterations` (parallelism 1) on `workers` threads.
+    fn hasher_of(
+        memory_kib: u32,
+        iterations: u32,
+        workers: usize,
+        idle_release: Duration,
+    ) -> PasswordHasher {
+        let wait = crate::metrics::Metrics::default().hash_wait_seconds;
+        PasswordHasher::new(memory_kib, iterations, 1, workers, idle_release, wait).unwrap()
+    }
+
     fn hasher() -> PasswordHasher {
         // Cheap parameters keep unit tests fast; the integration tests use the real defaults.
-        PasswordHasher::new(
-            8192,
-            1,
-            1,
-            2,
-            MEMORY_IDLE_RELEASE,
-            crate::metrics::Metrics::default().hash_wait_seconds,
-        )
-        .unwrap()
+        hasher_of(8192, 1, 2, MEMORY_IDLE_RELEASE)
     }
 
     #[tokio::test]
     async fn a_stored_hash_of_a_larger_cost_does_not_keep_its_memory() {
-        let larger = PasswordHasher::new(
-            16384,
-            1,
-            1,
-            1,
-            MEMORY_IDLE_RELEASE,
-            crate::metrics::Metrics::default().hash_wait_seconds,
-        )
-        .unwrap();
+        let larger = hasher_of(16384, 1, 1, MEMORY_IDLE_RELEASE);
         let stored = larger.hash("a long passphrase").await.unwrap();
         assert_eq!(larger.levels().memory_bytes, 16384 * 1024);
         let h = hasher();
@@ -596,15 +585,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_workers_give_their_memory_back_and_hash_again() {
-        let h = PasswordHasher::new(
-            8192,
-            1,
-            1,
-            2,
-            Duration::from_millis(200),
-            crate::metrics::Metrics::default().hash_wait_seconds,
-        )
-        .unwrap();
+        let h = hasher_of(8192, 1, 2, Duration::from_millis(200));
         assert_eq!(h.levels().memory_bytes, 0, "nothing before the first hash");
         let stored = h.hash("correct horse battery").await.unwrap();
         assert_eq!(
@@ -703,24 +684,8 @@ mod tests {
 
     #[tokio::test]
     async fn weaker_parameters_ask_for_a_rehash() {
-        let weak = PasswordHasher::new(
-            8192,
-            1,
-            1,
-            1,
-            MEMORY_IDLE_RELEASE,
-            crate::metrics::Metrics::default().hash_wait_seconds,
-        )
-        .unwrap();
-        let strong = PasswordHasher::new(
-            8192,
-            2,
-            1,
-            1,
-            MEMORY_IDLE_RELEASE,
-            crate::metrics::Metrics::default().hash_wait_seconds,
-        )
-        .unwrap();
+        let weak = hasher_of(8192, 1, 1, MEMORY_IDLE_RELEASE);
+        let strong = hasher_of(8192, 2, 1, MEMORY_IDLE_RELEASE);
         let stored = weak.hash("a long passphrase").await.unwrap();
         assert_eq!(
             strong

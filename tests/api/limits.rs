@@ -35,13 +35,27 @@ async fn redis_forwarder() -> Forwarder {
     Forwarder::start("127.0.0.1:6379".parse().unwrap()).await
 }
 
+/// A Redis URL that reaches Redis through `forwarder`.
+fn redis_via(forwarder: &Forwarder) -> SecretString {
+    SecretString::from(format!("redis://{}", forwarder.addr()))
+}
+
+/// A file-store instance reaching Redis through `forwarder`.
+async fn file_app_via(forwarder: &Forwarder) -> TestApp {
+    let redis = redis_via(forwarder);
+    TestApp::builder(Backend::File)
+        .settings(move |s| s.redis_url = Some(redis))
+        .spawn()
+        .await
+}
+
 /// Another instance beside `first`: the same settings, database and key prefix, on a port and
 /// folder of its own, reaching Redis through `forwarder` when given.
 async fn second_instance(first: &TestApp, forwarder: Option<&Forwarder>) -> TestApp {
     let mut settings = first.settings.clone();
     settings.port = 0;
     if let Some(forwarder) = forwarder {
-        settings.redis_url = Some(SecretString::from(format!("redis://{}", forwarder.addr())));
+        settings.redis_url = Some(redis_via(forwarder));
     }
     TestApp::start(
         settings,
@@ -511,11 +525,7 @@ async fn a_revocation_feed_that_stops_answering_is_dropped_and_made_again() {
         return;
     }
     let forwarder = redis_forwarder().await;
-    let via = format!("redis://{}", forwarder.addr());
-    let app = TestApp::builder(Backend::File)
-        .settings(move |s| s.redis_url = Some(SecretString::from(via)))
-        .spawn()
-        .await;
+    let app = file_app_via(&forwarder).await;
     mirrored(&app, 1.0).await;
     // Every chunk now waits far longer than the Redis timeout (250 ms), in both directions.
     forwarder.slow(Duration::from_secs(2));
@@ -597,11 +607,11 @@ async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
         return;
     }
     let forwarder = redis_forwarder().await;
-    let via = format!("redis://{}", forwarder.addr());
+    let redis = redis_via(&forwarder);
     let app = TestApp::builder(Backend::File)
         .settings(move |s| {
             s.rate_limits = Switch::On;
-            s.redis_url = Some(SecretString::from(via));
+            s.redis_url = Some(redis);
             s.login_limit_per_ip = 3;
             s.lockout_threshold = 100;
         })
@@ -676,11 +686,7 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
         return;
     }
     let forwarder = redis_forwarder().await;
-    let via = format!("redis://{}", forwarder.addr());
-    let app = TestApp::builder(Backend::File)
-        .settings(move |s| s.redis_url = Some(SecretString::from(via)))
-        .spawn()
-        .await;
+    let app = file_app_via(&forwarder).await;
     let auth = app.signed_up(&unique_email()).await;
     let token = auth["accessToken"].as_str().unwrap().to_owned();
     forwarder.cut();
