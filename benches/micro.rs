@@ -9,6 +9,11 @@
 //! - `password_policy`: the strength check a signup runs before hashing (zxcvbn against common
 //!   passwords and the user's own details), with the password `flux-load` signs up with.
 //!
+//! - `request_log_line`: the request span and the one JSON line each request logs (what
+//!   `request_context` does), into `io::sink`, with the service's formatter (`telemetry`) and,
+//!   as the baseline in the same run, with tracing-subscriber's JSON formatter configured as the
+//!   service had it before session 8.
+//!
 //! `record()`, the spool and the Postgres insert are in `benches/security_log.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -165,8 +170,43 @@ fn password_policy(c: &mut Criterion) {
     group.finish();
 }
 
+/// One request's logging, as `request_context` does it: the span with the request id, the line
+/// with method, route, status, latency and client address inside it.
+fn log_one_request() {
+    let span = tracing::info_span!("request", request_id = %Uuid::new_v4());
+    span.in_scope(|| {
+        tracing::info!(method = "GET", route = "/api/auth/me", status = 200u16,
+            latency_ms = 0.183_f64, client_ip = %IpAddr::from([203, 0, 113, 7]), "request");
+    });
+}
+
+fn request_log_line(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request_log_line");
+    let ours = flux_auth::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new(flux_auth::telemetry::DEFAULT_FILTER),
+        std::io::sink,
+    );
+    tracing::subscriber::with_default(ours, || {
+        group.bench_function("JsonLine", |b| b.iter(log_one_request));
+    });
+    let before = tracing_subscriber::fmt()
+        .with_env_filter(flux_auth::telemetry::DEFAULT_FILTER)
+        .with_target(true)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(before, || {
+        group.bench_function("tracing_subscriber_json", |b| b.iter(log_one_request));
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    request_log_line,
     tokens,
     fingerprint,
     refresh_token,

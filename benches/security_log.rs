@@ -103,14 +103,10 @@ fn batch(start: usize) -> Vec<SecurityEvent> {
 /// The service's JSON log subscriber (`telemetry::init`), writing to nowhere: the formatting of
 /// every log line is paid, the pipe to a log shipper is not.
 fn production_subscriber() -> impl tracing::Subscriber + Send + Sync {
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(true)
-        .with_writer(std::io::sink)
-        .finish()
+    flux_auth::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new(flux_auth::telemetry::DEFAULT_FILTER),
+        std::io::sink,
+    )
 }
 
 fn bench_record(c: &mut Criterion) {

@@ -5,6 +5,7 @@
 //! one shares the same state between instances, and keeps a copy of it in memory while it can.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,13 +132,20 @@ impl RevocationList for InProcessRevocations {
     async fn check(&self, claims: &AccessClaims) -> anyhow::Result<Option<Revoked>> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Utc::now();
-        if Self::get(&state, &format!("jti:{}", claims.jti), now).is_some() {
+        // One key buffer for the three lookups: this runs on every authenticated request.
+        let mut key = String::with_capacity(64);
+        let mut get = |kind: &str, id: &dyn std::fmt::Display| {
+            key.clear();
+            let _ = write!(key, "{kind}:{id}");
+            Self::get(&state, &key, now)
+        };
+        if get("jti", &claims.jti).is_some() {
             return Ok(Some(Revoked::Token));
         }
-        if Self::get(&state, &format!("sid:{}", claims.sid), now).is_some() {
+        if get("sid", &claims.sid).is_some() {
             return Ok(Some(Revoked::Session));
         }
-        if let Some(after_ms) = Self::get(&state, &format!("user:{}", claims.sub), now)
+        if let Some(after_ms) = get("user", &claims.sub)
             && claims.issued_at_ms() < after_ms
         {
             return Ok(Some(Revoked::AllSessions));

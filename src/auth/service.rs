@@ -125,6 +125,13 @@ pub struct Authenticated {
     pub user: UserRecord,
 }
 
+/// A bearer token that was not accepted: the error to answer with, and the user it named when
+/// its signature was good (for the event that records it).
+pub struct RefusedToken {
+    pub error: AuthError,
+    user_id: Option<String>,
+}
+
 pub struct SessionPolicy {
     pub idle_ttl: chrono::Duration,
     pub absolute_ttl: chrono::Duration,
@@ -562,57 +569,61 @@ impl AuthService {
     ) -> Result<Authenticated, AuthError> {
         match self.authenticate_quietly(token).await {
             Ok(auth) => Ok(auth),
-            Err((e, user_id)) => {
-                if matches!(e, AuthError::AccessToken(_)) {
-                    let reason = match &e {
-                        AuthError::AccessToken(TokenError::Expired) => "expired",
-                        AuthError::AccessToken(TokenError::Invalid(why)) => why,
-                        _ => "invalid",
-                    };
-                    let mut event =
-                        SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
-                            .reason(reason)
-                            .with("tokenKind", "access");
-                    if let Some(user_id) = user_id {
-                        event = event.user(user_id);
-                    }
-                    self.record(event).await;
-                }
-                Err(e)
-            }
+            Err(refused) => Err(self.refuse(refused, ctx).await),
         }
     }
 
-    async fn authenticate_quietly(
-        &self,
-        token: &str,
-    ) -> Result<Authenticated, (AuthError, Option<String>)> {
-        let claims = self
-            .access
-            .verify(token)
-            .map_err(|e| (AuthError::AccessToken(e), None))?;
-        let user_id = Some(claims.sub.clone());
+    /// Verifies a bearer token and loads its user, recording nothing: a refused token is
+    /// recorded by [`Self::refuse`], which the caller calls with the request's context. The
+    /// context (headers copied into strings) is built only for a refusal, not on every request.
+    pub async fn authenticate_quietly(&self, token: &str) -> Result<Authenticated, RefusedToken> {
+        let claims = self.access.verify(token).map_err(|e| RefusedToken {
+            error: AuthError::AccessToken(e),
+            user_id: None,
+        })?;
+        let refused = |error| RefusedToken {
+            error,
+            user_id: Some(claims.sub.clone()),
+        };
         match self.revocations.check(&claims).await {
             Ok(None) => {}
             Ok(Some(revoked)) => {
-                return Err((
-                    AuthError::AccessToken(TokenError::Invalid(revoked.as_str())),
-                    user_id,
-                ));
+                return Err(refused(AuthError::AccessToken(TokenError::Invalid(
+                    revoked.as_str(),
+                ))));
             }
-            Err(e) => return Err((AuthError::Internal(e), user_id)),
+            Err(e) => return Err(refused(AuthError::Internal(e))),
         }
         let user = match self.store.user_by_id(&claims.sub).await {
             Ok(Some(user)) => user,
             Ok(None) => {
-                return Err((
-                    AuthError::AccessToken(TokenError::Invalid("user_gone")),
-                    user_id,
-                ));
+                return Err(refused(AuthError::AccessToken(TokenError::Invalid(
+                    "user_gone",
+                ))));
             }
-            Err(e) => return Err((e.into(), user_id)),
+            Err(e) => return Err(refused(e.into())),
         };
         Ok(Authenticated { claims, user })
+    }
+
+    /// Records a refused bearer token (`token_verification_failed`; not for internal errors)
+    /// and gives back the error to answer with.
+    pub async fn refuse(&self, refused: RefusedToken, ctx: &RequestContext) -> AuthError {
+        let RefusedToken { error, user_id } = refused;
+        if let AuthError::AccessToken(e) = &error {
+            let reason = match e {
+                TokenError::Expired => "expired",
+                TokenError::Invalid(why) => why,
+            };
+            let mut event = SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
+                .reason(reason)
+                .with("tokenKind", "access");
+            if let Some(user_id) = user_id {
+                event = event.user(user_id);
+            }
+            self.record(event).await;
+        }
+        error
     }
 
     pub async fn refresh(
@@ -834,13 +845,14 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         let auth = match self.authenticate_quietly(token).await {
             Ok(auth) => auth,
-            Err((
-                AuthError::AccessToken(TokenError::Invalid(
-                    "token_revoked" | "session_revoked" | "all_sessions_revoked",
-                )),
-                _,
-            )) => return Ok(()),
-            Err(_) => return self.authenticate(token, ctx).await.map(|_| ()),
+            Err(RefusedToken {
+                error:
+                    AuthError::AccessToken(TokenError::Invalid(
+                        "token_revoked" | "session_revoked" | "all_sessions_revoked",
+                    )),
+                ..
+            }) => return Ok(()),
+            Err(refused) => return Err(self.refuse(refused, ctx).await),
         };
         let now = Utc::now();
         let claims = &auth.claims;

@@ -284,9 +284,13 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
-        let ctx = RequestContext::from_request_parts(parts, state).await?;
-        let auth = state.auth.authenticate(&token, &ctx).await?;
-        Ok(Self(auth))
+        match state.auth.authenticate_quietly(&token).await {
+            Ok(auth) => Ok(Self(auth)),
+            Err(refused) => {
+                let ctx = RequestContext::from_request_parts(parts, state).await?;
+                Err(state.auth.refuse(refused, &ctx).await.into())
+            }
+        }
     }
 }
 
