@@ -218,6 +218,13 @@ struct Escaped<'a, W: ?Sized>(&'a mut W);
 
 impl<W: Write + ?Sized> Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Most of what is logged is plain ASCII: checked a byte at a time, written in one piece.
+        if !s
+            .bytes()
+            .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
+            return self.0.write_str(s);
+        }
         let mut plain_from = 0;
         for (i, c) in s.char_indices() {
             let short = match c {
