@@ -11,7 +11,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-pub use json::{JsonFields, JsonLine};
+use json::{JsonFields, JsonLine};
 
 use crate::config::LogFormat;
 

@@ -128,7 +128,7 @@ pub struct Authenticated {
 /// A bearer token that was not accepted: the error to answer with, and the user it named when
 /// its signature was good (for the event that records it).
 pub struct RefusedToken {
-    pub error: AuthError,
+    error: AuthError,
     user_id: Option<String>,
 }
 
