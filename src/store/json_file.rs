@@ -45,18 +45,40 @@ pub struct FileStore {
     sessions: SessionLog,
 }
 
-/// users.json as the old service wrote it (pretty-printed). Runs on every commit of users.json,
-/// so it borrows the records instead of copying them, and sizes its buffer up front.
+/// users.json as the old service wrote it, pretty-printed: byte for byte what
+/// `serde_json::to_writer_pretty` gives for `{"users": [...]}`, assembled from each user's
+/// entry, which is encoded only when the user is new or changed (see `users.rs`). Runs on every
+/// commit of users.json.
 fn encode_users(users: &Users) -> anyhow::Result<Vec<u8>> {
-    struct All<'a>(&'a Users);
-    impl Serialize for All<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(FileUserOut::from))
+    let mut out = Vec::with_capacity(64 + users.len() * 512);
+    out.extend_from_slice(b"{\n  \"users\": [");
+    let mut empty = true;
+    for entry in users.entries(encode_user) {
+        out.extend_from_slice(if empty { b"\n" } else { b",\n" });
+        out.extend_from_slice(entry?);
+        empty = false;
+    }
+    if !empty {
+        out.extend_from_slice(b"\n  ");
+    }
+    out.extend_from_slice(b"]\n}");
+    Ok(out)
+}
+
+/// One user's entry in users.json: the user pretty-printed, every line four spaces deeper, as it
+/// sits inside `{"users": [...]}`. Only the formatting puts line breaks in JSON (strings escape
+/// theirs), so indenting after each one is exact.
+fn encode_user(user: &UserRecord) -> anyhow::Result<Vec<u8>> {
+    const INDENT: &[u8] = b"    ";
+    let flat = serde_json::to_vec_pretty(&FileUserOut::from(user)).context("serialising a user")?;
+    let mut out = Vec::with_capacity(flat.len() + flat.len() / 4);
+    out.extend_from_slice(INDENT);
+    for &byte in &flat {
+        out.push(byte);
+        if byte == b'\n' {
+            out.extend_from_slice(INDENT);
         }
     }
-    let mut out = Vec::with_capacity(64 + users.len() * 512);
-    serde_json::to_writer_pretty(&mut out, &UsersFile { users: All(users) })
-        .context("serialising users")?;
     Ok(out)
 }
 
@@ -649,5 +671,73 @@ fn invalid(
         reason,
         session,
         token_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, name: &str) -> UserRecord {
+        UserRecord {
+            id: id.into(),
+            email: format!("user{id}@example.com"),
+            name: name.into(),
+            user_type: UserType::Client,
+            password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            google_id: None,
+            email_verified: false,
+            avatar: None,
+            created_at: Utc::now(),
+            last_login: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// users.json as it was written before entries were kept: the whole file through
+    /// serde_json's pretty printer.
+    fn pretty(users: &Users) -> Vec<u8> {
+        let all: Vec<FileUserOut> = users.iter().map(FileUserOut::from).collect();
+        serde_json::to_vec_pretty(&UsersFile { users: all }).unwrap()
+    }
+
+    #[test]
+    fn users_json_is_the_pretty_printers_byte_for_byte_and_follows_every_change() {
+        let empty = Users::default();
+        assert_eq!(encode_users(&empty).unwrap(), pretty(&empty));
+
+        let mut odd = user("2", "Zoë \"quoted\"\nwith a line break");
+        odd.extra = serde_json::json!({
+            "preferences": { "theme": "dark", "tags": ["a", "b"], "none": {}, "nothing": [] },
+            "note": "tab\there",
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let mut users = Users::new(vec![user("1", "Ann"), odd, user("3", "Bo")]);
+        assert_eq!(encode_users(&users).unwrap(), pretty(&users));
+
+        // A state published before a change keeps its own entries; the changed user and a new
+        // one are encoded again.
+        let published = users.clone();
+        users.by_id_mut("2").unwrap().name = "Changed".into();
+        users.by_email_mut("user3@example.com").unwrap().last_login = Some(Utc::now());
+        users.push(user("4", "New"));
+        let written = encode_users(&users).unwrap();
+        assert_eq!(written, pretty(&users));
+        assert!(String::from_utf8(written).unwrap().contains("\"Changed\""));
+        assert_eq!(encode_users(&published).unwrap(), pretty(&published));
+
+        // Changed in place (no other state shares the record): its kept entry must go too.
+        drop(published);
+        users.by_id_mut("1").unwrap().name = "Renamed in place".into();
+        users.find_mut(|u| u.id == "4").unwrap().avatar = Some("https://a.example/4.png".into());
+        let written = encode_users(&users).unwrap();
+        assert_eq!(written, pretty(&users));
+        let text = String::from_utf8(written).unwrap();
+        assert!(
+            text.contains("Renamed in place") && text.contains("4.png"),
+            "{text}"
+        );
     }
 }
