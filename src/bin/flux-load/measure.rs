@@ -270,6 +270,9 @@ async fn worker(
 /// What the kernel says about the server process over one phase.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcStats {
+    /// Resident memory when the phase began: what the server already held (its data from the
+    /// phases before, say) before this one added anything.
+    pub start_rss_mb: f64,
     pub peak_rss_mb: f64,
     /// CPU time of the server process over wall time, in percent of one core.
     pub server_cpu_pct: f64,
@@ -340,6 +343,7 @@ pub async fn observe<T>(
     };
     // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
     let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let start_rss_mb = rss_mb(pid).unwrap_or(0.0);
     let started = Instant::now();
     let t0 = process_ticks(pid);
     let m0 = machine_ticks();
@@ -375,6 +379,7 @@ pub async fn observe<T>(
     (
         out,
         ProcStats {
+            start_rss_mb,
             peak_rss_mb: hwm.max(sampled),
             server_cpu_pct: cpu,
             machine_busy_pct: busy_pct(m0, machine_ticks()),

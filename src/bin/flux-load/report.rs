@@ -216,14 +216,15 @@ impl Report {
                     met: r.latency.p99_ms < 20.0 && r.latency.errors == 0,
                 });
             }
-            let flood_peak = self
-                .rows
-                .iter()
-                .filter(|r| {
+            let flood = || {
+                self.rows.iter().filter(|r| {
                     r.store == store && (r.scenario == "login" || r.scenario.starts_with("mixed"))
                 })
-                .map(|r| r.proc.peak_rss_mb)
-                .fold(0.0, f64::max);
+            };
+            let flood_peak = flood().map(|r| r.proc.peak_rss_mb).fold(0.0, f64::max);
+            // What the server held before the first login point: on the file store, the refresh
+            // tokens the refresh points left (kept for reuse detection), which the flood did not add.
+            let before_flood = flood().next().map_or(0.0, |r| r.proc.start_rss_mb);
             if let Some(s) = self.stores.iter().find(|s| s.store == store) {
                 targets.push(Target {
                     what: format!("idle RSS, {store} (after start; after the run)"),
@@ -235,7 +236,9 @@ impl Report {
                     targets.push(Target {
                         what: format!("peak RSS during the login flood, {store}"),
                         target: "< 120 MB".into(),
-                        measured: format!("{flood_peak:.1} MB"),
+                        measured: format!(
+                            "{flood_peak:.1} MB ({before_flood:.1} MB already when the first login point began)"
+                        ),
                         met: flood_peak < 120.0,
                     });
                 }
