@@ -222,8 +222,8 @@ impl Report {
                 })
             };
             let flood_peak = flood().map(|r| r.proc.peak_rss_mb).fold(0.0, f64::max);
-            // What the server held before the first login point: on the file store, the refresh
-            // tokens the refresh points left (kept for reuse detection), which the flood did not add.
+            // What the server already held when the first login point began: on the file store,
+            // mostly the tokens the refresh points rotated (kept for reuse detection).
             let before_flood = flood().next().map_or(0.0, |r| r.proc.start_rss_mb);
             if let Some(s) = self.stores.iter().find(|s| s.store == store) {
                 targets.push(Target {
