@@ -145,8 +145,8 @@ impl RevocationList for InProcessRevocations {
         if get("sid", &claims.sid).is_some() {
             return Ok(Some(Revoked::Session));
         }
-        if let Some(after_ms) = get("user", &claims.sub)
-            && claims.issued_at_ms() < after_ms
+        if let Some(revoked_at_ms) = get("user", &claims.sub)
+            && claims.predates(revoked_at_ms)
         {
             return Ok(Some(Revoked::AllSessions));
         }
@@ -416,7 +416,7 @@ fn revoked_from(
         Some(Revoked::Token)
     } else if sid.is_some() {
         Some(Revoked::Session)
-    } else if user.is_some_and(|after_ms| claims.issued_at_ms() < after_ms) {
+    } else if user.is_some_and(|revoked_at_ms| claims.predates(revoked_at_ms)) {
         Some(Revoked::AllSessions)
     } else {
         None
@@ -486,11 +486,19 @@ mod tests {
         list.apply(format!("jti:{}\n1\n{until}", claims.jti).as_bytes());
         assert_eq!(local_verdict(&list, &claims).await, Some(Revoked::Token));
 
-        // Logout-all: tokens issued before the time are revoked, later ones are not.
+        // Logout-all: tokens issued before the time, or in its millisecond, are revoked; later
+        // ones are not.
         let other = fresh_claims();
         let before = other.issued_at_ms() - 1;
         list.apply(format!("user:user-1\n{before}\n{until}").as_bytes());
         assert_eq!(local_verdict(&list, &other).await, None);
+        let same = other.issued_at_ms();
+        list.apply(format!("user:user-1\n{same}\n{until}").as_bytes());
+        assert_eq!(
+            local_verdict(&list, &other).await,
+            Some(Revoked::AllSessions),
+            "a token from the logout-all's own millisecond"
+        );
         let after = other.issued_at_ms() + 1;
         list.apply(format!("user:user-1\n{after}\n{until}").as_bytes());
         assert_eq!(

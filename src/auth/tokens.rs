@@ -40,8 +40,17 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
-    /// When the token was issued, to the millisecond: from its time-ordered `jti` (UUIDv7), so a
-    /// logout-all at 12:00:00.300 rejects a token from 12:00:00.100 but not one from .500.
+    /// Whether "every token issued until `revoked_at_ms`" (a logout-all, an admin's revocation
+    /// of a user's sessions) covers this token: a logout-all at 12:00:00.300 rejects a token from
+    /// 12:00:00.100 and one from .300, but not one from .500. A tie counts as covered: both times
+    /// are in milliseconds, and a token from the same millisecond may well have been issued
+    /// before the revocation (a refresh answered and a logout-all sent within one millisecond);
+    /// the cost is that a login within that same millisecond must sign in again.
+    pub fn predates(&self, revoked_at_ms: i64) -> bool {
+        self.issued_at_ms() <= revoked_at_ms
+    }
+
+    /// When the token was issued, to the millisecond: from its time-ordered `jti` (UUIDv7).
     pub fn issued_at_ms(&self) -> i64 {
         self.jti
             .get_timestamp()
