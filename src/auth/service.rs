@@ -561,22 +561,11 @@ impl AuthService {
         })
     }
 
-    /// Verifies a bearer token and loads its user. Presented-but-bad tokens are recorded.
-    pub async fn authenticate(
-        &self,
-        token: &str,
-        ctx: &RequestContext,
-    ) -> Result<Authenticated, AuthError> {
-        match self.authenticate_quietly(token).await {
-            Ok(auth) => Ok(auth),
-            Err(refused) => Err(self.refuse(refused, ctx).await),
-        }
-    }
-
-    /// Verifies a bearer token and loads its user, recording nothing: a refused token is
-    /// recorded by [`Self::refuse`], which the caller calls with the request's context. The
-    /// context (headers copied into strings) is built only for a refusal, not on every request.
-    pub async fn authenticate_quietly(&self, token: &str) -> Result<Authenticated, RefusedToken> {
+    /// Verifies a bearer token and loads its user, recording nothing: a refused token comes back
+    /// as a [`RefusedToken`], which the caller records with [`Self::refuse`] and the request's
+    /// context. So the context (headers copied into strings) is built only for a refusal, not on
+    /// every authenticated request.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, RefusedToken> {
         let claims = self.access.verify(token).map_err(|e| RefusedToken {
             error: AuthError::AccessToken(e),
             user_id: None,
@@ -843,7 +832,7 @@ impl AuthService {
         refresh_token: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
-        let auth = match self.authenticate_quietly(token).await {
+        let auth = match self.authenticate(token).await {
             Ok(auth) => auth,
             Err(RefusedToken {
                 error:

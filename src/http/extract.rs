@@ -284,7 +284,7 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
-        match state.auth.authenticate_quietly(&token).await {
+        match state.auth.authenticate(&token).await {
             Ok(auth) => Ok(Self(auth)),
             Err(refused) => {
                 let ctx = RequestContext::from_request_parts(parts, state).await?;
