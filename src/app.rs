@@ -130,6 +130,11 @@ impl Core {
             }
             None => Arc::new(InProcessRevocations::default()),
         };
+        if let (Some(users), Some(db)) = (store.user_cache(), store.database()) {
+            let stop = background.clone();
+            let timeout = Duration::from_millis(settings.database_connect_timeout_ms);
+            tokio::spawn(users.follow(db, timeout, Duration::from_secs(1), stop));
+        }
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
         let google =
             GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
@@ -176,6 +181,7 @@ impl Core {
             pools,
             redis_up: redis,
             revocations: auth.revocations.clone(),
+            user_cache: auth.store.user_cache(),
             started,
         });
         let state = AppState::new(SharedState {

@@ -86,6 +86,10 @@ pub struct Settings {
     pub database_max_connections: u32,
     pub database_connect_timeout_ms: u64,
     pub run_migrations: bool,
+    /// Users kept in memory by the Postgres store (0: none), each for at most `user_cache_ttl_secs`;
+    /// dropped as soon as Postgres announces a change to their row.
+    pub user_cache_users: u64,
+    pub user_cache_ttl_secs: u64,
     pub data_dir: PathBuf,
 
     pub security_log_database_url: Option<SecretString>,
@@ -169,6 +173,8 @@ impl Default for Settings {
             database_max_connections: 10,
             database_connect_timeout_ms: 3000,
             run_migrations: true,
+            user_cache_users: 10_000,
+            user_cache_ttl_secs: 300,
             data_dir: PathBuf::from("data"),
             security_log_database_url: None,
             security_log_dir: None,
@@ -249,6 +255,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("database_max_connections", Kind::Number),
     ("database_connect_timeout_ms", Kind::Number),
     ("run_migrations", Kind::Flag),
+    ("user_cache_users", Kind::Number),
+    ("user_cache_ttl_secs", Kind::Number),
     ("data_dir", Kind::Text),
     ("security_log_database_url", Kind::Secret),
     ("security_log_dir", Kind::Text),
@@ -519,6 +527,13 @@ impl Settings {
         }
         if self.lockout_base_secs == 0 || self.lockout_base_secs > self.lockout_max_secs {
             problems.push("LOCKOUT_BASE_SECS must be positive and at most LOCKOUT_MAX_SECS (defaults 30, 900).".into());
+        }
+        if self.user_cache_users > 1_000_000 || !(1..=86_400).contains(&self.user_cache_ttl_secs) {
+            problems.push(
+                "USER_CACHE_USERS must be at most 1000000 (0 turns the cache off; default 10000) and \
+                 USER_CACHE_TTL_SECS between 1 and 86400 (default 300)."
+                    .into(),
+            );
         }
         if !(10..=5000).contains(&self.redis_timeout_ms) {
             problems.push("REDIS_TIMEOUT_MS must be between 10 and 5000 (default 250).".into());

@@ -232,6 +232,7 @@ pub struct StateCollector {
     pub pools: Vec<(&'static str, Database)>,
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
     pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
+    pub user_cache: Option<Arc<crate::store::postgres::user_cache::UserCache>>,
     pub started: Instant,
 }
 
@@ -384,6 +385,39 @@ impl Collector for StateCollector {
                 "revocations_mirrored",
                 "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
                 f64::from(u8::from(self.revocations.mirrored())),
+            )?;
+        }
+        if let Some(cache) = &self.user_cache {
+            let stats = cache.stats();
+            gauge(
+                &mut e,
+                "user_cache_following",
+                "1 while Postgres's announcements of user changes are followed and users are served from memory (0: read from the database per request)",
+                f64::from(u8::from(stats.following)),
+            )?;
+            gauge(
+                &mut e,
+                "user_cache_entries",
+                "Users kept in memory",
+                stats.entries as f64,
+            )?;
+            counter(
+                &mut e,
+                "user_cache_hits",
+                "User lookups answered from memory",
+                stats.hits,
+            )?;
+            counter(
+                &mut e,
+                "user_cache_misses",
+                "User lookups read from the database while the cache was in use",
+                stats.misses,
+            )?;
+            counter(
+                &mut e,
+                "user_cache_changes",
+                "User changes announced by Postgres (every instance's, the CLI's, direct SQL)",
+                stats.changes,
             )?;
         }
         gauge(

@@ -250,6 +250,12 @@ pub trait Store: Send + Sync + 'static {
     fn database(&self) -> Option<postgres::Database> {
         None
     }
+    /// The in-memory copy of recently read users, if this backend keeps one apart from its data
+    /// (Postgres; the file store holds every user in memory anyway). Its change feed is started
+    /// by the service ([`postgres::user_cache::UserCache::follow`]).
+    fn user_cache(&self) -> Option<Arc<postgres::user_cache::UserCache>> {
+        None
+    }
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -84,6 +84,9 @@ macro_rules! begin_retrying {
 }
 
 mod identities;
+pub mod user_cache;
+
+use user_cache::UserCache;
 
 /// When the pool tests a connection (a ping, one round trip) before handing it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +404,9 @@ pub fn map_err(e: sqlx::Error) -> StoreError {
 
 pub struct PgStore {
     db: Database,
+    /// Users read recently, while Postgres's announcements of their changes are followed; `None`
+    /// when `USER_CACHE_USERS=0`, and for the CLI, which serves no requests.
+    users: Option<Arc<UserCache>>,
 }
 
 impl PgStore {
@@ -423,11 +429,25 @@ impl PgStore {
         } else {
             db.assume_migrated();
         }
-        Ok(Self { db })
+        let users = (settings.user_cache_users > 0).then(|| {
+            Arc::new(UserCache::new(
+                settings.user_cache_users,
+                Duration::from_secs(settings.user_cache_ttl_secs),
+            ))
+        });
+        Ok(Self { db, users })
     }
 
     pub fn from_database(db: Database) -> Self {
-        Self { db }
+        Self { db, users: None }
+    }
+
+    /// Drops this instance's copy of a user it just changed, so its next request reads the change
+    /// without waiting for Postgres's announcement (which every instance, this one too, then hears).
+    fn changed_here(&self, user_id: &str) {
+        if let Some(users) = &self.users {
+            users.forget(user_id);
+        }
     }
 
     /// A connection for one operation (timed, see [`Database::acquire`]); `Unavailable` until
@@ -982,6 +1002,10 @@ impl Store for PgStore {
         Some(self.db.clone())
     }
 
+    fn user_cache(&self) -> Option<Arc<UserCache>> {
+        self.users.clone()
+    }
+
     async fn delete_ended_sessions(
         &self,
         now: DateTime<Utc>,
@@ -1045,6 +1069,10 @@ impl Store for PgStore {
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        if let Some(user) = self.users.as_ref().and_then(|users| users.get(id)) {
+            return Ok(Some(user));
+        }
+        let ticket = self.users.as_ref().and_then(|users| users.ticket());
         let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
@@ -1052,7 +1080,11 @@ impl Store for PgStore {
         ))
         .bind(id)
         .fetch_optional(&mut *conn))?;
-        Ok(row.map(UserRecord::from))
+        let user = row.map(UserRecord::from);
+        if let (Some(users), Some(ticket), Some(user)) = (&self.users, ticket, &user) {
+            users.keep(ticket, user);
+        }
+        Ok(user)
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
@@ -1064,6 +1096,7 @@ impl Store for PgStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
         if done.rows_affected() == 0 {
             Err(StoreError::NotFound)
         } else {
@@ -1079,6 +1112,7 @@ impl Store for PgStore {
             .execute(&mut *conn)
             .await
             .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
         Ok(())
     }
 
@@ -1093,7 +1127,9 @@ impl Store for PgStore {
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| self.fail(e))?;
-        row.map(UserRecord::from).ok_or(StoreError::NotFound)
+        let user = row.map(UserRecord::from).ok_or(StoreError::NotFound)?;
+        self.changed_here(&user.id);
+        Ok(user)
     }
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {

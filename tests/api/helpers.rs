@@ -623,14 +623,8 @@ impl TestApp {
     /// Deletes a user from the store behind the service's back (an operator removing an account).
     pub async fn delete_user(self, id: &str) -> TestApp {
         if self.backend == Backend::Postgres {
-            let pool = self.db.as_ref().unwrap().pool().await;
-            let done = sqlx::query("DELETE FROM users WHERE id = $1")
-                .bind(id)
-                .execute(&pool)
-                .await
-                .unwrap();
-            assert_eq!(done.rows_affected(), 1);
-            pool.close().await;
+            let done = change_users_by_sql(&self, "DELETE FROM users WHERE id = $1", id).await;
+            assert_eq!(done, 1);
             return self;
         }
         self.edit_data_file("users.json", |file| {
@@ -782,13 +776,9 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 
 /// Grants admin as an operator would: the CLI on the file store, SQL on Postgres.
 pub async fn make_admin(app: &TestApp, email: &str) {
-    if let (Backend::Postgres, Some(db)) = (app.backend, &app.db) {
-        let pool = db.pool().await;
-        sqlx::query("UPDATE users SET user_type = 'admin' WHERE email = $1")
-            .bind(email)
-            .execute(&pool)
-            .await
-            .unwrap();
+    if app.backend == Backend::Postgres {
+        let sql = "UPDATE users SET user_type = 'admin' WHERE email = $1";
+        change_users_by_sql(app, sql, email).await;
         return;
     }
     let data_dir = app.data_dir();
@@ -813,6 +803,47 @@ pub async fn make_admin(app: &TestApp, email: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Runs `sql` (one `$1`, bound to `value`) on the app's database behind its back, as an operator
+/// would, and returns the rows it touched. When the app keeps users in memory, first waits until
+/// it follows Postgres's announcements of user changes, and after the change until it has heard
+/// the announcement: as for any client, the change shows from then on.
+pub async fn change_users_by_sql(app: &TestApp, sql: &str, value: &str) -> u64 {
+    const CHANGES: &str = "flux_auth_user_cache_changes_total";
+    let cached = metric(app, "flux_auth_user_cache_following")
+        .await
+        .is_some();
+    if cached {
+        user_cache_following(app, 1.0).await;
+    }
+    let before = metric(app, CHANGES).await;
+    let pool = app.db.as_ref().expect("a Postgres app").pool().await;
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(value)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    if cached && done.rows_affected() > 0 {
+        eventually("the app to hear of the change", MIRROR_PATIENCE, || async {
+            (metric(app, CHANGES).await > before).then_some(())
+        })
+        .await;
+    }
+    done.rows_affected()
+}
+
+/// Waits until `flux_auth_user_cache_following` is `expected` (1: users served from memory).
+pub async fn user_cache_following(app: &TestApp, expected: f64) {
+    eventually("the user cache's feed state", MIRROR_PATIENCE, || async {
+        (metric(app, "flux_auth_user_cache_following").await == Some(expected)).then_some(())
+    })
+    .await;
+}
+
+/// How long a test waits for something carried by pub/sub or `LISTEN`: generous for a loaded CI
+/// machine; the real figure is one delivery, or a second's heartbeat.
+pub const MIRROR_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Polls `probe` until it yields a value; fails the test after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T

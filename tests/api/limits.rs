@@ -411,10 +411,6 @@ async fn gone_from(app: &TestApp, token: &str) {
     assert_error(status, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
 }
 
-/// How long an instance may take to subscribe to the revocation channel or hear of a revocation;
-/// generous for a loaded CI machine, the real figure is a pub/sub delivery.
-const MIRROR_PATIENCE: Duration = Duration::from_secs(10);
-
 async fn mirrored(app: &TestApp, expected: f64) {
     eventually("the revocation mirror's state", MIRROR_PATIENCE, || async {
         (metric(app, "flux_auth_revocations_mirrored").await == Some(expected)).then_some(())

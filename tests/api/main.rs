@@ -21,3 +21,4 @@ mod sessions;
 mod signup;
 mod stores;
 mod tokens;
+mod user_cache;

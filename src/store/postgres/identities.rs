@@ -184,6 +184,9 @@ impl PgStore {
             .map_err(|e| identity_conflict(self.fail(e)))?;
         }
         tx.commit().await.map_err(|e| self.fail(e))?;
+        if identity.is_google() {
+            self.changed_here(&identity.user_id);
+        }
         Ok(())
     }
 
