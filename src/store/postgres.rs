@@ -829,6 +829,23 @@ async fn rotation_state(
 }
 
 impl PgStore {
+    /// [`Store::user_by_id`] from the database, kept in the cache if nothing changed meanwhile.
+    async fn read_user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let ticket = self.users.as_ref().and_then(|users| users.ticket());
+        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *conn))?;
+        let user = row.map(UserRecord::from);
+        if let (Some(users), Some(ticket), Some(user)) = (&self.users, ticket, &user) {
+            users.keep(ticket, user);
+        }
+        Ok(user)
+    }
+
     async fn rotate(&self, request: &RotateRequest) -> StoreResult<Rotation> {
         // The first read is retried on another connection after a connection-level failure; the
         // writes are not (they may have been applied), nor what follows them.
@@ -1072,19 +1089,9 @@ impl Store for PgStore {
         if let Some(user) = self.users.as_ref().and_then(|users| users.get(id)) {
             return Ok(Some(user));
         }
-        let ticket = self.users.as_ref().and_then(|users| users.ticket());
-        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *conn))?;
-        let user = row.map(UserRecord::from);
-        if let (Some(users), Some(ticket), Some(user)) = (&self.users, ticket, &user) {
-            users.keep(ticket, user);
-        }
-        Ok(user)
+        // Boxed on its own: the read's state (sqlx's futures) is large, and a hit should not pay
+        // for moving it into this method's box on every call.
+        Box::pin(self.read_user_by_id(id)).await
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
