@@ -2,10 +2,10 @@
 //! HS256 bearer token and answers a small JSON (what HTTP + JWT alone cost), and the argon2id hash
 //! time for the service's parameters (what a login must cost).
 //!
-//! The baseline server also answers the same handler plus one Postgres SELECT of the user by id,
-//! the round trip /me on the Postgres store cannot avoid: the floor that shows what share of the
-//! bare ceiling a /me with that I/O can reach on this machine, whatever the service does around
-//! it. And the handler plus one Redis MGET of three keys: what checking revocations in Redis on
+//! The baseline server also answers the same handler plus one Postgres SELECT of the user by id:
+//! the round trip a /me on the Postgres store makes when its user is not in the service's memory
+//! (a cache miss; every request until session 9), so what share of the bare ceiling a /me with
+//! that I/O could reach on this machine, whatever the service does around it. And the handler plus one Redis MGET of three keys: what checking revocations in Redis on
 //! every request would cost (flux-auth checks an in-memory copy kept current from Redis).
 
 use std::time::{Duration, Instant};

@@ -476,6 +476,19 @@ impl Harness {
                 "flux-load: warning: [{name}] the server does not report revocations_mirrored 1; its /me asks Redis per request"
             );
         }
+        if database_url.is_some()
+            && !metric_reaches(
+                server.addr,
+                "flux_auth_user_cache_following",
+                1.0,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            eprintln!(
+                "flux-load: warning: [{name}] the server does not report user_cache_following 1; its /me reads every user from Postgres"
+            );
+        }
         let sub = fixture
             .sessions
             .first()
