@@ -121,7 +121,7 @@ pub struct AuthSuccess {
 /// The caller of an authenticated request.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
-    pub claims: AccessClaims,
+    pub claims: std::sync::Arc<AccessClaims>,
     pub user: UserRecord,
 }
 
