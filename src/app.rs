@@ -133,7 +133,7 @@ impl Core {
         if let (Some(users), Some(db)) = (store.user_cache(), store.database()) {
             let stop = background.clone();
             let timeout = Duration::from_millis(settings.database_connect_timeout_ms);
-            tokio::spawn(users.follow(db, timeout, Duration::from_secs(1), stop));
+            tokio::spawn(users.follow(db, timeout, stop));
         }
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
         let google =

@@ -174,7 +174,7 @@ impl Default for Settings {
             database_connect_timeout_ms: 3000,
             run_migrations: true,
             user_cache_users: 10_000,
-            user_cache_ttl_secs: 300,
+            user_cache_ttl_secs: 60,
             data_dir: PathBuf::from("data"),
             security_log_database_url: None,
             security_log_dir: None,
@@ -531,7 +531,7 @@ impl Settings {
         if self.user_cache_users > 1_000_000 || !(1..=86_400).contains(&self.user_cache_ttl_secs) {
             problems.push(
                 "USER_CACHE_USERS must be at most 1000000 (0 turns the cache off; default 10000) and \
-                 USER_CACHE_TTL_SECS between 1 and 86400 (default 300)."
+                 USER_CACHE_TTL_SECS between 1 and 86400 (default 60)."
                     .into(),
             );
         }

@@ -419,6 +419,18 @@ impl Collector for StateCollector {
                 "User changes announced by Postgres (every instance's, the CLI's, direct SQL)",
                 stats.changes,
             )?;
+            counter(
+                &mut e,
+                "user_cache_heartbeats_sent",
+                "Heartbeats sent on the user change feed (one a second), numbered from 1",
+                stats.heartbeats_sent,
+            )?;
+            gauge(
+                &mut e,
+                "user_cache_heartbeat_heard",
+                "The number of the last heartbeat that came back: every user change committed before it was sent has been heard",
+                stats.heartbeat_heard as f64,
+            )?;
         }
         gauge(
             &mut e,

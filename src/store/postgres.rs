@@ -405,7 +405,8 @@ pub fn map_err(e: sqlx::Error) -> StoreError {
 pub struct PgStore {
     db: Database,
     /// Users read recently, while Postgres's announcements of their changes are followed; `None`
-    /// when `USER_CACHE_USERS=0`, and for the CLI, which serves no requests.
+    /// when `USER_CACHE_USERS=0`, and for the CLI commands that open the store alone
+    /// (`from_database`), which serve no requests.
     users: Option<Arc<UserCache>>,
 }
 

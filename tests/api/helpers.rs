@@ -807,16 +807,15 @@ pub async fn make_admin(app: &TestApp, email: &str) {
 /// Runs `sql` (one `$1`, bound to `value`) on the app's database behind its back, as an operator
 /// would, and returns the rows it touched. When the app keeps users in memory, first waits until
 /// it follows Postgres's announcements of user changes, and after the change until it has heard
-/// the announcement: as for any client, the change shows from then on.
+/// everything committed before it: Postgres delivers notifications in commit order, so once a
+/// heartbeat the app sent after the change has come back, so has the change's announcement.
 pub async fn change_users_by_sql(app: &TestApp, sql: &str, value: &str) -> u64 {
-    const CHANGES: &str = "flux_auth_user_cache_changes_total";
     let cached = metric(app, "flux_auth_user_cache_following")
         .await
         .is_some();
     if cached {
         user_cache_following(app, 1.0).await;
     }
-    let before = metric(app, CHANGES).await;
     let pool = app.db.as_ref().expect("a Postgres app").pool().await;
     let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
         .bind(value)
@@ -824,13 +823,27 @@ pub async fn change_users_by_sql(app: &TestApp, sql: &str, value: &str) -> u64 {
         .await
         .unwrap();
     pool.close().await;
-    if cached && done.rows_affected() > 0 {
-        eventually("the app to hear of the change", MIRROR_PATIENCE, || async {
-            (metric(app, CHANGES).await > before).then_some(())
-        })
-        .await;
+    if cached {
+        user_cache_caught_up(app).await;
     }
     done.rows_affected()
+}
+
+/// Waits until the app has heard every user change committed before this call (see
+/// [`change_users_by_sql`]).
+pub async fn user_cache_caught_up(app: &TestApp) {
+    let sent = metric(app, "flux_auth_user_cache_heartbeats_sent_total")
+        .await
+        .expect("the app keeps users in memory");
+    eventually(
+        "a heartbeat sent after the change to come back",
+        MIRROR_PATIENCE,
+        || async {
+            (metric(app, "flux_auth_user_cache_heartbeat_heard").await >= Some(sent + 1.0))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Waits until `flux_auth_user_cache_following` is `expected` (1: users served from memory).

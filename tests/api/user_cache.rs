@@ -164,6 +164,83 @@ async fn what_was_kept_before_the_feed_broke_is_not_served_after_it_is_back() {
     assert_eq!(me_json(&app, token).await["name"], "Changed During The Cut");
 }
 
+/// A link to Postgres that stalls rather than breaks (a partition, a frozen primary) closes no
+/// connection, and delivers no announcement: kept users must stop being served by themselves,
+/// once the last heartbeat to come back is too old, and not only when the TTL runs out.
+#[tokio::test]
+async fn a_stalled_link_stops_kept_users_from_being_served() {
+    if !postgres_available().await {
+        return;
+    }
+    let forwarder = Forwarder::start(postgres_addr().await).await;
+    let addr = forwarder.addr();
+    let app = TestApp::builder(Backend::Postgres)
+        .settings(move |s| {
+            let url = s.database_url.as_ref().unwrap().expose_secret().to_owned();
+            s.database_url = Some(SecretString::from(via(&url, addr)));
+        })
+        .spawn()
+        .await;
+    user_cache_following(&app, 1.0).await;
+    let signed_up = app.signed_up(&unique_email()).await;
+    let token = signed_up["accessToken"].as_str().unwrap();
+    let id = signed_up["user"]["id"].as_str().unwrap();
+    // Kept: once the signup's own announcements are heard, a second /me is answered from memory.
+    user_cache_caught_up(&app).await;
+    me_json(&app, token).await;
+    let hits = metric(&app, HITS).await.unwrap();
+    me_json(&app, token).await;
+    assert_eq!(metric(&app, HITS).await.unwrap(), hits + 1.0);
+
+    // Every chunk, both ways, now waits longer than this test waits for anything: the change's
+    // announcement, the heartbeats and the reads are all stuck.
+    forwarder.slow(Duration::from_secs(30));
+    let pool = app.db.as_ref().unwrap().pool().await;
+    sqlx::query("UPDATE users SET name = 'Changed During The Stall' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    // Answered from memory with the old name until the last heartbeat is too old; then /me
+    // waits for the stalled database instead (cut short here by the client).
+    eventually(
+        "kept users to stop being served",
+        MIRROR_PATIENCE,
+        || async {
+            let answer = app
+                .client
+                .get(app.url("/api/auth/me"))
+                .bearer_auth(token)
+                .timeout(Duration::from_millis(1500))
+                .send()
+                .await;
+            match answer {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    let me: Value = response.json().await.unwrap();
+                    assert_eq!(
+                        me["name"], "Test User",
+                        "the stalled link delivered the change"
+                    );
+                    None
+                }
+                _ => Some(()),
+            }
+        },
+    )
+    .await;
+    forwarder.slow(Duration::ZERO);
+    eventually("the change to show", Duration::from_secs(45), || async {
+        let response = app.me(token).await;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let me: Value = response.json().await.unwrap();
+        (me["name"] == "Changed During The Stall").then_some(())
+    })
+    .await;
+}
+
 /// Without the triggers that announce changes (migration 005 not applied where
 /// `RUN_MIGRATIONS=false`, or disabled by hand), nothing would ever be heard: the cache is not used.
 #[tokio::test]

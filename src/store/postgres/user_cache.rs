@@ -1,22 +1,29 @@
 //! Recently read users, kept in memory so that an authenticated request (`/me`, every bearer
-//! route) does not cost a Postgres round trip — and dropped the moment their row changes.
+//! route) does not cost a Postgres round trip — and dropped as soon as their row changes.
 //!
-//! Postgres itself announces every change: migration 005 puts a trigger on `users` that notifies
-//! the channel [`CHANNEL`] with the user's id on each UPDATE and DELETE (`*` on TRUNCATE), whoever
-//! makes it — this instance, another one, the CLI, an operator's SQL. [`UserCache::follow`] holds a
-//! `LISTEN` on that channel and drops each announced user. Entries are served only while that
-//! feed is known to work:
-//! - it is proven every second by a heartbeat (an empty notification sent through the store's
-//!   pool, which must come back through the `LISTEN` connection), so a connection that died
-//!   without a word is noticed within [`HEARTBEAT_MISSES`] seconds;
-//! - while it is down every read goes to Postgres, and what was kept is dropped, since the
-//!   changes made meanwhile were not heard;
-//! - it is not started at all unless the triggers are there and enabled (`RUN_MIGRATIONS=false`
-//!   with migration 005 not applied yet), checked with every heartbeat.
+//! Postgres announces the changes: migration 005 puts triggers on `users` that notify the channel
+//! [`CHANNEL`] with the user's id on each UPDATE and DELETE (`*` on TRUNCATE, and for an id too
+//! long for a notification), whoever makes it — this instance, another one, the CLI, an
+//! operator's SQL. [`UserCache::follow`] holds a `LISTEN` on it and drops each announced user.
+//! Kept users are served only while the feed is known to be current:
+//! - Every second the instance sends a heartbeat of its own (numbered, on [`HEARTBEAT_CHANNEL`])
+//!   from a second connection. Postgres delivers notifications in commit order, so when one comes
+//!   back every change committed before it was sent has been heard. Kept users are served only
+//!   while the last heartbeat to come back was sent less than [`PATIENCE`] ago: a link that stalls
+//!   (a partition, a frozen primary) stops the serving by itself, on the request path.
+//! - A lost `LISTEN` connection stops the following at once and drops everything kept, since
+//!   what was announced meanwhile is lost; it is made again with a backoff.
+//! - Nothing is served unless both triggers are there and enabled (checked with every
+//!   heartbeat): `RUN_MIGRATIONS=false` before migration 005 is applied, or a trigger disabled.
+//!
+//! What Postgres does not announce cannot be heard: a session with
+//! `session_replication_role = replica` (a `pg_restore --disable-triggers`, logical replication
+//! into this database) fires no trigger, nor does a change made while a trigger is disabled
+//! between two heartbeats. Such a change shows when the entry expires (`USER_CACHE_TTL_SECS`).
 //!
 //! A read that raced a change cannot leave the old row behind: each change (and each reset) bumps
-//! a generation, and a row read before the bump is not kept ([`Ticket`]). An entry also expires
-//! after `USER_CACHE_TTL_SECS` whatever happens, and at most `USER_CACHE_USERS` are kept.
+//! a generation, and a row read before the bump is not kept ([`Ticket`]). At most
+//! `USER_CACHE_USERS` are kept.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,17 +37,30 @@ use crate::domain::UserRecord;
 
 /// The channel migration 005's triggers notify.
 pub const CHANNEL: &str = "flux_auth_users";
-/// The payload a TRUNCATE sends: every user changed.
+/// Each instance's heartbeats: `<instance nonce>:<number>:<ms since the instance's origin>`.
+pub const HEARTBEAT_CHANNEL: &str = "flux_auth_users_heartbeat";
+/// The payload that means every user changed.
 const EVERYONE: &str = "*";
-/// Heartbeats sent without one coming back before the feed counts as broken.
-const HEARTBEAT_MISSES: u32 = 3;
+/// How often a heartbeat is sent (and the longest a heartbeat query may take).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How old the last heartbeat to come back may be while kept users are served.
+pub const PATIENCE: Duration = Duration::from_secs(3);
 
 pub struct UserCache {
     entries: moka::sync::Cache<String, UserRecord>,
     /// Bumped by every change heard and every reset: a row read before the bump may be old.
     generation: AtomicU64,
-    /// True while the change feed is known to work; only then are entries served or kept.
+    /// True while a `LISTEN` has been current since everything kept was read.
     following: AtomicBool,
+    /// Milliseconds since `origin` until which kept users may be served: when the last of this
+    /// instance's heartbeats to come back was sent, plus [`PATIENCE`].
+    fresh_until: AtomicU64,
+    origin: Instant,
+    /// Tells this instance's heartbeats from the others'.
+    nonce: u64,
+    heartbeats_sent: AtomicU64,
+    /// The number of the last of this instance's heartbeats to come back.
+    heartbeat_heard: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     changes: AtomicU64,
@@ -56,6 +76,8 @@ pub struct UserCacheStats {
     pub hits: u64,
     pub misses: u64,
     pub changes: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeat_heard: u64,
 }
 
 impl UserCache {
@@ -67,15 +89,30 @@ impl UserCache {
                 .build(),
             generation: AtomicU64::new(0),
             following: AtomicBool::new(false),
+            fresh_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            nonce: rand::random(),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeat_heard: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             changes: AtomicU64::new(0),
         }
     }
 
-    /// The kept copy of a user, while the change feed works.
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Whether kept users may be served now (and new ones kept).
+    fn current(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+            && self.now_ms() <= self.fresh_until.load(Ordering::SeqCst)
+    }
+
+    /// The kept copy of a user, while the change feed is current.
     pub fn get(&self, id: &str) -> Option<UserRecord> {
-        if !self.following.load(Ordering::SeqCst) {
+        if !self.current() {
             return None;
         }
         let found = self.entries.get(id);
@@ -88,10 +125,9 @@ impl UserCache {
         found
     }
 
-    /// Taken before reading a user; `None` while the feed is down (nothing will be kept).
+    /// Taken before reading a user; `None` while the feed is not current (nothing will be kept).
     pub fn ticket(&self) -> Option<Ticket> {
-        self.following
-            .load(Ordering::SeqCst)
+        self.current()
             .then(|| Ticket(self.generation.load(Ordering::SeqCst)))
     }
 
@@ -124,6 +160,35 @@ impl UserCache {
         }
     }
 
+    /// A heartbeat came back; this instance's own make the feed current up to their sending.
+    fn heard(&self, payload: &str) {
+        let mut parts = payload.split(':');
+        let (Some(nonce), Some(number), Some(sent_ms), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(nonce), Ok(number), Ok(sent_ms)) = (
+            u64::from_str_radix(nonce, 16),
+            number.parse::<u64>(),
+            sent_ms.parse::<u64>(),
+        ) else {
+            return;
+        };
+        if nonce != self.nonce {
+            return;
+        }
+        self.heartbeat_heard.fetch_max(number, Ordering::SeqCst);
+        self.fresh_until
+            .fetch_max(sent_ms + PATIENCE.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next heartbeat's payload.
+    fn next_heartbeat(&self) -> String {
+        let number = self.heartbeats_sent.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("{:x}:{number}:{}", self.nonce, self.now_ms())
+    }
+
     /// Forgets everything, and every read in flight.
     fn reset(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -138,49 +203,62 @@ impl UserCache {
     /// Returns whether it had been following.
     fn stop_following(&self) -> bool {
         let was = self.following.swap(false, Ordering::SeqCst);
+        // Only a heartbeat that comes back on the next `LISTEN` makes that one current.
+        self.fresh_until.store(0, Ordering::SeqCst);
         self.reset();
         was
     }
 
     pub fn stats(&self) -> UserCacheStats {
         UserCacheStats {
-            following: self.following.load(Ordering::Relaxed),
+            following: self.current(),
             entries: self.entries.entry_count(),
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             changes: self.changes.load(Ordering::Relaxed),
+            heartbeats_sent: self.heartbeats_sent.load(Ordering::SeqCst),
+            heartbeat_heard: self.heartbeat_heard.load(Ordering::SeqCst),
         }
     }
 
-    /// Follows the change feed until `stop`, reconnecting with a backoff (200 ms doubling to
-    /// 5 s) whenever it breaks. `connect_timeout` bounds the `LISTEN` connection's connect.
+    /// Follows the change feed until `stop`, making it again with a backoff (200 ms doubling to
+    /// 5 s) whenever it breaks. `connect_timeout` bounds each connect.
     pub async fn follow(
         self: Arc<Self>,
         db: Database,
         connect_timeout: Duration,
-        every: Duration,
         stop: CancellationToken,
     ) {
-        // Its own one-connection pool: the `LISTEN` holds its connection for good, which must not
-        // come out of the store's.
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
+        // A pool of its own, for the `LISTEN` (held for good) and the heartbeats: neither may
+        // wait for, nor take, a connection of the store's, least of all when it is busiest.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
             .acquire_timeout(connect_timeout)
             .connect_lazy_with((*db.pool.connect_options()).clone());
         let mut wait = Duration::from_millis(200);
+        let mut told_of_triggers = false;
         loop {
-            let outcome = self.follow_once(&db, &listen_pool, every, &stop).await;
+            let outcome = self.follow_once(&db, &pool, &stop).await;
             let was_following = self.stop_following();
             match outcome {
                 Ok(()) => break,
-                Err(e) if was_following => {
+                Err(Broken::Triggers) if !told_of_triggers => {
+                    told_of_triggers = true;
+                    tracing::warn!(
+                        "the triggers that announce user changes (migration 005) are missing or disabled: users are read from the database on every request; run `flux-auth migrate` or enable them"
+                    );
+                }
+                Err(Broken::Triggers) => {}
+                Err(Broken::Feed(e)) if was_following => {
                     wait = Duration::from_millis(200);
                     tracing::warn!(
                         error = %e,
                         "user change feed from Postgres lost: users are read from the database on every request until it is back"
                     );
                 }
-                Err(e) => tracing::debug!(error = %e, "user change feed not established"),
+                Err(Broken::Feed(e)) => {
+                    tracing::debug!(error = %e, "user change feed not established");
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -188,90 +266,118 @@ impl UserCache {
             }
             wait = (wait * 2).min(Duration::from_secs(5));
         }
-        listen_pool.close().await;
     }
 
     /// One `LISTEN`, from its start until it breaks (`Err`) or `stop` (`Ok`).
     async fn follow_once(
         self: &Arc<Self>,
         db: &Database,
-        listen_pool: &sqlx::PgPool,
-        every: Duration,
+        pool: &sqlx::PgPool,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Broken> {
         if !db.is_ready() {
-            anyhow::bail!("the database is not migrated yet");
+            return Err(Broken::Feed(anyhow::anyhow!(
+                "the database is not migrated yet"
+            )));
         }
-        let mut listener = PgListener::connect_with(listen_pool).await?;
-        listener.listen(CHANNEL).await?;
-        let origin = Instant::now();
-        // Milliseconds since `origin` when a heartbeat last came back.
-        let heard = Arc::new(AtomicU64::new(0));
+        let feed = |e: sqlx::Error| Broken::Feed(e.into());
+        let mut listener = PgListener::connect_with(pool).await.map_err(feed)?;
+        // A lost connection ends this `LISTEN` (below) rather than being made again quietly:
+        // what was announced while it was down is lost, and only a new start accounts for that.
+        listener.eager_reconnect(false);
+        listener
+            .listen_all([CHANNEL, HEARTBEAT_CHANNEL])
+            .await
+            .map_err(feed)?;
         let reader = {
-            let (cache, heard) = (self.clone(), heard.clone());
+            let cache = self.clone();
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     match listener.try_recv().await {
-                        Ok(Some(note)) if note.payload().is_empty() => {
-                            heard.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        Ok(Some(note)) if note.channel() == HEARTBEAT_CHANNEL => {
+                            cache.heard(note.payload());
                         }
                         Ok(Some(note)) => cache.changed(note.payload()),
-                        // The connection was lost and made again (sqlx re-listens): whatever was
-                        // announced in between is lost, so everything kept goes.
-                        Ok(None) => cache.reset(),
-                        Err(e) => return e,
+                        Ok(None) | Err(_) => {
+                            cache.stop_following();
+                            return;
+                        }
                     }
                 }
             }))
         };
-        let mut ticks = tokio::time::interval(every);
+        let mut ticks = tokio::time::interval(HEARTBEAT_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let patience = (every * HEARTBEAT_MISSES).as_millis() as u64;
+        let started = self.now_ms();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 _ = ticks.tick() => {}
             }
             if reader.0.is_finished() {
-                anyhow::bail!("the LISTEN connection failed");
+                return Err(Broken::Feed(anyhow::anyhow!(
+                    "the LISTEN connection was lost"
+                )));
             }
-            heartbeat(db).await?;
-            let now = origin.elapsed().as_millis() as u64;
-            let last = heard.load(Ordering::Relaxed);
-            if last > 0 && !self.following.load(Ordering::SeqCst) {
-                // The first heartbeat came back: the feed works, from now on.
+            match tokio::time::timeout(HEARTBEAT_EVERY, heartbeat(pool, &self.next_heartbeat()))
+                .await
+            {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(Broken::Feed(anyhow::anyhow!(
+                        "a heartbeat took more than {HEARTBEAT_EVERY:?}"
+                    )));
+                }
+            }
+            let now = self.now_ms();
+            let fresh = now <= self.fresh_until.load(Ordering::SeqCst);
+            if fresh && !self.following.load(Ordering::SeqCst) {
+                // A heartbeat sent on this `LISTEN` came back: it is current from now on.
                 self.start_following();
                 tracing::info!(
                     "following user changes from Postgres: authenticated requests read users from memory"
                 );
-            } else if now.saturating_sub(last) > patience {
-                anyhow::bail!(
-                    "no heartbeat came back through the LISTEN connection in {patience} ms"
-                );
+            } else if !fresh && now.saturating_sub(started) > PATIENCE.as_millis() as u64 {
+                return Err(Broken::Feed(anyhow::anyhow!(
+                    "no heartbeat came back through the LISTEN connection within {PATIENCE:?}"
+                )));
             }
         }
     }
 }
 
-/// Sends a heartbeat through the store's pool, and checks that the triggers that announce user
-/// changes are there and enabled (without them no change would ever be heard).
-async fn heartbeat(db: &Database) -> anyhow::Result<()> {
-    let mut conn = db.acquire().await?;
+/// Why a `LISTEN` ended.
+enum Broken {
+    /// The triggers are missing or disabled.
+    Triggers,
+    /// The connection, a query, or the heartbeats.
+    Feed(anyhow::Error),
+}
+
+impl From<sqlx::Error> for Broken {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Feed(e.into())
+    }
+}
+
+/// Sends a heartbeat, and checks that the triggers that announce user changes are there and
+/// enabled (`O`rigin and `A`lways fire in ordinary sessions; `D`isabled and `R`eplica-only do
+/// not). Without them no change would be heard.
+async fn heartbeat(pool: &sqlx::PgPool, payload: &str) -> Result<(), Broken> {
     let triggers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger, pg_notify($1, '') \
-         WHERE tgrelid = 'users'::regclass AND tgenabled <> 'D' \
+        "SELECT count(*) FROM pg_trigger, pg_notify($1, $2) \
+         WHERE tgrelid = 'users'::regclass AND tgenabled IN ('O', 'A') \
          AND tgname IN ('users_changed_notify', 'users_truncated_notify')",
     )
-    .bind(CHANNEL)
-    .fetch_one(&mut *conn)
-    .await
-    .inspect_err(|e| db.note_failure(e))?;
-    if triggers != 2 {
-        anyhow::bail!(
-            "the triggers of migration 005 on `users` are missing or disabled: run `flux-auth migrate`"
-        );
+    .bind(HEARTBEAT_CHANNEL)
+    .bind(payload)
+    .fetch_one(pool)
+    .await?;
+    if triggers == 2 {
+        Ok(())
+    } else {
+        Err(Broken::Triggers)
     }
-    Ok(())
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -306,7 +412,38 @@ mod tests {
     fn following() -> UserCache {
         let cache = UserCache::new(100, Duration::from_secs(60));
         cache.start_following();
+        cache.heard(&cache.next_heartbeat());
         cache
+    }
+
+    /// Kept users are served only while this instance's last heartbeat to come back was sent
+    /// less than PATIENCE ago; another instance's heartbeats do not count.
+    #[test]
+    fn kept_users_are_served_only_while_a_recent_heartbeat_of_its_own_came_back() {
+        let mut cache = UserCache::new(100, Duration::from_secs(60));
+        cache.origin = Instant::now() - Duration::from_secs(10);
+        cache.start_following();
+        let user = user("u1", "Ada");
+        assert!(cache.ticket().is_none(), "no heartbeat back yet");
+        cache.heard(&format!("{:x}:1:{}", cache.nonce ^ 1, cache.now_ms()));
+        assert!(cache.ticket().is_none(), "another instance's heartbeat");
+        // Sent 10 s ago and only heard now: the link stalled, nothing announced since then is known.
+        cache.heard(&format!("{:x}:1:0", cache.nonce));
+        assert!(cache.ticket().is_none(), "a heartbeat sent too long ago");
+        assert_eq!(cache.stats().heartbeat_heard, 1);
+        cache.heard(&cache.next_heartbeat());
+        cache.keep(cache.ticket().unwrap(), &user);
+        assert_eq!(cache.get("u1").unwrap().name, "Ada");
+        for junk in ["", "x", "1:2", "zz:1:2", "1:2:3:4"] {
+            cache.heard(junk);
+        }
+        assert_eq!(cache.get("u1").unwrap().name, "Ada");
+        // Time passes without another heartbeat coming back.
+        cache
+            .fresh_until
+            .store(cache.now_ms() - 1, Ordering::SeqCst);
+        assert!(cache.get("u1").is_none());
+        assert!(!cache.stats().following);
     }
 
     #[test]
