@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use chrono::Utc;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use flux_auth::auth::refresh::{RefreshTokens, hash_token};
 use flux_auth::auth::tokens::AccessTokens;
 use flux_auth::domain::{ClientInfo, DeviceFingerprint, UserRecord, UserType};
@@ -60,6 +60,16 @@ fn tokens(c: &mut Criterion) {
     group.bench_function("issue", |b| {
         b.iter(|| access.issue(black_box(&user), session, Utc::now()).unwrap())
     });
+    // A token seen for the first time: verified in full (and remembered). Each iteration gets a
+    // new token, issued outside the timing.
+    group.bench_function("verify_first_time", |b| {
+        b.iter_batched(
+            || access.issue(&user, session, Utc::now()).unwrap().token,
+            |token| access.verify(black_box(&token)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // The same token again, as every request of a session sends it: remembered, times checked.
     let token = access.issue(&user, session, Utc::now()).unwrap().token;
     group.bench_function("verify", |b| {
         b.iter(|| access.verify(black_box(&token)).unwrap())

@@ -23,7 +23,8 @@
 //!
 //! A read that raced a change cannot leave the old row behind: each change (and each reset) bumps
 //! a generation, and a row read before the bump is not kept ([`Ticket`]). At most
-//! `USER_CACHE_USERS` are kept.
+//! `USER_CACHE_USERS` are kept (quick_cache, the least used making room), each for at most
+//! `USER_CACHE_TTL_SECS`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,7 +48,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const PATIENCE: Duration = Duration::from_secs(3);
 
 pub struct UserCache {
-    entries: moka::sync::Cache<String, UserRecord>,
+    /// Each user with when it was read (milliseconds since `origin`), for the time to live.
+    entries: quick_cache::sync::Cache<String, (Arc<UserRecord>, u64)>,
+    ttl_ms: u64,
     /// Bumped by every change heard and every reset: a row read before the bump may be old.
     generation: AtomicU64,
     /// True while a `LISTEN` has been current since everything kept was read.
@@ -83,10 +86,12 @@ pub struct UserCacheStats {
 impl UserCache {
     pub fn new(max_users: u64, ttl: Duration) -> Self {
         Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_users)
-                .time_to_live(ttl)
-                .build(),
+            // quick_cache wants a capacity of at least one; 0 users means no cache at all, and
+            // never gets here (see PgStore::open).
+            entries: quick_cache::sync::Cache::new(
+                usize::try_from(max_users.max(1)).unwrap_or(usize::MAX),
+            ),
+            ttl_ms: ttl.as_millis() as u64,
             generation: AtomicU64::new(0),
             following: AtomicBool::new(false),
             fresh_until: AtomicU64::new(0),
@@ -115,7 +120,11 @@ impl UserCache {
         if !self.current() {
             return None;
         }
-        let found = self.entries.get(id);
+        let found = self
+            .entries
+            .get(id)
+            .filter(|(_, read_at)| self.now_ms().saturating_sub(*read_at) < self.ttl_ms)
+            .map(|(user, _)| UserRecord::clone(&user));
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -136,18 +145,19 @@ impl UserCache {
         if self.generation.load(Ordering::SeqCst) != ticket.0 {
             return;
         }
-        self.entries.insert(user.id.clone(), user.clone());
+        self.entries
+            .insert(user.id.clone(), (Arc::new(user.clone()), self.now_ms()));
         // A change heard between the check and the insert may have removed the entry before it
         // was there: look again, and take it out if so (at worst a fresh row, which costs a read).
         if self.generation.load(Ordering::SeqCst) != ticket.0 {
-            self.entries.invalidate(user.id.as_str());
+            self.entries.remove(user.id.as_str());
         }
     }
 
     /// This instance changed a user's row: its copy goes now, before Postgres's announcement.
     pub fn forget(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate(id);
+        self.entries.remove(id);
     }
 
     /// Postgres announced that a user's row changed (or `*`: every row).
@@ -192,7 +202,7 @@ impl UserCache {
     /// Forgets everything, and every read in flight.
     fn reset(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     fn start_following(&self) {
@@ -212,7 +222,7 @@ impl UserCache {
     pub fn stats(&self) -> UserCacheStats {
         UserCacheStats {
             following: self.current(),
-            entries: self.entries.entry_count(),
+            entries: self.entries.len() as u64,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             changes: self.changes.load(Ordering::Relaxed),
@@ -456,6 +466,20 @@ mod tests {
         assert!(cache.get("u1").is_none());
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.changes), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_kept_user_expires_after_the_ttl() {
+        let mut cache = UserCache::new(100, Duration::from_secs(1));
+        cache.start_following();
+        cache.heard(&cache.next_heartbeat());
+        cache.keep(cache.ticket().unwrap(), &user("u1", "Ada"));
+        assert!(cache.get("u1").is_some());
+        // Five seconds pass, with heartbeats coming back all along.
+        cache.origin -= Duration::from_secs(5);
+        cache.heard(&cache.next_heartbeat());
+        assert!(cache.ticket().is_some());
+        assert!(cache.get("u1").is_none());
     }
 
     #[test]
