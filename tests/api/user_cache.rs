@@ -127,12 +127,11 @@ async fn a_change_made_on_one_instance_shows_on_another() {
     assert_eq!(seen["id"], before["id"]);
 }
 
-/// Changes made while the instance cannot hear Postgres's announcements (its connections cut) are
-/// not announced to it; once the feed is back, what it kept before must not be served.
-#[tokio::test]
-async fn what_was_kept_before_the_feed_broke_is_not_served_after_it_is_back() {
+/// A Postgres app whose database connections all go through a forwarder (the test's own SQL
+/// does not), once it follows the change feed; `None` when Postgres is absent outside CI.
+async fn app_behind_a_forwarder() -> Option<(Forwarder, TestApp)> {
     if !postgres_available().await {
-        return;
+        return None;
     }
     let forwarder = Forwarder::start(postgres_addr().await).await;
     let addr = forwarder.addr();
@@ -144,6 +143,16 @@ async fn what_was_kept_before_the_feed_broke_is_not_served_after_it_is_back() {
         .spawn()
         .await;
     user_cache_following(&app, 1.0).await;
+    Some((forwarder, app))
+}
+
+/// Changes made while the instance cannot hear Postgres's announcements (its connections cut) are
+/// not announced to it; once the feed is back, what it kept before must not be served.
+#[tokio::test]
+async fn what_was_kept_before_the_feed_broke_is_not_served_after_it_is_back() {
+    let Some((forwarder, app)) = app_behind_a_forwarder().await else {
+        return;
+    };
     let signed_up = app.signed_up(&unique_email()).await;
     let token = signed_up["accessToken"].as_str().unwrap();
     let id = signed_up["user"]["id"].as_str().unwrap();
@@ -169,19 +178,9 @@ async fn what_was_kept_before_the_feed_broke_is_not_served_after_it_is_back() {
 /// once the last heartbeat to come back is too old, and not only when the TTL runs out.
 #[tokio::test]
 async fn a_stalled_link_stops_kept_users_from_being_served() {
-    if !postgres_available().await {
+    let Some((forwarder, app)) = app_behind_a_forwarder().await else {
         return;
-    }
-    let forwarder = Forwarder::start(postgres_addr().await).await;
-    let addr = forwarder.addr();
-    let app = TestApp::builder(Backend::Postgres)
-        .settings(move |s| {
-            let url = s.database_url.as_ref().unwrap().expose_secret().to_owned();
-            s.database_url = Some(SecretString::from(via(&url, addr)));
-        })
-        .spawn()
-        .await;
-    user_cache_following(&app, 1.0).await;
+    };
     let signed_up = app.signed_up(&unique_email()).await;
     let token = signed_up["accessToken"].as_str().unwrap();
     let id = signed_up["user"]["id"].as_str().unwrap();

@@ -111,19 +111,24 @@ impl UserCache {
 
     /// Whether kept users may be served now (and new ones kept).
     fn current(&self) -> bool {
-        self.following.load(Ordering::SeqCst)
-            && self.now_ms() <= self.fresh_until.load(Ordering::SeqCst)
+        self.current_at(self.now_ms())
+    }
+
+    fn current_at(&self, now_ms: u64) -> bool {
+        self.following.load(Ordering::SeqCst) && now_ms <= self.fresh_until.load(Ordering::SeqCst)
     }
 
     /// The kept copy of a user, while the change feed is current.
     pub fn get(&self, id: &str) -> Option<UserRecord> {
-        if !self.current() {
+        // One clock read for both checks: this runs on every authenticated request.
+        let now = self.now_ms();
+        if !self.current_at(now) {
             return None;
         }
         let found = self
             .entries
             .get(id)
-            .filter(|(_, read_at)| self.now_ms().saturating_sub(*read_at) < self.ttl_ms)
+            .filter(|(_, read_at)| now.saturating_sub(*read_at) < self.ttl_ms)
             .map(|(user, _)| UserRecord::clone(&user));
         let counter = if found.is_some() {
             &self.hits
