@@ -349,7 +349,7 @@ impl AuthService {
         )
         .await;
         self.limits.clear_account(&user.email).await;
-        let tokens = self.start_session(&user, ctx, now).await?;
+        let tokens = self.start_session(&user, ctx, now, false).await?;
         Ok(AuthSuccess { user, tokens })
     }
 
@@ -442,7 +442,7 @@ impl AuthService {
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
         }
-        self.store.set_last_login(&user.id, now).await?;
+        // The store writes `last_login` with the new session (one commit on Postgres).
         let user = UserRecord {
             last_login: Some(now),
             ..user
@@ -453,7 +453,7 @@ impl AuthService {
                 .email(&user.email),
         )
         .await;
-        let tokens = self.start_session(&user, ctx, now).await?;
+        let tokens = self.start_session(&user, ctx, now, true).await?;
         Ok(AuthSuccess { user, tokens })
     }
 
@@ -489,12 +489,14 @@ impl AuthService {
         }
     }
 
-    /// Starts a new session (refresh-token family) for `user` and issues its first token pair.
+    /// Starts a new session (refresh-token family) for `user` and issues its first token pair;
+    /// with `records_login`, the store sets the user's `last_login` to `now` in the same write.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
         ctx: &RequestContext,
         now: DateTime<Utc>,
+        records_login: bool,
     ) -> Result<IssuedTokens, AuthError> {
         let session_id = Uuid::new_v4();
         let refresh_token = self.refresh.generate();
@@ -525,6 +527,7 @@ impl AuthService {
                 rotated_at: None,
                 replaced_by: None,
             },
+            records_login,
         };
         let evicted = self
             .store

@@ -386,19 +386,26 @@ impl Store for FileStore {
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>> {
         let now = new.session.created_at;
+        if new.records_login {
+            self.set_last_login(&new.session.user_id, now).await?;
+        }
         self.update_sessions(|tx| {
             tx.prune(now, idle_ttl, false);
-            tx.put_session(new.session.clone());
-            tx.put_token(new.token.clone());
-            // The user's live sessions, oldest first (arrival breaks ties, so the new one last).
+            // A repeat of the same session (a retry) stores nothing again.
+            if tx.state().session(&new.session.id).is_none() {
+                tx.put_session(new.session.clone());
+                tx.put_token(new.token.clone());
+            }
+            // The user's other live sessions, oldest first (arrival breaks ties): the new one
+            // is never evicted, and together they keep `max_live`.
             let mut live: Vec<(DateTime<Utc>, u64, Uuid)> = tx
                 .state()
                 .open_sessions_of(&new.session.user_id)
-                .filter(|e| e.rec.is_live(now, idle_ttl))
+                .filter(|e| e.rec.id != new.session.id && e.rec.is_live(now, idle_ttl))
                 .map(|e| (e.rec.created_at, e.ord, e.rec.id))
                 .collect();
             live.sort_unstable();
-            let excess = live.len().saturating_sub(max_live);
+            let excess = live.len().saturating_sub(max_live.saturating_sub(1));
             let mut evicted = Vec::with_capacity(excess);
             for (_, _, id) in live.into_iter().take(excess) {
                 let Some(session) = tx.state().session(&id) else {

@@ -78,6 +78,9 @@ pub struct TokenRecord {
 pub struct NewSession {
     pub session: SessionRecord,
     pub token: TokenRecord,
+    /// The session starts with a password login: the user's `last_login` becomes the session's
+    /// `created_at` in the same write (on Postgres, the same statement and commit).
+    pub records_login: bool,
 }
 
 /// Everything the store needs to rotate a refresh token in one atomic step.
@@ -269,8 +272,10 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts an imported user unless its id or email exists (idempotent re-runs).
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome>;
 
-    /// Stores a new session and its first token. When the user then has more than `max_live`
-    /// live sessions, the oldest are revoked; their ids are returned.
+    /// Stores a new session and its first token (and the user's `last_login` when
+    /// `records_login`). When the user then has more than `max_live` live sessions, the oldest
+    /// others are revoked, never the new one; their ids are returned. Creating the same session
+    /// again (same ids) stores nothing twice and revokes nothing more, so a retry is safe.
     async fn create_session(
         &self,
         new: &NewSession,

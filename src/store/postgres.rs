@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use secrecy::ExposeSecret;
 use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::{Connection, Postgres};
 use uuid::Uuid;
 
 use super::{
@@ -570,23 +570,51 @@ impl From<TokenRow> for TokenRecord {
     }
 }
 
-async fn insert_token(
-    tx: &mut Transaction<'_, Postgres>,
-    token: &TokenRecord,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, rotated_at, replaced_by) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+/// The statement behind `Store::create_session`.
+async fn create_session(
+    conn: &mut PgConnection,
+    new: &NewSession,
+    max_live: usize,
+    idle_ttl: chrono::Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let (s, t) = (&new.session, &new.token);
+    sqlx::query_scalar(
+        "WITH session AS ( \
+           INSERT INTO auth_sessions (id, user_id, device_name, ip_address, user_agent, fingerprint, \
+             created_at, last_used_at, expires_at) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING id), \
+         token AS ( \
+           INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, rotated_at, replaced_by) \
+           SELECT $10, id, $11, $12, $13, $14 FROM session), \
+         login AS ( \
+           UPDATE users SET last_login = $7 WHERE $15 AND id = $2), \
+         evicted AS ( \
+           UPDATE auth_sessions SET revoked_at = $7, revoked_reason = 'session_limit' WHERE id IN ( \
+             SELECT id FROM auth_sessions WHERE user_id = $2 AND id <> $1 AND revoked_at IS NULL \
+               AND expires_at > $7 AND last_used_at > $16 \
+             ORDER BY created_at DESC, id DESC OFFSET $17) \
+           RETURNING id) \
+         SELECT id FROM evicted",
     )
-    .bind(token.id)
-    .bind(token.session_id)
-    .bind(&token.token_hash)
-    .bind(token.created_at)
-    .bind(token.rotated_at)
-    .bind(token.replaced_by)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(s.id)
+    .bind(&s.user_id)
+    .bind(&s.device_name)
+    .bind(&s.ip_address)
+    .bind(&s.user_agent)
+    .bind(&s.fingerprint)
+    .bind(s.created_at)
+    .bind(s.last_used_at)
+    .bind(s.expires_at)
+    .bind(t.id)
+    .bind(&t.token_hash)
+    .bind(t.created_at)
+    .bind(t.rotated_at)
+    .bind(t.replaced_by)
+    .bind(new.records_login)
+    .bind(s.created_at - idle_ttl)
+    .bind(max_live.saturating_sub(1) as i64)
+    .fetch_all(conn)
+    .await
 }
 
 async fn session_by_id(
@@ -1172,44 +1200,32 @@ impl Store for PgStore {
         max_live: usize,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>> {
-        let s = &new.session;
-        let mut conn = self.conn().await?;
-        let mut tx = begin_retrying!(self, conn);
-        sqlx::query(
-            "INSERT INTO auth_sessions (id, user_id, device_name, ip_address, user_agent, fingerprint, created_at, \
-             last_used_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(s.id)
-        .bind(&s.user_id)
-        .bind(&s.device_name)
-        .bind(&s.ip_address)
-        .bind(&s.user_agent)
-        .bind(&s.fingerprint)
-        .bind(s.created_at)
-        .bind(s.last_used_at)
-        .bind(s.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.fail(e))?;
-        insert_token(&mut tx, &new.token)
-            .await
-            .map_err(|e| self.fail(e))?;
-        // Revoke the oldest live sessions beyond the cap, in the same transaction.
-        let evicted: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'session_limit' WHERE id IN ( \
-               SELECT id FROM auth_sessions WHERE user_id = $1 AND revoked_at IS NULL \
-                 AND expires_at > $2 AND last_used_at > $3 \
-               ORDER BY created_at DESC, id DESC OFFSET $4) RETURNING id",
-        )
-        .bind(&s.user_id)
-        .bind(s.created_at)
-        .bind(s.created_at - idle_ttl)
-        .bind(max_live as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| self.fail(e))?;
-        tx.commit().await.map_err(|e| self.fail(e))?;
-        Ok(evicted)
+        // One statement, so one round trip and one commit per sign-in (it was five round trips
+        // and a separate `last_login` commit). Its parts see the same snapshot, so the eviction
+        // does not see the new session: it keeps the newest `max_live - 1` others.
+        //
+        // The ids are the caller's, so the statement is idempotent: a repeat inserts nothing
+        // (`ON CONFLICT`, and the token only with its new session) and revokes nothing more,
+        // since the new session is excluded from the count. That makes it safe to repeat once
+        // after a connection-level failure, when it may or may not have been applied (a pooled
+        // connection that a restart of Postgres broke fails on first use).
+        let mut retried = false;
+        loop {
+            let mut conn = self.conn().await?;
+            match create_session(&mut conn, new, max_live, idle_ttl).await {
+                Ok(evicted) => {
+                    if new.records_login {
+                        self.changed_here(&new.session.user_id);
+                    }
+                    return Ok(evicted);
+                }
+                Err(e) if !retried && is_connection_error(&e) => {
+                    self.db.note_failure(&e);
+                    retried = true;
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {

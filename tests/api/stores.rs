@@ -88,6 +88,7 @@ fn new_session(user_id: &str, created_at: DateTime<Utc>) -> NewSession {
             rotated_at: None,
             replaced_by: None,
         },
+        records_login: false,
     }
 }
 
@@ -161,6 +162,96 @@ async fn store_scenario_behaves_identically_on_both_backends() {
                 .await
                 .unwrap()
                 .is_empty(),
+            "{backend:?}"
+        );
+    }
+}
+
+/// A password login's session carries the user's `last_login` in the same write, and a repeated
+/// `create_session` (what a retry after a lost connection sends) stores nothing twice and
+/// revokes nothing more.
+#[tokio::test]
+async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_backends() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((store, _settings, _db)) = open_store(backend, dir.path()).await else {
+            continue;
+        };
+        let (base, idle, cap) = (now_ms(), chrono::Duration::days(7), 2);
+        let ann = user_record(&Uuid::new_v4().to_string(), "ann@example.com", base);
+        store.insert_user(&ann).await.unwrap();
+        let last_login = || async {
+            let user = store.user_by_id(&ann.id).await.unwrap().unwrap();
+            user.last_login
+        };
+
+        let login = NewSession {
+            records_login: true,
+            ..new_session(&ann.id, base)
+        };
+        assert!(
+            store
+                .create_session(&login, cap, idle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(last_login().await, Some(base), "{backend:?}");
+        let other = new_session(&ann.id, base + secs(1));
+        assert!(
+            store
+                .create_session(&other, cap, idle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(last_login().await, Some(base), "{backend:?}: not a login");
+
+        // The repeat: no second row, no eviction (the cap of two is exactly full).
+        assert!(
+            store
+                .create_session(&login, cap, idle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let live = |at| {
+            let store = store.clone();
+            let id = ann.id.clone();
+            async move { store.live_sessions(&id, at, idle).await.unwrap() }
+        };
+        assert_eq!(
+            live(base + secs(2)).await,
+            vec![other.session.clone(), login.session.clone()],
+            "{backend:?}"
+        );
+
+        // A third evicts the oldest; repeating it evicts nothing more, and never itself.
+        let third = new_session(&ann.id, base + secs(2));
+        assert_eq!(
+            store.create_session(&third, cap, idle).await.unwrap(),
+            vec![login.session.id],
+            "{backend:?}"
+        );
+        assert!(
+            store
+                .create_session(&third, cap, idle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            live(base + secs(3)).await,
+            vec![third.session.clone(), other.session.clone()],
+            "{backend:?}"
+        );
+        let found = store
+            .session_by_token_hash(&third.token.token_hash)
+            .await
+            .unwrap();
+        assert_eq!(
+            found.map(|(session, token_id)| (session.id, token_id)),
+            Some((third.session.id, third.token.id)),
             "{backend:?}"
         );
     }

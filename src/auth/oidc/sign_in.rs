@@ -259,7 +259,7 @@ impl GoogleSignIn {
                     .with("linked", account.linked),
             )
             .await;
-        let tokens = auth.start_session(&user, ctx, Utc::now()).await?;
+        let tokens = auth.start_session(&user, ctx, Utc::now(), false).await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
             is_new_user: account.is_new,
