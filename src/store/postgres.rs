@@ -653,23 +653,25 @@ async fn session_by_token_hash(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Refresh-token rotation: one read, then one conditional write.
+// Refresh-token rotation: the common case in one statement; otherwise one read, then one
+// conditional write.
 //
-// The read takes the presented token with its session, the token it was rotated to and the
+// A live token of a live session is rotated by one statement ([`ROTATION_FAST`]) that checks
+// what `decide_rotation` would check on the rows it locks, and writes what the decision would
+// write. When it writes nothing, the long way runs. The read takes the presented token with its session, the token it was rotated to and the
 // session's user, in one statement (one snapshot); `decide_rotation` decides on them; the
 // decision's writes then run as one statement that applies only if what the decision rests on
 // still holds (a compare-and-swap). If it does not (a concurrent refresh rotated the token first,
 // a logout revoked the session), the state is read again and decided again. Without a write
-// (grace, invalid) the read is the decision's snapshot. So a refresh costs two round trips on one
-// connection, without a transaction, and concurrent refreshes serialise exactly as they did under
-// row locks: one rotates, the others see it rotated.
+// (grace, invalid) the read is the decision's snapshot. So a refresh costs one round trip, and
+// anything else two or three, on one connection, without a transaction; concurrent refreshes
+// serialise exactly as they did under row locks: one rotates, the others see it rotated.
 
-/// The rotation state of a presented token. `token_hash` is CHAR(64) and sqlx sends a String as
-/// text: compared as text, Postgres casts the column and scans the whole table (refresh got slower
-/// with every token ever issued, BENCHMARKS.md). Casting the parameter keeps the unique index in
-/// use. The left joins are all by primary key.
-const ROTATION_READ: &str = concat!(
-    "SELECT t.id, t.session_id, t.token_hash, t.created_at, t.rotated_at, t.replaced_by, ",
+/// The columns of a [`RotationRow`] from `t` (the token), `s` (its session), `n` (its successor)
+/// and `u` (the user).
+macro_rules! rotation_columns {
+    () => { concat!(
+    "t.id, t.session_id, t.token_hash, t.created_at, t.rotated_at, t.replaced_by, ",
     "s.id AS s_id, s.user_id AS s_user_id, s.device_name AS s_device_name, ",
     "s.ip_address AS s_ip_address, s.user_agent AS s_user_agent, s.fingerprint AS s_fingerprint, ",
     "s.created_at AS s_created_at, s.last_used_at AS s_last_used_at, ",
@@ -681,11 +683,52 @@ const ROTATION_READ: &str = concat!(
     "u.password_hash AS u_password_hash, u.google_id AS u_google_id, ",
     "u.email_verified AS u_email_verified, u.avatar AS u_avatar, ",
     "u.created_at AS u_created_at, u.last_login AS u_last_login ",
+    ) };
+}
+
+/// The rotation state of a presented token. `token_hash` is CHAR(64) and sqlx sends a String as
+/// text: compared as text, Postgres casts the column and scans the whole table (refresh got slower
+/// with every token ever issued, BENCHMARKS.md). Casting the parameter keeps the unique index in
+/// use. The left joins are all by primary key.
+const ROTATION_READ: &str = concat!(
+    "SELECT ",
+    rotation_columns!(),
     "FROM refresh_tokens t ",
     "LEFT JOIN auth_sessions s ON s.id = t.session_id ",
     "LEFT JOIN refresh_tokens n ON n.id = t.replaced_by ",
     "LEFT JOIN users u ON u.id = s.user_id ",
     "WHERE t.token_hash = $1::bpchar"
+);
+
+/// The common refresh in one round trip: a live token of a live session (unrevoked, not past its
+/// end or its idle limit, its fingerprint matching when mismatches are rejected) is rotated, its
+/// successor inserted and its session touched, as [`ROTATION_WRITE`] does, with the conditions
+/// under which `decide_rotation` answers `Rotate` checked on the locked rows. Returns the read's
+/// row for what was rotated (as it was before the write), or no row when nothing was: every other
+/// case (grace, reuse, a rejected fingerprint, an unknown or dead token) then takes the long way,
+/// read and decide.
+const ROTATION_FAST: &str = concat!(
+    "WITH t AS MATERIALIZED ( \
+       SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
+     s AS MATERIALIZED ( \
+       SELECT * FROM auth_sessions WHERE id = (SELECT session_id FROM t) AND revoked_at IS NULL \
+         AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
+       FOR UPDATE), \
+     rotated AS ( \
+       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 \
+       WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) \
+       RETURNING id, session_id), \
+     successor AS ( \
+       INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
+       SELECT $3, session_id, $4, $2 FROM rotated), \
+     touched AS ( \
+       UPDATE auth_sessions SET last_used_at = $2, ip_address = $5 \
+       WHERE id IN (SELECT session_id FROM rotated)) \
+     SELECT ",
+    rotation_columns!(),
+    "FROM rotated r JOIN t ON t.id = r.id JOIN s ON s.id = r.session_id ",
+    "LEFT JOIN refresh_tokens n ON false ",
+    "LEFT JOIN users u ON u.id = s.user_id"
 );
 
 /// The writes of a rotation in one statement, applied only while the token is unrotated and its
@@ -846,6 +889,54 @@ impl From<RotationRow> for RotationState {
     }
 }
 
+/// [`ROTATION_FAST`]: the rotation when the presented token was live, `None` when nothing was
+/// written.
+async fn rotate_live(
+    conn: &mut PgConnection,
+    request: &RotateRequest,
+) -> Result<Option<Rotation>, sqlx::Error> {
+    let row: Option<RotationRow> = sqlx::query_as(ROTATION_FAST)
+        .bind(&request.presented_hash)
+        .bind(request.now)
+        .bind(request.successor_id)
+        .bind(&request.successor_hash)
+        .bind(&request.ip_address)
+        .bind(request.now - request.idle_ttl)
+        .bind(request.reject_on_fingerprint_mismatch)
+        .bind(&request.fingerprint)
+        .fetch_optional(conn)
+        .await?;
+    let Some(RotationState {
+        token,
+        session: Some(mut session),
+        successor: None,
+        user,
+    }) = row.map(RotationState::from)
+    else {
+        return Ok(None);
+    };
+    // The statement's conditions are `decide_rotation`'s for `Rotate`; the tests run this check.
+    debug_assert!(
+        matches!(
+            decide_rotation(&token, &session, None, request),
+            RotationDecision::Rotate { .. }
+        ),
+        "the one-statement rotation and decide_rotation disagree"
+    );
+    let fingerprint_matched = session.fingerprint == request.fingerprint;
+    session.last_used_at = request.now;
+    session.ip_address = request.ip_address.clone();
+    Ok(Some(Rotation {
+        outcome: RotateOutcome::Rotated {
+            session,
+            old_token_id: token.id,
+            fingerprint_matched,
+        },
+        user,
+        stored_successor_id: None,
+    }))
+}
+
 async fn rotation_state(
     conn: &mut PgConnection,
     presented_hash: &str,
@@ -876,13 +967,16 @@ impl PgStore {
     }
 
     async fn rotate(&self, request: &RotateRequest) -> StoreResult<Rotation> {
-        // The first read is retried on another connection after a connection-level failure; the
-        // writes are not (they may have been applied), nor what follows them.
+        // The first statement is repeated on another connection after a connection-level failure,
+        // even though it writes: the successor is derived from the presented token, so when the
+        // first attempt was applied, the repeat finds the token rotated moments ago to that same
+        // successor and the long way answers with it (grace). What follows is not repeated.
         let mut retried = false;
-        let (mut conn, mut state) = loop {
+        let mut conn = loop {
             let mut conn = self.conn().await?;
-            match rotation_state(&mut conn, &request.presented_hash).await {
-                Ok(state) => break (conn, state),
+            match rotate_live(&mut conn, request).await {
+                Ok(Some(rotation)) => return Ok(rotation),
+                Ok(None) => break conn,
                 Err(e) if !retried && is_connection_error(&e) => {
                     self.db.note_failure(&e);
                     retried = true;
@@ -890,6 +984,9 @@ impl PgStore {
                 Err(e) => return Err(self.fail(e)),
             }
         };
+        let mut state = rotation_state(&mut conn, &request.presented_hash)
+            .await
+            .map_err(|e| self.fail(e))?;
         for _ in 0..ROTATION_ATTEMPTS {
             let Some(found) = state else {
                 return Ok(RotateOutcome::Invalid {
