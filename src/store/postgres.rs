@@ -658,32 +658,34 @@ async fn session_by_token_hash(
 //
 // A live token of a live session is rotated by one statement ([`ROTATION_FAST`]) that checks
 // what `decide_rotation` would check on the rows it locks, and writes what the decision would
-// write. When it writes nothing, the long way runs. The read takes the presented token with its session, the token it was rotated to and the
-// session's user, in one statement (one snapshot); `decide_rotation` decides on them; the
-// decision's writes then run as one statement that applies only if what the decision rests on
-// still holds (a compare-and-swap). If it does not (a concurrent refresh rotated the token first,
-// a logout revoked the session), the state is read again and decided again. Without a write
-// (grace, invalid) the read is the decision's snapshot. So a refresh costs one round trip, and
+// write. When it writes nothing, the long way runs. The read takes the presented token with its
+// session, the token it was rotated to and the session's user, in one statement (one snapshot);
+// `decide_rotation` decides on them; the decision's writes then run as one statement that
+// applies only if what the decision rests on still holds (a compare-and-swap). If it does not (a
+// concurrent refresh rotated the token first, a logout revoked the session), the state is read
+// again and decided again. Without a write (grace, invalid) the read is the decision's snapshot. So a refresh costs one round trip, and
 // anything else two or three, on one connection, without a transaction; concurrent refreshes
 // serialise exactly as they did under row locks: one rotates, the others see it rotated.
 
 /// The columns of a [`RotationRow`] from `t` (the token), `s` (its session), `n` (its successor)
 /// and `u` (the user).
 macro_rules! rotation_columns {
-    () => { concat!(
-    "t.id, t.session_id, t.token_hash, t.created_at, t.rotated_at, t.replaced_by, ",
-    "s.id AS s_id, s.user_id AS s_user_id, s.device_name AS s_device_name, ",
-    "s.ip_address AS s_ip_address, s.user_agent AS s_user_agent, s.fingerprint AS s_fingerprint, ",
-    "s.created_at AS s_created_at, s.last_used_at AS s_last_used_at, ",
-    "s.expires_at AS s_expires_at, s.revoked_at AS s_revoked_at, ",
-    "s.revoked_reason AS s_revoked_reason, ",
-    "n.id AS n_id, n.token_hash AS n_token_hash, n.created_at AS n_created_at, ",
-    "n.rotated_at AS n_rotated_at, n.replaced_by AS n_replaced_by, ",
-    "u.id AS u_id, u.email AS u_email, u.name AS u_name, u.user_type AS u_user_type, ",
-    "u.password_hash AS u_password_hash, u.google_id AS u_google_id, ",
-    "u.email_verified AS u_email_verified, u.avatar AS u_avatar, ",
-    "u.created_at AS u_created_at, u.last_login AS u_last_login ",
-    ) };
+    () => {
+        concat!(
+            "t.id, t.session_id, t.token_hash, t.created_at, t.rotated_at, t.replaced_by, ",
+            "s.id AS s_id, s.user_id AS s_user_id, s.device_name AS s_device_name, ",
+            "s.ip_address AS s_ip_address, s.user_agent AS s_user_agent, s.fingerprint AS s_fingerprint, ",
+            "s.created_at AS s_created_at, s.last_used_at AS s_last_used_at, ",
+            "s.expires_at AS s_expires_at, s.revoked_at AS s_revoked_at, ",
+            "s.revoked_reason AS s_revoked_reason, ",
+            "n.id AS n_id, n.token_hash AS n_token_hash, n.created_at AS n_created_at, ",
+            "n.rotated_at AS n_rotated_at, n.replaced_by AS n_replaced_by, ",
+            "u.id AS u_id, u.email AS u_email, u.name AS u_name, u.user_type AS u_user_type, ",
+            "u.password_hash AS u_password_hash, u.google_id AS u_google_id, ",
+            "u.email_verified AS u_email_verified, u.avatar AS u_avatar, ",
+            "u.created_at AS u_created_at, u.last_login AS u_last_login ",
+        )
+    };
 }
 
 /// The rotation state of a presented token. `token_hash` is CHAR(64) and sqlx sends a String as
