@@ -420,6 +420,16 @@ async fn sessions_scenario(store: &dyn Store, ann_id: &str, base: DateTime<Utc>)
         },
         "{kind}"
     );
+    // The exact request again, as a retry after a lost connection sends it: the same successor.
+    assert_eq!(
+        store.rotate_refresh_token(&request).await.unwrap(),
+        RotateOutcome::Grace {
+            session: rotated_session.clone(),
+            old_token_id: s1.token.id,
+            fingerprint_matched: true,
+        },
+        "{kind}"
+    );
     let in_grace = RotateRequest {
         now: rotated_at + secs(5),
         ..request.clone()
