@@ -194,7 +194,8 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
                 .create_session(&login, cap, idle)
                 .await
                 .unwrap()
-                .is_empty()
+                .is_empty(),
+            "{backend:?}"
         );
         assert_eq!(last_login().await, Some(base), "{backend:?}");
         let other = new_session(&ann.id, base + secs(1));
@@ -203,7 +204,8 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
                 .create_session(&other, cap, idle)
                 .await
                 .unwrap()
-                .is_empty()
+                .is_empty(),
+            "{backend:?}"
         );
         assert_eq!(last_login().await, Some(base), "{backend:?}: not a login");
 
@@ -213,7 +215,8 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
                 .create_session(&login, cap, idle)
                 .await
                 .unwrap()
-                .is_empty()
+                .is_empty(),
+            "{backend:?}"
         );
         let live = |at| {
             let store = store.clone();
@@ -238,7 +241,8 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
                 .create_session(&third, cap, idle)
                 .await
                 .unwrap()
-                .is_empty()
+                .is_empty(),
+            "{backend:?}"
         );
         assert_eq!(
             live(base + secs(3)).await,
