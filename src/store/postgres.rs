@@ -910,7 +910,7 @@ async fn rotate_live(
         .await?;
     let Some(RotationState {
         token,
-        session: Some(mut session),
+        session: Some(session),
         successor: None,
         user,
     }) = row.map(RotationState::from)
@@ -926,17 +926,35 @@ async fn rotate_live(
         "the one-statement rotation and decide_rotation disagree"
     );
     let fingerprint_matched = session.fingerprint == request.fingerprint;
+    Ok(Some(rotated(
+        session,
+        token.id,
+        fingerprint_matched,
+        user,
+        request,
+    )))
+}
+
+/// The answer for a token just rotated: its session as the write left it (touched now, from
+/// the request's address).
+fn rotated(
+    mut session: SessionRecord,
+    old_token_id: Uuid,
+    fingerprint_matched: bool,
+    user: Option<UserRecord>,
+    request: &RotateRequest,
+) -> Rotation {
     session.last_used_at = request.now;
     session.ip_address = request.ip_address.clone();
-    Ok(Some(Rotation {
+    Rotation {
         outcome: RotateOutcome::Rotated {
             session,
-            old_token_id: token.id,
+            old_token_id,
             fingerprint_matched,
         },
         user,
         stored_successor_id: None,
-    }))
+    }
 }
 
 async fn rotation_state(
@@ -1040,7 +1058,7 @@ impl PgStore {
                 fingerprint_matched,
             } => {
                 let successor = request.successor_in(token.session_id);
-                let rotated: i64 = sqlx::query_scalar(ROTATION_WRITE)
+                let written: i64 = sqlx::query_scalar(ROTATION_WRITE)
                     .bind(token.id)
                     .bind(request.now)
                     .bind(successor.id)
@@ -1051,20 +1069,10 @@ impl PgStore {
                     .fetch_one(&mut *conn)
                     .await
                     .map_err(|e| self.fail(e))?;
-                if rotated == 0 {
+                if written == 0 {
                     return Ok(None);
                 }
-                session.last_used_at = request.now;
-                session.ip_address = request.ip_address.clone();
-                Rotation {
-                    outcome: RotateOutcome::Rotated {
-                        session,
-                        old_token_id: token.id,
-                        fingerprint_matched,
-                    },
-                    user,
-                    stored_successor_id: None,
-                }
+                rotated(session, token.id, fingerprint_matched, user, request)
             }
             RotationDecision::Grace {
                 fingerprint_matched,

@@ -185,39 +185,25 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
             user.last_login
         };
 
+        // What `create_session` evicted; `NewSession`s are cloned in, like `live` below.
+        let evicted = |new: NewSession| {
+            let store = store.clone();
+            async move { store.create_session(&new, cap, idle).await.unwrap() }
+        };
+        let none = Vec::<Uuid>::new();
+
         let login = NewSession {
             records_login: true,
             ..new_session(&ann.id, base)
         };
-        assert!(
-            store
-                .create_session(&login, cap, idle)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend:?}"
-        );
+        assert_eq!(evicted(login.clone()).await, none, "{backend:?}");
         assert_eq!(last_login().await, Some(base), "{backend:?}");
         let other = new_session(&ann.id, base + secs(1));
-        assert!(
-            store
-                .create_session(&other, cap, idle)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend:?}"
-        );
+        assert_eq!(evicted(other.clone()).await, none, "{backend:?}");
         assert_eq!(last_login().await, Some(base), "{backend:?}: not a login");
 
         // The repeat: no second row, no eviction (the cap of two is exactly full).
-        assert!(
-            store
-                .create_session(&login, cap, idle)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend:?}"
-        );
+        assert_eq!(evicted(login.clone()).await, none, "{backend:?}");
         let live = |at| {
             let store = store.clone();
             let id = ann.id.clone();
@@ -232,18 +218,11 @@ async fn create_session_records_the_login_and_a_repeat_changes_nothing_on_both_b
         // A third evicts the oldest; repeating it evicts nothing more, and never itself.
         let third = new_session(&ann.id, base + secs(2));
         assert_eq!(
-            store.create_session(&third, cap, idle).await.unwrap(),
+            evicted(third.clone()).await,
             vec![login.session.id],
             "{backend:?}"
         );
-        assert!(
-            store
-                .create_session(&third, cap, idle)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend:?}"
-        );
+        assert_eq!(evicted(third.clone()).await, none, "{backend:?}");
         assert_eq!(
             live(base + secs(3)).await,
             vec![third.session.clone(), other.session.clone()],
