@@ -188,8 +188,8 @@ pub struct Argon2Baseline {
     pub cores: usize,
     /// cores ÷ hash time: the most logins (or signups) per second this machine can do.
     pub ceiling_per_sec: f64,
-    /// Hashes per second measured with one hashing thread per core at once (memory bandwidth and
-    /// shared caches make this lower than the formula).
+    /// Hashes per second measured with one warm hashing thread per core at once (memory bandwidth
+    /// and shared caches can make this lower than the formula).
     pub measured_parallel_per_sec: f64,
 }
 
@@ -214,6 +214,103 @@ fn hash_times(params: &Params, count: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(times)
 }
 
+/// Hashes per second of `threads` threads hashing at once, each `per_thread` times after one
+/// hash that faults its buffer in (not counted; every thread's first hash runs before the clock
+/// starts).
+fn hash_rate(params: &Params, threads: usize, per_thread: usize) -> anyhow::Result<f64> {
+    let start = std::sync::Barrier::new(threads + 1);
+    let finish = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let warm = hash_times(params, 1);
+                    start.wait();
+                    let timed = warm.and_then(|_| hash_times(params, per_thread));
+                    finish.wait();
+                    timed
+                })
+            })
+            .collect();
+        start.wait();
+        let started = Instant::now();
+        finish.wait();
+        let elapsed = started.elapsed();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("an argon2 timing thread failed"))??;
+        }
+        Ok((threads * per_thread) as f64 / elapsed.as_secs_f64())
+    })
+}
+
+/// One memory cost of [`scaling`]: one thread's rate, all cores' rate, in each round.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingPoint {
+    pub memory_kib: u32,
+    pub one_thread_per_sec: Vec<f64>,
+    pub all_cores_per_sec: Vec<f64>,
+}
+
+impl ScalingPoint {
+    /// All cores' rate over `cores` times one thread's, per round: 1.0 is perfect scaling.
+    pub fn efficiencies(&self, cores: usize) -> Vec<f64> {
+        self.one_thread_per_sec
+            .iter()
+            .zip(&self.all_cores_per_sec)
+            .map(|(one, all)| all / (one * cores as f64))
+            .collect()
+    }
+}
+
+/// How argon2id's hash rate scales from one thread to one per core, at each memory cost: the
+/// login ceiling `cores ÷ hash time` assumes it scales perfectly. A cost small enough to stay in
+/// each core's own cache is the control (the cores' compute alone). Each round measures one
+/// thread, then all cores, for about `seconds` each; the order of the memory costs alternates
+/// between rounds so that a drift of the machine's speed does not favour one of them.
+pub fn scaling(
+    memory_kib: &[u32],
+    iterations: u32,
+    rounds: usize,
+    seconds: f64,
+) -> anyhow::Result<(usize, Vec<ScalingPoint>)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut points: Vec<ScalingPoint> = memory_kib
+        .iter()
+        .map(|&m| ScalingPoint {
+            memory_kib: m,
+            one_thread_per_sec: Vec::new(),
+            all_cores_per_sec: Vec::new(),
+        })
+        .collect();
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..points.len()).collect()
+        } else {
+            (0..points.len()).rev().collect()
+        };
+        for i in order {
+            let point = &mut points[i];
+            let params = Params::new(point.memory_kib, iterations, 1, Some(32))
+                .map_err(|e| anyhow::anyhow!("argon2 m={} KiB: {e}", point.memory_kib))?;
+            // Sized from one probe hash so each measurement takes about `seconds`.
+            let probe = hash_times(&params, 2)?[1].as_secs_f64();
+            let per_thread = ((seconds / probe) as usize).clamp(3, 100_000);
+            let one = hash_rate(&params, 1, per_thread)?;
+            let all = hash_rate(&params, cores, per_thread)?;
+            eprintln!(
+                "round {}/{rounds}: m={} KiB: one thread {one:.1}/s, {cores} threads {all:.1}/s, efficiency {:.2}",
+                round + 1,
+                point.memory_kib,
+                all / (one * cores as f64)
+            );
+            point.one_thread_per_sec.push(one);
+            point.all_cores_per_sec.push(all);
+        }
+    }
+    Ok((cores, points))
+}
+
 /// Times the hash on one thread, then on one thread per core at once.
 pub fn argon2(
     memory_kib: u32,
@@ -228,19 +325,9 @@ pub fn argon2(
     single.remove(0);
     single.sort_unstable();
     let hash = single[single.len() / 2];
-    let per_thread = 10;
-    let started = Instant::now();
-    let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            let params = params.clone();
-            std::thread::spawn(move || hash_times(&params, per_thread + 1))
-        })
-        .collect();
-    for t in threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("an argon2 timing thread failed"))??;
-    }
-    let parallel = (cores * (per_thread + 1)) as f64 / started.elapsed().as_secs_f64();
+    // Until session 11 the threads' spawning and first hash (faulting 19 MiB in) were timed too,
+    // which put this rate 10-30% below what warm hashing threads do.
+    let parallel = hash_rate(&params, cores, 10)?;
     Ok(Argon2Baseline {
         memory_kib,
         iterations,

@@ -63,6 +63,27 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Measure how argon2id's hash rate scales from one thread to one per core at several memory
+    /// costs (the login ceiling, cores / hash time, assumes perfect scaling), and print a table.
+    /// The smallest cost stays in each core's own cache: the control.
+    HashScaling {
+        /// Memory costs in KiB (the service's default is 19456).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "64,1024,4096,8192,12288,19456,32768,65536"
+        )]
+        memory_kib: Vec<u32>,
+        /// Passes over the memory (the service's default is 2).
+        #[arg(long, default_value_t = 2)]
+        iterations: u32,
+        /// Rounds over all memory costs, in alternating order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement (one thread, then all cores, per cost and round).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +191,12 @@ fn main() -> std::process::ExitCode {
             redis_url,
             database_url,
         }) => baseline::serve(port, redis_url, database_url),
+        Some(Command::HashScaling {
+            memory_kib,
+            iterations,
+            rounds,
+            seconds,
+        }) => hash_scaling(&memory_kib, iterations, rounds, seconds),
         // The client runs on one thread: it shares the machine with the server, and a
         // single-threaded client takes at most one core's worth from it.
         None => tokio::runtime::Builder::new_current_thread()
@@ -799,6 +826,48 @@ async fn postgres_answers(url: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// `flux-load hash-scaling`: the table of [`baseline::scaling`], as Markdown on stdout.
+fn hash_scaling(
+    memory_kib: &[u32],
+    iterations: u32,
+    rounds: usize,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !memory_kib.is_empty() && rounds > 0 && seconds > 0.0,
+        "give at least one memory cost, one round and a positive duration"
+    );
+    let (cores, points) = baseline::scaling(memory_kib, iterations, rounds, seconds)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nargon2id t={iterations} p=1, {cores} cores, {rounds} rounds (median; every round in brackets)\n"
+    );
+    println!(
+        "| memory | one thread, hashes/s | {cores} threads at once, hashes/s | scaling ({cores} threads ÷ {cores} × one) |"
+    );
+    println!("|---|---|---|---|");
+    for p in &points {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {} KiB | {:.1} | {:.1} | **{:.2}** [{}] |",
+            p.memory_kib,
+            median(p.one_thread_per_sec.clone()),
+            median(p.all_cores_per_sec.clone()),
+            median(p.efficiencies(cores)),
+            list(&p.efficiencies(cores))
+        );
+    }
+    Ok(())
 }
 
 /// The argon2id baseline for the service's default cost, timed now on blocking threads.
