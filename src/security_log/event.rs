@@ -295,6 +295,13 @@ pub fn sanitize(raw: &str, max_chars: usize) -> String {
     out
 }
 
+/// The event's metadata as compact JSON, serialised from the map in place (the writer did it
+/// twice per event through a cloned `Value`: the log line and the database row).
+pub fn metadata_json(event: &SecurityEvent) -> String {
+    // A map with string keys always serialises; the fallback only keeps this infallible.
+    serde_json::to_string(&event.metadata).unwrap_or_else(|_| String::from("{}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

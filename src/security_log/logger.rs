@@ -267,7 +267,7 @@ fn spill(batch: Vec<Envelope>, spool: &Spool, stats: &PipelineStats, sink: &'sta
 /// own timestamp). Its strings were sanitised when the event was built; the formatter escapes them
 /// again for its own format.
 pub fn mirror(event: &SecurityEvent) {
-    let metadata = serde_json::Value::Object(event.metadata.clone());
+    let metadata = super::event::metadata_json(event);
     tracing::info!(
         target: "security",
         event_id = %event.id,

@@ -29,7 +29,7 @@ impl PgSink {
             tokens.push(e.token_id);
             ips.push(e.ip_address.as_deref());
             agents.push(e.user_agent.as_deref());
-            metadata.push(serde_json::Value::Object(e.metadata.clone()).to_string());
+            metadata.push(super::event::metadata_json(e));
             times.push(e.created_at);
         }
         // Acquired once the arrays are built, so the connection is held only for the statement;
