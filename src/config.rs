@@ -181,7 +181,10 @@ impl Default for Settings {
             security_log_durability: Durability::Async,
             security_log_queue_capacity: 8192,
             security_log_batch_size: 500,
-            security_log_linger_ms: 5,
+            // Short on purpose: each batch's insert is a burst of database CPU, and with the
+            // database on the request's cores a 5 ms linger doubled the p99 at 2,000 events/s
+            // where 1 ms added a third (BENCHMARKS.md, security log, session 11).
+            security_log_linger_ms: 1,
             security_log_spool_max_bytes: 1 << 30,
             security_log_retention_days_info: 90,
             security_log_retention_days_warning: 180,
@@ -545,7 +548,7 @@ impl Settings {
         }
         // The linger bounds what a SIGKILL can lose in async mode, and shutdown waits it out.
         if self.security_log_linger_ms > 1000 {
-            problems.push("SECURITY_LOG_LINGER_MS must be at most 1000 (default 5).".into());
+            problems.push("SECURITY_LOG_LINGER_MS must be at most 1000 (default 1).".into());
         }
         problems.extend(crate::auth::oidc::setting_problems(self));
         for origin in &self.cors_origins {
