@@ -1,0 +1,7 @@
+-- A refresh's writes as `rotate_live` in src/store/postgres.rs sends them (ROTATION_FAST), on a
+-- random session of rotation_setup.sql. The first statement only finds the session's live token
+-- (the client holds it in the service); it is the same in every variant being compared. Run with
+-- -M prepared (or extended): :cur is then a parameter.
+\set sid random(1, 1000)
+SELECT token_hash AS cur FROM refresh_tokens WHERE session_id = md5(:sid::text)::uuid AND rotated_at IS NULL \gset
+WITH t AS MATERIALIZED (SELECT * FROM refresh_tokens WHERE token_hash = :cur::bpchar AND rotated_at IS NULL), s AS MATERIALIZED (SELECT * FROM auth_sessions WHERE id = (SELECT session_id FROM t) AND revoked_at IS NULL AND expires_at > now() AND last_used_at > now() - interval '7 days' AND (NOT false OR fingerprint = '') FOR UPDATE), rotated AS (UPDATE refresh_tokens SET rotated_at = now(), replaced_by = gen_random_uuid() WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) RETURNING id, session_id, replaced_by), successor AS (INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) SELECT replaced_by, session_id, md5(random()::text) || md5(random()::text), now() FROM rotated), touched AS (UPDATE auth_sessions SET last_used_at = now(), ip_address = '127.0.0.1' WHERE id IN (SELECT session_id FROM rotated)) SELECT t.*, s.*, u.* FROM rotated r JOIN t ON t.id = r.id JOIN s ON s.id = r.session_id LEFT JOIN users u ON u.id = s.user_id;
