@@ -742,7 +742,8 @@ fn bench_request(c: &mut Criterion) {
         let base = &servers[server].1.base;
         let busy = label.ends_with("database busy").then(|| {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let every = Duration::from_micros(2500);
+            // 5 rows each time, as often as makes `rate` rows a second (every 2.5 ms at 2,000).
+            let every = Duration::from_secs(5) / rate;
             let load = database_load(bench.url.clone(), 5, every, stop.clone());
             (stop, load)
         });
