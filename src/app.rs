@@ -60,6 +60,9 @@ pub struct SharedState {
     /// The security event spool (the log itself when there is no database).
     pub spool: Arc<Spool>,
     pub started: Instant,
+    /// `/health`'s and `/health/ready`'s database probes, one at a time (shared by concurrent
+    /// callers).
+    pub probes: Arc<crate::http::health::Probes>,
     /// Cancelled when shutdown begins, so long-lived responses (event streams) end and let the
     /// server drain.
     pub stopping: CancellationToken,
@@ -195,6 +198,7 @@ impl Core {
             security_db: pipeline.database.clone(),
             spool: pipeline.spool.clone(),
             started,
+            probes: Arc::default(),
             stopping: CancellationToken::new(),
         });
         Ok(Self {

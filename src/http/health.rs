@@ -1,6 +1,6 @@
 //! `/health` (what ops and pm2 dashboards read), `/health/live` and `/health/ready`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -16,28 +16,79 @@ use crate::error::ErrorBody;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// The health routes' database probes. Anyone may call `/health`, and each probe holds a
+/// connection of the pool the requests need: a flood of health checks, one probe each, would
+/// starve logins and refreshes of connections. So one probe per database runs at a time, and
+/// the callers that arrive while it runs share the next one: each caller still gets the answer
+/// of a probe that began after it asked (a probe that began before may predate an outage), and a
+/// flood costs one connection at a time.
+#[derive(Default)]
+pub struct Probes {
+    store: SharedProbe,
+    security_db: SharedProbe,
+}
+
+/// One probe at a time, its answer shared by the callers that waited for it.
+#[derive(Default)]
+pub struct SharedProbe {
+    /// How many probes have begun.
+    begun: AtomicU64,
+    /// The number of the last finished probe (from 1; 0: none yet) and its answer. The lock is
+    /// held during a probe.
+    last: tokio::sync::Mutex<(u64, bool)>,
+}
+
+impl SharedProbe {
+    /// Whether `probe` succeeds, from a probe that began after this call: the last one if it
+    /// did (it ran while this caller waited for the lock), else a new one. Waiters are served
+    /// in order (tokio's mutex is fair), so the first after a probe runs the next and the rest
+    /// share it. Counted, not timed: two clock readings can be equal.
+    pub async fn check<F: Future<Output = bool>>(&self, probe: impl FnOnce() -> F) -> bool {
+        let begun_before = self.begun.load(Ordering::Acquire);
+        let mut last = self.last.lock().await;
+        if last.0 > begun_before {
+            return last.1;
+        }
+        let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        let ok = probe().await;
+        *last = (number, ok);
+        ok
+    }
+}
+
+/// Whether the user store answers, within [`PROBE_TIMEOUT`].
+async fn store_answers(state: &AppState) -> bool {
+    state
+        .probes
+        .store
+        .check(|| async {
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,
+                Ok(Ok(()))
+            )
+        })
+        .await
+}
+
 /// `ok`, `error` or `not_configured` for the database the service depends on.
 async fn database_check(state: &AppState) -> &'static str {
-    let probe = if state.auth.store.kind() == "postgresql" {
-        Some(
-            tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping())
-                .await
-                .map(|r| r.is_ok()),
-        )
+    let ok = if state.auth.store.kind() == "postgresql" {
+        store_answers(state).await
     } else if let Some(db) = &state.security_db {
-        Some(
-            tokio::time::timeout(PROBE_TIMEOUT, db.ping())
-                .await
-                .map(|r| r.is_ok() && db.is_ready()),
-        )
+        state
+            .probes
+            .security_db
+            .check(|| async {
+                matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await,
+                    Ok(Ok(()))
+                ) && db.is_ready()
+            })
+            .await
     } else {
-        None
+        return "not_configured";
     };
-    match probe {
-        None => "not_configured",
-        Some(Ok(true)) => "ok",
-        Some(_) => "error",
-    }
+    if ok { "ok" } else { "error" }
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
@@ -95,14 +146,80 @@ pub async fn live() -> impl IntoResponse {
 pub async fn ready(
     State(state): State<AppState>,
 ) -> Result<impl IntoResponse, crate::error::ApiError> {
-    let store_ok = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,
-        Ok(Ok(()))
-    );
-    if store_ok {
+    if store_answers(&state).await {
         Ok((StatusCode::OK, Json(json!({ "status": "ready" }))))
     } else {
         // The Error shape, SERVICE_UNAVAILABLE with Retry-After, like every other 503.
         Err(crate::error::ApiError::Unavailable { retry_after: 5 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A probe that counts its runs and answers `ok` once `gate` gives it a permit.
+    async fn gated(runs: &AtomicUsize, gate: &Semaphore, ok: bool) -> bool {
+        runs.fetch_add(1, Ordering::SeqCst);
+        gate.acquire().await.unwrap().forget();
+        ok
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        while !what() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Callers that arrive during a probe do not take its answer (it began before they asked)
+    /// and do not each run their own: they share the next one.
+    #[tokio::test]
+    async fn callers_during_a_probe_share_the_next_one() {
+        let probe = Arc::new(SharedProbe::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let call = |ok: bool| {
+            let (probe, runs, gate) = (probe.clone(), runs.clone(), gate.clone());
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                // In the same poll: `check` notes the time and queues for the lock.
+                probe.check(|| gated(&runs, &gate, ok)).await
+            })
+        };
+        let first = call(true);
+        until(|| runs.load(Ordering::SeqCst) == 1).await;
+        let waiting: Vec<_> = (0..10).map(|_| call(false)).collect();
+        until(|| arrived.load(Ordering::SeqCst) == 11).await;
+        gate.add_permits(1);
+        assert!(
+            first.await.unwrap(),
+            "the first caller gets its own probe's answer"
+        );
+        until(|| runs.load(Ordering::SeqCst) == 2).await;
+        // Enough for every waiter: a probe each would end, and be counted, rather than hang.
+        gate.add_permits(100);
+        for waiter in waiting {
+            assert!(
+                !waiter.await.unwrap(),
+                "a waiter gets the probe that began after it asked"
+            );
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "ten waiters, one probe");
+    }
+
+    /// One caller after another: each gets a probe of its own, so an outage shows at once.
+    #[tokio::test]
+    async fn a_later_caller_never_gets_an_earlier_answer() {
+        let probe = SharedProbe::default();
+        assert!(probe.check(|| async { true }).await);
+        assert!(!probe.check(|| async { false }).await);
+        assert!(probe.check(|| async { true }).await);
     }
 }
