@@ -32,7 +32,7 @@ use flux_auth::app::App;
 use flux_auth::config::{Durability, Settings, StorageKind, Switch};
 use flux_auth::domain::ClientInfo;
 use flux_auth::metrics::Metrics;
-use flux_auth::security_log::event::RequestContext;
+use flux_auth::security_log::event::{RequestContext, metadata_json};
 use flux_auth::security_log::logger::{Envelope, mirror};
 use flux_auth::security_log::postgres_sink::PgSink;
 use flux_auth::security_log::spool::Spool;
@@ -370,8 +370,7 @@ fn to_csv(events: &[SecurityEvent]) -> String {
         out.push(',');
         csv_field(&mut out, e.user_agent.as_deref());
         out.push(',');
-        let metadata = serde_json::Value::Object(e.metadata.clone()).to_string();
-        csv_field(&mut out, Some(&metadata));
+        csv_field(&mut out, Some(&metadata_json(e)));
         out.push(',');
         out.push_str(&e.created_at.to_rfc3339());
         out.push('\n');
@@ -580,7 +579,7 @@ fn database_load(
     let event = SecurityEvent::from_request(EventType::TokenVerificationFailed, &ctx)
         .reason("malformed")
         .with("tokenKind", "access");
-    let metadata = flux_auth::security_log::event::metadata_json(&event);
+    let metadata = metadata_json(&event);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -56,17 +56,17 @@ impl SharedProbe {
     }
 }
 
-/// Whether the user store answers, within [`PROBE_TIMEOUT`].
+/// Whether `ping` succeeds within [`PROBE_TIMEOUT`].
+async fn answers<E>(ping: impl Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(())))
+}
+
+/// Whether the user store answers.
 async fn store_answers(state: &AppState) -> bool {
     state
         .probes
         .store
-        .check(|| async {
-            matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, state.auth.store.ping()).await,
-                Ok(Ok(()))
-            )
-        })
+        .check(|| answers(state.auth.store.ping()))
         .await
 }
 
@@ -78,12 +78,7 @@ async fn database_check(state: &AppState) -> &'static str {
         state
             .probes
             .security_db
-            .check(|| async {
-                matches!(
-                    tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await,
-                    Ok(Ok(()))
-                ) && db.is_ready()
-            })
+            .check(|| async { answers(db.ping()).await && db.is_ready() })
             .await
     } else {
         return "not_configured";

@@ -852,19 +852,15 @@ fn hash_scaling(
     );
     println!("|---|---|---|---|");
     for p in &points {
-        let list = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let efficiencies = p.efficiencies(cores);
+        let listed: Vec<String> = efficiencies.iter().map(|x| format!("{x:.2}")).collect();
         println!(
             "| {} KiB | {:.1} | {:.1} | **{:.2}** [{}] |",
             p.memory_kib,
             median(p.one_thread_per_sec.clone()),
             median(p.all_cores_per_sec.clone()),
-            median(p.efficiencies(cores)),
-            list(&p.efficiencies(cores))
+            median(efficiencies),
+            listed.join(", ")
         );
     }
     Ok(())
