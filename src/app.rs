@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, StateCollector};
 use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::store::{self, postgres::Database};
+use crate::telemetry::LogDrops;
 
 /// The state every handler and middleware gets. One `Arc`, so the per-request clones axum makes
 /// (each `State` extractor and `from_fn_with_state` layer) cost one atomic increment, not one per
@@ -89,8 +90,9 @@ pub struct Core {
 }
 
 impl Core {
-    /// Validates the settings, opens the store, the security log and Redis.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Validates the settings, opens the store, the security log and Redis. `log` is what
+    /// `/metrics` reports as the log lines dropped.
+    pub async fn build(settings: Settings, log: LogDrops) -> anyhow::Result<Self> {
         let started = Instant::now();
         let problems = settings.problems();
         if !problems.is_empty() {
@@ -185,6 +187,7 @@ impl Core {
             redis_up: redis,
             revocations: auth.revocations.clone(),
             user_cache: auth.store.user_cache(),
+            log,
             started,
         });
         let state = AppState::new(SharedState {
@@ -232,11 +235,16 @@ impl Core {
 impl App {
     /// Builds the [`Core`] and binds the port (0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_log(settings, LogDrops::default()).await
+    }
+
+    /// [`App::build`], with `/metrics` reporting the log lines `log` counts as dropped.
+    pub async fn build_with_log(settings: Settings, log: LogDrops) -> anyhow::Result<Self> {
         let Core {
             mut state,
             pipeline,
             background,
-        } = Core::build(settings).await?;
+        } = Core::build(settings, log).await?;
         let (host, port) = (state.settings.host, state.settings.port);
         let listener = TcpListener::bind((host, port))
             .await

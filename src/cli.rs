@@ -16,6 +16,7 @@ use crate::domain::{Email, UserType};
 use crate::security_log::{self, EventType, SecurityEvent};
 use crate::store::postgres::{Database, PgStore};
 use crate::store::{ImportOutcome, Store, StoreError, json_file};
+use crate::telemetry::LogDrops;
 
 /// Exit codes, documented in README: scripts and supervisors can tell a bad config from a crash.
 pub mod exit {
@@ -82,9 +83,10 @@ pub enum UsersCommand {
     },
 }
 
-pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
+/// Runs the command; `log` counts the log lines the writer dropped (for `/metrics`).
+pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings).await,
+        Command::Serve => serve(settings, log).await,
         Command::Migrate => migrate(&settings).await,
         Command::CheckConfig => return check_config(&settings),
         Command::GenSecret => {
@@ -109,12 +111,12 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, log: LogDrops) -> anyhow::Result<()> {
     // Before anything can report ready: see `StopSignals`.
     let signals = crate::shutdown::StopSignals::listen()?;
     // Secrets are `SecretString`s: their Debug form is redacted.
     tracing::info!(config = ?settings, "effective configuration");
-    let app = App::build(settings).await?;
+    let app = App::build_with_log(settings, log).await?;
     app.run_until_stopped(async move {
         let signal = signals.recv().await;
         tracing::info!(
@@ -266,7 +268,7 @@ async fn import_users(settings: &Settings, file: &std::path::Path) -> anyhow::Re
 }
 
 async fn cleanup(settings: Settings) -> anyhow::Result<()> {
-    let core = crate::app::Core::build(settings).await?;
+    let core = crate::app::Core::build(settings, LogDrops::default()).await?;
     // The store migrates in the background; give it a moment to come up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while core.state.auth.store.ping().await.is_err()

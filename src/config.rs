@@ -67,6 +67,8 @@ pub struct Settings {
     pub port: u16,
     pub node_env: Environment,
     pub log_format: LogFormat,
+    /// Log lines that may wait for stdout before new ones are dropped (`telemetry::init`).
+    pub log_buffer_lines: usize,
 
     pub jwt_secret: Option<SecretString>,
     /// Accepted for verification only, so rotating `JWT_SECRET` logs nobody out.
@@ -157,6 +159,7 @@ impl Default for Settings {
             port: 3001,
             node_env: Environment::Development,
             log_format: LogFormat::Auto,
+            log_buffer_lines: crate::telemetry::LOG_BUFFER_LINES.default,
             jwt_secret: None,
             jwt_secret_previous: None,
             jwt_issuer: "flux-auth".into(),
@@ -242,6 +245,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("port", Kind::Number),
     ("node_env", Kind::Text),
     ("log_format", Kind::Text),
+    ("log_buffer_lines", Kind::Number),
     ("jwt_secret", Kind::Secret),
     ("jwt_secret_previous", Kind::Secret),
     ("jwt_issuer", Kind::Text),
@@ -545,6 +549,13 @@ impl Settings {
             problems.push(
                 "SECURITY_LOG_BATCH_SIZE and SECURITY_LOG_QUEUE_CAPACITY must be positive.".into(),
             );
+        }
+        let lines = crate::telemetry::LOG_BUFFER_LINES;
+        if !(lines.min..=lines.max).contains(&self.log_buffer_lines) {
+            problems.push(format!(
+                "LOG_BUFFER_LINES must be between {} and {} (default {}).",
+                lines.min, lines.max, lines.default
+            ));
         }
         // The linger bounds what a SIGKILL can lose in async mode, and shutdown waits it out.
         if self.security_log_linger_ms > 1000 {

@@ -19,6 +19,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(cli::exit::CONFIG);
         }
     };
-    flux_auth::telemetry::init(settings.log_format);
-    cli::run(cli, settings).await
+    // Held to the end: dropping it writes out the log lines still buffered.
+    let log = match flux_auth::telemetry::init(settings.log_format, settings.log_buffer_lines) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("flux-auth: could not start the log writer thread: {e}");
+            return ExitCode::from(cli::exit::FAILURE);
+        }
+    };
+    cli::run(cli, settings, log.drops()).await
 }

@@ -233,6 +233,8 @@ pub struct StateCollector {
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
     pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
     pub user_cache: Option<Arc<crate::store::postgres::user_cache::UserCache>>,
+    /// Log lines dropped because stdout could not keep up.
+    pub log: crate::telemetry::LogDrops,
     pub started: Instant,
 }
 
@@ -305,6 +307,12 @@ impl Collector for StateCollector {
             "security_log_spool_over_cap",
             "1 while the spool exceeds its size cap",
             f64::from(u8::from(s.spool_over_cap.load(Ordering::Relaxed))),
+        )?;
+        counter(
+            &mut e,
+            "log_lines_dropped",
+            "Log lines dropped because stdout could not keep up",
+            self.log.count(),
         )?;
         counter(
             &mut e,

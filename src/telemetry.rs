@@ -2,6 +2,7 @@
 //! `RUST_LOG`. Security events are mirrored under the `security` target.
 
 mod json;
+pub mod writer;
 
 use std::io::IsTerminal;
 
@@ -12,13 +13,35 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use json::{JsonFields, JsonLine};
+pub use writer::{LogDrops, LogOutput};
 
 use crate::config::LogFormat;
 
 /// The filter when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn,hyper=warn";
 
-pub fn init(format: LogFormat) {
+/// How many log lines may wait for stdout (`LOG_BUFFER_LINES`). A line is a few hundred bytes,
+/// so the default holds a few MB: seconds of a request flood, or of a log reader that stalls.
+pub const LOG_BUFFER_LINES: Bounds = Bounds {
+    min: 100,
+    default: 16_384,
+    max: 1_000_000,
+};
+
+/// A setting's accepted range and default.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub min: usize,
+    pub default: usize,
+    pub max: usize,
+}
+
+/// Installs the subscriber, its lines written to stdout by a thread of their own (see
+/// [`writer`]): up to `buffer_lines` may wait there, and beyond that they are dropped and counted
+/// (`flux_auth_log_lines_dropped_total`). Security events do not depend on these lines: the
+/// security log writes its own database rows and spool files. Keep the returned [`LogOutput`]
+/// until the process ends: dropping it writes out the lines still waiting.
+pub fn init(format: LogFormat, buffer_lines: usize) -> std::io::Result<LogOutput> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
@@ -26,16 +49,21 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    // Out of range is refused with the other settings' problems; until then, clamped.
+    let limit = buffer_lines.clamp(LOG_BUFFER_LINES.min, LOG_BUFFER_LINES.max);
+    let (writer, output) = writer::start(std::io::stdout(), limit)?;
     // A second init (tests, embedded use) keeps the first subscriber; that is fine.
     let _ = if json {
-        json_subscriber(filter, std::io::stdout).try_init()
+        json_subscriber(filter, writer).try_init()
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_target(true)
+            .with_writer(writer)
             .finish()
             .try_init()
     };
+    Ok(output)
 }
 
 /// The JSON-lines subscriber the service runs with, writing to `writer` (benchmarks and tests

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rand::Rng;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -501,6 +502,12 @@ impl Instance {
 
     fn spawn(extra_env: &[(&str, &str)]) -> Instance {
         let dir = tempfile::tempdir().unwrap();
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+        Self::spawn_in(dir, extra_env, stdout.into())
+    }
+
+    /// Like [`Instance::spawn`], with stdout where `stdout` says instead of `stdout.log`.
+    fn spawn_in(dir: tempfile::TempDir, extra_env: &[(&str, &str)], stdout: Stdio) -> Instance {
         let port = free_port();
         let mut command = Command::new(BIN);
         command
@@ -514,7 +521,7 @@ impl Instance {
             .envs(extra_env.iter().copied())
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stdout(stdout)
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn flux-auth");
@@ -532,7 +539,7 @@ impl Instance {
     fn logs(&self) -> String {
         format!(
             "--- stdout\n{}--- stderr\n{}",
-            self.read("stdout.log"),
+            std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default(),
             self.read("stderr.log")
         )
     }
@@ -691,6 +698,86 @@ async fn json_logs_are_one_object_a_line_with_request_ids_and_never_credentials(
         assert!(!stdout.contains(canary.as_str()), "the {what} is in stdout");
         assert!(!stderr.contains(canary.as_str()), "the {what} is in stderr");
     }
+}
+
+/// A log reader that stops reading (pm2 busy, a full pipe) does not stop the service: lines wait
+/// in a bounded buffer, then are dropped and counted; requests go on being answered; no line is
+/// lost without being counted, and every line that reaches stdout is whole.
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
+    // stdout is a pipe that nobody reads until the end: the kernel holds 64 KiB of it (a few
+    // hundred lines), the writer's own buffer as much again, and the queue 100 lines.
+    let (reader, writer) = std::io::pipe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut instance = Instance::spawn_in(dir, &[("LOG_BUFFER_LINES", "100")], writer.into());
+    instance.wait_until_live().await;
+
+    // Several times what the pipe and the buffers hold, one log line each. When a request's line
+    // was written on the worker that served it, the first request to meet the full pipe never
+    // got its answer, nor did any after it.
+    let requests = 3_000;
+    let client = Client::new();
+    let url = instance.url("/health/live");
+    let answered = tokio::time::timeout(PATIENCE, async {
+        futures::stream::iter(0..requests)
+            .map(|_| {
+                let request = client.get(&url).send();
+                async move { request.await.map(|r| r.status()) }
+            })
+            .buffer_unordered(16)
+            .filter(|status| std::future::ready(matches!(status, Ok(StatusCode::OK))))
+            .count()
+            .await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("requests stalled behind a full stdout\n{}", instance.logs()));
+    assert_eq!(answered, requests, "{}", instance.logs());
+
+    // The reader comes back: what waited is written, then the metrics request's line.
+    let drained = std::thread::spawn(move || std::io::read_to_string(reader).unwrap());
+    let metrics = client
+        .get(instance.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flux_auth_log_lines_dropped_total "))
+        .unwrap_or_else(|| panic!("no flux_auth_log_lines_dropped_total in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert_eq!(instance.terminate().await, Some(0), "{}", instance.logs());
+    let stdout = drained.join().unwrap();
+
+    let mut written = 0;
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a torn or broken line ({e}): {line:?}"));
+        if value["message"] == "request" && value["route"] == "/health/live" {
+            written += 1;
+        }
+    }
+    // Every request logged one line: written, or dropped and counted. The liveness polls before
+    // the run add a few written lines; other lines dropped could only add to the count.
+    assert!(dropped > 0, "nothing was dropped: the pipe never filled?");
+    assert!(
+        written < requests,
+        "{written} of {requests} lines were written"
+    );
+    assert!(
+        written + dropped >= requests,
+        "{} lines were lost without being counted ({written} written, {dropped} dropped)",
+        requests - written - dropped
+    );
+    // Shutdown's own lines come after the drain: nothing is held back at exit.
+    assert!(
+        stdout.lines().last().is_some_and(|l| l.contains("stopped")),
+        "the last line is not the shutdown's:\n{}",
+        stdout.lines().last().unwrap_or_default()
+    );
 }
 
 /// Receives one notification (bounded by `PATIENCE`).

@@ -23,7 +23,7 @@ use hyper::StatusCode;
 use http::{Call, Conn, once};
 use measure::{Job, Latency, PASSWORD, ProcStats, Window, closed_loop, observe, paced, rss_mb};
 use report::{Report, Row};
-use server::{BenchDb, Server, ServerSpec, StoreKind};
+use server::{BenchDb, Server, ServerLogs, ServerSpec, StoreKind};
 
 #[derive(Parser)]
 #[command(
@@ -168,6 +168,10 @@ struct RunArgs {
     /// run logs hundreds of megabytes: one line per request.
     #[arg(long)]
     server_logs: Option<PathBuf>,
+    /// Read the servers' logs through a pipe and discard them, as pm2 or a container runtime
+    /// reads a service's stdout (instead of the servers writing them to /dev/null).
+    #[arg(long, conflicts_with = "server_logs")]
+    server_logs_pipe: bool,
     /// Extra environment for the servers under test, KEY=VALUE (repeatable), e.g. RUST_LOG=warn
     /// to see what the per-request log line costs.
     #[arg(long = "server-env", value_parser = parse_env_pair)]
@@ -381,11 +385,12 @@ struct Harness {
 }
 
 impl Harness {
-    fn log_file(&self, name: &str) -> Option<PathBuf> {
-        self.args
-            .server_logs
-            .as_ref()
-            .map(|dir| dir.join(format!("{name}.log")))
+    fn logs(&self, name: &str) -> ServerLogs {
+        match &self.args.server_logs {
+            Some(dir) => ServerLogs::File(dir.join(format!("{name}.log"))),
+            None if self.args.server_logs_pipe => ServerLogs::Pipe,
+            None => ServerLogs::Discard,
+        }
     }
 
     async fn measure(
@@ -452,7 +457,7 @@ impl Harness {
         database_url: Option<&str>,
     ) -> anyhow::Result<()> {
         let name = store.name();
-        let log = self.log_file(name);
+        let logs = self.logs(name);
         let server = Server::start(&ServerSpec {
             binary: &self.args.server,
             store,
@@ -460,7 +465,7 @@ impl Harness {
             redis_url: self.redis.as_deref(),
             env: self.args.server_env.clone(),
             work_dir: &self.work_dir,
-            log_file: log.as_deref(),
+            logs,
         })
         .await?;
         let result = self.run_scenarios(store, &server, database_url).await;
@@ -694,21 +699,18 @@ impl Harness {
             on.push((key.into(), "1000000000".into()));
         }
         common.push(("RATE_LIMITS".into(), "off".into()));
-        let (log_off, log_on) = (
-            self.log_file("rate-limits-off"),
-            self.log_file("rate-limits-on"),
-        );
-        let spec = |env, database_url, log_file| ServerSpec {
+        let (log_off, log_on) = (self.logs("rate-limits-off"), self.logs("rate-limits-on"));
+        let spec = |env, database_url, logs| ServerSpec {
             binary: &self.args.server,
             store,
             database_url,
             redis_url: Some(redis),
             env,
             work_dir: &self.work_dir,
-            log_file,
+            logs,
         };
-        let off = Server::start(&spec(common, db_off, log_off.as_deref())).await?;
-        let on = match Server::start(&spec(on, db_on, log_on.as_deref())).await {
+        let off = Server::start(&spec(common, db_off, log_off)).await?;
+        let on = match Server::start(&spec(on, db_on, log_on)).await {
             Ok(server) => server,
             Err(e) => {
                 off.stop().await;

@@ -94,7 +94,17 @@ pub struct ServerSpec<'a> {
     /// Extra environment (rate limits on, their values).
     pub env: Vec<(String, String)>,
     pub work_dir: &'a Path,
-    pub log_file: Option<&'a Path>,
+    pub logs: ServerLogs,
+}
+
+/// Where a server's stdout and stderr go.
+pub enum ServerLogs {
+    /// /dev/null.
+    Discard,
+    /// This file.
+    File(std::path::PathBuf),
+    /// A pipe this process reads and discards, as pm2 or a container runtime reads a service's.
+    Pipe,
 }
 
 pub struct Server {
@@ -145,13 +155,16 @@ impl Server {
         }
         // The service logs a line per request, as in production; a log file is optional since a
         // long run writes hundreds of megabytes.
-        match spec.log_file {
-            Some(path) => {
+        match &spec.logs {
+            ServerLogs::File(path) => {
                 let file = std::fs::File::create(path)?;
                 command.stdout(file.try_clone()?).stderr(file);
             }
-            None => {
+            ServerLogs::Discard => {
                 command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+            ServerLogs::Pipe => {
+                command.stdout(Stdio::piped()).stderr(Stdio::null());
             }
         }
         let started = Instant::now();
@@ -159,6 +172,10 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", spec.binary.display()))?;
         let pid = child.id().context("the server exited at once")?;
+        if let Some(mut stdout) = child.stdout.take() {
+            // Read for as long as the server writes; ends at its exit.
+            tokio::spawn(async move { tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await });
+        }
         let ready = Call::get("/health/ready");
         // Poll every millisecond for up to 60 s (a Postgres store migrates first).
         loop {
