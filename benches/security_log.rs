@@ -103,13 +103,23 @@ fn batch(start: usize) -> Vec<SecurityEvent> {
 
 // ---- record() ---------------------------------------------------------------------------------
 
-/// The service's JSON log subscriber (`telemetry::init`), writing to nowhere: the formatting of
-/// every log line is paid, the pipe to a log shipper is not.
-fn production_subscriber() -> impl tracing::Subscriber + Send + Sync {
-    flux_auth::telemetry::json_subscriber(
-        tracing_subscriber::EnvFilter::new(flux_auth::telemetry::DEFAULT_FILTER),
-        std::io::sink,
+/// The service's JSON log subscriber and log writer thread (`telemetry::init`), writing to
+/// nowhere: the formatting of every log line and its handover to the writer thread are paid, the
+/// pipe to a log shipper is not. Lines are written while the returned output lives.
+fn production_subscriber() -> (
+    impl tracing::Subscriber + Send + Sync,
+    flux_auth::telemetry::LogOutput,
+) {
+    let (writer, output) = flux_auth::telemetry::writer::start(
+        std::io::sink(),
+        flux_auth::telemetry::LOG_BUFFER_LINES.default,
     )
+    .unwrap();
+    let subscriber = flux_auth::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new(flux_auth::telemetry::DEFAULT_FILTER),
+        writer,
+    );
+    (subscriber, output)
 }
 
 fn bench_record(c: &mut Criterion) {
@@ -154,7 +164,8 @@ fn bench_record(c: &mut Criterion) {
     let mut group = c.benchmark_group("record");
     group.throughput(Throughput::Elements(1));
     group.bench_function("async, no log subscriber", |b| b.iter_custom(&mut run));
-    tracing::subscriber::with_default(production_subscriber(), || {
+    let (subscriber, _log) = production_subscriber();
+    tracing::subscriber::with_default(subscriber, || {
         group.bench_function("async, JSON log subscriber installed", |b| {
             b.iter_custom(&mut run)
         });
@@ -668,7 +679,8 @@ async fn paced(
 fn bench_request(c: &mut Criterion) {
     // As in production: every request formats its log line, and the writer every event's mirror
     // line. Global, so the server's runtimes see it; this group runs last.
-    tracing::subscriber::set_global_default(production_subscriber()).unwrap();
+    let (subscriber, _log) = production_subscriber();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
     let rt = runtime();
     let Some(bench) = rt.block_on(create_database()) else {
         return;
