@@ -23,7 +23,7 @@ pub const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn,hyper=warn";
 /// How many log lines may wait for stdout (`LOG_BUFFER_LINES`). A line is a few hundred bytes,
 /// so the default holds a few MB: seconds of a request flood, or of a log reader that stalls.
 pub const LOG_BUFFER_LINES: Bounds = Bounds {
-    min: 100,
+    min: 1_000,
     default: 16_384,
     max: 1_000_000,
 };

@@ -23,6 +23,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// How long the thread lets lines gather after the first one wakes it: the longest a line waits
 /// in a quiet moment, and the batch a flood is written in (at 70,000 lines a second, ~140 lines).
+/// A batch that reaches half the limit ends the wait at once, so lingering never drops lines.
 const LINGER: Duration = Duration::from_millis(2);
 
 /// A batch buffer bigger than this after a burst is given back rather than kept.
@@ -101,8 +102,9 @@ pub fn start<W: Write + Send + 'static>(
 /// nothing is left.
 fn write_batches<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
+    let half = shared.limit_lines / 2;
     loop {
-        let stopping = {
+        {
             let mut pending = shared.lock();
             while pending.bytes.is_empty() && !pending.stopping {
                 pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
@@ -110,13 +112,10 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
             if pending.bytes.is_empty() {
                 break;
             }
-            pending.stopping
-        };
-        if !stopping {
-            std::thread::sleep(LINGER);
-        }
-        {
-            let mut pending = shared.lock();
+            let (mut pending, _) = shared
+                .wake
+                .wait_timeout_while(pending, LINGER, |p| !p.stopping && p.lines < half)
+                .unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut pending.bytes, &mut batch);
             pending.lines = 0;
         }
@@ -191,9 +190,11 @@ impl Write for LineWriter<'_> {
         let was_empty = pending.bytes.is_empty();
         pending.bytes.extend_from_slice(line);
         pending.lines += 1;
+        let half_full = pending.lines == self.shared.limit_lines / 2;
         drop(pending);
-        // Only the first line of a batch wakes the thread; the rest find it lingering or writing.
-        if was_empty {
+        // Only the first line of a batch wakes the thread (the rest find it lingering or
+        // writing), and the line that fills half the buffer ends its lingering.
+        if was_empty || half_full {
             self.shared.wake.notify_all();
         }
         Ok(line.len())

@@ -706,16 +706,17 @@ async fn json_logs_are_one_object_a_line_with_request_ids_and_never_credentials(
 #[tokio::test]
 async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
     // stdout is a pipe that nobody reads until the end: the kernel holds 64 KiB of it (a few
-    // hundred lines), the writer's own buffer as much again, and the queue 100 lines.
+    // hundred lines), the writer thread a batch it cannot write (up to 1,000 lines), and 1,000
+    // more may wait.
     let (reader, writer) = std::io::pipe().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut instance = Instance::spawn_in(dir, &[("LOG_BUFFER_LINES", "100")], writer.into());
+    let mut instance = Instance::spawn_in(dir, &[("LOG_BUFFER_LINES", "1000")], writer.into());
     instance.wait_until_live().await;
 
     // Several times what the pipe and the buffers hold, one log line each. When a request's line
     // was written on the worker that served it, the first request to meet the full pipe never
     // got its answer, nor did any after it.
-    let requests = 3_000;
+    let requests = 6_000;
     let client = Client::new();
     let url = instance.url("/health/live");
     let answered = tokio::time::timeout(PATIENCE, async {
