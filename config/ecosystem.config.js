@@ -26,7 +26,8 @@ module.exports = {
 
       // pm2 stops with SIGINT, then SIGKILL after kill_timeout. flux-auth drains on SIGINT:
       // in-flight requests get SHUTDOWN_TIMEOUT_MS (default 1200 ms), then the security log is
-      // flushed, which it gives up on after 5 s (a database that stops answering mid-flush).
+      // flushed, which it gives up on after 5 s (a database that stops answering mid-flush), and
+      // the log lines still waiting are written out (at most 1 s more if stdout is stuck).
       // Usually all of it takes about 0.1 s; 8000 ms is above the worst case, so pm2 never kills
       // it mid-flush (pm2's default of 1600 ms would be too short). Raise it with
       // SHUTDOWN_TIMEOUT_MS.
