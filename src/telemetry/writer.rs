@@ -216,6 +216,12 @@ mod tests {
         stuck: Arc<Mutex<()>>,
     }
 
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.written.lock().unwrap().clone()).unwrap()
+        }
+    }
+
     impl Write for Sink {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             let _wait_while_stuck = self.stuck.lock().unwrap();
@@ -239,7 +245,7 @@ mod tests {
             log(&writer, &format!("line {i}\n"));
         }
         drop(output);
-        let written = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+        let written = sink.text();
         let expected: String = (0..500).map(|i| format!("line {i}\n")).collect();
         assert_eq!(written, expected);
     }
@@ -266,7 +272,7 @@ mod tests {
         assert_eq!(drops.count(), 90, "10 wait, the rest are dropped");
         drop(stuck);
         drop(output);
-        let written = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+        let written = sink.text();
         let expected: String = std::iter::once("first\n".to_owned())
             .chain((0..10).map(|i| format!("line {i}\n")))
             .collect();

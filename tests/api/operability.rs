@@ -736,20 +736,13 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
 
     // The reader comes back: what waited is written, then the metrics request's line.
     let drained = std::thread::spawn(move || std::io::read_to_string(reader).unwrap());
-    let metrics = client
-        .get(instance.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dropped: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("flux_auth_log_lines_dropped_total "))
-        .unwrap_or_else(|| panic!("no flux_auth_log_lines_dropped_total in\n{metrics}"))
-        .parse()
-        .unwrap();
+    let dropped = metric_at(
+        &client,
+        &instance.url("/metrics"),
+        "flux_auth_log_lines_dropped_total",
+    )
+    .await
+    .expect("/metrics has flux_auth_log_lines_dropped_total") as usize;
     assert_eq!(instance.terminate().await, Some(0), "{}", instance.logs());
     let stdout = drained.join().unwrap();
 
