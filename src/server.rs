@@ -97,7 +97,7 @@ pub async fn serve(
         cut: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    let mut accept_failures = Throttle::default();
+    let (mut accept_failures, mut accept_log) = (0u64, Throttle::default());
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -109,9 +109,11 @@ pub async fn serve(
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 server.metrics.http_accept_errors.inc();
-                if let Some(since) = accept_failures.due(1) {
-                    tracing::error!(error = %e, failures = since, open = server.open_count(),
-                        "could not accept a connection (out of file descriptors?); pausing accepts briefly");
+                accept_failures += 1;
+                if accept_log.due() {
+                    let failures = std::mem::take(&mut accept_failures);
+                    tracing::error!(error = %e, failures,
+                        "could not accept a connection (out of file descriptors?); pausing accepts for 50 ms (failures since the last such line)");
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -158,7 +160,10 @@ struct Server {
 struct Open {
     next_id: u64,
     by_age: BTreeMap<u64, Arc<Slot>>,
-    shed: Throttle,
+    /// Connections shed since the last warning.
+    shed_idle: u64,
+    shed_refused: u64,
+    shed_log: Throttle,
 }
 
 /// One open connection, as the accept loop sees it.
@@ -169,90 +174,78 @@ struct Slot {
     close: CancellationToken,
 }
 
-/// Counts things and says when it is time to log them again.
+/// Says when a warning may be logged again (at most once per [`LOG_EVERY`]).
 #[derive(Default)]
 struct Throttle {
     last: Option<Instant>,
-    pending: u64,
-    pending_refused: u64,
 }
 
 impl Throttle {
-    /// Counts `n` more; returns the count since the last line when a line is due.
-    fn due(&mut self, n: u64) -> Option<u64> {
-        self.pending += n;
+    fn due(&mut self) -> bool {
         if self.last.is_some_and(|last| last.elapsed() < LOG_EVERY) {
-            return None;
+            return false;
         }
         self.last = Some(Instant::now());
-        Some(std::mem::take(&mut self.pending))
+        true
     }
 }
 
 impl Server {
-    fn open_count(&self) -> usize {
-        self.lock().by_age.len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the new connection in, making room at the cap, or closes it.
+    /// Takes the new connection in, at the cap making room by closing the oldest idle one; when
+    /// every connection is busy, closes the new one instead.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: &CancellationToken) {
-        let slot = {
-            let mut open = self.lock();
-            if open.by_age.len() >= self.limits.max_connections {
-                let idle = open
-                    .by_age
-                    .iter()
-                    .find(|(_, slot)| slot.busy.load(Ordering::Relaxed) == 0)
-                    .map(|(id, _)| *id);
-                let displaced = idle.and_then(|id| open.by_age.remove(&id));
-                let refused = displaced.is_none();
-                match displaced {
-                    Some(slot) => {
-                        slot.close.cancel();
-                        self.metrics.connection_shed("idle");
-                    }
-                    None => self.metrics.connection_shed("refused"),
-                }
-                if refused {
-                    open.shed.pending_refused += 1;
-                }
-                let open_now = open.by_age.len() + usize::from(!refused);
-                if let Some(shed) = open.shed.due(1) {
-                    let refused = std::mem::take(&mut open.shed.pending_refused);
-                    tracing::warn!(
-                        max_connections = self.limits.max_connections,
-                        open = open_now,
-                        idle_closed = shed - refused,
-                        refused,
-                        "connection limit reached: closed the oldest idle connections to admit new ones, and refused new ones while every connection had a request in progress"
-                    );
-                }
-                if refused {
-                    drop(open);
-                    drop(stream);
-                    return;
-                }
+        let mut open = self.lock();
+        if open.by_age.len() >= self.limits.max_connections {
+            let idle = open
+                .by_age
+                .iter()
+                .find(|(_, slot)| slot.busy.load(Ordering::Relaxed) == 0)
+                .map(|(id, _)| *id);
+            let displaced = idle.and_then(|id| open.by_age.remove(&id));
+            let admitted = displaced.is_some();
+            if let Some(slot) = displaced {
+                slot.close.cancel();
+                open.shed_idle += 1;
+                self.metrics.connection_shed("idle");
+            } else {
+                open.shed_refused += 1;
+                self.metrics.connection_shed("refused");
             }
-            let id = open.next_id;
-            open.next_id += 1;
-            let slot = Arc::new(Slot {
-                busy: AtomicUsize::new(0),
-                close: self.cut.child_token(),
-            });
-            open.by_age.insert(id, slot.clone());
-            self.metrics
-                .http_connections_open
-                .set(open.by_age.len() as i64);
-            (id, slot)
-        };
+            if open.shed_log.due() {
+                let (idle_closed, refused) = (
+                    std::mem::take(&mut open.shed_idle),
+                    std::mem::take(&mut open.shed_refused),
+                );
+                tracing::warn!(
+                    max_connections = self.limits.max_connections,
+                    idle_closed,
+                    refused,
+                    "connection limit reached: the oldest idle connections were closed to admit new ones, and new ones refused while every connection was busy (counts since the last such line)"
+                );
+            }
+            if !admitted {
+                return; // dropping the stream closes it
+            }
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        let slot = Arc::new(Slot {
+            busy: AtomicUsize::new(0),
+            close: self.cut.child_token(),
+        });
+        open.by_age.insert(id, slot.clone());
+        self.metrics
+            .http_connections_open
+            .set(open.by_age.len() as i64);
+        drop(open);
         let server = self.clone();
         let stop = stop.clone();
         self.tasks
-            .spawn(async move { server.connection(stream, peer, slot, stop).await });
+            .spawn(async move { server.connection(stream, peer, (id, slot), stop).await });
     }
 
     async fn connection(
