@@ -793,6 +793,25 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_and_stream_settings_are_bounded() {
+        let good = generate_secret();
+        for (name, value) in [
+            ("HEADER_READ_TIMEOUT_MS", "99"),
+            ("HEADER_READ_TIMEOUT_MS", "60001"),
+            ("MAX_CONNECTIONS", "15"),
+            ("EVENT_STREAM_RECHECK_MS", "10001"),
+        ] {
+            let s = Settings::from_env(env(&[("JWT_SECRET", &good), (name, value)])).unwrap();
+            assert!(
+                s.problems().iter().any(|p| p.starts_with(name)),
+                "{name}={value} accepted"
+            );
+        }
+        let defaults = Settings::from_env(env(&[("JWT_SECRET", &good)])).unwrap();
+        assert!(defaults.problems().is_empty(), "{:?}", defaults.problems());
+    }
+
+    #[test]
     fn redis_host_variables_build_a_url() {
         let s =
             Settings::from_env(env(&[("REDIS_HOST", "cache"), ("REDIS_PORT", "6380")])).unwrap();
