@@ -3,7 +3,6 @@
 //! `SHUTDOWN_TIMEOUT_MS`), record `service_stopped`, flush the security log.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use crate::limits::{Limits, RedisLink};
 use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, StateCollector};
 use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
+use crate::server::{self, ConnectionLimits};
 use crate::store::{self, postgres::Database};
 use crate::telemetry::LogDrops;
 
@@ -68,6 +68,9 @@ pub struct SharedState {
     /// server drain.
     pub stopping: CancellationToken,
 }
+
+/// Connections `METRICS_ADDR`'s listener takes at once.
+const METRICS_CONNECTIONS: usize = 64;
 
 pub struct App {
     listener: TcpListener,
@@ -314,44 +317,60 @@ impl App {
             background.clone(),
         ));
         let core_state = state.clone();
-        let state_stopping = state.stopping.clone();
+        let stopping = state.stopping.clone();
+        let limits = ConnectionLimits {
+            head_timeout: Duration::from_millis(state.settings.header_read_timeout_ms),
+            max_connections: server::connection_cap(state.settings.max_connections),
+        };
+        if limits.max_connections < state.settings.max_connections {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                configured = state.settings.max_connections,
+                "MAX_CONNECTIONS lowered to fit the open-file limit (raise it with LimitNOFILE= or ulimit -n)"
+            );
+        }
         if let Some(listener) = metrics_listener {
             let router = crate::http::metrics::router(state.clone());
-            let stop = state.stopping.clone();
-            tokio::spawn(async move {
-                let serve =
-                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            });
+            // A scraper needs a connection or two.
+            let limits = ConnectionLimits {
+                max_connections: limits.max_connections.min(METRICS_CONNECTIONS),
+                ..limits
+            };
+            let (metrics, stop) = (state.metrics.clone(), stopping.clone());
+            tokio::spawn(server::serve(
+                listener, router, limits, metrics, stop, grace,
+            ));
         }
-        let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stopping = state_stopping;
-        let signal = {
+        let router = crate::http::router(state.clone());
+        tokio::spawn({
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
                 crate::systemd::notify("STOPPING=1");
                 stopping.cancel();
             }
-        };
-        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        });
         crate::systemd::notify("READY=1");
-        let deadline = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        let drain_started;
-        tokio::select! {
-            result = serve => {
-                drain_started = Instant::now();
-                result?;
-            }
-            () = deadline => {
-                drain_started = Instant::now();
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time; closing them");
-            }
+        tracing::info!(
+            max_connections = limits.max_connections,
+            header_read_timeout_ms = state.settings.header_read_timeout_ms,
+            "accepting connections"
+        );
+        let drained = server::serve(
+            listener,
+            router,
+            limits,
+            state.metrics.clone(),
+            stopping,
+            grace,
+        )
+        .await;
+        let drain_started = Instant::now();
+        if !drained {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests did not finish in time; closing them"
+            );
         }
         events
             .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))

@@ -143,6 +143,14 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// Time a connection has to send a complete request head, from its accept and from the end of
+    /// its previous response (so also its idle keep-alive time).
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once (lowered to fit the open-file limit; `server::connection_cap`).
+    pub max_connections: usize,
+    /// How often an open admin event stream checks that its token is still valid, unrevoked and
+    /// an admin's.
+    pub event_stream_recheck_ms: u64,
 
     pub password_min_length: usize,
     pub argon2_memory_kib: u32,
@@ -220,6 +228,9 @@ impl Default for Settings {
             body_limit_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
             shutdown_timeout_ms: 1_200,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            event_stream_recheck_ms: 2_000,
             password_min_length: 8,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
@@ -303,6 +314,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("body_limit_bytes", Kind::Number),
     ("request_timeout_ms", Kind::Number),
     ("shutdown_timeout_ms", Kind::Number),
+    ("header_read_timeout_ms", Kind::Number),
+    ("max_connections", Kind::Number),
+    ("event_stream_recheck_ms", Kind::Number),
     ("password_min_length", Kind::Number),
     ("argon2_memory_kib", Kind::Number),
     ("argon2_iterations", Kind::Number),
@@ -522,6 +536,19 @@ impl Settings {
         if !(1024..=1024 * 1024).contains(&self.body_limit_bytes) {
             problems
                 .push("BODY_LIMIT_BYTES must be between 1024 and 1048576 (default 16384).".into());
+        }
+        if !(100..=60_000).contains(&self.header_read_timeout_ms) {
+            problems.push(
+                "HEADER_READ_TIMEOUT_MS must be between 100 and 60000 (default 10000).".into(),
+            );
+        }
+        if !(16..=1_000_000).contains(&self.max_connections) {
+            problems.push("MAX_CONNECTIONS must be between 16 and 1000000 (default 4096).".into());
+        }
+        if !(100..=10_000).contains(&self.event_stream_recheck_ms) {
+            problems.push(
+                "EVENT_STREAM_RECHECK_MS must be between 100 and 10000 (default 2000).".into(),
+            );
         }
         if self.cleanup_interval_secs < 60 {
             problems.push("CLEANUP_INTERVAL_SECS must be at least 60 (default 3600).".into());
@@ -763,6 +790,25 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("SECURITY_LOG_LINGER_MS must be at most 1000"))
         );
+    }
+
+    #[test]
+    fn the_connection_and_stream_settings_are_bounded() {
+        let good = generate_secret();
+        for (name, value) in [
+            ("HEADER_READ_TIMEOUT_MS", "99"),
+            ("HEADER_READ_TIMEOUT_MS", "60001"),
+            ("MAX_CONNECTIONS", "15"),
+            ("EVENT_STREAM_RECHECK_MS", "10001"),
+        ] {
+            let s = Settings::from_env(env(&[("JWT_SECRET", &good), (name, value)])).unwrap();
+            assert!(
+                s.problems().iter().any(|p| p.starts_with(name)),
+                "{name}={value} accepted"
+            );
+        }
+        let defaults = Settings::from_env(env(&[("JWT_SECRET", &good)])).unwrap();
+        assert!(defaults.problems().is_empty(), "{:?}", defaults.problems());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod limits;
 pub mod metrics;
 /// The security-event pipeline.
 pub mod security_log;
+/// The HTTP/1.1 server loop: head timeout, head size, connection cap, drain.
+pub mod server;
 /// SIGINT / SIGTERM.
 pub mod shutdown;
 /// Users and sessions behind one trait: Postgres or JSON files.

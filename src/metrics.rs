@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,14 +25,38 @@ use crate::store::postgres::Database;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: String,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
-    pub method: String,
+    pub method: &'static str,
+}
+
+/// Why a connection was closed to stay under the connection cap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub reason: &'static str,
+}
+
+/// The `method` label: one of the methods the service knows, else `other`, so that a client
+/// inventing method names cannot add label values (each is a series kept for the process's life).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +124,14 @@ pub struct Metrics {
     pub db_pool_acquire_wait: Family<PoolLabels, Histogram>,
     pub db_pool_acquire_errors: Family<PoolLabels, Counter>,
     pub redis_errors: Counter,
+    /// Connections open now (the API listener and `METRICS_ADDR`'s).
+    pub http_connections_open: Gauge,
+    /// Connections closed to stay under the connection cap, by [`ShedLabels`].
+    pub http_connections_shed: Family<ShedLabels, Counter>,
+    /// Connections closed because no complete request head came in time.
+    pub http_connections_timed_out: Counter,
+    /// Accepts that failed for want of resources (file descriptors).
+    pub http_accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -114,6 +146,10 @@ impl Default for Metrics {
             db_pool_acquire_wait: Family::new_with_constructor(pool_wait_histogram),
             db_pool_acquire_errors: Family::default(),
             redis_errors: Counter::default(),
+            http_connections_open: Gauge::default(),
+            http_connections_shed: Family::default(),
+            http_connections_timed_out: Counter::default(),
+            http_accept_errors: Counter::default(),
         }
     }
 }
@@ -155,20 +191,30 @@ impl Metrics {
             .inc();
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Counts a request. `route` is a matched route template or `unmatched`, `method` comes from
+    /// [`method_label`] and `status` is one the service answered: every label has a small, fixed
+    /// set of values whatever the clients send.
+    pub fn observe_request(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method,
                 status,
             })
             .inc();
         self.http_duration
             .get_or_create(&RouteLabels {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method,
             })
             .observe(seconds);
+    }
+
+    /// Counts a connection closed to stay under the cap: `idle` (displaced) or `refused`.
+    pub fn connection_shed(&self, reason: &'static str) {
+        self.http_connections_shed
+            .get_or_create(&ShedLabels { reason })
+            .inc();
     }
 
     /// The registry to scrape: these handles plus the levels `collector` reads at scrape time.
@@ -218,6 +264,26 @@ impl Metrics {
             "redis_errors",
             "Redis operations that failed or timed out",
             self.redis_errors.clone(),
+        );
+        r.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            self.http_connections_open.clone(),
+        );
+        r.register(
+            "http_connections_shed",
+            "HTTP connections closed to stay under MAX_CONNECTIONS: the oldest idle one displaced by a new one (idle), or the new one when every connection had a request in progress (refused)",
+            self.http_connections_shed.clone(),
+        );
+        r.register(
+            "http_connections_timed_out",
+            "HTTP connections closed because no complete request head came within HEADER_READ_TIMEOUT_MS (slow clients and idle keep-alive connections)",
+            self.http_connections_timed_out.clone(),
+        );
+        r.register(
+            "http_accept_errors",
+            "Connection accepts that failed for want of resources (file descriptors); retried after a pause",
+            self.http_accept_errors.clone(),
         );
         r.register_collector(Box::new(collector));
         r

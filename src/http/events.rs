@@ -20,7 +20,7 @@ use super::bodies::{
     AdminErrors, BearerErrors, EventFilterParams, EventStats, EventsPage, ExportParams, PageParams,
     StreamParams, Unavailable, WindowParams,
 };
-use super::extract::{AdminUser, AuthUser};
+use super::extract::{AdminUser, AuthUser, BearerToken};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::Severity;
@@ -272,20 +272,24 @@ pub async fn export(
     Ok(response)
 }
 
-/// `GET /api/admin/security/events/stream?minSeverity=`: server-sent events, live. A client that
-/// reconnects with `Last-Event-ID` first gets what it missed from the log, then the live feed.
+/// `GET /api/admin/security/events/stream?minSeverity=`: server-sent events, live, for as long as
+/// the caller's access lasts ([`access_ends`]). A client that reconnects with `Last-Event-ID`
+/// first gets what it missed from the log, then the live feed.
 #[utoipa::path(get, path = "/api/admin/security/events/stream", tag = "admin", security(("bearer" = [])),
     params(StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Replay what came after this event first")),
     responses(
-        (status = 200, description = "Server-sent events named `security-event`, each an EventView in JSON, id = the event id",
+        (status = 200, description = "Server-sent events named `security-event`, each an EventView in JSON, id = the event id. \
+            The stream ends when the token expires, is revoked, or its user is no longer an admin (checked every few seconds); \
+            reconnect with a fresh token and `Last-Event-ID`",
             body = String, content_type = "text/event-stream"),
         (status = 400, description = "`VALIDATION_ERROR`: an unknown severity", body = ErrorBody),
         AdminErrors,
     ))]
 pub async fn stream(
     State(state): State<AppState>,
-    AdminUser(_): AdminUser,
+    AdminUser(admin): AdminUser,
+    BearerToken(token): BearerToken,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
@@ -342,8 +346,40 @@ pub async fn stream(
     })
     .map(|event| sse_event(EventView::from((*event).clone())));
     let until_shutdown = state.stopping.clone().cancelled_owned();
-    let events = backlog_stream.chain(live_stream).take_until(until_shutdown);
+    let access_ends = access_ends(state.clone(), token, admin.claims.exp);
+    let events = backlog_stream
+        .chain(live_stream)
+        .take_until(futures::future::select(
+            Box::pin(until_shutdown),
+            Box::pin(access_ends),
+        ));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Resolves when the stream's reader may no longer read it: its token expires (at `exp`, without
+/// the verification leeway) or, checked every `EVENT_STREAM_RECHECK_MS`, is revoked (logout,
+/// logout-all, a revoked session), its user is gone or no longer an admin, or this cannot be
+/// checked (fail closed). Each check is an ordinary authentication: the verified token, the
+/// revocation list and the user are found in memory when the revocation mirror and the user cache
+/// can answer, so an open stream costs no database read per check. The client reconnects with a
+/// fresh token.
+async fn access_ends(state: AppState, token: String, exp: i64) {
+    let every = Duration::from_millis(state.settings.event_stream_recheck_ms);
+    let left = exp.saturating_sub(Utc::now().timestamp()).max(0);
+    let expiry = tokio::time::sleep(Duration::from_secs(left.unsigned_abs()));
+    tokio::pin!(expiry);
+    let reason = loop {
+        tokio::select! {
+            () = &mut expiry => break "expired",
+            () = tokio::time::sleep(every) => {}
+        }
+        match state.auth.authenticate(&token).await {
+            Ok(auth) if auth.user.user_type == crate::domain::UserType::Admin => {}
+            Ok(_) => break "not_admin",
+            Err(_) => break "token_refused",
+        }
+    };
+    tracing::info!(reason, "admin event stream closed: its access ended");
 }
 
 fn sse_event(event: EventView) -> Result<Event, Infallible> {

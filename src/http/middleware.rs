@@ -53,7 +53,7 @@ pub async fn request_context(
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let method = req.method().clone();
+    let method = crate::metrics::method_label(req.method());
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -65,6 +65,16 @@ pub async fn request_context(
     let started = Instant::now();
     let response = if head_too_large(&req) {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response()
+    } else if declared_body_too_large(&req, state.settings.body_limit_bytes) {
+        // Refused before the body is read: waiting for bytes that will be refused anyway would
+        // hold the connection until the request timeout.
+        StatusCode::PAYLOAD_TOO_LARGE.into_response()
+    } else if !target_is_text(req.uri()) {
+        ApiError::BadRequest {
+            code: "INVALID_PARAMETER",
+            message: "The path or query has a NUL character or is not UTF-8".into(),
+        }
+        .into_response()
     } else {
         next.run(req).instrument(span.clone()).await
     };
@@ -74,10 +84,10 @@ pub async fn request_context(
     let elapsed = started.elapsed().as_secs_f64();
     state
         .metrics
-        .observe_request(route_label, method.as_str(), status.as_u16(), elapsed);
+        .observe_request(route_label, method, status.as_u16(), elapsed);
     span.in_scope(|| {
         let latency_ms = elapsed * 1000.0;
-        let (method, status) = (method.as_str(), status.as_u16());
+        let status = status.as_u16();
         if status >= 500 {
             tracing::warn!(method, route = route_label, status, latency_ms, client_ip = %client_ip,
                 "request failed");
@@ -140,10 +150,11 @@ fn body_for_status(status: StatusCode) -> ErrorBody {
     }
 }
 
-/// The largest request head accepted: room for the 64 KB bearer token of SECURITY.md C7 (which
-/// must still get its 401) and ordinary headers. hyper's own cap (~400 KiB of read buffer) is not
-/// exact, since a head that arrives in one large read can pass it, so it is enforced here too.
-pub const MAX_HEADER_BYTES: usize = 96 * 1024;
+/// The largest request head accepted (request target plus headers), as Node's default: ample for
+/// any token this service issues (under 1 KiB) and ordinary cookies. A larger head is a 431 in the
+/// Error shape; one over twice this is refused by hyper before it is read whole
+/// ([`crate::server::HEAD_HARD_LIMIT`]).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Whether the request head is over [`MAX_HEADER_BYTES`] (answered 431, in the Error shape).
 fn head_too_large(req: &Request) -> bool {
@@ -154,6 +165,55 @@ fn head_too_large(req: &Request) -> bool {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     target + headers > MAX_HEADER_BYTES
+}
+
+/// Whether `Content-Length` declares a body over the limit (answered 413 without reading it).
+fn declared_body_too_large(req: &Request, limit: usize) -> bool {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit as u64)
+}
+
+/// Whether the path and query, percent-decoded, are UTF-8 without NUL: every parameter that can
+/// reach a store (Postgres refuses 0x00 in text) is then valid text, on every route.
+fn target_is_text(uri: &axum::http::Uri) -> bool {
+    let path = uri.path().as_bytes();
+    let query = uri.query().unwrap_or("").as_bytes();
+    // Raw bytes in a URI are ASCII without NUL (hyper refuses others); only escapes can hide one.
+    if !path.contains(&b'%') && !query.contains(&b'%') {
+        return true;
+    }
+    // Query parameters are decoded one by one (`&` and `=` separate them), the path as a whole.
+    std::iter::once(path)
+        .chain(query.split(|b| *b == b'&'))
+        .all(|part| {
+            let decoded = percent_decode(part);
+            !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
+        })
+}
+
+/// `%XY` escapes decoded; a `%` not followed by two hex digits stays as it is.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Security headers on every response; `no-store` everywhere, since most responses carry tokens

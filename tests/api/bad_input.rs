@@ -427,32 +427,40 @@ fn filler_headers(count: usize, each: usize) -> HeaderMap {
         .collect()
 }
 
+/// Whether `response` is hyper's own refusal: the status, `connection: close` and an empty body
+/// (hyper writes these itself, before any layer of the service runs, so they cannot carry the
+/// Error shape).
+async fn assert_bare_refusal(response: Response, status: StatusCode, what: &str) {
+    assert_eq!(response.status(), status, "{what}");
+    assert_eq!(response.headers()["connection"], "close", "{what}");
+    assert_eq!(response.text().await.unwrap(), "", "{what}");
+}
+
 #[tokio::test]
-async fn i5_more_than_100_headers_or_a_header_block_over_96_kib_is_431() {
+async fn i5_more_than_100_headers_or_a_head_over_16_kib_is_431() {
     let app = TestApp::try_spawn(Backend::File).await.unwrap();
-    // hyper counts headers while reading the head, before any axum layer runs: a bare 431 that
-    // closes the connection, with an empty body rather than the Error shape. reqwest adds `host`
-    // and `accept`: 98 + 2 headers are fine, 99 + 2 are one too many.
+    // hyper counts headers while reading the head: reqwest adds `host` and `accept`, so 98 + 2
+    // headers are fine and 99 + 2 one too many.
     assert_eq!(
         get_with_headers(&app, filler_headers(98, 1)).await.status(),
         StatusCode::OK
     );
     let response = get_with_headers(&app, filler_headers(99, 1)).await;
-    assert_eq!(
-        response.status(),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-    );
-    assert_eq!(response.headers()["connection"], "close");
-    assert_eq!(response.text().await.unwrap(), "");
+    assert_bare_refusal(
+        response,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "101 headers",
+    )
+    .await;
 
-    // The block size is the service's limit: 96 KiB in one header or spread over many.
+    // The head limit is 16 KiB, in one header or spread over many, answered in the Error shape.
     assert_eq!(
-        get_with_headers(&app, filler_headers(1, 90 * 1024))
+        get_with_headers(&app, filler_headers(1, 15 * 1024))
             .await
             .status(),
         StatusCode::OK
     );
-    for (count, each) in [(1, 97 * 1024), (50, 2 * 1024)] {
+    for (count, each) in [(1, 17 * 1024), (20, 1024), (1, 31 * 1024)] {
         let response = get_with_headers(&app, filler_headers(count, each)).await;
         assert_error(
             response,
@@ -461,14 +469,101 @@ async fn i5_more_than_100_headers_or_a_header_block_over_96_kib_is_431() {
         )
         .await;
     }
-    // Far over it, hyper's read buffer (~400 KiB) may refuse first; either way it is a 431.
-    for size in [448 * 1024, 1024 * 1024] {
+    // Past twice the limit hyper stops reading and refuses the head itself.
+    for size in [33 * 1024, 70 * 1024, 1024 * 1024] {
         let response = get_with_headers(&app, filler_headers(1, size)).await;
-        assert_eq!(
-            response.status(),
+        assert_bare_refusal(
+            response,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "{size}"
+            &format!("{size} bytes"),
+        )
+        .await;
+    }
+    assert_still_serving(&app).await;
+}
+
+/// Sends `head` over a fresh connection in pieces of `piece` bytes and returns the whole answer.
+async fn raw_exchange(app: &TestApp, head: &[u8], piece: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    socket.set_nodelay(true).unwrap();
+    for chunk in head.chunks(piece) {
+        if socket.write_all(chunk).await.is_err() {
+            break; // refused part-way: the answer is already waiting
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        socket.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn i5_a_long_header_split_across_many_reads_is_431_in_the_error_shape() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let head = format!(
+        "GET /health/live HTTP/1.1\r\nhost: x\r\nx-long: {}\r\nconnection: close\r\n\r\n",
+        "h".repeat(20 * 1024)
+    );
+    let answer = raw_exchange(&app, head.as_bytes(), 512).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(
+        answer.contains(r#""code":"HEADERS_TOO_LARGE""#),
+        "{answer:.400}"
+    );
+}
+
+#[tokio::test]
+async fn i1_a_declared_length_over_the_limit_is_413_at_once_without_the_body() {
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| s.request_timeout_ms = 60_000)
+        .spawn()
+        .await;
+    for route in [
+        "/api/auth/login",
+        "/api/auth/signup",
+        "/api/auth/refresh",
+        "/api/auth/me",
+    ] {
+        let method = if route == "/api/auth/me" {
+            "GET"
+        } else {
+            "POST"
+        };
+        let head = format!(
+            "{method} {route} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: 99999999999\r\n\r\n{{}}"
         );
+        // The answer comes without the body ever arriving (the test waits at most 10 s; the
+        // request timeout is a minute).
+        let answer = raw_exchange(&app, head.as_bytes(), head.len()).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{route}: {answer:.200}");
+        assert!(
+            answer.contains(r#""code":"PAYLOAD_TOO_LARGE""#),
+            "{route}: {answer:.400}"
+        );
+    }
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn bad_header_bytes_are_refused_by_hyper_with_a_bare_400() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    // A header value with a NUL byte, and a request line that is not HTTP: hyper's bare 400.
+    for head in [
+        "GET /health/live HTTP/1.1\r\nhost: x\r\nx-bad: a\0b\r\n\r\n".to_owned(),
+        "GET /health/live\0 HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+    ] {
+        let answer = raw_exchange(&app, head.as_bytes(), head.len()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.200}");
+        assert!(answer.ends_with("\r\n\r\n"), "a body: {answer:.400}");
     }
     assert_still_serving(&app).await;
 }
@@ -653,7 +748,6 @@ async fn c7_malformed_authorization_headers_are_401_with_www_authenticate() {
         ("two segments", HeaderValue::from_str(&two).unwrap()),
         ("four segments", HeaderValue::from_str(&four).unwrap()),
         ("not base64", HeaderValue::from_static("Bearer !!!.@@@.###")),
-        ("64 KB token", HeaderValue::from_str(&big).unwrap()),
         (
             "not UTF-8",
             HeaderValue::from_bytes(b"Bearer \xff\xfe.\xfd").unwrap(),
@@ -672,6 +766,19 @@ async fn c7_malformed_authorization_headers_are_401_with_www_authenticate() {
         let challenge = challenge.unwrap_or_else(|| panic!("{what}: no WWW-Authenticate"));
         assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{what}");
     }
+    // A 64 KB token makes the head larger than any this service reads: 431, not 401 (hyper's
+    // bare refusal, since it is also over twice the head limit).
+    let response = app
+        .client
+        .get(app.url("/api/auth/me"))
+        .header("authorization", HeaderValue::from_str(&big).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
     // The genuine token still works, so the failures above were about the headers.
     assert_eq!(app.me(valid).await.status(), StatusCode::OK);
 }
@@ -694,4 +801,115 @@ async fn c7_a_token_in_the_query_string_is_ignored() {
         );
         assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_MISSING").await;
     }
+}
+
+/// Query parameters each route reads (others read none: `x` stands in).
+fn query_params(path: &str) -> &'static [&'static str] {
+    const FILTER: &[&str] = &[
+        "type", "severity", "userId", "ip", "from", "to", "cursor", "limit",
+    ];
+    match path {
+        "/api/admin/security/events" | "/api/admin/security/users/{id}/timeline" => FILTER,
+        "/api/admin/security/events/export" => &["format", "type", "userId", "ip"],
+        "/api/admin/security/events/stats" => &["from", "to"],
+        "/api/admin/security/events/stream" => &["minSeverity"],
+        "/api/admin/security/users" => &["query"],
+        "/api/auth/security-events" => &["cursor", "limit"],
+        "/api/auth/google/callback" => &["code", "state", "error"],
+        _ => &["x"],
+    }
+}
+
+#[tokio::test]
+async fn i4_nul_or_invalid_text_in_any_path_or_query_parameter_is_400_on_both_stores() {
+    for backend in BACKENDS {
+        let Some(app) = TestApp::try_spawn(backend).await else {
+            continue;
+        };
+        let email = unique_email();
+        let token = app.signed_up(&email).await["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        make_admin(&app, &email).await;
+        let mut tried = 0;
+        for route in flux_auth::http::routes() {
+            let method = reqwest::Method::from_bytes(route.method.as_str().as_bytes()).unwrap();
+            for bad in ["%00", "a%00b", "%FF", "%C3%28"] {
+                let mut targets = Vec::new();
+                if route.path.contains('{') {
+                    let path: String = route
+                        .path
+                        .split('/')
+                        .map(|part| if part.starts_with('{') { bad } else { part })
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    targets.push(path);
+                }
+                let plain = route
+                    .path
+                    .replace("{id}", "1")
+                    .replace("{sid}", "1")
+                    .replace("{key}", "ip:1");
+                for param in query_params(route.path) {
+                    targets.push(format!("{plain}?{param}={bad}"));
+                }
+                for target in targets {
+                    let response = app
+                        .client
+                        .request(method.clone(), app.url(&target))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    let what = format!("{backend:?} {method} {target}");
+                    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}");
+                    assert_error(response, StatusCode::BAD_REQUEST, "INVALID_PARAMETER").await;
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried > 100, "{tried} requests");
+        assert_still_serving(&app).await;
+        // The admin routes still answer ordinary input.
+        let found = app
+            .get_auth(&format!("/api/admin/security/users?query={email}"), &token)
+            .await;
+        assert_eq!(found.status(), StatusCode::OK, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_methods_share_one_metrics_label() {
+    let app = TestApp::try_spawn(Backend::File).await.unwrap();
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, app.url("/api/auth/me"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("INVENTED"),
+        "a client's method name is a label value"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("flux_auth_http_requests_total{")
+                && l.contains(r#"method="other""#)
+                && l.contains(r#"status="405""#)),
+        "{text}"
+    );
 }

@@ -606,3 +606,128 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("no spool files"));
 }
+
+/// An admin on `backend` whose event streams re-check their access every 200 ms: the app, the
+/// admin's email and their AuthResponse.
+async fn stream_app(backend: Backend) -> Option<(TestApp, String, Value)> {
+    let app = TestApp::builder(backend)
+        .settings(|s| s.event_stream_recheck_ms = 200)
+        .try_spawn()
+        .await?;
+    let email = unique_email();
+    let auth = app.signed_up(&email).await;
+    make_admin(&app, &email).await;
+    Some((app, email, auth))
+}
+
+/// Opens the live stream with `token` and shows that it delivers: an event recorded after a few
+/// re-checks arrives.
+async fn open_stream(
+    app: &TestApp,
+    token: &str,
+) -> (
+    impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<>,
+    String,
+) {
+    let response = app
+        .get_auth("/api/admin/security/events/stream", token)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    let mut buf = String::new();
+    // Let several re-checks pass (200 ms apart) before the event, so it arrives after them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let email = unique_email();
+    app.signed_up(&email).await;
+    next_event(&mut stream, &mut buf, |e| {
+        e["eventType"] == "signup_success"
+    })
+    .await;
+    (stream, buf)
+}
+
+/// Waits (at most 10 s) for the stream to end, reading what is left of it.
+async fn stream_ends(
+    mut stream: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+    what: &str,
+) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "{what}: the event stream is still open");
+}
+
+#[tokio::test]
+async fn the_event_stream_ends_soon_after_its_admin_logs_out_on_both_stores() {
+    for backend in BACKENDS {
+        let Some((app, _, auth)) = stream_app(backend).await else {
+            continue;
+        };
+        let token = auth["accessToken"].as_str().unwrap();
+        let (stream, _) = open_stream(&app, token).await;
+        assert_eq!(app.logout(token).await.status(), StatusCode::OK);
+        stream_ends(stream, &format!("{backend:?}, after logout")).await;
+        // A new stream with that token is refused; a fresh login streams again.
+        let response = app
+            .get_auth("/api/admin/security/events/stream", token)
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_ends_soon_after_its_admin_is_demoted_on_both_stores() {
+    for backend in BACKENDS {
+        let Some((app, email, _)) = stream_app(backend).await else {
+            continue;
+        };
+        // A token issued while the user is an admin.
+        let token = app.logged_in(&email).await["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (stream, _) = open_stream(&app, &token).await;
+        set_user_type(&app, &email, "client").await;
+        stream_ends(stream, &format!("{backend:?}, after demotion")).await;
+        let response = app
+            .get_auth("/api/admin/security/events/stream", &token)
+            .await;
+        assert_error(response, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_ends_when_its_token_expires_on_both_stores() {
+    for backend in BACKENDS {
+        let Some((app, email, auth)) = stream_app(backend).await else {
+            continue;
+        };
+        // A token that expires 3 s from now, signed as the service signs its own.
+        let settings = &app.settings;
+        let tokens = flux_auth::auth::tokens::AccessTokens::new(
+            &secrecy::SecretString::from(JWT_SECRET),
+            None,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+            60,
+        );
+        let user = app
+            .state
+            .auth
+            .store
+            .user_by_email(&email)
+            .await
+            .unwrap()
+            .unwrap();
+        let sid = session_of(auth["accessToken"].as_str().unwrap());
+        let issued_at = chrono::Utc::now() - chrono::Duration::seconds(57);
+        let short = tokens.issue(&user, sid, issued_at).unwrap().token;
+        let (stream, _) = open_stream(&app, &short).await;
+        stream_ends(stream, &format!("{backend:?}, after expiry")).await;
+    }
+}

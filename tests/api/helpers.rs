@@ -776,16 +776,21 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 
 /// Grants admin as an operator would: the CLI on the file store, SQL on Postgres.
 pub async fn make_admin(app: &TestApp, email: &str) {
+    set_user_type(app, email, "admin").await;
+}
+
+/// Changes a user's type as an operator would: the CLI on the file store, SQL on Postgres.
+pub async fn set_user_type(app: &TestApp, email: &str, user_type: &'static str) {
     if app.backend == Backend::Postgres {
-        let sql = "UPDATE users SET user_type = 'admin' WHERE email = $1";
-        change_users_by_sql(app, sql, email).await;
+        let sql = format!("UPDATE users SET user_type = '{user_type}' WHERE email = $1");
+        change_users_by_sql(app, &sql, email).await;
         return;
     }
     let data_dir = app.data_dir();
     let email = email.to_owned();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"))
-            .args(["users", "set-type", &email, "admin"])
+            .args(["users", "set-type", &email, user_type])
             .env("CONFIG_FILE", "/dev/null")
             .env("DATA_DIR", &data_dir)
             .env("SECURITY_LOG_DIR", data_dir.join("cli-events"))

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod connections;
 mod dashboard;
 mod events;
 mod fake_oidc;

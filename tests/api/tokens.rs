@@ -355,7 +355,8 @@ async fn c7_malformed_authorization_headers_get_401_never_500() {
         .as_str()
         .unwrap()
         .to_owned();
-    let huge = format!("Bearer {}", "a".repeat(64 * 1024));
+    // Under the 16 KiB head limit (a 64 KB one is a 431: bad_input.rs).
+    let huge = format!("Bearer {}", "a".repeat(8 * 1024));
     let cases = [
         ("empty", String::new()),
         ("scheme only", "Bearer".to_owned()),
@@ -363,7 +364,7 @@ async fn c7_malformed_authorization_headers_get_401_never_500() {
         ("two segments", "Bearer abc.def".to_owned()),
         ("four segments", "Bearer a.b.c.d".to_owned()),
         ("not base64", "Bearer !!!.@@@.###".to_owned()),
-        ("64 KB token", huge),
+        ("8 KB token", huge),
         ("doubled Bearer", format!("Bearer Bearer {valid}")),
         ("Basic", "Basic dXNlcjpwYXNz".to_owned()),
         ("no scheme", valid.clone()),

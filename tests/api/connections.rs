@@ -1,0 +1,337 @@
+//! Connections (SECURITY.md I5, slowloris): a request head must arrive within the head timeout,
+//! an idle keep-alive connection is closed after it, and at the connection cap the service sheds
+//! connections (logged, counted) instead of running out of file descriptors, so `/health/live`
+//! keeps answering.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+async fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+}
+
+/// Waits (at most `limit`) for the server to close `socket`, discarding what it sends.
+async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Whether `socket` is still open: the server has neither closed it nor sent anything.
+async fn still_open(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    // Nothing to read within 50 ms: neither an answer nor the end of the stream.
+    tokio::time::timeout(Duration::from_millis(50), socket.read(&mut buf))
+        .await
+        .is_err()
+}
+
+async fn labelled_metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn slow_or_silent_clients_and_idle_keep_alive_connections_are_closed_after_the_head_timeout()
+{
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| s.header_read_timeout_ms = 500)
+        .spawn()
+        .await;
+    let limit = Duration::from_secs(5);
+    // Sends nothing at all.
+    let mut silent = connect(app.port).await;
+    // Sends a request line, then a header line every 200 ms, never finishing the head: each read
+    // is prompt, the head is not.
+    let mut dripping = connect(app.port).await;
+    let drip = tokio::spawn(async move {
+        let _ = dripping.write_all(b"GET /health/live HTTP/1.1\r\n").await;
+        for i in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if dripping
+                .write_all(format!("x-drip-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true; // closed by the server
+            }
+        }
+        closed_within(&mut dripping, Duration::ZERO).await
+    });
+    // Asks once with keep-alive, gets its answer, then stays idle.
+    let mut idle = connect(app.port).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    assert!(
+        closed_within(&mut silent, limit).await,
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut idle, limit).await,
+        "an idle keep-alive connection stayed open"
+    );
+    assert!(drip.await.unwrap(), "a dripping head stayed open for 10 s");
+    assert!(
+        labelled_metric(&app, "flux_auth_http_connections_timed_out_total").await >= 3.0,
+        "timeouts not counted"
+    );
+    // A prompt client is not affected.
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_idle_connections_make_way_and_busy_ones_are_kept() {
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| {
+            s.max_connections = 16;
+            s.header_read_timeout_ms = 60_000;
+        })
+        .spawn()
+        .await;
+    let email = unique_email();
+    let token = app.signed_up(&email).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    make_admin(&app, &email).await;
+    // A connection with a response in progress: the admin event stream.
+    let stream = app
+        .get_auth("/api/admin/security/events/stream", &token)
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = stream.bytes_stream();
+
+    // Slow clients: each has sent half a request head and waits.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut socket = connect(app.port).await;
+        socket
+            .write_all(b"GET /health/live HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    // A new client is still served: it displaces the oldest idle connection.
+    for _ in 0..5 {
+        let response = app
+            .client
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let mut open = 0;
+    for socket in &mut slow {
+        if still_open(socket).await {
+            open += 1;
+        }
+    }
+    assert!(
+        open < 16,
+        "{open} slow connections still open at a cap of 16"
+    );
+    assert!(
+        labelled_metric(
+            &app,
+            "flux_auth_http_connections_shed_total{reason=\"idle\"}"
+        )
+        .await
+            >= 25.0
+    );
+    assert!(labelled_metric(&app, "flux_auth_http_connections_open").await <= 16.0);
+    // The stream was not displaced: it still delivers.
+    app.signed_up(&unique_email()).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("signup_success") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(delivered, Ok(true), "the event stream was cut");
+}
+
+#[tokio::test]
+async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| {
+            s.max_connections = 16;
+            s.header_read_timeout_ms = 60_000;
+        })
+        .spawn()
+        .await;
+    let email = unique_email();
+    let token = app.signed_up(&email).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    make_admin(&app, &email).await;
+    // Sixteen event streams, each on its own connection, fill the cap with busy connections.
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let client = reqwest::Client::new();
+        let response = client
+            .get(app.url("/api/admin/security/events/stream"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let refused = reqwest::Client::new()
+        .get(app.url("/health/live"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a 17th connection was served: {refused:?}"
+    );
+    drop(streams);
+    // With the streams gone, connections are served again, and the refusal was counted.
+    let count = eventually(
+        "the refusal to be counted",
+        Duration::from_secs(10),
+        || async {
+            let response = reqwest::Client::new()
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .ok()?;
+            let text = response.text().await.ok()?;
+            text.lines().find_map(|l| {
+                l.strip_prefix("flux_auth_http_connections_shed_total{reason=\"refused\"}")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        },
+    )
+    .await;
+    assert!(count >= 1.0);
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stdout.log");
+    // The real binary, as a supervisor with LimitNOFILE=512 would run it.
+    let mut service = tokio::process::Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg(env!("CARGO_BIN_EXE_flux-auth"))
+        .env_clear()
+        .env("CONFIG_FILE", "/dev/null")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("LOG_FORMAT", "json")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("HEADER_READ_TIMEOUT_MS", "60000")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit and flux-auth run");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the service to answer", Duration::from_secs(30), || async {
+        let response = client
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    let mut slow = Vec::new();
+    for _ in 0..600 {
+        let mut socket = connect(port).await;
+        socket
+            .write_all(b"GET /health/live HTTP/1.1\r\nx-a: b\r\n")
+            .await
+            .unwrap();
+        slow.push(socket);
+    }
+    // Still alive, still serving, still able to open its own files (users.json, the event spool).
+    let response = client
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let signup = client
+        .post(format!("{base}/api/auth/signup"))
+        .json(&serde_json::json!({ "email": unique_email(), "password": PASSWORD, "name": "N" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), StatusCode::CREATED);
+    let shed = metric_at(
+        &client,
+        &format!("{base}/metrics"),
+        "flux_auth_http_connections_shed_total{reason=\"idle\"}",
+    )
+    .await;
+    assert!(shed.is_some_and(|n| n >= 200.0), "shed: {shed:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("MAX_CONNECTIONS lowered to fit the open-file limit"),
+        "{text}"
+    );
+    assert!(text.contains("connection limit reached"), "{text}");
+    drop(slow);
+    service.kill().await.unwrap();
+}
