@@ -380,6 +380,20 @@ impl Collector for StateCollector {
                 "Idle database connections",
                 idle,
             )?;
+            if let Some(circuit) = db.circuit() {
+                gauge(
+                    &mut e,
+                    &format!("db_{pool}_unreachable"),
+                    "1 while the store's probe finds the database unreachable and store calls answer 503 at once",
+                    f64::from(u8::from(circuit.is_open())),
+                )?;
+                counter(
+                    &mut e,
+                    &format!("db_{pool}_unreachable_episodes"),
+                    "Times the store's probe found the database unreachable after it had been reachable",
+                    circuit.times_opened(),
+                )?;
+            }
         }
         if let Some(link) = &self.redis_up {
             gauge(
