@@ -232,6 +232,7 @@ pub struct StateCollector {
     pub pools: Vec<(&'static str, Database)>,
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
     pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
+    pub limits: Arc<crate::limits::Limits>,
     pub user_cache: Option<Arc<crate::store::postgres::user_cache::UserCache>>,
     /// Log lines dropped because stdout could not keep up.
     pub log: crate::telemetry::LogDrops,
@@ -407,6 +408,13 @@ impl Collector for StateCollector {
                 "revocations_mirrored",
                 "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
                 f64::from(u8::from(self.revocations.mirrored())),
+            )?;
+            gauge(
+                &mut e,
+                "redis_pending_writes",
+                "Revocations and lockouts made while Redis was unreachable, waiting to be copied to it",
+                (self.revocations.waiting_for_redis() + self.limits.locks_waiting_for_redis())
+                    as f64,
             )?;
         }
         if let Some(cache) = &self.user_cache {

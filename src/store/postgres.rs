@@ -903,12 +903,11 @@ const ROTATION_READ: &str = concat!(
 /// read and decide.
 ///
 /// The token's `rotated_at`, from which the grace window is measured, is when the row was
-/// written, not when the request began: `$9` (this instance's clock as the statement was sent)
-/// plus the time the statement spent in Postgres before it wrote (`clock_timestamp()`, in
-/// Postgres's clock, minus `statement_timestamp()`: a difference, so the two hosts' clocks need
-/// not agree). A refresh that waited behind a lock then commits a rotation whose retry, moments
-/// later, is inside the grace window and gets the same successor, where measuring from the
-/// request's start would have called the retry a stolen token's reuse.
+/// written (`clock_timestamp()`, after any wait for a lock), not when the request began: a
+/// refresh that waited behind a lock commits a rotation whose retry, moments later, is inside the
+/// grace window and gets the same successor, where measuring from the request's start would have
+/// called the retry a stolen token's reuse. It is Postgres's clock, compared with the instance's
+/// when the token comes back: the hosts' clocks must agree (NTP) to well within the window.
 const ROTATION_FAST: &str = concat!(
     "WITH t AS MATERIALIZED ( \
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
@@ -917,8 +916,7 @@ const ROTATION_FAST: &str = concat!(
          AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
        FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = $9 + (clock_timestamp() - statement_timestamp()), \
-         replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = clock_timestamp(), replaced_by = $3 \
        WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) \
        RETURNING id, session_id), \
      successor AS ( \
@@ -940,12 +938,11 @@ const ROTATION_FAST: &str = concat!(
 /// rotated (re-checked likewise by the UPDATE), the successor inserted and the session touched.
 /// A concurrent rotation or revocation that committed first leaves `rotated` empty, and nothing
 /// is written. Returns how many tokens were rotated: 1 or 0. `rotated_at` is the time of the
-/// write, as in [`ROTATION_FAST`] (`$8`: when the statement was sent).
+/// write, as in [`ROTATION_FAST`].
 const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
        SELECT id FROM auth_sessions WHERE id = $4 AND revoked_at IS NULL FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = $8 + (clock_timestamp() - statement_timestamp()), \
-         replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = clock_timestamp(), replaced_by = $3 \
        WHERE id = $1 AND rotated_at IS NULL AND session_id IN (SELECT id FROM live) \
        RETURNING session_id), \
      successor AS ( \
@@ -1109,7 +1106,6 @@ async fn rotate_live(
         .bind(request.now - request.idle_ttl)
         .bind(request.reject_on_fingerprint_mismatch)
         .bind(&request.fingerprint)
-        .bind(Utc::now())
         .fetch_optional(conn)
         .await?;
     let Some(RotationState {
@@ -1279,7 +1275,6 @@ impl PgStore {
                     .bind(&successor.token_hash)
                     .bind(successor.created_at)
                     .bind(&request.ip_address)
-                    .bind(Utc::now())
                     .fetch_one(&mut *conn)
                     .await
                     .map_err(|e| self.fail(e))?;

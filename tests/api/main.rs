@@ -8,6 +8,7 @@ mod bad_input;
 mod dashboard;
 mod events;
 mod fake_oidc;
+mod faults;
 mod file_journal;
 mod forwarder;
 mod google;
