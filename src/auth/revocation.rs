@@ -78,7 +78,11 @@ impl InProcessRevocations {
     /// One live entry as (value, expiry).
     fn entry(&self, key: &str, now: DateTime<Utc>) -> Option<(i64, DateTime<Utc>)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.entries.get(key).copied().filter(|(_, exp)| *exp > now)
+        state
+            .entries
+            .get(key)
+            .copied()
+            .filter(|(_, exp)| *exp > now)
     }
 
     /// Live entries as (key, value, expiry), for copying to Redis after an outage.

@@ -31,17 +31,21 @@ impl Locker {
     async fn wait_for_waiters(&self, app: &TestApp, n: i64) {
         let db = app.db.as_ref().unwrap();
         let pool = db.pool().await;
-        eventually("statements waiting for the lock", MIRROR_PATIENCE, || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+        eventually(
+            "statements waiting for the lock",
+            MIRROR_PATIENCE,
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
                  AND application_name = 'flux-auth' AND wait_event_type = 'Lock'",
-            )
-            .bind(&db.name)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (waiting >= n).then_some(())
-        })
+                )
+                .bind(&db.name)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                (waiting >= n).then_some(())
+            },
+        )
         .await;
         pool.close().await;
     }
@@ -96,7 +100,11 @@ async fn a_refresh_stuck_behind_a_lock_answers_503_and_its_retry_is_not_taken_fo
     locker.release().await;
 
     let retry = app.refresh(token).await;
-    assert_eq!(retry.status(), StatusCode::OK, "the retry rotates the token");
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "the retry rotates the token"
+    );
     let events = app
         .events_where(|e| count_of(e, "token_refreshed") == 1)
         .await;
@@ -127,7 +135,11 @@ async fn a_rotation_delayed_by_a_lock_opens_the_grace_window_when_it_writes() {
 
     let locker = Locker::lock_users(&app).await;
     let first = {
-        let (client, url, token) = (app.client.clone(), app.url("/api/auth/refresh"), token.clone());
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/api/auth/refresh"),
+            token.clone(),
+        );
         tokio::spawn(async move {
             client
                 .post(url)
@@ -147,9 +159,16 @@ async fn a_rotation_delayed_by_a_lock_opens_the_grace_window_when_it_writes() {
     let first: Value = first.json().await.unwrap();
 
     let retry = app.refresh(&token).await;
-    assert_eq!(retry.status(), StatusCode::OK, "the retry is inside the grace window");
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "the retry is inside the grace window"
+    );
     let retry: Value = retry.json().await.unwrap();
-    assert_eq!(first["refreshToken"], retry["refreshToken"], "one successor");
+    assert_eq!(
+        first["refreshToken"], retry["refreshToken"],
+        "one successor"
+    );
     let events = app
         .events_where(|e| count_of(e, "token_refreshed") == 2)
         .await;
@@ -220,7 +239,10 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
         )
         .await;
     }
-    assert_eq!(metric(&app, "flux_auth_db_users_unreachable").await, Some(1.0));
+    assert_eq!(
+        metric(&app, "flux_auth_db_users_unreachable").await,
+        Some(1.0)
+    );
     let health: Value = client
         .get(app.url("/health"))
         .send()
@@ -243,11 +265,16 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
     assert_eq!(me["email"], email.as_str());
 
     forwarder.restore();
-    eventually("the database to be back", Duration::from_secs(30), || async {
-        (app.login(&email, PASSWORD).await.status() == StatusCode::OK).then_some(())
-    })
+    eventually(
+        "the database to be back",
+        Duration::from_secs(30),
+        || async { (app.login(&email, PASSWORD).await.status() == StatusCode::OK).then_some(()) },
+    )
     .await;
-    assert_eq!(metric(&app, "flux_auth_db_users_unreachable").await, Some(0.0));
+    assert_eq!(
+        metric(&app, "flux_auth_db_users_unreachable").await,
+        Some(0.0)
+    );
     let health: Value = app
         .client
         .get(app.url("/health"))

@@ -104,7 +104,9 @@ impl Forwarder {
             // The same port again; connections closed by the refusal may linger in TIME_WAIT.
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
             socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-            socket.bind(self.addr).expect("bind the forwarder's port again");
+            socket
+                .bind(self.addr)
+                .expect("bind the forwarder's port again");
             let listener = socket.listen(1024).expect("listen");
             *accept = Some(tokio::spawn(accept_loop(
                 listener,

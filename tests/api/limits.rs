@@ -811,8 +811,7 @@ async fn a_logout_made_during_a_redis_outage_reaches_the_other_instances_when_re
 /// A lockout started on an instance while it cannot reach Redis holds on the other instances once
 /// Redis is back.
 #[tokio::test]
-async fn a_lockout_started_during_a_redis_outage_holds_on_the_other_instances_when_redis_is_back()
-{
+async fn a_lockout_started_during_a_redis_outage_holds_on_the_other_instances_when_redis_is_back() {
     let Some(first) = limited_app(Backend::Postgres, |s| {
         s.lockout_threshold = 3;
         s.login_limit_per_account = 1000;

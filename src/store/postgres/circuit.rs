@@ -30,7 +30,7 @@ pub const SUSPECT_AFTER: Duration = Duration::from_millis(250);
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The first wait between failed probes; it doubles up to [`LAST_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
-const LAST_RETRY: Duration = Duration::from_millis(1000);
+const LAST_RETRY: Duration = Duration::from_millis(500);
 
 pub struct Circuit {
     /// True while open (the database cannot be reached); read on every store call.
