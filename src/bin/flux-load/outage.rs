@@ -226,13 +226,13 @@ impl Client {
             let latency = sent.elapsed();
             let status = match answer {
                 Some(Ok((status, body))) => {
-                    if what == "refresh" && status == StatusCode::OK {
-                        if let Some(next) = serde_json::from_slice::<serde_json::Value>(&body)
+                    if what == "refresh"
+                        && status == StatusCode::OK
+                        && let Some(next) = serde_json::from_slice::<serde_json::Value>(&body)
                             .ok()
                             .and_then(|v| v["refreshToken"].as_str().map(str::to_owned))
-                        {
-                            self.refresh = next;
-                        }
+                    {
+                        self.refresh = next;
                     }
                     Some(status.as_u16())
                 }
