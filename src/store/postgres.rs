@@ -907,7 +907,9 @@ const ROTATION_READ: &str = concat!(
 /// refresh that waited behind a lock commits a rotation whose retry, moments later, is inside the
 /// grace window and gets the same successor, where measuring from the request's start would have
 /// called the retry a stolen token's reuse. It is Postgres's clock, compared with the instance's
-/// when the token comes back: the hosts' clocks must agree (NTP) to well within the window.
+/// when the token comes back, so the hosts' clocks must agree (NTP) to well within the window;
+/// never earlier than the request's own time (`$2`), so a Postgres clock running behind costs no
+/// more than measuring from the request did.
 const ROTATION_FAST: &str = concat!(
     "WITH t AS MATERIALIZED ( \
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
@@ -916,7 +918,7 @@ const ROTATION_FAST: &str = concat!(
          AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
        FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = clock_timestamp(), replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
        WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) \
        RETURNING id, session_id), \
      successor AS ( \
@@ -942,7 +944,7 @@ const ROTATION_FAST: &str = concat!(
 const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
        SELECT id FROM auth_sessions WHERE id = $4 AND revoked_at IS NULL FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = clock_timestamp(), replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
        WHERE id = $1 AND rotated_at IS NULL AND session_id IN (SELECT id FROM live) \
        RETURNING session_id), \
      successor AS ( \

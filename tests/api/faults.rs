@@ -286,3 +286,100 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
         .unwrap();
     assert_eq!(health["checks"]["database"], "ok", "{health}");
 }
+
+/// Whether any of the app's statements waits for a lock now.
+async fn waiting_for_a_lock(app: &TestApp) -> bool {
+    let db = app.db.as_ref().unwrap();
+    let pool = db.pool().await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND application_name = 'flux-auth' AND wait_event_type = 'Lock'",
+    )
+    .bind(&db.name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    waiting > 0
+}
+
+/// A refresh whose request times out (408) while its statement still waits for a lock leaves
+/// nothing to commit: its connection is closed rather than returned to the pool, Postgres ends
+/// the statement, and when the lock goes the token is still unrotated. The statement starts late
+/// in its request here (the pool's one connection is busy with another refresh until that one's
+/// statement times out), so the request's timeout comes before the statement's.
+#[tokio::test]
+async fn a_refresh_that_times_out_while_its_statement_waits_leaves_nothing_to_commit() {
+    let Some(app) = TestApp::builder(Backend::Postgres)
+        .settings(|s| {
+            s.request_timeout_ms = 3000;
+            s.database_statement_timeout_ms = 2500;
+            s.database_max_connections = 1;
+            s.database_connect_timeout_ms = 10_000;
+            s.user_cache_users = 0;
+        })
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
+    let first = app.signed_up(&unique_email()).await;
+    let second = app.signed_up(&unique_email()).await;
+    let first_token = first["refreshToken"].as_str().unwrap().to_owned();
+    let second_token = second["refreshToken"].as_str().unwrap().to_owned();
+
+    let locker = Locker::lock_users(&app).await;
+    let send = |token: String| {
+        let (client, url) = (app.client.clone(), app.url("/api/auth/refresh"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("user-agent", UA)
+                .json(&json!({ "refreshToken": token }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let holding = send(first_token);
+    locker.wait_for_waiters(&app, 1).await;
+    let late = send(second_token.clone());
+    assert_eq!(holding.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(late.await.unwrap(), StatusCode::REQUEST_TIMEOUT);
+    // The abandoned statement is ended by Postgres within a fraction of a second. The lock is
+    // released after a second at most either way: one still waiting then would commit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while waiting_for_a_lock(&app).await && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    locker.release().await;
+    eventually(
+        "no refresh statement left running",
+        MIRROR_PATIENCE,
+        || async {
+            let db = app.db.as_ref().unwrap();
+            let pool = db.pool().await;
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'flux-auth' AND state <> 'idle' \
+             AND query LIKE '%refresh_tokens%'",
+            )
+            .bind(&db.name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            (running == 0).then_some(())
+        },
+    )
+    .await;
+    let hash = sha256_hex(&second_token);
+    let stored = app.stored_refresh_tokens().await;
+    let token = stored.iter().find(|t| t.token_hash == hash).unwrap();
+    assert!(
+        !token.rotated,
+        "the timed-out refresh committed after its 408"
+    );
+    assert_eq!(app.refresh(&second_token).await.status(), StatusCode::OK);
+}
