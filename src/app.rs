@@ -134,6 +134,8 @@ impl Core {
                 ));
                 let (mirror, stop) = (shared.clone(), background.clone());
                 tokio::spawn(async move { mirror.mirror(Duration::from_secs(1), stop).await });
+                let (replay, stop) = (shared.clone(), background.clone());
+                tokio::spawn(async move { replay.replay(stop).await });
                 shared
             }
             None => Arc::new(InProcessRevocations::default()),
@@ -144,6 +146,10 @@ impl Core {
             tokio::spawn(users.follow(db, timeout, stop));
         }
         let limits = Arc::new(Limits::new(&settings, redis.clone(), clock.clone()));
+        if redis.is_some() {
+            let (replay, stop) = (limits.clone(), background.clone());
+            tokio::spawn(async move { replay.replay(stop).await });
+        }
         let google =
             GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
         if let Some(link) = redis.clone() {
@@ -189,6 +195,7 @@ impl Core {
             pools,
             redis_up: redis,
             revocations: auth.revocations.clone(),
+            limits: limits.clone(),
             user_cache: auth.store.user_cache(),
             log,
             started,

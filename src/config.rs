@@ -87,6 +87,9 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     pub database_max_connections: u32,
     pub database_connect_timeout_ms: u64,
+    /// The longest one statement of the user store may run (lock waits included) before Postgres
+    /// cancels it; below `request_timeout_ms`, so no statement outlives its request.
+    pub database_statement_timeout_ms: u64,
     pub run_migrations: bool,
     /// Users kept in memory by the Postgres store (0: none), each for at most `user_cache_ttl_secs`;
     /// dropped as soon as Postgres announces a change to their row.
@@ -183,6 +186,7 @@ impl Default for Settings {
             database_url: None,
             database_max_connections: 10,
             database_connect_timeout_ms: 3000,
+            database_statement_timeout_ms: 5000,
             run_migrations: true,
             user_cache_users: 10_000,
             user_cache_ttl_secs: 60,
@@ -272,6 +276,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("database_url", Kind::Secret),
     ("database_max_connections", Kind::Number),
     ("database_connect_timeout_ms", Kind::Number),
+    ("database_statement_timeout_ms", Kind::Number),
     ("run_migrations", Kind::Flag),
     ("user_cache_users", Kind::Number),
     ("user_cache_ttl_secs", Kind::Number),
@@ -566,6 +571,20 @@ impl Settings {
             problems.push(
                 "USER_CACHE_USERS must be at most 1000000 (0 turns the cache off; default 10000) and \
                  USER_CACHE_TTL_SECS between 1 and 86400 (default 60)."
+                    .into(),
+            );
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push("REQUEST_TIMEOUT_MS must be positive (default 15000).".into());
+        }
+        // Only the Postgres store runs statements on a request's behalf.
+        if self.storage_kind() == StorageKind::Postgres
+            && (self.database_statement_timeout_ms < 100
+                || self.database_statement_timeout_ms >= self.request_timeout_ms)
+        {
+            problems.push(
+                "DATABASE_STATEMENT_TIMEOUT_MS must be at least 100 and below REQUEST_TIMEOUT_MS \
+                 (defaults 5000 and 15000), so that no statement outlives its request."
                     .into(),
             );
         }

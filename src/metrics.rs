@@ -298,6 +298,7 @@ pub struct StateCollector {
     pub pools: Vec<(&'static str, Database)>,
     pub redis_up: Option<Arc<crate::limits::RedisLink>>,
     pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
+    pub limits: Arc<crate::limits::Limits>,
     pub user_cache: Option<Arc<crate::store::postgres::user_cache::UserCache>>,
     /// Log lines dropped because stdout could not keep up.
     pub log: crate::telemetry::LogDrops,
@@ -446,6 +447,20 @@ impl Collector for StateCollector {
                 "Idle database connections",
                 idle,
             )?;
+            if let Some(circuit) = db.circuit() {
+                gauge(
+                    &mut e,
+                    &format!("db_{pool}_unreachable"),
+                    "1 while the store's probe finds the database unreachable and store calls answer 503 at once",
+                    f64::from(u8::from(circuit.is_open())),
+                )?;
+                counter(
+                    &mut e,
+                    &format!("db_{pool}_unreachable_episodes"),
+                    "Times the store's probe found the database unreachable after it had been reachable",
+                    circuit.times_opened(),
+                )?;
+            }
         }
         if let Some(link) = &self.redis_up {
             gauge(
@@ -459,6 +474,13 @@ impl Collector for StateCollector {
                 "revocations_mirrored",
                 "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
                 f64::from(u8::from(self.revocations.mirrored())),
+            )?;
+            gauge(
+                &mut e,
+                "redis_pending_writes",
+                "Revocations and lockouts made while Redis was unreachable, waiting to be copied to it",
+                (self.revocations.waiting_for_redis() + self.limits.locks_waiting_for_redis())
+                    as f64,
             )?;
         }
         if let Some(cache) = &self.user_cache {

@@ -52,6 +52,10 @@ pub trait RevocationList: Send + Sync + 'static {
     fn mirrored(&self) -> bool {
         false
     }
+    /// Revocations made here that Redis does not have yet (metrics).
+    fn waiting_for_redis(&self) -> usize {
+        0
+    }
 }
 
 /// Entries are pruned when the map grows past this many, so memory is bounded by the number of
@@ -71,6 +75,16 @@ struct State {
 }
 
 impl InProcessRevocations {
+    /// One live entry as (value, expiry).
+    fn entry(&self, key: &str, now: DateTime<Utc>) -> Option<(i64, DateTime<Utc>)> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .entries
+            .get(key)
+            .copied()
+            .filter(|(_, exp)| *exp > now)
+    }
+
     /// Live entries as (key, value, expiry), for copying to Redis after an outage.
     fn entries(&self, now: DateTime<Utc>) -> Vec<(String, i64, DateTime<Utc>)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,7 +170,8 @@ impl RevocationList for InProcessRevocations {
 
 /// Revocations shared through Redis, with the in-process list always written too: a logout
 /// during a Redis outage still takes effect on this instance, and the entries written meanwhile
-/// are copied to Redis once it is back, so the other instances learn of them.
+/// are copied to Redis (and published) as soon as it is back ([`SharedRevocations::replay`]), so
+/// the other instances learn of them without waiting for another revocation.
 ///
 /// Every write is also published on a channel. While [`SharedRevocations::mirror`] holds a
 /// subscription to it (and has read what Redis held when it subscribed), the in-process list is a
@@ -169,8 +184,10 @@ pub struct SharedRevocations {
     redis: Arc<crate::limits::RedisLink>,
     prefix: String,
     channel: String,
-    /// Set when a write could not reach Redis; cleared once the local list has been copied over.
-    behind: AtomicBool,
+    /// Revocations made here that Redis does not have yet.
+    pending: Mutex<Pending>,
+    /// One copy to Redis at a time.
+    copying: tokio::sync::Mutex<()>,
     /// True while the in-process list is a complete copy of Redis's (see `mirror`).
     mirrored: AtomicBool,
     /// Set once Redis has refused a publish, so that is logged once.
@@ -180,6 +197,38 @@ pub struct SharedRevocations {
 /// A published revocation longer than this is not ours; it is ignored rather than stored.
 const MAX_MESSAGE: usize = 512;
 
+/// Revocations waiting for Redis, by key (their value and expiry are the local list's). Past
+/// [`MAX_PENDING`] keys the set is given up for a flag, and the copy after the outage is of every
+/// live revocation this instance holds (its own and those it heard of): more writes, none lost.
+/// Entries leave only once Redis has taken them, so an outage that comes back mid-copy loses
+/// nothing either.
+#[derive(Default)]
+struct Pending {
+    keys: std::collections::HashSet<String>,
+    everything: bool,
+}
+
+/// Keys (about 60 bytes each) kept for the copy after an outage before it copies everything.
+const MAX_PENDING: usize = 100_000;
+
+impl Pending {
+    fn add(&mut self, key: String) {
+        if self.everything {
+            return;
+        }
+        if self.keys.len() >= MAX_PENDING {
+            self.keys.clear();
+            self.everything = true;
+            return;
+        }
+        self.keys.insert(key);
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.everything && self.keys.is_empty()
+    }
+}
+
 impl SharedRevocations {
     pub fn new(redis: Arc<crate::limits::RedisLink>, prefix: &str) -> Self {
         Self {
@@ -187,26 +236,61 @@ impl SharedRevocations {
             redis,
             prefix: format!("{prefix}rv:"),
             channel: format!("{prefix}revocations"),
-            behind: AtomicBool::new(false),
+            pending: Mutex::default(),
+            copying: tokio::sync::Mutex::new(()),
             mirrored: AtomicBool::new(false),
             publish_refused: AtomicBool::new(false),
         }
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn put(&self, key: String, value: i64, until: DateTime<Utc>) -> anyhow::Result<()> {
         self.local.put(key.clone(), value, until);
         if !self.redis.is_up() {
-            self.behind.store(true, Ordering::Relaxed);
+            self.pending().add(key);
             return Ok(());
         }
-        if self.behind.swap(false, Ordering::Relaxed) {
+        if !self.pending().is_empty() {
             self.catch_up().await;
         }
         if let Err(e) = self.publish(&key, value, until, Utc::now()).await {
             self.redis.failed(&e);
-            self.behind.store(true, Ordering::Relaxed);
+            self.pending().add(key);
         }
         Ok(())
+    }
+
+    /// Revocations made here that Redis does not have yet (metrics); `everything` counts as one
+    /// per live local entry.
+    pub fn waiting_for_redis(&self) -> usize {
+        let pending = self.pending();
+        if pending.everything {
+            self.local.entries(Utc::now()).len()
+        } else {
+            pending.keys.len()
+        }
+    }
+
+    /// Copies the revocations made during a Redis outage to Redis (and publishes them) each time
+    /// the link's probe finds Redis back, until `stop`.
+    pub async fn replay(&self, stop: CancellationToken) {
+        let mut recoveries = self.redis.recoveries();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = recoveries.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !self.pending().is_empty() {
+                self.catch_up().await;
+            }
+        }
     }
 
     /// Stores one entry in Redis and tells the other instances' mirrors about it.
@@ -238,15 +322,48 @@ impl SharedRevocations {
         Ok(())
     }
 
-    /// Copies every live local entry to Redis (after an outage).
+    /// Copies the pending revocations to Redis, each taken off the list once Redis has it; stops
+    /// at the first failure (the rest wait for the next recovery).
     async fn catch_up(&self) {
+        let _one_at_a_time = self.copying.lock().await;
         let now = Utc::now();
-        for (key, value, until) in self.local.entries(now) {
+        let (keys, everything) = {
+            let pending = self.pending();
+            (
+                pending.keys.iter().cloned().collect::<Vec<_>>(),
+                pending.everything,
+            )
+        };
+        let entries: Vec<(String, i64, DateTime<Utc>)> = if everything {
+            self.local.entries(now)
+        } else {
+            keys.into_iter()
+                .filter_map(|key| {
+                    let entry = self.local.entry(&key, now);
+                    if entry.is_none() {
+                        // Expired meanwhile: nothing left to copy.
+                        self.pending().keys.remove(&key);
+                    }
+                    entry.map(|(value, until)| (key, value, until))
+                })
+                .collect()
+        };
+        let copied = entries.len();
+        for (key, value, until) in entries {
             if let Err(e) = self.publish(&key, value, until, now).await {
                 self.redis.failed(&e);
-                self.behind.store(true, Ordering::Relaxed);
                 return;
             }
+            self.pending().keys.remove(&key);
+        }
+        if everything {
+            self.pending().everything = false;
+        }
+        if copied > 0 {
+            tracing::info!(
+                revocations = copied,
+                "revocations made while Redis was unreachable are now in Redis"
+            );
         }
     }
 
@@ -403,6 +520,10 @@ impl RevocationList for SharedRevocations {
 
     fn mirrored(&self) -> bool {
         self.mirrored.load(Ordering::Relaxed)
+    }
+
+    fn waiting_for_redis(&self) -> usize {
+        SharedRevocations::waiting_for_redis(self)
     }
 }
 

@@ -3,7 +3,10 @@
 //!
 //! State lives in Redis when `REDIS_URL` is set, so every instance behind a load balancer shares
 //! it; when Redis is absent or down the same rules run in-process (never unlimited), health says
-//! `redis: error`, and everything moves back to Redis by itself when it answers again.
+//! `redis: error`, and everything moves back to Redis by itself when it answers again. Lockouts
+//! and address blocks started in-process meanwhile are copied to Redis then
+//! ([`Limits::replay`]), so they hold on every instance; the in-process counters of failures and
+//! of rate limits are not (a fresh window starts in Redis).
 
 pub mod keystore;
 pub mod memory;
@@ -92,10 +95,24 @@ pub struct Limits {
     enabled: bool,
     redis: Option<Arc<RedisLink>>,
     memory: MemoryStore,
+    /// Locks started in-process while Redis was away, waiting to be copied to it.
+    pending: std::sync::Mutex<PendingLocks>,
     clock: Clock,
     prefix: String,
     rules: Rules,
 }
+
+/// Lock keys with their end (ms), started while Redis was away. Past [`MAX_PENDING_LOCKS`] the
+/// map is given up for a flag, and the copy is of every live lock the in-process store holds
+/// (bounded by its own size): more writes, none lost. A lock leaves the map only once Redis has
+/// it, so Redis failing again mid-copy loses nothing.
+#[derive(Default)]
+struct PendingLocks {
+    locks: std::collections::HashMap<String, i64>,
+    everything: bool,
+}
+
+const MAX_PENDING_LOCKS: usize = 100_000;
 
 /// Limits IPv6 clients per /64 (one customer's allocation), IPv4 per address.
 pub fn ip_subject(ip: IpAddr) -> String {
@@ -140,6 +157,7 @@ impl Limits {
             enabled: settings.rate_limits == Switch::On,
             redis,
             memory: MemoryStore::default(),
+            pending: std::sync::Mutex::default(),
             clock,
             prefix: settings.redis_key_prefix.clone(),
             rules: Rules {
@@ -321,8 +339,32 @@ impl Limits {
         });
         let now = self.clock.now_ms();
         // Both counters in one round trip.
-        let mut failures: Vec<Failure> =
-            on_backend!(self, |store| store.record_failures(&entries, now));
+        let mut in_redis = None;
+        if let Some(link) = self.redis.as_ref().filter(|l| l.is_up()) {
+            match link.store().record_failures(&entries, now).await {
+                Ok(failures) => in_redis = Some(failures),
+                Err(e) => link.failed(&e),
+            }
+        }
+        let mut failures: Vec<Failure> = match in_redis {
+            Some(failures) => failures,
+            None => {
+                let failures = self
+                    .memory
+                    .record_failures(&entries, now)
+                    .await
+                    .unwrap_or_default();
+                if self.redis.is_some() {
+                    // Started here while Redis is away: copied to it once it is back.
+                    for (entry, failure) in entries.iter().zip(&failures) {
+                        if failure.count.is_some() && failure.lock_ms > 0 {
+                            self.lock_pending(entry.lock_key.clone(), now + failure.lock_ms);
+                        }
+                    }
+                }
+                failures
+            }
+        };
         // A backend that answered the wrong number of results counted nothing we can report.
         failures.resize(entries.len(), Failure::default());
         report.ip = failures.pop();
@@ -337,8 +379,103 @@ impl Limits {
 
     pub async fn clear_account(&self, account: &str) {
         let (fail, lock) = self.account_keys(account);
+        self.lifted(&lock).await;
         let keys = [fail, lock];
         on_backend!(self, |store| store.delete(&keys));
+    }
+
+    /// A lock is lifted: it must not come back from the in-process store, or from the copy to
+    /// Redis after an outage.
+    async fn lifted(&self, lock_key: &str) {
+        if self.redis.is_some() {
+            self.pending_locks().locks.remove(lock_key);
+            let _ = self.memory.delete(&[lock_key.to_owned()]).await;
+        }
+    }
+
+    fn pending_locks(&self) -> std::sync::MutexGuard<'_, PendingLocks> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pending(&self, key: String, until_ms: i64) {
+        let mut pending = self.pending_locks();
+        if pending.everything {
+            return;
+        }
+        if pending.locks.len() >= MAX_PENDING_LOCKS {
+            pending.locks.clear();
+            pending.everything = true;
+            return;
+        }
+        let until = pending.locks.entry(key).or_insert(until_ms);
+        *until = (*until).max(until_ms);
+    }
+
+    /// Locks started in-process that Redis does not have yet (metrics).
+    pub fn locks_waiting_for_redis(&self) -> usize {
+        let pending = self.pending_locks();
+        if pending.everything {
+            MAX_PENDING_LOCKS
+        } else {
+            pending.locks.len()
+        }
+    }
+
+    /// Copies the locks started in-process during a Redis outage to Redis each time the link's
+    /// probe finds it back, until `stop`. A lock is only ever extended there, never shortened.
+    pub async fn replay(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(link) = self.redis.clone() else {
+            return;
+        };
+        let mut recoveries = link.recoveries();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = recoveries.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            self.copy_locks(&link).await;
+        }
+    }
+
+    async fn copy_locks(&self, link: &RedisLink) {
+        let now = self.clock.now_ms();
+        let (locks, everything) = {
+            let pending = self.pending_locks();
+            let locks: Vec<(String, i64)> =
+                pending.locks.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (locks, pending.everything)
+        };
+        let locks = if everything {
+            let prefix = format!("{}lock:", self.prefix);
+            let live = self.memory.locks(&prefix, now).await.unwrap_or_default();
+            live.into_iter().map(|(k, ms)| (k, now + ms)).collect()
+        } else {
+            locks
+        };
+        let mut copied = 0;
+        for (key, until) in locks {
+            if until > now {
+                if let Err(e) = link.store().extend_lock(&key, until, until - now).await {
+                    link.failed(&e);
+                    return;
+                }
+                copied += 1;
+            }
+            self.pending_locks().locks.remove(&key);
+        }
+        if everything {
+            self.pending_locks().everything = false;
+        }
+        if copied > 0 {
+            tracing::info!(
+                locks = copied,
+                "lockouts started while Redis was unreachable are now in Redis"
+            );
+        }
     }
 
     /// Locked accounts and blocked addresses, soonest expiry first.
@@ -364,6 +501,7 @@ impl Limits {
             "account" => self.account_keys(subject),
             _ => self.ip_keys(subject),
         };
+        self.lifted(&lock).await;
         let keys = [fail, lock];
         on_backend!(self, |store| store.delete(&keys));
     }

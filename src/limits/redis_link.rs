@@ -1,5 +1,7 @@
 //! The Redis connection with its up/down state: requests use Redis only while it is up, so an
-//! outage costs one timeout, not one per request. A probe notices when it is back.
+//! outage costs one timeout, not one per request. A probe notices when it is back, and tells
+//! whoever waits for that ([`RedisLink::recoveries`]): what was written in-process meanwhile is
+//! then copied to Redis.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,6 +15,8 @@ pub struct RedisLink {
     client: redis::Client,
     store: RedisStore,
     up: AtomicBool,
+    /// How many times the probe found Redis back after an outage.
+    recoveries: tokio::sync::watch::Sender<u64>,
     errors: prometheus_client::metrics::counter::Counter,
 }
 
@@ -28,12 +32,18 @@ impl RedisLink {
             store: RedisStore::new(client.clone(), timeout)?,
             client,
             up: AtomicBool::new(true),
+            recoveries: tokio::sync::watch::Sender::new(0),
             errors,
         })
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Changes each time the probe finds Redis back after an outage.
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recoveries.subscribe()
     }
 
     pub fn store(&self) -> &RedisStore {
@@ -79,6 +89,7 @@ impl RedisLink {
                         tracing::info!(
                             "Redis reachable again: shared limits and revocations resume"
                         );
+                        self.recoveries.send_modify(|n| *n += 1);
                     }
                 }
                 Err(e) => self.failed(&e),

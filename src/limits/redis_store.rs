@@ -83,6 +83,16 @@ end
 return out
 ";
 
+/// Sets KEYS[1] to ARGV[1] (a lock's end, ms) for ARGV[2] ms unless it holds a later end
+/// already: a lock copied from an instance's in-process store never shortens one in Redis.
+const EXTEND_LOCK_SCRIPT: &str = r"
+local until_ms = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or 0) < until_ms then
+  redis.call('SET', KEYS[1], until_ms, 'PX', ARGV[2])
+end
+return 1
+";
+
 pub struct RedisStore {
     manager: ConnectionManager,
     timeout: Duration,
@@ -240,6 +250,21 @@ impl RedisStore {
             )
             .await?;
         Ok(stored.is_some())
+    }
+
+    /// Makes the lock `key` run until `until_ms` at least (it has `ttl_ms` left).
+    pub async fn extend_lock(&self, key: &str, until_ms: i64, ttl_ms: i64) -> anyhow::Result<()> {
+        let mut conn = self.manager.clone();
+        let _: i64 = self
+            .bounded(
+                Script::new(EXTEND_LOCK_SCRIPT)
+                    .key(key)
+                    .arg(until_ms)
+                    .arg(ttl_ms.max(1))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Reads and deletes `key` in one atomic step, so a value can be taken once only.

@@ -12,6 +12,14 @@
 //! (Postgres restarted, the network cut) then fails its first query; reads are retried once on
 //! another connection ([`read_retrying!`]), and the failure makes every older connection suspect,
 //! so it is tested before its next use.
+//!
+//! The store's pool also has a circuit ([`circuit::Circuit`]): while a probe finds the database
+//! unreachable, store calls answer `Unavailable` at once instead of each waiting out the pool's
+//! acquire timeout. Each of its connections carries `statement_timeout`
+//! (`DATABASE_STATEMENT_TIMEOUT_MS`, below the request timeout) and, on Postgres 14 and later,
+//! `client_connection_check_interval`; a write that must not outlive its request runs on a
+//! [`Guarded`] connection, closed rather than returned to the pool when the request gives up
+//! midway, so Postgres ends and rolls back the statement still running on it.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -83,8 +91,11 @@ macro_rules! begin_retrying {
     }};
 }
 
+pub mod circuit;
 mod identities;
 pub mod user_cache;
+
+use circuit::Circuit;
 
 use user_cache::UserCache;
 
@@ -180,6 +191,19 @@ pub struct Database {
     ready: Arc<AtomicBool>,
     metrics: PoolMetrics,
     health: Arc<ConnectionHealth>,
+    /// The user store's pool only: see [`circuit`].
+    circuit: Option<Arc<Circuit>>,
+}
+
+/// How often Postgres (14 and later) checks, while running a statement, that the client is still
+/// connected: a request that gives up closes its connection (see [`Guarded`]), and its statement
+/// is then ended and rolled back within this long instead of running on to commit.
+const CLIENT_CHECK_INTERVAL: &str = "250ms";
+
+/// What the user store's pool adds to [`Database::connect_lazy_checked`].
+pub struct RequestPool {
+    /// `statement_timeout` of every connection.
+    pub statement_timeout: Duration,
 }
 
 impl Database {
@@ -220,9 +244,46 @@ impl Database {
         metrics: PoolMetrics,
         checks: ConnectionChecks,
     ) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url.expose_secret())
+        Self::connect_lazy_with(url, max_connections, timeout, metrics, checks, None)
+    }
+
+    /// The pool that serves requests (the user store's): [`ConnectionChecks::WhenSuspect`], a
+    /// statement timeout on every connection, and a [`Circuit`].
+    pub fn connect_lazy_for_requests(
+        url: &secrecy::SecretString,
+        max_connections: u32,
+        timeout: Duration,
+        metrics: PoolMetrics,
+        requests: RequestPool,
+    ) -> anyhow::Result<Self> {
+        Self::connect_lazy_with(
+            url,
+            max_connections,
+            timeout,
+            metrics,
+            ConnectionChecks::WhenSuspect,
+            Some(requests),
+        )
+    }
+
+    fn connect_lazy_with(
+        url: &secrecy::SecretString,
+        max_connections: u32,
+        timeout: Duration,
+        metrics: PoolMetrics,
+        checks: ConnectionChecks,
+        requests: Option<RequestPool>,
+    ) -> anyhow::Result<Self> {
+        let mut options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
             .application_name("flux-auth");
+        if let Some(requests) = &requests {
+            // A startup parameter: no round trip, and `RESET` comes back to it.
+            options = options.options([(
+                "statement_timeout",
+                format!("{}ms", requests.statement_timeout.as_millis()),
+            )]);
+        }
         let health = Arc::new(ConnectionHealth::new());
         let mut pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -247,12 +308,55 @@ impl Database {
                     })
                 });
         }
+        if requests.is_some() {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // Postgres before 14 does not know the setting (and would refuse the whole
+                    // connection as a startup parameter): there the statement timeout alone
+                    // bounds a statement whose request gave up.
+                    if conn.server_version_num().is_some_and(|v| v >= 140_000) {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_lazy_with(options);
+        let circuit = requests.map(|_| {
+            let health = health.clone();
+            Arc::new(Circuit::new(
+                pool.connect_options(),
+                Box::new(move || health.note_failure()),
+            ))
+        });
         Ok(Self {
-            pool: pool.connect_lazy_with(options),
+            pool,
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
             health,
+            circuit,
         })
+    }
+
+    /// The circuit of the pool that serves requests; `None` for other pools.
+    pub fn circuit(&self) -> Option<&Arc<Circuit>> {
+        self.circuit.as_ref()
+    }
+
+    /// `true` while the database is reachable as far as the store knows (its circuit is closed),
+    /// changing as soon as the store's probe finds it gone or back: for tasks that wait for the
+    /// database to return. `None` for pools without a circuit.
+    pub fn reachable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.circuit.as_ref().map(|c| c.reachable())
+    }
+
+    /// Whether the circuit is open: the database is known to be unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        self.circuit.as_ref().is_some_and(|c| c.is_open())
     }
 
     /// Reports a failed query: after a connection-level failure every connection opened before
@@ -260,6 +364,9 @@ impl Database {
     pub fn note_failure(&self, e: &sqlx::Error) {
         if is_connection_error(e) {
             self.health.note_failure();
+            if let Some(circuit) = &self.circuit {
+                circuit.suspect();
+            }
         }
     }
 
@@ -267,10 +374,38 @@ impl Database {
     /// when one is handed over (idle, or newly opened), a count in `db_pool_acquire_errors` when
     /// none is (pool timeout, pool closed, connect failed, or the wait abandoned by its caller).
     /// The error is sqlx's, for [`map_err`].
+    ///
+    /// With a circuit: an acquire that waits longer than [`circuit::SUSPECT_AFTER`] or fails
+    /// starts the probe, and one still waiting when the circuit opens gives up at once
+    /// (`PoolTimedOut`).
     pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         let started = Instant::now();
         let attempt = Attempt(Some(&self.metrics.errors));
-        let conn = self.pool.acquire().await?;
+        let conn = match &self.circuit {
+            None => self.pool.acquire().await?,
+            Some(circuit) => {
+                let acquire = self.pool.acquire();
+                let opened = circuit.opened();
+                let suspect_after = tokio::time::sleep(circuit::SUSPECT_AFTER);
+                tokio::pin!(acquire, opened, suspect_after);
+                let mut suspected = false;
+                let acquired = loop {
+                    tokio::select! {
+                        biased;
+                        acquired = &mut acquire => break acquired,
+                        () = &mut opened => break Err(sqlx::Error::PoolTimedOut),
+                        () = &mut suspect_after, if !suspected => {
+                            suspected = true;
+                            circuit.suspect();
+                        }
+                    }
+                };
+                if acquired.is_err() {
+                    circuit.suspect();
+                }
+                acquired?
+            }
+        };
         attempt.succeeded();
         self.metrics
             .wait_seconds
@@ -285,7 +420,16 @@ impl Database {
     /// Runs the embedded migrations once, marking the database ready on success.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.acquire().await?;
-        run_migrations(&mut conn).await?;
+        // A migration may take longer than a request's statement (an index on a big table).
+        sqlx::raw_sql("SET statement_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let migrated = run_migrations(&mut conn).await;
+        // Back to the connection's own timeout before it returns to the pool.
+        sqlx::raw_sql("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
+        migrated?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -364,6 +508,45 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// The connection of a write whose request may give up while a statement runs on it (the
+/// request timeout, or a client that leaves: either drops the request's future). Returned to the
+/// pool, such a connection would first wait for that statement to finish (sqlx pings it), and the
+/// statement would commit after its request was answered 408: a refresh token rotated for a
+/// client that never got the successor, whose retry then looks like a stolen token's reuse.
+/// Dropped before [`Held::release`], it is closed instead, and Postgres ends the statement and
+/// rolls it back when it sees the client gone ([`CLIENT_CHECK_INTERVAL`]); on Postgres before 14,
+/// when `statement_timeout` cancels it.
+#[derive(Default)]
+struct Held(Option<PoolConnection<Postgres>>);
+
+impl Held {
+    /// Keeps `conn` (a previous one goes back to the pool) and lends it out.
+    fn hold(&mut self, conn: PoolConnection<Postgres>) -> &mut PgConnection {
+        self.0.insert(conn)
+    }
+
+    /// The connection held.
+    fn connection(&mut self) -> StoreResult<&mut PgConnection> {
+        match self.0.as_mut() {
+            Some(conn) => Ok(conn),
+            None => Err(StoreError::Other(anyhow::anyhow!("no connection held"))),
+        }
+    }
+
+    /// The write finished (or failed) without being abandoned: back to the pool as usual.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// `MIGRATOR.run` on a connection already acquired (and timed). `run` itself takes an `Acquire`,
 /// and a future awaiting it on `&mut PgConnection` cannot be spawned ("implementation of
 /// `Acquire` is not general enough", a known sqlx limitation); `run_direct` is sqlx's own way
@@ -418,12 +601,14 @@ impl PgStore {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("STORAGE=postgres needs DATABASE_URL"))?;
         // Every request takes a connection: no ping before each (see ConnectionChecks).
-        let db = Database::connect_lazy_checked(
+        let db = Database::connect_lazy_for_requests(
             url,
             settings.database_max_connections,
             Duration::from_millis(settings.database_connect_timeout_ms),
             metrics,
-            ConnectionChecks::WhenSuspect,
+            RequestPool {
+                statement_timeout: Duration::from_millis(settings.database_statement_timeout_ms),
+            },
         )?;
         if settings.run_migrations {
             db.migrate_in_background("users", Schema::Full);
@@ -453,10 +638,17 @@ impl PgStore {
 
     /// A connection for one operation (timed, see [`Database::acquire`]); `Unavailable` until
     /// the database is migrated, and when the pool cannot hand one over in time.
+    /// Answers `Unavailable` at once while the circuit is open (the database is known to be
+    /// unreachable).
     async fn conn(&self) -> StoreResult<PoolConnection<Postgres>> {
         if !self.db.is_ready() {
             return Err(StoreError::Unavailable(
                 "database not ready (connecting or migrating)".into(),
+            ));
+        }
+        if self.db.is_unreachable() {
+            return Err(StoreError::Unavailable(
+                "database unreachable (circuit open)".into(),
             ));
         }
         self.db.acquire().await.map_err(|e| self.fail(e))
@@ -709,6 +901,15 @@ const ROTATION_READ: &str = concat!(
 /// row for what was rotated (as it was before the write), or no row when nothing was: every other
 /// case (grace, reuse, a rejected fingerprint, an unknown or dead token) then takes the long way,
 /// read and decide.
+///
+/// The token's `rotated_at`, from which the grace window is measured, is when the row was
+/// written (`clock_timestamp()`, after any wait for a lock), not when the request began: a
+/// refresh that waited behind a lock commits a rotation whose retry, moments later, is inside the
+/// grace window and gets the same successor, where measuring from the request's start would have
+/// called the retry a stolen token's reuse. It is Postgres's clock, compared with the instance's
+/// when the token comes back, so the hosts' clocks must agree (NTP) to well within the window;
+/// never earlier than the request's own time (`$2`), so a Postgres clock running behind costs no
+/// more than measuring from the request did.
 const ROTATION_FAST: &str = concat!(
     "WITH t AS MATERIALIZED ( \
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
@@ -717,7 +918,7 @@ const ROTATION_FAST: &str = concat!(
          AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
        FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
        WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) \
        RETURNING id, session_id), \
      successor AS ( \
@@ -738,11 +939,12 @@ const ROTATION_FAST: &str = concat!(
 /// locks them: session, then token), re-checked on its latest version, then the token is marked
 /// rotated (re-checked likewise by the UPDATE), the successor inserted and the session touched.
 /// A concurrent rotation or revocation that committed first leaves `rotated` empty, and nothing
-/// is written. Returns how many tokens were rotated: 1 or 0.
+/// is written. Returns how many tokens were rotated: 1 or 0. `rotated_at` is the time of the
+/// write, as in [`ROTATION_FAST`].
 const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
        SELECT id FROM auth_sessions WHERE id = $4 AND revoked_at IS NULL FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = $2, replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
        WHERE id = $1 AND rotated_at IS NULL AND session_id IN (SELECT id FROM live) \
        RETURNING session_id), \
      successor AS ( \
@@ -987,24 +1189,33 @@ impl PgStore {
     }
 
     async fn rotate(&self, request: &RotateRequest) -> StoreResult<Rotation> {
+        // If the request gives up midway, `held` closes its connection (see `Held`).
+        let mut held = Held::default();
+        let rotation = self.rotate_on(&mut held, request).await;
+        held.release();
+        rotation
+    }
+
+    async fn rotate_on(&self, held: &mut Held, request: &RotateRequest) -> StoreResult<Rotation> {
         // The first statement is repeated on another connection after a connection-level failure,
         // even though it writes: the successor is derived from the presented token, so when the
         // first attempt was applied, the repeat finds the token rotated moments ago to that same
         // successor and the long way answers with it (grace). What follows is not repeated.
         let mut retried = false;
-        let mut conn = loop {
-            let mut conn = self.conn().await?;
-            match rotate_live(&mut conn, request).await {
+        loop {
+            let conn = held.hold(self.conn().await?);
+            match rotate_live(conn, request).await {
                 Ok(Some(rotation)) => return Ok(rotation),
-                Ok(None) => break conn,
+                Ok(None) => break,
                 Err(e) if !retried && is_connection_error(&e) => {
                     self.db.note_failure(&e);
                     retried = true;
                 }
                 Err(e) => return Err(self.fail(e)),
             }
-        };
-        let mut state = rotation_state(&mut conn, &request.presented_hash)
+        }
+        let conn = held.connection()?;
+        let mut state = rotation_state(conn, &request.presented_hash)
             .await
             .map_err(|e| self.fail(e))?;
         for _ in 0..ROTATION_ATTEMPTS {
@@ -1016,11 +1227,11 @@ impl PgStore {
                 }
                 .into());
             };
-            if let Some(rotation) = self.apply_rotation(&mut conn, found, request).await? {
+            if let Some(rotation) = self.apply_rotation(conn, found, request).await? {
                 return Ok(rotation);
             }
             // Lost a race: decide again on what the winner left.
-            state = rotation_state(&mut conn, &request.presented_hash)
+            state = rotation_state(conn, &request.presented_hash)
                 .await
                 .map_err(|e| self.fail(e))?;
         }
@@ -1222,8 +1433,17 @@ impl Store for PgStore {
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
-        if let Some(user) = self.users.as_ref().and_then(|users| users.get(id)) {
-            return Ok(Some(user));
+        if let Some(users) = &self.users {
+            if let Some(user) = users.get(id) {
+                return Ok(Some(user));
+            }
+            // The database is known to be unreachable: a user read less than the cache's time
+            // to live ago rather than a 503 (see user_cache).
+            if self.db.is_unreachable()
+                && let Some(user) = users.get_during_outage(id)
+            {
+                return Ok(Some(user));
+            }
         }
         // Boxed on its own: the read's state (sqlx's futures) is large, and a hit should not pay
         // for moving it into this method's box on every call.
@@ -1316,23 +1536,29 @@ impl Store for PgStore {
         // since the new session is excluded from the count. That makes it safe to repeat once
         // after a connection-level failure, when it may or may not have been applied (a pooled
         // connection that a restart of Postgres broke fails on first use).
+        //
+        // A sign-in that gives up midway must not store its session later: nobody has its token,
+        // and it would count against (and evict from) the user's live sessions (see `Held`).
+        let mut held = Held::default();
         let mut retried = false;
-        loop {
-            let mut conn = self.conn().await?;
-            match create_session(&mut conn, new, max_live, idle_ttl).await {
+        let created = loop {
+            let conn = held.hold(self.conn().await?);
+            match create_session(conn, new, max_live, idle_ttl).await {
                 Ok(evicted) => {
                     if new.records_login {
                         self.changed_here(&new.session.user_id);
                     }
-                    return Ok(evicted);
+                    break Ok(evicted);
                 }
                 Err(e) if !retried && is_connection_error(&e) => {
                     self.db.note_failure(&e);
                     retried = true;
                 }
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => break Err(self.fail(e)),
             }
-        }
+        };
+        held.release();
+        created
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {

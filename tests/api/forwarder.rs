@@ -26,7 +26,9 @@ pub struct Forwarder {
     delay: Arc<AtomicU64>,
     /// Bytes relayed from the app to the server, over every connection so far.
     sent: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
+    target: SocketAddr,
+    /// The accept loop; `None` while refusing (no socket listens).
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Whether the link is cut, and the token the live connections of this generation hang on.
@@ -63,7 +65,18 @@ impl Forwarder {
             state,
             delay,
             sent,
-            accept,
+            target,
+            accept: Mutex::new(Some(accept)),
+        }
+    }
+
+    /// The server stopped: every live connection is closed and the port no longer listens, so a
+    /// new connection is refused (as when Postgres is down) rather than accepted and dropped.
+    /// `restore` listens again on the same port.
+    pub fn refuse(&self) {
+        self.cut();
+        if let Some(accept) = self.accept.lock().expect("forwarder accept").take() {
+            accept.abort();
         }
     }
 
@@ -86,6 +99,24 @@ impl Forwarder {
 
     pub fn restore(&self) {
         self.state.lock().expect("forwarder state").cut = false;
+        let mut accept = self.accept.lock().expect("forwarder accept");
+        if accept.is_none() {
+            // The same port again; connections closed by the refusal may linger in TIME_WAIT.
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+            socket
+                .bind(self.addr)
+                .expect("bind the forwarder's port again");
+            let listener = socket.listen(1024).expect("listen");
+            *accept = Some(tokio::spawn(accept_loop(
+                listener,
+                self.target,
+                self.root.clone(),
+                self.state.clone(),
+                self.delay.clone(),
+                self.sent.clone(),
+            )));
+        }
     }
 
     /// A slow network: from now on every chunk, in either direction and on live connections too,
@@ -99,7 +130,9 @@ impl Forwarder {
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.root.cancel();
-        self.accept.abort();
+        if let Some(accept) = self.accept.lock().expect("forwarder accept").take() {
+            accept.abort();
+        }
     }
 }
 

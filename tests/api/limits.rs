@@ -776,3 +776,83 @@ async fn admins_list_and_lift_lockouts_and_others_get_403() {
         .unwrap();
     assert_error(again, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND").await;
 }
+
+/// A logout made on an instance while it cannot reach Redis reaches the other instances as soon as
+/// Redis is back, without waiting for some later revocation to carry it over.
+#[tokio::test]
+async fn a_logout_made_during_a_redis_outage_reaches_the_other_instances_when_redis_is_back() {
+    let Some(first) = limited_app(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    let forwarder = redis_forwarder().await;
+    let cut_off = second_instance(&first, Some(&forwarder)).await;
+    mirrored(&first, 1.0).await;
+    let auth = first.signed_up(&unique_email()).await;
+    let token = auth["accessToken"].as_str().unwrap();
+    assert_eq!(cut_off.me(token).await.status(), StatusCode::OK);
+
+    forwarder.cut();
+    assert_eq!(cut_off.logout(token).await.status(), StatusCode::OK);
+    assert_error(
+        cut_off.me(token).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
+    assert_eq!(
+        first.me(token).await.status(),
+        StatusCode::OK,
+        "the other instance cannot know yet"
+    );
+    forwarder.restore();
+    gone_from(&first, token).await;
+}
+
+/// A lockout started on an instance while it cannot reach Redis holds on the other instances once
+/// Redis is back.
+#[tokio::test]
+async fn a_lockout_started_during_a_redis_outage_holds_on_the_other_instances_when_redis_is_back() {
+    let Some(first) = limited_app(Backend::Postgres, |s| {
+        s.lockout_threshold = 3;
+        s.login_limit_per_account = 1000;
+        s.login_limit_per_ip = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let forwarder = redis_forwarder().await;
+    let cut_off = second_instance(&first, Some(&forwarder)).await;
+    let email = unique_email();
+    first.signed_up(&email).await;
+
+    forwarder.cut();
+    for _ in 0..3 {
+        assert_eq!(
+            cut_off.login(&email, "not the password").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_error(
+        cut_off.login(&email, PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID_CREDENTIALS",
+    )
+    .await;
+    forwarder.restore();
+    // Watched in Redis rather than by signing in: a successful sign-in would lift the lock.
+    eventually("the lockout to reach Redis", MIRROR_PATIENCE, || async {
+        prefixed_keys(&first)
+            .await
+            .iter()
+            .any(|k| k.contains("lock:account:"))
+            .then_some(())
+    })
+    .await;
+    assert_error(
+        first.login(&email, PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_INVALID_CREDENTIALS",
+    )
+    .await;
+}

@@ -9,6 +9,7 @@ mod connections;
 mod dashboard;
 mod events;
 mod fake_oidc;
+mod faults;
 mod file_journal;
 mod forwarder;
 mod google;

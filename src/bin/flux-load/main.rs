@@ -9,6 +9,7 @@
 mod baseline;
 mod http;
 mod measure;
+mod outage;
 mod report;
 mod server;
 
@@ -83,6 +84,33 @@ enum Command {
         /// Seconds per measurement (one thread, then all cores, per cost and round).
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+    },
+    /// Requests answered before, during and after a database outage on STORAGE=postgres: the
+    /// service reaches Postgres through a relay of this process's, which stops listening (as a
+    /// stopped Postgres does) for the middle phase. Clients send refreshes, /me and logins
+    /// throughout; per phase: answered per second, statuses, p50/p99 of 503s and of successes,
+    /// unanswered requests. Writes <out>/outage.json.
+    Outage {
+        /// The flux-auth binary to start.
+        #[arg(long, default_value = "target/release/flux-auth")]
+        server: PathBuf,
+        /// Admin URL of the Postgres server (a database is created and dropped there).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// Concurrent clients, each one keep-alive connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of each phase: before, during and after the outage.
+        #[arg(long, default_value_t = 10.0)]
+        phase_secs: f64,
+        /// A request unanswered after this many seconds counts as unanswered.
+        #[arg(long, default_value_t = 20.0)]
+        client_timeout_secs: f64,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Extra environment for the server, KEY=VALUE (repeatable).
+        #[arg(long = "server-env", value_parser = parse_env_pair)]
+        server_env: Vec<(String, String)>,
     },
 }
 
@@ -201,6 +229,33 @@ fn main() -> std::process::ExitCode {
             rounds,
             seconds,
         }) => hash_scaling(&memory_kib, iterations, rounds, seconds),
+        Some(Command::Outage {
+            server,
+            postgres_url,
+            clients,
+            phase_secs,
+            client_timeout_secs,
+            out,
+            server_env,
+        }) => server
+            .canonicalize()
+            .with_context(|| format!("{} not found: build it first", server.display()))
+            .and_then(|server| {
+                let args = outage::OutageArgs {
+                    server,
+                    postgres_url,
+                    clients,
+                    phase: Duration::from_secs_f64(phase_secs.clamp(0.0, 600.0)),
+                    client_timeout: Duration::from_secs_f64(client_timeout_secs.clamp(0.1, 600.0)),
+                    out,
+                    env: server_env,
+                };
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(outage::run(args)))
+            }),
         // The client runs on one thread: it shares the machine with the server, and a
         // single-threaded client takes at most one core's worth from it.
         None => tokio::runtime::Builder::new_current_thread()

@@ -11,8 +11,13 @@
 //!   back every change committed before it was sent has been heard. Kept users are served only
 //!   while the last heartbeat to come back was sent less than [`PATIENCE`] ago: a link that stalls
 //!   (a partition, a frozen primary) stops the serving by itself, on the request path.
-//! - A lost `LISTEN` connection stops the following at once and drops everything kept, since
-//!   what was announced meanwhile is lost; it is made again with a backoff.
+//! - A lost `LISTEN` connection stops the following at once, since what was announced meanwhile
+//!   is lost; it is made again with a backoff, and everything kept before is dropped when it is.
+//! - While the store finds the database unreachable (its circuit is open), kept users are served
+//!   anyway, each until its time to live runs out ([`UserCache::get_during_outage`]): nobody can
+//!   change a row through this instance then, a change made elsewhere shows within the same
+//!   `USER_CACHE_TTL_SECS` as an unannounced one, and `/me` and the bearer routes keep answering
+//!   for the users seen in the last minute instead of all failing with 503.
 //! - Nothing is served unless both triggers are there and enabled (checked with every
 //!   heartbeat): `RUN_MIGRATIONS=false` before migration 005 is applied, or a trigger disabled.
 //!
@@ -139,6 +144,22 @@ impl UserCache {
         found
     }
 
+    /// The kept copy of a user whatever the state of the feed, if it was read less than the time
+    /// to live ago: for while the database cannot be reached at all (see the module's doc), never
+    /// otherwise.
+    pub fn get_during_outage(&self, id: &str) -> Option<UserRecord> {
+        let now = self.now_ms();
+        let found = self
+            .entries
+            .get(id)
+            .filter(|(_, read_at)| now.saturating_sub(*read_at) < self.ttl_ms)
+            .map(|(user, _)| UserRecord::clone(&user));
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     /// Taken before reading a user; `None` while the feed is not current (nothing will be kept).
     pub fn ticket(&self) -> Option<Ticket> {
         self.current()
@@ -215,12 +236,14 @@ impl UserCache {
         self.following.store(true, Ordering::SeqCst);
     }
 
-    /// Returns whether it had been following.
+    /// Returns whether it had been following. What was kept stays, unserved except during an
+    /// outage ([`UserCache::get_during_outage`]), until the feed is made again (which drops it)
+    /// or it ages out; reads in flight are not kept.
     fn stop_following(&self) -> bool {
         let was = self.following.swap(false, Ordering::SeqCst);
         // Only a heartbeat that comes back on the next `LISTEN` makes that one current.
         self.fresh_until.store(0, Ordering::SeqCst);
-        self.reset();
+        self.generation.fetch_add(1, Ordering::SeqCst);
         was
     }
 
@@ -506,10 +529,26 @@ mod tests {
         assert!(cache.get("u1").is_none());
         assert!(cache.ticket().is_none());
         cache.keep(ticket, &user("u2", "Bob"));
+        // During an outage what was kept is served until it ages out; a read in flight was not.
+        assert_eq!(cache.get_during_outage("u1").unwrap().name, "Ada");
+        assert!(cache.get_during_outage("u2").is_none());
         // Back up: what was kept before is gone, since changes made meanwhile were not heard.
         cache.start_following();
         assert!(cache.get("u1").is_none());
         assert!(cache.get("u2").is_none());
+        assert!(cache.get_during_outage("u1").is_none());
+    }
+
+    #[test]
+    fn during_an_outage_a_kept_user_is_served_until_the_ttl_only() {
+        let mut cache = UserCache::new(100, Duration::from_secs(60));
+        cache.start_following();
+        cache.heard(&cache.next_heartbeat());
+        cache.keep(cache.ticket().unwrap(), &user("u1", "Ada"));
+        cache.stop_following();
+        assert_eq!(cache.get_during_outage("u1").unwrap().name, "Ada");
+        cache.origin -= Duration::from_secs(61);
+        assert!(cache.get_during_outage("u1").is_none());
     }
 
     #[test]
