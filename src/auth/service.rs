@@ -468,8 +468,9 @@ impl AuthService {
         } else {
             "argon2"
         };
+        let stored = user.password_hash.as_deref().unwrap_or_default();
         let result = async {
-            let hash = self.hasher.hash(password).await?;
+            let hash = self.hasher.rehash(password, stored).await?;
             self.store.set_password_hash(&user.id, &hash).await?;
             Ok::<_, AuthError>(())
         }

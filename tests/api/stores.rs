@@ -742,7 +742,7 @@ async fn file_store_reads_and_writes_the_old_users_json_shape() {
         ann_after["password"]
             .as_str()
             .unwrap()
-            .starts_with("$argon2id$"),
+            .starts_with("$argon2id-legacy$"),
         "the upgraded hash stays under the old key: {ann_after}"
     );
     assert!(ann_after["lastLogin"].is_string());
