@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::breached::BreachedPasswords;
 use super::password_policy;
 use super::passwords::{HashError, PasswordHasher, Verification};
 use super::refresh::{RefreshTokens, hash_token};
@@ -164,6 +165,8 @@ pub struct AuthService {
     pub revocations: Arc<dyn RevocationList>,
     pub events: SecurityLogger,
     pub policy: SessionPolicy,
+    /// The breached-password list new passwords are checked against; loaded once.
+    pub breached: BreachedPasswords,
 }
 
 fn required<'a>(
@@ -307,6 +310,7 @@ impl AuthService {
             email.as_str(),
             &name_str,
             self.policy.password_min_length,
+            &self.breached,
         ) {
             self.signup_failed(ctx, email.as_str(), "weak_password")
                 .await;
