@@ -316,7 +316,7 @@ impl AuthService {
                 .await;
             return Err(e.into());
         }
-        if self.store.user_by_email(email.as_str()).await?.is_some() {
+        if self.store.user_by_email(&email).await?.is_some() {
             self.signup_failed(ctx, email.as_str(), "email_exists")
                 .await;
             return Err(AuthError::EmailExists);
@@ -352,7 +352,7 @@ impl AuthService {
                 .email(&user.email),
         )
         .await;
-        self.limits.clear_account(&user.email).await;
+        self.limits.clear_account(email.key()).await;
         let tokens = self.start_session(&user, ctx, now, false).await?;
         Ok(AuthSuccess { user, tokens })
     }
@@ -383,7 +383,8 @@ impl AuthService {
             Ok((email, password))
         })();
         // One round trip for every limit: the account's only once the request names one.
-        let account = validated.as_ref().ok().map(|(email, _)| email.as_str());
+        // Limits and lockouts count per mailbox: every spelling of an address is one account.
+        let account = validated.as_ref().ok().map(|(email, _)| email.key());
         let locked = self.admit_login(&ip, account, ctx).await?;
         let (email, password) = match validated {
             Ok(v) => v,
@@ -398,7 +399,7 @@ impl AuthService {
                 return Err(e.into());
             }
         };
-        let user = self.store.user_by_email(email.as_str()).await?;
+        let user = self.store.user_by_email(&email).await?;
         if let Some(wait) = locked {
             // Same work and the same answer as a wrong password, even for the right one, and not
             // counted: a locked account tells an attacker nothing and cannot be locked longer.
@@ -424,7 +425,7 @@ impl AuthService {
         let user = match (user, verdict) {
             (Some(user), Verification::Valid | Verification::ValidNeedsRehash) => user,
             (known, _) => {
-                self.count_failure(known.as_ref(), email.as_str(), &ip, ctx)
+                self.count_failure(known.as_ref(), email.key(), &ip, ctx)
                     .await;
                 let event = match known {
                     Some(known) => SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
@@ -441,7 +442,7 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.limits.login_succeeded(email.as_str()).await;
+        self.limits.login_succeeded(email.key()).await;
         let now = Utc::now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;

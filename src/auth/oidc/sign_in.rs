@@ -362,11 +362,7 @@ impl GoogleSignIn {
                 created_at: now,
                 last_used_at: now,
             };
-            match store
-                .user_by_email(email.as_str())
-                .await
-                .map_err(AuthError::from)?
-            {
+            match store.user_by_email(&email).await.map_err(AuthError::from)? {
                 None => {
                     let user = new_user(token, &email, now);
                     let identity = IdentityRecord {
@@ -453,11 +449,11 @@ impl GoogleSignIn {
 /// `hd` set and the address in that domain (stricter than Google asks, so a secondary domain
 /// never links silently).
 fn authoritative(token: &VerifiedIdToken) -> bool {
-    let domain = token
-        .email
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .unwrap_or_default();
+    // The canonical domain (lower case, IDNA), so `Ann@Gmail.com` is at gmail.com.
+    let Ok(email) = Email::parse(&token.email) else {
+        return false;
+    };
+    let domain = email.domain();
     if domain == "gmail.com" {
         return true;
     }
@@ -527,6 +523,7 @@ mod tests {
             Some("corp.example")
         )));
         assert!(!authoritative(&token("ann@notgmail.com", None)));
+        assert!(authoritative(&token("Ann@GMail.com", None)));
     }
 
     #[test]
