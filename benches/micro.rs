@@ -156,6 +156,7 @@ fn event(c: &mut Criterion) {
 
 /// CPU a signup spends besides the hash: its ceiling is cores / (hash + this + the rest).
 fn password_policy(c: &mut Criterion) {
+    let breached = flux_auth::auth::breached::BreachedPasswords::load().unwrap();
     let mut group = c.benchmark_group("password_policy");
     group.bench_function("check_new_passphrase", |b| {
         b.iter(|| {
@@ -164,6 +165,7 @@ fn password_policy(c: &mut Criterion) {
                 black_box("load-123@example.com"),
                 black_box("Load Tester"),
                 8,
+                &breached,
             )
         })
     });
@@ -174,8 +176,17 @@ fn password_policy(c: &mut Criterion) {
                 black_box("someone@example.com"),
                 black_box("Some One"),
                 8,
+                &breached,
             )
         })
+    });
+    // The breached-list lookup alone (three binary searches when nothing matches), and the
+    // list's load at start.
+    group.bench_function("breached_matches_miss", |b| {
+        b.iter(|| breached.matches(black_box("violet tractor hums at dawn")))
+    });
+    group.bench_function("breached_load", |b| {
+        b.iter(flux_auth::auth::breached::BreachedPasswords::load)
     });
     group.finish();
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::breached::BreachedPasswords;
 use crate::auth::oidc::GoogleSignIn;
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
@@ -172,6 +173,7 @@ impl Core {
             revocations,
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),
+            breached: BreachedPasswords::load()?,
         };
         let auth = Arc::new(auth);
         auth.hasher.prepare().await?;

@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
-//! `gen-secret`, `import-users`, `users set-type` and `healthcheck`.
+//! `gen-secret`, `import-users`, `users set-type`, `users email-collisions` and `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +81,9 @@ pub enum UsersCommand {
         #[arg(value_parser = ["client", "designer", "admin"])]
         user_type: String,
     },
+    /// List accounts whose email is another spelling of an earlier account's mailbox (same
+    /// canonical key): they cannot sign in by email until an operator resolves them.
+    EmailCollisions,
 }
 
 /// Runs the command; `log` counts the log lines the writer dropped (for `/metrics`).
@@ -99,6 +102,9 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::Users {
             command: UsersCommand::SetType { email, user_type },
         } => set_type(&settings, &email, &user_type).await,
+        Command::Users {
+            command: UsersCommand::EmailCollisions,
+        } => email_collisions(&settings).await,
         Command::Healthcheck { port } => return healthcheck(port.unwrap_or(settings.port)).await,
     };
     match result {
@@ -297,7 +303,7 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
     let user_type = UserType::parse(user_type)
         .ok_or_else(|| anyhow::anyhow!("user type must be client, designer or admin"))?;
     let store = open_store_now(settings).await?;
-    let user = match store.set_user_type(email.as_str(), user_type).await {
+    let user = match store.set_user_type(&email, user_type).await {
         Ok(user) => user,
         Err(StoreError::NotFound) => anyhow::bail!("no user with email {email}"),
         Err(e) => return Err(e.into()),
@@ -323,6 +329,22 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
     pipeline.stop.cancel();
     let _ = pipeline.writer.await;
     println!("{} is now {}", user.email, user_type.as_str());
+    Ok(())
+}
+
+async fn email_collisions(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store_now(settings).await?;
+    let collisions = store.email_collisions().await?;
+    for c in &collisions {
+        println!(
+            "{} <{}> shares its mailbox with {} <{}>",
+            c.user_id, c.email, c.holder_id, c.holder_email
+        );
+    }
+    println!(
+        "{} account(s) share a mailbox with an earlier account",
+        collisions.len()
+    );
     Ok(())
 }
 

@@ -327,7 +327,7 @@ impl From<crate::auth::oidc::GoogleError> for ApiError {
                 "AUTH_GOOGLE_DENIED",
                 "Google sign-in was cancelled or refused",
             ),
-            G::StateInvalid => Self::BadRequest {
+            G::StateInvalid | G::StateUnbound => Self::BadRequest {
                 code: "AUTH_OAUTH_STATE_INVALID",
                 message: "This sign-in link has expired or was already used, please start again"
                     .into(),
@@ -343,6 +343,11 @@ impl From<crate::auth::oidc::GoogleError> for ApiError {
             G::AccountExists { .. } => Self::Conflict {
                 code: "AUTH_ACCOUNT_EXISTS",
                 message: "An account with this email already exists. Sign in with your password",
+            },
+            G::AccountUnverified { .. } => Self::Conflict {
+                code: "AUTH_ACCOUNT_EXISTS_UNVERIFIED",
+                message: "An account with this email already exists and its address is not verified, \
+                    so Google sign-in cannot be linked to it",
             },
             G::ProviderUnavailable(_) => Self::FeatureUnavailable {
                 code: "AUTH_PROVIDER_UNAVAILABLE",

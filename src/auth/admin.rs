@@ -25,7 +25,7 @@ impl AuthService {
         if user.is_none()
             && let Ok(email) = Email::parse(query)
         {
-            user = self.store.user_by_email(email.as_str()).await?;
+            user = self.store.user_by_email(&email).await?;
         }
         let Some(user) = user else {
             return Ok(None);

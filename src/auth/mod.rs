@@ -2,6 +2,7 @@
 //! store and the security log. No HTTP types here.
 
 pub mod admin;
+pub mod breached;
 pub mod oidc;
 pub mod password_policy;
 pub mod passwords;

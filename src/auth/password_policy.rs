@@ -1,6 +1,8 @@
 //! What a new password must be: long enough (counted in code points), not absurdly long, not a
-//! common or easily guessed password, not the email. No composition rules (NIST 800-63B).
+//! breached password (nor one of its first variations), not easily guessed, not the email. No
+//! composition rules (NIST 800-63B).
 
+use super::breached::BreachedPasswords;
 use crate::domain::ValidationError;
 
 /// Longest password accepted, in code points; also bounds the hashing work a request can cause.
@@ -31,12 +33,20 @@ pub fn check_new(
     email: &str,
     name: &str,
     min_chars: usize,
+    breached: &BreachedPasswords,
 ) -> Result<(), ValidationError> {
     check_length(password, min_chars)?;
     if password.trim().to_lowercase() == email.to_lowercase() {
         return Err(ValidationError::new(
             "password",
             "Password must not be your email address",
+        ));
+    }
+    if breached.matches(password) {
+        return Err(ValidationError::new(
+            "password",
+            "This password is common: it appears in lists of breached passwords. Try a longer \
+             phrase of unrelated words.",
         ));
     }
     let local_part = email.split('@').next().unwrap_or_default();
@@ -65,7 +75,28 @@ mod tests {
     }
 
     #[test]
+    fn rejects_breached_passwords_with_a_common_breached_reason_and_no_composition_rule() {
+        let breached = BreachedPasswords::load().unwrap();
+        for known in ["Welcome@123", "Summer2024!", "correcthorsebatterystaple"] {
+            let error = check_new(known, "a@example.com", "Ann", 8, &breached).unwrap_err();
+            assert!(
+                error.message.contains("common") && error.message.contains("breached"),
+                "{known}: {}",
+                error.message
+            );
+            for rule in ["upper", "digit", "symbol", "special", "number"] {
+                assert!(
+                    !error.message.to_lowercase().contains(rule),
+                    "{}",
+                    error.message
+                );
+            }
+        }
+    }
+
+    #[test]
     fn rejects_common_passwords_and_the_email() {
+        let breached = BreachedPasswords::load().unwrap();
         for weak in [
             "password",
             "123456789",
@@ -75,12 +106,13 @@ mod tests {
             "sunshine",
         ] {
             assert!(
-                check_new(weak, "a@example.com", "Ann", 8).is_err(),
+                check_new(weak, "a@example.com", "Ann", 8, &breached).is_err(),
                 "{weak} accepted"
             );
         }
-        assert!(check_new("ann.lee@example.com", "ann.lee@example.com", "Ann", 8).is_err());
-        assert!(check_new("violet tractor hums at dawn", "a@example.com", "Ann", 8).is_ok());
-        assert!(check_new("xK9#mQ2$vL7p", "a@example.com", "Ann", 8).is_ok());
+        let check = |password, email| check_new(password, email, "Ann", 8, &breached);
+        assert!(check("ann.lee@example.com", "ann.lee@example.com").is_err());
+        assert!(check("violet tractor hums at dawn", "a@example.com").is_ok());
+        assert!(check("xK9#mQ2$vL7p", "a@example.com").is_ok());
     }
 }

@@ -7,7 +7,9 @@
 //! that needs it and unmapped after [`MEMORY_IDLE_RELEASE`] without a hash, so an instance that
 //! is not hashing holds none (idle RSS, BENCHMARKS.md). Requests wait their turn on a bounded
 //! queue. Legacy bcrypt hashes from the old service verify
-//! here too (the candidate trimmed and HTML-escaped as the old service did before hashing).
+//! here too (the candidate trimmed and HTML-escaped as the old service did before hashing), and
+//! so do the argon2id hashes they are upgraded to, which keep that transform (see
+//! [`LEGACY_ARGON2ID`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -166,6 +168,18 @@ impl PasswordHasher {
             queued: QUEUE_DEPTH - self.places.available_permits(),
             memory_bytes: self.memory.bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// The hash that replaces `stored` after `password` verified against it: an old-service hash
+    /// (bcrypt, or one already upgraded) is replaced by an argon2id hash of the old service's
+    /// transform of the password, marked [`LEGACY_ARGON2ID`], so every form that logged in before
+    /// (as typed, and trimmed) still does; any other by a plain argon2id hash at today's cost.
+    pub async fn rehash(&self, password: &str, stored: &str) -> Result<String, HashError> {
+        if !uses_legacy_transform(stored) {
+            return self.hash(password).await;
+        }
+        let hash = self.hash(&legacy_transform(password)).await?;
+        Ok(hash.replacen(ARGON2ID_PREFIX, LEGACY_ARGON2ID_PREFIX, 1))
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
@@ -474,6 +488,17 @@ fn verify_with(
     if stored.starts_with("$2") {
         return Ok(verify_legacy_bcrypt(password, stored));
     }
+    let transformed;
+    let (password, stored) = match stored.strip_prefix(LEGACY_ARGON2ID_PREFIX) {
+        Some(rest) => {
+            transformed = (
+                legacy_transform(password),
+                format!("{ARGON2ID_PREFIX}{rest}"),
+            );
+            (transformed.0.as_str(), transformed.1.as_str())
+        }
+        None => (password, stored),
+    };
     let Ok(phc) = PasswordHash::new(stored) else {
         return Ok(Verification::Invalid);
     };
@@ -519,9 +544,28 @@ fn verify_with(
     })
 }
 
+/// The PHC identifier of an argon2id hash of [`legacy_transform`] of the password: what an old
+/// service's bcrypt hash is upgraded to at the first login. Keeping the transform keeps the
+/// password as the user knew it (the old service ignored surrounding spaces), and applying it
+/// only to these hashes keeps every password set here exact.
+pub const LEGACY_ARGON2ID: &str = "argon2id-legacy";
+const ARGON2ID_PREFIX: &str = "$argon2id$";
+const LEGACY_ARGON2ID_PREFIX: &str = "$argon2id-legacy$";
+
+/// Whether `stored` is a hash of the old service's transform of the password (bcrypt, or its
+/// upgrade).
+fn uses_legacy_transform(stored: &str) -> bool {
+    stored.starts_with("$2") || stored.starts_with(LEGACY_ARGON2ID_PREFIX)
+}
+
+/// What the old service hashed: `escape(trim(password))` (express-validator).
+fn legacy_transform(password: &str) -> String {
+    legacy_escape(password.trim())
+}
+
 /// The old service hashed `escape(trim(password))` (express-validator) with bcryptjs.
 fn verify_legacy_bcrypt(password: &str, stored: &str) -> Verification {
-    let candidate = legacy_escape(password.trim());
+    let candidate = legacy_transform(password);
     match bcrypt::verify(candidate.as_bytes(), stored) {
         Ok(true) => Verification::ValidNeedsRehash,
         _ => Verification::Invalid,
@@ -693,6 +737,42 @@ mod tests {
                 .await
                 .unwrap(),
             Verification::ValidNeedsRehash
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_legacy_hash_keeps_the_old_transform_and_a_fresh_one_does_not() {
+        let h = hasher();
+        let bcrypt_hash = bcrypt::hash(legacy_escape("p<a>ss word"), 4).unwrap();
+        let upgraded = h.rehash(" p<a>ss word  ", &bcrypt_hash).await.unwrap();
+        assert!(upgraded.starts_with("$argon2id-legacy$v=19$"), "{upgraded}");
+        for form in ["p<a>ss word", "  p<a>ss word ", "p<a>ss word\t"] {
+            assert_eq!(
+                h.verify(form, Some(&upgraded)).await.unwrap(),
+                Verification::Valid,
+                "{form:?}"
+            );
+        }
+        for wrong in ["p&lt;a&gt;ss word", "p<a>ss  word", "P<a>ss word"] {
+            assert_eq!(
+                h.verify(wrong, Some(&upgraded)).await.unwrap(),
+                Verification::Invalid,
+                "{wrong:?}"
+            );
+        }
+        // Upgrading again (weaker parameters) keeps the mark; a fresh hash never gets it.
+        assert!(
+            h.rehash("p<a>ss word", &upgraded)
+                .await
+                .unwrap()
+                .starts_with("$argon2id-legacy$")
+        );
+        let fresh = h.hash(" spaced out ").await.unwrap();
+        let plain = h.rehash(" spaced out ", &fresh).await.unwrap();
+        assert!(plain.starts_with("$argon2id$v=19$"), "{plain}");
+        assert_eq!(
+            h.verify("spaced out", Some(&plain)).await.unwrap(),
+            Verification::Invalid
         );
     }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::breached::BreachedPasswords;
 use super::password_policy;
 use super::passwords::{HashError, PasswordHasher, Verification};
 use super::refresh::{RefreshTokens, hash_token};
@@ -164,6 +165,8 @@ pub struct AuthService {
     pub revocations: Arc<dyn RevocationList>,
     pub events: SecurityLogger,
     pub policy: SessionPolicy,
+    /// The breached-password list new passwords are checked against; loaded once.
+    pub breached: BreachedPasswords,
 }
 
 fn required<'a>(
@@ -307,12 +310,13 @@ impl AuthService {
             email.as_str(),
             &name_str,
             self.policy.password_min_length,
+            &self.breached,
         ) {
             self.signup_failed(ctx, email.as_str(), "weak_password")
                 .await;
             return Err(e.into());
         }
-        if self.store.user_by_email(email.as_str()).await?.is_some() {
+        if self.store.user_by_email(&email).await?.is_some() {
             self.signup_failed(ctx, email.as_str(), "email_exists")
                 .await;
             return Err(AuthError::EmailExists);
@@ -348,7 +352,7 @@ impl AuthService {
                 .email(&user.email),
         )
         .await;
-        self.limits.clear_account(&user.email).await;
+        self.limits.clear_account(email.key()).await;
         let tokens = self.start_session(&user, ctx, now, false).await?;
         Ok(AuthSuccess { user, tokens })
     }
@@ -379,7 +383,8 @@ impl AuthService {
             Ok((email, password))
         })();
         // One round trip for every limit: the account's only once the request names one.
-        let account = validated.as_ref().ok().map(|(email, _)| email.as_str());
+        // Limits and lockouts count per mailbox: every spelling of an address is one account.
+        let account = validated.as_ref().ok().map(|(email, _)| email.key());
         let locked = self.admit_login(&ip, account, ctx).await?;
         let (email, password) = match validated {
             Ok(v) => v,
@@ -394,7 +399,7 @@ impl AuthService {
                 return Err(e.into());
             }
         };
-        let user = self.store.user_by_email(email.as_str()).await?;
+        let user = self.store.user_by_email(&email).await?;
         if let Some(wait) = locked {
             // Same work and the same answer as a wrong password, even for the right one, and not
             // counted: a locked account tells an attacker nothing and cannot be locked longer.
@@ -420,7 +425,7 @@ impl AuthService {
         let user = match (user, verdict) {
             (Some(user), Verification::Valid | Verification::ValidNeedsRehash) => user,
             (known, _) => {
-                self.count_failure(known.as_ref(), email.as_str(), &ip, ctx)
+                self.count_failure(known.as_ref(), email.key(), &ip, ctx)
                     .await;
                 let event = match known {
                     Some(known) => SecurityEvent::from_request(EventType::FailedLoginAttempt, ctx)
@@ -437,7 +442,7 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.limits.login_succeeded(email.as_str()).await;
+        self.limits.login_succeeded(email.key()).await;
         let now = Utc::now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
@@ -468,8 +473,9 @@ impl AuthService {
         } else {
             "argon2"
         };
+        let stored = user.password_hash.as_deref().unwrap_or_default();
         let result = async {
-            let hash = self.hasher.hash(password).await?;
+            let hash = self.hasher.rehash(password, stored).await?;
             self.store.set_password_hash(&user.id, &hash).await?;
             Ok::<_, AuthError>(())
         }

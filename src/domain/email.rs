@@ -1,13 +1,27 @@
-//! A validated, normalised email address.
+//! A validated email address: the address as sent (trimmed, lower-cased), kept for display and
+//! mail, and the canonical key that accounts are compared by.
+//!
+//! One mailbox has many spellings: `josé` precomposed or as `e` + U+0301, a full-width domain
+//! (`ｘ.com`), a Unicode domain or its `xn--` form, `"alice"` quoted. The key folds them: the
+//! local part NFKC-normalised and lower-cased, the domain through IDNA (UTS 46: mapped, lower-cased,
+//! punycode). Quoted local parts are refused in new input (nothing needs them, and they are where
+//! parsers disagree); an address read back from a store is unquoted when keyed, so an old account
+//! with one still meets its unquoted twin.
+
+use unicode_normalization::UnicodeNormalization;
 
 use super::{ValidationError, is_forbidden_char};
 
 /// RFC 5321 caps a path at 256 octets including the angle brackets: 254 for the address.
 pub const MAX_EMAIL_LEN: usize = 254;
 
-/// An email address, trimmed and lower-cased, so that `Alice@X.com` and `alice@x.com` are one account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Email(String);
+pub struct Email {
+    /// Trimmed and lower-cased, as stored and shown since the first version.
+    address: String,
+    /// What accounts are compared by; see the module documentation.
+    key: String,
+}
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
@@ -24,48 +38,99 @@ impl Email {
         let invalid = || ValidationError::new("email", "Please enter a valid email address");
         if trimmed
             .chars()
-            .any(|c| is_forbidden_char(c) || c.is_whitespace())
+            .any(|c| is_forbidden_char(c) || c.is_whitespace() || c == '"')
         {
             return Err(invalid());
         }
-        let (local, domain) = trimmed.rsplit_once('@').ok_or_else(invalid)?;
-        if local.is_empty() || local.len() > 64 || local.contains('@') {
+        let address = trimmed.to_lowercase();
+        let (local, domain) = address.rsplit_once('@').ok_or_else(invalid)?;
+        if !local_part_ok(local) {
             return Err(invalid());
         }
-        if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
-            return Err(invalid());
-        }
-        let labels: Vec<&str> = domain.split('.').collect();
-        let label_ok = |l: &&str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        };
-        if labels.len() < 2 || !labels.iter().all(label_ok) {
-            return Err(invalid());
-        }
-        Ok(Self(trimmed.to_lowercase()))
+        let key = canonical_key(local, domain).ok_or_else(invalid)?;
+        Ok(Self { address, key })
     }
 
-    /// For values read back from a store, which were validated when they were written.
-    pub fn from_trusted(stored: &str) -> Self {
-        Self(stored.trim().to_lowercase())
+    /// The key of an address read back from a store, which was validated when it was written
+    /// (perhaps by the old service, with laxer rules): never fails, so every stored account has
+    /// one. A quoted local part is unquoted first.
+    pub fn key_of(stored: &str) -> String {
+        if let Ok(email) = Self::parse(stored) {
+            return email.key;
+        }
+        let address = stored.trim().to_lowercase();
+        let (local, domain) = address.rsplit_once('@').unwrap_or((&address, ""));
+        let local = local
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or(local);
+        canonical_key(local, domain).unwrap_or_else(|| {
+            let local = fold(local);
+            let domain = fold(domain);
+            format!("{local}@{domain}")
+        })
     }
 
+    /// The address as sent: trimmed and lower-cased, otherwise untouched.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.address
     }
 
-    pub fn domain(&self) -> &str {
-        self.0.rsplit_once('@').map(|(_, d)| d).unwrap_or_default()
+    /// The canonical key: equal for every spelling of one mailbox.
+    pub fn key(&self) -> &str {
+        &self.key
     }
+
+    /// The domain in its canonical (ASCII, lower-case) form.
+    pub fn domain(&self) -> &str {
+        self.key
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or_default()
+    }
+}
+
+fn local_part_ok(local: &str) -> bool {
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.contains('@')
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+}
+
+/// NFKC, lower case, NFKC again (lower-casing can leave a sequence that is not normalised).
+fn fold(text: &str) -> String {
+    text.nfkc()
+        .collect::<String>()
+        .to_lowercase()
+        .nfkc()
+        .collect()
+}
+
+/// `local@domain` folded, with the domain through IDNA and checked label by label; `None` for a
+/// domain that is not a valid host name.
+fn canonical_key(local: &str, domain: &str) -> Option<String> {
+    let local = fold(local);
+    let domain = idna::domain_to_ascii(domain).ok()?;
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) || !local_part_ok(&local) {
+        return None;
+    }
+    let key = format!("{local}@{domain}");
+    (key.len() <= MAX_EMAIL_LEN).then_some(key)
 }
 
 impl std::fmt::Display for Email {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.address)
     }
 }
 
@@ -75,9 +140,52 @@ mod tests {
 
     #[test]
     fn normalises_case_and_whitespace() {
+        let email = Email::parse("  Alice@X.com ").unwrap();
+        assert_eq!(email.as_str(), "alice@x.com");
+        assert_eq!(email.key(), "alice@x.com");
+    }
+
+    #[test]
+    fn every_spelling_of_one_mailbox_has_one_key_and_keeps_its_own_address() {
+        let composed = Email::parse("josé@x.com").unwrap();
+        for other in [
+            "jose\u{301}@x.com",
+            "JOSÉ@X.COM",
+            "josé@ｘ.com",
+            "josé@Ｘ．ｃｏｍ",
+        ] {
+            let email = Email::parse(other).unwrap();
+            assert_eq!(email.key(), composed.key(), "{other:?}");
+        }
         assert_eq!(
-            Email::parse("  Alice@X.com ").unwrap().as_str(),
-            "alice@x.com"
+            Email::parse("jose\u{301}@x.com").unwrap().as_str(),
+            "jose\u{301}@x.com",
+            "the address as sent is kept"
+        );
+        let idn = Email::parse("ann@Bücher.example").unwrap();
+        assert_eq!(idn.key(), "ann@xn--bcher-kva.example");
+        assert_eq!(idn.as_str(), "ann@bücher.example");
+        assert_eq!(idn.domain(), "xn--bcher-kva.example");
+        assert_eq!(
+            Email::parse("ann@xn--bcher-kva.example").unwrap().key(),
+            idn.key()
+        );
+        assert_eq!(
+            Email::parse("ﬁ@x.com").unwrap().key(),
+            "fi@x.com",
+            "compatibility characters fold"
+        );
+    }
+
+    #[test]
+    fn quoted_local_parts_are_refused_and_unquoted_when_read_back() {
+        assert!(Email::parse("\"alice\"@x.com").is_err());
+        assert!(Email::parse("\"a b\"@x.com").is_err());
+        assert_eq!(Email::key_of("\"alice\"@x.com"), "alice@x.com");
+        assert_eq!(Email::key_of("Bob@Example.com"), "bob@example.com");
+        assert_eq!(
+            Email::key_of("jose\u{301}@x.com"),
+            Email::key_of("josé@x.com")
         );
     }
 
@@ -95,6 +203,8 @@ mod tests {
             "a\u{202E}@x.com",
             "a@-x.com",
             ".a@x.com",
+            "a@x_y.com",
+            "a@x.com.",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -36,7 +36,8 @@ fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
             description = "`AUTH_GOOGLE_INVALID`, `AUTH_GOOGLE_EXPIRED`, \
                 `AUTH_GOOGLE_EMAIL_UNVERIFIED` or `AUTH_GOOGLE_DOMAIN_NOT_ALLOWED`"),
         (status = 409, description = "`AUTH_ACCOUNT_EXISTS`: a password account has this email \
-            and Google is not authoritative for it", body = ErrorBody),
+            and Google is not authoritative for it; `AUTH_ACCOUNT_EXISTS_UNVERIFIED`: a password \
+            account has this email and has not verified it", body = ErrorBody),
         (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
         JsonBodyErrors, RateLimited,
     ))]
@@ -55,13 +56,33 @@ pub async fn sign_in(
 
 #[utoipa::path(get, path = "/api/auth/google/authorize", tag = "google",
     responses(
-        (status = 302, description = "To Google's consent page (state, nonce, PKCE S256)",
-            headers(("Location" = String))),
+        (status = 302, description = "To Google's consent page (state, nonce, PKCE S256); sets \
+            the `__Host-oauth_binding` cookie that the callback requires",
+            headers(("Location" = String), ("Set-Cookie" = String))),
         (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn authorize(State(state): State<AppState>, ctx: RequestContext) -> ApiResult<Response> {
-    let url = google(&state)?.authorize(&state.auth, &ctx).await?;
-    Ok(found(url.as_str()))
+    let started = google(&state)?.authorize(&state.auth, &ctx).await?;
+    let mut response = found(started.url.as_str());
+    let cookie = format!(
+        "{BINDING_COOKIE}={}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+        started.binding,
+        started.ttl.as_secs()
+    );
+    set_cookie(&mut response, &cookie);
+    Ok(response)
+}
+
+/// The cookie that binds a code flow to the browser that started it (RFC 6749 §10.12). `__Host-`
+/// makes browsers accept it only with `Secure`, `Path=/` and no `Domain`, so neither a sibling
+/// subdomain nor a plain-HTTP page can plant one; `SameSite=Lax` still sends it on the provider's
+/// top-level redirect back to the callback.
+const BINDING_COOKIE: &str = "__Host-oauth_binding";
+
+fn set_cookie(response: &mut Response, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
 }
 
 #[utoipa::path(get, path = "/api/auth/google/callback", tag = "google",
@@ -72,15 +93,17 @@ pub async fn authorize(State(state): State<AppState>, ctx: RequestContext) -> Ap
     responses(
         (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
             fragment", headers(("Location" = String))),
-        (status = 400, description = "`AUTH_OAUTH_STATE_INVALID`, `AUTH_OAUTH_CODE_MISSING` or \
+        (status = 400, description = "`AUTH_OAUTH_STATE_INVALID` (also when the browser lacks the \
+            `__Host-oauth_binding` cookie of the flow it started), `AUTH_OAUTH_CODE_MISSING` or \
             `INVALID_BODY` (a repeated parameter)", body = ErrorBody),
         (status = 401, description = "`AUTH_GOOGLE_DENIED` or another `AUTH_GOOGLE_*` code", body = ErrorBody),
-        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`", body = ErrorBody),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS` or `AUTH_ACCOUNT_EXISTS_UNVERIFIED`", body = ErrorBody),
         (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn callback(
     State(state): State<AppState>,
     ctx: RequestContext,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let google = google(&state)?;
@@ -89,9 +112,19 @@ pub async fn callback(
         state: fields.remove("state"),
         code: fields.remove("code"),
         error: fields.remove("error"),
+        binding: cookie(&headers, BINDING_COOKIE),
     };
-    let outcome = google.callback(&state.auth, params, &ctx).await?;
-    to_frontend(&state, google, &outcome)
+    let outcome = google.callback(&state.auth, params, &ctx).await;
+    let mut response = outcome
+        .map_err(ApiError::from)
+        .and_then(|outcome| to_frontend(&state, google, &outcome))
+        .into_response();
+    // The binding has served its one flow, whatever the outcome.
+    set_cookie(
+        &mut response,
+        &format!("{BINDING_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"),
+    );
+    Ok(response)
 }
 
 #[utoipa::path(post, path = "/api/auth/google/callback", tag = "google",
@@ -102,7 +135,7 @@ pub async fn callback(
         (status = 400, description = "`AUTH_GOOGLE_CSRF` (the form's `g_csrf_token` is not the \
             cookie's) or `INVALID_BODY`", body = ErrorBody),
         (status = 401, description = "An `AUTH_GOOGLE_*` code", body = ErrorBody),
-        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`", body = ErrorBody),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS` or `AUTH_ACCOUNT_EXISTS_UNVERIFIED`", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not a form", body = ErrorBody),
         (status = 503, description = "`AUTH_GOOGLE_NOT_CONFIGURED` or `AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),

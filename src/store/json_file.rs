@@ -22,7 +22,7 @@ use super::{
     ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, RotationDecision,
     SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
 };
-use crate::domain::{UserRecord, UserType, format_timestamp};
+use crate::domain::{Email, UserRecord, UserType, format_timestamp};
 use crate::durable_file;
 
 mod group_commit;
@@ -243,8 +243,10 @@ impl FileStore {
                 "sessions loaded"
             );
         }
+        let users = Users::new(users);
+        super::warn_of_collisions(&users.collisions());
         Ok(Self {
-            users: GroupFile::new(users_path, Users::new(users), encode_users),
+            users: GroupFile::new(users_path, users, encode_users),
             sessions,
         })
     }
@@ -321,7 +323,7 @@ impl Store for FileStore {
 
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.by_email(&user.email).is_some() {
+            if users.by_email(&Email::key_of(&user.email)).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
             if users.by_id(&user.id).is_some() {
@@ -333,8 +335,8 @@ impl Store for FileStore {
         .await
     }
 
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        Ok(self.users().await?.by_email(email).cloned())
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>> {
+        Ok(self.users().await?.by_email(email.key()).cloned())
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
@@ -359,9 +361,11 @@ impl Store for FileStore {
         .await
     }
 
-    async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord> {
+    async fn set_user_type(&self, email: &Email, user_type: UserType) -> StoreResult<UserRecord> {
         self.update_users(|users| {
-            let user = users.by_email_mut(email).ok_or(StoreError::NotFound)?;
+            let user = users
+                .by_email_mut(email.key())
+                .ok_or(StoreError::NotFound)?;
             user.user_type = user_type;
             Ok(user.clone())
         })
@@ -370,13 +374,19 @@ impl Store for FileStore {
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
         self.update_users(|users| {
-            if users.by_id(&user.id).is_some() || users.by_email(&user.email).is_some() {
+            if users.by_id(&user.id).is_some()
+                || users.by_email(&Email::key_of(&user.email)).is_some()
+            {
                 return Ok(ImportOutcome::Skipped);
             }
             users.push(user.clone());
             Ok(ImportOutcome::Inserted)
         })
         .await
+    }
+
+    async fn email_collisions(&self) -> StoreResult<Vec<super::EmailCollision>> {
+        Ok(self.users().await?.collisions())
     }
 
     async fn create_session(

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{Settings, StorageKind};
-use crate::domain::{UserRecord, UserType};
+use crate::domain::{Email, UserRecord, UserType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -238,6 +238,31 @@ impl RotateRequest {
     }
 }
 
+/// An account whose email is another spelling of an earlier account's mailbox (same canonical
+/// key, [`crate::domain::Email::key`]): kept, found by id, but never by email, since the
+/// earlier account (the holder) answers for that mailbox. Made before addresses were compared by
+/// key; reported by `flux-auth users email-collisions` and at start, for an operator to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailCollision {
+    pub user_id: String,
+    pub email: String,
+    pub holder_id: String,
+    pub holder_email: String,
+}
+
+/// One warning per account that shares its mailbox with an earlier one: the operator decides
+/// which to keep (see README, "One account per mailbox").
+pub fn warn_of_collisions(collisions: &[EmailCollision]) {
+    for c in collisions {
+        tracing::warn!(
+            user_id = %c.user_id, email = %c.email, holder_id = %c.holder_id,
+            holder_email = %c.holder_email,
+            "two accounts share one mailbox: the later one cannot sign in by email \
+             (flux-auth users email-collisions lists them)"
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportOutcome {
     Inserted,
@@ -262,15 +287,19 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Inserts a new user; `Conflict("email")` when the email is taken.
+    /// Inserts a new user; `Conflict("email")` when an account has the email's canonical key.
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    /// The account for `email`'s mailbox: found by its canonical key, whatever the spelling.
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()>;
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()>;
-    async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord>;
-    /// Inserts an imported user unless its id or email exists (idempotent re-runs).
+    async fn set_user_type(&self, email: &Email, user_type: UserType) -> StoreResult<UserRecord>;
+    /// Inserts an imported user unless its id or its email's canonical key exists (idempotent
+    /// re-runs).
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome>;
+    /// Accounts that share their mailbox with an earlier account (see [`EmailCollision`]).
+    async fn email_collisions(&self) -> StoreResult<Vec<EmailCollision>>;
 
     /// Stores a new session and its first token (and the user's `last_login` when
     /// `records_login`). When the user then has more than `max_live` live sessions, the oldest

@@ -40,7 +40,7 @@ use super::{
     RotationDecision, SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
 };
 use crate::config::Settings;
-use crate::domain::{UserRecord, UserType};
+use crate::domain::{Email, UserRecord, UserType};
 use crate::metrics::PoolMetrics;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -92,6 +92,7 @@ macro_rules! begin_retrying {
 }
 
 pub mod circuit;
+mod email_keys;
 mod identities;
 pub mod user_cache;
 
@@ -417,19 +418,27 @@ impl Database {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Runs the embedded migrations once, marking the database ready on success.
+    /// Runs the embedded migrations once, then fills the email keys they cannot (migration 006;
+    /// accounts that share a mailbox are logged, never a failure), marking the database ready on
+    /// success.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.acquire().await?;
-        // A migration may take longer than a request's statement (an index on a big table).
+        // A migration, or the keys' backfill, may take longer than a request's statement (an
+        // index on a big table).
         sqlx::raw_sql("SET statement_timeout = 0")
             .execute(&mut *conn)
             .await?;
-        let migrated = run_migrations(&mut conn).await;
+        let migrated = async {
+            run_migrations(&mut conn).await?;
+            email_keys::backfill(&mut conn).await?;
+            anyhow::Ok(email_keys::collisions(&mut conn).await?)
+        }
+        .await;
         // Back to the connection's own timeout before it returns to the pool.
         sqlx::raw_sql("RESET statement_timeout")
             .execute(&mut *conn)
             .await?;
-        migrated?;
+        super::warn_of_collisions(&migrated?);
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -662,6 +671,15 @@ impl PgStore {
 }
 
 // Column lists as macros so queries stay `&'static str` (sqlx refuses dynamic SQL strings).
+/// The account of a mailbox: `$1` its canonical key, `$2` the address as sent. A row without a
+/// key yet (written by an older version during a rolling upgrade, or by hand, and keyed at the
+/// next migration) is found by its exact address; a keyed row wins.
+macro_rules! by_email {
+    () => {
+        "(email_key = $1 OR (email_key IS NULL AND email = $2)) ORDER BY email_key IS NULL LIMIT 1"
+    };
+}
+
 macro_rules! user_columns {
     () => {
         "id, email, name, user_type, password_hash, google_id, email_verified, avatar, created_at, last_login"
@@ -1403,7 +1421,7 @@ impl Store for PgStore {
         let mut conn = self.conn().await?;
         sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -1415,19 +1433,22 @@ impl Store for PgStore {
         .bind(&user.avatar)
         .bind(user.created_at)
         .bind(user.last_login)
+        .bind(Email::key_of(&user.email))
         .execute(&mut *conn)
         .await
         .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>> {
         let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE email = $1"
+            " FROM users WHERE ",
+            by_email!()
         ))
-        .bind(email)
+        .bind(email.key())
+        .bind(email.as_str())
         .fetch_optional(&mut *conn))?;
         Ok(row.map(UserRecord::from))
     }
@@ -1479,13 +1500,16 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn set_user_type(&self, email: &str, user_type: UserType) -> StoreResult<UserRecord> {
+    async fn set_user_type(&self, email: &Email, user_type: UserType) -> StoreResult<UserRecord> {
         let mut conn = self.conn().await?;
         let row: Option<UserRow> = sqlx::query_as(concat!(
-            "UPDATE users SET user_type = $2, updated_at = now() WHERE email = $1 RETURNING ",
+            "UPDATE users SET user_type = $3, updated_at = now() WHERE id = (SELECT id FROM users WHERE ",
+            by_email!(),
+            ") RETURNING ",
             user_columns!()
         ))
-        .bind(email)
+        .bind(email.key())
+        .bind(email.as_str())
         .bind(user_type.as_str())
         .fetch_optional(&mut *conn)
         .await
@@ -1499,7 +1523,8 @@ impl Store for PgStore {
         let mut conn = self.conn().await?;
         let done = sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -1511,6 +1536,7 @@ impl Store for PgStore {
         .bind(&user.avatar)
         .bind(user.created_at)
         .bind(user.last_login)
+        .bind(Email::key_of(&user.email))
         .execute(&mut *conn)
         .await
         .map_err(|e| self.fail(e))?;
@@ -1519,6 +1545,13 @@ impl Store for PgStore {
         } else {
             ImportOutcome::Skipped
         })
+    }
+
+    async fn email_collisions(&self) -> StoreResult<Vec<super::EmailCollision>> {
+        let mut conn = self.conn().await?;
+        email_keys::collisions(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     async fn create_session(

@@ -720,7 +720,7 @@ async fn the_event_stream_ends_when_its_token_expires_on_both_stores() {
             .state
             .auth
             .store
-            .user_by_email(&email)
+            .user_by_email(&flux_auth::domain::Email::parse(&email).unwrap())
             .await
             .unwrap()
             .unwrap();

@@ -422,15 +422,124 @@ async fn a_hosted_domain_setting_admits_that_workspace_only() {
     );
 }
 
+/// Marks the account with `email` verified, as an operator or a verification link would.
+async fn mark_email_verified(app: &TestApp, email: &str) {
+    match app.backend {
+        Backend::Postgres => {
+            let pool = app.db.as_ref().unwrap().pool().await;
+            let done = sqlx::query("UPDATE users SET email_verified = true WHERE email = $1")
+                .bind(email)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            assert_eq!(done.rows_affected(), 1, "{email}");
+        }
+        Backend::File => {
+            // Replaced whole, as an operator's tool would: the service reloads a replaced file.
+            let path = app.data_dir().join("users.json");
+            let mut file = users_file(app);
+            let user = file["users"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|u| u["email"] == email)
+                .unwrap();
+            user["emailVerified"] = json!(true);
+            let temp = path.with_extension("json.edit");
+            std::fs::write(&temp, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+            std::fs::rename(&temp, &path).unwrap();
+        }
+    }
+}
+
+/// `lastLogin` and the live sessions of the account behind `access_token`, as its holder sees them.
+async fn account_state(app: &TestApp, access_token: &str) -> (Value, usize) {
+    let me: Value = app.me(access_token).await.json().await.unwrap();
+    let sessions: Value = app
+        .get_auth("/api/auth/sessions", access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    (
+        me["lastLogin"].clone(),
+        sessions["sessions"].as_array().unwrap().len(),
+    )
+}
+
 #[tokio::test]
-async fn an_existing_password_account_is_linked_only_when_google_is_authoritative() {
+async fn a_pre_registered_unverified_account_is_never_entered_through_google_on_both_stores() {
     for backend in BACKENDS {
         let provider = FakeProvider::start().await;
         let Some(mut app) = google_app(backend, &provider, |_| {}).await else {
             continue;
         };
-        // @gmail.com: Google owns the address, so the identity links to the account.
+        // Someone registers the address first, with a password of their choosing.
+        let squatter = app.signed_up("victim@gmail.com").await;
+        let access = squatter["accessToken"].as_str().unwrap().to_owned();
+        let before = account_state(&app, &access).await;
+
+        // The owner signs in with Google, by ID token and by the code flow: refused both ways.
+        let token = provider.id_token(&app, "sub-victim", "victim@gmail.com", json!({}));
+        assert_error(
+            sign_in(&app, &token).await,
+            StatusCode::CONFLICT,
+            "AUTH_ACCOUNT_EXISTS_UNVERIFIED",
+        )
+        .await;
+        let (location, binding) = authorize(&app).await;
+        let q = query(&location);
+        let token = provider.id_token(
+            &app,
+            "sub-victim",
+            "victim@gmail.com",
+            json!({"nonce": q["nonce"]}),
+        );
+        provider.issue_code("code-v", &q["code_challenge"], REDIRECT_URI, &token);
+        let response = callback(
+            &app,
+            &binding,
+            &[("state", &q["state"]), ("code", "code-v")],
+        )
+        .await;
+        assert_error(
+            response,
+            StatusCode::CONFLICT,
+            "AUTH_ACCOUNT_EXISTS_UNVERIFIED",
+        )
+        .await;
+
+        // Nothing of the account was touched: no identity, no login time, no new session.
+        assert!(stored_identities(&app).await.is_empty(), "{backend:?}");
+        assert_eq!(user_count(&app).await, 1);
+        assert_eq!(account_state(&app, &access).await, before, "{backend:?}");
+        let events = app.events_where(|e| count_of(e, "oauth_failed") == 2).await;
+        assert_eq!(count_of(&events, "oauth_success"), 0);
+        assert_eq!(
+            reasons(&events, "oauth_failed"),
+            ["account_exists_unverified", "account_exists_unverified"]
+        );
+        for failed in events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "oauth_failed")
+        {
+            assert_eq!(failed.user_id.as_deref(), squatter["user"]["id"].as_str());
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_existing_verified_password_account_is_linked_only_when_google_is_authoritative() {
+    for backend in BACKENDS {
+        let provider = FakeProvider::start().await;
+        let Some(mut app) = google_app(backend, &provider, |_| {}).await else {
+            continue;
+        };
+        // A verified account at @gmail.com: Google owns the address, so the identity links.
         let gmail = app.signed_up("lee@gmail.com").await;
+        mark_email_verified(&app, "lee@gmail.com").await;
         let token = provider.id_token(&app, "sub-lee", "lee@gmail.com", json!({}));
         let body = signed_in(&app, &token).await;
         assert_eq!(body["isNewUser"], false);
@@ -442,6 +551,7 @@ async fn an_existing_password_account_is_linked_only_when_google_is_authoritativ
 
         // Another domain without `hd`: Google is not authoritative; the user must use the password.
         let other = app.signed_up("kim@corp.test").await;
+        mark_email_verified(&app, "kim@corp.test").await;
         let token = provider.id_token(&app, "sub-kim", "kim@corp.test", json!({}));
         assert_error(
             sign_in(&app, &token).await,
@@ -539,7 +649,19 @@ fn query(url: &url::Url) -> std::collections::HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
-async fn authorize(app: &TestApp) -> url::Url {
+/// The `Set-Cookie` values of a response.
+fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Starts a code flow as a browser would: the provider URL, and the browser-binding cookie
+/// (`name=value`) the browser then holds.
+async fn authorize(app: &TestApp) -> (url::Url, String) {
     let response = app
         .client
         .get(app.url("/api/auth/google/authorize"))
@@ -547,17 +669,24 @@ async fn authorize(app: &TestApp) -> url::Url {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
-    url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+    let cookies = set_cookies(&response);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let binding = cookies[0].split(';').next().unwrap().to_owned();
+    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    (location, binding)
 }
 
-async fn callback(app: &TestApp, params: &[(&str, &str)]) -> reqwest::Response {
-    app.client
+/// The provider's redirect back, from a browser holding `cookie` (`""`: none).
+async fn callback(app: &TestApp, cookie: &str, params: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app
+        .client
         .get(app.url("/api/auth/google/callback"))
         .header("user-agent", UA)
-        .query(params)
-        .send()
-        .await
-        .unwrap()
+        .query(params);
+    if !cookie.is_empty() {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
 }
 
 #[tokio::test]
@@ -567,7 +696,7 @@ async fn the_code_flow_runs_end_to_end_with_pkce_state_and_nonce_on_both_stores(
         let Some(mut app) = google_app(backend, &provider, |_| {}).await else {
             continue;
         };
-        let location = authorize(&app).await;
+        let (location, binding) = authorize(&app).await;
         assert!(
             location
                 .as_str()
@@ -594,7 +723,12 @@ async fn the_code_flow_runs_end_to_end_with_pkce_state_and_nonce_on_both_stores(
             json!({"nonce": q["nonce"]}),
         );
         provider.issue_code("code-1", &q["code_challenge"], REDIRECT_URI, &id_token);
-        let response = callback(&app, &[("state", &q["state"]), ("code", "code-1")]).await;
+        let response = callback(
+            &app,
+            &binding,
+            &[("state", &q["state"]), ("code", "code-1")],
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::FOUND, "{backend:?}");
         assert_eq!(response.headers()["cache-control"], "no-store");
         assert_eq!(response.headers()["referrer-policy"], "no-referrer");
@@ -635,7 +769,12 @@ async fn the_code_flow_runs_end_to_end_with_pkce_state_and_nonce_on_both_stores(
         assert_eq!(requests[0].authorization.as_deref(), Some(basic.as_str()));
 
         // Replaying the callback: the state was used up, and the code is not sent again.
-        let replay = callback(&app, &[("state", &q["state"]), ("code", "code-1")]).await;
+        let replay = callback(
+            &app,
+            &binding,
+            &[("state", &q["state"]), ("code", "code-1")],
+        )
+        .await;
         assert_error(replay, StatusCode::BAD_REQUEST, "AUTH_OAUTH_STATE_INVALID").await;
         assert_eq!(provider.token_requests().len(), 1);
 
@@ -661,7 +800,8 @@ async fn the_code_flow_refuses_a_wrong_nonce_a_forged_state_a_bad_verifier_and_a
     let provider = FakeProvider::start().await;
     let app = google_app(Backend::File, &provider, |_| {}).await.unwrap();
 
-    let q = query(&authorize(&app).await);
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
     let wrong_nonce = provider.id_token(
         &app,
         "sub-n",
@@ -669,17 +809,29 @@ async fn the_code_flow_refuses_a_wrong_nonce_a_forged_state_a_bad_verifier_and_a
         json!({"nonce": "not-the-nonce"}),
     );
     provider.issue_code("code-n", &q["code_challenge"], REDIRECT_URI, &wrong_nonce);
-    let response = callback(&app, &[("state", &q["state"]), ("code", "code-n")]).await;
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-n")],
+    )
+    .await;
     assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_GOOGLE_INVALID").await;
 
-    let q = query(&authorize(&app).await);
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
     let no_nonce = provider.id_token(&app, "sub-n", "nina@gmail.com", json!({}));
     provider.issue_code("code-m", &q["code_challenge"], REDIRECT_URI, &no_nonce);
-    let response = callback(&app, &[("state", &q["state"]), ("code", "code-m")]).await;
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-m")],
+    )
+    .await;
     assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_GOOGLE_INVALID").await;
 
     // A code bound to another PKCE challenge: the provider refuses our verifier.
-    let q = query(&authorize(&app).await);
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
     let token = provider.id_token(
         &app,
         "sub-n",
@@ -692,17 +844,27 @@ async fn the_code_flow_refuses_a_wrong_nonce_a_forged_state_a_bad_verifier_and_a
         REDIRECT_URI,
         &token,
     );
-    let response = callback(&app, &[("state", &q["state"]), ("code", "code-p")]).await;
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-p")],
+    )
+    .await;
     assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_GOOGLE_INVALID").await;
 
-    let response = callback(&app, &[("state", "forged-state"), ("code", "code-x")]).await;
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", "forged-state"), ("code", "code-x")],
+    )
+    .await;
     assert_error(
         response,
         StatusCode::BAD_REQUEST,
         "AUTH_OAUTH_STATE_INVALID",
     )
     .await;
-    let response = callback(&app, &[("code", "code-x")]).await;
+    let response = callback(&app, &binding, &[("code", "code-x")]).await;
     assert_error(
         response,
         StatusCode::BAD_REQUEST,
@@ -710,8 +872,14 @@ async fn the_code_flow_refuses_a_wrong_nonce_a_forged_state_a_bad_verifier_and_a
     )
     .await;
 
-    let q = query(&authorize(&app).await);
-    let response = callback(&app, &[("state", &q["state"]), ("error", "access_denied")]).await;
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("error", "access_denied")],
+    )
+    .await;
     assert_error(response, StatusCode::UNAUTHORIZED, "AUTH_GOOGLE_DENIED").await;
 
     assert_eq!(user_count(&app).await, 0);
@@ -730,6 +898,113 @@ async fn the_code_flow_refuses_a_wrong_nonce_a_forged_state_a_bad_verifier_and_a
 }
 
 #[tokio::test]
+async fn a_code_flow_completes_only_in_the_browser_that_started_it() {
+    let provider = FakeProvider::start().await;
+    let app = google_app(Backend::File, &provider, |_| {}).await.unwrap();
+
+    // The binding cookie: host-only, HTTPS-only, out of scripts' reach, sent on the way back.
+    let response = app
+        .client
+        .get(app.url("/api/auth/google/authorize"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookies(&response).pop().unwrap();
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    assert!(
+        attributes[0].starts_with("__Host-oauth_binding="),
+        "{cookie}"
+    );
+    assert!(
+        attributes[0].len() > "__Host-oauth_binding=".len() + 40,
+        "{cookie}"
+    );
+    for wanted in ["Path=/", "HttpOnly", "Secure", "SameSite=Lax"] {
+        assert!(attributes.contains(&wanted), "{wanted} missing: {cookie}");
+    }
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+
+    // Someone starts a flow in their own browser and gets the victim's browser to open the
+    // callback URL (login CSRF): without the starter's cookie, or with another flow's, it is
+    // refused before the code is ever exchanged.
+    let (location, _attackers) = authorize(&app).await;
+    let q = query(&location);
+    let token = provider.id_token(
+        &app,
+        "sub-mallory",
+        "mallory@gmail.com",
+        json!({"nonce": q["nonce"]}),
+    );
+    provider.issue_code("code-csrf", &q["code_challenge"], REDIRECT_URI, &token);
+    let response = callback(&app, "", &[("state", &q["state"]), ("code", "code-csrf")]).await;
+    assert!(
+        set_cookies(&response)
+            .iter()
+            .any(|c| c.starts_with("__Host-oauth_binding=;") && c.contains("Max-Age=0")),
+        "the callback clears the binding"
+    );
+    assert_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "AUTH_OAUTH_STATE_INVALID",
+    )
+    .await;
+
+    let (location, _attackers) = authorize(&app).await;
+    let q = query(&location);
+    provider.issue_code("code-csrf-2", &q["code_challenge"], REDIRECT_URI, &token);
+    let (_, victims) = authorize(&app).await;
+    let response = callback(
+        &app,
+        &victims,
+        &[("state", &q["state"]), ("code", "code-csrf-2")],
+    )
+    .await;
+    assert_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "AUTH_OAUTH_STATE_INVALID",
+    )
+    .await;
+    assert!(
+        provider.token_requests().is_empty(),
+        "no code was exchanged"
+    );
+    assert_eq!(user_count(&app).await, 0);
+
+    // The browser that started a flow completes it, and its binding is cleared.
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
+    let token = provider.id_token(
+        &app,
+        "sub-vic",
+        "vic@gmail.com",
+        json!({"nonce": q["nonce"]}),
+    );
+    provider.issue_code("code-ok", &q["code_challenge"], REDIRECT_URI, &token);
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-ok")],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert!(
+        set_cookies(&response)
+            .iter()
+            .any(|c| c.starts_with("__Host-oauth_binding=;") && c.contains("Max-Age=0"))
+    );
+
+    let events = app
+        .events_where(|e| count_of(e, "oauth_failed") == 2 && count_of(e, "oauth_success") == 1)
+        .await;
+    assert_eq!(
+        reasons(&events, "oauth_failed"),
+        ["state_browser_mismatch", "state_browser_mismatch"]
+    );
+}
+
+#[tokio::test]
 async fn pending_authorizations_live_in_redis_with_a_ttl_when_it_is_configured() {
     if !redis_available().await {
         return;
@@ -741,7 +1016,8 @@ async fn pending_authorizations_live_in_redis_with_a_ttl_when_it_is_configured()
     .await
     .unwrap();
     let prefix = app.settings.redis_key_prefix.clone();
-    let q = query(&authorize(&app).await);
+    let (location, binding) = authorize(&app).await;
+    let q = query(&location);
     let mut conn = redis_conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}oidc:state:*"))
@@ -767,7 +1043,12 @@ async fn pending_authorizations_live_in_redis_with_a_ttl_when_it_is_configured()
         json!({"nonce": q["nonce"]}),
     );
     provider.issue_code("code-r", &q["code_challenge"], REDIRECT_URI, &token);
-    let response = callback(&app, &[("state", &q["state"]), ("code", "code-r")]).await;
+    let response = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-r")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::FOUND);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}oidc:state:*"))
@@ -775,7 +1056,12 @@ async fn pending_authorizations_live_in_redis_with_a_ttl_when_it_is_configured()
         .await
         .unwrap();
     assert!(left.is_empty(), "the state is taken once");
-    let replay = callback(&app, &[("state", &q["state"]), ("code", "code-r")]).await;
+    let replay = callback(
+        &app,
+        &binding,
+        &[("state", &q["state"]), ("code", "code-r")],
+    )
+    .await;
     assert_error(replay, StatusCode::BAD_REQUEST, "AUTH_OAUTH_STATE_INVALID").await;
 }
 

@@ -321,7 +321,7 @@ async fn b6_legacy_bcrypt_users_log_in_with_the_raw_password_and_are_rehashed_on
 
         let hash = stored_password_hash(&app, "lee@example.com").await;
         assert!(
-            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            hash.starts_with("$argon2id-legacy$v=19$m=19456,t=2,p=1$"),
             "{backend:?}: {hash}"
         );
         let rehashed = app.events_of("password_rehashed").await;
@@ -351,6 +351,71 @@ async fn b6_legacy_bcrypt_users_log_in_with_the_raw_password_and_are_rehashed_on
         app.stop().await;
         assert_eq!(app.events_of("password_rehashed").await.len(), 1);
         assert!(!everything_written(&app).contains(raw));
+    }
+}
+
+#[tokio::test]
+async fn a_legacy_password_logs_in_as_typed_and_trimmed_after_its_upgrade_on_both_stores() {
+    let typed = "  open <sesame> & 'friends' ";
+    let trimmed = typed.trim();
+    for backend in BACKENDS {
+        let Some(mut app) =
+            spawn_with_users(backend, vec![legacy_user("sam@example.com", typed)]).await
+        else {
+            continue;
+        };
+        // The old service trimmed before hashing, so both forms logged in there.
+        assert_eq!(
+            app.login("sam@example.com", typed).await.status(),
+            StatusCode::OK,
+            "{backend:?}: the first login upgrades the hash"
+        );
+        for (form, what) in [
+            (trimmed, "trimmed"),
+            (typed, "as typed"),
+            (trimmed, "trimmed again"),
+        ] {
+            assert_eq!(
+                app.login("sam@example.com", form).await.status(),
+                StatusCode::OK,
+                "{backend:?}: {what}, after the upgrade"
+            );
+        }
+        assert_error(
+            app.login(
+                "sam@example.com",
+                "open &lt;sesame&gt; &amp; &#x27;friends&#x27;",
+            )
+            .await,
+            StatusCode::UNAUTHORIZED,
+            "AUTH_INVALID_CREDENTIALS",
+        )
+        .await;
+        let upgraded = stored_password_hash(&app, "sam@example.com").await;
+        assert!(upgraded.starts_with("$argon2id-legacy$"), "{upgraded}");
+
+        // A password set here is exact: no trimming, no escaping.
+        let padded = "  violet tractor hums at dusk ";
+        assert_eq!(
+            app.signup("new@example.com", padded, "New").await.status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            app.login("new@example.com", padded).await.status(),
+            StatusCode::OK
+        );
+        assert_error(
+            app.login("new@example.com", padded.trim()).await,
+            StatusCode::UNAUTHORIZED,
+            "AUTH_INVALID_CREDENTIALS",
+        )
+        .await;
+        app.stop().await;
+        assert_eq!(
+            app.events_of("password_rehashed").await.len(),
+            1,
+            "{backend:?}"
+        );
     }
 }
 

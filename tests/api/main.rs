@@ -15,6 +15,7 @@ mod forwarder;
 mod google;
 mod limits;
 mod login;
+mod mailboxes;
 mod operability;
 mod ops;
 mod pipeline;

@@ -162,6 +162,39 @@ async fn a1_a4_password_rules_are_enforced_without_composition_rules() {
 }
 
 #[tokio::test]
+async fn a4_breached_passwords_are_refused_with_a_common_breached_reason() {
+    let mut app = TestApp::try_spawn(Backend::File).await.unwrap();
+    let email = unique_email();
+    for password in ["Welcome@123", "Summer2024!", "correcthorsebatterystaple"] {
+        let body = assert_error(
+            app.signup(&email, password, "N").await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert_eq!(body["field"], "password", "{password}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("common") && message.contains("breached"),
+            "{password}: {message}"
+        );
+    }
+    assert_eq!(
+        app.login(&email, "Welcome@123").await.status(),
+        StatusCode::UNAUTHORIZED,
+        "no account was created"
+    );
+    app.stop().await;
+    let refused = app.events_of("signup_failed").await;
+    assert_eq!(refused.len(), 3);
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.metadata["reason"] == "weak_password")
+    );
+}
+
+#[tokio::test]
 async fn a2_long_unicode_passwords_are_neither_truncated_nor_case_folded() {
     let app = TestApp::try_spawn(Backend::File).await.unwrap();
     let email = unique_email();

@@ -252,13 +252,19 @@ async fn users_scenario(store: &dyn Store, ann_id: &str, base: DateTime<Utc>) {
     );
     assert_eq!(store.user_by_id(ann_id).await.unwrap(), Some(ann.clone()));
     assert_eq!(
-        store.user_by_email("ann@example.com").await.unwrap(),
+        store
+            .user_by_email(&email("ann@example.com"))
+            .await
+            .unwrap(),
         Some(ann.clone()),
         "{kind}"
     );
     assert_eq!(store.user_by_id(&twin.id).await.unwrap(), None, "{kind}");
     assert_eq!(
-        store.user_by_email("nobody@example.com").await.unwrap(),
+        store
+            .user_by_email(&email("nobody@example.com"))
+            .await
+            .unwrap(),
         None
     );
 
@@ -276,7 +282,7 @@ async fn users_scenario(store: &dyn Store, ann_id: &str, base: DateTime<Utc>) {
     store.set_last_login(ann_id, base + secs(1)).await.unwrap();
 
     let promoted = store
-        .set_user_type("ann@example.com", UserType::Admin)
+        .set_user_type(&email("ann@example.com"), UserType::Admin)
         .await
         .unwrap();
     assert_eq!(
@@ -290,14 +296,17 @@ async fn users_scenario(store: &dyn Store, ann_id: &str, base: DateTime<Utc>) {
         "{kind}"
     );
     assert_eq!(
-        store.user_by_email("ann@example.com").await.unwrap(),
+        store
+            .user_by_email(&email("ann@example.com"))
+            .await
+            .unwrap(),
         Some(promoted),
         "{kind}"
     );
     assert!(
         matches!(
             store
-                .set_user_type("nobody@example.com", UserType::Admin)
+                .set_user_type(&email("nobody@example.com"), UserType::Admin)
                 .await,
             Err(StoreError::NotFound)
         ),
@@ -331,7 +340,11 @@ async fn users_scenario(store: &dyn Store, ann_id: &str, base: DateTime<Utc>) {
     }
     for user in &many {
         assert_eq!(
-            store.user_by_email(&user.email).await.unwrap().as_ref(),
+            store
+                .user_by_email(&email(&user.email))
+                .await
+                .unwrap()
+                .as_ref(),
             Some(user),
             "{kind}"
         );
@@ -621,7 +634,10 @@ async fn import_scenario(store: &dyn Store, base: DateTime<Utc>) {
     );
     assert_eq!(store.user_by_id("1760390026608").await.unwrap(), None);
     assert_eq!(
-        store.user_by_email("other@example.com").await.unwrap(),
+        store
+            .user_by_email(&email("other@example.com"))
+            .await
+            .unwrap(),
         None
     );
 }
@@ -630,7 +646,12 @@ async fn import_scenario(store: &dyn Store, base: DateTime<Utc>) {
 // The old service's users.json.
 
 /// A bcrypt hash the way the old service made it (of the trimmed, HTML-escaped password).
-fn legacy_bcrypt(password: &str) -> String {
+/// An address as the service parses it, for the store's lookups.
+fn email(address: &str) -> flux_auth::domain::Email {
+    flux_auth::domain::Email::parse(address).unwrap()
+}
+
+pub(crate) fn legacy_bcrypt(password: &str) -> String {
     let escaped = flux_auth::auth::passwords::legacy_escape(password.trim());
     bcrypt::hash(escaped, 4).unwrap()
 }
@@ -742,7 +763,7 @@ async fn file_store_reads_and_writes_the_old_users_json_shape() {
         ann_after["password"]
             .as_str()
             .unwrap()
-            .starts_with("$argon2id$"),
+            .starts_with("$argon2id-legacy$"),
         "the upgraded hash stays under the old key: {ann_after}"
     );
     assert!(ann_after["lastLogin"].is_string());
@@ -938,7 +959,7 @@ async fn kill_9_during_signups_loses_no_acknowledged_user() {
     }
 }
 
-async fn run_cli(work: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) async fn run_cli(work: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
     let mut command = binary(work);
     for (key, value) in envs {
         command.env(key, value);
@@ -946,7 +967,7 @@ async fn run_cli(work: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
     command.args(args).output().await.expect("run flux-auth")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

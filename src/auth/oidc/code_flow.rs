@@ -13,6 +13,8 @@ use oauth2::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use url::Url;
 
 use super::error::GoogleError;
@@ -46,6 +48,37 @@ type CodeClient = oauth2::Client<
 pub struct Pending {
     pub verifier: String,
     pub nonce: String,
+    /// Hex SHA-256 of the browser binding: the value of the cookie set on the browser that
+    /// started the flow (RFC 6749 §10.12). A pending state stored without one never completes.
+    pub binding_hash: String,
+}
+
+impl Pending {
+    /// Whether `binding` (the callback's cookie) is the one this flow was started with; in
+    /// constant time.
+    pub fn bound_to(&self, binding: Option<&str>) -> bool {
+        let Some(binding) = binding.filter(|b| !b.is_empty() && b.len() <= 128) else {
+            return false;
+        };
+        bool::from(
+            binding_hash(binding)
+                .as_bytes()
+                .ct_eq(self.binding_hash.as_bytes()),
+        )
+    }
+}
+
+fn binding_hash(binding: &str) -> String {
+    hex::encode(Sha256::digest(binding.as_bytes()))
+}
+
+/// A started authorization: where to send the browser, and what to keep.
+pub struct Authorization {
+    pub url: Url,
+    pub state: String,
+    pub pending: Pending,
+    /// For the starting browser's cookie only; never stored.
+    pub binding: String,
 }
 
 pub struct CodeFlow {
@@ -76,10 +109,13 @@ impl CodeFlow {
         client
     }
 
-    /// The provider URL to send the browser to, its `state`, and what the callback will need.
-    pub fn authorization(&self, metadata: &ProviderMetadata) -> (Url, String, Pending) {
+    /// The provider URL to send the browser to, its `state`, what the callback will need, and the
+    /// browser binding: a random value for the starting browser's cookie, of which the pending
+    /// state keeps only the hash.
+    pub fn authorization(&self, metadata: &ProviderMetadata) -> Authorization {
         let state = random_value();
         let nonce = random_value();
+        let binding = random_value();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let client = self.client(metadata);
         let mut request = client
@@ -97,8 +133,14 @@ impl CodeFlow {
         let pending = Pending {
             verifier: verifier.secret().clone(),
             nonce,
+            binding_hash: binding_hash(&binding),
         };
-        (url, state, pending)
+        Authorization {
+            url,
+            state,
+            pending,
+            binding,
+        }
     }
 
     /// Exchanges `code` (with the PKCE verifier) for the ID token.

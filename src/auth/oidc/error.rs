@@ -14,6 +14,10 @@ pub enum GoogleError {
     /// The callback's `state` is unknown, expired or already used.
     #[error("state unknown, expired or used")]
     StateInvalid,
+    /// The callback came without the cookie of the browser that started the flow, or with
+    /// another one: answered as a bad state, recorded apart.
+    #[error("state not bound to this browser")]
+    StateUnbound,
     /// GIS redirect mode: the `g_csrf_token` cookie and field are missing or differ.
     #[error("g_csrf_token check failed: {0}")]
     Csrf(&'static str),
@@ -31,6 +35,10 @@ pub enum GoogleError {
         email: String,
         reason: &'static str,
     },
+    /// A password account has this email but has not verified it: whoever registered it may not
+    /// own the address, so the identity is never linked to it and nothing of it is touched.
+    #[error("account exists with an unverified email")]
+    AccountUnverified { user_id: String, email: String },
     /// The provider's discovery, key or token endpoint did not answer usefully.
     #[error("provider unavailable: {0}")]
     ProviderUnavailable(String),
@@ -53,10 +61,12 @@ impl GoogleError {
             Self::NotConfigured(_) => return None,
             Self::Rejected(r) => r.reason(),
             Self::StateInvalid => "state_invalid",
+            Self::StateUnbound => "state_browser_mismatch",
             Self::Csrf(reason) => reason,
             Self::Denied => "provider_denied",
             Self::MissingCode => "code_missing",
             Self::AccountExists { reason, .. } => reason,
+            Self::AccountUnverified { .. } => "account_exists_unverified",
             Self::ProviderUnavailable(_) => "provider_unavailable",
             Self::Auth(AuthError::RateLimited(_)) => return None,
             Self::Auth(AuthError::Validation(_)) => "invalid_request",

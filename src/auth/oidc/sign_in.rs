@@ -4,10 +4,12 @@
 //!
 //! Linking (SECURITY.md E5/E6): an identity is found by (`iss`, `sub`) only. An unknown identity
 //! whose email no account has gets a new account. One whose email an account has is linked to it
-//! only when the provider is authoritative for that address (`@gmail.com`, or a verified email of
-//! the Workspace domain `hd`) and the account has no other identity at this provider; otherwise
-//! 409, and the user signs in with the password instead. A later email change at the provider
-//! changes neither account.
+//! only when that account's email is verified (otherwise 409 `AUTH_ACCOUNT_EXISTS_UNVERIFIED`,
+//! and the account is left untouched: a pre-registered address is never a way in), the provider
+//! is authoritative for that address (`@gmail.com`, or a verified email of the Workspace domain
+//! `hd`) and the account has no other identity at this provider; otherwise 409, and the user
+//! signs in with the password instead. A later email change at the provider changes neither
+//! account.
 
 use std::time::Duration;
 
@@ -61,12 +63,21 @@ pub struct GoogleSignInRequest {
     pub credential: Option<String>,
 }
 
-/// The query of `GET /api/auth/google/callback`.
+/// The query of `GET /api/auth/google/callback`, and the browser's binding cookie.
 #[derive(Debug, Default)]
 pub struct CallbackParams {
     pub state: Option<String>,
     pub code: Option<String>,
     pub error: Option<String>,
+    pub binding: Option<String>,
+}
+
+/// A started code flow: the provider URL for the browser, and the binding value for its cookie
+/// (kept for `ttl`, as long as the pending state).
+pub struct Started {
+    pub url: url::Url,
+    pub binding: String,
+    pub ttl: Duration,
 }
 
 pub struct GoogleOutcome {
@@ -111,12 +122,13 @@ impl GoogleSignIn {
     }
 
     /// `GET /api/auth/google/authorize`: the provider URL, with `state`, `nonce` and the PKCE
-    /// challenge; the verifier and nonce wait for the callback under the state.
+    /// challenge, and the browser binding for the starting browser's cookie; the verifier, the
+    /// nonce and the binding's hash wait for the callback under the state.
     pub async fn authorize(
         &self,
         auth: &AuthService,
         ctx: &RequestContext,
-    ) -> Result<url::Url, GoogleError> {
+    ) -> Result<Started, GoogleError> {
         let flow = self.code_flow()?;
         self.frontend_url()?;
         // Each call stores a pending state: counted like a login, so it cannot be flooded.
@@ -127,12 +139,17 @@ impl GoogleSignIn {
             .metadata(&self.http)
             .await
             .map_err(|e| GoogleError::ProviderUnavailable(e.0))?;
-        let (url, state, pending) = flow.authorization(&metadata);
-        let value = serde_json::to_string(&pending).map_err(|e| AuthError::Internal(e.into()))?;
+        let started = flow.authorization(&metadata);
+        let value =
+            serde_json::to_string(&started.pending).map_err(|e| AuthError::Internal(e.into()))?;
         self.one_time
-            .put(STATE_KIND, &state, &value, STATE_TTL)
+            .put(STATE_KIND, &started.state, &value, STATE_TTL)
             .await;
-        Ok(url)
+        Ok(Started {
+            url: started.url,
+            binding: started.binding,
+            ttl: STATE_TTL,
+        })
     }
 
     /// `GET /api/auth/google/callback`: takes the state (once), exchanges the code with the PKCE
@@ -159,6 +176,11 @@ impl GoogleSignIn {
             let pending: Pending = pending
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .ok_or(GoogleError::StateInvalid)?;
+            // The state is used up either way: a callback begun in another browser (login
+            // CSRF, RFC 6749 §10.12) completes nowhere.
+            if !pending.bound_to(params.binding.as_deref()) {
+                return Err(GoogleError::StateUnbound);
+            }
             if params.error.is_some() {
                 return Err(GoogleError::Denied);
             }
@@ -285,7 +307,9 @@ impl GoogleSignIn {
                 .reason(reason)
                 .with("provider", "google")
                 .with("flow", flow.as_str());
-            if let GoogleError::AccountExists { user_id, email, .. } = error {
+            if let GoogleError::AccountExists { user_id, email, .. }
+            | GoogleError::AccountUnverified { user_id, email } = error
+            {
                 event = event.user(user_id).email(email);
             }
             auth.events.record(event).await;
@@ -338,11 +362,7 @@ impl GoogleSignIn {
                 created_at: now,
                 last_used_at: now,
             };
-            match store
-                .user_by_email(email.as_str())
-                .await
-                .map_err(AuthError::from)?
-            {
+            match store.user_by_email(&email).await.map_err(AuthError::from)? {
                 None => {
                     let user = new_user(token, &email, now);
                     let identity = IdentityRecord {
@@ -362,6 +382,15 @@ impl GoogleSignIn {
                     }
                 }
                 Some(existing) => {
+                    if !existing.email_verified {
+                        // Whoever registered this address never proved they own it: entering the
+                        // account would hand the real owner an account the registrant holds a
+                        // password and sessions for. Nothing of it is read further or changed.
+                        return Err(GoogleError::AccountUnverified {
+                            user_id: existing.id.clone(),
+                            email: existing.email.clone(),
+                        });
+                    }
                     let linked_here = store
                         .identities_of(&existing.id)
                         .await
@@ -420,11 +449,11 @@ impl GoogleSignIn {
 /// `hd` set and the address in that domain (stricter than Google asks, so a secondary domain
 /// never links silently).
 fn authoritative(token: &VerifiedIdToken) -> bool {
-    let domain = token
-        .email
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .unwrap_or_default();
+    // The canonical domain (lower case, IDNA), so `Ann@Gmail.com` is at gmail.com.
+    let Ok(email) = Email::parse(&token.email) else {
+        return false;
+    };
+    let domain = email.domain();
     if domain == "gmail.com" {
         return true;
     }
@@ -494,6 +523,7 @@ mod tests {
             Some("corp.example")
         )));
         assert!(!authoritative(&token("ann@notgmail.com", None)));
+        assert!(authoritative(&token("Ann@GMail.com", None)));
     }
 
     #[test]

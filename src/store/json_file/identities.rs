@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::FileStore;
-use crate::domain::UserRecord;
+use crate::domain::{Email, UserRecord};
 use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
 
 const IDENTITIES_KEY: &str = "identities";
@@ -129,7 +129,7 @@ impl FileStore {
         identity: &IdentityRecord,
     ) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.by_email(&user.email).is_some() {
+            if users.by_email(&Email::key_of(&user.email)).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
             if users

@@ -1,4 +1,6 @@
-//! The users of `users.json` in memory: the file's order, plus indexes by id and by email.
+//! The users of `users.json` in memory: the file's order, plus indexes by id and by the email's
+//! canonical key ([`Email::key`]), computed here rather than stored, so the file keeps the old
+//! service's shape.
 //!
 //! Records are shared (`Arc`), so the copy a group commit takes of the whole state costs a
 //! reference count per user rather than a deep copy of every string, and a change copies only
@@ -14,7 +16,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::domain::UserRecord;
+use crate::domain::{Email, UserRecord};
+use crate::store::EmailCollision;
 
 /// A user and, once encoded, the user's entry in users.json.
 struct Stored {
@@ -46,7 +49,10 @@ pub(super) struct Users {
     /// Positions in `list`. The first entry wins, as the old linear search did, should an old
     /// file hold a duplicate. A user's id and email never change once stored.
     by_id: HashMap<Arc<str>, usize>,
+    /// By the canonical key of the email.
     by_email: HashMap<Arc<str>, usize>,
+    /// Positions of users whose email's key an earlier user has: found by id, never by email.
+    shadowed: Vec<usize>,
 }
 
 impl Users {
@@ -86,16 +92,39 @@ impl Users {
         self.by_id.get(id).map(|&i| &self.list[i].record)
     }
 
-    pub fn by_email(&self, email: &str) -> Option<&UserRecord> {
-        self.by_email.get(email).map(|&i| &self.list[i].record)
+    /// The user whose email has the canonical `key`.
+    pub fn by_email(&self, key: &str) -> Option<&UserRecord> {
+        self.by_email.get(key).map(|&i| &self.list[i].record)
+    }
+
+    /// Users whose email shares its key with an earlier user's (an old file can hold them), each
+    /// with the user that holds the key.
+    pub fn collisions(&self) -> Vec<EmailCollision> {
+        self.shadowed
+            .iter()
+            .map(|&i| {
+                let user = &self.list[i].record;
+                let holder = self.by_email(&Email::key_of(&user.email)).unwrap_or(user);
+                EmailCollision {
+                    user_id: user.id.clone(),
+                    email: user.email.clone(),
+                    holder_id: holder.id.clone(),
+                    holder_email: holder.email.clone(),
+                }
+            })
+            .collect()
     }
 
     pub fn push(&mut self, user: UserRecord) {
         let at = self.list.len();
         self.by_id.entry(Arc::from(user.id.as_str())).or_insert(at);
-        self.by_email
-            .entry(Arc::from(user.email.as_str()))
-            .or_insert(at);
+        let key = Email::key_of(&user.email);
+        match self.by_email.entry(Arc::from(key.as_str())) {
+            std::collections::hash_map::Entry::Occupied(_) => self.shadowed.push(at),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(at);
+            }
+        }
         self.list.push(Arc::new(Stored {
             record: user,
             entry: OnceLock::new(),
@@ -109,9 +138,9 @@ impl Users {
         Some(change(&mut self.list[i]))
     }
 
-    /// Like [`Users::by_id_mut`], by email.
-    pub fn by_email_mut(&mut self, email: &str) -> Option<&mut UserRecord> {
-        let i = *self.by_email.get(email)?;
+    /// Like [`Users::by_id_mut`], by the email's canonical key.
+    pub fn by_email_mut(&mut self, key: &str) -> Option<&mut UserRecord> {
+        let i = *self.by_email.get(key)?;
         Some(change(&mut self.list[i]))
     }
 
@@ -165,5 +194,28 @@ mod tests {
         let order: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(order, ["1", "2", "3", "4"]);
         assert_eq!(published.iter().count(), 3);
+    }
+
+    #[test]
+    fn spellings_of_one_mailbox_are_one_key_and_later_ones_are_reported() {
+        let users = Users::new(vec![
+            user("1", "josé@x.com"),
+            user("2", "jose\u{301}@x.com"),
+            user("3", "\"alice\"@x.com"),
+            user("4", "alice@x.com"),
+            user("5", "bob@x.com"),
+        ]);
+        assert_eq!(
+            users.by_email(&Email::key_of("JOSÉ@ｘ.com")).unwrap().id,
+            "1"
+        );
+        assert_eq!(users.by_email("alice@x.com").unwrap().id, "3");
+        let found: Vec<(String, String)> = users
+            .collisions()
+            .into_iter()
+            .map(|c| (c.user_id, c.holder_id))
+            .collect();
+        assert_eq!(found, [("2".into(), "1".into()), ("4".into(), "3".into())]);
+        assert_eq!(users.by_id("2").unwrap().email, "jose\u{301}@x.com");
     }
 }

@@ -138,7 +138,7 @@ impl PgStore {
         let mut tx = begin_retrying!(self, conn);
         sqlx::query(
             "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -150,6 +150,7 @@ impl PgStore {
         .bind(&user.avatar)
         .bind(user.created_at)
         .bind(user.last_login)
+        .bind(crate::domain::Email::key_of(&user.email))
         .execute(&mut *tx)
         .await
         .map_err(|e| identity_conflict(self.fail(e)))?;
