@@ -104,7 +104,8 @@ impl Core {
         }
         let metrics = Metrics::default();
         let store = store::open(&settings, &metrics).await?;
-        let pipeline = security_log::start(&settings, &metrics)?;
+        let clock = Clock::default();
+        let pipeline = security_log::start(&settings, &metrics, &clock)?;
         let hasher = PasswordHasher::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
@@ -113,7 +114,6 @@ impl Core {
             crate::auth::passwords::MEMORY_IDLE_RELEASE,
             metrics.hash_wait_seconds.clone(),
         )?;
-        let clock = Clock::default();
         let redis = match &settings.redis_url {
             Some(url) => Some(Arc::new(RedisLink::new(
                 url,
@@ -353,6 +353,7 @@ impl App {
                 tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time; closing them");
             }
         }
+        events.flush_token_failure_summaries(true).await;
         events
             .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))
             .await;

@@ -247,19 +247,22 @@ impl GoogleSignIn {
         }
         let account = self.account_for(auth, &token).await?;
         let user = account.user;
-        auth.events
-            .record(
-                SecurityEvent::from_request(EventType::OauthSuccess, ctx)
-                    .user(&user.id)
-                    .email(&user.email)
-                    .with("provider", "google")
-                    .with("issuer", token.issuer.as_str())
-                    .with("flow", flow.as_str())
-                    .with("isNewUser", account.is_new)
-                    .with("linked", account.linked),
-            )
-            .await;
+        // Success is recorded once the session exists; when it cannot be started, `recorded`
+        // records `oauth_failed` with the reason instead.
         let tokens = auth.start_session(&user, ctx, Utc::now(), false).await?;
+        auth.record_session_outcome(
+            SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+                .user(&user.id)
+                .email(&user.email)
+                .with("provider", "google")
+                .with("issuer", token.issuer.as_str())
+                .with("flow", flow.as_str())
+                .with("isNewUser", account.is_new)
+                .with("linked", account.linked),
+            &user.id,
+            &tokens,
+        )
+        .await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
             is_new_user: account.is_new,
@@ -288,7 +291,8 @@ impl GoogleSignIn {
             if let GoogleError::AccountExists { user_id, email, .. } = error {
                 event = event.user(user_id).email(email);
             }
-            auth.events.record(event).await;
+            // The outcome of a sign-in, like a password login's: not kept, not answered.
+            auth.record_outcome(event).await?;
         }
         result
     }
