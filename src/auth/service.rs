@@ -195,7 +195,7 @@ impl AuthService {
     /// The outcome event of a request that started a session: if it cannot be kept, the session
     /// is ended before its tokens leave the service, so no sign-in is answered that the log does
     /// not know about.
-    pub(crate) async fn record_session_outcome(
+    async fn record_session_outcome(
         &self,
         event: SecurityEvent,
         user_id: &str,
@@ -232,7 +232,7 @@ impl AuthService {
     /// The failure event of a sign-in whose session could not be started (the store is down),
     /// so that no success is recorded for it. Nothing is recorded when the failure is the log's
     /// own: an event it cannot keep.
-    pub(crate) async fn session_failed(
+    async fn session_failed(
         &self,
         event_type: EventType,
         user: &UserRecord,
@@ -424,7 +424,7 @@ impl AuthService {
             return Err(error);
         }
         self.limits.clear_account(&user.email).await;
-        let tokens = self.start_session(&user, ctx, now, false).await?;
+        let tokens = self.start_session(&user, ctx, now, false, None).await?;
         Ok(AuthSuccess { user, tokens })
     }
 
@@ -531,23 +531,20 @@ impl AuthService {
         };
         // Success is recorded once the session exists; a login the store could not start a
         // session for is recorded as the failure it is.
-        let tokens = match self.start_session(&user, ctx, now, true).await {
-            Ok(tokens) => tokens,
+        let success = SecurityEvent::from_request(EventType::LoginSuccess, ctx)
+            .user(&user.id)
+            .email(&user.email);
+        match self
+            .start_session(&user, ctx, now, true, Some(success))
+            .await
+        {
+            Ok(tokens) => Ok(AuthSuccess { user, tokens }),
             Err(e) => {
                 self.session_failed(EventType::LoginFailed, &user, ctx, &e)
                     .await;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.record_session_outcome(
-            SecurityEvent::from_request(EventType::LoginSuccess, ctx)
-                .user(&user.id)
-                .email(&user.email),
-            &user.id,
-            &tokens,
-        )
-        .await?;
-        Ok(AuthSuccess { user, tokens })
+        }
     }
 
     /// Upgrades a legacy bcrypt (or weaker argon2) hash. A failure here must not fail the login.
@@ -584,12 +581,15 @@ impl AuthService {
 
     /// Starts a new session (refresh-token family) for `user` and issues its first token pair;
     /// with `records_login`, the store sets the user's `last_login` to `now` in the same write.
+    /// `success` (the sign-in's own event) and `token_generated` are recorded once the session
+    /// exists; if either cannot be kept (sync mode) the session is ended and the call fails.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
         ctx: &RequestContext,
         now: DateTime<Utc>,
         records_login: bool,
+        success: Option<SecurityEvent>,
     ) -> Result<IssuedTokens, AuthError> {
         let session_id = Uuid::new_v4();
         let refresh_token = self.refresh.generate();
@@ -647,6 +647,10 @@ impl AuthService {
             refresh_token,
             session_id,
         };
+        if let Some(success) = success {
+            self.record_session_outcome(success, &user.id, &tokens)
+                .await?;
+        }
         self.record_session_outcome(
             SecurityEvent::from_request(EventType::TokenGenerated, ctx)
                 .user(&user.id)

@@ -122,7 +122,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         None => "not_configured",
     };
     let redis = state.limits.health().await;
-    if found.log_db == Some(true) && (sink_down || spool_failing) {
+    if found.log_db == Some(true) && sink_down {
         // The writer may be waiting out its back-off: it need not.
         log.database_recovered();
     }

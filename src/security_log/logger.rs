@@ -212,8 +212,8 @@ impl SecurityLogger {
     /// Tells the writer that its database answered a probe elsewhere (a health check, the user
     /// store's own probe): it probes and replays the spool now rather than after its back-off, so
     /// events stop going to the spool (or being lost, when the spool's disk is full) as soon as
-    /// the database is back. Cheap and safe to call often: wake-ups do not queue up, and the
-    /// writer probes at most every 250 ms.
+    /// the database is back. Cheap and safe to call often: wake-ups do not queue up, and one
+    /// that finds the writer's database up already does nothing.
     pub fn database_recovered(&self) {
         self.wake.notify_one();
     }

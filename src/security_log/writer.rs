@@ -57,7 +57,7 @@ impl Schedule {
     }
 
     /// Probe as soon as allowed (no sooner than `PROBE_MIN` after the last probe), and back off
-    /// from the shortest wait again: the database was seen answering, or events are being lost.
+    /// from the shortest wait again: events are being lost.
     fn hurry(&mut self) {
         self.wait = PROBE_MIN;
         let earliest = self.last.map_or_else(Instant::now, |t| t + PROBE_MIN);
@@ -98,10 +98,11 @@ impl Writer {
                 biased;
                 () = shutdown.cancelled() => break,
                 // Before the queue: when the database is back, the waiting events go to it
-                // rather than to a spool that may be refusing them.
+                // rather than to a spool that may be refusing them. At once, whenever the last
+                // probe was: one may have failed a moment before the database came back. Wake-ups
+                // do not queue up, and once a probe succeeds they are no-ops.
                 () = wake.notified() => {
-                    schedule.hurry();
-                    if schedule.due() {
+                    if !self.healthy() {
                         self.probe(&mut schedule).await;
                     }
                 }

@@ -249,20 +249,17 @@ impl GoogleSignIn {
         let user = account.user;
         // Success is recorded once the session exists; when it cannot be started, `recorded`
         // records `oauth_failed` with the reason instead.
-        let tokens = auth.start_session(&user, ctx, Utc::now(), false).await?;
-        auth.record_session_outcome(
-            SecurityEvent::from_request(EventType::OauthSuccess, ctx)
-                .user(&user.id)
-                .email(&user.email)
-                .with("provider", "google")
-                .with("issuer", token.issuer.as_str())
-                .with("flow", flow.as_str())
-                .with("isNewUser", account.is_new)
-                .with("linked", account.linked),
-            &user.id,
-            &tokens,
-        )
-        .await?;
+        let success = SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+            .user(&user.id)
+            .email(&user.email)
+            .with("provider", "google")
+            .with("issuer", token.issuer.as_str())
+            .with("flow", flow.as_str())
+            .with("isNewUser", account.is_new)
+            .with("linked", account.linked);
+        let tokens = auth
+            .start_session(&user, ctx, Utc::now(), false, Some(success))
+            .await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
             is_new_user: account.is_new,
