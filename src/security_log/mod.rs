@@ -1,7 +1,7 @@
 //! The security-event pipeline: typed events, a logger handle whose `record()` never waits on a
-//! database or a disk (in the default async mode), and a background writer that batches events
-//! into Postgres, spools them to JSON-lines files when the database is away, and replays the spool
-//! when it comes back.
+//! database or a disk (in the default async mode; in sync mode it says whether the event was
+//! kept), and a background writer that batches events into Postgres, spools them to JSON-lines
+//! files when the database is away, and replays the spool when it comes back.
 
 pub mod event;
 pub mod logger;
