@@ -308,11 +308,10 @@ impl Writer {
         }
     }
 
-    /// Checks the spool, probes the database when it is marked down and replays the spool when
-    /// it is up, then reports earlier losses if there are any. Returns whether the sink is
-    /// healthy afterwards.
+    /// Probes the database when it is marked down and replays the spool when it is up, then
+    /// reports earlier losses if there are any (and the spool takes writes again: every tick
+    /// checks it). Returns whether the sink is healthy afterwards.
     async fn maintain(&mut self) -> bool {
-        self.check_spool().await;
         let healthy = self.check_sink().await;
         if healthy && !self.stats.spool_failing.load(Ordering::Relaxed) {
             self.report_drops(DB_WRITE_TIMEOUT).await;
