@@ -358,11 +358,27 @@ async fn health_is_the_present_with_the_last_loss_apart_on_both_stores() {
         );
         // The log works: a new event is written, and health stays ok.
         bad_tokens(app, "later", 1).await;
-        eventually("the later event", PATIENCE, || async {
-            (with_prefix(&outage.events().await, "later-") == 1).then_some(())
+        let events = eventually("the later event", PATIENCE, || async {
+            let events = outage.events().await;
+            (with_prefix(&events, "later-") == 1).then_some(events)
         })
         .await;
         assert_eq!(outage.health().await["status"], "ok");
+        // And the log itself says how many events it lost, and when.
+        let reports: Vec<&SecurityEvent> = events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "security_events_dropped")
+            .collect();
+        let reported: u64 = reports
+            .iter()
+            .map(|e| e.metadata["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            Some(reported),
+            outage.health().await["checks"]["securityLog"]["dropped"].as_u64(),
+            "{backend:?}: {reports:?}"
+        );
+        assert!(reports.iter().all(|e| e.metadata["lastAt"].is_string()));
     }
 }
 
