@@ -268,6 +268,7 @@ fn sustained_spool() {
             linger: Duration::from_millis(5),
             spool_max_bytes: u64::MAX,
             metrics: Metrics::default(),
+            wake: Arc::default(),
         };
         let templates: Vec<SecurityEvent> = (0..1024).map(sample_event).collect();
         let elapsed = rt.block_on(async {

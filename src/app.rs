@@ -108,7 +108,8 @@ impl Core {
         }
         let metrics = Metrics::default();
         let store = store::open(&settings, &metrics).await?;
-        let pipeline = security_log::start(&settings, &metrics)?;
+        let clock = Clock::default();
+        let pipeline = security_log::start(&settings, &metrics, &clock)?;
         let hasher = PasswordHasher::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
@@ -117,7 +118,6 @@ impl Core {
             crate::auth::passwords::MEMORY_IDLE_RELEASE,
             metrics.hash_wait_seconds.clone(),
         )?;
-        let clock = Clock::default();
         let redis = match &settings.redis_url {
             Some(url) => Some(Arc::new(RedisLink::new(
                 url,
@@ -181,6 +181,10 @@ impl Core {
             let auth = auth.clone();
             let stop = background.clone();
             tokio::spawn(async move { auth.restore_revocations(stop).await });
+        }
+        if let Some(reachable) = auth.store.database().and_then(|db| db.reachable()) {
+            let (events, stop) = (pipeline.logger.clone(), background.clone());
+            tokio::spawn(wake_log_on_recovery(reachable, events, stop));
         }
         let mut pools = Vec::new();
         if let Some(db) = auth.store.database() {
@@ -381,6 +385,7 @@ impl App {
                 "in-flight requests did not finish in time; closing them"
             );
         }
+        events.flush_token_failure_summaries(true).await;
         events
             .record(SecurityEvent::new(EventType::ServiceStopped).with("pid", std::process::id()))
             .await;
@@ -396,5 +401,28 @@ impl App {
             "flux-auth stopped"
         );
         Ok(())
+    }
+}
+
+/// When the user store's probe finds its database back, the security log's writer is told to try
+/// its own database at once rather than after its back-off (often the same server: events stop
+/// going to the spool as soon as it returns).
+async fn wake_log_on_recovery(
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+    events: security_log::SecurityLogger,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = reachable.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        if *reachable.borrow_and_update() {
+            events.database_recovered();
+        }
     }
 }

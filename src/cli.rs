@@ -308,7 +308,11 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
         Err(StoreError::NotFound) => anyhow::bail!("no user with email {email}"),
         Err(e) => return Err(e.into()),
     };
-    let pipeline = security_log::start(settings, &crate::metrics::Metrics::default())?;
+    let pipeline = security_log::start(
+        settings,
+        &crate::metrics::Metrics::default(),
+        &crate::clock::Clock::default(),
+    )?;
     // Give the log's database a moment, so the event lands in the table rather than the spool.
     if let Some(db) = &pipeline.database {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -111,6 +111,10 @@ pub struct Settings {
     pub security_log_retention_days_critical: u32,
     /// How often expired sessions and old events are deleted.
     pub cleanup_interval_secs: u64,
+    /// Refused bearer tokens from one address recorded one by one per window; past it they are
+    /// counted into one summary event per window (0: every one recorded).
+    pub token_failure_log_threshold: u32,
+    pub token_failure_log_window_secs: u64,
 
     pub redis_url: Option<SecretString>,
     pub redis_key_prefix: String,
@@ -122,6 +126,8 @@ pub struct Settings {
     pub signup_limit_per_ip: u32,
     pub refresh_limit_per_ip: u32,
     pub refresh_limit_per_session: u32,
+    /// Refused bearer tokens from one address per minute before the next refusal is a 429.
+    pub bearer_failure_limit_per_ip: u32,
     pub lockout_threshold: u32,
     pub lockout_base_secs: u64,
     pub lockout_max_secs: u64,
@@ -206,6 +212,8 @@ impl Default for Settings {
             security_log_retention_days_high: 365,
             security_log_retention_days_critical: 365,
             cleanup_interval_secs: 3600,
+            token_failure_log_threshold: 20,
+            token_failure_log_window_secs: 60,
             redis_url: None,
             redis_key_prefix: "flux-auth:".into(),
             redis_timeout_ms: 250,
@@ -215,6 +223,7 @@ impl Default for Settings {
             signup_limit_per_ip: 5,
             refresh_limit_per_ip: 600,
             refresh_limit_per_session: 60,
+            bearer_failure_limit_per_ip: 600,
             lockout_threshold: 5,
             lockout_base_secs: 30,
             lockout_max_secs: 900,
@@ -293,6 +302,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("security_log_retention_days_high", Kind::Number),
     ("security_log_retention_days_critical", Kind::Number),
     ("cleanup_interval_secs", Kind::Number),
+    ("token_failure_log_threshold", Kind::Number),
+    ("token_failure_log_window_secs", Kind::Number),
     ("redis_url", Kind::Secret),
     ("redis_key_prefix", Kind::Text),
     ("redis_timeout_ms", Kind::Number),
@@ -302,6 +313,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("signup_limit_per_ip", Kind::Number),
     ("refresh_limit_per_ip", Kind::Number),
     ("refresh_limit_per_session", Kind::Number),
+    ("bearer_failure_limit_per_ip", Kind::Number),
     ("lockout_threshold", Kind::Number),
     ("lockout_base_secs", Kind::Number),
     ("lockout_max_secs", Kind::Number),
@@ -603,6 +615,22 @@ impl Settings {
                 lines.min, lines.max, lines.default
             ));
         }
+        if self.token_failure_log_threshold > 10_000
+            || !(1..=3600).contains(&self.token_failure_log_window_secs)
+        {
+            problems.push(
+                "TOKEN_FAILURE_LOG_THRESHOLD must be at most 10000 (0 records every refused token; \
+                 default 20) and TOKEN_FAILURE_LOG_WINDOW_SECS between 1 and 3600 (default 60)."
+                    .into(),
+            );
+        }
+        if self.bearer_failure_limit_per_ip > 100_000 {
+            problems.push(
+                "BEARER_FAILURE_LIMIT_PER_IP must be at most 100000 per minute (0 turns it off; \
+                 default 600)."
+                    .into(),
+            );
+        }
         // The linger bounds what a SIGKILL can lose in async mode, and shutdown waits it out.
         if self.security_log_linger_ms > 1000 {
             problems.push("SECURITY_LOG_LINGER_MS must be at most 1000 (default 1).".into());
@@ -828,6 +856,26 @@ mod tests {
         }
         let defaults = Settings::from_env(env(&[("JWT_SECRET", &good)])).unwrap();
         assert!(defaults.problems().is_empty(), "{:?}", defaults.problems());
+    }
+
+    #[test]
+    fn the_token_failure_settings_are_bounded() {
+        let good = generate_secret();
+        let problems = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("JWT_SECRET", good.as_str())];
+            all.extend_from_slice(pairs);
+            Settings::from_env(env(&all)).unwrap().problems()
+        };
+        assert!(problems(&[]).is_empty());
+        assert!(problems(&[("TOKEN_FAILURE_LOG_THRESHOLD", "0")]).is_empty());
+        for bad in [
+            ("TOKEN_FAILURE_LOG_THRESHOLD", "10001"),
+            ("TOKEN_FAILURE_LOG_WINDOW_SECS", "0"),
+            ("TOKEN_FAILURE_LOG_WINDOW_SECS", "3601"),
+            ("BEARER_FAILURE_LIMIT_PER_IP", "100001"),
+        ] {
+            assert_eq!(problems(&[bad]).len(), 1, "{bad:?}");
+        }
     }
 
     #[test]

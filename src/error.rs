@@ -294,8 +294,18 @@ impl From<crate::auth::AuthError> for ApiError {
                 tracing::warn!(reason = %why, "store unavailable; answering 503");
                 Self::Unavailable { retry_after: 5 }
             }
+            A::EventNotKept(e) => e.into(),
             A::Internal(e) => Self::Internal(e),
         }
+    }
+}
+
+impl From<crate::security_log::NotKept> for ApiError {
+    fn from(_: crate::security_log::NotKept) -> Self {
+        tracing::warn!(
+            "security event not kept (database and spool both refused it); answering 503"
+        );
+        Self::Unavailable { retry_after: 5 }
     }
 }
 

@@ -363,6 +363,15 @@ impl Collector for StateCollector {
             "When events were last made durable",
             last,
         )?;
+        let last_drop = s
+            .last_drop()
+            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        gauge(
+            &mut e,
+            "security_log_last_drop_timestamp_seconds",
+            "When events were last lost (0: never since the start)",
+            last_drop,
+        )?;
         gauge(
             &mut e,
             "security_log_sink_up",
@@ -410,6 +419,12 @@ impl Collector for StateCollector {
             "security_log_events_dropped",
             "Events lost (expected 0: only a failed disk loses events)",
             s.dropped.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "security_log_events_summarized",
+            "Refused bearer tokens counted into a per-address summary event instead of recorded one by one",
+            s.summarized.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,

@@ -57,13 +57,11 @@ impl AuthService {
         self.revocations
             .revoke_session(&session_id.to_string(), self.denied_until(now))
             .await?;
-        self.events
-            .record(
-                by_admin(EventType::TokenRevoked, admin, user_id, ctx)
-                    .with("sessionId", session_id.to_string()),
-            )
-            .await;
-        Ok(())
+        self.record_outcome(
+            by_admin(EventType::TokenRevoked, admin, user_id, ctx)
+                .with("sessionId", session_id.to_string()),
+        )
+        .await
     }
 
     /// Ends every live session of `user_id` and denies every access token issued to them so far.
@@ -82,12 +80,11 @@ impl AuthService {
         self.revocations
             .revoke_user_tokens_before(user_id, now, self.denied_until(now))
             .await?;
-        self.events
-            .record(
-                by_admin(EventType::MassTokenRevocation, admin, user_id, ctx)
-                    .with("tokensRevoked", count),
-            )
-            .await;
+        self.record_outcome(
+            by_admin(EventType::MassTokenRevocation, admin, user_id, ctx)
+                .with("tokensRevoked", count),
+        )
+        .await?;
         Ok(Some(count))
     }
 

@@ -44,6 +44,9 @@ pub enum AuthError {
     RateLimited(Exceeded),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Sync durability: the request's own event could not be kept, so it must not succeed.
+    #[error(transparent)]
+    EventNotKept(#[from] crate::security_log::NotKept),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -181,8 +184,77 @@ fn required<'a>(
 }
 
 impl AuthService {
+    /// An event incidental to the request: its answer stands whatever becomes of the event.
     async fn record(&self, event: SecurityEvent) {
         self.events.record(event).await;
+    }
+
+    /// The event that says what the request did: in sync mode the request fails (503) when it is
+    /// not kept. See "Security events" in README for which events are which.
+    pub(crate) async fn record_outcome(&self, event: SecurityEvent) -> Result<(), AuthError> {
+        Ok(self.events.record_outcome(event).await?)
+    }
+
+    /// The outcome event of a request that started a session: if it cannot be kept, the session
+    /// is ended before its tokens leave the service, so no sign-in is answered that the log does
+    /// not know about.
+    async fn record_session_outcome(
+        &self,
+        event: SecurityEvent,
+        user_id: &str,
+        tokens: &IssuedTokens,
+    ) -> Result<(), AuthError> {
+        let result = self.record_outcome(event).await;
+        if result.is_err() {
+            self.withdraw_session(user_id, tokens.session_id).await;
+        }
+        result
+    }
+
+    /// Ends a session nobody holds the tokens of. Best effort: its tokens were never sent, so a
+    /// failure here leaves a session no one can use (it expires by itself).
+    async fn withdraw_session(&self, user_id: &str, session_id: Uuid) {
+        let now = Utc::now();
+        if let Err(e) = self
+            .store
+            .revoke_session(user_id, session_id, now, "event_not_kept")
+            .await
+        {
+            tracing::warn!(error = %e, %session_id, "could not end a session whose sign-in event was not kept");
+        }
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        if let Err(e) = self
+            .revocations
+            .revoke_session(&session_id.to_string(), until)
+            .await
+        {
+            tracing::warn!(error = %e, %session_id, "could not deny a session whose sign-in event was not kept");
+        }
+    }
+
+    /// The failure event of a sign-in whose session could not be started (the store is down),
+    /// so that no success is recorded for it. Nothing is recorded when the failure is the log's
+    /// own: an event it cannot keep.
+    async fn session_failed(
+        &self,
+        event_type: EventType,
+        user: &UserRecord,
+        ctx: &RequestContext,
+        error: &AuthError,
+    ) {
+        let reason = match error {
+            AuthError::EventNotKept(_) => return,
+            AuthError::Unavailable(_) => "store_unavailable",
+            _ => "internal_error",
+        };
+        // The request fails whatever becomes of this event.
+        self.record(
+            SecurityEvent::from_request(event_type, ctx)
+                .user(&user.id)
+                .email(&user.email)
+                .reason(reason),
+        )
+        .await;
     }
 
     /// Counts one request against `limit`; over it, records `rate_limit_exceeded` and refuses.
@@ -224,14 +296,7 @@ impl AuthService {
     }
 
     async fn limited(&self, exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> AuthError {
-        self.record(
-            SecurityEvent::from_request(EventType::RateLimitExceeded, ctx)
-                .reason(reason)
-                .with("limit", exceeded.max)
-                .with("windowSecs", exceeded.window_secs)
-                .with("retryAfter", exceeded.retry_after_secs),
-        )
-        .await;
+        self.record(rate_limited_event(exceeded, ctx, reason)).await;
         AuthError::RateLimited(exceeded)
     }
 
@@ -300,7 +365,7 @@ impl AuthService {
             Ok(v) => v,
             Err(e) => {
                 self.signup_failed(ctx, &attempted_email, &format!("invalid_{}", e.field))
-                    .await;
+                    .await?;
                 return Err(e.into());
             }
         };
@@ -313,12 +378,12 @@ impl AuthService {
             &self.breached,
         ) {
             self.signup_failed(ctx, email.as_str(), "weak_password")
-                .await;
+                .await?;
             return Err(e.into());
         }
         if self.store.user_by_email(&email).await?.is_some() {
             self.signup_failed(ctx, email.as_str(), "email_exists")
-                .await;
+                .await?;
             return Err(AuthError::EmailExists);
         }
         let hash = self.hasher.hash(password).await?;
@@ -336,34 +401,49 @@ impl AuthService {
             last_login: Some(now),
             extra: Default::default(),
         };
-        match self.store.insert_user(&user).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
+        // The account's creation event is recorded before the account is written, so an account
+        // that exists always has its `signup_success`, even after a crash between the two writes
+        // (in sync mode the event is durable first). If the account then cannot be written,
+        // `signup_failed` says why and names the event it cancels.
+        let created = SecurityEvent::from_request(EventType::SignupSuccess, ctx)
+            .user(&user.id)
+            .email(&user.email);
+        let created_id = created.id.to_string();
+        self.record_outcome(created).await?;
+        if let Err(e) = self.store.insert_user(&user).await {
+            let (reason, error) = match e {
                 // Lost a race with a concurrent signup of the same email: exactly one account.
-                self.signup_failed(ctx, email.as_str(), "email_exists")
-                    .await;
-                return Err(AuthError::EmailExists);
-            }
-            Err(e) => return Err(e.into()),
+                StoreError::Conflict(_) => ("email_exists", AuthError::EmailExists),
+                StoreError::Unavailable(why) => ("store_unavailable", AuthError::Unavailable(why)),
+                other => ("internal_error", other.into()),
+            };
+            self.record_outcome(
+                SecurityEvent::from_request(EventType::SignupFailed, ctx)
+                    .user(&user.id)
+                    .email(&user.email)
+                    .reason(reason)
+                    .with("cancels", created_id),
+            )
+            .await?;
+            return Err(error);
         }
-        self.record(
-            SecurityEvent::from_request(EventType::SignupSuccess, ctx)
-                .user(&user.id)
-                .email(&user.email),
-        )
-        .await;
         self.limits.clear_account(email.key()).await;
-        let tokens = self.start_session(&user, ctx, now, false).await?;
+        let tokens = self.start_session(&user, ctx, now, false, None).await?;
         Ok(AuthSuccess { user, tokens })
     }
 
-    async fn signup_failed(&self, ctx: &RequestContext, email: &str, reason: &str) {
-        self.record(
+    async fn signup_failed(
+        &self,
+        ctx: &RequestContext,
+        email: &str,
+        reason: &str,
+    ) -> Result<(), AuthError> {
+        self.record_outcome(
             SecurityEvent::from_request(EventType::SignupFailed, ctx)
                 .email(email)
                 .reason(reason),
         )
-        .await;
+        .await
     }
 
     pub async fn login(
@@ -390,12 +470,12 @@ impl AuthService {
             Ok(v) => v,
             Err(e) => {
                 let attempted = req.email.as_deref().unwrap_or_default();
-                self.record(
+                self.record_outcome(
                     SecurityEvent::from_request(EventType::LoginFailed, ctx)
                         .email(attempted)
                         .reason(&format!("invalid_{}", e.field)),
                 )
-                .await;
+                .await?;
                 return Err(e.into());
             }
         };
@@ -411,7 +491,7 @@ impl AuthService {
             if let Some(user) = &user {
                 event = event.user(&user.id);
             }
-            self.record(event).await;
+            self.record_outcome(event).await?;
             return Err(AuthError::InvalidCredentials);
         }
         // Unknown users and Google-only accounts verify against a dummy hash: same time, same 401.
@@ -438,7 +518,9 @@ impl AuthService {
                     None => SecurityEvent::from_request(EventType::LoginFailed, ctx)
                         .reason("unknown_email"),
                 };
-                self.record(event.email(email.as_str())).await;
+                // An outcome like the success: were a refusal answered 401 while a success that
+                // cannot be recorded is answered 503, the status would tell a right password.
+                self.record_outcome(event.email(email.as_str())).await?;
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -452,14 +534,22 @@ impl AuthService {
             last_login: Some(now),
             ..user
         };
-        self.record(
-            SecurityEvent::from_request(EventType::LoginSuccess, ctx)
-                .user(&user.id)
-                .email(&user.email),
-        )
-        .await;
-        let tokens = self.start_session(&user, ctx, now, true).await?;
-        Ok(AuthSuccess { user, tokens })
+        // Success is recorded once the session exists; a login the store could not start a
+        // session for is recorded as the failure it is.
+        let success = SecurityEvent::from_request(EventType::LoginSuccess, ctx)
+            .user(&user.id)
+            .email(&user.email);
+        match self
+            .start_session(&user, ctx, now, true, Some(success))
+            .await
+        {
+            Ok(tokens) => Ok(AuthSuccess { user, tokens }),
+            Err(e) => {
+                self.session_failed(EventType::LoginFailed, &user, ctx, &e)
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Upgrades a legacy bcrypt (or weaker argon2) hash. A failure here must not fail the login.
@@ -497,12 +587,15 @@ impl AuthService {
 
     /// Starts a new session (refresh-token family) for `user` and issues its first token pair;
     /// with `records_login`, the store sets the user's `last_login` to `now` in the same write.
+    /// `success` (the sign-in's own event) and `token_generated` are recorded once the session
+    /// exists; if either cannot be kept (sync mode) the session is ended and the call fails.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
         ctx: &RequestContext,
         now: DateTime<Utc>,
         records_login: bool,
+        success: Option<SecurityEvent>,
     ) -> Result<IssuedTokens, AuthError> {
         let session_id = Uuid::new_v4();
         let refresh_token = self.refresh.generate();
@@ -555,19 +648,26 @@ impl AuthService {
             .await;
         }
         let access = self.access.issue(user, session_id, now)?;
-        self.record(
+        let tokens = IssuedTokens {
+            access,
+            refresh_token,
+            session_id,
+        };
+        if let Some(success) = success {
+            self.record_session_outcome(success, &user.id, &tokens)
+                .await?;
+        }
+        self.record_session_outcome(
             SecurityEvent::from_request(EventType::TokenGenerated, ctx)
                 .user(&user.id)
                 .token(token_id)
                 .with("tokenId", token_id.to_string())
                 .with("sessionId", session_id.to_string()),
+            &user.id,
+            &tokens,
         )
-        .await;
-        Ok(IssuedTokens {
-            access,
-            refresh_token,
-            session_id,
-        })
+        .await?;
+        Ok(tokens)
     }
 
     /// Verifies a bearer token and loads its user, recording nothing: a refused token comes back
@@ -605,22 +705,34 @@ impl AuthService {
     }
 
     /// Records a refused bearer token (`token_verification_failed`; not for internal errors)
-    /// and gives back the error to answer with.
+    /// and gives back the error to answer with: a 429 once the address is over its limit of
+    /// refused tokens. Only refusals are counted; a valid token never comes here, so the limit
+    /// never refuses one. Past the address's threshold the events are summarised (see
+    /// [`SecurityLogger::record_token_failure`]).
     pub async fn refuse(&self, refused: RefusedToken, ctx: &RequestContext) -> AuthError {
         let RefusedToken { error, user_id } = refused;
-        if let AuthError::AccessToken(e) = &error {
-            let reason = match e {
-                TokenError::Expired => "expired",
-                TokenError::Invalid(why) => why,
-            };
-            let mut event = SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
-                .reason(reason)
-                .with("tokenKind", "access");
-            if let Some(user_id) = user_id {
-                event = event.user(user_id);
-            }
-            self.record(event).await;
+        let AuthError::AccessToken(e) = &error else {
+            return error;
+        };
+        let reason = match e {
+            TokenError::Expired => "expired",
+            TokenError::Invalid(why) => why,
+        };
+        let ip = ip_subject(ctx.client.ip);
+        if let Err(exceeded) = self.limits.check(Limit::BearerFailurePerIp, &ip).await {
+            let event = rate_limited_event(exceeded, ctx, exceeded.limit.name());
+            self.events
+                .record_token_failure(&ip, "rate_limited", event)
+                .await;
+            return AuthError::RateLimited(exceeded);
         }
+        let mut event = SecurityEvent::from_request(EventType::TokenVerificationFailed, ctx)
+            .reason(reason)
+            .with("tokenKind", "access");
+        if let Some(user_id) = user_id {
+            event = event.user(user_id);
+        }
+        self.events.record_token_failure(&ip, reason, event).await;
         error
     }
 
@@ -649,8 +761,11 @@ impl AuthService {
                 .reason(reason)
                 .with("tokenKind", "refresh")
         };
+        let ip = ip_subject(ctx.client.ip);
         if well_formed.is_none() {
-            self.record(fail("malformed")).await;
+            self.events
+                .record_token_failure(&ip, "malformed", fail("malformed"))
+                .await;
             return Err(AuthError::RefreshInvalid { expired: false });
         }
         let successor = self.refresh.successor(presented);
@@ -735,7 +850,9 @@ impl AuthService {
                 if let Some(id) = token_id {
                     event = event.token(id);
                 }
-                self.record(event).await;
+                self.events
+                    .record_token_failure(&ip, reason.as_str(), event)
+                    .await;
                 return Err(AuthError::RefreshInvalid {
                     expired: reason == InvalidReason::Expired,
                 });
@@ -764,7 +881,9 @@ impl AuthService {
             .await;
         }
         let access = self.access.issue(&user, session.id, now)?;
-        self.record(
+        // The rotation is committed; if its event is not kept the request fails, and a retry with
+        // the same token within the reuse grace gets the same successor.
+        self.record_outcome(
             SecurityEvent::from_request(EventType::TokenRefreshed, ctx)
                 .user(&user.id)
                 .token(new_token_id)
@@ -773,7 +892,7 @@ impl AuthService {
                 .with("sessionId", session.id.to_string())
                 .with("concurrent", concurrent),
         )
-        .await;
+        .await?;
         Ok((
             user,
             IssuedTokens {
@@ -887,23 +1006,24 @@ impl AuthService {
                     .revoke_session(&sid.to_string(), until)
                     .await?;
             }
-            self.record(
+            // Revocations stand whatever becomes of their events (failing closed); a lost one
+            // makes the request fail so that the client does not take it as recorded.
+            self.record_outcome(
                 SecurityEvent::from_request(EventType::TokenRevoked, ctx)
                     .user(&auth.user.id)
                     .reason("logout")
                     .with("sessionId", sid.to_string()),
             )
-            .await;
+            .await?;
         }
-        self.record(
+        self.record_outcome(
             SecurityEvent::from_request(EventType::Logout, ctx)
                 .user(&auth.user.id)
                 .with("sessionId", claims.sid.to_string())
                 .with("accessTokenId", claims.jti.to_string())
                 .with("sessionsRevoked", revoked.len()),
         )
-        .await;
-        Ok(())
+        .await
     }
 
     /// Logout from every device: every session revoked, every access token issued before now dead.
@@ -924,13 +1044,13 @@ impl AuthService {
         self.revocations
             .revoke_token(&auth.claims.jti.to_string(), until)
             .await?;
-        self.record(
+        self.record_outcome(
             SecurityEvent::from_request(EventType::MassTokenRevocation, ctx)
                 .user(&auth.user.id)
                 .reason("logout_all")
                 .with("tokensRevoked", count),
         )
-        .await;
+        .await?;
         Ok(count)
     }
 
@@ -959,14 +1079,22 @@ impl AuthService {
         self.revocations
             .revoke_session(&session_id.to_string(), until)
             .await?;
-        self.record(
+        self.record_outcome(
             SecurityEvent::from_request(EventType::TokenRevoked, ctx)
                 .user(&auth.user.id)
                 .reason("revoked_by_user")
                 .with("sessionId", session_id.to_string())
                 .with("current", session_id == auth.claims.sid),
         )
-        .await;
-        Ok(())
+        .await
     }
+}
+
+/// The event of a 429.
+fn rate_limited_event(exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> SecurityEvent {
+    SecurityEvent::from_request(EventType::RateLimitExceeded, ctx)
+        .reason(reason)
+        .with("limit", exceeded.max)
+        .with("windowSecs", exceeded.window_secs)
+        .with("retryAfter", exceeded.retry_after_secs)
 }

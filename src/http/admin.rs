@@ -70,13 +70,12 @@ pub async fn unblock(
     state.limits.unblock(kind, subject).await;
     state
         .auth
-        .events
-        .record(
+        .record_outcome(
             SecurityEvent::from_request(EventType::LockoutLifted, &ctx)
                 .user(&admin.user.id)
                 .with("lockType", kind)
                 .with("subject", crate::security_log::sanitize(subject, 300)),
         )
-        .await;
+        .await?;
     Ok(Json(json!({ "success": true, "message": "Lock lifted" })))
 }

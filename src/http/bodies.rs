@@ -171,16 +171,21 @@ pub enum Configured {
 #[schema(rename_all = "camelCase")]
 pub struct SecurityLogHealth {
     pub sink: StorageType,
+    /// The log as it is now: its sink answers, its spool takes writes and is under its cap, and
+    /// no event waits in the spool. A loss in the past does not count here (see `lastDropAt`).
     pub healthy: bool,
     /// Events waiting in memory for the writer.
     pub queued: u64,
     /// Events in spool files waiting for the database.
     pub spooled: u64,
-    /// Events lost (expected 0).
+    /// Events lost since the start (expected 0).
     pub dropped: u64,
     /// When events were last made durable; null until the first flush.
     #[schema(required = true)]
     pub last_flush_at: Option<String>,
+    /// When events were last lost; null if never since the start.
+    #[schema(required = true)]
+    pub last_drop_at: Option<String>,
 }
 
 #[derive(ToSchema)]

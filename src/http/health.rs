@@ -70,35 +70,69 @@ async fn store_answers(state: &AppState) -> bool {
         .await
 }
 
-/// `ok`, `error` or `not_configured` for the database the service depends on.
-async fn database_check(state: &AppState) -> &'static str {
-    let ok = if state.auth.store.kind() == "postgresql" {
-        store_answers(state).await
-    } else if let Some(db) = &state.security_db {
-        state
-            .probes
-            .security_db
-            .check(|| async { answers(db.ping()).await && db.is_ready() })
-            .await
+/// Whether the security log writes to the user store's database (no database of its own).
+fn log_shares_store_database(state: &AppState) -> bool {
+    state.security_db.is_some()
+        && state.settings.security_log_database_url.is_none()
+        && state.auth.store.kind() == "postgresql"
+}
+
+/// What health's probes found: the user store (when it is Postgres) and the security log's
+/// database (when it has one); `None` where nothing was probed.
+struct Answers {
+    store: Option<bool>,
+    log_db: Option<bool>,
+}
+
+/// Probes the user store, and the security log's database when it is the one `database` reports
+/// (a file store) or the log's writer has lost it (then it is the sink's state now).
+async fn probe_databases(state: &AppState, sink_down: bool) -> Answers {
+    let store = if state.auth.store.kind() == "postgresql" {
+        Some(store_answers(state).await)
     } else {
-        return "not_configured";
+        None
     };
-    if ok { "ok" } else { "error" }
+    let log_db = match &state.security_db {
+        None => None,
+        Some(_) if log_shares_store_database(state) => store,
+        Some(db) if store.is_none() || sink_down => Some(
+            state
+                .probes
+                .security_db
+                .check(|| async { answers(db.ping()).await && db.is_ready() })
+                .await,
+        ),
+        Some(_) => None,
+    };
+    Answers { store, log_db }
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "Always 200; `status` says ok or degraded", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let database = database_check(&state).await;
-    let redis = state.limits.health().await;
     let log = &state.auth.events;
     let stats = log.stats();
     let sink_down = log.sink() == "postgresql" && !stats.sink_healthy.load(Ordering::Relaxed);
+    let spool_failing = stats.spool_failing.load(Ordering::Relaxed);
+    let found = probe_databases(&state, sink_down).await;
+    // `ok`, `error` or `not_configured` for the database the service depends on.
+    let database = match found.store.or(found.log_db) {
+        Some(true) => "ok",
+        Some(false) => "error",
+        None => "not_configured",
+    };
+    let redis = state.limits.health().await;
+    if found.log_db == Some(true) && sink_down {
+        // The writer may be waiting out its back-off: it need not.
+        log.database_recovered();
+    }
+    // Everything here is the present: the sink as this request's probe found it (else as the
+    // writer's last write found it), the spool as its last write or check found it. A loss in
+    // the past is `dropped` and `lastDropAt`, and does not make the log unhealthy now.
+    let sink_up = found.log_db.unwrap_or(!sink_down);
     let spooled = stats.spool_backlog.load(Ordering::Relaxed).max(0);
-    let log_trouble = sink_down
-        || spooled > 0
-        || stats.spool_over_cap.load(Ordering::Relaxed)
-        || stats.spool_failing.load(Ordering::Relaxed);
+    let log_trouble =
+        !sink_up || spooled > 0 || stats.spool_over_cap.load(Ordering::Relaxed) || spool_failing;
     let degraded = database == "error" || redis == "error" || log_trouble;
     Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
@@ -120,6 +154,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
                 "spooled": spooled,
                 "dropped": stats.dropped.load(Ordering::Relaxed),
                 "lastFlushAt": stats.last_flush().map(format_timestamp),
+                "lastDropAt": stats.last_drop().map(format_timestamp),
             }
         }
     }))
@@ -142,6 +177,10 @@ pub async fn ready(
     State(state): State<AppState>,
 ) -> Result<impl IntoResponse, crate::error::ApiError> {
     if store_answers(&state).await {
+        let log = &state.auth.events;
+        if log_shares_store_database(&state) && !log.stats().sink_healthy.load(Ordering::Relaxed) {
+            log.database_recovered();
+        }
         Ok((StatusCode::OK, Json(json!({ "status": "ready" }))))
     } else {
         // The Error shape, SERVICE_UNAVAILABLE with Retry-After, like every other 503.

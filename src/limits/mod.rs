@@ -32,6 +32,8 @@ pub enum Limit {
     SignupPerIp,
     RefreshPerIp,
     RefreshPerSession,
+    /// Refused bearer tokens per address; a valid token is never counted.
+    BearerFailurePerIp,
 }
 
 impl Limit {
@@ -42,6 +44,7 @@ impl Limit {
             Self::SignupPerIp => "signup_ip",
             Self::RefreshPerIp => "refresh_ip",
             Self::RefreshPerSession => "refresh_session",
+            Self::BearerFailurePerIp => "bearer_failure_ip",
         }
     }
 }
@@ -87,6 +90,7 @@ struct Rules {
     signup_per_ip: (u32, u64),
     refresh_per_ip: (u32, u64),
     refresh_per_session: (u32, u64),
+    bearer_failure_per_ip: (u32, u64),
     account_lock: LockPolicy,
     ip_lock: LockPolicy,
 }
@@ -166,6 +170,7 @@ impl Limits {
                 signup_per_ip: (settings.signup_limit_per_ip, 3600),
                 refresh_per_ip: (settings.refresh_limit_per_ip, 60),
                 refresh_per_session: (settings.refresh_limit_per_session, 60),
+                bearer_failure_per_ip: (settings.bearer_failure_limit_per_ip, 60),
                 account_lock: LockPolicy {
                     threshold: settings.lockout_threshold as i64,
                     base_ms: secs(settings.lockout_base_secs),
@@ -195,6 +200,7 @@ impl Limits {
             Limit::SignupPerIp => self.rules.signup_per_ip,
             Limit::RefreshPerIp => self.rules.refresh_per_ip,
             Limit::RefreshPerSession => self.rules.refresh_per_session,
+            Limit::BearerFailurePerIp => self.rules.bearer_failure_per_ip,
         }
     }
 

@@ -36,10 +36,13 @@ pub enum EventType {
     TokenCleanup,
     ServiceStarted,
     ServiceStopped,
+    /// Events the log lost (its database and spool both refused them), reported once it can
+    /// write again.
+    SecurityEventsDropped,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 24] = [
+    pub const ALL: [EventType; 25] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -64,6 +67,7 @@ impl EventType {
         Self::TokenCleanup,
         Self::ServiceStarted,
         Self::ServiceStopped,
+        Self::SecurityEventsDropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl EventType {
             Self::TokenCleanup => "token_cleanup",
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
+            Self::SecurityEventsDropped => "security_events_dropped",
         }
     }
 
@@ -123,7 +128,9 @@ impl EventType {
             | Self::RateLimitExceeded
             | Self::UserTypeChanged
             | Self::LockoutLifted => Severity::Warning,
-            Self::BruteForceDetected | Self::AccountLocked => Severity::High,
+            Self::BruteForceDetected | Self::AccountLocked | Self::SecurityEventsDropped => {
+                Severity::High
+            }
             Self::TokenReuseDetected => Severity::Critical,
         }
     }
@@ -150,6 +157,7 @@ impl EventType {
             Self::TokenCleanup => "sys_monitor_cleanup",
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",
+            Self::SecurityEventsDropped => "sys_monitor_disabled",
         }
     }
 }
@@ -277,19 +285,23 @@ impl SecurityEvent {
 }
 
 /// Escapes characters that could forge or hide log lines (CR, LF, ESC, DEL, C1 controls, NUL,
-/// U+2028/U+2029, bidi controls) as `\u{..}` and caps the text at `max_chars`, marking a cut.
+/// U+2028/U+2029, bidi controls) as `\u{..}` and caps the result at `max_chars` characters,
+/// escapes included (so hostile input cannot grow an event), marking a cut.
 pub fn sanitize(raw: &str, max_chars: usize) -> String {
     const MARKER: &str = "…[truncated]";
-    let mut out = String::with_capacity(raw.len().min(max_chars + MARKER.len()));
-    for (count, c) in raw.chars().enumerate() {
-        if count >= max_chars {
+    let mut out = String::with_capacity(raw.len().min(max_chars * 4) + MARKER.len());
+    let mut count = 0;
+    for c in raw.chars() {
+        let escaped = crate::domain::is_forbidden_char(c).then(|| format!("\\u{{{:x}}}", c as u32));
+        let width = escaped.as_ref().map_or(1, String::len);
+        if count + width > max_chars {
             out.push_str(MARKER);
             return out;
         }
-        if crate::domain::is_forbidden_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
+        count += width;
+        match escaped {
+            Some(escape) => out.push_str(&escape),
+            None => out.push(c),
         }
     }
     out
@@ -312,6 +324,10 @@ mod tests {
         assert_eq!(s, "a\\u{d}\\u{a}b\\u{1b}[31mc\\u{7f}\\u{9b}\\u{2028}\\u{0}");
         let long = sanitize(&"x".repeat(10_000), 512);
         assert!(long.starts_with(&"x".repeat(512)) && long.ends_with("…[truncated]"));
+        // Escapes count towards the cap: 2,000 controls do not become 12,000 characters.
+        let hostile = sanitize(&"\u{85}".repeat(2000), 512);
+        assert!(hostile.chars().count() <= 512 + "…[truncated]".chars().count());
+        assert!(hostile.starts_with("\\u{85}") && hostile.ends_with("…[truncated]"));
     }
 
     #[test]

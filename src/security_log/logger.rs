@@ -6,7 +6,9 @@
 //! everything waiting), so nothing is dropped, memory stays bounded, and a full queue never puts
 //! disk I/O on a request's thread. Only when both queues are full does `record()` append the event
 //! itself (the last resort, and the backpressure). In sync mode the caller waits
-//! until the writer has made its batch durable (group commit: one write serves many requests).
+//! until the writer has made its batch durable (group commit: one write serves many requests), and
+//! learns whether it was: [`SecurityLogger::record_outcome`] fails when the event is neither in
+//! Postgres nor synced to the spool, so the request can refuse to succeed without its record.
 //! The log-line mirror of each event is written by the writer task, not here: formatting a line
 //! and writing it to stdout (under stdout's lock, maybe into a full pipe) is I/O the request path
 //! must not do.
@@ -20,13 +22,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::SecurityEvent;
 use super::spool::Spool;
+use super::summary::TokenFailureSummaries;
+use crate::clock::Clock;
 use crate::config::Durability;
 
-/// An event on its way to the writer; `ack` is answered once it is durable (sync mode).
+/// An event on its way to the writer; `ack` is answered (sync mode) once its batch was written:
+/// `true` when the event is kept (committed to Postgres, or synced to the spool), `false` when it
+/// was lost.
 pub struct Envelope {
     pub event: SecurityEvent,
-    pub ack: Option<oneshot::Sender<()>>,
+    pub ack: Option<oneshot::Sender<bool>>,
 }
+
+/// A sync-mode event that could not be kept: neither committed to Postgres nor synced to the
+/// spool. The request that recorded it must not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("security event not kept: database and spool both refused it")]
+pub struct NotKept;
 
 /// Counters the writer and logger share with health and metrics.
 #[derive(Debug, Default)]
@@ -42,6 +54,14 @@ pub struct PipelineStats {
     pub bad_spool_lines: AtomicU64,
     pub overflowed: AtomicU64,
     pub last_flush_ms: AtomicI64,
+    /// When events were last lost (0: never); shown apart from the present state in `/health`.
+    pub last_drop_ms: AtomicI64,
+    /// Losses not yet reported by a `security_events_dropped` event, and when the first of them
+    /// happened.
+    pub unreported_drops: AtomicU64,
+    pub first_unreported_drop_ms: AtomicI64,
+    /// Refused bearer tokens counted into a per-address summary instead of recorded one by one.
+    pub summarized: AtomicU64,
     pub sink_healthy: AtomicBool,
     pub spool_over_cap: AtomicBool,
     pub spool_failing: AtomicBool,
@@ -59,6 +79,50 @@ impl PipelineStats {
         self.last_flush_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
+
+    pub fn last_drop(&self) -> Option<DateTime<Utc>> {
+        match self.last_drop_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// Counts `n` lost events: in the total, as the last drop, and as not yet reported.
+    pub fn note_dropped(&self, n: u64) {
+        let now = Utc::now().timestamp_millis();
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.last_drop_ms.store(now, Ordering::Relaxed);
+        let _ = self.first_unreported_drop_ms.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.unreported_drops.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes the losses not yet reported: how many, and when the first and last happened.
+    pub fn take_unreported_drops(&self) -> Option<(u64, i64, i64)> {
+        let n = self.unreported_drops.swap(0, Ordering::Relaxed);
+        let first = self.first_unreported_drop_ms.swap(0, Ordering::Relaxed);
+        (n > 0).then(|| (n, first, self.last_drop_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Puts back losses whose report could not be written, to be reported with the next ones.
+    pub fn restore_unreported_drops(&self, n: u64, first_ms: i64) {
+        self.unreported_drops.fetch_add(n, Ordering::Relaxed);
+        let _ = self.first_unreported_drop_ms.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |current| {
+                Some(if current == 0 {
+                    first_ms
+                } else {
+                    current.min(first_ms)
+                })
+            },
+        );
+    }
 }
 
 #[derive(Clone)]
@@ -75,6 +139,10 @@ pub struct SecurityLogger {
     metrics: crate::metrics::Metrics,
     overflow: std::sync::mpsc::SyncSender<Envelope>,
     spilling: Arc<Spilling>,
+    /// Wakes the writer to probe its database and replay at once, instead of after its back-off.
+    wake: Arc<tokio::sync::Notify>,
+    token_failures: Arc<TokenFailureSummaries>,
+    clock: Clock,
 }
 
 /// What the overflow thread shares with the loggers: how many events it holds, and a wake-up for
@@ -119,7 +187,35 @@ impl SecurityLogger {
             metrics,
             overflow,
             spilling,
+            wake: Arc::default(),
+            token_failures: Arc::new(TokenFailureSummaries::off()),
+            clock: Clock::default(),
         })
+    }
+
+    /// Summarises refused bearer tokens per address (see [`TokenFailureSummaries`]), on `clock`.
+    pub fn with_token_failure_summaries(
+        mut self,
+        summaries: TokenFailureSummaries,
+        clock: Clock,
+    ) -> Self {
+        self.token_failures = Arc::new(summaries);
+        self.clock = clock;
+        self
+    }
+
+    /// What wakes the writer (see [`Self::database_recovered`]).
+    pub(crate) fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Tells the writer that its database answered a probe elsewhere (a health check, the user
+    /// store's own probe): it probes and replays the spool now rather than after its back-off, so
+    /// events stop going to the spool (or being lost, when the spool's disk is full) as soon as
+    /// the database is back. Cheap and safe to call often: wake-ups do not queue up, and one
+    /// that finds the writer's database up already does nothing.
+    pub fn database_recovered(&self) {
+        self.wake.notify_one();
     }
 
     /// A receiver of every event recorded from now on.
@@ -127,23 +223,68 @@ impl SecurityLogger {
         self.live.subscribe()
     }
 
-    /// Records one event. In async mode this returns without waiting on any I/O.
+    /// Records an event incidental to a request (a rate limit's refusal, a lock that a failure
+    /// started, a session evicted by the cap...): the request's answer stands whatever becomes of
+    /// it. In async mode this returns without waiting on any I/O; in sync mode it waits for the
+    /// write, and a loss is counted (`dropped`) like any other.
     pub async fn record(&self, event: SecurityEvent) {
+        let _ = self.submit(event).await;
+    }
+
+    /// Records the event that says what a request did (a sign-in, a signup, a new session, a
+    /// logout...). In sync mode, `Err(NotKept)` when it is neither committed to Postgres nor
+    /// synced to the spool: the request must then not succeed. In async mode it never waits and
+    /// never fails (a later loss is counted and reported).
+    pub async fn record_outcome(&self, event: SecurityEvent) -> Result<(), NotKept> {
+        if self.submit(event).await {
+            Ok(())
+        } else {
+            Err(NotKept)
+        }
+    }
+
+    /// Records a refused bearer token from `address`: on its own up to the threshold of its
+    /// window, then counted into the address's summary (written when the window ends). Metrics
+    /// count it either way.
+    pub async fn record_token_failure(&self, address: &str, reason: &str, event: SecurityEvent) {
+        if self.token_failures.admit(address, reason, self.clock.now()) {
+            self.record(event).await;
+        } else {
+            self.metrics.observe_event(&event);
+            self.stats.summarized.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the summaries of the windows that have ended; with `all`, of every window (at
+    /// shutdown, before the log is flushed).
+    pub async fn flush_token_failure_summaries(&self, all: bool) {
+        for summary in self.token_failures.take_due(self.clock.now(), all) {
+            self.record(summary).await;
+        }
+    }
+
+    /// Hands the event to the writer; in sync mode waits for its write and answers whether it
+    /// was kept (in async mode, `true` once queued).
+    async fn submit(&self, event: SecurityEvent) -> bool {
         self.metrics.observe_event(&event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(Arc::new(event.clone()));
         }
         match self.durability {
-            Durability::Async => self.enqueue(Envelope { event, ack: None }),
+            Durability::Async => {
+                self.enqueue(Envelope { event, ack: None });
+                true
+            }
             Durability::Sync => {
                 let (ack, done) = oneshot::channel();
                 self.enqueue(Envelope {
                     event,
                     ack: Some(ack),
                 });
-                // An error means the writer has gone (shutdown): the event was spilled instead.
-                let _ = done.await;
+                // Every path that takes an envelope answers its ack; one dropped unanswered (a
+                // writer that died with events in its queue) is an event nobody kept.
+                done.await.unwrap_or(false)
             }
         }
     }
@@ -233,14 +374,15 @@ fn spill_thread(
 }
 
 /// A synced append of events that bypass the writer (so their log lines are written here),
-/// retried once into a fresh file; a loss is counted only if both fail.
+/// retried once into a fresh file; a loss is counted only if both fail. Each ack is answered with
+/// whether its event was kept.
 fn spill(batch: Vec<Envelope>, spool: &Spool, stats: &PipelineStats, sink: &'static str) {
     let (events, acks): (Vec<SecurityEvent>, Vec<_>) =
         batch.into_iter().map(|e| (e.event, e.ack)).unzip();
     for event in &events {
         mirror(event);
     }
-    match spool.append(&events).or_else(|_| spool.append(&events)) {
+    let kept = match spool.append(&events).or_else(|_| spool.append(&events)) {
         Ok(n) => {
             stats.spooled.fetch_add(n as u64, Ordering::Relaxed);
             if sink == "postgresql" {
@@ -248,17 +390,19 @@ fn spill(batch: Vec<Envelope>, spool: &Spool, stats: &PipelineStats, sink: &'sta
             } else {
                 stats.written.fetch_add(n as u64, Ordering::Relaxed);
             }
+            stats.spool_failing.store(false, Ordering::Relaxed);
+            true
         }
         Err(e) => {
-            stats
-                .dropped
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            stats.note_dropped(events.len() as u64);
+            stats.spool_failing.store(true, Ordering::Relaxed);
             tracing::error!(error = %e, events = events.len(),
                 "security events lost: queue full and spool not writable");
+            false
         }
-    }
+    };
     for ack in acks.into_iter().flatten() {
-        let _ = ack.send(());
+        let _ = ack.send(kept);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The security-event pipeline: typed events, a logger handle whose `record()` never waits on a
-//! database or a disk (in the default async mode), and a background writer that batches events
-//! into Postgres, spools them to JSON-lines files when the database is away, and replays the spool
-//! when it comes back.
+//! database or a disk (in the default async mode; in sync mode it says whether the event was
+//! kept), and a background writer that batches events into Postgres, spools them to JSON-lines
+//! files when the database is away, and replays the spool when it comes back.
 
 pub mod event;
 pub mod logger;
@@ -9,10 +9,11 @@ pub mod postgres_sink;
 pub mod query;
 pub mod retention;
 pub mod spool;
+pub mod summary;
 pub mod writer;
 
 pub use event::{EventType, SecurityEvent, Severity, sanitize};
-pub use logger::{PipelineStats, SecurityLogger};
+pub use logger::{NotKept, PipelineStats, SecurityLogger};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,11 @@ pub struct Pipeline {
 /// Starts the writer. Its database is `SECURITY_LOG_DATABASE_URL`, else `DATABASE_URL`; without
 /// either, the spool files are the log. A database that is down at start is retried in the
 /// background while events go to the spool.
-pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::Result<Pipeline> {
+pub fn start(
+    settings: &Settings,
+    metrics: &crate::metrics::Metrics,
+    clock: &crate::clock::Clock,
+) -> anyhow::Result<Pipeline> {
     let dir = settings.security_log_dir();
     let spool = Arc::new(spool::Spool::open(&dir).map_err(|e| {
         anyhow::anyhow!(
@@ -88,7 +93,14 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
         sink_kind,
         metrics.clone(),
     )
-    .map_err(|e| anyhow::anyhow!("could not start the security-event spill thread: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("could not start the security-event spill thread: {e}"))?
+    .with_token_failure_summaries(
+        summary::TokenFailureSummaries::new(
+            settings.token_failure_log_threshold,
+            settings.token_failure_log_window_secs,
+        ),
+        clock.clone(),
+    );
     let writer = writer::Writer {
         rx,
         sink: database.clone().map(|db| postgres_sink::PgSink { db }),
@@ -98,10 +110,26 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
         linger: Duration::from_millis(settings.security_log_linger_ms),
         spool_max_bytes: settings.security_log_spool_max_bytes,
         metrics: metrics.clone(),
+        wake: logger.wake_handle(),
     };
     let stop = CancellationToken::new();
     let spool_handle = writer.spool.clone();
     let writer = tokio::spawn(writer.run(stop.clone()));
+    {
+        // Summaries of refused bearer tokens are written when their window ends; the last ones
+        // at shutdown (`flush_token_failure_summaries(true)`), before the log is drained.
+        let (logger, stop) = (logger.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => logger.flush_token_failure_summaries(false).await,
+                }
+            }
+        });
+    }
     Ok(Pipeline {
         logger,
         spool: spool_handle,

@@ -184,6 +184,25 @@ impl Spool {
             .unwrap_or(0)
     }
 
+    /// Whether a small synced write succeeds in the spool's folder now (a full or failing disk
+    /// refuses it). The probe file is removed again; its name is not a spool file's.
+    pub fn writable(&self) -> io::Result<()> {
+        let path = self
+            .dir
+            .join(format!(".writable-{}", uuid::Uuid::now_v7().simple()));
+        let result = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&[b'\n'; 512])?;
+                file.sync_data()
+            });
+        let _ = fs::remove_file(&path);
+        result
+    }
+
     /// Deletes a replayed file durably.
     pub fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)?;

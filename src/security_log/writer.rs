@@ -1,6 +1,7 @@
 //! The background writer: takes batches off the queue and writes each in one statement to
 //! Postgres, or to the spool when the database is away (or absent: then the spool is the log).
-//! While the database is down it probes with backoff; when it is back it replays the spool in
+//! While the database is down it probes with backoff (or at once when told the database answered
+//! elsewhere, see `SecurityLogger::database_recovered`); when it is back it replays the spool in
 //! order and deletes each file only after all its events are committed. On shutdown it drains the
 //! queue to the database or the spool before returning.
 
@@ -8,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::event::SecurityEvent;
+use super::event::{EventType, SecurityEvent};
 use super::logger::{Envelope, PipelineStats};
 use super::postgres_sink::PgSink;
 use super::spool::{self, Spool};
@@ -38,6 +39,41 @@ pub struct Writer {
     pub linger: Duration,
     pub spool_max_bytes: u64,
     pub metrics: crate::metrics::Metrics,
+    /// Notified when a probe elsewhere saw the database answer: probe now, not after the back-off.
+    pub wake: Arc<Notify>,
+}
+
+/// When the writer next probes its database (and checks its spool), and how long it waits after
+/// a probe that failed.
+struct Schedule {
+    next: Instant,
+    wait: Duration,
+    last: Option<Instant>,
+}
+
+impl Schedule {
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Probe as soon as allowed (no sooner than `PROBE_MIN` after the last probe), and back off
+    /// from the shortest wait again: events are being lost.
+    fn hurry(&mut self) {
+        self.wait = PROBE_MIN;
+        let earliest = self.last.map_or_else(Instant::now, |t| t + PROBE_MIN);
+        self.next = self.next.min(earliest);
+    }
+
+    fn probed(&mut self, ok: bool, healthy: bool) {
+        let now = Instant::now();
+        self.last = Some(now);
+        self.wait = if ok {
+            PROBE_MIN
+        } else {
+            (self.wait * 2).min(PROBE_MAX)
+        };
+        self.next = now + if healthy { Duration::ZERO } else { self.wait };
+    }
 }
 
 impl Writer {
@@ -49,32 +85,52 @@ impl Writer {
                 .spool_backlog
                 .store(spool::count_lines(&files) as i64, Ordering::Relaxed);
         }
-        let mut next_probe = Instant::now();
-        let mut probe_wait = PROBE_MIN;
+        let wake = self.wake.clone();
+        let mut schedule = Schedule {
+            next: Instant::now(),
+            wait: PROBE_MIN,
+            last: None,
+        };
         let mut maintenance = tokio::time::interval(Duration::from_millis(200));
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                // Before the queue: when the database is back, the waiting events go to it
+                // rather than to a spool that may be refusing them. At once, whenever the last
+                // probe was: one may have failed a moment before the database came back. Wake-ups
+                // do not queue up, and once a probe succeeds they are no-ops.
+                () = wake.notified() => {
+                    if !self.healthy() {
+                        self.probe(&mut schedule).await;
+                    }
+                }
                 first = self.rx.recv() => {
                     let Some(first) = first else { break };
                     let batch = self.collect(first).await;
-                    self.write(batch, DB_WRITE_TIMEOUT).await;
+                    if !self.write(batch, DB_WRITE_TIMEOUT).await {
+                        // Events are being lost: look for the database at the shortest interval.
+                        schedule.hurry();
+                    }
                 }
                 _ = maintenance.tick() => {
-                    if Instant::now() >= next_probe {
-                        if self.maintain().await {
-                            probe_wait = PROBE_MIN;
-                        } else {
-                            probe_wait = (probe_wait * 2).min(PROBE_MAX);
-                        }
-                        next_probe = Instant::now() + if self.healthy() { Duration::ZERO } else { probe_wait };
+                    // The spool's state is checked on every tick, not with the back-off: health
+                    // reports it, and it changes when disk space is freed, not when the database
+                    // returns.
+                    self.check_spool().await;
+                    if schedule.due() {
+                        self.probe(&mut schedule).await;
                     }
                 }
             }
         }
         self.drain().await;
+    }
+
+    async fn probe(&mut self, schedule: &mut Schedule) {
+        let ok = self.maintain().await;
+        schedule.probed(ok, self.healthy());
     }
 
     fn healthy(&self) -> bool {
@@ -113,15 +169,34 @@ impl Writer {
         batch
     }
 
-    /// Writes one batch to the database if it is up, else to the spool; then acknowledges it.
+    /// Writes one batch to the database if it is up, else to the spool; then answers each ack
+    /// with whether the batch was kept, which it returns. A lost batch is counted and logged.
     /// Each event's log-line mirror is written here, off the request path.
-    async fn write(&mut self, batch: Vec<Envelope>, db_timeout: Duration) {
+    async fn write(&mut self, batch: Vec<Envelope>, db_timeout: Duration) -> bool {
         let (events, acks): (Vec<SecurityEvent>, Vec<_>) =
             batch.into_iter().map(|e| (e.event, e.ack)).unzip();
         for event in &events {
             super::logger::mirror(event);
         }
-        let mut written = false;
+        let n = events.len();
+        let kept = self.persist(events, db_timeout).await;
+        if !kept {
+            self.stats.note_dropped(n as u64);
+            tracing::error!(events = n, dir = %self.spool.dir().display(),
+                "security events lost: database unavailable and spool not writable");
+        }
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(kept);
+        }
+        if kept {
+            self.report_drops(db_timeout).await;
+        }
+        kept
+    }
+
+    /// The database if it is up (and takes the batch in time), else the spool. Whether the
+    /// events are kept.
+    async fn persist(&mut self, events: Vec<SecurityEvent>, db_timeout: Duration) -> bool {
         if let Some(sink) = &self.sink
             && sink.db.is_ready()
             && self.healthy()
@@ -134,22 +209,41 @@ impl Writer {
                 .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(_)) => {
-                    written = true;
                     self.stats
                         .written
                         .fetch_add(events.len() as u64, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.mark_flushed();
+                    return true;
                 }
                 Ok(Err(e)) => self.mark_unhealthy(&format!("{e}")),
                 Err(_) => self.mark_unhealthy("write timed out"),
             }
         }
-        if !written {
-            self.spool_events(events).await;
-        }
-        for ack in acks.into_iter().flatten() {
-            let _ = ack.send(());
+        self.spool_events(events).await
+    }
+
+    /// Once events can be written again, one `security_events_dropped` event says how many were
+    /// lost since the last such report, and when (first and last). If it cannot be written
+    /// either, the losses wait for the next report.
+    async fn report_drops(&mut self, db_timeout: Duration) {
+        let Some((count, first_ms, last_ms)) = self.stats.take_unreported_drops() else {
+            return;
+        };
+        let at = |ms| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(crate::domain::format_timestamp)
+                .unwrap_or_default()
+        };
+        let event = SecurityEvent::new(EventType::SecurityEventsDropped)
+            .reason("sink_unavailable")
+            .with("count", count)
+            .with("firstAt", at(first_ms))
+            .with("lastAt", at(last_ms));
+        super::logger::mirror(&event);
+        self.metrics.observe_event(&event);
+        if !self.persist(vec![event], db_timeout).await {
+            self.stats.restore_unreported_drops(count, first_ms);
         }
     }
 
@@ -162,8 +256,8 @@ impl Writer {
         }
     }
 
-    /// Appends to the spool, retrying once into a fresh file; counts a loss only if both fail.
-    async fn spool_events(&self, events: Vec<SecurityEvent>) {
+    /// Appends to the spool, retrying once into a fresh file. Whether the events are kept.
+    async fn spool_events(&self, events: Vec<SecurityEvent>) -> bool {
         let spool = self.spool.clone();
         let n = events.len();
         let result = tokio::task::spawn_blocking(move || {
@@ -187,19 +281,45 @@ impl Writer {
                 if self.stats.spool_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("security event spool writable again");
                 }
+                true
             }
             Err(e) => {
-                self.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                self.stats.spool_failing.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, events = n, dir = %self.spool.dir().display(),
-                    "security events lost: database unavailable and spool not writable");
+                if !self.stats.spool_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, dir = %self.spool.dir().display(),
+                        "security event spool not writable");
+                }
+                false
             }
         }
     }
 
-    /// Probes the database when it is marked down and replays the spool when it is up. Returns
-    /// whether the sink is healthy afterwards.
+    /// Whether the spool takes a write now, checked while it is marked failing: the flag must say
+    /// what is true now, also while the database takes every batch and nothing is spooled.
+    async fn check_spool(&self) {
+        if !self.stats.spool_failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let spool = self.spool.clone();
+        let writable = tokio::task::spawn_blocking(move || spool.writable())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if writable && self.stats.spool_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("security event spool writable again");
+        }
+    }
+
+    /// Probes the database when it is marked down and replays the spool when it is up, then
+    /// reports earlier losses if there are any (and the spool takes writes again: every tick
+    /// checks it). Returns whether the sink is healthy afterwards.
     async fn maintain(&mut self) -> bool {
+        let healthy = self.check_sink().await;
+        if healthy && !self.stats.spool_failing.load(Ordering::Relaxed) {
+            self.report_drops(DB_WRITE_TIMEOUT).await;
+        }
+        healthy
+    }
+
+    async fn check_sink(&mut self) -> bool {
         let bytes = self.spool.bytes_on_disk();
         let over = bytes > self.spool_max_bytes;
         if over != self.stats.spool_over_cap.swap(over, Ordering::Relaxed) && over {
@@ -331,11 +451,12 @@ mod tests {
             linger,
             spool_max_bytes: u64::MAX,
             metrics: crate::metrics::Metrics::default(),
+            wake: Arc::default(),
         };
         (tx, writer, dir)
     }
 
-    fn envelope(ack: Option<oneshot::Sender<()>>) -> Envelope {
+    fn envelope(ack: Option<oneshot::Sender<bool>>) -> Envelope {
         Envelope {
             event: SecurityEvent::new(EventType::TokenVerificationFailed),
             ack,
@@ -369,12 +490,64 @@ mod tests {
         let running = tokio::spawn(writer.run(CancellationToken::new()));
         let (ack, acked) = oneshot::channel();
         tx.send(envelope(Some(ack))).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(30), acked)
+        let kept = tokio::time::timeout(Duration::from_secs(30), acked)
             .await
             .expect("the waited-on event was written without waiting out the linger")
             .unwrap();
+        assert!(kept, "the ack says the event was kept");
         assert_eq!(stats.written.load(Ordering::Relaxed), 1);
         drop(tx);
         running.await.unwrap();
+    }
+
+    /// A batch the spool refuses (its folder is gone) is answered "not kept" and counted; once
+    /// the spool takes writes again, one `security_events_dropped` event reports the loss.
+    #[tokio::test]
+    async fn a_lost_event_is_acknowledged_as_not_kept_and_its_loss_reported_later() {
+        let (tx, writer, dir) = writer(Duration::ZERO);
+        let stats = writer.stats.clone();
+        let spool = writer.spool.clone();
+        std::fs::remove_dir(dir.path()).unwrap();
+        let running = tokio::spawn(writer.run(CancellationToken::new()));
+        let (ack, acked) = oneshot::channel();
+        tx.send(envelope(Some(ack))).await.unwrap();
+        assert!(!acked.await.unwrap(), "the ack says the event was lost");
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert!(stats.last_drop().is_some());
+        assert!(stats.spool_failing.load(Ordering::Relaxed));
+
+        std::fs::create_dir(dir.path()).unwrap();
+        let (ack, acked) = oneshot::channel();
+        tx.send(envelope(Some(ack))).await.unwrap();
+        assert!(acked.await.unwrap(), "kept once the folder is back");
+        drop(tx);
+        running.await.unwrap();
+        assert!(!stats.spool_failing.load(Ordering::Relaxed));
+        spool.seal();
+        let events: Vec<SecurityEvent> = spool
+            .all_files()
+            .unwrap()
+            .iter()
+            .flat_map(|f| spool::read_file(f).unwrap().events)
+            .collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types
+                .iter()
+                .filter(|t| **t == "security_events_dropped")
+                .count(),
+            1,
+            "{types:?}"
+        );
+        let report = events
+            .iter()
+            .find(|e| e.event_type == EventType::SecurityEventsDropped)
+            .unwrap();
+        assert_eq!(report.metadata["count"], 1);
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            1,
+            "the report is no loss"
+        );
     }
 }

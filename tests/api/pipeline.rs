@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::forwarder::{Forwarder, postgres_addr, via};
 use crate::helpers::*;
+use crate::small_disk::SmallDisk;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flux-auth");
 /// The only timing assertion here: SIGTERM to exit. The service aims at 1.5 s (pm2 kills after
@@ -101,8 +102,9 @@ struct Setup {
 }
 
 impl Setup {
-    /// File store, JSON logs, no rate limits, cheap argon2 (bursts of logins stay quick) and no
-    /// session cap (so a login records exactly its own events). `events_db` is the security log's
+    /// File store, JSON logs, no rate limits, cheap argon2 (bursts of logins stay quick), no
+    /// session cap (so a login records exactly its own events) and no per-address summary of
+    /// refused tokens (the loads here count one event per request). `events_db` is the security log's
     /// database, or `None` for a spool-only log.
     fn new(work: &Path, events_db: Option<&str>, extra: &[(&str, &str)]) -> Setup {
         let mut env: Vec<(String, String)> = [
@@ -115,6 +117,7 @@ impl Setup {
             ("ARGON2_ITERATIONS", "1"),
             ("MAX_SESSIONS_PER_USER", "1000"),
             ("DATABASE_CONNECT_TIMEOUT_MS", "1000"),
+            ("TOKEN_FAILURE_LOG_THRESHOLD", "0"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -721,6 +724,121 @@ async fn kill_9_mid_burst_in_sync_mode_loses_no_event_of_an_answered_request() {
     kill_9_mid_burst("sync").await;
 }
 
+// ---- kill -9 during signups in sync mode -------------------------------------------------------
+
+/// Signups, each with an email of its own.
+fn signups() -> MakeRequest {
+    Arc::new(|client, base, i| {
+        client
+            .post(format!("{base}/api/auth/signup"))
+            .header("user-agent", UA)
+            .json(&json!({ "email": format!("burst-{i}@example.com"), "password": PASSWORD, "name": "Burst" }))
+    })
+}
+
+/// The ids of the accounts the store holds: users.json's, or the users table's.
+async fn account_ids(setup: &Setup, users_db: Option<&TestDb>) -> Vec<String> {
+    match users_db {
+        Some(db) => {
+            let pool = db.pool().await;
+            let ids = sqlx::query_scalar("SELECT id FROM users")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            ids
+        }
+        None => {
+            let path = setup.work.join("data").join("users.json");
+            let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            file["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned())
+                .collect()
+        }
+    }
+}
+
+/// Sync durability, the events database slowed to 200 ms per network chunk, a burst of signups and
+/// `kill -9` in the middle of it: every account that exists afterwards has its `signup_success`
+/// (in the table or the spool). On the file store, and on Postgres with the users in a database
+/// of their own reached directly.
+#[tokio::test]
+async fn kill_9_during_signups_in_sync_mode_leaves_no_account_without_its_event() {
+    if !postgres_available().await {
+        return;
+    }
+    for backend in BACKENDS {
+        let events_db = TestDb::create().await;
+        let users_db = match backend {
+            Backend::Postgres => Some(TestDb::create().await),
+            Backend::File => None,
+        };
+        let forwarder = Forwarder::start(postgres_addr().await).await;
+        let work = tempfile::tempdir().unwrap();
+        let mut extra = vec![("SECURITY_LOG_DURABILITY", "sync")];
+        if let Some(db) = &users_db {
+            extra.extend([("STORAGE", "postgres"), ("DATABASE_URL", db.url.as_str())]);
+        }
+        let setup = Setup::new(
+            work.path(),
+            Some(&via(&events_db.url, forwarder.addr())),
+            &extra,
+        );
+        let mut service = Service::start(&setup, "service").await;
+        service.wait_for_database().await;
+
+        // Slow enough that at any moment most signups wait for their event.
+        forwarder.slow(Duration::from_millis(200));
+        let load = Load::start(&service.base, "signup", 8, 100_000, signups());
+        load.until_answered(5, &mut service).await;
+        // Kill while several accounts exist whose requests have not been answered yet: they are
+        // between the account's write and the end of their request.
+        eventually("accounts ahead of the answers", || async {
+            let ahead = account_ids(&setup, users_db.as_ref()).await.len();
+            let answered = load.answered();
+            when(
+                ahead >= answered + 4,
+                (),
+                format!("{ahead} accounts, {answered} answered"),
+            )
+        })
+        .await;
+        service.kill_9();
+        service.child.wait().await.unwrap();
+        let answers = load.stop().await;
+        service.assert_no_panic();
+        forwarder.slow(Duration::ZERO);
+
+        let accounts = account_ids(&setup, users_db.as_ref()).await;
+        let (spooled, _) = read_spool(&setup.spool_dir());
+        let recorded: HashSet<String> = events_from_postgres(&events_db)
+            .await
+            .into_iter()
+            .chain(spooled)
+            .filter(|e| e.event_type.as_str() == "signup_success")
+            .filter_map(|e| e.user_id)
+            .collect();
+        let missing: Vec<&String> = accounts
+            .iter()
+            .filter(|id| !recorded.contains(*id))
+            .collect();
+        eprintln!(
+            "[{backend:?}] {} signups answered before kill -9; {} accounts, {} without signup_success",
+            answers.len(),
+            accounts.len(),
+            missing.len()
+        );
+        assert!(accounts.len() >= 5, "{backend:?}");
+        assert!(
+            missing.is_empty(),
+            "{backend:?}: accounts without their creation event: {missing:?}"
+        );
+    }
+}
+
 // ---- H8: SIGTERM under load -------------------------------------------------------------------
 
 #[tokio::test]
@@ -980,66 +1098,6 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
 }
 
 // ---- H5/H6: the spool's disk fills up ---------------------------------------------------------
-
-/// A tmpfs of a few pages mounted over `dir` for as long as it lives: a disk the test can fill.
-/// Mounting needs root (CAP_SYS_ADMIN): without it the test is skipped, or fails under `CI`.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(dir: &Path, bytes: usize) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let output = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={bytes},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        if !output.status.success() {
-            let why = String::from_utf8_lossy(&output.stderr);
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the full-disk test mounts a small tmpfs, which needs root, as CI has: {why}"
-            );
-            eprintln!("!!! SKIPPED: could not mount a small tmpfs ({why}); run the tests as root");
-            return None;
-        }
-        Some(SmallDisk {
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// Writes a file until the disk refuses more; returns it, to delete to free the space.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.dir.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let page = [0u8; 4096];
-        loop {
-            match file.write(&page) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return path,
-                Err(e) => panic!("filling the small disk: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // Lazy: the service may still hold a file open on it while the test unwinds.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 /// The spool is the log (no database) and its disk fills up. Auth answers as always; what the disk
 /// refuses is counted as dropped and alarmed, never half-written or written twice: each event is

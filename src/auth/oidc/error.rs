@@ -68,7 +68,8 @@ impl GoogleError {
             Self::AccountExists { reason, .. } => reason,
             Self::AccountUnverified { .. } => "account_exists_unverified",
             Self::ProviderUnavailable(_) => "provider_unavailable",
-            Self::Auth(AuthError::RateLimited(_)) => return None,
+            // The log could not keep the request's event: it could not keep this one either.
+            Self::Auth(AuthError::RateLimited(_) | AuthError::EventNotKept(_)) => return None,
             Self::Auth(AuthError::Validation(_)) => "invalid_request",
             Self::Auth(AuthError::Unavailable(_)) => "store_unavailable",
             Self::Auth(_) => "internal_error",

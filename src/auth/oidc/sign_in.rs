@@ -269,19 +269,19 @@ impl GoogleSignIn {
         }
         let account = self.account_for(auth, &token).await?;
         let user = account.user;
-        auth.events
-            .record(
-                SecurityEvent::from_request(EventType::OauthSuccess, ctx)
-                    .user(&user.id)
-                    .email(&user.email)
-                    .with("provider", "google")
-                    .with("issuer", token.issuer.as_str())
-                    .with("flow", flow.as_str())
-                    .with("isNewUser", account.is_new)
-                    .with("linked", account.linked),
-            )
-            .await;
-        let tokens = auth.start_session(&user, ctx, Utc::now(), false).await?;
+        // Success is recorded once the session exists; when it cannot be started, `recorded`
+        // records `oauth_failed` with the reason instead.
+        let success = SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+            .user(&user.id)
+            .email(&user.email)
+            .with("provider", "google")
+            .with("issuer", token.issuer.as_str())
+            .with("flow", flow.as_str())
+            .with("isNewUser", account.is_new)
+            .with("linked", account.linked);
+        let tokens = auth
+            .start_session(&user, ctx, Utc::now(), false, Some(success))
+            .await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
             is_new_user: account.is_new,
@@ -312,7 +312,8 @@ impl GoogleSignIn {
             {
                 event = event.user(user_id).email(email);
             }
-            auth.events.record(event).await;
+            // The outcome of a sign-in, like a password login's: not kept, not answered.
+            auth.record_outcome(event).await?;
         }
         result
     }

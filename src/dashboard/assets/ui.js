@@ -44,7 +44,7 @@ export const EVENT_TYPES = [
   "mass_token_revocation", "token_verification_failed", "token_reuse_detected",
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
   "account_locked", "password_rehashed", "user_type_changed", "lockout_lifted", "token_cleanup",
-  "service_started", "service_stopped",
+  "service_started", "service_stopped", "security_events_dropped",
 ];
 
 export function clock(iso) {
