@@ -181,6 +181,16 @@ async fn a_valid_token_creates_a_user_then_signs_the_same_user_in_on_both_stores
         assert_eq!(success[0].user_id.as_deref(), user["id"].as_str());
         assert_eq!(success[0].metadata["email"], "ann@gmail.com");
         assert_eq!(count_of(&events, "oauth_failed"), 0);
+        // The account's creation has its own event, recorded before the account was written.
+        let created: Vec<&SecurityEvent> = events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "signup_success")
+            .collect();
+        assert_eq!(created.len(), 1, "{backend:?}");
+        assert_eq!(created[0].user_id.as_deref(), user["id"].as_str());
+        assert_eq!(created[0].metadata["provider"], "google");
+        assert_eq!(created[0].metadata["flow"], "id_token");
+        assert!(created[0].created_at <= success[0].created_at);
 
         // The credentials are nowhere: not in events, data files, spool or database.
         let mut everything = files_text(app.dir.path());

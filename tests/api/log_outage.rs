@@ -566,6 +566,6 @@ async fn a_google_sign_in_whose_session_cannot_be_created_records_no_success() {
     assert_eq!(failed.metadata["reason"], "internal_error");
     assert_eq!(
         of_request(&events, "google-first"),
-        ["oauth_success", "token_generated"]
+        ["signup_success", "oauth_success", "token_generated"]
     );
 }

@@ -267,7 +267,7 @@ impl GoogleSignIn {
         {
             return Err(Rejection::Replayed.into());
         }
-        let account = self.account_for(auth, &token).await?;
+        let account = self.account_for(auth, &token, flow, ctx).await?;
         let user = account.user;
         // Success is recorded once the session exists; when it cannot be started, `recorded`
         // records `oauth_failed` with the reason instead.
@@ -324,6 +324,8 @@ impl GoogleSignIn {
         &self,
         auth: &AuthService,
         token: &VerifiedIdToken,
+        flow: Flow,
+        ctx: &RequestContext,
     ) -> Result<Account, GoogleError> {
         let now = Utc::now();
         let store = &auth.store;
@@ -370,7 +372,35 @@ impl GoogleSignIn {
                         user_id: user.id.clone(),
                         ..identity
                     };
-                    match store.insert_user_with_identity(&user, &identity).await {
+                    // As at signup, the account's creation is recorded before the account is
+                    // written, so an account that exists has its creation event even after a
+                    // crash between the two (durably first in sync mode); a failed write is
+                    // followed by `signup_failed` naming the event it cancels.
+                    let created = SecurityEvent::from_request(EventType::SignupSuccess, ctx)
+                        .user(&user.id)
+                        .email(&user.email)
+                        .with("provider", "google")
+                        .with("flow", flow.as_str());
+                    let created_id = created.id.to_string();
+                    auth.record_outcome(created).await?;
+                    let written = store.insert_user_with_identity(&user, &identity).await;
+                    if let Err(e) = &written {
+                        let reason = match e {
+                            StoreError::Conflict(_) => "email_exists",
+                            StoreError::Unavailable(_) => "store_unavailable",
+                            _ => "internal_error",
+                        };
+                        auth.record_outcome(
+                            SecurityEvent::from_request(EventType::SignupFailed, ctx)
+                                .user(&user.id)
+                                .email(&user.email)
+                                .reason(reason)
+                                .with("provider", "google")
+                                .with("cancels", created_id),
+                        )
+                        .await?;
+                    }
+                    match written {
                         Ok(()) => {
                             return Ok(Account {
                                 user,
