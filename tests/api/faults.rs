@@ -327,6 +327,16 @@ async fn a_refresh_that_times_out_while_its_statement_waits_leaves_nothing_to_co
     let second = app.signed_up(&unique_email()).await;
     let first_token = first["refreshToken"].as_str().unwrap().to_owned();
     let second_token = second["refreshToken"].as_str().unwrap().to_owned();
+    // A refresh before the lock prepares the rotation's statement on the pool's one connection, so
+    // that under the lock it is the rotation itself (Bind and Execute) that waits, not its first
+    // Parse, which would leave nothing to commit whatever became of the connection.
+    let warm = app.signed_up(&unique_email()).await;
+    assert_eq!(
+        app.refresh(warm["refreshToken"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     let locker = Locker::lock_users(&app).await;
     let send = |token: String| {
