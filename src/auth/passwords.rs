@@ -398,7 +398,7 @@ impl MemoryPool {
 ///
 /// The mapping is advised for transparent huge pages. argon2 reads its memory at random, so on
 /// 4 KiB pages most reads miss the TLB; on huge pages the same hash takes 3–10% less time
-/// (BENCHMARKS.md, session 7). The allocator is built without huge pages (mimalloc's `no_thp`),
+/// (BENCHMARKS.md, "huge pages"). The allocator is built without huge pages (mimalloc's `no_thp`),
 /// so the rest of the heap stays small: there every 2 MiB page touched once would stay resident
 /// whole. Here all of it is written by every hash anyway. Public so the load harness times the
 /// hash on the same memory as the service (its login ceiling).
