@@ -1,5 +1,6 @@
 //! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
-//! `gen-secret`, `import-users`, `users set-type`, `users email-collisions` and `healthcheck`.
+//! `gen-secret`, `import-users`, `users set-type`, `users email-collisions`, `users
+//! linked-with-password`, `users revoke-password`, `cleanup`, `events` and `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod events;
 
 use crate::app::App;
+use crate::auth::operator::PasswordRevocation;
 use crate::config::{Settings, StorageKind};
 use crate::domain::{Email, UserType};
 use crate::security_log::{self, EventType, SecurityEvent};
@@ -81,9 +83,27 @@ pub enum UsersCommand {
         #[arg(value_parser = ["client", "designer", "admin"])]
         user_type: String,
     },
-    /// List accounts whose email is another spelling of an earlier account's mailbox (same
-    /// canonical key): they cannot sign in by email until an operator resolves them.
+    /// List accounts that cannot sign in by email until an operator resolves them.
+    ///
+    /// Those whose email is another spelling of an earlier account's mailbox (same canonical
+    /// key), and those whose email has no key (accepted by the old service, not valid today).
     EmailCollisions,
+    /// List accounts that both a provider identity and a password open.
+    ///
+    /// Those whose email is unverified are marked: an address registered by someone else, then
+    /// entered by its owner through the provider (Google), leaves the registrant's password and
+    /// sessions in the owner's account. `revoke-password` removes them.
+    LinkedWithPassword,
+    /// Remove an account's password and end its sessions; it keeps its provider sign-in.
+    ///
+    /// Removes the password of an account that a provider identity signs in to, ends every
+    /// session, denies every access token issued so far (shared through Redis when REDIS_URL is
+    /// set) and records mass_token_revocation (reason password_revoked, by cli). Refused for an
+    /// account without a provider identity, which nothing else would open. Safe to repeat.
+    RevokePassword {
+        /// The account: its email (any spelling) or its id.
+        account: String,
+    },
 }
 
 /// Runs the command; `log` counts the log lines the writer dropped (for `/metrics`).
@@ -105,6 +125,12 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::Users {
             command: UsersCommand::EmailCollisions,
         } => email_collisions(&settings).await,
+        Command::Users {
+            command: UsersCommand::LinkedWithPassword,
+        } => linked_with_password(&settings).await,
+        Command::Users {
+            command: UsersCommand::RevokePassword { account },
+        } => revoke_password(settings, &account).await,
         Command::Healthcheck { port } => return healthcheck(port.unwrap_or(settings.port)).await,
     };
     match result {
@@ -273,9 +299,8 @@ async fn import_users(settings: &Settings, file: &std::path::Path) -> anyhow::Re
     Ok(())
 }
 
-async fn cleanup(settings: Settings) -> anyhow::Result<()> {
-    let core = crate::app::Core::build(settings, LogDrops::default()).await?;
-    // The store migrates in the background; give it a moment to come up.
+/// Waits until the store and the security log's database (migrated in the background) answer.
+async fn databases_ready(core: &crate::app::Core) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while core.state.auth.store.ping().await.is_err()
         || core
@@ -289,6 +314,13 @@ async fn cleanup(settings: Settings) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+async fn cleanup(settings: Settings) -> anyhow::Result<()> {
+    let core = crate::app::Core::build(settings, LogDrops::default()).await?;
+    // The store migrates in the background; give it a moment to come up.
+    databases_ready(&core).await?;
     let report = crate::cleanup::run_once(&core.state).await;
     core.shutdown().await;
     println!(
@@ -339,17 +371,119 @@ async fn set_type(settings: &Settings, email: &str, user_type: &str) -> anyhow::
 async fn email_collisions(settings: &Settings) -> anyhow::Result<()> {
     let store = open_store_now(settings).await?;
     let collisions = store.email_collisions().await?;
+    let mut shared = 0;
     for c in &collisions {
-        println!(
-            "{} <{}> shares its mailbox with {} <{}>",
-            c.user_id, c.email, c.holder_id, c.holder_email
-        );
+        match &c.holder {
+            Some(holder) => {
+                shared += 1;
+                println!(
+                    "{} <{}> shares its mailbox with {} <{}>",
+                    c.user_id, c.email, holder.id, holder.email
+                );
+            }
+            None => println!(
+                "{} <{}> has no email key: the address is not valid today",
+                c.user_id, c.email
+            ),
+        }
     }
+    println!("{shared} account(s) share a mailbox with an earlier account");
     println!(
-        "{} account(s) share a mailbox with an earlier account",
-        collisions.len()
+        "{} account(s) have an address without an email key",
+        collisions.len() - shared
     );
     Ok(())
+}
+
+async fn linked_with_password(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store_now(settings).await?;
+    let users = store.linked_with_password().await?;
+    for user in &users {
+        let issuers: Vec<String> = store
+            .identities_of(&user.id)
+            .await?
+            .into_iter()
+            .map(|i| i.issuer)
+            .collect();
+        println!(
+            "{} <{}> has a password and signs in through {}; email {}",
+            user.id,
+            user.email,
+            issuers.join(", "),
+            if user.email_verified {
+                "verified"
+            } else {
+                "unverified"
+            }
+        );
+    }
+    let unverified = users.iter().filter(|u| !u.email_verified).count();
+    println!(
+        "{} account(s) open to a provider identity and a password, {unverified} with an \
+         unverified email",
+        users.len()
+    );
+    if !users.is_empty() {
+        println!(
+            "the password may be that of whoever registered the address before its owner signed \
+             in through the provider; `flux-auth users revoke-password <id>` removes it and ends \
+             the account's sessions"
+        );
+    }
+    Ok(())
+}
+
+async fn revoke_password(settings: Settings, account: &str) -> anyhow::Result<()> {
+    let redis = settings.redis_url.is_some();
+    let ttl = settings.access_token_ttl_secs;
+    let core = crate::app::Core::build(settings, LogDrops::default()).await?;
+    let outcome = async {
+        databases_ready(&core).await?;
+        let auth = &core.state.auth;
+        let Some((user, _)) = auth.find_user_for_admin(account).await? else {
+            anyhow::bail!("no account with the id or email {account}");
+        };
+        match auth.revoke_password(&user).await? {
+            PasswordRevocation::NoOtherWayIn => anyhow::bail!(
+                "{} <{}> has no provider identity: without its password nobody could sign in \
+                 to it; nothing changed",
+                user.id,
+                user.email
+            ),
+            PasswordRevocation::Revoked {
+                had_password,
+                sessions_ended,
+            } => println!(
+                "{} <{}>: {}, {sessions_ended} session(s) ended; it signs in through its \
+                 provider identity only",
+                user.id,
+                user.email,
+                if had_password {
+                    "password removed"
+                } else {
+                    "had no password"
+                }
+            ),
+        }
+        if auth.revocations.waiting_for_redis() > 0 {
+            anyhow::bail!(
+                "Redis did not take the cutoff for the account's access tokens: those already \
+                 issued work until they expire (at most {ttl} s); run the command again once \
+                 Redis answers"
+            );
+        }
+        if !redis {
+            eprintln!(
+                "note: without REDIS_URL the running service does not learn of the cutoff: \
+                 access tokens already issued work until they expire (at most {ttl} s) or the \
+                 service restarts"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    core.shutdown().await;
+    outcome
 }
 
 /// A bare HTTP/1.1 GET of `/health/live` on localhost, so the image needs no curl.

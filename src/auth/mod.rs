@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod breached;
 pub mod oidc;
+pub mod operator;
 pub mod password_policy;
 pub mod passwords;
 pub mod refresh;

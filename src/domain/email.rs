@@ -7,6 +7,12 @@
 //! punycode). Quoted local parts are refused in new input (nothing needs them, and they are where
 //! parsers disagree); an address read back from a store is unquoted when keyed, so an old account
 //! with one still meets its unquoted twin.
+//!
+//! A key is a valid address itself: what the checks refuse in an address (a quote, white space,
+//! an invisible character, a local part past 64 bytes, a key past 254) is refused in the key too,
+//! since folding can produce it (a full-width quote becomes `"`, U+00A8 a space and a combining
+//! mark, U+FDFA eighteen characters). An address stored under laxer rules whose key would break
+//! one of them has no key ([`Email::key_of`] is `None`).
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -17,7 +23,7 @@ pub const MAX_EMAIL_LEN: usize = 254;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email {
-    /// Trimmed and lower-cased, as stored and shown since the first version.
+    /// Trimmed and lower-cased: what is stored and shown.
     address: String,
     /// What accounts are compared by; see the module documentation.
     key: String,
@@ -36,10 +42,7 @@ impl Email {
             ));
         }
         let invalid = || ValidationError::new("email", "Please enter a valid email address");
-        if trimmed
-            .chars()
-            .any(|c| is_forbidden_char(c) || c.is_whitespace() || c == '"')
-        {
+        if trimmed.chars().any(refused_in_address) {
             return Err(invalid());
         }
         let address = trimmed.to_lowercase();
@@ -52,23 +55,22 @@ impl Email {
     }
 
     /// The key of an address read back from a store, which was validated when it was written
-    /// (perhaps by the old service, with laxer rules): never fails, so every stored account has
-    /// one. A quoted local part is unquoted first.
-    pub fn key_of(stored: &str) -> String {
+    /// (perhaps by the old service, with laxer rules). A quoted local part is unquoted first.
+    /// `None` when the address has no key under today's rules (see the module documentation):
+    /// such an account cannot be found by email, and is reported with the accounts that share a
+    /// mailbox (`flux-auth users email-collisions`). A key, when there is one, is at most
+    /// [`MAX_EMAIL_LEN`] bytes.
+    pub fn key_of(stored: &str) -> Option<String> {
         if let Ok(email) = Self::parse(stored) {
-            return email.key;
+            return Some(email.key);
         }
         let address = stored.trim().to_lowercase();
-        let (local, domain) = address.rsplit_once('@').unwrap_or((&address, ""));
+        let (local, domain) = address.rsplit_once('@')?;
         let local = local
             .strip_prefix('"')
             .and_then(|l| l.strip_suffix('"'))
             .unwrap_or(local);
-        canonical_key(local, domain).unwrap_or_else(|| {
-            let local = fold(local);
-            let domain = fold(domain);
-            format!("{local}@{domain}")
-        })
+        canonical_key(local, domain)
     }
 
     /// The address as sent: trimmed and lower-cased, otherwise untouched.
@@ -90,6 +92,11 @@ impl Email {
     }
 }
 
+/// Characters no address (nor key) may hold: controls and invisible ones, white space, quotes.
+fn refused_in_address(c: char) -> bool {
+    is_forbidden_char(c) || c.is_whitespace() || c == '"'
+}
+
 fn local_part_ok(local: &str) -> bool {
     !local.is_empty()
         && local.len() <= 64
@@ -109,9 +116,13 @@ fn fold(text: &str) -> String {
 }
 
 /// `local@domain` folded, with the domain through IDNA and checked label by label; `None` for a
-/// domain that is not a valid host name.
+/// domain that is not a valid host name, or a folded local part or key that the checks of an
+/// address would refuse.
 fn canonical_key(local: &str, domain: &str) -> Option<String> {
     let local = fold(local);
+    if local.chars().any(refused_in_address) {
+        return None;
+    }
     let domain = idna::domain_to_ascii(domain).ok()?;
     let labels: Vec<&str> = domain.split('.').collect();
     let label_ok = |l: &&str| {
@@ -181,12 +192,77 @@ mod tests {
     fn quoted_local_parts_are_refused_and_unquoted_when_read_back() {
         assert!(Email::parse("\"alice\"@x.com").is_err());
         assert!(Email::parse("\"a b\"@x.com").is_err());
-        assert_eq!(Email::key_of("\"alice\"@x.com"), "alice@x.com");
-        assert_eq!(Email::key_of("Bob@Example.com"), "bob@example.com");
+        assert_eq!(Email::key_of("\"alice\"@x.com").unwrap(), "alice@x.com");
+        assert_eq!(Email::key_of("Bob@Example.com").unwrap(), "bob@example.com");
         assert_eq!(
             Email::key_of("jose\u{301}@x.com"),
             Email::key_of("josé@x.com")
         );
+    }
+
+    #[test]
+    fn what_folding_produces_is_checked_like_the_address() {
+        let ligatures = "\u{FDFA}".repeat(14);
+        for bad in [
+            "a\u{FF02}b@x.com",            // full-width quote: '"'
+            "a\u{A8}b@x.com",              // diaeresis: a space and a combining mark
+            "a\u{FF20}b@x.com",            // full-width '@'
+            "a\u{2025}b@x.com",            // two-dot leader: ".."
+            "\u{FE52}a@x.com",             // small full stop: a leading '.'
+            &format!("{ligatures}@x.com"), // 42 bytes, 252 characters once folded
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert_eq!(Email::key_of(bad), None, "{bad:?} has no key");
+        }
+        assert_eq!(Email::key_of("\"a\u{FF02}b\"@x.com"), None);
+        assert_eq!(Email::key_of("\"a b\"@x.com"), None);
+        assert_eq!(Email::key_of("plain"), None);
+    }
+
+    #[test]
+    fn every_key_is_a_valid_address_that_fits() {
+        // Characters that grow under NFKC or lower-casing, repeated up to the old 64-byte bound
+        // of a local part, and domains up to the length limit.
+        let growing = [
+            '\u{FDFA}', '\u{3300}', '\u{FB03}', '\u{130}', '\u{1F1}', 'a',
+        ];
+        let domains = [
+            "x.com".to_owned(),
+            format!("{}.com", "d".repeat(63)),
+            format!(
+                "{}.{}.{}.com",
+                "d".repeat(63),
+                "e".repeat(63),
+                "f".repeat(63)
+            ),
+        ];
+        let mut keyed = 0;
+        for c in growing {
+            for n in 1..=64 / c.len_utf8() {
+                for domain in &domains {
+                    let stored = format!("{}@{domain}", c.to_string().repeat(n));
+                    let Some(key) = Email::key_of(&stored) else {
+                        continue;
+                    };
+                    assert!(
+                        key.len() <= MAX_EMAIL_LEN,
+                        "{stored:?}: {} bytes",
+                        key.len()
+                    );
+                    let (local, _) = key.rsplit_once('@').unwrap();
+                    assert!(local_part_ok(local), "{stored:?}");
+                    assert!(!key.chars().any(refused_in_address), "{stored:?}");
+                    keyed += 1;
+                }
+            }
+        }
+        assert!(keyed > 100, "only {keyed} keys made");
+        let longest = format!("{}@{}", "a".repeat(57), domains[2]);
+        assert_eq!(
+            Email::key_of(&longest).map(|k| k.len()),
+            Some(MAX_EMAIL_LEN)
+        );
+        assert_eq!(Email::key_of(&format!("a{longest}")), None);
     }
 
     #[test]

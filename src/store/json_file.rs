@@ -323,7 +323,7 @@ impl Store for FileStore {
 
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.by_email(&Email::key_of(&user.email)).is_some() {
+            if users.holder_of(&user.email).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
             if users.by_id(&user.id).is_some() {
@@ -352,6 +352,15 @@ impl Store for FileStore {
         .await
     }
 
+    async fn remove_password(&self, user_id: &str) -> StoreResult<()> {
+        self.update_users(|users| {
+            let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
+            user.password_hash = None;
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
         self.update_users(|users| {
             let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
@@ -374,9 +383,7 @@ impl Store for FileStore {
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
         self.update_users(|users| {
-            if users.by_id(&user.id).is_some()
-                || users.by_email(&Email::key_of(&user.email)).is_some()
-            {
+            if users.by_id(&user.id).is_some() || users.holder_of(&user.email).is_some() {
                 return Ok(ImportOutcome::Skipped);
             }
             users.push(user.clone());
@@ -631,6 +638,10 @@ impl Store for FileStore {
 
     async fn link_identity(&self, identity: &super::IdentityRecord) -> StoreResult<()> {
         self.fs_link_identity(identity).await
+    }
+
+    async fn linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
+        self.fs_linked_with_password().await
     }
 
     async fn touch_identity(

@@ -238,28 +238,44 @@ impl RotateRequest {
     }
 }
 
-/// An account whose email is another spelling of an earlier account's mailbox (same canonical
-/// key, [`crate::domain::Email::key`]): kept, found by id, but never by email, since the
-/// earlier account (the holder) answers for that mailbox. Made before addresses were compared by
-/// key; reported by `flux-auth users email-collisions` and at start, for an operator to resolve.
+/// An account that cannot be found by email: either its address is another spelling of an
+/// earlier account's mailbox (same canonical key, [`crate::domain::Email::key`]), and the earlier
+/// account (the holder) answers for that mailbox; or its address has no key (one accepted under
+/// laxer rules that today's refuse, [`crate::domain::Email::key_of`]; on Postgres also a row whose
+/// key the database would not store). Kept, found by id, never by email. Reported by `flux-auth
+/// users email-collisions` and at start, for an operator to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailCollision {
     pub user_id: String,
     pub email: String,
-    pub holder_id: String,
-    pub holder_email: String,
+    /// The earlier account that holds the mailbox; `None` when this account has no key.
+    pub holder: Option<KeyHolder>,
 }
 
-/// One warning per account that shares its mailbox with an earlier one: the operator decides
-/// which to keep (see README, "One account per mailbox").
+/// The account that holds a mailbox another account's address also spells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub id: String,
+    pub email: String,
+}
+
+/// One warning per account that cannot be found by email: the operator decides what to do with
+/// it (see README, "Accounts that cannot sign in by email").
 pub fn warn_of_collisions(collisions: &[EmailCollision]) {
     for c in collisions {
-        tracing::warn!(
-            user_id = %c.user_id, email = %c.email, holder_id = %c.holder_id,
-            holder_email = %c.holder_email,
-            "two accounts share one mailbox: the later one cannot sign in by email \
-             (flux-auth users email-collisions lists them)"
-        );
+        match &c.holder {
+            Some(holder) => tracing::warn!(
+                user_id = %c.user_id, email = %c.email, holder_id = %holder.id,
+                holder_email = %holder.email,
+                "two accounts share one mailbox: the later one cannot sign in by email \
+                 (flux-auth users email-collisions lists them)"
+            ),
+            None => tracing::warn!(
+                user_id = %c.user_id, email = %c.email,
+                "an account's address has no email key: it cannot sign in by email \
+                 (flux-auth users email-collisions lists them)"
+            ),
+        }
     }
 }
 
@@ -293,12 +309,15 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()>;
+    /// Removes the user's password (none left is no error); `NotFound` when the user is gone.
+    async fn remove_password(&self, user_id: &str) -> StoreResult<()>;
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()>;
     async fn set_user_type(&self, email: &Email, user_type: UserType) -> StoreResult<UserRecord>;
     /// Inserts an imported user unless its id or its email's canonical key exists (idempotent
     /// re-runs).
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome>;
-    /// Accounts that share their mailbox with an earlier account (see [`EmailCollision`]).
+    /// Accounts that cannot be found by email: those that share their mailbox with an earlier
+    /// account, and those whose address has no key (see [`EmailCollision`]).
     async fn email_collisions(&self) -> StoreResult<Vec<EmailCollision>>;
 
     /// Stores a new session and its first token (and the user's `last_login` when
@@ -383,6 +402,10 @@ pub trait Store: Send + Sync + 'static {
     /// Links an identity to an existing user: `Conflict("identity")` when it is linked to a user
     /// already, `NotFound` when the user is gone.
     async fn link_identity(&self, identity: &IdentityRecord) -> StoreResult<()>;
+    /// Accounts that both a provider identity (a legacy `google_id` included) and a password
+    /// open, oldest first: where a password of whoever registered the address before its owner
+    /// entered the account through the provider can be (see README, "Google sign-in").
+    async fn linked_with_password(&self) -> StoreResult<Vec<UserRecord>>;
     /// Records a sign-in through an identity: when, and the email the provider reports now. The
     /// account's own email is never changed here.
     async fn touch_identity(

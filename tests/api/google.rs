@@ -1453,3 +1453,225 @@ async fn google_sign_in_counts_against_the_per_ip_login_limit() {
         "one event per outcome"
     );
 }
+
+/// Links `subject` at `issuer` to the account with `email` the way a version without the
+/// verified-email rule did, behind the service's back: a `user_identities` row on Postgres, an
+/// `identities` entry in users.json. With `legacy`, as the old service did: `google_id` only.
+async fn link_as_before(app: &TestApp, email: &str, issuer: &str, subject: &str, legacy: bool) {
+    match app.backend {
+        Backend::Postgres if legacy => {
+            let sql = format!("UPDATE users SET google_id = '{subject}' WHERE email = $1");
+            assert_eq!(change_users_by_sql(app, &sql, email).await, 1);
+        }
+        Backend::Postgres => {
+            let pool = app.db.as_ref().unwrap().pool().await;
+            sqlx::query(
+                "INSERT INTO user_identities (issuer, subject, user_id, email) \
+                 SELECT $1, $2, id, email FROM users WHERE email = $3",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(email)
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        Backend::File => {
+            let path = app.data_dir().join("users.json");
+            let mut file = users_file(app);
+            let user = file["users"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|u| u["email"] == email)
+                .unwrap();
+            if legacy {
+                user["googleId"] = json!(subject);
+            } else {
+                let now = chrono::Utc::now().to_rfc3339();
+                user["identities"] = json!([{ "issuer": issuer, "subject": subject,
+                    "email": email, "createdAt": now, "lastUsedAt": now }]);
+            }
+            let temp = path.with_extension("json.edit");
+            std::fs::write(&temp, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+            std::fs::rename(&temp, &path).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn accounts_open_to_a_provider_and_a_password_are_listed_and_revoke_password_shuts_the_registrant_out_on_both_stores()
+ {
+    use crate::stores::{run_cli, text};
+    if !redis_available().await {
+        return;
+    }
+    for backend in BACKENDS {
+        let provider = FakeProvider::start().await;
+        let Some(mut app) = google_app(backend, &provider, |s| {
+            s.redis_url = Some(secrecy::SecretString::from(redis_url()));
+        })
+        .await
+        else {
+            continue;
+        };
+        let issuer = provider.issuer.clone();
+        // Someone registered the owner's address, and holds a session in it...
+        let squatter = app.signed_up("victim@gmail.com").await;
+        let victim = squatter["user"]["id"].as_str().unwrap().to_owned();
+        let access = squatter["accessToken"].as_str().unwrap().to_owned();
+        let refresh = squatter["refreshToken"].as_str().unwrap().to_owned();
+        // ... which the owner then entered through Google, as versions without the rule let them.
+        link_as_before(&app, "victim@gmail.com", &issuer, "sub-victim", false).await;
+        // The old service linked by `googleId` alone, verifying nothing; on the file store that
+        // link counts as a verified email.
+        let id_of = |body: Value| body["user"]["id"].as_str().unwrap().to_owned();
+        let legacy = id_of(app.signed_up("legacy@gmail.com").await);
+        link_as_before(&app, "legacy@gmail.com", &issuer, "g-legacy", true).await;
+        // Verified, then linked by Google sign-in: listed too, since a password still opens it.
+        let linked = id_of(app.signed_up("linked@gmail.com").await);
+        mark_email_verified(&app, "linked@gmail.com").await;
+        let token = provider.id_token(&app, "sub-linked", "linked@gmail.com", json!({}));
+        assert_eq!(signed_in(&app, &token).await["isNewUser"], false);
+        // Not listed: no provider identity; created by Google, so no password.
+        app.signed_up("plain@x.com").await;
+        let token = provider.id_token(&app, "sub-new", "new@gmail.com", json!({}));
+        assert_eq!(signed_in(&app, &token).await["isNewUser"], true);
+
+        let work = tempfile::tempdir().unwrap();
+        let data_dir = app.data_dir().to_str().unwrap().to_owned();
+        let cli_events = work.path().join("cli-events");
+        let database_url = app.db.as_ref().map(|db| db.url.clone());
+        let redis = redis_url();
+        let mut envs = vec![
+            ("JWT_SECRET", JWT_SECRET),
+            ("REDIS_URL", redis.as_str()),
+            ("REDIS_KEY_PREFIX", app.settings.redis_key_prefix.as_str()),
+            ("SECURITY_LOG_DIR", cli_events.to_str().unwrap()),
+        ];
+        match &database_url {
+            Some(url) => envs.push(("DATABASE_URL", url.as_str())),
+            None => envs.push(("DATA_DIR", data_dir.as_str())),
+        }
+
+        let report = run_cli(work.path(), &envs, &["users", "linked-with-password"]).await;
+        assert!(report.status.success(), "{}", text(&report.stderr));
+        let listed = text(&report.stdout);
+        let line = |id: &str, email: &str, issuer: &str, verified: &str| {
+            format!("{id} <{email}> has a password and signs in through {issuer}; email {verified}")
+        };
+        let verified_legacy = match backend {
+            Backend::File => "verified",
+            Backend::Postgres => "unverified",
+        };
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                line(&victim, "victim@gmail.com", &issuer, "unverified"),
+                line(
+                    &legacy,
+                    "legacy@gmail.com",
+                    "https://accounts.google.com",
+                    verified_legacy
+                ),
+                line(&linked, "linked@gmail.com", &issuer, "verified"),
+            ],
+            "{backend:?}: {listed}"
+        );
+        let unverified = if backend == Backend::File { 1 } else { 2 };
+        assert_eq!(
+            lines[3],
+            format!(
+                "3 account(s) open to a provider identity and a password, {unverified} with an \
+                 unverified email"
+            )
+        );
+
+        // An account no provider signs in to keeps its password: nothing else would open it.
+        let refused = run_cli(
+            work.path(),
+            &envs,
+            &["users", "revoke-password", "plain@x.com"],
+        )
+        .await;
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stdout));
+        assert!(
+            text(&refused.stderr).contains("has no provider identity"),
+            "{}",
+            text(&refused.stderr)
+        );
+        assert_eq!(
+            app.login("plain@x.com", PASSWORD).await.status(),
+            StatusCode::OK
+        );
+
+        let revoked = run_cli(
+            work.path(),
+            &envs,
+            &["users", "revoke-password", "VICTIM@gmail.com"],
+        )
+        .await;
+        assert!(
+            revoked.status.success(),
+            "{backend:?}: {}",
+            text(&revoked.stderr)
+        );
+        assert!(
+            text(&revoked.stdout).contains(&format!(
+                "{victim} <victim@gmail.com>: password removed, 1 session(s) ended"
+            )),
+            "{}",
+            text(&revoked.stdout)
+        );
+
+        // The registrant is out: the password, the refresh token and the access token.
+        assert_error(
+            app.login("victim@gmail.com", PASSWORD).await,
+            StatusCode::UNAUTHORIZED,
+            "AUTH_INVALID_CREDENTIALS",
+        )
+        .await;
+        eventually("the refresh token refused", MIRROR_PATIENCE, || async {
+            let status = app.refresh(&refresh).await.status();
+            assert_ne!(
+                status,
+                StatusCode::OK,
+                "{backend:?}: a revoked session refreshed"
+            );
+            (status == StatusCode::UNAUTHORIZED).then_some(())
+        })
+        .await;
+        eventually("the access token refused", MIRROR_PATIENCE, || async {
+            (app.me(&access).await.status() == StatusCode::UNAUTHORIZED).then_some(())
+        })
+        .await;
+        // The owner signs in through Google, to the same account.
+        let token = provider.id_token(&app, "sub-victim", "victim@gmail.com", json!({}));
+        let owner = signed_in(&app, &token).await;
+        assert_eq!(owner["user"]["id"], victim.as_str(), "{backend:?}");
+
+        let again = run_cli(work.path(), &envs, &["users", "linked-with-password"]).await;
+        let listed = text(&again.stdout);
+        assert!(!listed.contains(&victim), "{listed}");
+        assert!(listed.contains("\n2 account(s) open to"), "{listed}");
+
+        let events = match backend {
+            Backend::Postgres => app.events().await,
+            Backend::File => events_from_files(&cli_events),
+        };
+        let recorded: Vec<&SecurityEvent> = events
+            .iter()
+            .filter(|e| e.event_type.as_str() == "mass_token_revocation")
+            .collect();
+        assert_eq!(recorded.len(), 1, "{backend:?}: {recorded:?}");
+        let event = recorded[0];
+        assert_eq!(event.user_id.as_deref(), Some(victim.as_str()));
+        assert_eq!(event.metadata["reason"], "password_revoked");
+        assert_eq!(event.metadata["by"], "cli");
+        assert_eq!(event.metadata["passwordRemoved"], true);
+        assert_eq!(event.metadata["tokensRevoked"], 1);
+        app.stop().await;
+    }
+}

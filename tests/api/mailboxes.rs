@@ -241,3 +241,167 @@ async fn the_migration_keys_existing_rows_and_reports_those_that_share_a_mailbox
     )
     .await;
 }
+
+/// 14 × U+FDFA: 42 bytes, a valid local part under the old rules; 252 characters once folded,
+/// so the address has no key today.
+fn ligatures() -> String {
+    format!("{}@x.com", "\u{FDFA}".repeat(14))
+}
+
+/// A full-width quote: accepted by the old rules, folds to '"'.
+const FOLDS_TO_A_QUOTE: &str = "a\u{FF02}b@x.com";
+
+fn assert_listed_without_key(output: &std::process::Output, ids: &[(&str, &str)]) {
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let listed = text(&output.stdout);
+    for (id, email) in ids {
+        assert!(
+            listed.contains(&format!(
+                "{id} <{email}> has no email key: the address is not valid today"
+            )),
+            "{listed}"
+        );
+    }
+    assert!(
+        listed.contains(&format!(
+            "{} account(s) have an address without an email key",
+            ids.len()
+        )),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn addresses_that_fold_into_what_an_address_may_not_hold_are_refused_and_old_ones_reported_in_users_json()
+ {
+    let hash = legacy_bcrypt(PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    std::fs::create_dir_all(&settings.data_dir).unwrap();
+    let ligatures = ligatures();
+    let users = json!({ "users": [
+        { "id": "u-1", "email": "alice@x.com", "name": "Alice", "password": hash },
+        { "id": "u-2", "email": ligatures, "name": "Old", "password": hash },
+        { "id": "u-3", "email": FOLDS_TO_A_QUOTE, "name": "Old", "password": hash },
+    ]});
+    std::fs::write(
+        settings.data_dir.join("users.json"),
+        serde_json::to_vec_pretty(&users).unwrap(),
+    )
+    .unwrap();
+
+    let data_dir = settings.data_dir.to_str().unwrap().to_owned();
+    let mut app = TestApp::start(settings, dir, None, Backend::File).await;
+    assert_eq!(
+        user_of(app.login("alice@x.com", PASSWORD).await).await["id"],
+        "u-1"
+    );
+    for refused in [
+        ligatures.as_str(),
+        FOLDS_TO_A_QUOTE,
+        "a\u{A8}b@x.com",
+        "\"a\"@x.com",
+    ] {
+        assert_error(
+            app.signup(refused, PASSWORD, "New").await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        )
+        .await;
+    }
+    app.stop().await;
+
+    let listed = run_cli(
+        app.dir.path(),
+        &[("DATA_DIR", data_dir.as_str())],
+        &["users", "email-collisions"],
+    )
+    .await;
+    assert_listed_without_key(&listed, &[("u-2", &ligatures), ("u-3", FOLDS_TO_A_QUOTE)]);
+}
+
+#[tokio::test]
+async fn an_old_row_that_cannot_be_keyed_never_keeps_an_upgraded_instance_from_ready_in_postgres() {
+    if !postgres_available().await {
+        return;
+    }
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    // The database as the version before the canonical keys left it.
+    flux_auth::store::postgres::MIGRATOR
+        .run_to(5, &pool)
+        .await
+        .unwrap();
+    let hash = legacy_bcrypt(PASSWORD);
+    let ligatures = ligatures();
+    for (id, email) in [
+        ("u-1", "alice@x.com"),
+        ("u-2", ligatures.as_str()),
+        ("u-3", "refused@x.com"),
+        ("u-4", "bob@x.com"),
+    ] {
+        sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash, created_at) \
+             VALUES ($1, $2, 'Old', $3, now())",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(&hash)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // A rule of the operator's own that one old row breaks: any write to that row fails.
+    sqlx::query(
+        "ALTER TABLE users ADD CONSTRAINT no_refused CHECK (email <> 'refused@x.com') NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The service migrates in the background and must become ready (TestApp::start waits).
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.storage = Some(flux_auth::config::StorageKind::Postgres);
+    settings.database_url = Some(secrecy::SecretString::from(db.url.clone()));
+    let url = db.url.clone();
+    let app = TestApp::start(settings, dir, Some(db), Backend::Postgres).await;
+
+    let keys: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, email_key FROM users ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(
+        keys,
+        [
+            ("u-1".to_owned(), Some("alice@x.com".to_owned())),
+            ("u-2".to_owned(), None),
+            ("u-3".to_owned(), None),
+            ("u-4".to_owned(), Some("bob@x.com".to_owned())),
+        ]
+    );
+    for (email, id) in [("alice@x.com", "u-1"), ("bob@x.com", "u-4")] {
+        assert_eq!(user_of(app.login(email, PASSWORD).await).await["id"], id);
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let envs = [("DATABASE_URL", url.as_str())];
+    let migrated = run_cli(work.path(), &envs, &["migrate"]).await;
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    let warnings = text(&migrated.stdout) + &text(&migrated.stderr);
+    assert!(
+        warnings.contains("the database refused an account's email key")
+            && warnings.contains("u-3"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("an account's address has no email key") && warnings.contains("u-2"),
+        "{warnings}"
+    );
+    assert_listed_without_key(
+        &run_cli(work.path(), &envs, &["users", "email-collisions"]).await,
+        &[("u-2", &ligatures), ("u-3", "refused@x.com")],
+    );
+}

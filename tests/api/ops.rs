@@ -552,11 +552,12 @@ async fn help_lists_every_command_and_usage_errors_exit_2() {
             ran.stdout
         );
     }
-    for args in commands
-        .iter()
-        .map(|c| vec![*c, "--help"])
-        .chain([vec!["users", "set-type", "--help"]])
-    {
+    for args in commands.iter().map(|c| vec![*c, "--help"]).chain([
+        vec!["users", "set-type", "--help"],
+        vec!["users", "email-collisions", "--help"],
+        vec!["users", "linked-with-password", "--help"],
+        vec!["users", "revoke-password", "--help"],
+    ]) {
         let mut command = flux_auth(dir.path());
         command.args(&args);
         let ran = run(command).await;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::FileStore;
-use crate::domain::{Email, UserRecord};
+use crate::domain::UserRecord;
 use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
 
 const IDENTITIES_KEY: &str = "identities";
@@ -129,7 +129,7 @@ impl FileStore {
         identity: &IdentityRecord,
     ) -> StoreResult<()> {
         self.update_users(|users| {
-            if users.by_email(&Email::key_of(&user.email)).is_some() {
+            if users.holder_of(&user.email).is_some() {
                 return Err(StoreError::Conflict("email"));
             }
             if users
@@ -147,6 +147,17 @@ impl FileStore {
             Ok(())
         })
         .await
+    }
+
+    /// In file order, which is the order the accounts were created in.
+    pub(super) async fn fs_linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
+        Ok(self
+            .users()
+            .await?
+            .iter()
+            .filter(|u| u.password_hash.is_some() && !identities_in(u).is_empty())
+            .cloned()
+            .collect())
     }
 
     pub(super) async fn fs_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {

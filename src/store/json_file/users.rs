@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::domain::{Email, UserRecord};
-use crate::store::EmailCollision;
+use crate::store::{EmailCollision, KeyHolder};
 
 /// A user and, once encoded, the user's entry in users.json.
 struct Stored {
@@ -51,7 +51,8 @@ pub(super) struct Users {
     by_id: HashMap<Arc<str>, usize>,
     /// By the canonical key of the email.
     by_email: HashMap<Arc<str>, usize>,
-    /// Positions of users whose email's key an earlier user has: found by id, never by email.
+    /// Positions of users found by id, never by email: those whose email's key an earlier user
+    /// has, and those whose email has no key ([`Email::key_of`]), in file order.
     shadowed: Vec<usize>,
 }
 
@@ -97,19 +98,26 @@ impl Users {
         self.by_email.get(key).map(|&i| &self.list[i].record)
     }
 
-    /// Users whose email shares its key with an earlier user's (an old file can hold them), each
-    /// with the user that holds the key.
+    /// The user that answers for the mailbox of `email` (an address as stored), if any.
+    pub fn holder_of(&self, email: &str) -> Option<&UserRecord> {
+        self.by_email(&Email::key_of(email)?)
+    }
+
+    /// Users that cannot be found by email (an old file can hold them): those whose email shares
+    /// its key with an earlier user's, each with the user that holds the key, and those whose
+    /// email has no key.
     pub fn collisions(&self) -> Vec<EmailCollision> {
         self.shadowed
             .iter()
             .map(|&i| {
                 let user = &self.list[i].record;
-                let holder = self.by_email(&Email::key_of(&user.email)).unwrap_or(user);
                 EmailCollision {
                     user_id: user.id.clone(),
                     email: user.email.clone(),
-                    holder_id: holder.id.clone(),
-                    holder_email: holder.email.clone(),
+                    holder: self.holder_of(&user.email).map(|holder| KeyHolder {
+                        id: holder.id.clone(),
+                        email: holder.email.clone(),
+                    }),
                 }
             })
             .collect()
@@ -118,12 +126,14 @@ impl Users {
     pub fn push(&mut self, user: UserRecord) {
         let at = self.list.len();
         self.by_id.entry(Arc::from(user.id.as_str())).or_insert(at);
-        let key = Email::key_of(&user.email);
-        match self.by_email.entry(Arc::from(key.as_str())) {
-            std::collections::hash_map::Entry::Occupied(_) => self.shadowed.push(at),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(at);
-            }
+        match Email::key_of(&user.email) {
+            Some(key) => match self.by_email.entry(Arc::from(key.as_str())) {
+                std::collections::hash_map::Entry::Occupied(_) => self.shadowed.push(at),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(at);
+                }
+            },
+            None => self.shadowed.push(at),
         }
         self.list.push(Arc::new(Stored {
             record: user,
@@ -204,18 +214,25 @@ mod tests {
             user("3", "\"alice\"@x.com"),
             user("4", "alice@x.com"),
             user("5", "bob@x.com"),
+            // Valid under the old rules; its key would be 258 characters.
+            user("6", &format!("{}@x.com", "\u{FDFA}".repeat(14))),
         ]);
-        assert_eq!(
-            users.by_email(&Email::key_of("JOSÉ@ｘ.com")).unwrap().id,
-            "1"
-        );
+        assert_eq!(users.holder_of("JOSÉ@ｘ.com").unwrap().id, "1");
         assert_eq!(users.by_email("alice@x.com").unwrap().id, "3");
-        let found: Vec<(String, String)> = users
+        let found: Vec<(String, Option<String>)> = users
             .collisions()
             .into_iter()
-            .map(|c| (c.user_id, c.holder_id))
+            .map(|c| (c.user_id, c.holder.map(|h| h.id)))
             .collect();
-        assert_eq!(found, [("2".into(), "1".into()), ("4".into(), "3".into())]);
+        assert_eq!(
+            found,
+            [
+                ("2".into(), Some("1".into())),
+                ("4".into(), Some("3".into())),
+                ("6".into(), None)
+            ]
+        );
+        assert!(users.by_id("6").is_some());
         assert_eq!(users.by_id("2").unwrap().email, "jose\u{301}@x.com");
     }
 }

@@ -159,6 +159,21 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn pg_linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows: Vec<UserRow> = read_retrying!(self, |conn| {
+            sqlx::query_as(
+                "SELECT id, email, name, user_type, password_hash, google_id, email_verified, \
+                 avatar, created_at, last_login FROM users u \
+                 WHERE password_hash IS NOT NULL \
+                   AND (google_id IS NOT NULL \
+                        OR EXISTS (SELECT 1 FROM user_identities i WHERE i.user_id = u.id)) \
+                 ORDER BY created_at, id",
+            )
+            .fetch_all(&mut *conn)
+        })?;
+        Ok(rows.into_iter().map(UserRecord::from).collect())
+    }
+
     pub(super) async fn pg_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let mut tx = begin_retrying!(self, conn);
