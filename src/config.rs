@@ -126,7 +126,8 @@ pub struct Settings {
     pub signup_limit_per_ip: u32,
     pub refresh_limit_per_ip: u32,
     pub refresh_limit_per_session: u32,
-    /// Refused bearer tokens from one address per minute before the next refusal is a 429.
+    /// Bearer tokens from one address per minute refused before their signature verified, before
+    /// the next such refusal is a 429 (0: off). Tokens the service signed are never counted.
     pub bearer_failure_limit_per_ip: u32,
     pub lockout_threshold: u32,
     pub lockout_base_secs: u64,

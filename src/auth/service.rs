@@ -129,11 +129,12 @@ pub struct Authenticated {
     pub user: UserRecord,
 }
 
-/// A bearer token that was not accepted: the error to answer with, and the user it named when
-/// its signature was good (for the event that records it).
+/// A bearer token that was not accepted: the error to answer with, and the user and session it
+/// named when it passed verification (for the event that records it).
 pub struct RefusedToken {
     error: AuthError,
     user_id: Option<String>,
+    session_id: Option<Uuid>,
 }
 
 pub struct SessionPolicy {
@@ -678,10 +679,12 @@ impl AuthService {
         let claims = self.access.verify(token).map_err(|e| RefusedToken {
             error: AuthError::AccessToken(e),
             user_id: None,
+            session_id: None,
         })?;
         let refused = |error| RefusedToken {
             error,
             user_id: Some(claims.sub.clone()),
+            session_id: Some(claims.sid),
         };
         match self.revocations.check(&claims).await {
             Ok(None) => {}
@@ -706,11 +709,18 @@ impl AuthService {
 
     /// Records a refused bearer token (`token_verification_failed`; not for internal errors)
     /// and gives back the error to answer with: a 429 once the address is over its limit of
-    /// refused tokens. Only refusals are counted; a valid token never comes here, so the limit
-    /// never refuses one. Past the address's threshold the events are summarised (see
+    /// refused tokens. Only tokens whose signature did not verify (forged, garbled, signed with
+    /// another key) are counted and refused by the limit. A token the service signed (expired,
+    /// revoked, its user gone) always gets its 401: it is the answer that makes a client refresh
+    /// or sign in again, and such tokens are no more than the service issued. A valid token never
+    /// comes here. Past the address's threshold anonymous refusals are summarised (see
     /// [`SecurityLogger::record_token_failure`]).
     pub async fn refuse(&self, refused: RefusedToken, ctx: &RequestContext) -> AuthError {
-        let RefusedToken { error, user_id } = refused;
+        let RefusedToken {
+            error,
+            user_id,
+            session_id,
+        } = refused;
         let AuthError::AccessToken(e) = &error else {
             return error;
         };
@@ -719,7 +729,9 @@ impl AuthService {
             TokenError::Invalid(why) => why,
         };
         let ip = ip_subject(ctx.client.ip);
-        if let Err(exceeded) = self.limits.check(Limit::BearerFailurePerIp, &ip).await {
+        // A refusal that names a user came after the signature and claims were checked.
+        let signed = user_id.is_some() || e.signature_verified();
+        if !signed && let Err(exceeded) = self.limits.check(Limit::BearerFailurePerIp, &ip).await {
             let event = rate_limited_event(exceeded, ctx, exceeded.limit.name());
             self.events
                 .record_token_failure(&ip, "rate_limited", event)
@@ -731,6 +743,9 @@ impl AuthService {
             .with("tokenKind", "access");
         if let Some(user_id) = user_id {
             event = event.user(user_id);
+        }
+        if let Some(session_id) = session_id {
+            event = event.with("sessionId", session_id.to_string());
         }
         self.events.record_token_failure(&ip, reason, event).await;
         error

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::SecurityEvent;
 use super::spool::Spool;
-use super::summary::TokenFailureSummaries;
+use super::summary::{Named, TokenFailureSummaries};
 use crate::clock::Clock;
 use crate::config::Durability;
 
@@ -244,10 +244,23 @@ impl SecurityLogger {
     }
 
     /// Records a refused bearer token from `address`: on its own up to the threshold of its
-    /// window, then counted into the address's summary (written when the window ends). Metrics
-    /// count it either way.
+    /// window, then counted into the address's summary (written when the window ends). An event
+    /// that names a user (its token passed verification, or its refresh token was found) is
+    /// recorded on its own the first time in its window for that user, session and reason,
+    /// whatever else the address sent. Metrics count it either way.
     pub async fn record_token_failure(&self, address: &str, reason: &str, event: SecurityEvent) {
-        if self.token_failures.admit(address, reason, self.clock.now()) {
+        let named = event.user_id.as_ref().map(|user_id| Named {
+            user_id: user_id.clone(),
+            session_id: event
+                .metadata
+                .get("sessionId")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        });
+        if self
+            .token_failures
+            .admit(address, reason, named, self.clock.now())
+        {
             self.record(event).await;
         } else {
             self.metrics.observe_event(&event);
