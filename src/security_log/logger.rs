@@ -62,6 +62,10 @@ pub struct PipelineStats {
     pub first_unreported_drop_ms: AtomicI64,
     /// Refused bearer tokens counted into a per-address summary instead of recorded one by one.
     pub summarized: AtomicU64,
+    /// Times the writer asked its database whether it answers again, after marking it down.
+    pub db_probes: AtomicU64,
+    /// How long the writer waits between those probes now, in milliseconds (0 until it needs to).
+    pub probe_backoff_ms: AtomicU64,
     pub sink_healthy: AtomicBool,
     pub spool_over_cap: AtomicBool,
     pub spool_failing: AtomicBool,

@@ -302,8 +302,12 @@ async fn the_writer_returns_to_the_database_once_health_sees_it_answer_on_both_s
             (outage.dropped().await > 0.0).then_some(())
         })
         .await;
-        // The outage goes on: the writer's probes fail and its back-off doubles (to 4 s by now).
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // The outage goes on: the writer's probes fail and its back-off doubles, to 4 s at least.
+        eventually("the writer's back-off to grow", PATIENCE, || async {
+            let backoff = metric(app, "flux_auth_security_log_probe_backoff_seconds").await;
+            (backoff >= Some(4.0)).then_some(())
+        })
+        .await;
 
         outage.forwarder.restore();
         eventually("health to see the database", PATIENCE, || async {
@@ -321,6 +325,101 @@ async fn the_writer_returns_to_the_database_once_health_sees_it_answer_on_both_s
         .await;
         assert_eq!((written, lost), (20, 0), "{backend:?}");
     }
+}
+
+/// The most probes the writer may make in `elapsed` once probes fail: one already under way, one
+/// brought forward by a wake-up at once, then one per back-off wait (0.5 s doubling to 10 s), of
+/// the schedule's own and of wake-ups'.
+fn probes_allowed(elapsed: Duration) -> u32 {
+    let (mut waits, mut waited, mut wait) = (0, Duration::ZERO, Duration::from_millis(500));
+    while waited <= elapsed {
+        waits += 1;
+        waited += wait;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    2 + 2 * waits
+}
+
+/// The log's database answers a ping but refuses every insert (as a read-only standby would; here
+/// a trigger refuses them). `/health` sees it answer and wakes the writer, whose probe then fails
+/// on the replay: a burst of health checks must not make one probe and replay each, since anyone
+/// may call `/health`. The writer's back-off decides; once inserts work again the spool is
+/// replayed and health is ok.
+#[tokio::test]
+async fn health_checks_while_the_log_database_refuses_inserts_do_not_each_cause_a_probe() {
+    let Some(app) = TestApp::builder(Backend::Postgres)
+        .settings(|s| s.token_failure_log_threshold = 0)
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
+    let pool = app.db.as_ref().unwrap().pool().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'security events refused'; END $$; \
+         CREATE TRIGGER refuse_events BEFORE INSERT ON security_events \
+         FOR EACH STATEMENT EXECUTE FUNCTION refuse_events();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    bad_tokens(&app, "refused", 3).await;
+    let probes = || async {
+        metric(&app, "flux_auth_security_log_db_probes_total")
+            .await
+            .unwrap()
+    };
+    // The writer has found its inserts refused, and probed (and failed) since.
+    eventually("the writer to probe in vain", PATIENCE, || async {
+        let up = metric(&app, "flux_auth_security_log_sink_up").await;
+        (up == Some(0.0) && probes().await > 0.0).then_some(())
+    })
+    .await;
+
+    let before = probes().await;
+    let started = std::time::Instant::now();
+    const CHECKS: u32 = 100;
+    for _ in 0..CHECKS {
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["checks"]["database"], "ok", "{health}");
+        assert_eq!(health["status"], "degraded", "{health}");
+    }
+    let elapsed = started.elapsed();
+    let made = (probes().await - before) as u32;
+    assert!(
+        made <= probes_allowed(elapsed),
+        "{made} probes for {CHECKS} health checks in {elapsed:?}"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER refuse_events ON security_events")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    eventually("the spool replayed", PATIENCE, || async {
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (health["status"] == "ok").then_some(())
+    })
+    .await;
+    let events = app.events().await;
+    assert_eq!(with_prefix(&events, "refused-"), 3);
 }
 
 /// After the outage (database back, disk freed, nothing waiting) `/health` is ok and the log
