@@ -590,6 +590,8 @@ impl AuthService {
     /// with `records_login`, the store sets the user's `last_login` to `now` in the same write.
     /// `success` (the sign-in's own event) and `token_generated` are recorded once the session
     /// exists; if either cannot be kept (sync mode) the session is ended and the call fails.
+    /// Only then, once the sign-in stands, are the user's oldest sessions past the cap evicted:
+    /// a sign-in that is withdrawn takes no other device's session with it.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
@@ -629,25 +631,10 @@ impl AuthService {
             },
             records_login,
         };
-        let evicted = self
-            .store
-            .create_session(&new, self.policy.max_sessions, self.policy.idle_ttl)
+        // No cap here: the eviction waits until the sign-in's events are kept (below).
+        self.store
+            .create_session(&new, usize::MAX, self.policy.idle_ttl)
             .await?;
-        for old in evicted {
-            self.revocations
-                .revoke_session(
-                    &old.to_string(),
-                    now + chrono::Duration::seconds(self.access.ttl_secs()),
-                )
-                .await?;
-            self.record(
-                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
-                    .user(&user.id)
-                    .reason("session_limit")
-                    .with("sessionId", old.to_string()),
-            )
-            .await;
-        }
         let access = self.access.issue(user, session_id, now)?;
         let tokens = IssuedTokens {
             access,
@@ -668,7 +655,57 @@ impl AuthService {
             &tokens,
         )
         .await?;
+        self.evict_sessions_over_cap(user, session_id, now, ctx)
+            .await;
         Ok(tokens)
+    }
+
+    /// Ends the user's oldest live sessions past the cap, never `keep` (the sign-in's own). The
+    /// sign-in stands whatever happens here: its events are kept and its tokens about to be sent.
+    /// A failure leaves the user over the cap until the next sign-in evicts, and is logged.
+    async fn evict_sessions_over_cap(
+        &self,
+        user: &UserRecord,
+        keep: Uuid,
+        now: DateTime<Utc>,
+        ctx: &RequestContext,
+    ) {
+        let evicted = match self
+            .store
+            .evict_sessions(
+                &user.id,
+                keep,
+                self.policy.max_sessions,
+                self.policy.idle_ttl,
+                now,
+            )
+            .await
+        {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %user.id, "could not end the sessions past the cap after a sign-in");
+                return;
+            }
+        };
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs());
+        for old in evicted {
+            // The store has ended the session (its refresh token is dead); this stops its
+            // access token before it expires.
+            if let Err(e) = self
+                .revocations
+                .revoke_session(&old.to_string(), until)
+                .await
+            {
+                tracing::warn!(error = %e, session_id = %old, "could not deny the access tokens of a session evicted by the cap");
+            }
+            self.record(
+                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                    .user(&user.id)
+                    .reason("session_limit")
+                    .with("sessionId", old.to_string()),
+            )
+            .await;
+        }
     }
 
     /// Verifies a bearer token and loads its user, recording nothing: a refused token comes back

@@ -668,3 +668,99 @@ async fn a_google_sign_in_whose_session_cannot_be_created_records_no_success() {
         ["signup_success", "oauth_success", "token_generated"]
     );
 }
+
+/// Sync durability and a cap of two sessions per user: while the log cannot keep events, each
+/// login is answered 503 and its session withdrawn, and the user's two sessions stay as they were
+/// however often the client retries (a sign-in that is withdrawn evicts no other device). Once
+/// the log is back, a login that stands evicts the oldest session, once.
+#[tokio::test]
+async fn a_withdrawn_sign_in_evicts_no_other_session_on_both_stores() {
+    for backend in BACKENDS {
+        let Some(outage) = Outage::start(backend, LogDatabase::Own, |s| {
+            s.security_log_durability = Durability::Sync;
+            s.max_sessions_per_user = 2;
+        })
+        .await
+        else {
+            return;
+        };
+        let app = &outage.app;
+        let email = unique_email();
+        let first = app.signed_up(&email).await;
+        let user_id = first["user"]["id"].as_str().unwrap().to_owned();
+        let second = app.logged_in(&email).await;
+
+        let filler = outage.break_log();
+        for i in 0..3 {
+            let login = login_as(app, &format!("withdrawn-{i}"), &email, PASSWORD).await;
+            assert_error(
+                login,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+            )
+            .await;
+        }
+        std::fs::remove_file(filler).unwrap();
+        outage.forwarder.restore();
+        outage.recovered().await;
+
+        let reasons = || async {
+            let mut reasons: Vec<String> = app
+                .stored_sessions()
+                .await
+                .into_iter()
+                .filter(|s| s.user_id == user_id)
+                .map(|s| s.revoked_reason.unwrap_or_else(|| "live".into()))
+                .collect();
+            reasons.sort();
+            reasons
+        };
+        assert_eq!(
+            reasons().await,
+            [
+                "event_not_kept",
+                "event_not_kept",
+                "event_not_kept",
+                "live",
+                "live"
+            ],
+            "{backend:?}"
+        );
+        // Both devices are still signed in: their refresh tokens work.
+        let mut refreshed = Vec::new();
+        for body in [&first, &second] {
+            let response = app.refresh(body["refreshToken"].as_str().unwrap()).await;
+            assert_eq!(response.status(), StatusCode::OK, "{backend:?}");
+            refreshed.push(response.json::<Value>().await.unwrap());
+        }
+
+        // A login that stands evicts the oldest session (the signup's), and only it.
+        app.logged_in(&email).await;
+        assert_eq!(
+            reasons().await,
+            [
+                "event_not_kept",
+                "event_not_kept",
+                "event_not_kept",
+                "live",
+                "live",
+                "session_limit"
+            ],
+            "{backend:?}"
+        );
+        assert_eq!(
+            app.refresh(refreshed[0]["refreshToken"].as_str().unwrap())
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED,
+            "{backend:?}: the signup's session was evicted"
+        );
+        assert_eq!(
+            app.refresh(refreshed[1]["refreshToken"].as_str().unwrap())
+                .await
+                .status(),
+            StatusCode::OK,
+            "{backend:?}"
+        );
+    }
+}
