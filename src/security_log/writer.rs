@@ -24,7 +24,7 @@ const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The same during shutdown, where the whole drain must fit in pm2's kill timeout.
 const DRAIN_DB_TIMEOUT: Duration = Duration::from_millis(400);
 /// The most events one spool append takes. An fsync costs about the same for 1 KB as for 1 MB
-/// (a few milliseconds on an SSD: BENCHMARKS.md), so while events go to the spool a batch takes
+/// (BENCHMARKS.md, "Security log"), so while events go to the spool a batch takes
 /// everything queued up to this, and throughput grows with load instead of stopping at
 /// `batch_size` per fsync. Bounded: a batch holds at most this many events in memory.
 pub const SPOOL_BATCH_MAX: usize = 4096;
