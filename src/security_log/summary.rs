@@ -5,12 +5,13 @@
 //! addresses past that share one window, so a flood from many addresses is summarised too, and
 //! that window's summary names the addresses that sent the most.
 //!
-//! Only anonymous refusals are merged into counts. A refusal that names a user (an access token
-//! whose signature verified but whose session is revoked or whose user is gone, a refresh token
-//! of a known session) may be a stolen token being replayed: the first for each user, session and
-//! reason in a window is recorded on its own whatever else the address sent, and repeats are
-//! counted in the summary under who they named. Those are no more than the tokens the service
-//! issued, so a flood of junk cannot hide them and they cannot flood the log.
+//! Only anonymous refusals are merged into plain counts. A refusal that names a user (an access
+//! token whose signature verified but whose session is revoked or whose user is gone, a refresh
+//! token of a known session) may be a stolen token being replayed: the first for each user,
+//! session and reason in a window is recorded on its own, from whichever address and whatever
+//! else that address sent, and repeats are counted in the summary under who they named. Those
+//! are no more than the sessions the service created, so a flood of junk cannot hide them and
+//! they cannot flood the log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -27,9 +28,9 @@ const MAX_ADDRESSES: usize = 10_000;
 const MAX_REASONS: usize = 16;
 /// The window shared by addresses past `MAX_ADDRESSES`.
 const MANY: &str = "*";
-/// Users, sessions and reasons of named refusals remembered at once, over every window (an entry
-/// is ~200 bytes: about 2 MB at most). Past it a named refusal is recorded on its own without
-/// being remembered: visibility over volume, and reaching it takes that many distinct sessions
+/// Users, sessions and reasons of named refusals followed at once (an entry is ~200 bytes: about
+/// 2 MB at most), and as many repeat counts in the windows. Past it a new one is counted under
+/// `named` like a repeat instead of recorded: reaching it takes that many distinct sessions
 /// refused within one window.
 const MAX_NAMED: usize = 10_000;
 /// Named repeats listed in one summary, the most repeated first.
@@ -58,8 +59,11 @@ struct State {
     windows: HashMap<String, Window>,
     /// Summaries of windows that ended when their address came back, before a sweep saw them.
     due: Vec<SecurityEvent>,
-    /// Named entries held by all windows together (bounded by `MAX_NAMED`).
-    named: usize,
+    /// Each user, session and reason refused lately, and when its window began: the first
+    /// refusal is recorded, repeats until the window ends are counted.
+    named: HashMap<(Named, String), DateTime<Utc>>,
+    /// Repeat counts held by all windows together (bounded by `MAX_NAMED`).
+    repeats: usize,
 }
 
 struct Window {
@@ -69,8 +73,10 @@ struct Window {
     first: Option<DateTime<Utc>>,
     last: Option<DateTime<Utc>>,
     reasons: BTreeMap<String, u64>,
-    /// Named refusals by who and why: the first was recorded on its own, this counts the rest.
+    /// Repeated named refusals counted here, by who and why.
     named: HashMap<(Named, String), u64>,
+    /// Repeated named refusals counted here past the bound on repeat counts.
+    named_untracked: u64,
     /// The shared window's counted refusals by address, the heaviest kept.
     addresses: TopAddresses,
 }
@@ -85,7 +91,20 @@ impl Window {
             last: None,
             reasons: BTreeMap::new(),
             named: HashMap::new(),
+            named_untracked: 0,
             addresses: TopAddresses::default(),
+        }
+    }
+
+    /// Counts a named refusal under who it named (`repeats`: the counts held by every window).
+    fn count_named(&mut self, entry: (Named, String), repeats: &mut usize) {
+        if let Some(n) = self.named.get_mut(&entry) {
+            *n += 1;
+        } else if *repeats < MAX_NAMED {
+            self.named.insert(entry, 1);
+            *repeats += 1;
+        } else {
+            self.named_untracked += 1;
         }
     }
 
@@ -164,7 +183,7 @@ impl TokenFailureSummaries {
 
     /// Whether a refusal from `address` at `now` is recorded on its own (`true`), or was counted
     /// into the address's summary (`false`). A refusal naming someone (`named`) is recorded on
-    /// its own the first time in its window for that user, session and reason.
+    /// its own the first time in a window for that user, session and reason, from any address.
     pub fn admit(
         &self,
         address: &str,
@@ -179,7 +198,8 @@ impl TokenFailureSummaries {
         let State {
             windows,
             due,
-            named: remembered,
+            named: followed,
+            repeats,
         } = &mut *state;
         let key = if windows.contains_key(address) || windows.len() < MAX_ADDRESSES {
             address
@@ -191,20 +211,19 @@ impl TokenFailureSummaries {
             .or_insert_with(|| Window::new(now));
         if now >= window.started + self.window {
             let ended = std::mem::replace(window, Window::new(now));
-            *remembered -= ended.named.len();
+            *repeats -= ended.named.len();
             due.extend(self.summary(key, ended));
         }
         if let Some(named) = named {
             let entry = (named, reason.to_owned());
-            if let Some(repeats) = window.named.get_mut(&entry) {
-                *repeats += 1;
-            } else {
-                if *remembered < MAX_NAMED {
-                    window.named.insert(entry, 0);
-                    *remembered += 1;
-                }
+            let fresh = followed
+                .get(&entry)
+                .is_none_or(|started| now >= *started + self.window);
+            if fresh && (followed.len() < MAX_NAMED || followed.contains_key(&entry)) {
+                followed.insert(entry, now);
                 return true;
             }
+            window.count_named(entry, repeats);
         } else if window.recorded < self.threshold {
             window.recorded += 1;
             return true;
@@ -229,10 +248,14 @@ impl TokenFailureSummaries {
             .collect();
         for key in ended {
             if let Some(window) = state.windows.remove(&key) {
-                state.named -= window.named.len();
+                state.repeats -= window.named.len();
                 out.extend(self.summary(&key, window));
             }
         }
+        let window = self.window;
+        state
+            .named
+            .retain(|_, started| !all && now < *started + window);
         out
     }
 
@@ -257,9 +280,8 @@ impl TokenFailureSummaries {
             .with("windowSecs", self.window.num_seconds())
             .with("recordedSeparately", window.recorded)
             .with("reasons", Value::Object(reasons));
-        let mut repeated: Vec<((Named, String), u64)> =
-            window.named.into_iter().filter(|(_, n)| *n > 0).collect();
-        if !repeated.is_empty() {
+        let mut repeated: Vec<((Named, String), u64)> = window.named.into_iter().collect();
+        if !repeated.is_empty() || window.named_untracked > 0 {
             repeated.sort_by(|(a, n), (b, m)| {
                 m.cmp(n).then_with(|| {
                     (&a.0.user_id, &a.0.session_id, &a.1).cmp(&(
@@ -269,7 +291,12 @@ impl TokenFailureSummaries {
                     ))
                 })
             });
-            let unlisted = repeated.len().saturating_sub(NAMED_LISTED);
+            let unlisted = window.named_untracked
+                + repeated
+                    .iter()
+                    .skip(NAMED_LISTED)
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
             let listed: Vec<Value> = repeated
                 .into_iter()
                 .take(NAMED_LISTED)
@@ -396,31 +423,80 @@ mod tests {
             json!([{ "userId": "u1", "sessionId": "s1", "reason": "session_revoked", "count": 4 }])
         );
         assert_eq!(m["namedUnlisted"], 0);
-        assert_eq!(
-            summaries.state.lock().unwrap().named,
-            0,
-            "forgotten with the window"
-        );
+        assert!(summaries.take_due(at(120), false).is_empty());
+        {
+            let state = summaries.state.lock().unwrap();
+            assert!(
+                state.named.is_empty(),
+                "each forgotten when its window ends"
+            );
+            assert_eq!(state.repeats, 0);
+        }
         assert!(
-            summaries.admit("10.0.0.1", "session_revoked", named("u1", "s1"), at(61)),
+            summaries.admit("10.0.0.1", "session_revoked", named("u1", "s1"), at(121)),
             "recorded again in a new window"
         );
     }
 
+    /// The same token replayed from many addresses is recorded once per window, not once per
+    /// address: addresses are cheap (an IPv6 /64 each), tokens are not.
     #[test]
-    fn named_refusals_remembered_are_bounded() {
+    fn a_named_refusal_is_recorded_once_per_window_whichever_address_sends_it() {
+        let summaries = TokenFailureSummaries::new(20, 60);
+        let recorded = (0..100)
+            .filter(|i| {
+                summaries.admit(&format!("a{i}"), "user_gone", named("u1", "s1"), at(i % 50))
+            })
+            .count();
+        assert_eq!(recorded, 1);
+        assert!(summaries.admit("a0", "user_gone", named("u1", "s1"), at(60)));
+        let due = summaries.take_due(at(200), true);
+        let counted: u64 = due
+            .iter()
+            .map(|e| e.metadata["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 99);
+    }
+
+    /// Memory is bounded: past `MAX_NAMED` subjects followed at once a new one is counted under
+    /// who it named instead of recorded, and past `MAX_NAMED` repeat counts it is counted as
+    /// unlisted.
+    #[test]
+    fn named_refusals_followed_are_bounded() {
         let summaries = TokenFailureSummaries::new(1, 60);
         for i in 0..MAX_NAMED {
             assert!(summaries.admit("a", "session_revoked", named("u", &i.to_string()), at(0)));
         }
-        assert_eq!(summaries.state.lock().unwrap().named, MAX_NAMED);
-        // Past the bound every one is recorded on its own, and nothing more is remembered.
         for _ in 0..3 {
-            assert!(summaries.admit("a", "session_revoked", named("u", "late"), at(0)));
+            assert!(!summaries.admit("a", "session_revoked", named("u", "late"), at(1)));
         }
-        assert_eq!(summaries.state.lock().unwrap().named, MAX_NAMED);
-        assert!(summaries.take_due(at(0), true).is_empty(), "no repeats");
-        assert_eq!(summaries.state.lock().unwrap().named, 0);
+        for i in 0..MAX_NAMED {
+            summaries.admit("b", "session_revoked", named("u", &i.to_string()), at(2));
+        }
+        {
+            let state = summaries.state.lock().unwrap();
+            assert_eq!(state.named.len(), MAX_NAMED);
+            assert_eq!(state.repeats, MAX_NAMED);
+        }
+        let due = summaries.take_due(at(62), false);
+        let of = |address: &str| {
+            due.iter()
+                .find(|e| e.ip_address.as_deref() == Some(address))
+                .unwrap()
+                .metadata
+                .clone()
+        };
+        let a = of("a");
+        assert_eq!(a["named"][0]["sessionId"], "late");
+        assert_eq!(a["named"][0]["count"], 3);
+        let b = of("b");
+        assert_eq!(b["count"], MAX_NAMED as u64);
+        assert_eq!(b["named"].as_array().unwrap().len(), NAMED_LISTED);
+        // One repeat count was free for "b" (the other went to "late"): the rest are untracked.
+        assert_eq!(b["namedUnlisted"], (MAX_NAMED - NAMED_LISTED) as u64);
+        let state = summaries.state.lock().unwrap();
+        assert!(state.named.is_empty());
+        assert_eq!(state.repeats, 0);
     }
 
     /// The shared window says which addresses sent the most, even when they are a few among
