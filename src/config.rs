@@ -126,7 +126,8 @@ pub struct Settings {
     pub signup_limit_per_ip: u32,
     pub refresh_limit_per_ip: u32,
     pub refresh_limit_per_session: u32,
-    /// Refused bearer tokens from one address per minute before the next refusal is a 429.
+    /// Bearer tokens from one address per minute refused before their signature verified, before
+    /// the next such refusal is a 429 (0: off). Tokens the service signed are never counted.
     pub bearer_failure_limit_per_ip: u32,
     pub lockout_threshold: u32,
     pub lockout_base_secs: u64,
@@ -204,7 +205,7 @@ impl Default for Settings {
             security_log_batch_size: 500,
             // Short on purpose: each batch's insert is a burst of database CPU, and with the
             // database on the request's cores a 5 ms linger doubled the p99 at 2,000 events/s
-            // where 1 ms added a third (BENCHMARKS.md, security log, session 11).
+            // where 1 ms added a third (BENCHMARKS.md, "Security log": "The linger is 1 ms").
             security_log_linger_ms: 1,
             security_log_spool_max_bytes: 1 << 30,
             security_log_retention_days_info: 90,

@@ -428,6 +428,18 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "security_log_db_probes",
+            "Times the security-log writer asked its database whether it answers again, after marking it down",
+            s.db_probes.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "security_log_probe_backoff_seconds",
+            "How long the security-log writer waits after its last failed probe before the next (0 while its database takes writes)",
+            s.probe_backoff_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        )?;
+        counter(
+            &mut e,
             "security_log_spool_bad_lines",
             "Spool lines skipped because they did not parse",
             s.bad_spool_lines.load(Ordering::Relaxed),

@@ -129,11 +129,12 @@ pub struct Authenticated {
     pub user: UserRecord,
 }
 
-/// A bearer token that was not accepted: the error to answer with, and the user it named when
-/// its signature was good (for the event that records it).
+/// A bearer token that was not accepted: the error to answer with, and the user and session it
+/// named when it passed verification (for the event that records it).
 pub struct RefusedToken {
     error: AuthError,
     user_id: Option<String>,
+    session_id: Option<Uuid>,
 }
 
 pub struct SessionPolicy {
@@ -589,6 +590,8 @@ impl AuthService {
     /// with `records_login`, the store sets the user's `last_login` to `now` in the same write.
     /// `success` (the sign-in's own event) and `token_generated` are recorded once the session
     /// exists; if either cannot be kept (sync mode) the session is ended and the call fails.
+    /// Only then, once the sign-in stands, are the user's oldest sessions past the cap evicted:
+    /// a sign-in that is withdrawn takes no other device's session with it.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
@@ -628,25 +631,10 @@ impl AuthService {
             },
             records_login,
         };
-        let evicted = self
-            .store
-            .create_session(&new, self.policy.max_sessions, self.policy.idle_ttl)
+        // No cap here: the eviction waits until the sign-in's events are kept (below).
+        self.store
+            .create_session(&new, usize::MAX, self.policy.idle_ttl)
             .await?;
-        for old in evicted {
-            self.revocations
-                .revoke_session(
-                    &old.to_string(),
-                    now + chrono::Duration::seconds(self.access.ttl_secs()),
-                )
-                .await?;
-            self.record(
-                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
-                    .user(&user.id)
-                    .reason("session_limit")
-                    .with("sessionId", old.to_string()),
-            )
-            .await;
-        }
         let access = self.access.issue(user, session_id, now)?;
         let tokens = IssuedTokens {
             access,
@@ -667,7 +655,57 @@ impl AuthService {
             &tokens,
         )
         .await?;
+        self.evict_sessions_over_cap(user, session_id, now, ctx)
+            .await;
         Ok(tokens)
+    }
+
+    /// Ends the user's oldest live sessions past the cap, never `keep` (the sign-in's own). The
+    /// sign-in stands whatever happens here: its events are kept and its tokens about to be sent.
+    /// A failure leaves the user over the cap until the next sign-in evicts, and is logged.
+    async fn evict_sessions_over_cap(
+        &self,
+        user: &UserRecord,
+        keep: Uuid,
+        now: DateTime<Utc>,
+        ctx: &RequestContext,
+    ) {
+        let evicted = match self
+            .store
+            .evict_sessions(
+                &user.id,
+                keep,
+                self.policy.max_sessions,
+                self.policy.idle_ttl,
+                now,
+            )
+            .await
+        {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                tracing::warn!(error = %e, user_id = %user.id, "could not end the sessions past the cap after a sign-in");
+                return;
+            }
+        };
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs());
+        for old in evicted {
+            // The store has ended the session (its refresh token is dead); this stops its
+            // access token before it expires.
+            if let Err(e) = self
+                .revocations
+                .revoke_session(&old.to_string(), until)
+                .await
+            {
+                tracing::warn!(error = %e, session_id = %old, "could not deny the access tokens of a session evicted by the cap");
+            }
+            self.record(
+                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                    .user(&user.id)
+                    .reason("session_limit")
+                    .with("sessionId", old.to_string()),
+            )
+            .await;
+        }
     }
 
     /// Verifies a bearer token and loads its user, recording nothing: a refused token comes back
@@ -678,10 +716,12 @@ impl AuthService {
         let claims = self.access.verify(token).map_err(|e| RefusedToken {
             error: AuthError::AccessToken(e),
             user_id: None,
+            session_id: None,
         })?;
         let refused = |error| RefusedToken {
             error,
             user_id: Some(claims.sub.clone()),
+            session_id: Some(claims.sid),
         };
         match self.revocations.check(&claims).await {
             Ok(None) => {}
@@ -706,11 +746,18 @@ impl AuthService {
 
     /// Records a refused bearer token (`token_verification_failed`; not for internal errors)
     /// and gives back the error to answer with: a 429 once the address is over its limit of
-    /// refused tokens. Only refusals are counted; a valid token never comes here, so the limit
-    /// never refuses one. Past the address's threshold the events are summarised (see
+    /// refused tokens. Only tokens whose signature did not verify (forged, garbled, signed with
+    /// another key) are counted and refused by the limit. A token the service signed (expired,
+    /// revoked, its user gone) always gets its 401: it is the answer that makes a client refresh
+    /// or sign in again, and such tokens are no more than the service issued. A valid token never
+    /// comes here. Past the address's threshold anonymous refusals are summarised (see
     /// [`SecurityLogger::record_token_failure`]).
     pub async fn refuse(&self, refused: RefusedToken, ctx: &RequestContext) -> AuthError {
-        let RefusedToken { error, user_id } = refused;
+        let RefusedToken {
+            error,
+            user_id,
+            session_id,
+        } = refused;
         let AuthError::AccessToken(e) = &error else {
             return error;
         };
@@ -719,7 +766,9 @@ impl AuthService {
             TokenError::Invalid(why) => why,
         };
         let ip = ip_subject(ctx.client.ip);
-        if let Err(exceeded) = self.limits.check(Limit::BearerFailurePerIp, &ip).await {
+        // A refusal that names a user came after the signature and claims were checked.
+        let signed = user_id.is_some() || e.signature_verified();
+        if !signed && let Err(exceeded) = self.limits.check(Limit::BearerFailurePerIp, &ip).await {
             let event = rate_limited_event(exceeded, ctx, exceeded.limit.name());
             self.events
                 .record_token_failure(&ip, "rate_limited", event)
@@ -731,6 +780,9 @@ impl AuthService {
             .with("tokenKind", "access");
         if let Some(user_id) = user_id {
             event = event.user(user_id);
+        }
+        if let Some(session_id) = session_id {
+            event = event.with("sessionId", session_id.to_string());
         }
         self.events.record_token_failure(&ip, reason, event).await;
         error

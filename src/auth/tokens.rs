@@ -81,6 +81,29 @@ pub enum TokenError {
     Invalid(&'static str),
 }
 
+impl TokenError {
+    /// Whether the token's signature verified before it was refused: it was made with one of the
+    /// service's keys and is refused for what it says (past its expiry, not yet valid, another
+    /// issuer or audience, not an access token), not forged or garbled. Nobody can make more of
+    /// these than the service issued.
+    pub fn signature_verified(&self) -> bool {
+        // jsonwebtoken checks the signature before the claims, and `verify_fully` checks the
+        // token type and subject after `decode`: these are the reasons given only past it.
+        matches!(
+            self,
+            Self::Expired
+                | Self::Invalid(
+                    "not yet valid"
+                        | "issuer"
+                        | "audience"
+                        | "missing claim"
+                        | "token type"
+                        | "subject"
+                )
+        )
+    }
+}
+
 pub struct IssuedAccessToken {
     pub token: String,
     pub jti: Uuid,
@@ -414,5 +437,34 @@ mod tests {
             )
             .unwrap();
         assert_eq!(a.verify(&old.token), Err(TokenError::Expired));
+    }
+
+    /// Refusals of tokens the service signed are told apart from forged or garbled ones.
+    #[test]
+    fn only_refusals_past_the_signature_say_it_verified() {
+        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
+        let other_audience = AccessTokens::new(&secret("k"), None, "iss", "other", 900);
+        let forger = AccessTokens::new(&secret("someone else's key"), None, "iss", "aud", 900);
+        let expired = a
+            .issue(
+                &user(),
+                Uuid::new_v4(),
+                Utc::now() - chrono::Duration::seconds(2000),
+            )
+            .unwrap();
+        let live = a.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
+        let forged = forger.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
+        let verified = |tokens: &AccessTokens, token: &str| {
+            tokens.verify(token).unwrap_err().signature_verified()
+        };
+        assert!(verified(&a, &expired.token), "expired");
+        assert!(verified(&other_audience, &live.token), "another audience");
+        assert!(!verified(&a, &forged.token), "another key");
+        assert!(!verified(&a, "not.a.jwt"), "garbled");
+        let (signed_part, _) = live.token.rsplit_once('.').unwrap();
+        assert!(
+            !verified(&a, &format!("{signed_part}.AAAA")),
+            "bad signature"
+        );
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::SecurityEvent;
 use super::spool::Spool;
-use super::summary::TokenFailureSummaries;
+use super::summary::{Named, TokenFailureSummaries};
 use crate::clock::Clock;
 use crate::config::Durability;
 
@@ -62,6 +62,10 @@ pub struct PipelineStats {
     pub first_unreported_drop_ms: AtomicI64,
     /// Refused bearer tokens counted into a per-address summary instead of recorded one by one.
     pub summarized: AtomicU64,
+    /// Times the writer asked its database whether it answers again, after marking it down.
+    pub db_probes: AtomicU64,
+    /// How long the writer waits between those probes now, in milliseconds (0 until it needs to).
+    pub probe_backoff_ms: AtomicU64,
     pub sink_healthy: AtomicBool,
     pub spool_over_cap: AtomicBool,
     pub spool_failing: AtomicBool,
@@ -244,10 +248,23 @@ impl SecurityLogger {
     }
 
     /// Records a refused bearer token from `address`: on its own up to the threshold of its
-    /// window, then counted into the address's summary (written when the window ends). Metrics
-    /// count it either way.
+    /// window, then counted into the address's summary (written when the window ends). An event
+    /// that names a user (its token passed verification, or its refresh token was found) is
+    /// recorded on its own the first time in its window for that user, session and reason,
+    /// whatever else the address sent. Metrics count it either way.
     pub async fn record_token_failure(&self, address: &str, reason: &str, event: SecurityEvent) {
-        if self.token_failures.admit(address, reason, self.clock.now()) {
+        let named = event.user_id.as_ref().map(|user_id| Named {
+            user_id: user_id.clone(),
+            session_id: event
+                .metadata
+                .get("sessionId")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        });
+        if self
+            .token_failures
+            .admit(address, reason, named, self.clock.now())
+        {
             self.record(event).await;
         } else {
             self.metrics.observe_event(&event);

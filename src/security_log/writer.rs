@@ -1,6 +1,6 @@
 //! The background writer: takes batches off the queue and writes each in one statement to
 //! Postgres, or to the spool when the database is away (or absent: then the spool is the log).
-//! While the database is down it probes with backoff (or at once when told the database answered
+//! While the database is down it probes with backoff (sooner when told the database answered
 //! elsewhere, see `SecurityLogger::database_recovered`); when it is back it replays the spool in
 //! order and deletes each file only after all its events are committed. On shutdown it drains the
 //! queue to the database or the spool before returning.
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The same during shutdown, where the whole drain must fit in pm2's kill timeout.
 const DRAIN_DB_TIMEOUT: Duration = Duration::from_millis(400);
 /// The most events one spool append takes. An fsync costs about the same for 1 KB as for 1 MB
-/// (4 ms on this VM's disk: BENCHMARKS.md), so while events go to the spool a batch takes
+/// (BENCHMARKS.md, "Security log"), so while events go to the spool a batch takes
 /// everything queued up to this, and throughput grows with load instead of stopping at
 /// `batch_size` per fsync. Bounded: a batch holds at most this many events in memory.
 pub const SPOOL_BATCH_MAX: usize = 4096;
@@ -49,11 +50,48 @@ struct Schedule {
     next: Instant,
     wait: Duration,
     last: Option<Instant>,
+    /// The last probe was brought forward by a wake-up.
+    last_woken: bool,
+    /// How soon after a probe brought forward by a wake-up the next wake-up may bring another:
+    /// `PROBE_MIN`, doubling (to `PROBE_MAX`) with each such probe that failed, until a probe
+    /// succeeds. Such a failure means the database answers others but not the writer (a
+    /// read-only standby, where a ping works and an insert does not; the log's own database down
+    /// while the user store's is up), and anyone may call `/health`: a flood of health checks
+    /// must not become a flood of probes and replays.
+    wake_wait: Duration,
+    /// The probe now due was brought forward by a wake-up.
+    woken: bool,
 }
 
 impl Schedule {
+    fn new() -> Self {
+        Self {
+            next: Instant::now(),
+            wait: PROBE_MIN,
+            last: None,
+            last_woken: false,
+            wake_wait: PROBE_MIN,
+            woken: false,
+        }
+    }
+
     fn due(&self) -> bool {
         Instant::now() >= self.next
+    }
+
+    /// The database answered elsewhere: probe now rather than after the back-off, when the last
+    /// probe was the schedule's (the database may have come back just after it failed), and no
+    /// sooner than `wake_wait` after it when a wake-up brought it. The back-off itself is kept:
+    /// if this probe fails too, the next scheduled wait is longer still.
+    fn woken(&mut self) {
+        let earliest = match self.last {
+            Some(last) if self.last_woken => last + self.wake_wait,
+            _ => Instant::now(),
+        };
+        if earliest < self.next {
+            self.next = earliest;
+            self.woken = true;
+        }
     }
 
     /// Probe as soon as allowed (no sooner than `PROBE_MIN` after the last probe), and back off
@@ -72,6 +110,13 @@ impl Schedule {
         } else {
             (self.wait * 2).min(PROBE_MAX)
         };
+        if ok {
+            self.wake_wait = PROBE_MIN;
+        } else if self.woken {
+            self.wake_wait = (self.wake_wait * 2).min(PROBE_MAX);
+        }
+        self.last_woken = self.woken;
+        self.woken = false;
         self.next = now + if healthy { Duration::ZERO } else { self.wait };
     }
 }
@@ -86,32 +131,46 @@ impl Writer {
                 .store(spool::count_lines(&files) as i64, Ordering::Relaxed);
         }
         let wake = self.wake.clone();
-        let mut schedule = Schedule {
-            next: Instant::now(),
-            wait: PROBE_MIN,
-            last: None,
-        };
+        let mut schedule = Schedule::new();
         let mut maintenance = tokio::time::interval(Duration::from_millis(200));
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                // Before the queue: when the database is back, the waiting events go to it
-                // rather than to a spool that may be refusing them. At once, whenever the last
-                // probe was: one may have failed a moment before the database came back. Wake-ups
-                // do not queue up, and once a probe succeeds they are no-ops.
-                () = wake.notified() => {
-                    if !self.healthy() {
-                        self.probe(&mut schedule).await;
-                    }
-                }
+                // The queue first: requests (in sync mode) wait on it, and anyone may call
+                // `/health`, so wake-ups must not be able to starve it.
                 first = self.rx.recv() => {
                     let Some(first) = first else { break };
+                    if !self.healthy() {
+                        // A wake-up that came with these events, and a probe that is due, come
+                        // first: once the database is back the events go to it rather than to a
+                        // spool that may be refusing them. Here too, so that a queue that never
+                        // empties does not keep the writer from its probes.
+                        if wake.notified().now_or_never().is_some() {
+                            schedule.woken();
+                        }
+                        if schedule.due() {
+                            self.probe(&mut schedule).await;
+                        }
+                    }
                     let batch = self.collect(first).await;
                     if !self.write(batch, DB_WRITE_TIMEOUT).await {
                         // Events are being lost: look for the database at the shortest interval.
                         schedule.hurry();
+                    }
+                }
+                // The database answered elsewhere: probe without waiting out the back-off (a
+                // probe may have failed a moment before it came back), but wake-ups' own probes
+                // no closer than `PROBE_MIN`, and further apart each time one fails (see
+                // `Schedule`). Wake-ups do not queue up, and once a probe succeeds they are
+                // no-ops.
+                () = wake.notified() => {
+                    if !self.healthy() {
+                        schedule.woken();
+                        if schedule.due() {
+                            self.probe(&mut schedule).await;
+                        }
                     }
                 }
                 _ = maintenance.tick() => {
@@ -131,6 +190,14 @@ impl Writer {
     async fn probe(&mut self, schedule: &mut Schedule) {
         let ok = self.maintain().await;
         schedule.probed(ok, self.healthy());
+        let backoff = if self.healthy() {
+            0
+        } else {
+            schedule.wait.as_millis() as u64
+        };
+        self.stats
+            .probe_backoff_ms
+            .store(backoff, Ordering::Relaxed);
     }
 
     fn healthy(&self) -> bool {
@@ -336,6 +403,7 @@ impl Writer {
             return false;
         }
         if !self.healthy() {
+            self.stats.db_probes.fetch_add(1, Ordering::Relaxed);
             match timeout(DB_WRITE_TIMEOUT, sink.db.ping()).await {
                 Ok(Ok(())) => {
                     self.stats.sink_healthy.store(true, Ordering::Relaxed);
@@ -454,6 +522,38 @@ mod tests {
             wake: Arc::default(),
         };
         (tx, writer, dir)
+    }
+
+    /// A wake-up after a failed scheduled probe probes at once; wake-ups' own probes keep
+    /// `PROBE_MIN` apart, and each that fails doubles that, until a probe succeeds.
+    #[test]
+    fn wake_ups_whose_probes_fail_are_backed_off_too() {
+        let mut schedule = Schedule::new();
+        schedule.probed(false, false);
+        schedule.woken();
+        assert!(schedule.due(), "at once after the schedule's own probe");
+        schedule.probed(false, false);
+        assert_eq!(schedule.wait, PROBE_MIN * 4, "the back-off still grows");
+        for _ in 0..100 {
+            schedule.woken();
+        }
+        assert_eq!(
+            schedule.next,
+            schedule.last.unwrap() + PROBE_MIN * 2,
+            "many wake-ups bring it forward once, by the doubled wait"
+        );
+        for _ in 0..10 {
+            schedule.woken();
+            schedule.probed(false, false);
+        }
+        assert_eq!(schedule.wake_wait, PROBE_MAX);
+        // A probe succeeds: wake-ups' probes are `PROBE_MIN` apart again.
+        schedule.probed(true, true);
+        schedule.probed(false, false);
+        schedule.woken();
+        schedule.probed(false, false);
+        schedule.woken();
+        assert_eq!(schedule.next, schedule.last.unwrap() + PROBE_MIN * 2);
     }
 
     fn envelope(ack: Option<oneshot::Sender<bool>>) -> Envelope {

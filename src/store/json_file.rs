@@ -413,30 +413,39 @@ impl Store for FileStore {
                 tx.put_session(new.session.clone());
                 tx.put_token(new.token.clone());
             }
-            // The user's other live sessions, oldest first (arrival breaks ties): the new one
-            // is never evicted, and together they keep `max_live`.
-            let mut live: Vec<(DateTime<Utc>, u64, Uuid)> = tx
-                .state()
-                .open_sessions_of(&new.session.user_id)
-                .filter(|e| e.rec.id != new.session.id && e.rec.is_live(now, idle_ttl))
-                .map(|e| (e.rec.created_at, e.ord, e.rec.id))
-                .collect();
-            live.sort_unstable();
-            let excess = live.len().saturating_sub(max_live.saturating_sub(1));
-            let mut evicted = Vec::with_capacity(excess);
-            for (_, _, id) in live.into_iter().take(excess) {
-                let Some(session) = tx.state().session(&id) else {
-                    continue;
-                };
-                let mut session = SessionRecord::clone(session);
-                session.revoked_at = Some(now);
-                session.revoked_reason = Some("session_limit".into());
-                tx.put_session(session);
-                evicted.push(id);
-            }
-            Ok(evicted)
+            Ok(evict(
+                tx,
+                &new.session.user_id,
+                new.session.id,
+                max_live,
+                idle_ttl,
+                now,
+            ))
         })
         .await
+    }
+
+    async fn evict_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        max_live: usize,
+        idle_ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>> {
+        // Most sign-ins are under the cap: then nothing is written (or waited for).
+        let over = self
+            .sessions
+            .read()
+            .open_sessions_of(user_id)
+            .filter(|e| e.rec.id != keep && e.rec.is_live(now, idle_ttl))
+            .count()
+            > max_live.saturating_sub(1);
+        if !over {
+            return Ok(Vec::new());
+        }
+        self.update_sessions(|tx| Ok(evict(tx, user_id, keep, max_live, idle_ttl, now)))
+            .await
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {
@@ -688,6 +697,38 @@ fn decide(state: &Sessions, request: &RotateRequest) -> Decided {
         ))),
         _ => Decided::NeedsWrite,
     }
+}
+
+/// Revokes the user's oldest live sessions other than `keep` (arrival breaks ties) so that,
+/// with `keep`, at most `max_live` are live; returns their ids.
+fn evict(
+    tx: &mut Tx<'_>,
+    user_id: &str,
+    keep: Uuid,
+    max_live: usize,
+    idle_ttl: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Vec<Uuid> {
+    let mut live: Vec<(DateTime<Utc>, u64, Uuid)> = tx
+        .state()
+        .open_sessions_of(user_id)
+        .filter(|e| e.rec.id != keep && e.rec.is_live(now, idle_ttl))
+        .map(|e| (e.rec.created_at, e.ord, e.rec.id))
+        .collect();
+    live.sort_unstable();
+    let excess = live.len().saturating_sub(max_live.saturating_sub(1));
+    let mut evicted = Vec::with_capacity(excess);
+    for (_, _, id) in live.into_iter().take(excess) {
+        let Some(session) = tx.state().session(&id) else {
+            continue;
+        };
+        let mut session = SessionRecord::clone(session);
+        session.revoked_at = Some(now);
+        session.revoked_reason = Some("session_limit".into());
+        tx.put_session(session);
+        evicted.push(id);
+    }
+    evicted
 }
 
 fn invalid(

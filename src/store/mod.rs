@@ -330,6 +330,18 @@ pub trait Store: Send + Sync + 'static {
         max_live: usize,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>>;
+    /// Revokes (reason `session_limit`) the user's oldest live sessions other than `keep`, so
+    /// that with `keep` at most `max_live` are live at `now`; returns their ids. A sign-in calls
+    /// this only once its events are kept, so a sign-in that is withdrawn evicts nothing. A
+    /// repeat revokes nothing more.
+    async fn evict_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        max_live: usize,
+        idle_ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>>;
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome>;
     /// [`Store::rotate_refresh_token`], plus the session's user and the stored successor's id
     /// when the backend reads them in the same step (Postgres: one query for all of it). The

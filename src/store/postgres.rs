@@ -829,9 +829,15 @@ async fn create_session(
     .bind(t.replaced_by)
     .bind(new.records_login)
     .bind(s.created_at - idle_ttl)
-    .bind(max_live.saturating_sub(1) as i64)
+    .bind(others_kept(max_live))
     .fetch_all(conn)
     .await
+}
+
+/// How many of a user's other live sessions stay when one more must fit under `max_live` (an
+/// `OFFSET`: `usize::MAX`, no cap, saturates instead of wrapping to a negative number).
+fn others_kept(max_live: usize) -> i64 {
+    i64::try_from(max_live.saturating_sub(1)).unwrap_or(i64::MAX)
 }
 
 async fn session_by_id(
@@ -1615,6 +1621,35 @@ impl Store for PgStore {
         };
         held.release();
         created
+    }
+
+    async fn evict_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        max_live: usize,
+        idle_ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut conn = self.conn().await?;
+        // `revoked_at IS NULL` again outside: a logout that ends one of them meanwhile keeps its
+        // own reason.
+        sqlx::query_scalar(
+            "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = 'session_limit' \
+             WHERE revoked_at IS NULL AND id IN ( \
+               SELECT id FROM auth_sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL \
+                 AND expires_at > $3 AND last_used_at > $4 \
+               ORDER BY created_at DESC, id DESC OFFSET $5) \
+             RETURNING id",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .bind(now)
+        .bind(now - idle_ttl)
+        .bind(others_kept(max_live))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))
     }
 
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome> {

@@ -302,8 +302,12 @@ async fn the_writer_returns_to_the_database_once_health_sees_it_answer_on_both_s
             (outage.dropped().await > 0.0).then_some(())
         })
         .await;
-        // The outage goes on: the writer's probes fail and its back-off doubles (to 4 s by now).
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // The outage goes on: the writer's probes fail and its back-off doubles, to 4 s at least.
+        eventually("the writer's back-off to grow", PATIENCE, || async {
+            let backoff = metric(app, "flux_auth_security_log_probe_backoff_seconds").await;
+            (backoff >= Some(4.0)).then_some(())
+        })
+        .await;
 
         outage.forwarder.restore();
         eventually("health to see the database", PATIENCE, || async {
@@ -321,6 +325,101 @@ async fn the_writer_returns_to_the_database_once_health_sees_it_answer_on_both_s
         .await;
         assert_eq!((written, lost), (20, 0), "{backend:?}");
     }
+}
+
+/// The most probes the writer may make in `elapsed` once probes fail: one already under way, one
+/// brought forward by a wake-up at once, then one per back-off wait (0.5 s doubling to 10 s), of
+/// the schedule's own and of wake-ups'.
+fn probes_allowed(elapsed: Duration) -> u32 {
+    let (mut waits, mut waited, mut wait) = (0, Duration::ZERO, Duration::from_millis(500));
+    while waited <= elapsed {
+        waits += 1;
+        waited += wait;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    2 + 2 * waits
+}
+
+/// The log's database answers a ping but refuses every insert (as a read-only standby would; here
+/// a trigger refuses them). `/health` sees it answer and wakes the writer, whose probe then fails
+/// on the replay: a burst of health checks must not make one probe and replay each, since anyone
+/// may call `/health`. The writer's back-off decides; once inserts work again the spool is
+/// replayed and health is ok.
+#[tokio::test]
+async fn health_checks_while_the_log_database_refuses_inserts_do_not_each_cause_a_probe() {
+    let Some(app) = TestApp::builder(Backend::Postgres)
+        .settings(|s| s.token_failure_log_threshold = 0)
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
+    let pool = app.db.as_ref().unwrap().pool().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'security events refused'; END $$; \
+         CREATE TRIGGER refuse_events BEFORE INSERT ON security_events \
+         FOR EACH STATEMENT EXECUTE FUNCTION refuse_events();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    bad_tokens(&app, "refused", 3).await;
+    let probes = || async {
+        metric(&app, "flux_auth_security_log_db_probes_total")
+            .await
+            .unwrap()
+    };
+    // The writer has found its inserts refused, and probed (and failed) since.
+    eventually("the writer to probe in vain", PATIENCE, || async {
+        let up = metric(&app, "flux_auth_security_log_sink_up").await;
+        (up == Some(0.0) && probes().await > 0.0).then_some(())
+    })
+    .await;
+
+    let before = probes().await;
+    let started = std::time::Instant::now();
+    const CHECKS: u32 = 100;
+    for _ in 0..CHECKS {
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["checks"]["database"], "ok", "{health}");
+        assert_eq!(health["status"], "degraded", "{health}");
+    }
+    let elapsed = started.elapsed();
+    let made = (probes().await - before) as u32;
+    assert!(
+        made <= probes_allowed(elapsed),
+        "{made} probes for {CHECKS} health checks in {elapsed:?}"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER refuse_events ON security_events")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    eventually("the spool replayed", PATIENCE, || async {
+        let health: Value = app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (health["status"] == "ok").then_some(())
+    })
+    .await;
+    let events = app.events().await;
+    assert_eq!(with_prefix(&events, "refused-"), 3);
 }
 
 /// After the outage (database back, disk freed, nothing waiting) `/health` is ok and the log
@@ -568,4 +667,100 @@ async fn a_google_sign_in_whose_session_cannot_be_created_records_no_success() {
         of_request(&events, "google-first"),
         ["signup_success", "oauth_success", "token_generated"]
     );
+}
+
+/// Sync durability and a cap of two sessions per user: while the log cannot keep events, each
+/// login is answered 503 and its session withdrawn, and the user's two sessions stay as they were
+/// however often the client retries (a sign-in that is withdrawn evicts no other device). Once
+/// the log is back, a login that stands evicts the oldest session, once.
+#[tokio::test]
+async fn a_withdrawn_sign_in_evicts_no_other_session_on_both_stores() {
+    for backend in BACKENDS {
+        let Some(outage) = Outage::start(backend, LogDatabase::Own, |s| {
+            s.security_log_durability = Durability::Sync;
+            s.max_sessions_per_user = 2;
+        })
+        .await
+        else {
+            return;
+        };
+        let app = &outage.app;
+        let email = unique_email();
+        let first = app.signed_up(&email).await;
+        let user_id = first["user"]["id"].as_str().unwrap().to_owned();
+        let second = app.logged_in(&email).await;
+
+        let filler = outage.break_log();
+        for i in 0..3 {
+            let login = login_as(app, &format!("withdrawn-{i}"), &email, PASSWORD).await;
+            assert_error(
+                login,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+            )
+            .await;
+        }
+        std::fs::remove_file(filler).unwrap();
+        outage.forwarder.restore();
+        outage.recovered().await;
+
+        let reasons = || async {
+            let mut reasons: Vec<String> = app
+                .stored_sessions()
+                .await
+                .into_iter()
+                .filter(|s| s.user_id == user_id)
+                .map(|s| s.revoked_reason.unwrap_or_else(|| "live".into()))
+                .collect();
+            reasons.sort();
+            reasons
+        };
+        assert_eq!(
+            reasons().await,
+            [
+                "event_not_kept",
+                "event_not_kept",
+                "event_not_kept",
+                "live",
+                "live"
+            ],
+            "{backend:?}"
+        );
+        // Both devices are still signed in: their refresh tokens work.
+        let mut refreshed = Vec::new();
+        for body in [&first, &second] {
+            let response = app.refresh(body["refreshToken"].as_str().unwrap()).await;
+            assert_eq!(response.status(), StatusCode::OK, "{backend:?}");
+            refreshed.push(response.json::<Value>().await.unwrap());
+        }
+
+        // A login that stands evicts the oldest session (the signup's), and only it.
+        app.logged_in(&email).await;
+        assert_eq!(
+            reasons().await,
+            [
+                "event_not_kept",
+                "event_not_kept",
+                "event_not_kept",
+                "live",
+                "live",
+                "session_limit"
+            ],
+            "{backend:?}"
+        );
+        assert_eq!(
+            app.refresh(refreshed[0]["refreshToken"].as_str().unwrap())
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED,
+            "{backend:?}: the signup's session was evicted"
+        );
+        assert_eq!(
+            app.refresh(refreshed[1]["refreshToken"].as_str().unwrap())
+                .await
+                .status(),
+            StatusCode::OK,
+            "{backend:?}"
+        );
+    }
 }

@@ -2020,3 +2020,51 @@ async fn postgres_idle_connections_broken_by_a_cut_cost_reads_and_refreshes_no_e
     let user_now = store.user_by_id(&user.id).await.unwrap().unwrap();
     assert_eq!(user_now.last_login, Some(base + secs(3)));
 }
+
+/// What a sign-in runs once its events are kept: the user's oldest live sessions past the cap are
+/// revoked, never the one it keeps (its own, whatever its age among them); a repeat revokes
+/// nothing more. A session created with no cap evicts nothing.
+#[tokio::test]
+async fn evicting_past_the_cap_keeps_the_given_session_and_a_repeat_changes_nothing_on_both_backends()
+ {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((store, _settings, _db)) = open_store(backend, dir.path()).await else {
+            continue;
+        };
+        let base = now_ms();
+        let idle = chrono::Duration::days(7);
+        let user = user_record(&Uuid::new_v4().to_string(), &unique_email(), base);
+        store.insert_user(&user).await.unwrap();
+        let sessions: Vec<NewSession> = (0..4)
+            .map(|i| new_session(&user.id, base + secs(i)))
+            .collect();
+        for new in &sessions {
+            let evicted = store.create_session(new, usize::MAX, idle).await.unwrap();
+            assert!(evicted.is_empty(), "{backend:?}: no cap, no eviction");
+        }
+        let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|i| sessions[i].session.clone());
+        let now = base + secs(10);
+        let mut evicted = store
+            .evict_sessions(&user.id, s0.id, 2, idle, now)
+            .await
+            .unwrap();
+        evicted.sort();
+        let mut expected = vec![s1.id, s2.id];
+        expected.sort();
+        assert_eq!(evicted, expected, "{backend:?}");
+        let again = store
+            .evict_sessions(&user.id, s0.id, 2, idle, now)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{backend:?}: {again:?}");
+        assert_eq!(
+            store.live_sessions(&user.id, now, idle).await.unwrap(),
+            vec![s3, s0],
+            "{backend:?}: newest first"
+        );
+        let revoked = store.session(s1.id).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_reason.as_deref(), Some("session_limit"));
+        assert_eq!(revoked.revoked_at, Some(now), "{backend:?}");
+    }
+}
