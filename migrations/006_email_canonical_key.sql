@@ -12,5 +12,9 @@
 -- Adding a column and building the index lock `users` briefly: give up rather than queue behind
 -- a long transaction (and stall every login behind this lock); the migration is retried.
 SET LOCAL lock_timeout = '5s';
-ALTER TABLE users ADD COLUMN IF NOT EXISTS email_key TEXT CHECK (length(email_key) <= 254);
+ALTER TABLE users ADD COLUMN IF NOT EXISTS email_key TEXT;
+-- NOT VALID: checking existing rows would scan `users` under this migration's ACCESS EXCLUSIVE
+-- lock, and the new column holds nothing to check. Every row written from now on is checked;
+-- migration 007 validates the rest under a lock that lets reads and writes go on.
+ALTER TABLE users ADD CONSTRAINT users_email_key_length CHECK (length(email_key) <= 254) NOT VALID;
 CREATE UNIQUE INDEX IF NOT EXISTS users_email_canonical_key ON users (email_key);
