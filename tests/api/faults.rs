@@ -531,8 +531,7 @@ async fn a_busy_pool_on_a_database_that_refuses_new_connections_keeps_serving() 
     role.refuse_new_connections().await;
     let refused = PgConnection::connect(&role.url(&app.db.as_ref().unwrap().url))
         .await
-        .err()
-        .expect("a new connection of the role is refused");
+        .expect_err("a new connection of the role is refused");
     assert_eq!(
         refused
             .as_database_error()

@@ -20,10 +20,10 @@
 //!    outage. Only a connection exception (SQLSTATE class 08, as a pooler sends when it cannot
 //!    reach Postgres) or a server shutting down or starting (57P) counts as no answer;
 //! 3. while that connection is being tried, and for what is left of [`PROBE_TIMEOUT`] if it fails
-//!    other than by being refused (a slow handshake, a pooler out of client slots), a pooled
-//!    connection that comes back idle and answers `SELECT 1` also settles it: the database is
-//!    reachable. A connection refused outright (nothing listens) settles it the other way at
-//!    once.
+//!    other than by being refused (a slow handshake, a pooler out of client slots), it also
+//!    waits for a connection from the pool, in the pool's queue like any request: one that comes
+//!    back from a request and answers `SELECT 1` also settles it, the database is reachable. A
+//!    connection refused outright (nothing listens) settles it the other way at once.
 //!
 //! Statement errors (a constraint, a statement timeout behind a lock) raise no suspicion.
 //!
@@ -47,7 +47,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The first wait between failed probes; it doubles up to [`LAST_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_millis(500);
-/// How often a probe looks for a pooled connection that came back idle.
+/// How long a probe waits before asking the pool again for a connection after the pool failed
+/// to hand one over.
 const RETURNED_POLL: Duration = Duration::from_millis(10);
 /// A new connection the server refuses with an error is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -229,10 +230,10 @@ impl Circuit {
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
         let returned = async {
             loop {
-                tokio::time::sleep(RETURNED_POLL).await;
-                if self.idle_connection_answers().await {
+                if self.pooled_connection_answers().await {
                     return;
                 }
+                tokio::time::sleep(RETURNED_POLL).await;
             }
         };
         tokio::pin!(returned);
@@ -262,6 +263,20 @@ impl Circuit {
         let answer =
             tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *conn)).await;
         let answered = matches!(answer, Ok(Ok(_)));
+        if !answered {
+            conn.close_on_drop();
+        }
+        answered
+    }
+
+    /// Whether a connection of the pool answers `SELECT 1`, waiting in the pool's queue for one
+    /// like any request (a busy pool hands one over as soon as a request gives it back; the
+    /// caller bounds the wait). A connection that fails is closed.
+    async fn pooled_connection_answers(&self) -> bool {
+        let Ok(mut conn) = self.pool.acquire().await else {
+            return false;
+        };
+        let answered = sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok();
         if !answered {
             conn.close_on_drop();
         }
