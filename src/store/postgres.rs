@@ -276,8 +276,8 @@ impl Database {
         requests: Option<RequestPool>,
     ) -> anyhow::Result<Self> {
         // Only startup parameters a pooler tracks (PgBouncer refuses any other, `options` and
-        // `extra_float_digits` among them): settings are made with `SET` once connected. No
-        // float is read as text, so the server's default float output does.
+        // `extra_float_digits` among them): settings are made with `SET` once connected. The
+        // service reads no float as text, so the server's default float format is fine.
         let options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
             .application_name("flux-auth")
