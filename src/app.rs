@@ -230,6 +230,9 @@ impl Core {
     /// Stops background tasks and drains the security log.
     pub async fn shutdown(self) {
         self.background.cancel();
+        if let Some(db) = self.state.auth.store.database() {
+            db.stop_probing();
+        }
         self.pipeline.stop.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.pipeline.writer)
             .await

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::security_log::{EventType, PipelineStats, SecurityEvent, SecurityLogger};
 use crate::store::postgres::Database;
+use crate::store::postgres::circuit::ProbeOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -487,6 +488,23 @@ impl Collector for StateCollector {
                     "Times the store's probe found the database unreachable after it had been reachable",
                     circuit.times_opened(),
                 )?;
+                counter(
+                    &mut e,
+                    &format!("db_{pool}_failed_fast"),
+                    "Store calls answered 503 at once, without waiting for a connection, because the database was known to be unreachable",
+                    circuit.times_failed_fast(),
+                )?;
+                let name = format!("db_{pool}_probes");
+                let mut probes = e.encode_descriptor(
+                    &name,
+                    "Probes of the database by what they found: answered (a connection answered), refused (the server refused a new connection with an error: reachable), unreachable",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for outcome in ProbeOutcome::ALL {
+                    ConstCounter::new(circuit.probes(outcome))
+                        .encode(probes.encode_family(&[("outcome", outcome.as_str())])?)?;
+                }
             }
         }
         if let Some(link) = &self.redis_up {

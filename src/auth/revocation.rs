@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::AccessClaims;
+use crate::limits::pending::Pending;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revoked {
@@ -75,16 +76,6 @@ struct State {
 }
 
 impl InProcessRevocations {
-    /// One live entry as (value, expiry).
-    fn entry(&self, key: &str, now: DateTime<Utc>) -> Option<(i64, DateTime<Utc>)> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .entries
-            .get(key)
-            .copied()
-            .filter(|(_, exp)| *exp > now)
-    }
-
     /// Live entries as (key, value, expiry), for copying to Redis after an outage.
     fn entries(&self, now: DateTime<Utc>) -> Vec<(String, i64, DateTime<Utc>)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,23 +162,26 @@ impl RevocationList for InProcessRevocations {
 /// Revocations shared through Redis, with the in-process list always written too: a logout
 /// during a Redis outage still takes effect on this instance, and the entries written meanwhile
 /// are copied to Redis (and published) as soon as it is back ([`SharedRevocations::replay`]), so
-/// the other instances learn of them without waiting for another revocation.
+/// the other instances learn of them without waiting for another revocation. A revocation made
+/// while that copy runs goes to Redis on its own, never waiting for the copy: Redis keeps the
+/// larger of two writes of one key, so the order of the two does not matter.
 ///
 /// Every write is also published on a channel. While [`SharedRevocations::mirror`] holds a
 /// subscription to it (and has read what Redis held when it subscribed), the in-process list is a
 /// complete copy and checks are answered from memory, without a round trip per request. Another
 /// instance's revocation then takes effect here as soon as its message arrives (the time of one
 /// pub/sub delivery, far inside the access-token lifetime SECURITY.md D1 allows). Without the
-/// subscription, every check asks Redis, as before.
+/// subscription, every check asks Redis.
 pub struct SharedRevocations {
     local: InProcessRevocations,
     redis: Arc<crate::limits::RedisLink>,
     prefix: String,
     channel: String,
-    /// Revocations made here that Redis does not have yet.
-    pending: Mutex<Pending>,
-    /// One copy to Redis at a time.
-    copying: tokio::sync::Mutex<()>,
+    /// Revocations made here that Redis does not have yet, with their value and expiry. Past
+    /// [`MAX_PENDING`] keys the copy after the outage is of every live revocation this instance
+    /// holds (its own and those it heard of): more writes, none lost. Entries leave only once
+    /// Redis has taken them, so an outage that comes back mid-copy loses nothing either.
+    pending: Mutex<Pending<(i64, DateTime<Utc>)>>,
     /// True while the in-process list is a complete copy of Redis's (see `mirror`).
     mirrored: AtomicBool,
     /// Set once Redis has refused a publish, so that is logged once.
@@ -197,37 +191,8 @@ pub struct SharedRevocations {
 /// A published revocation longer than this is not ours; it is ignored rather than stored.
 const MAX_MESSAGE: usize = 512;
 
-/// Revocations waiting for Redis, by key (their value and expiry are the local list's). Past
-/// [`MAX_PENDING`] keys the set is given up for a flag, and the copy after the outage is of every
-/// live revocation this instance holds (its own and those it heard of): more writes, none lost.
-/// Entries leave only once Redis has taken them, so an outage that comes back mid-copy loses
-/// nothing either.
-#[derive(Default)]
-struct Pending {
-    keys: std::collections::HashSet<String>,
-    everything: bool,
-}
-
-/// Keys (about 60 bytes each) kept for the copy after an outage before it copies everything.
+/// Keys (about 80 bytes each) kept for the copy after an outage before it copies everything.
 const MAX_PENDING: usize = 100_000;
-
-impl Pending {
-    fn add(&mut self, key: String) {
-        if self.everything {
-            return;
-        }
-        if self.keys.len() >= MAX_PENDING {
-            self.keys.clear();
-            self.everything = true;
-            return;
-        }
-        self.keys.insert(key);
-    }
-
-    fn is_empty(&self) -> bool {
-        !self.everything && self.keys.is_empty()
-    }
-}
 
 impl SharedRevocations {
     pub fn new(redis: Arc<crate::limits::RedisLink>, prefix: &str) -> Self {
@@ -236,41 +201,38 @@ impl SharedRevocations {
             redis,
             prefix: format!("{prefix}rv:"),
             channel: format!("{prefix}revocations"),
-            pending: Mutex::default(),
-            copying: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(Pending::new(MAX_PENDING)),
             mirrored: AtomicBool::new(false),
             publish_refused: AtomicBool::new(false),
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending<(i64, DateTime<Utc>)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stores a revocation here and in Redis, or here and in the list for Redis when Redis is
+    /// unreachable. Never waits for the copy of an outage's revocations: a request publishes its
+    /// own and nothing else.
     async fn put(&self, key: String, value: i64, until: DateTime<Utc>) -> anyhow::Result<()> {
         self.local.put(key.clone(), value, until);
         if !self.redis.is_up() {
-            self.pending().add(key);
+            self.pending().add(key, (value, until));
             return Ok(());
-        }
-        if !self.pending().is_empty() {
-            self.catch_up().await;
         }
         if let Err(e) = self.publish(&key, value, until, Utc::now()).await {
             self.redis.failed(&e);
-            self.pending().add(key);
+            self.pending().add(key, (value, until));
         }
         Ok(())
     }
 
-    /// Revocations made here that Redis does not have yet (metrics); `everything` counts as one
+    /// Revocations made here that Redis does not have yet (metrics); "everything" counts as one
     /// per live local entry.
     pub fn waiting_for_redis(&self) -> usize {
-        let pending = self.pending();
-        if pending.everything {
-            self.local.entries(Utc::now()).len()
-        } else {
-            pending.keys.len()
+        match self.pending().waiting() {
+            (keys, true) => keys + self.local.entries(Utc::now()).len(),
+            (keys, false) => keys,
         }
     }
 
@@ -305,7 +267,7 @@ impl SharedRevocations {
         let published = self
             .redis
             .store()
-            .set_px_then_publish(
+            .raise_then_publish(
                 &format!("{}{key}", self.prefix),
                 value,
                 (until - now).num_milliseconds(),
@@ -322,42 +284,34 @@ impl SharedRevocations {
         Ok(())
     }
 
-    /// Copies the pending revocations to Redis, each taken off the list once Redis has it; stops
-    /// at the first failure (the rest wait for the next recovery).
+    /// Copies the pending revocations to Redis, each taken off the list once Redis has it (unless
+    /// a newer value of it was recorded meanwhile, which waits for the next copy); stops at the
+    /// first failure (the rest wait for the next recovery). Only [`SharedRevocations::replay`]
+    /// runs it, one copy at a time.
     async fn catch_up(&self) {
-        let _one_at_a_time = self.copying.lock().await;
         let now = Utc::now();
-        let (keys, everything) = {
-            let pending = self.pending();
-            (
-                pending.keys.iter().cloned().collect::<Vec<_>>(),
-                pending.everything,
-            )
-        };
-        let entries: Vec<(String, i64, DateTime<Utc>)> = if everything {
-            self.local.entries(now)
-        } else {
-            keys.into_iter()
-                .filter_map(|key| {
-                    let entry = self.local.entry(&key, now);
-                    if entry.is_none() {
-                        // Expired meanwhile: nothing left to copy.
-                        self.pending().keys.remove(&key);
-                    }
-                    entry.map(|(value, until)| (key, value, until))
-                })
-                .collect()
-        };
-        let copied = entries.len();
-        for (key, value, until) in entries {
-            if let Err(e) = self.publish(&key, value, until, now).await {
-                self.redis.failed(&e);
-                return;
-            }
-            self.pending().keys.remove(&key);
+        let snapshot = self.pending().snapshot();
+        let mut entries = snapshot.entries.clone();
+        if snapshot.everything {
+            entries.extend(
+                self.local
+                    .entries(now)
+                    .into_iter()
+                    .map(|(key, value, until)| (key, (value, until))),
+            );
         }
-        if everything {
-            self.pending().everything = false;
+        let mut copied = 0;
+        for (key, (value, until)) in entries {
+            // Expired meanwhile: nothing left to copy.
+            if until > now {
+                if let Err(e) = self.publish(&key, value, until, now).await {
+                    self.redis.failed(&e);
+                    self.pending().copy_failed(&snapshot);
+                    return;
+                }
+                copied += 1;
+            }
+            self.pending().copied(&key, (value, until));
         }
         if copied > 0 {
             tracing::info!(

@@ -10,6 +10,7 @@
 
 pub mod keystore;
 pub mod memory;
+pub mod pending;
 pub mod redis_link;
 pub mod redis_store;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use keystore::{Admission, Failure, FailureKeys, KeyStore, LockPolicy, Rate, Verdict};
 use memory::MemoryStore;
+use pending::Pending;
 pub use redis_link::RedisLink;
 
 use crate::clock::Clock;
@@ -99,21 +101,14 @@ pub struct Limits {
     enabled: bool,
     redis: Option<Arc<RedisLink>>,
     memory: MemoryStore,
-    /// Locks started in-process while Redis was away, waiting to be copied to it.
-    pending: std::sync::Mutex<PendingLocks>,
+    /// Locks started in-process while Redis was away (key and end in ms), waiting to be copied
+    /// to it. Past [`MAX_PENDING_LOCKS`] the copy is of every live lock the in-process store
+    /// holds (bounded by its own size): more writes, none lost. A lock leaves only once Redis has
+    /// it (or it is lifted), so Redis failing again mid-copy loses nothing.
+    pending: std::sync::Mutex<Pending<i64>>,
     clock: Clock,
     prefix: String,
     rules: Rules,
-}
-
-/// Lock keys with their end (ms), started while Redis was away. Past [`MAX_PENDING_LOCKS`] the
-/// map is given up for a flag, and the copy is of every live lock the in-process store holds
-/// (bounded by its own size): more writes, none lost. A lock leaves the map only once Redis has
-/// it, so Redis failing again mid-copy loses nothing.
-#[derive(Default)]
-struct PendingLocks {
-    locks: std::collections::HashMap<String, i64>,
-    everything: bool,
 }
 
 const MAX_PENDING_LOCKS: usize = 100_000;
@@ -161,7 +156,7 @@ impl Limits {
             enabled: settings.rate_limits == Switch::On,
             redis,
             memory: MemoryStore::default(),
-            pending: std::sync::Mutex::default(),
+            pending: std::sync::Mutex::new(Pending::new(MAX_PENDING_LOCKS)),
             clock,
             prefix: settings.redis_key_prefix.clone(),
             rules: Rules {
@@ -394,36 +389,24 @@ impl Limits {
     /// Redis after an outage.
     async fn lifted(&self, lock_key: &str) {
         if self.redis.is_some() {
-            self.pending_locks().locks.remove(lock_key);
+            self.pending_locks().remove(lock_key);
             let _ = self.memory.delete(&[lock_key.to_owned()]).await;
         }
     }
 
-    fn pending_locks(&self) -> std::sync::MutexGuard<'_, PendingLocks> {
+    fn pending_locks(&self) -> std::sync::MutexGuard<'_, Pending<i64>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_pending(&self, key: String, until_ms: i64) {
-        let mut pending = self.pending_locks();
-        if pending.everything {
-            return;
-        }
-        if pending.locks.len() >= MAX_PENDING_LOCKS {
-            pending.locks.clear();
-            pending.everything = true;
-            return;
-        }
-        let until = pending.locks.entry(key).or_insert(until_ms);
-        *until = (*until).max(until_ms);
+        self.pending_locks().add(key, until_ms);
     }
 
     /// Locks started in-process that Redis does not have yet (metrics).
     pub fn locks_waiting_for_redis(&self) -> usize {
-        let pending = self.pending_locks();
-        if pending.everything {
-            MAX_PENDING_LOCKS
-        } else {
-            pending.locks.len()
+        match self.pending_locks().waiting() {
+            (_, true) => MAX_PENDING_LOCKS,
+            (keys, false) => keys,
         }
     }
 
@@ -449,32 +432,26 @@ impl Limits {
 
     async fn copy_locks(&self, link: &RedisLink) {
         let now = self.clock.now_ms();
-        let (locks, everything) = {
-            let pending = self.pending_locks();
-            let locks: Vec<(String, i64)> =
-                pending.locks.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            (locks, pending.everything)
-        };
-        let locks = if everything {
+        let snapshot = self.pending_locks().snapshot();
+        let mut locks = snapshot.entries.clone();
+        if snapshot.everything {
             let prefix = format!("{}lock:", self.prefix);
             let live = self.memory.locks(&prefix, now).await.unwrap_or_default();
-            live.into_iter().map(|(k, ms)| (k, now + ms)).collect()
-        } else {
-            locks
-        };
+            locks.extend(live.into_iter().map(|(k, ms)| (k, now + ms)));
+        }
         let mut copied = 0;
         for (key, until) in locks {
-            if until > now {
+            // Lifted since the copy began (a successful sign-in, an admin): not written back.
+            let lifted = !snapshot.everything && !self.pending_locks().contains(&key);
+            if until > now && !lifted {
                 if let Err(e) = link.store().extend_lock(&key, until, until - now).await {
                     link.failed(&e);
+                    self.pending_locks().copy_failed(&snapshot);
                     return;
                 }
                 copied += 1;
             }
-            self.pending_locks().locks.remove(&key);
-        }
-        if everything {
-            self.pending_locks().everything = false;
+            self.pending_locks().copied(&key, until);
         }
         if copied > 0 {
             tracing::info!(

@@ -93,11 +93,33 @@ end
 return 1
 ";
 
+/// Raises KEYS[1] to ARGV[1] and its time to live to ARGV[2] ms, keeping whichever of each is
+/// larger (a revocation only ever grows: a later logout-all cutoff, a later expiry), then
+/// publishes ARGV[4] on the channel ARGV[3]. Returns 1 if published, 0 if Redis refused to (an ACL
+/// without the channel): the value is stored either way. Two instances, or a copy after an outage
+/// and a new revocation, writing one key in either order leave the larger value.
+const RAISE_THEN_PUBLISH_SCRIPT: &str = r"
+local value = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local held = redis.call('GET', KEYS[1])
+if held then
+  held = tonumber(held)
+  if held and held > value then value = held end
+  local left = redis.call('PTTL', KEYS[1])
+  if left > ttl then ttl = left end
+end
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+local published = redis.pcall('PUBLISH', ARGV[3], ARGV[4])
+if type(published) == 'table' and published.err then return 0 end
+return 1
+";
+
 pub struct RedisStore {
     manager: ConnectionManager,
     timeout: Duration,
     admit: Script,
     failures: Script,
+    raise_then_publish: Script,
 }
 
 /// `text` as a literal inside a SCAN/KEYS glob pattern.
@@ -127,6 +149,7 @@ impl RedisStore {
             timeout,
             admit: Script::new(ADMIT_SCRIPT),
             failures: Script::new(FAILURES_SCRIPT),
+            raise_then_publish: Script::new(RAISE_THEN_PUBLISH_SCRIPT),
         })
     }
 
@@ -153,11 +176,13 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Sets `key` to `value` for `ttl_ms`, then publishes `message` on `channel`, in one round
-    /// trip. In that order, a subscriber that reads the key space after subscribing misses no
-    /// write: one it does not read was published after it subscribed. Returns whether the message
-    /// was published; the value is stored either way (an ACL may forbid the channel).
-    pub async fn set_px_then_publish(
+    /// Raises `key` to `value` for `ttl_ms` at least (a larger value or a longer time to live
+    /// already there is kept), then publishes `message` on `channel`, in one atomic round trip
+    /// (see [`RAISE_THEN_PUBLISH_SCRIPT`]). In that order, a subscriber that reads the key space
+    /// after subscribing misses no write: one it does not read was published after it
+    /// subscribed. Returns whether the message was published; the value is stored either way
+    /// (an ACL may forbid the channel).
+    pub async fn raise_then_publish(
         &self,
         key: &str,
         value: i64,
@@ -165,24 +190,19 @@ impl RedisStore {
         channel: &str,
         message: &str,
     ) -> anyhow::Result<bool> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors()
-            .cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_ms.max(1))
-            .cmd("PUBLISH")
-            .arg(channel)
-            .arg(message);
         let mut conn = self.manager.clone();
-        let replies: Vec<redis::RedisResult<redis::Value>> =
-            self.bounded(pipe.query_async(&mut conn)).await?;
-        let mut replies = replies.into_iter();
-        replies
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("redis did not answer SET"))??;
-        Ok(matches!(replies.next(), Some(Ok(_))))
+        let published: i64 = self
+            .bounded(
+                self.raise_then_publish
+                    .key(key)
+                    .arg(value)
+                    .arg(ttl_ms.max(1))
+                    .arg(channel)
+                    .arg(message)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(published == 1)
     }
 
     /// Every key matching `prefix*` with its integer value and the milliseconds it has left;

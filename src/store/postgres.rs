@@ -15,11 +15,11 @@
 //!
 //! The store's pool also has a circuit ([`circuit::Circuit`]): while a probe finds the database
 //! unreachable, store calls answer `Unavailable` at once instead of each waiting out the pool's
-//! acquire timeout. Each of its connections carries `statement_timeout`
+//! acquire timeout. Each of its connections is given `statement_timeout`
 //! (`DATABASE_STATEMENT_TIMEOUT_MS`, below the request timeout) and, on Postgres 14 and later,
-//! `client_connection_check_interval`; a write that must not outlive its request runs on a
-//! [`Guarded`] connection, closed rather than returned to the pool when the request gives up
-//! midway, so Postgres ends and rolls back the statement still running on it.
+//! `client_connection_check_interval` by a `SET` when it opens; a write that must not outlive its
+//! request runs on a [`Held`] connection, closed rather than returned to the pool when the request
+//! gives up midway, so Postgres ends and rolls back the statement still running on it.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -197,7 +197,7 @@ pub struct Database {
 }
 
 /// How often Postgres (14 and later) checks, while running a statement, that the client is still
-/// connected: a request that gives up closes its connection (see [`Guarded`]), and its statement
+/// connected: a request that gives up closes its connection (see [`Held`]), and its statement
 /// is then ended and rolled back within this long instead of running on to commit.
 const CLIENT_CHECK_INTERVAL: &str = "250ms";
 
@@ -275,16 +275,13 @@ impl Database {
         checks: ConnectionChecks,
         requests: Option<RequestPool>,
     ) -> anyhow::Result<Self> {
-        let mut options = PgConnectOptions::from_str(url.expose_secret())
+        // Only startup parameters a pooler tracks (PgBouncer refuses any other, `options` and
+        // `extra_float_digits` among them): settings are made with `SET` once connected. The
+        // service reads no float as text, so the server's default float format is fine.
+        let options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
-            .application_name("flux-auth");
-        if let Some(requests) = &requests {
-            // A startup parameter: no round trip, and `RESET` comes back to it.
-            options = options.options([(
-                "statement_timeout",
-                format!("{}ms", requests.statement_timeout.as_millis()),
-            )]);
-        }
+            .application_name("flux-auth")
+            .extra_float_digits(None);
         let health = Arc::new(ConnectionHealth::new());
         let mut pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -309,19 +306,22 @@ impl Database {
                     })
                 });
         }
-        if requests.is_some() {
-            pool = pool.after_connect(|conn, _meta| {
+        if let Some(requests) = &requests {
+            let statement_timeout_ms = requests.statement_timeout.as_millis();
+            pool = pool.after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    // Postgres before 14 does not know the setting (and would refuse the whole
-                    // connection as a startup parameter): there the statement timeout alone
-                    // bounds a statement whose request gave up.
+                    // One round trip for both. Postgres before 14 does not know the check
+                    // interval: there the statement timeout alone bounds a statement whose
+                    // request gave up.
+                    let mut set = format!("SET statement_timeout = '{statement_timeout_ms}ms'");
                     if conn.server_version_num().is_some_and(|v| v >= 140_000) {
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
-                        )))
+                        set.push_str(&format!(
+                            "; SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
+                        ));
+                    }
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
                         .execute(&mut *conn)
                         .await?;
-                    }
                     Ok(())
                 })
             });
@@ -330,7 +330,7 @@ impl Database {
         let circuit = requests.map(|_| {
             let health = health.clone();
             Arc::new(Circuit::new(
-                pool.connect_options(),
+                pool.clone(),
                 Box::new(move || health.note_failure()),
             ))
         });
@@ -358,6 +358,19 @@ impl Database {
     /// Whether the circuit is open: the database is known to be unreachable.
     pub fn is_unreachable(&self) -> bool {
         self.circuit.as_ref().is_some_and(|c| c.is_open())
+    }
+
+    /// Whether a store call must be answered `Unavailable` at once because the circuit is open;
+    /// counted as such (`db_users_failed_fast_total`).
+    fn fails_fast(&self) -> bool {
+        self.circuit.as_ref().is_some_and(|c| c.fails_fast())
+    }
+
+    /// Ends the circuit's probe, if one runs, and starts none after (shutdown).
+    pub fn stop_probing(&self) {
+        if let Some(circuit) = &self.circuit {
+            circuit.stop();
+        }
     }
 
     /// Reports a failed query: after a connection-level failure every connection opened before
@@ -424,28 +437,24 @@ impl Database {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.acquire().await?;
         // A migration, or the keys' backfill, may take longer than a request's statement (an
-        // index on a big table).
+        // index on a big table), so the timeout is off on this connection, which is then closed
+        // rather than returned to the pool: no request ever runs on it without its timeout, and
+        // nothing has to be undone after a failure.
+        conn.close_on_drop();
         sqlx::raw_sql("SET statement_timeout = 0")
             .execute(&mut *conn)
             .await?;
-        let migrated = async {
-            run_migrations(&mut conn).await?;
-            email_keys::backfill(&mut conn).await?;
-            // Only a report: the store works whether or not it can be made.
-            match email_keys::collisions(&mut conn).await {
-                Ok(collisions) => super::warn_of_collisions(&collisions),
-                Err(e) => tracing::warn!(error = %e,
-                    "could not list the accounts that cannot sign in by email \
-                     (flux-auth users email-collisions lists them)"),
-            }
-            anyhow::Ok(())
+        run_migrations(&mut conn).await?;
+        email_keys::backfill(&mut conn).await?;
+        // Only a report: the store works whether or not it can be made.
+        let collisions = email_keys::collisions(&mut conn).await;
+        drop(conn);
+        match collisions {
+            Ok(collisions) => super::warn_of_collisions(&collisions),
+            Err(e) => tracing::warn!(error = %e,
+                "could not list the accounts that cannot sign in by email \
+                 (flux-auth users email-collisions lists them)"),
         }
-        .await;
-        // Back to the connection's own timeout before it returns to the pool.
-        sqlx::raw_sql("RESET statement_timeout")
-            .execute(&mut *conn)
-            .await?;
-        migrated?;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -607,6 +616,8 @@ pub struct PgStore {
     /// when `USER_CACHE_USERS=0`, and for the CLI commands that open the store alone
     /// (`from_database`), which serve no requests.
     users: Option<Arc<UserCache>>,
+    /// `REQUEST_TIMEOUT_MS`: no write of a request happens later than this after its start.
+    request_timeout: chrono::Duration,
 }
 
 impl PgStore {
@@ -637,11 +648,27 @@ impl PgStore {
                 Duration::from_secs(settings.user_cache_ttl_secs),
             ))
         });
-        Ok(Self { db, users })
+        Ok(Self {
+            db,
+            users,
+            request_timeout: chrono::Duration::milliseconds(settings.request_timeout_ms as i64),
+        })
     }
 
     pub fn from_database(db: Database) -> Self {
-        Self { db, users: None }
+        Self {
+            db,
+            users: None,
+            request_timeout: chrono::Duration::milliseconds(
+                Settings::default().request_timeout_ms as i64,
+            ),
+        }
+    }
+
+    /// The latest moment, by the instance's clock, at which `request` can still write: its
+    /// time plus the request timeout (it is answered 408 then, and its statement rolled back).
+    fn latest_write(&self, request: &RotateRequest) -> DateTime<Utc> {
+        request.now + self.request_timeout
     }
 
     /// Drops this instance's copy of a user it just changed, so its next request reads the change
@@ -662,12 +689,18 @@ impl PgStore {
                 "database not ready (connecting or migrating)".into(),
             ));
         }
-        if self.db.is_unreachable() {
+        if self.db.fails_fast() {
             return Err(StoreError::Unavailable(
                 "database unreachable (circuit open)".into(),
             ));
         }
-        self.db.acquire().await.map_err(|e| self.fail(e))
+        // Whatever kept the pool from handing over a connection (a timeout, or the server
+        // refusing a new one: too many connections, authentication), no statement ran: the
+        // store is unavailable, not wrong.
+        self.db.acquire().await.map_err(|e| {
+            self.db.note_failure(&e);
+            StoreError::Unavailable(e.to_string())
+        })
     }
 
     /// [`map_err`], reporting a connection-level failure to the pool (see [`ConnectionChecks`]).
@@ -940,7 +973,9 @@ const ROTATION_READ: &str = concat!(
 /// called the retry a stolen token's reuse. It is Postgres's clock, compared with the instance's
 /// when the token comes back, so the hosts' clocks must agree (NTP) to well within the window;
 /// never earlier than the request's own time (`$2`), so a Postgres clock running behind costs no
-/// more than measuring from the request did.
+/// more than measuring from the request does, and never later than the latest moment the request
+/// could still write (`$9`: its time plus the request timeout, by the instance's clock), so a
+/// Postgres clock running ahead lengthens the window by that much at most, not by its drift.
 const ROTATION_FAST: &str = concat!(
     "WITH t AS MATERIALIZED ( \
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
@@ -949,7 +984,8 @@ const ROTATION_FAST: &str = concat!(
          AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
        FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = least(greatest($2, clock_timestamp()), $9), \
+         replaced_by = $3 \
        WHERE id = (SELECT id FROM t) AND rotated_at IS NULL AND session_id IN (SELECT id FROM s) \
        RETURNING id, session_id), \
      successor AS ( \
@@ -971,11 +1007,12 @@ const ROTATION_FAST: &str = concat!(
 /// rotated (re-checked likewise by the UPDATE), the successor inserted and the session touched.
 /// A concurrent rotation or revocation that committed first leaves `rotated` empty, and nothing
 /// is written. Returns how many tokens were rotated: 1 or 0. `rotated_at` is the time of the
-/// write, as in [`ROTATION_FAST`].
+/// write, bounded as in [`ROTATION_FAST`] (`$8` the latest moment the request could write).
 const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
        SELECT id FROM auth_sessions WHERE id = $4 AND revoked_at IS NULL FOR UPDATE), \
      rotated AS ( \
-       UPDATE refresh_tokens SET rotated_at = greatest($2, clock_timestamp()), replaced_by = $3 \
+       UPDATE refresh_tokens SET rotated_at = least(greatest($2, clock_timestamp()), $8), \
+         replaced_by = $3 \
        WHERE id = $1 AND rotated_at IS NULL AND session_id IN (SELECT id FROM live) \
        RETURNING session_id), \
      successor AS ( \
@@ -1129,6 +1166,7 @@ impl From<RotationRow> for RotationState {
 async fn rotate_live(
     conn: &mut PgConnection,
     request: &RotateRequest,
+    latest_write: DateTime<Utc>,
 ) -> Result<Option<Rotation>, sqlx::Error> {
     let row: Option<RotationRow> = sqlx::query_as(ROTATION_FAST)
         .bind(&request.presented_hash)
@@ -1139,6 +1177,7 @@ async fn rotate_live(
         .bind(request.now - request.idle_ttl)
         .bind(request.reject_on_fingerprint_mismatch)
         .bind(&request.fingerprint)
+        .bind(latest_write)
         .fetch_optional(conn)
         .await?;
     let Some(RotationState {
@@ -1235,7 +1274,7 @@ impl PgStore {
         let mut retried = false;
         loop {
             let conn = held.hold(self.conn().await?);
-            match rotate_live(conn, request).await {
+            match rotate_live(conn, request, self.latest_write(request)).await {
                 Ok(Some(rotation)) => return Ok(rotation),
                 Ok(None) => break,
                 Err(e) if !retried && is_connection_error(&e) => {
@@ -1308,6 +1347,7 @@ impl PgStore {
                     .bind(&successor.token_hash)
                     .bind(successor.created_at)
                     .bind(&request.ip_address)
+                    .bind(self.latest_write(request))
                     .fetch_one(&mut *conn)
                     .await
                     .map_err(|e| self.fail(e))?;
@@ -1589,9 +1629,9 @@ impl Store for PgStore {
         max_live: usize,
         idle_ttl: chrono::Duration,
     ) -> StoreResult<Vec<Uuid>> {
-        // One statement, so one round trip and one commit per sign-in (it was five round trips
-        // and a separate `last_login` commit). Its parts see the same snapshot, so the eviction
-        // does not see the new session: it keeps the newest `max_live - 1` others.
+        // One statement, so one round trip and one commit per sign-in, `last_login` included.
+        // Its parts see the same snapshot, so the eviction does not see the new session: it
+        // keeps the newest `max_live - 1` others.
         //
         // The ids are the caller's, so the statement is idempotent: a repeat inserts nothing
         // (`ON CONFLICT`, and the token only with its new session) and revokes nothing more,

@@ -1,8 +1,14 @@
 //! The Postgres store under database faults: a statement stuck behind a lock, a rotation that
-//! waited, the database refusing connections. (Redis faults are in limits.rs.)
+//! waited, the database refusing connections, a clock that runs ahead, a pooler in between, a
+//! migration cut off. (Redis faults are in limits.rs.)
 
 use std::time::Duration;
 
+use flux_auth::domain::{UserRecord, UserType};
+use flux_auth::store::postgres::Database;
+use flux_auth::store::{
+    self, NewSession, RotateOutcome, RotateRequest, SessionRecord, TokenRecord,
+};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -10,6 +16,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::forwarder::{Forwarder, postgres_addr, via};
 use crate::helpers::*;
+use crate::pooler::StrictPooler;
 
 /// A connection of the test's own that holds `users` locked (ACCESS EXCLUSIVE, the strongest:
 /// every statement that reads the table waits) until [`Locker::release`].
@@ -198,9 +205,16 @@ fn impatient() -> reqwest::Client {
         .unwrap()
 }
 
+/// The store pool's acquire waits counted so far (every acquire that got a connection).
+const ACQUIRE_WAITS: &str = "flux_auth_db_pool_acquire_wait_seconds_count{pool=\"users\"}";
+/// The store pool's acquires that got none.
+const ACQUIRE_ERRORS: &str = "flux_auth_db_pool_acquire_errors_total{pool=\"users\"}";
+
 /// While Postgres refuses connections, every request that needs it is answered 503 with
-/// Retry-After without waiting for the pool, `/health` and `/health/ready` answer, and `/me`
-/// still answers for a user read moments before (from memory); all of it recovers by itself.
+/// Retry-After without waiting for the pool (once the store knows the database is gone, no
+/// request asks the pool for a connection: each is refused at once, and counted as such),
+/// `/health` and `/health/ready` answer, and `/me` still answers for a user read moments before
+/// (from memory); all of it recovers by itself.
 #[tokio::test]
 async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_users_still_answer() {
     if !postgres_available().await {
@@ -219,6 +233,30 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
     forwarder.refuse();
     let client = impatient();
     let credentials = json!({ "email": email, "password": PASSWORD });
+    // The first request meets the broken connections and makes the store probe the database,
+    // which finds nothing listening.
+    let first = client
+        .post(app.url("/api/auth/login"))
+        .header("user-agent", UA)
+        .json(&credentials)
+        .send()
+        .await
+        .expect("answered while the database is down");
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    eventually(
+        "the store to know the database is gone",
+        MIRROR_PATIENCE,
+        || async {
+            (metric(&app, "flux_auth_db_users_unreachable").await == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    let waits = metric(&app, ACQUIRE_WAITS).await.expect(ACQUIRE_WAITS);
+    let acquire_errors = metric(&app, ACQUIRE_ERRORS).await.expect(ACQUIRE_ERRORS);
+    let failed_fast = metric(&app, "flux_auth_db_users_failed_fast_total")
+        .await
+        .expect("failed-fast count");
+
     let requests = (0..16).map(|i| {
         let request = if i % 2 == 0 {
             client.post(app.url("/api/auth/login")).json(&credentials)
@@ -243,6 +281,16 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
         metric(&app, "flux_auth_db_users_unreachable").await,
         Some(1.0)
     );
+    // Each of the sixteen was refused by the store at once; none waited for, or failed to get,
+    // a connection.
+    assert!(
+        metric(&app, "flux_auth_db_users_failed_fast_total")
+            .await
+            .is_some_and(|n| n >= failed_fast + 16.0),
+        "every request answered from the circuit"
+    );
+    assert_eq!(metric(&app, ACQUIRE_WAITS).await, Some(waits));
+    assert_eq!(metric(&app, ACQUIRE_ERRORS).await, Some(acquire_errors));
     let health: Value = client
         .get(app.url("/health"))
         .send()
@@ -392,4 +440,447 @@ async fn a_refresh_that_times_out_while_its_statement_waits_leaves_nothing_to_co
         "the timed-out refresh committed after its 408"
     );
     assert_eq!(app.refresh(&second_token).await.status(), StatusCode::OK);
+}
+
+/// A login role of its own for the service, so a test can refuse it new connections while the
+/// connections it holds keep working. Dropped when the test ends (after the database it owns:
+/// declare it before the app).
+struct ServiceRole {
+    name: String,
+}
+
+impl ServiceRole {
+    async fn create() -> ServiceRole {
+        let name = format!("flux_role_{}", uuid::Uuid::new_v4().simple());
+        admin_sql(&format!("CREATE ROLE \"{name}\" LOGIN")).await;
+        ServiceRole { name }
+    }
+
+    /// `url` connecting as this role.
+    fn url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.to_string()
+    }
+
+    /// From now on Postgres refuses every new connection of the role ("too many connections
+    /// for role", 53300); the open ones go on.
+    async fn refuse_new_connections(&self) {
+        admin_sql(&format!("ALTER ROLE \"{}\" CONNECTION LIMIT 0", self.name)).await;
+    }
+}
+
+impl Drop for ServiceRole {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(admin_sql(&format!("DROP ROLE IF EXISTS \"{name}\"")));
+        })
+        .join();
+    }
+}
+
+/// One statement on the server's admin database, as the superuser.
+async fn admin_sql(sql: &str) {
+    let mut conn = PgConnection::connect(&postgres_admin_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+}
+
+/// A Postgres that refuses the service new connections ("too many connections") still answers:
+/// while the pool's connections work, a request that waits for one of them (the pool is busy)
+/// makes the store probe the database, and the probe, refused in turn, takes that refusal as an
+/// answer. The circuit stays closed, and the waiting request is served as soon as a connection is
+/// free, like every request after it.
+#[tokio::test]
+async fn a_busy_pool_on_a_database_that_refuses_new_connections_keeps_serving() {
+    if !postgres_available().await {
+        return;
+    }
+    let role = ServiceRole::create().await;
+    let db = TestDb::create().await;
+    admin_sql(&format!(
+        "ALTER DATABASE \"{}\" OWNER TO \"{}\"",
+        db.name, role.name
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.storage = Some(flux_auth::config::StorageKind::Postgres);
+    settings.database_url = Some(SecretString::from(role.url(&db.url)));
+    // One connection, so that one request waiting for a lock makes the next wait for the pool.
+    settings.database_max_connections = 1;
+    settings.database_connect_timeout_ms = 30_000;
+    settings.database_statement_timeout_ms = 10_000;
+    settings.request_timeout_ms = 20_000;
+    settings.user_cache_users = 0;
+    let app = TestApp::start(settings, dir, Some(db), Backend::Postgres).await;
+    let email = unique_email();
+    let auth = app.signed_up(&email).await;
+    let refresh = auth["refreshToken"].as_str().unwrap().to_owned();
+
+    role.refuse_new_connections().await;
+    let refused = PgConnection::connect(&role.url(&app.db.as_ref().unwrap().url))
+        .await
+        .expect_err("a new connection of the role is refused");
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("53300"),
+        "{refused}"
+    );
+
+    let locker = Locker::lock_users(&app).await;
+    let holding = {
+        let (client, url) = (app.client.clone(), app.url("/api/auth/refresh"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("user-agent", UA)
+                .json(&json!({ "refreshToken": refresh }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    locker.wait_for_waiters(&app, 1).await;
+    let waiting = {
+        let (client, url) = (app.client.clone(), app.url("/api/auth/login"));
+        let credentials = json!({ "email": email, "password": PASSWORD });
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("user-agent", UA)
+                .json(&credentials)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let probes = |outcome: &'static str| {
+        let app = &app;
+        async move {
+            metric(
+                app,
+                &format!("flux_auth_db_users_probes_total{{outcome=\"{outcome}\"}}"),
+            )
+            .await
+            .unwrap_or_default()
+        }
+    };
+    eventually(
+        "the store to probe the database",
+        MIRROR_PATIENCE,
+        || async {
+            let run =
+                probes("answered").await + probes("refused").await + probes("unreachable").await;
+            (run > 0.0).then_some(())
+        },
+    )
+    .await;
+    locker.release().await;
+
+    assert_eq!(holding.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        waiting.await.unwrap(),
+        StatusCode::OK,
+        "the request that waited for the pool"
+    );
+    for _ in 0..3 {
+        assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    }
+    assert!(probes("refused").await >= 1.0, "the probe met the refusal");
+    assert_eq!(probes("unreachable").await, 0.0);
+    assert_eq!(
+        metric(&app, "flux_auth_db_users_unreachable_episodes_total").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&app, "flux_auth_db_users_failed_fast_total").await,
+        Some(0.0)
+    );
+}
+
+/// The grace window is measured from Postgres's clock, so a Postgres clock running ahead of the
+/// instance's would lengthen it by as much. A rotation's time is capped at the latest moment its
+/// request could write (its time plus the request timeout, by the instance's clock): with
+/// Postgres an hour ahead, a rotated token that comes back after the grace window and the
+/// request timeout is a replay, not a retry. (The instance's clock is the request's `now`.)
+#[tokio::test]
+async fn a_database_clock_running_ahead_lengthens_the_grace_window_by_the_request_timeout_at_most()
+{
+    if !postgres_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create().await;
+    let mut settings = test_settings(dir.path());
+    settings.storage = Some(flux_auth::config::StorageKind::Postgres);
+    settings.database_url = Some(SecretString::from(db.url.clone()));
+    settings.request_timeout_ms = 2000;
+    settings.database_statement_timeout_ms = 1000;
+    let store = store::open(&settings, &flux_auth::metrics::Metrics::default())
+        .await
+        .unwrap();
+    eventually("the store to be ready", MIRROR_PATIENCE, || {
+        let store = store.clone();
+        async move { store.ping().await.ok() }
+    })
+    .await;
+
+    // The instance an hour behind Postgres (at whole milliseconds, as Postgres keeps them).
+    let now = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() - chrono::Duration::hours(1)).timestamp_millis(),
+    )
+    .unwrap();
+    let user_id = uuid::Uuid::new_v4().to_string();
+    store
+        .insert_user(&UserRecord {
+            id: user_id.clone(),
+            email: unique_email(),
+            name: "Ann Lee".into(),
+            user_type: UserType::Client,
+            password_hash: None,
+            google_id: None,
+            email_verified: false,
+            avatar: None,
+            created_at: now,
+            last_login: None,
+            extra: serde_json::Map::new(),
+        })
+        .await
+        .unwrap();
+    let session_id = uuid::Uuid::now_v7();
+    let presented = sha256_hex(&uuid::Uuid::new_v4().to_string());
+    let fingerprint = "f".repeat(64);
+    let session = NewSession {
+        session: SessionRecord {
+            id: session_id,
+            user_id,
+            device_name: "Test".into(),
+            ip_address: "127.0.0.1".into(),
+            user_agent: None,
+            fingerprint: fingerprint.clone(),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + chrono::Duration::days(30),
+            revoked_at: None,
+            revoked_reason: None,
+        },
+        token: TokenRecord {
+            id: uuid::Uuid::now_v7(),
+            session_id,
+            token_hash: presented.clone(),
+            created_at: now,
+            rotated_at: None,
+            replaced_by: None,
+        },
+        records_login: false,
+    };
+    store
+        .create_session(&session, 10, chrono::Duration::days(7))
+        .await
+        .unwrap();
+    let request = RotateRequest {
+        presented_hash: presented.clone(),
+        successor_id: uuid::Uuid::now_v7(),
+        successor_hash: sha256_hex(&uuid::Uuid::new_v4().to_string()),
+        now,
+        grace: chrono::Duration::seconds(1),
+        idle_ttl: chrono::Duration::days(7),
+        fingerprint,
+        ip_address: "127.0.0.1".into(),
+        reject_on_fingerprint_mismatch: false,
+    };
+    assert!(matches!(
+        store.rotate_refresh_token(&request).await.unwrap(),
+        RotateOutcome::Rotated { .. }
+    ));
+    let pool = db.pool().await;
+    let rotated_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT rotated_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&presented)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(
+        rotated_at,
+        now + chrono::Duration::seconds(2),
+        "the request's time plus the request timeout, not Postgres's clock"
+    );
+
+    // The grace window (1 s) and the request timeout (2 s) later, by the instance's clock.
+    let replay = RotateRequest {
+        now: now + chrono::Duration::seconds(4),
+        ..request
+    };
+    assert!(matches!(
+        store.rotate_refresh_token(&replay).await.unwrap(),
+        RotateOutcome::ReuseDetected { .. }
+    ));
+}
+
+/// Behind a pooler that takes only the startup parameters it tracks (PgBouncer's default, which
+/// refuses `options` and `extra_float_digits`), the service connects through it, every pool of
+/// it, and the statement timeout still ends a statement stuck behind a lock: it is set once
+/// connected, not sent at startup.
+#[tokio::test]
+async fn behind_a_pooler_that_takes_only_the_startup_parameters_it_tracks_statements_still_time_out()
+ {
+    if !postgres_available().await {
+        return;
+    }
+    let pooler = StrictPooler::start(postgres_addr().await).await;
+    let addr = pooler.addr();
+    let app = TestApp::builder(Backend::Postgres)
+        .settings(move |s| {
+            let url = s.database_url.as_ref().unwrap().expose_secret().to_owned();
+            s.database_url = Some(SecretString::from(via(&url, addr)));
+            s.request_timeout_ms = 4000;
+            s.database_statement_timeout_ms = 1000;
+        })
+        .spawn()
+        .await;
+    let email = unique_email();
+    let auth = app.signed_up(&email).await;
+    let token = auth["refreshToken"].as_str().unwrap();
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+
+    let locker = Locker::lock_users(&app).await;
+    let stuck = app.refresh(token).await;
+    assert!(
+        retry_after(&stuck).is_some_and(|s| s > 0),
+        "{:?}",
+        stuck.headers()
+    );
+    assert_error(
+        stuck,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+    )
+    .await;
+    locker.release().await;
+    assert_eq!(app.refresh(token).await.status(), StatusCode::OK);
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["checks"]["database"], "ok", "{health}");
+    assert_eq!(health["checks"]["securityLog"]["healthy"], true, "{health}");
+}
+
+/// A migration that fails because its connection was ended under it reports that failure, not
+/// whatever a later statement on the dead connection would say.
+#[tokio::test]
+async fn a_migration_cut_off_midway_reports_its_own_error() {
+    if !postgres_available().await {
+        return;
+    }
+    let db = TestDb::create().await;
+    let database = Database::connect_lazy(
+        &SecretString::from(db.url.clone()),
+        2,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    database.migrate().await.unwrap();
+    // A second run waits behind the test's lock on the migrations' own table...
+    let mut locker = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let migrating = tokio::spawn(async move { database.migrate().await });
+    // ...until its connection is ended under it.
+    let pool = db.pool().await;
+    let pid: i32 = eventually(
+        "the migration to wait for the lock",
+        MIRROR_PATIENCE,
+        || async {
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+                 AND application_name = 'flux-auth' AND wait_event_type = 'Lock'",
+            )
+            .bind(&db.name)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let error = migrating
+        .await
+        .unwrap()
+        .expect_err("the migration was cut off");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("terminating connection due to administrator command"),
+        "{text}"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut locker).await.unwrap();
+    let _ = locker.close().await;
+    pool.close().await;
+}
+
+/// The store's probe of an unreachable database, which retries until it answers, ends when the
+/// service shuts down.
+#[tokio::test]
+async fn the_store_probe_ends_at_shutdown_while_the_database_is_unreachable() {
+    if !postgres_available().await {
+        return;
+    }
+    let forwarder = Forwarder::start(postgres_addr().await).await;
+    let mut app = app_through(&forwarder).await.unwrap();
+    let email = unique_email();
+    app.signed_up(&email).await;
+    let circuit = app
+        .state
+        .auth
+        .store
+        .database()
+        .and_then(|db| db.circuit().cloned())
+        .expect("the store's circuit");
+
+    forwarder.refuse();
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    eventually("the circuit to open", MIRROR_PATIENCE, || async {
+        circuit.is_open().then_some(())
+    })
+    .await;
+    assert!(
+        circuit.is_probing(),
+        "it retries while the database is away"
+    );
+    app.stop().await;
+    eventually("the probe to end", MIRROR_PATIENCE, || async {
+        (!circuit.is_probing()).then_some(())
+    })
+    .await;
 }

@@ -689,7 +689,8 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
     assert_eq!(app.logout(&token).await.status(), StatusCode::OK);
     assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED);
     forwarder.restore();
-    // Once Redis is back, the next revocation copies the outage's entries over.
+    // Once Redis is back, the outage's revocation is copied over, and a new one goes straight
+    // to Redis.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let other = app.signed_up(&unique_email()).await;
     loop {
@@ -714,9 +715,121 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
             .status(),
         StatusCode::OK
     );
+    eventually("both logouts in Redis", MIRROR_PATIENCE, || async {
+        let keys = prefixed_keys(&app).await;
+        let jti_keys = keys.iter().filter(|k| k.contains("rv:jti:")).count();
+        (jti_keys == 2).then_some(())
+    })
+    .await;
+}
+
+/// What waits to be copied to Redis (revocations and lockouts made during an outage).
+async fn pending_writes(app: &TestApp) -> f64 {
+    metric(app, "flux_auth_redis_pending_writes")
+        .await
+        .expect("redis_pending_writes")
+}
+
+/// A logout made while the revocations of an outage are being copied to Redis is answered
+/// without waiting for that copy: it stores its own revocation and nothing else, and the copy
+/// goes on behind it.
+#[tokio::test]
+async fn a_logout_does_not_wait_for_the_copy_of_an_outage_to_redis() {
+    if !redis_available().await {
+        return;
+    }
+    let forwarder = redis_forwarder().await;
+    let redis = redis_via(&forwarder);
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.redis_url = Some(redis);
+            // The slow round trips below are not Redis failing.
+            s.redis_timeout_ms = 5000;
+        })
+        .spawn()
+        .await;
+    let mut tokens = Vec::new();
+    for _ in 0..11 {
+        let auth = app.signed_up(&unique_email()).await;
+        tokens.push(auth["accessToken"].as_str().unwrap().to_owned());
+    }
+    let last = tokens.pop().unwrap();
+
+    forwarder.cut();
+    for token in &tokens {
+        assert_eq!(app.logout(token).await.status(), StatusCode::OK);
+    }
+    let queued = pending_writes(&app).await;
+    assert!(queued >= 10.0, "{queued} revocations wait for Redis");
+    // From now on every round trip to Redis takes 0.3 s: copying the outage takes seconds.
+    forwarder.slow(Duration::from_millis(150));
+    forwarder.restore();
+    eventually("the copy to begin", MIRROR_PATIENCE, || async {
+        (pending_writes(&app).await < queued).then_some(())
+    })
+    .await;
+    assert_eq!(app.logout(&last).await.status(), StatusCode::OK);
+    let left = pending_writes(&app).await;
+    assert!(
+        left > 0.0,
+        "the logout was answered only once the copy had ended"
+    );
+    eventually("the copy to end", Duration::from_secs(30), || async {
+        (pending_writes(&app).await == 0.0).then_some(())
+    })
+    .await;
+    forwarder.slow(Duration::ZERO);
     let keys = prefixed_keys(&app).await;
     let jti_keys = keys.iter().filter(|k| k.contains("rv:jti:")).count();
-    assert_eq!(jti_keys, 2, "{keys:?}");
+    assert_eq!(jti_keys, 11, "{keys:?}");
+}
+
+/// Two writes of one revocation to Redis leave the larger whatever their order: a copy made
+/// after an outage that reaches Redis after a newer revocation of the same key (a later
+/// logout-all cutoff, a later expiry) does not lower it.
+#[tokio::test]
+async fn a_revocation_written_to_redis_never_lowers_one_already_there() {
+    if !redis_available().await {
+        return;
+    }
+    let store = flux_auth::limits::redis_store::RedisStore::new(
+        redis::Client::open(redis_url()).unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let prefix = format!("flux-test-{}:", uuid::Uuid::new_v4().simple());
+    let (key, channel) = (format!("{prefix}rv:user:u"), format!("{prefix}revocations"));
+    let mut conn = redis_conn().await;
+    /// The key's value and milliseconds to live.
+    async fn held(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> (i64, i64) {
+        let value: i64 = conn.get(key).await.unwrap();
+        let ttl: i64 = conn.pttl(key).await.unwrap();
+        (value, ttl)
+    }
+
+    assert!(
+        store
+            .raise_then_publish(&key, 200, 60_000, &channel, "m")
+            .await
+            .unwrap()
+    );
+    // An older cutoff with a shorter life, arriving late.
+    store
+        .raise_then_publish(&key, 100, 1_000, &channel, "m")
+        .await
+        .unwrap();
+    let (value, ttl) = held(&mut conn, &key).await;
+    assert_eq!(value, 200);
+    assert!(ttl > 1_000, "{ttl}");
+    // A newer cutoff raises it, and keeps the longer life.
+    store
+        .raise_then_publish(&key, 300, 1_000, &channel, "m")
+        .await
+        .unwrap();
+    let (value, ttl) = held(&mut conn, &key).await;
+    assert_eq!(value, 300);
+    assert!(ttl > 1_000, "{ttl}");
+    let _: () = conn.del(&key).await.unwrap();
 }
 
 #[tokio::test]

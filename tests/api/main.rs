@@ -20,6 +20,7 @@ mod mailboxes;
 mod operability;
 mod ops;
 mod pipeline;
+mod pooler;
 mod refresh;
 mod sessions;
 mod signup;
