@@ -349,7 +349,7 @@ impl App {
                 max_connections: limits.max_connections.min(METRICS_CONNECTIONS),
                 ..limits
             };
-            let (metrics, stop) = (state.metrics.clone(), stopping.clone());
+            let (metrics, stop) = (state.metrics.connections("metrics"), stopping.clone());
             tokio::spawn(server::serve(
                 listener, router, limits, metrics, stop, grace,
             ));
@@ -373,7 +373,7 @@ impl App {
             listener,
             router,
             limits,
-            state.metrics.clone(),
+            state.metrics.connections("api"),
             stopping,
             grace,
         )

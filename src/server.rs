@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+use crate::metrics::ConnectionMetrics;
 
 /// hyper's own cap on a request head (request line and headers), twice the service's limit
 /// ([`crate::http::middleware::MAX_HEADER_BYTES`]). The middleware refuses heads over the service's
@@ -79,7 +79,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     stop: CancellationToken,
     grace: Duration,
 ) -> bool {
@@ -108,7 +108,7 @@ pub async fn serve(
             // The peer gave up before the accept: nothing to do.
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
-                server.metrics.http_accept_errors.inc();
+                server.metrics.accept_errors.inc();
                 accept_failures += 1;
                 if accept_log.due() {
                     let failures = std::mem::take(&mut accept_failures);
@@ -148,7 +148,7 @@ struct Server {
     router: Router,
     builder: http1::Builder,
     limits: ConnectionLimits,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     open: Mutex<Open>,
     /// Cuts every connection (the drain's grace is over); each connection's own token is a child.
     cut: CancellationToken,
@@ -210,10 +210,10 @@ impl Server {
             if let Some(slot) = displaced {
                 slot.close.cancel();
                 open.shed_idle += 1;
-                self.metrics.connection_shed("idle");
+                self.metrics.shed_idle.inc();
             } else {
                 open.shed_refused += 1;
-                self.metrics.connection_shed("refused");
+                self.metrics.shed_refused.inc();
             }
             if open.shed_log.due() {
                 let (idle_closed, refused) = (
@@ -238,9 +238,7 @@ impl Server {
             close: self.cut.child_token(),
         });
         open.by_age.insert(id, slot.clone());
-        self.metrics
-            .http_connections_open
-            .set(open.by_age.len() as i64);
+        self.metrics.open.set(open.by_age.len() as i64);
         drop(open);
         let server = self.clone();
         let stop = stop.clone();
@@ -285,13 +283,11 @@ impl Server {
         if let Err(e) = outcome
             && e.is_timeout()
         {
-            self.metrics.http_connections_timed_out.inc();
+            self.metrics.timed_out.inc();
         }
         let mut open = self.lock();
         open.by_age.remove(&id);
-        self.metrics
-            .http_connections_open
-            .set(open.by_age.len() as i64);
+        self.metrics.open.set(open.by_age.len() as i64);
     }
 }
 

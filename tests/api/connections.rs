@@ -39,19 +39,64 @@ async fn still_open(socket: &mut TcpStream) -> bool {
         .is_err()
 }
 
-async fn labelled_metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
+/// The exposition at `url`, fetched on a connection of its own (closed after).
+async fn scrape(url: &str) -> String {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
+/// The value of `series` (a name with its labels, as exposed) in `text`; the test fails when the
+/// series is missing.
+fn value_of(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{series} is not in the exposition:\n{text}"))
+}
+
+/// [`value_of`] `series` in a scrape of `url`.
+async fn series_at(url: &str, series: &str) -> f64 {
+    value_of(&scrape(url).await, series)
+}
+
+/// `GET path` on `socket` (keep-alive); returns the status once the whole answer has arrived.
+async fn request_on(socket: &mut TcpStream, path: &str) -> u16 {
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            socket.read(&mut byte).await.unwrap(),
+            1,
+            "closed mid-answer"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    socket.read_exact(&mut body).await.unwrap();
+    head[9..12].parse().unwrap()
 }
 
 #[tokio::test]
@@ -99,10 +144,12 @@ async fn slow_or_silent_clients_and_idle_keep_alive_connections_are_closed_after
         "an idle keep-alive connection stayed open"
     );
     assert!(drip.await.unwrap(), "a dripping head stayed open for 10 s");
-    assert!(
-        labelled_metric(&app, "flux_auth_http_connections_timed_out_total").await >= 3.0,
-        "timeouts not counted"
-    );
+    let timed_out = series_at(
+        &app.url("/metrics"),
+        r#"flux_auth_http_connections_timed_out_total{listener="api"}"#,
+    )
+    .await;
+    assert!(timed_out >= 3.0, "timeouts not counted: {timed_out}");
     // A prompt client is not affected.
     let response = app
         .client
@@ -165,15 +212,22 @@ async fn at_the_connection_cap_idle_connections_make_way_and_busy_ones_are_kept(
         open < 16,
         "{open} slow connections still open at a cap of 16"
     );
-    assert!(
-        labelled_metric(
-            &app,
-            "flux_auth_http_connections_shed_total{reason=\"idle\"}"
+    let metrics = app.url("/metrics");
+    let shed = series_at(
+        &metrics,
+        r#"flux_auth_http_connections_shed_total{listener="api",reason="idle"}"#,
+    )
+    .await;
+    assert!(shed >= 25.0, "{shed} connections displaced");
+    // At the cap, counting the scrape's own connection.
+    assert_eq!(
+        series_at(
+            &metrics,
+            r#"flux_auth_http_connections_open{listener="api"}"#
         )
-        .await
-            >= 25.0
+        .await,
+        16.0
     );
-    assert!(labelled_metric(&app, "flux_auth_http_connections_open").await <= 16.0);
     // The stream was not displaced: it still delivers.
     app.signed_up(&unique_email()).await;
     let delivered = tokio::time::timeout(Duration::from_secs(10), async {
@@ -229,8 +283,8 @@ async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
     );
     drop(streams);
     // With the streams gone, connections are served again, and the refusal was counted.
-    let count = eventually(
-        "the refusal to be counted",
+    let text = eventually(
+        "a connection to be served again",
         Duration::from_secs(10),
         || async {
             let response = reqwest::Client::new()
@@ -238,17 +292,15 @@ async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
                 .send()
                 .await
                 .ok()?;
-            let text = response.text().await.ok()?;
-            text.lines().find_map(|l| {
-                l.strip_prefix("flux_auth_http_connections_shed_total{reason=\"refused\"}")?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
+            response.text().await.ok()
         },
     )
     .await;
-    assert!(count >= 1.0);
+    let refused = value_of(
+        &text,
+        r#"flux_auth_http_connections_shed_total{listener="api",reason="refused"}"#,
+    );
+    assert!(refused >= 1.0, "refusals counted: {refused}");
 }
 
 /// A port that was free a moment ago.
@@ -322,7 +374,7 @@ async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_
     let shed = metric_at(
         &client,
         &format!("{base}/metrics"),
-        "flux_auth_http_connections_shed_total{reason=\"idle\"}",
+        r#"flux_auth_http_connections_shed_total{listener="api",reason="idle"}"#,
     )
     .await;
     assert!(shed.is_some_and(|n| n >= 200.0), "shed: {shed:?}");
@@ -334,4 +386,59 @@ async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_
     assert!(text.contains("connection limit reached"), "{text}");
     drop(slow);
     service.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_metrics_addr_each_listener_counts_its_own_connections() {
+    let metrics_port = free_port();
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.metrics_addr = Some(([127, 0, 0, 1], metrics_port).into());
+            s.header_read_timeout_ms = 60_000;
+        })
+        .spawn()
+        .await;
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    const API_OPEN: &str = r#"flux_auth_http_connections_open{listener="api"}"#;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect(app.port).await);
+    }
+    // Every scrape comes in on the metrics listener, on a connection of its own.
+    eventually(
+        "the five API connections to be counted",
+        Duration::from_secs(10),
+        || async { (series_at(&metrics, API_OPEN).await == 5.0).then_some(()) },
+    )
+    .await;
+    let text = scrape(&metrics).await;
+    assert_eq!(
+        value_of(
+            &text,
+            r#"flux_auth_http_connections_open{listener="metrics"}"#
+        ),
+        1.0
+    );
+    // Each listener's counters are there from the start.
+    for listener in ["api", "metrics"] {
+        for series in [
+            format!(
+                r#"flux_auth_http_connections_shed_total{{listener="{listener}",reason="idle"}}"#
+            ),
+            format!(
+                r#"flux_auth_http_connections_shed_total{{listener="{listener}",reason="refused"}}"#
+            ),
+            format!(r#"flux_auth_http_connections_timed_out_total{{listener="{listener}"}}"#),
+            format!(r#"flux_auth_http_accept_errors_total{{listener="{listener}"}}"#),
+        ] {
+            assert_eq!(value_of(&text, &series), 0.0, "{series}");
+        }
+    }
+    drop(held);
+    eventually(
+        "the API connections to be counted closed",
+        Duration::from_secs(10),
+        || async { (series_at(&metrics, API_OPEN).await == 0.0).then_some(()) },
+    )
+    .await;
 }
