@@ -139,6 +139,8 @@ pub struct Metrics {
     pub http_connections_timed_out: Family<ListenerLabels, Counter>,
     /// Accepts that failed for want of resources (file descriptors), by listener.
     pub http_accept_errors: Family<ListenerLabels, Counter>,
+    /// Access re-checks made by open admin event streams.
+    pub event_stream_rechecks: Counter,
 }
 
 /// One listener's connection handles, cloned out of the families once (at the listener's start,
@@ -170,6 +172,7 @@ impl Default for Metrics {
             http_connections_shed: Family::default(),
             http_connections_timed_out: Family::default(),
             http_accept_errors: Family::default(),
+            event_stream_rechecks: Counter::default(),
         }
     }
 }
@@ -315,6 +318,11 @@ impl Metrics {
             "http_accept_errors",
             "Connection accepts that failed for want of resources (file descriptors); retried after a pause",
             self.http_accept_errors.clone(),
+        );
+        r.register(
+            "admin_event_stream_rechecks",
+            "Access re-checks made by open admin event streams (each stream every EVENT_STREAM_RECHECK_MS)",
+            self.event_stream_rechecks.clone(),
         );
         r.register_collector(Box::new(collector));
         r
