@@ -306,7 +306,7 @@ impl Metrics {
         );
         r.register(
             "http_connections_shed",
-            "HTTP connections closed to stay under MAX_CONNECTIONS: the oldest idle one displaced by a new one (idle), or the new one when every connection had a request in progress (refused)",
+            "HTTP connections closed to stay under MAX_CONNECTIONS: the one waiting longest for a request displaced by a new one (idle), or the new one when every connection was serving a request (refused)",
             self.http_connections_shed.clone(),
         );
         r.register(

@@ -2,27 +2,35 @@
 //! connection must send a complete request head within `HEADER_READ_TIMEOUT_MS` of being accepted,
 //! and again of each response (so that is also how long it may sit idle between requests); a head
 //! over [`HEAD_HARD_LIMIT`] is refused by hyper; and at most `max_connections` are open at once.
-//! At that cap a new connection displaces the oldest one with no request in progress (idle, or
-//! still sending its head, as a slow client does); when every open connection has a request in
-//! progress the new one is closed. Both are counted and logged, and an accept that fails (out of
+//!
+//! A connection is *serving* from the moment its request has arrived whole (head and body) until
+//! its response has been sent, and *waiting* otherwise: idle, or still receiving a head or a body,
+//! however slowly. At the cap a new connection displaces the one that has been waiting longest,
+//! counted from its accept or the end of its last response (not from its accept alone, so a
+//! keep-alive connection a proxy keeps using outlasts slow and unused ones, and not from the last
+//! byte received, so trickling a head or a body buys nothing). Only when every open connection is
+//! serving is the new one closed. Both are counted and logged, and an accept that fails (out of
 //! file descriptors) is retried after a pause instead of ending the service.
 //!
 //! Stopping: `stop` ends the accept loop (the listening socket is closed), each connection finishes
 //! the request it is serving and closes, and after `grace` those still open are cut.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -155,11 +163,17 @@ struct Server {
     tasks: TaskTracker,
 }
 
-/// The open connections by age (accept order), so that a full server finds the oldest idle one.
+/// The open connections, and among them those with no request being served ordered by when they
+/// were last active, so that a full server finds the one waiting longest in O(log n).
 #[derive(Default)]
 struct Open {
     next_id: u64,
-    by_age: BTreeMap<u64, Arc<Slot>>,
+    /// Ticks each time a connection starts waiting; the order of `waiting`.
+    clock: u64,
+    conns: HashMap<u64, Conn>,
+    /// Connections with no request being served, by when they started waiting (their accept or
+    /// the end of their last response): `(since, id)`, the one waiting longest first.
+    waiting: BTreeSet<(u64, u64)>,
     /// Connections shed since the last warning.
     shed_idle: u64,
     shed_refused: u64,
@@ -167,11 +181,73 @@ struct Open {
 }
 
 /// One open connection, as the accept loop sees it.
-struct Slot {
-    /// Requests in progress, counting a streamed response until its body ends.
-    busy: AtomicUsize,
+struct Conn {
     /// Closes this connection at once (displaced, or the drain's grace is over).
     close: CancellationToken,
+    /// Requests being served: arrived whole (or answered first), response not yet sent.
+    serving: usize,
+    /// While no request is being served: when it started waiting (its key in `Open::waiting`).
+    waiting_since: Option<u64>,
+}
+
+impl Open {
+    fn insert(&mut self, close: CancellationToken) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                close,
+                serving: 0,
+                waiting_since: None,
+            },
+        );
+        self.start_waiting(id);
+        id
+    }
+
+    fn start_waiting(&mut self, id: u64) {
+        let since = self.clock;
+        self.clock += 1;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.waiting_since = Some(since);
+            self.waiting.insert((since, id));
+        }
+    }
+
+    /// A request on `id` has arrived whole (or is being answered): its connection is serving.
+    fn serve(&mut self, id: u64) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.serving += 1;
+            if let Some(since) = conn.waiting_since.take() {
+                self.waiting.remove(&(since, id));
+            }
+        }
+    }
+
+    /// A response on `id` has been sent: with no other, its connection waits again from now.
+    fn served(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.serving = conn.serving.saturating_sub(1);
+        if conn.serving == 0 {
+            self.start_waiting(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(since) = conn.waiting_since {
+            self.waiting.remove(&(since, id));
+        }
+        Some(conn)
+    }
+
+    /// The connection that has waited longest for a request, if any is waiting.
+    fn waiting_longest(&self) -> Option<u64> {
+        self.waiting.first().map(|&(_, id)| id)
+    }
 }
 
 /// Says when a warning may be logged again (at most once per [`LOG_EVERY`]).
@@ -195,20 +271,15 @@ impl Server {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the new connection in, at the cap making room by closing the oldest idle one; when
-    /// every connection is busy, closes the new one instead.
+    /// Takes the new connection in, at the cap making room by closing the one that has waited
+    /// longest for a request; when every connection is serving one, closes the new one instead.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: &CancellationToken) {
         let mut open = self.lock();
-        if open.by_age.len() >= self.limits.max_connections {
-            let idle = open
-                .by_age
-                .iter()
-                .find(|(_, slot)| slot.busy.load(Ordering::Relaxed) == 0)
-                .map(|(id, _)| *id);
-            let displaced = idle.and_then(|id| open.by_age.remove(&id));
+        if open.conns.len() >= self.limits.max_connections {
+            let displaced = open.waiting_longest().and_then(|id| open.remove(id));
             let admitted = displaced.is_some();
-            if let Some(slot) = displaced {
-                slot.close.cancel();
+            if let Some(conn) = displaced {
+                conn.close.cancel();
                 open.shed_idle += 1;
                 self.metrics.shed_idle.inc();
             } else {
@@ -224,59 +295,74 @@ impl Server {
                     max_connections = self.limits.max_connections,
                     idle_closed,
                     refused,
-                    "connection limit reached: the oldest idle connections were closed to admit new ones, and new ones refused while every connection was busy (counts since the last such line)"
+                    "connection limit reached: the connections waiting longest for a request were closed to admit new ones, and new ones refused while every connection was serving one (counts since the last such line)"
                 );
             }
             if !admitted {
                 return; // dropping the stream closes it
             }
         }
-        let id = open.next_id;
-        open.next_id += 1;
-        let slot = Arc::new(Slot {
-            busy: AtomicUsize::new(0),
-            close: self.cut.child_token(),
-        });
-        open.by_age.insert(id, slot.clone());
-        self.metrics.open.set(open.by_age.len() as i64);
+        let close = self.cut.child_token();
+        let id = open.insert(close.clone());
+        self.metrics.open.set(open.conns.len() as i64);
         drop(open);
         let server = self.clone();
         let stop = stop.clone();
         self.tasks
-            .spawn(async move { server.connection(stream, peer, (id, slot), stop).await });
+            .spawn(async move { server.connection(stream, peer, (id, close), stop).await });
     }
 
     async fn connection(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        (id, slot): (u64, Arc<Slot>),
+        (id, close): (u64, CancellationToken),
         stop: CancellationToken,
     ) {
-        let (router, for_requests) = (self.router.clone(), slot.clone());
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let (router, server) = (self.router.clone(), self.clone());
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let claim = Arc::new(Claim {
+                server: server.clone(),
+                id,
+                taken: AtomicBool::new(false),
+            });
+            // A request without a body has arrived whole with its head.
+            if req.body().is_end_stream() {
+                claim.take();
+            }
+            let mut req = req.map(|body| {
+                Body::new(Arriving {
+                    body,
+                    claim: claim.clone(),
+                })
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::new(&for_requests);
             let router = router.clone();
             async move {
                 let response = match router.oneshot(req).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                Ok::<_, Infallible>(held_until_sent(response, busy))
+                // Answered, perhaps before its body was read (a refusal): serving until sent.
+                claim.take();
+                Ok::<_, Infallible>(held_until_sent(response, claim))
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        let outcome = tokio::select! {
-            outcome = conn.as_mut() => outcome,
-            () = slot.close.cancelled() => Ok(()),
-            () = stop.cancelled() => {
-                // Finish the request in progress (if any), then close.
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    outcome = conn.as_mut() => outcome,
-                    () = slot.close.cancelled() => Ok(()),
+        // The connection (and any request it holds, whose claim locks `open` when dropped) is
+        // dropped at the end of this block, before `open` is locked below.
+        let outcome = {
+            let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                outcome = conn.as_mut() => outcome,
+                () = close.cancelled() => Ok(()),
+                () = stop.cancelled() => {
+                    // Finish the request in progress (if any), then close.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        outcome = conn.as_mut() => outcome,
+                        () = close.cancelled() => Ok(()),
+                    }
                 }
             }
         };
@@ -286,36 +372,81 @@ impl Server {
             self.metrics.timed_out.inc();
         }
         let mut open = self.lock();
-        open.by_age.remove(&id);
-        self.metrics.open.set(open.by_age.len() as i64);
+        open.remove(id);
+        self.metrics.open.set(open.conns.len() as i64);
     }
 }
 
-/// Marks its connection busy while it lives.
-struct Busy(Arc<Slot>);
+/// One request's hold on its connection, which may not be displaced while it is taken: taken once
+/// the request has arrived whole (its body read to the end) or is answered, whichever comes
+/// first, and released when the last handle is dropped, with the response sent. Until then the
+/// connection is waiting for its request, however slowly that arrives, and may make way.
+struct Claim {
+    server: Arc<Server>,
+    id: u64,
+    taken: AtomicBool,
+}
 
-impl Busy {
-    fn new(slot: &Arc<Slot>) -> Self {
-        slot.busy.fetch_add(1, Ordering::Relaxed);
-        Self(slot.clone())
+impl Claim {
+    fn take(&self) {
+        if !self.taken.swap(true, Ordering::AcqRel) {
+            self.server.lock().serve(self.id);
+        }
     }
 }
 
-impl Drop for Busy {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        if *self.taken.get_mut() {
+            self.server.lock().served(self.id);
+        }
     }
 }
 
-/// Keeps the connection marked busy until the response body has been sent. A body of known size
-/// goes out with the head at once, so only streamed bodies (the event stream, exports) are wrapped.
-fn held_until_sent(response: Response, busy: Busy) -> Response {
+/// A request body that takes its request's [`Claim`] when its last byte arrives.
+struct Arriving {
+    body: Incoming,
+    claim: Arc<Claim>,
+}
+
+impl hyper::body::Body for Arriving {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.claim.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Keeps the request's claim until the response body has been sent. A body of known size goes out
+/// with the head at once, so only streamed bodies (the event stream, exports) are wrapped.
+fn held_until_sent(response: Response, claim: Arc<Claim>) -> Response {
     if response.body().size_hint().exact().is_some() {
         return response;
     }
     response.map(|body| {
         Body::new(body.map_frame(move |frame| {
-            let _busy = &busy;
+            let _claim = &claim;
             frame
         }))
     })

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
@@ -16,7 +16,7 @@ async fn connect(port: u16) -> TcpStream {
 }
 
 /// Waits (at most `limit`) for the server to close `socket`, discarding what it sends.
-async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+async fn closed_within(socket: &mut (impl AsyncRead + Unpin), limit: Duration) -> bool {
     tokio::time::timeout(limit, async {
         let mut buf = [0u8; 4096];
         loop {
@@ -441,4 +441,143 @@ async fn with_metrics_addr_each_listener_counts_its_own_connections() {
         || async { (series_at(&metrics, API_OPEN).await == 0.0).then_some(()) },
     )
     .await;
+}
+
+/// An app capped at 16 connections whose metrics are scraped on a listener of their own (so that
+/// scraping takes no API connection), with heads and requests given a minute: the app and the
+/// scrape URL.
+async fn capped_app() -> (TestApp, String) {
+    let metrics_port = free_port();
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.max_connections = 16;
+            s.header_read_timeout_ms = 60_000;
+            s.request_timeout_ms = 60_000;
+            s.metrics_addr = Some(([127, 0, 0, 1], metrics_port).into());
+        })
+        .spawn()
+        .await;
+    (app, format!("http://127.0.0.1:{metrics_port}/metrics"))
+}
+
+/// Waits until the API listener has `n` connections open.
+async fn api_connections(metrics: &str, n: f64) {
+    eventually(
+        &format!("{n} API connections open"),
+        Duration::from_secs(10),
+        || async {
+            let open = series_at(
+                metrics,
+                r#"flux_auth_http_connections_open{listener="api"}"#,
+            )
+            .await;
+            (open == n).then_some(())
+        },
+    )
+    .await;
+}
+
+const SHED_IDLE: &str = r#"flux_auth_http_connections_shed_total{listener="api",reason="idle"}"#;
+const SHED_REFUSED: &str =
+    r#"flux_auth_http_connections_shed_total{listener="api",reason="refused"}"#;
+
+#[tokio::test]
+async fn at_the_cap_connections_trickling_a_request_body_make_way_for_new_ones() {
+    let (app, metrics) = capped_app().await;
+    // Sixteen clients each send a complete head declaring a 1000-byte body, then trickle the body
+    // a byte every 200 ms: with a request timeout of a minute, each would hold its connection.
+    let mut readers = Vec::new();
+    let mut trickles = Vec::new();
+    for _ in 0..16 {
+        let socket = connect(app.port).await;
+        let (reader, mut writer) = socket.into_split();
+        writer
+            .write_all(
+                b"POST /api/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                  content-length: 1000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        readers.push(reader);
+        trickles.push(tokio::spawn(async move {
+            for _ in 0..300 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if writer.write_all(b" ").await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    api_connections(&metrics, 16.0).await;
+    // A new client is served: the connection waiting longest for its request makes way.
+    let response = reqwest::Client::new()
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .expect("a new connection is served at the cap");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        closed_within(&mut readers[0], Duration::from_secs(5)).await,
+        "the first trickling connection was kept"
+    );
+    let text = scrape(&metrics).await;
+    assert_eq!(value_of(&text, SHED_IDLE), 1.0);
+    assert_eq!(value_of(&text, SHED_REFUSED), 0.0);
+    for trickle in trickles {
+        trickle.abort();
+    }
+}
+
+#[tokio::test]
+async fn at_the_cap_the_connection_idle_longest_makes_way_so_a_recently_used_old_one_stays() {
+    let (app, metrics) = capped_app().await;
+    // An old keep-alive connection, as a reverse proxy keeps in its pool: opened first.
+    let mut old = connect(app.port).await;
+    assert_eq!(request_on(&mut old, "/health/live").await, 200);
+    // A slow client, accepted after it, still sending its head a line at a time.
+    let (mut slow, mut slow_writer) = connect(app.port).await.into_split();
+    slow_writer
+        .write_all(b"GET /health/live HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        for i in 0..90 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let line = format!("x-drip-{i}: y\r\n");
+            if slow_writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Fourteen new connections fill the cap.
+    let mut fresh = Vec::new();
+    for _ in 0..14 {
+        fresh.push(connect(app.port).await);
+    }
+    api_connections(&metrics, 16.0).await;
+    // The old connection is used again: now it is the one that has waited least.
+    assert_eq!(request_on(&mut old, "/health/live").await, 200);
+
+    // One more: the slow head, waiting longest, makes way; the old connection stays.
+    let mut newcomers = vec![connect(app.port).await];
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)).await,
+        "the slow head was kept"
+    );
+    // Ten more: the first ten of the fourteen make way, in the order they came.
+    for _ in 0..10 {
+        newcomers.push(connect(app.port).await);
+    }
+    for (i, socket) in fresh.iter_mut().enumerate().take(10) {
+        assert!(
+            closed_within(socket, Duration::from_secs(5)).await,
+            "new connection {i} was kept"
+        );
+    }
+    for socket in &mut fresh[10..] {
+        assert!(still_open(socket).await);
+    }
+    assert_eq!(series_at(&metrics, SHED_IDLE).await, 11.0);
+    assert_eq!(request_on(&mut old, "/health/live").await, 200);
+    drip.abort();
 }
