@@ -331,9 +331,12 @@ impl App {
         ));
         let core_state = state.clone();
         let stopping = state.stopping.clone();
+        let per_ip = state.settings.max_connections_per_ip;
         let limits = ConnectionLimits {
             head_timeout: Duration::from_millis(state.settings.header_read_timeout_ms),
             max_connections: server::connection_cap(state.settings.max_connections),
+            max_per_address: (per_ip > 0).then_some(per_ip),
+            exempt: state.settings.trusted_proxies.clone().into(),
         };
         if limits.max_connections < state.settings.max_connections {
             tracing::warn!(
@@ -347,7 +350,8 @@ impl App {
             // A scraper needs a connection or two.
             let limits = ConnectionLimits {
                 max_connections: limits.max_connections.min(METRICS_CONNECTIONS),
-                ..limits
+                max_per_address: None,
+                ..limits.clone()
             };
             let (metrics, stop) = (state.metrics.connections("metrics"), stopping.clone());
             tokio::spawn(server::serve(
@@ -366,6 +370,7 @@ impl App {
         crate::systemd::notify("READY=1");
         tracing::info!(
             max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_per_address,
             header_read_timeout_ms = state.settings.header_read_timeout_ms,
             "accepting connections"
         );

@@ -154,6 +154,11 @@ pub struct ConnectionMetrics {
     pub shed_idle: Counter,
     /// Refused at `MAX_CONNECTIONS`, every connection busy (`reason="refused"`).
     pub shed_refused: Counter,
+    /// Displaced among one address's at `MAX_CONNECTIONS_PER_IP` (`reason="ip_idle"`).
+    pub shed_ip_idle: Counter,
+    /// Refused at `MAX_CONNECTIONS_PER_IP`, every connection of that address busy
+    /// (`reason="ip_refused"`).
+    pub shed_ip_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -248,6 +253,8 @@ impl Metrics {
             accept_errors: self.http_accept_errors.get_or_create_owned(&by_listener),
             shed_idle: shed("idle"),
             shed_refused: shed("refused"),
+            shed_ip_idle: shed("ip_idle"),
+            shed_ip_refused: shed("ip_refused"),
         }
     }
 
@@ -306,7 +313,7 @@ impl Metrics {
         );
         r.register(
             "http_connections_shed",
-            "HTTP connections closed to stay under MAX_CONNECTIONS: the one waiting longest for a request displaced by a new one (idle), or the new one when every connection was serving a request (refused)",
+            "HTTP connections closed to stay under MAX_CONNECTIONS: the one waiting longest for a request displaced by a new one (idle), or the new one when every connection was serving a request (refused); the same among one address's connections under MAX_CONNECTIONS_PER_IP (ip_idle, ip_refused)",
             self.http_connections_shed.clone(),
         );
         r.register(

@@ -15,9 +15,10 @@
 //! Stopping: `stop` ends the accept loop (the listening socket is closed), each connection finishes
 //! the request it is serving and closes, and after `grace` those still open are cut.
 
-use std::collections::{BTreeSet, HashMap};
+mod open;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::metrics::ConnectionMetrics;
+use open::Open;
 
 /// hyper's own cap on a request head (request line and headers), twice the service's limit
 /// ([`crate::http::middleware::MAX_HEADER_BYTES`]). The middleware refuses heads over the service's
@@ -59,12 +61,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What the server allows its connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     /// To read a complete request head, from the accept or from the end of the previous response.
     pub head_timeout: Duration,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Open connections at once from one address (an IPv4 address or an IPv6 /64), or `None`
+    /// for no such cap.
+    pub max_per_address: Option<usize>,
+    /// Peers the per-address cap does not count: trusted proxies, each carrying many clients.
+    pub exempt: Arc<[ipnet::IpNet]>,
 }
 
 /// The connection cap in force: `configured`, lowered when the process's open-file limit would be
@@ -101,7 +108,7 @@ pub async fn serve(
         builder,
         limits,
         metrics,
-        open: Mutex::default(),
+        connections: Mutex::default(),
         cut: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
@@ -157,97 +164,32 @@ struct Server {
     builder: http1::Builder,
     limits: ConnectionLimits,
     metrics: ConnectionMetrics,
-    open: Mutex<Open>,
+    connections: Mutex<Connections>,
     /// Cuts every connection (the drain's grace is over); each connection's own token is a child.
     cut: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// The open connections, and among them those with no request being served ordered by when they
-/// were last active, so that a full server finds the one waiting longest in O(log n).
+/// What the accept loop and the requests share: the open connections, and the sheds since the
+/// last warning.
 #[derive(Default)]
-struct Open {
-    next_id: u64,
-    /// Ticks each time a connection starts waiting; the order of `waiting`.
-    clock: u64,
-    conns: HashMap<u64, Conn>,
-    /// Connections with no request being served, by when they started waiting (their accept or
-    /// the end of their last response): `(since, id)`, the one waiting longest first.
-    waiting: BTreeSet<(u64, u64)>,
-    /// Connections shed since the last warning.
-    shed_idle: u64,
-    shed_refused: u64,
-    shed_log: Throttle,
+struct Connections {
+    open: Open,
+    shed: Sheds,
 }
 
-/// One open connection, as the accept loop sees it.
-struct Conn {
-    /// Closes this connection at once (displaced, or the drain's grace is over).
-    close: CancellationToken,
-    /// Requests being served: arrived whole (or answered first), response not yet sent.
-    serving: usize,
-    /// While no request is being served: when it started waiting (its key in `Open::waiting`).
-    waiting_since: Option<u64>,
-}
-
-impl Open {
-    fn insert(&mut self, close: CancellationToken) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.conns.insert(
-            id,
-            Conn {
-                close,
-                serving: 0,
-                waiting_since: None,
-            },
-        );
-        self.start_waiting(id);
-        id
-    }
-
-    fn start_waiting(&mut self, id: u64) {
-        let since = self.clock;
-        self.clock += 1;
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.waiting_since = Some(since);
-            self.waiting.insert((since, id));
-        }
-    }
-
-    /// A request on `id` has arrived whole (or is being answered): its connection is serving.
-    fn serve(&mut self, id: u64) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.serving += 1;
-            if let Some(since) = conn.waiting_since.take() {
-                self.waiting.remove(&(since, id));
-            }
-        }
-    }
-
-    /// A response on `id` has been sent: with no other, its connection waits again from now.
-    fn served(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        conn.serving = conn.serving.saturating_sub(1);
-        if conn.serving == 0 {
-            self.start_waiting(id);
-        }
-    }
-
-    fn remove(&mut self, id: u64) -> Option<Conn> {
-        let conn = self.conns.remove(&id)?;
-        if let Some(since) = conn.waiting_since {
-            self.waiting.remove(&(since, id));
-        }
-        Some(conn)
-    }
-
-    /// The connection that has waited longest for a request, if any is waiting.
-    fn waiting_longest(&self) -> Option<u64> {
-        self.waiting.first().map(|&(_, id)| id)
-    }
+/// Connections shed since the last warning.
+#[derive(Default)]
+struct Sheds {
+    /// At `MAX_CONNECTIONS`: waiting ones displaced, new ones refused.
+    idle: u64,
+    refused: u64,
+    /// At `MAX_CONNECTIONS_PER_IP`, among one address's: displaced, refused.
+    ip_idle: u64,
+    ip_refused: u64,
+    /// The address that last reached the per-address cap.
+    address: Option<IpAddr>,
+    log: Throttle,
 }
 
 /// Says when a warning may be logged again (at most once per [`LOG_EVERY`]).
@@ -267,35 +209,72 @@ impl Throttle {
 }
 
 impl Server {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the new connection in, at the cap making room by closing the one that has waited
-    /// longest for a request; when every connection is serving one, closes the new one instead.
+    /// Takes the new connection in. When its address already has `max_per_address` open, it
+    /// makes room by closing that address's connection waiting longest for a request, or is
+    /// closed itself if all of them are serving one; otherwise, at `max_connections`, the same
+    /// among all connections.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: &CancellationToken) {
-        let mut open = self.lock();
-        if open.conns.len() >= self.limits.max_connections {
-            let displaced = open.waiting_longest().and_then(|id| open.remove(id));
+        let ip = peer.ip().to_canonical();
+        let address = match self.limits.max_per_address {
+            Some(_) if !self.limits.exempt.iter().any(|net| net.contains(&ip)) => {
+                Some(open::address_group(ip))
+            }
+            _ => None,
+        };
+        let mut guard = self.lock();
+        let Connections { open, shed } = &mut *guard;
+        let full = match (address, self.limits.max_per_address) {
+            (Some(address), Some(max)) if open.count_from(address) >= max => {
+                shed.address = Some(address);
+                Some((open.waiting_longest_from(address), true))
+            }
+            _ if open.len() >= self.limits.max_connections => Some((open.waiting_longest(), false)),
+            _ => None,
+        };
+        if let Some((waiting, per_address)) = full {
+            let displaced = waiting.and_then(|id| open.remove(id));
             let admitted = displaced.is_some();
             if let Some(conn) = displaced {
                 conn.close.cancel();
-                open.shed_idle += 1;
-                self.metrics.shed_idle.inc();
-            } else {
-                open.shed_refused += 1;
-                self.metrics.shed_refused.inc();
             }
-            if open.shed_log.due() {
-                let (idle_closed, refused) = (
-                    std::mem::take(&mut open.shed_idle),
-                    std::mem::take(&mut open.shed_refused),
+            let (count, counter) = match (per_address, admitted) {
+                (false, true) => (&mut shed.idle, &self.metrics.shed_idle),
+                (false, false) => (&mut shed.refused, &self.metrics.shed_refused),
+                (true, true) => (&mut shed.ip_idle, &self.metrics.shed_ip_idle),
+                (true, false) => (&mut shed.ip_refused, &self.metrics.shed_ip_refused),
+            };
+            *count += 1;
+            counter.inc();
+            if shed.log.due() {
+                // Start counting again, keeping the throttle's clock.
+                let log = std::mem::take(&mut shed.log);
+                let Sheds {
+                    idle,
+                    refused,
+                    ip_idle,
+                    ip_refused,
+                    address,
+                    ..
+                } = std::mem::replace(
+                    shed,
+                    Sheds {
+                        log,
+                        ..Sheds::default()
+                    },
                 );
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
-                    idle_closed,
+                    max_connections_per_ip = self.limits.max_per_address,
+                    idle_closed = idle,
                     refused,
-                    "connection limit reached: the connections waiting longest for a request were closed to admit new ones, and new ones refused while every connection was serving one (counts since the last such line)"
+                    ip_idle_closed = ip_idle,
+                    ip_refused,
+                    address = address.map(|a| tracing::field::display(open::Group(a))),
+                    "connection limit reached: the connections waiting longest for a request were closed to admit new ones (ip_: among the connections of an address at MAX_CONNECTIONS_PER_IP, the last such address given), and new ones refused while every connection was serving one (counts since the last such line)"
                 );
             }
             if !admitted {
@@ -303,9 +282,9 @@ impl Server {
             }
         }
         let close = self.cut.child_token();
-        let id = open.insert(close.clone());
-        self.metrics.open.set(open.conns.len() as i64);
-        drop(open);
+        let id = open.insert(close.clone(), address);
+        self.metrics.open.set(open.len() as i64);
+        drop(guard);
         let server = self.clone();
         let stop = stop.clone();
         self.tasks
@@ -371,9 +350,9 @@ impl Server {
         {
             self.metrics.timed_out.inc();
         }
-        let mut open = self.lock();
-        open.remove(id);
-        self.metrics.open.set(open.conns.len() as i64);
+        let mut connections = self.lock();
+        connections.open.remove(id);
+        self.metrics.open.set(connections.open.len() as i64);
     }
 }
 
@@ -390,7 +369,7 @@ struct Claim {
 impl Claim {
     fn take(&self) {
         if !self.taken.swap(true, Ordering::AcqRel) {
-            self.server.lock().serve(self.id);
+            self.server.lock().open.serve(self.id);
         }
     }
 }
@@ -398,7 +377,7 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if *self.taken.get_mut() {
-            self.server.lock().served(self.id);
+            self.server.lock().open.served(self.id);
         }
     }
 }

@@ -329,6 +329,8 @@ async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_
         .env("PORT", port.to_string())
         .env("JWT_SECRET", JWT_SECRET)
         .env("HEADER_READ_TIMEOUT_MS", "60000")
+        // Every client here is 127.0.0.1: the cap under test is the one the file limit sets.
+        .env("MAX_CONNECTIONS_PER_IP", "0")
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
@@ -580,4 +582,127 @@ async fn at_the_cap_the_connection_idle_longest_makes_way_so_a_recently_used_old
     assert_eq!(series_at(&metrics, SHED_IDLE).await, 11.0);
     assert_eq!(request_on(&mut old, "/health/live").await, 200);
     drip.abort();
+}
+
+/// A connection to `port` from the loopback address `local`: to the service, another client than
+/// 127.0.0.1.
+async fn connect_from(local: [u8; 4], port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((local, 0).into()).unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+const SHED_IP_IDLE: &str =
+    r#"flux_auth_http_connections_shed_total{listener="api",reason="ip_idle"}"#;
+const SHED_IP_REFUSED: &str =
+    r#"flux_auth_http_connections_shed_total{listener="api",reason="ip_refused"}"#;
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip_and_makes_way_among_its_own() {
+    let metrics_port = free_port();
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.max_connections = 64;
+            s.max_connections_per_ip = 16;
+            s.header_read_timeout_ms = 60_000;
+            s.trusted_proxies = vec!["127.0.0.3/32".parse().unwrap()];
+            s.metrics_addr = Some(([127, 0, 0, 1], metrics_port).into());
+        })
+        .spawn()
+        .await;
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    // Another client's idle connection, opened first: the one waiting longest of all.
+    let mut other = connect_from([127, 0, 0, 2], app.port).await;
+    // Sixteen from 127.0.0.1 reach its cap; each of ten more closes that address's connection
+    // waiting longest, well under MAX_CONNECTIONS.
+    let mut own = Vec::new();
+    for _ in 0..16 {
+        own.push(connect(app.port).await);
+    }
+    api_connections(&metrics, 17.0).await;
+    for _ in 0..10 {
+        own.push(connect(app.port).await);
+    }
+    for (i, socket) in own.iter_mut().enumerate() {
+        if i < 10 {
+            assert!(
+                closed_within(socket, Duration::from_secs(5)).await,
+                "connection {i} from 127.0.0.1 was kept"
+            );
+        } else {
+            assert!(still_open(socket).await, "connection {i} was closed");
+        }
+    }
+    assert!(
+        still_open(&mut other).await,
+        "another address's connection was closed"
+    );
+    api_connections(&metrics, 17.0).await;
+    let text = scrape(&metrics).await;
+    assert_eq!(value_of(&text, SHED_IP_IDLE), 10.0);
+    assert_eq!(value_of(&text, SHED_IDLE), 0.0);
+
+    // A trusted proxy carries many clients: its connections are not counted per address.
+    let mut proxied = Vec::new();
+    for _ in 0..20 {
+        proxied.push(connect_from([127, 0, 0, 3], app.port).await);
+    }
+    api_connections(&metrics, 37.0).await;
+    assert_eq!(series_at(&metrics, SHED_IP_IDLE).await, 10.0);
+}
+
+#[tokio::test]
+async fn when_every_connection_of_an_address_is_serving_its_next_one_is_refused_and_others_served()
+{
+    let metrics_port = free_port();
+    let app = TestApp::builder(Backend::File)
+        .settings(move |s| {
+            s.max_connections_per_ip = 4;
+            s.metrics_addr = Some(([127, 0, 0, 1], metrics_port).into());
+        })
+        .spawn()
+        .await;
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let email = unique_email();
+    let token = app.signed_up(&email).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    make_admin(&app, &email).await;
+    let from = |local: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(local))
+            .build()
+            .unwrap()
+    };
+    // Four event streams from 127.0.0.2, each on its own connection: all serving.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let response = from([127, 0, 0, 2])
+            .get(app.url("/api/admin/security/events/stream"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let refused = from([127, 0, 0, 2])
+        .get(app.url("/health/live"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a fifth connection was served: {refused:?}"
+    );
+    let elsewhere = from([127, 0, 0, 4])
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::OK);
+    let text = scrape(&metrics).await;
+    assert_eq!(value_of(&text, SHED_IP_REFUSED), 1.0);
+    assert_eq!(value_of(&text, SHED_REFUSED), 0.0);
+    drop(streams);
 }

@@ -31,7 +31,8 @@ use server::{BenchDb, Server, ServerLogs, ServerSpec, StoreKind};
     name = "flux-load",
     version,
     about = "Load harness for flux-auth: throughput, latency and memory against same-run ceilings",
-    long_about = "Starts the release flux-auth binary on a free loopback port (RATE_LIMITS=off), \
+    long_about = "Starts the release flux-auth binary on a free loopback port (RATE_LIMITS=off, \
+MAX_CONNECTIONS_PER_IP=0), \
 prepares users and tokens, and measures GET /api/auth/me, POST /api/auth/refresh, \
 POST /api/auth/login, POST /api/auth/signup and GET /health at each concurrency for a fixed \
 duration: requests/s, p50/p99/p99.9 latency, errors, and the server's peak RSS and CPU. In the \
