@@ -71,6 +71,11 @@ async fn series_at(url: &str, series: &str) -> f64 {
 
 /// `GET path` on `socket` (keep-alive); returns the status once the whole answer has arrived.
 async fn request_on(socket: &mut TcpStream, path: &str) -> u16 {
+    exchange(socket, path).await.0
+}
+
+/// `GET path` on `socket` (keep-alive): the status and the body.
+async fn exchange(socket: &mut TcpStream, path: &str) -> (u16, String) {
     socket
         .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
@@ -96,7 +101,10 @@ async fn request_on(socket: &mut TcpStream, path: &str) -> u16 {
         .expect("a content-length");
     let mut body = vec![0u8; length];
     socket.read_exact(&mut body).await.unwrap();
-    head[9..12].parse().unwrap()
+    (
+        head[9..12].parse().unwrap(),
+        String::from_utf8(body).unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -705,4 +713,92 @@ async fn when_every_connection_of_an_address_is_serving_its_next_one_is_refused_
     assert_eq!(value_of(&text, SHED_IP_REFUSED), 1.0);
     assert_eq!(value_of(&text, SHED_REFUSED), 0.0);
     drop(streams);
+}
+
+#[tokio::test]
+async fn when_accepts_fail_for_want_of_file_descriptors_the_service_pauses_counts_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stdout.log");
+    // Under a limit of 20 open files the cap is 10 connections (half the limit), but the
+    // service's own files (the runtime, the listener, the log, the event spool: about 14) take
+    // more than the other half, so accepts fail for want of a descriptor before the cap is
+    // reached.
+    let mut service = tokio::process::Command::new("prlimit")
+        .arg("--nofile=20:20")
+        .arg(env!("CARGO_BIN_EXE_flux-auth"))
+        .env_clear()
+        .env("CONFIG_FILE", "/dev/null")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("LOG_FORMAT", "json")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("HEADER_READ_TIMEOUT_MS", "60000")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit and flux-auth run");
+    // A connection opened while descriptors are free, kept for the rest of the test.
+    let mut kept = eventually("the service to answer", Duration::from_secs(30), || async {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        (request_on(&mut socket, "/health/live").await == 200).then_some(socket)
+    })
+    .await;
+
+    // Twenty more: the kernel completes each connection, the service cannot accept them all.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        flood.push(connect(port).await);
+    }
+    // Asked on the kept connection (a new one would wait in the queue too).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let (status, text) = exchange(&mut kept, "/metrics").await;
+        assert_eq!(status, 200);
+        let failed = value_of(
+            &text,
+            r#"flux_auth_http_accept_errors_total{listener="api"}"#,
+        );
+        if failed >= 1.0 {
+            break failed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed accept counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The service is up and serves the connections it has.
+    assert_eq!(request_on(&mut kept, "/health/live").await, 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("could not accept a connection"),
+        "{failed} failed accepts, none logged: {text}"
+    );
+
+    // With the flood gone, descriptors are free again and new connections are served.
+    drop(flood);
+    eventually(
+        "a new connection to be served",
+        Duration::from_secs(10),
+        || async {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/health/live"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(request_on(&mut kept, "/health/live").await, 200);
+    service.kill().await.unwrap();
 }
