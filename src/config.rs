@@ -207,7 +207,7 @@ impl Default for Settings {
             security_log_batch_size: 500,
             // Short on purpose: each batch's insert is a burst of database CPU, and with the
             // database on the request's cores a 5 ms linger doubled the p99 at 2,000 events/s
-            // where 1 ms added a third (BENCHMARKS.md, security log, session 11).
+            // where 1 ms added a third (BENCHMARKS.md, security log).
             security_log_linger_ms: 1,
             security_log_spool_max_bytes: 1 << 30,
             security_log_retention_days_info: 90,

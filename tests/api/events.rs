@@ -1,4 +1,4 @@
-//! Reading the security log back (issue 3): the admin query with filters and cursor paging,
+//! Reading the security log back: the admin query with filters and cursor paging,
 //! stats, NDJSON/CSV export, the live SSE stream, timelines, a user's own history, on both
 //! sinks (JSON-lines files, Postgres); canaries never reach a sink; cleanup and retention.
 

@@ -640,8 +640,8 @@ impl Harness {
                     // The ceilings right before the point they are compared with: same load.
                     self.baseline_points(baseline, name, c).await;
                 }
-                // The login ceiling too: this VM's hash time moves by a quarter within minutes,
-                // so the one measured at the start says little about a point run later.
+                // The login ceiling too: a shared machine's hash time moves by a quarter within
+                // minutes, so the one measured at the start says little about a point run later.
                 let ceiling = if matches!(scenario, Scenario::Login | Scenario::Signup) {
                     let argon = argon2_now().await?;
                     println!(
