@@ -526,6 +526,9 @@ fn serve(events_url: &str, durability: Durability) -> Served {
         security_log_database_url: Some(SecretString::from(events_url.to_owned())),
         security_log_durability: durability,
         rate_limits: Switch::Off,
+        // Every request comes from 127.0.0.1, on up to 256 pooled connections and more while
+        // requests queue.
+        max_connections_per_ip: 0,
         ..Settings::default()
     };
     let stop = CancellationToken::new();
@@ -638,8 +641,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Requests at a fixed rate for `duration`, each timed from when it was due (so a stall counts
 /// against every request it delays); returns the sorted latencies. The pacing runs on a thread
 /// of its own sleeping with the OS's timer: tokio's timer ticks in milliseconds, so sleeping on it
-/// released the requests two at a time on the tick, up to 1 ms after they were due, and that
-/// lateness (about 1 ms of the 1.2 ms median until session 11) counted as latency.
+/// would release the requests two at a time on the tick, up to 1 ms after they were due, and that
+/// lateness (about 1 ms, next to a median of 1.2 ms) would count as latency.
 async fn paced(
     client: &reqwest::Client,
     base: &str,
@@ -743,8 +746,8 @@ fn bench_request(c: &mut Criterion) {
     };
     // The rounds go through the orders of the four async points of a 4x4 Latin square whose
     // every point follows every other once, so each point comes first, second, third and last
-    // equally often, and after each of the others equally often: until session 11 "off" always
-    // came first and "control" always right after "on" and its inserts.
+    // equally often, and after each of the others equally often; in one fixed order "off" would
+    // always come first and "control" always right after "on" and its inserts.
     const ORDERS: [[usize; 4]; 4] = [[0, 1, 2, 3], [1, 3, 0, 2], [2, 0, 3, 1], [3, 2, 1, 0]];
     let schedule = (0..rounds)
         .flat_map(|round| ORDERS[round % ORDERS.len()].map(|i| (round, points[i])))

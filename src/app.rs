@@ -334,9 +334,12 @@ impl App {
         ));
         let core_state = state.clone();
         let stopping = state.stopping.clone();
+        let per_ip = state.settings.max_connections_per_ip;
         let limits = ConnectionLimits {
             head_timeout: Duration::from_millis(state.settings.header_read_timeout_ms),
             max_connections: server::connection_cap(state.settings.max_connections),
+            max_per_address: (per_ip > 0).then_some(per_ip),
+            exempt: state.settings.trusted_proxies.clone().into(),
         };
         if limits.max_connections < state.settings.max_connections {
             tracing::warn!(
@@ -350,9 +353,10 @@ impl App {
             // A scraper needs a connection or two.
             let limits = ConnectionLimits {
                 max_connections: limits.max_connections.min(METRICS_CONNECTIONS),
-                ..limits
+                max_per_address: None,
+                ..limits.clone()
             };
-            let (metrics, stop) = (state.metrics.clone(), stopping.clone());
+            let (metrics, stop) = (state.metrics.connections("metrics"), stopping.clone());
             tokio::spawn(server::serve(
                 listener, router, limits, metrics, stop, grace,
             ));
@@ -369,6 +373,7 @@ impl App {
         crate::systemd::notify("READY=1");
         tracing::info!(
             max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_per_address,
             header_read_timeout_ms = state.settings.header_read_timeout_ms,
             "accepting connections"
         );
@@ -376,7 +381,7 @@ impl App {
             listener,
             router,
             limits,
-            state.metrics.clone(),
+            state.metrics.connections("api"),
             stopping,
             grace,
         )

@@ -158,6 +158,9 @@ pub struct Settings {
     pub header_read_timeout_ms: u64,
     /// Connections open at once (lowered to fit the open-file limit; `server::connection_cap`).
     pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 /64), peers in `trusted_proxies` apart;
+    /// 0 turns the per-address cap off.
+    pub max_connections_per_ip: usize,
     /// How often an open admin event stream checks that its token is still valid, unrevoked and
     /// an admin's.
     pub event_stream_recheck_ms: u64,
@@ -244,6 +247,7 @@ impl Default for Settings {
             shutdown_timeout_ms: 1_200,
             header_read_timeout_ms: 10_000,
             max_connections: 4096,
+            max_connections_per_ip: 256,
             event_stream_recheck_ms: 2_000,
             password_min_length: 8,
             argon2_memory_kib: 19_456,
@@ -334,6 +338,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("shutdown_timeout_ms", Kind::Number),
     ("header_read_timeout_ms", Kind::Number),
     ("max_connections", Kind::Number),
+    ("max_connections_per_ip", Kind::Number),
     ("event_stream_recheck_ms", Kind::Number),
     ("password_min_length", Kind::Number),
     ("argon2_memory_kib", Kind::Number),
@@ -562,6 +567,13 @@ impl Settings {
         }
         if !(16..=1_000_000).contains(&self.max_connections) {
             problems.push("MAX_CONNECTIONS must be between 16 and 1000000 (default 4096).".into());
+        }
+        if self.max_connections_per_ip > 1_000_000 {
+            problems.push(
+                "MAX_CONNECTIONS_PER_IP must be at most 1000000 (0 turns the per-address cap off; \
+                 default 256)."
+                    .into(),
+            );
         }
         if !(100..=10_000).contains(&self.event_stream_recheck_ms) {
             problems.push(
@@ -807,6 +819,28 @@ mod tests {
         let good = generate_secret();
         let s = Settings::from_env(env(&[("JWT_SECRET", &good)])).unwrap();
         assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn the_per_address_connection_cap_is_bounded_and_0_turns_it_off() {
+        let secret = generate_secret();
+        let with = |value: &str| {
+            Settings::from_env(env(&[
+                ("JWT_SECRET", &secret),
+                ("MAX_CONNECTIONS_PER_IP", value),
+            ]))
+            .unwrap()
+        };
+        assert_eq!(Settings::default().max_connections_per_ip, 256);
+        for fine in ["0", "1", "1000000"] {
+            assert!(with(fine).problems().is_empty(), "{fine}");
+        }
+        assert!(
+            with("1000001")
+                .problems()
+                .iter()
+                .any(|p| p.contains("MAX_CONNECTIONS_PER_IP"))
+        );
     }
 
     #[test]

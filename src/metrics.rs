@@ -36,9 +36,16 @@ pub struct RouteLabels {
     pub method: &'static str,
 }
 
-/// Why a connection was closed to stay under the connection cap.
+/// Which listener a connection came in on: `api` (`PORT`) or `metrics` (`METRICS_ADDR`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+/// Why a connection was closed to stay under the connection cap, on which listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
+    pub listener: &'static str,
     pub reason: &'static str,
 }
 
@@ -125,14 +132,34 @@ pub struct Metrics {
     pub db_pool_acquire_wait: Family<PoolLabels, Histogram>,
     pub db_pool_acquire_errors: Family<PoolLabels, Counter>,
     pub redis_errors: Counter,
-    /// Connections open now (the API listener and `METRICS_ADDR`'s).
-    pub http_connections_open: Gauge,
+    /// Connections open now, by listener.
+    pub http_connections_open: Family<ListenerLabels, Gauge>,
     /// Connections closed to stay under the connection cap, by [`ShedLabels`].
     pub http_connections_shed: Family<ShedLabels, Counter>,
-    /// Connections closed because no complete request head came in time.
-    pub http_connections_timed_out: Counter,
-    /// Accepts that failed for want of resources (file descriptors).
-    pub http_accept_errors: Counter,
+    /// Connections closed because no complete request head came in time, by listener.
+    pub http_connections_timed_out: Family<ListenerLabels, Counter>,
+    /// Accepts that failed for want of resources (file descriptors), by listener.
+    pub http_accept_errors: Family<ListenerLabels, Counter>,
+    /// Access re-checks made by open admin event streams.
+    pub event_stream_rechecks: Counter,
+}
+
+/// One listener's connection handles, cloned out of the families once (at the listener's start,
+/// so its series are scraped from then on, at zero).
+#[derive(Clone, Debug)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub timed_out: Counter,
+    pub accept_errors: Counter,
+    /// Displaced at `MAX_CONNECTIONS` (`reason="idle"`).
+    pub shed_idle: Counter,
+    /// Refused at `MAX_CONNECTIONS`, every connection busy (`reason="refused"`).
+    pub shed_refused: Counter,
+    /// Displaced among one address's at `MAX_CONNECTIONS_PER_IP` (`reason="ip_idle"`).
+    pub shed_ip_idle: Counter,
+    /// Refused at `MAX_CONNECTIONS_PER_IP`, every connection of that address busy
+    /// (`reason="ip_refused"`).
+    pub shed_ip_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -147,10 +174,11 @@ impl Default for Metrics {
             db_pool_acquire_wait: Family::new_with_constructor(pool_wait_histogram),
             db_pool_acquire_errors: Family::default(),
             redis_errors: Counter::default(),
-            http_connections_open: Gauge::default(),
+            http_connections_open: Family::default(),
             http_connections_shed: Family::default(),
-            http_connections_timed_out: Counter::default(),
-            http_accept_errors: Counter::default(),
+            http_connections_timed_out: Family::default(),
+            http_accept_errors: Family::default(),
+            event_stream_rechecks: Counter::default(),
         }
     }
 }
@@ -211,11 +239,24 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Counts a connection closed to stay under the cap: `idle` (displaced) or `refused`.
-    pub fn connection_shed(&self, reason: &'static str) {
-        self.http_connections_shed
-            .get_or_create(&ShedLabels { reason })
-            .inc();
+    /// The connection handles of the listener named `listener` (creating its series).
+    pub fn connections(&self, listener: &'static str) -> ConnectionMetrics {
+        let by_listener = ListenerLabels { listener };
+        let shed = |reason| {
+            self.http_connections_shed
+                .get_or_create_owned(&ShedLabels { listener, reason })
+        };
+        ConnectionMetrics {
+            open: self.http_connections_open.get_or_create_owned(&by_listener),
+            timed_out: self
+                .http_connections_timed_out
+                .get_or_create_owned(&by_listener),
+            accept_errors: self.http_accept_errors.get_or_create_owned(&by_listener),
+            shed_idle: shed("idle"),
+            shed_refused: shed("refused"),
+            shed_ip_idle: shed("ip_idle"),
+            shed_ip_refused: shed("ip_refused"),
+        }
     }
 
     /// The registry to scrape: these handles plus the levels `collector` reads at scrape time.
@@ -268,12 +309,12 @@ impl Metrics {
         );
         r.register(
             "http_connections_open",
-            "HTTP connections open now",
+            "HTTP connections open now, by listener (api: PORT; metrics: METRICS_ADDR)",
             self.http_connections_open.clone(),
         );
         r.register(
             "http_connections_shed",
-            "HTTP connections closed to stay under MAX_CONNECTIONS: the oldest idle one displaced by a new one (idle), or the new one when every connection had a request in progress (refused)",
+            "HTTP connections closed to stay under MAX_CONNECTIONS: the one waiting longest for a request displaced by a new one (idle), or the new one when every connection was serving a request (refused); the same among one address's connections under MAX_CONNECTIONS_PER_IP (ip_idle, ip_refused)",
             self.http_connections_shed.clone(),
         );
         r.register(
@@ -285,6 +326,11 @@ impl Metrics {
             "http_accept_errors",
             "Connection accepts that failed for want of resources (file descriptors); retried after a pause",
             self.http_accept_errors.clone(),
+        );
+        r.register(
+            "admin_event_stream_rechecks",
+            "Access re-checks made by open admin event streams (each stream every EVENT_STREAM_RECHECK_MS)",
+            self.event_stream_rechecks.clone(),
         );
         r.register_collector(Box::new(collector));
         r

@@ -2,27 +2,36 @@
 //! connection must send a complete request head within `HEADER_READ_TIMEOUT_MS` of being accepted,
 //! and again of each response (so that is also how long it may sit idle between requests); a head
 //! over [`HEAD_HARD_LIMIT`] is refused by hyper; and at most `max_connections` are open at once.
-//! At that cap a new connection displaces the oldest one with no request in progress (idle, or
-//! still sending its head, as a slow client does); when every open connection has a request in
-//! progress the new one is closed. Both are counted and logged, and an accept that fails (out of
+//!
+//! A connection is *serving* from the moment its request has arrived whole (head and body) until
+//! its response has been sent, and *waiting* otherwise: idle, or still receiving a head or a body,
+//! however slowly. At the cap a new connection displaces the one that has been waiting longest,
+//! counted from its accept or the end of its last response (not from its accept alone, so a
+//! keep-alive connection a proxy keeps using outlasts slow and unused ones, and not from the last
+//! byte received, so trickling a head or a body buys nothing). Only when every open connection is
+//! serving is the new one closed. Both are counted and logged, and an accept that fails (out of
 //! file descriptors) is retried after a pause instead of ending the service.
 //!
 //! Stopping: `stop` ends the accept loop (the listening socket is closed), each connection finishes
 //! the request it is serving and closes, and after `grace` those still open are cut.
 
-use std::collections::BTreeMap;
+mod open;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+use crate::metrics::ConnectionMetrics;
+use open::Open;
 
 /// hyper's own cap on a request head (request line and headers), twice the service's limit
 /// ([`crate::http::middleware::MAX_HEADER_BYTES`]). The middleware refuses heads over the service's
@@ -51,12 +61,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What the server allows its connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     /// To read a complete request head, from the accept or from the end of the previous response.
     pub head_timeout: Duration,
     /// Open connections at once.
     pub max_connections: usize,
+    /// Open connections at once from one address (an IPv4 address or an IPv6 /64), or `None`
+    /// for no such cap.
+    pub max_per_address: Option<usize>,
+    /// Peers the per-address cap does not count: trusted proxies, each carrying many clients.
+    pub exempt: Arc<[ipnet::IpNet]>,
 }
 
 /// The connection cap in force: `configured`, lowered when the process's open-file limit would be
@@ -79,7 +94,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     stop: CancellationToken,
     grace: Duration,
 ) -> bool {
@@ -93,7 +108,7 @@ pub async fn serve(
         builder,
         limits,
         metrics,
-        open: Mutex::default(),
+        connections: Mutex::default(),
         cut: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
@@ -108,7 +123,7 @@ pub async fn serve(
             // The peer gave up before the accept: nothing to do.
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
-                server.metrics.http_accept_errors.inc();
+                server.metrics.accept_errors.inc();
                 accept_failures += 1;
                 if accept_log.due() {
                     let failures = std::mem::take(&mut accept_failures);
@@ -148,30 +163,33 @@ struct Server {
     router: Router,
     builder: http1::Builder,
     limits: ConnectionLimits,
-    metrics: Metrics,
-    open: Mutex<Open>,
+    metrics: ConnectionMetrics,
+    connections: Mutex<Connections>,
     /// Cuts every connection (the drain's grace is over); each connection's own token is a child.
     cut: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// The open connections by age (accept order), so that a full server finds the oldest idle one.
+/// What the accept loop and the requests share: the open connections, and the sheds since the
+/// last warning.
 #[derive(Default)]
-struct Open {
-    next_id: u64,
-    by_age: BTreeMap<u64, Arc<Slot>>,
-    /// Connections shed since the last warning.
-    shed_idle: u64,
-    shed_refused: u64,
-    shed_log: Throttle,
+struct Connections {
+    open: Open,
+    shed: Sheds,
 }
 
-/// One open connection, as the accept loop sees it.
-struct Slot {
-    /// Requests in progress, counting a streamed response until its body ends.
-    busy: AtomicUsize,
-    /// Closes this connection at once (displaced, or the drain's grace is over).
-    close: CancellationToken,
+/// Connections shed since the last warning.
+#[derive(Default)]
+struct Sheds {
+    /// At `MAX_CONNECTIONS`: waiting ones displaced, new ones refused.
+    idle: u64,
+    refused: u64,
+    /// At `MAX_CONNECTIONS_PER_IP`, among one address's: displaced, refused.
+    ip_idle: u64,
+    ip_refused: u64,
+    /// The address that last reached the per-address cap.
+    address: Option<IpAddr>,
+    log: Throttle,
 }
 
 /// Says when a warning may be logged again (at most once per [`LOG_EVERY`]).
@@ -191,135 +209,223 @@ impl Throttle {
 }
 
 impl Server {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the new connection in, at the cap making room by closing the oldest idle one; when
-    /// every connection is busy, closes the new one instead.
+    /// Takes the new connection in. When its address already has `max_per_address` open, it
+    /// makes room by closing that address's connection waiting longest for a request, or is
+    /// closed itself if all of them are serving one; otherwise, at `max_connections`, the same
+    /// among all connections.
     fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, stop: &CancellationToken) {
-        let mut open = self.lock();
-        if open.by_age.len() >= self.limits.max_connections {
-            let idle = open
-                .by_age
-                .iter()
-                .find(|(_, slot)| slot.busy.load(Ordering::Relaxed) == 0)
-                .map(|(id, _)| *id);
-            let displaced = idle.and_then(|id| open.by_age.remove(&id));
-            let admitted = displaced.is_some();
-            if let Some(slot) = displaced {
-                slot.close.cancel();
-                open.shed_idle += 1;
-                self.metrics.connection_shed("idle");
-            } else {
-                open.shed_refused += 1;
-                self.metrics.connection_shed("refused");
+        let ip = peer.ip().to_canonical();
+        let address = match self.limits.max_per_address {
+            Some(_) if !self.limits.exempt.iter().any(|net| net.contains(&ip)) => {
+                Some(open::address_group(ip))
             }
-            if open.shed_log.due() {
-                let (idle_closed, refused) = (
-                    std::mem::take(&mut open.shed_idle),
-                    std::mem::take(&mut open.shed_refused),
+            _ => None,
+        };
+        let mut guard = self.lock();
+        let Connections { open, shed } = &mut *guard;
+        let full = match (address, self.limits.max_per_address) {
+            (Some(address), Some(max)) if open.count_from(address) >= max => {
+                shed.address = Some(address);
+                Some((open.waiting_longest_from(address), true))
+            }
+            _ if open.len() >= self.limits.max_connections => Some((open.waiting_longest(), false)),
+            _ => None,
+        };
+        if let Some((waiting, per_address)) = full {
+            let displaced = waiting.and_then(|id| open.remove(id));
+            let admitted = displaced.is_some();
+            if let Some(conn) = displaced {
+                conn.close.cancel();
+            }
+            let (count, counter) = match (per_address, admitted) {
+                (false, true) => (&mut shed.idle, &self.metrics.shed_idle),
+                (false, false) => (&mut shed.refused, &self.metrics.shed_refused),
+                (true, true) => (&mut shed.ip_idle, &self.metrics.shed_ip_idle),
+                (true, false) => (&mut shed.ip_refused, &self.metrics.shed_ip_refused),
+            };
+            *count += 1;
+            counter.inc();
+            if shed.log.due() {
+                // Start counting again, keeping the throttle's clock.
+                let log = std::mem::take(&mut shed.log);
+                let Sheds {
+                    idle,
+                    refused,
+                    ip_idle,
+                    ip_refused,
+                    address,
+                    ..
+                } = std::mem::replace(
+                    shed,
+                    Sheds {
+                        log,
+                        ..Sheds::default()
+                    },
                 );
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
-                    idle_closed,
+                    max_connections_per_ip = self.limits.max_per_address,
+                    idle_closed = idle,
                     refused,
-                    "connection limit reached: the oldest idle connections were closed to admit new ones, and new ones refused while every connection was busy (counts since the last such line)"
+                    ip_idle_closed = ip_idle,
+                    ip_refused,
+                    address = address.map(|a| tracing::field::display(open::Group(a))),
+                    "connection limit reached: the connections waiting longest for a request were closed to admit new ones (ip_: among the connections of an address at MAX_CONNECTIONS_PER_IP, the last such address given), and new ones refused while every connection was serving one (counts since the last such line)"
                 );
             }
             if !admitted {
                 return; // dropping the stream closes it
             }
         }
-        let id = open.next_id;
-        open.next_id += 1;
-        let slot = Arc::new(Slot {
-            busy: AtomicUsize::new(0),
-            close: self.cut.child_token(),
-        });
-        open.by_age.insert(id, slot.clone());
-        self.metrics
-            .http_connections_open
-            .set(open.by_age.len() as i64);
-        drop(open);
+        let close = self.cut.child_token();
+        let id = open.insert(close.clone(), address);
+        self.metrics.open.set(open.len() as i64);
+        drop(guard);
         let server = self.clone();
         let stop = stop.clone();
         self.tasks
-            .spawn(async move { server.connection(stream, peer, (id, slot), stop).await });
+            .spawn(async move { server.connection(stream, peer, (id, close), stop).await });
     }
 
     async fn connection(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        (id, slot): (u64, Arc<Slot>),
+        (id, close): (u64, CancellationToken),
         stop: CancellationToken,
     ) {
-        let (router, for_requests) = (self.router.clone(), slot.clone());
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let (router, server) = (self.router.clone(), self.clone());
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let claim = Arc::new(Claim {
+                server: server.clone(),
+                id,
+                taken: AtomicBool::new(false),
+            });
+            // A request without a body has arrived whole with its head.
+            if req.body().is_end_stream() {
+                claim.take();
+            }
+            let mut req = req.map(|body| {
+                Body::new(Arriving {
+                    body,
+                    claim: claim.clone(),
+                })
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::new(&for_requests);
             let router = router.clone();
             async move {
                 let response = match router.oneshot(req).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                Ok::<_, Infallible>(held_until_sent(response, busy))
+                // Answered, perhaps before its body was read (a refusal): serving until sent.
+                claim.take();
+                Ok::<_, Infallible>(held_until_sent(response, claim))
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        let outcome = tokio::select! {
-            outcome = conn.as_mut() => outcome,
-            () = slot.close.cancelled() => Ok(()),
-            () = stop.cancelled() => {
-                // Finish the request in progress (if any), then close.
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    outcome = conn.as_mut() => outcome,
-                    () = slot.close.cancelled() => Ok(()),
+        // The connection (and any request it holds, whose claim locks `open` when dropped) is
+        // dropped at the end of this block, before `open` is locked below.
+        let outcome = {
+            let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                outcome = conn.as_mut() => outcome,
+                () = close.cancelled() => Ok(()),
+                () = stop.cancelled() => {
+                    // Finish the request in progress (if any), then close.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        outcome = conn.as_mut() => outcome,
+                        () = close.cancelled() => Ok(()),
+                    }
                 }
             }
         };
         if let Err(e) = outcome
             && e.is_timeout()
         {
-            self.metrics.http_connections_timed_out.inc();
+            self.metrics.timed_out.inc();
         }
-        let mut open = self.lock();
-        open.by_age.remove(&id);
-        self.metrics
-            .http_connections_open
-            .set(open.by_age.len() as i64);
+        let mut connections = self.lock();
+        connections.open.remove(id);
+        self.metrics.open.set(connections.open.len() as i64);
     }
 }
 
-/// Marks its connection busy while it lives.
-struct Busy(Arc<Slot>);
+/// One request's hold on its connection, which may not be displaced while it is taken: taken once
+/// the request has arrived whole (its body read to the end) or is answered, whichever comes
+/// first, and released when the last handle is dropped, with the response sent. Until then the
+/// connection is waiting for its request, however slowly that arrives, and may make way.
+struct Claim {
+    server: Arc<Server>,
+    id: u64,
+    taken: AtomicBool,
+}
 
-impl Busy {
-    fn new(slot: &Arc<Slot>) -> Self {
-        slot.busy.fetch_add(1, Ordering::Relaxed);
-        Self(slot.clone())
+impl Claim {
+    fn take(&self) {
+        if !self.taken.swap(true, Ordering::AcqRel) {
+            self.server.lock().open.serve(self.id);
+        }
     }
 }
 
-impl Drop for Busy {
+impl Drop for Claim {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        if *self.taken.get_mut() {
+            self.server.lock().open.served(self.id);
+        }
     }
 }
 
-/// Keeps the connection marked busy until the response body has been sent. A body of known size
-/// goes out with the head at once, so only streamed bodies (the event stream, exports) are wrapped.
-fn held_until_sent(response: Response, busy: Busy) -> Response {
+/// A request body that takes its request's [`Claim`] when its last byte arrives.
+struct Arriving {
+    body: Incoming,
+    claim: Arc<Claim>,
+}
+
+impl hyper::body::Body for Arriving {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.claim.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Keeps the request's claim until the response body has been sent. A body of known size goes out
+/// with the head at once, so only streamed bodies (the event stream, exports) are wrapped.
+fn held_until_sent(response: Response, claim: Arc<Claim>) -> Response {
     if response.body().size_hint().exact().is_some() {
         return response;
     }
     response.map(|body| {
         Body::new(body.map_frame(move |frame| {
-            let _busy = &busy;
+            let _claim = &claim;
             frame
         }))
     })

@@ -373,7 +373,9 @@ async fn access_ends(state: AppState, token: String, exp: i64) {
             () = &mut expiry => break "expired",
             () = tokio::time::sleep(every) => {}
         }
-        match state.auth.authenticate(&token).await {
+        let access = state.auth.authenticate(&token).await;
+        state.metrics.event_stream_rechecks.inc();
+        match access {
             Ok(auth) if auth.user.user_type == crate::domain::UserType::Admin => {}
             Ok(_) => break "not_admin",
             Err(_) => break "token_refused",

@@ -1,8 +1,10 @@
-//! The request middleware, one layer: request ids and the request span, the head size limit, the
-//! error envelope (every 4xx/5xx in the Error shape with the request id, including axum's own
+//! The request middleware, one layer: request ids and the request span, the refusals made before
+//! the routes (head size, declared body size, a path that is not text), the error envelope (every 4xx/5xx in the Error shape with the request id, including axum's own
 //! rejections), security headers, metrics and the request's log line. One layer rather than one
 //! per concern: each `from_fn` layer boxes the rest of the stack and its future on every request.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -10,6 +12,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, ServiceExt};
+use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use crate::app::AppState;
@@ -30,19 +34,16 @@ fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
     .then(|| s.to_owned())
 }
 
-/// Outermost layer: assigns the request id, opens the request span, refuses an oversized head,
-/// puts errors in the Error shape, adds the security headers, and logs one line per request
+/// Outermost layer: assigns the request id, opens the request span, refuses an oversized head or
+/// declared body or a path that is not text (through the CORS layer), puts errors in the Error shape, adds the security headers, and logs one line per request
 /// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
 ///
 /// The span holds only the request id: the JSON formatter writes a span's fields out when the span
 /// opens and parses them back for every line logged inside it, so each field there is paid on
 /// every request, while the lines that need more than the id (the request line) carry it
 /// themselves.
-pub async fn request_context(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn request_context(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
+    let state = &edge.state;
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -63,20 +64,9 @@ pub async fn request_context(
     let route_label = route.as_deref().unwrap_or("unmatched");
     let span = tracing::info_span!("request", request_id = %id);
     let started = Instant::now();
-    let response = if head_too_large(&req) {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response()
-    } else if declared_body_too_large(&req, state.settings.body_limit_bytes) {
-        // Refused before the body is read: waiting for bytes that will be refused anyway would
-        // hold the connection until the request timeout.
-        StatusCode::PAYLOAD_TOO_LARGE.into_response()
-    } else if !target_is_text(req.uri()) {
-        ApiError::BadRequest {
-            code: "INVALID_PARAMETER",
-            message: "The path or query has a NUL character or is not UTF-8".into(),
-        }
-        .into_response()
-    } else {
-        next.run(req).instrument(span.clone()).await
+    let response = match EarlyRefusal::of(&req, state.settings.body_limit_bytes) {
+        Some(refusal) => refusal.through(&edge.cors, req).await,
+        None => next.run(req).instrument(span.clone()).await,
     };
     let mut response = span.in_scope(|| error_envelope(response, &id));
     security_headers(response.headers_mut(), state.settings.hsts);
@@ -100,6 +90,66 @@ pub async fn request_context(
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     response
+}
+
+/// What [`request_context`] needs: the app's state, and the CORS layer the routes are behind, so
+/// that the refusals it makes before the routes get the same CORS headers as any other answer (a
+/// browser shows a cross-origin answer without them to its page as a network error, not as the
+/// JSON error).
+#[derive(Clone)]
+pub struct Edge {
+    pub state: AppState,
+    pub cors: Arc<CorsLayer>,
+}
+
+/// A request refused before it reaches the routes.
+#[derive(Clone, Copy, Debug)]
+enum EarlyRefusal {
+    /// Over [`MAX_HEADER_BYTES`]: 431.
+    HeadTooLarge,
+    /// `Content-Length` over the limit: 413 before the body is read, since waiting for bytes that
+    /// will be refused anyway would hold the connection until the request timeout.
+    DeclaredBodyTooLarge,
+    /// A path or query that is not text: 400 `INVALID_PARAMETER`.
+    TargetNotText,
+}
+
+impl EarlyRefusal {
+    fn of(req: &Request, body_limit: usize) -> Option<Self> {
+        if head_too_large(req) {
+            Some(Self::HeadTooLarge)
+        } else if declared_body_too_large(req, body_limit) {
+            Some(Self::DeclaredBodyTooLarge)
+        } else if !target_is_text(req.uri()) {
+            Some(Self::TargetNotText)
+        } else {
+            None
+        }
+    }
+
+    fn response(self) -> Response {
+        match self {
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response(),
+            Self::DeclaredBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+            Self::TargetNotText => ApiError::BadRequest {
+                code: "INVALID_PARAMETER",
+                message: "The path or query has a NUL character or is not UTF-8".into(),
+            }
+            .into_response(),
+        }
+    }
+
+    /// The refusal as `cors` passes it back for `req`, with the CORS headers its origin gets. (A
+    /// preflight is answered by the CORS layer itself, as on any route.)
+    async fn through(self, cors: &CorsLayer, req: Request) -> Response {
+        let refuse = tower::service_fn(move |_: Request| {
+            std::future::ready(Ok::<_, Infallible>(self.response()))
+        });
+        match cors.layer(refuse).oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
 }
 
 /// Puts every error response in the Error shape with its request id. Responses made by axum or

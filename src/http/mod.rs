@@ -117,16 +117,21 @@ pub fn router(state: AppState) -> Router {
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
 
-    // Outermost first: the request middleware (request id and span, head limit, error envelope,
-    // security headers, log line), then CORS, and the timeout innermost so that its 408 gets
-    // enveloped too.
+    // Outermost first: the request middleware (request id and span, early refusals, error
+    // envelope, security headers, log line), then CORS, and the timeout innermost so that its 408
+    // gets enveloped too. The middleware passes its own refusals through the same CORS layer.
+    let cors = cors(&state);
+    let edge = middleware::Edge {
+        state: state.clone(),
+        cors: std::sync::Arc::new(cors.clone()),
+    };
     api.layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(settings.request_timeout_ms),
     ))
-    .layer(cors(&state))
+    .layer(cors)
     .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
+        edge,
         middleware::request_context,
     ))
     .with_state(state)

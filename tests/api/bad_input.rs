@@ -729,6 +729,86 @@ async fn j3_cors_echoes_only_allowlisted_origins_never_star() {
     }
 }
 
+/// The refusals made before a request reaches the routes (a declared body over the limit, a path
+/// that is not text, a head over 16 KiB) carry the CORS headers the origin would get on any other
+/// answer, so a browser on an allowed origin can read the JSON error.
+#[tokio::test]
+async fn j3_early_refusals_carry_the_cors_headers_of_an_allowed_origin() {
+    const ALLOWED: &str = "https://app.fluxstudio.art";
+    let app = TestApp::builder(Backend::File)
+        .settings(|s| {
+            s.cors_origins = vec![ALLOWED.into()];
+            s.request_timeout_ms = 60_000;
+        })
+        .try_spawn()
+        .await
+        .unwrap();
+    for origin in [ALLOWED, "https://evil.example"] {
+        let allowed = origin == ALLOWED;
+        let head = format!(
+            "POST /api/auth/login HTTP/1.1\r\nhost: x\r\norigin: {origin}\r\n\
+             content-type: application/json\r\ncontent-length: 99999999999\r\n\r\n"
+        );
+        let answer = raw_exchange(&app, head.as_bytes(), head.len()).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+        assert!(answer.contains(r#""code":"PAYLOAD_TOO_LARGE""#), "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert_eq!(
+            lower.contains(&format!("\r\naccess-control-allow-origin: {origin}\r\n")),
+            allowed,
+            "413 for {origin}: {answer}"
+        );
+        if allowed {
+            assert!(
+                lower.contains("\r\naccess-control-allow-credentials: true\r\n"),
+                "{answer}"
+            );
+        }
+
+        let not_text = app
+            .client
+            .get(app.url("/api/admin/security/users/%00/timeline"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        let long_head = app
+            .client
+            .get(app.url("/health/live"))
+            .header("origin", origin)
+            .header("x-long", "h".repeat(20 * 1024))
+            .send()
+            .await
+            .unwrap();
+        for (response, status, code) in [
+            (not_text, StatusCode::BAD_REQUEST, "INVALID_PARAMETER"),
+            (
+                long_head,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+            ),
+        ] {
+            let headers = response.headers().clone();
+            assert_eq!(
+                headers
+                    .get("access-control-allow-origin")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                allowed.then(|| origin.to_owned()),
+                "{status} for {origin}"
+            );
+            if allowed {
+                assert_eq!(headers["access-control-allow-credentials"], "true");
+                let exposed = headers["access-control-expose-headers"]
+                    .to_str()
+                    .unwrap()
+                    .to_ascii_lowercase();
+                assert!(exposed.contains("x-request-id"), "{exposed}");
+            }
+            assert_error(response, status, code).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn c7_malformed_authorization_headers_are_401_with_www_authenticate() {
     let app = TestApp::try_spawn(Backend::File).await.unwrap();

@@ -1,4 +1,4 @@
-//! Reading the security log back (issue 3): the admin query with filters and cursor paging,
+//! Reading the security log back: the admin query with filters and cursor paging,
 //! stats, NDJSON/CSV export, the live SSE stream, timelines, a user's own history, on both
 //! sinks (JSON-lines files, Postgres); canaries never reach a sink; cleanup and retention.
 
@@ -636,7 +636,16 @@ async fn open_stream(
     let mut stream = response.bytes_stream();
     let mut buf = String::new();
     // Let several re-checks pass (200 ms apart) before the event, so it arrives after them.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually(
+        "three re-checks of the stream's access",
+        Duration::from_secs(10),
+        || async {
+            metric(app, "flux_auth_admin_event_stream_rechecks_total")
+                .await
+                .filter(|checks| *checks >= 3.0)
+        },
+    )
+    .await;
     let email = unique_email();
     app.signed_up(&email).await;
     next_event(&mut stream, &mut buf, |e| {

@@ -31,7 +31,8 @@ use server::{BenchDb, Server, ServerLogs, ServerSpec, StoreKind};
     name = "flux-load",
     version,
     about = "Load harness for flux-auth: throughput, latency and memory against same-run ceilings",
-    long_about = "Starts the release flux-auth binary on a free loopback port (RATE_LIMITS=off), \
+    long_about = "Starts the release flux-auth binary on a free loopback port (RATE_LIMITS=off, \
+MAX_CONNECTIONS_PER_IP=0), \
 prepares users and tokens, and measures GET /api/auth/me, POST /api/auth/refresh, \
 POST /api/auth/login, POST /api/auth/signup and GET /health at each concurrency for a fixed \
 duration: requests/s, p50/p99/p99.9 latency, errors, and the server's peak RSS and CPU. In the \
@@ -639,8 +640,8 @@ impl Harness {
                     // The ceilings right before the point they are compared with: same load.
                     self.baseline_points(baseline, name, c).await;
                 }
-                // The login ceiling too: this VM's hash time moves by a quarter within minutes,
-                // so the one measured at the start says little about a point run later.
+                // The login ceiling too: a shared machine's hash time moves by a quarter within
+                // minutes, so the one measured at the start says little about a point run later.
                 let ceiling = if matches!(scenario, Scenario::Login | Scenario::Signup) {
                     let argon = argon2_now().await?;
                     println!(

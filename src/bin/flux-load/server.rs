@@ -139,6 +139,8 @@ impl Server {
             .env("DATA_DIR", data_dir.join("data"))
             .env("STORAGE", spec.store.name())
             .env("RATE_LIMITS", "off")
+            // Every load client is 127.0.0.1, with up to 1024 connections.
+            .env("MAX_CONNECTIONS_PER_IP", "0")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(url) = spec.database_url {
