@@ -31,10 +31,18 @@ impl BreachedPasswords {
             .context("the breached-password list is not valid gzip")?;
         let mut entries: Vec<&[u8]> = text
             .split(|&b| b == b'\n')
-            .chain(WELL_KNOWN.lines().map(str::as_bytes))
             .filter(|line| !line.is_empty())
             .collect();
-        entries.sort_unstable();
+        // The list is stored sorted, so start-up only checks that (one comparison an entry rather
+        // than a sort's many) and puts the few well-known additions in place.
+        if !entries.is_sorted() {
+            entries.sort_unstable();
+        }
+        for extra in WELL_KNOWN.lines().map(str::as_bytes) {
+            if let (false, Err(at)) = (extra.is_empty(), entries.binary_search(&extra)) {
+                entries.insert(at, extra);
+            }
+        }
         entries.dedup();
         let mut bytes = Vec::with_capacity(text.len());
         let mut starts = Vec::with_capacity(entries.len() + 1);
