@@ -1,6 +1,6 @@
-//! Google sign-in (SECURITY.md group E) against a fake OpenID provider over real HTTP: ID-token
-//! checks, the authorization-code flow with PKCE, GIS redirect mode, linking rules, the JWKS
-//! cache, and the events of each outcome.
+//! Google sign-in (docs/SECURITY.md group E) against a fake OpenID provider over real HTTP:
+//! ID-token checks, the authorization-code flow with PKCE, GIS redirect mode, linking rules, the
+//! JWKS cache, and the events of each outcome.
 
 use std::time::Duration;
 
@@ -1503,7 +1503,6 @@ async fn link_as_before(app: &TestApp, email: &str, issuer: &str, subject: &str,
 #[tokio::test]
 async fn accounts_open_to_a_provider_and_a_password_are_listed_and_revoke_password_shuts_the_registrant_out_on_both_stores()
  {
-    use crate::stores::{run_cli, text};
     if !redis_available().await {
         return;
     }
