@@ -1306,11 +1306,8 @@ async fn without_configuration_the_google_routes_answer_503() {
 
 #[tokio::test]
 async fn an_unreachable_provider_is_a_503_never_a_500() {
-    // A port nothing listens on: bind one, note it, close it.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // A port nothing listens on.
+    let closed = free_port();
     let provider = FakeProvider::start().await;
     let app = TestApp::builder(Backend::File)
         .settings(move |s| fake_oidc::configure(s, &format!("http://127.0.0.1:{closed}")))

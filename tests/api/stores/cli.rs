@@ -1,6 +1,6 @@
-//! The `import-users` and `users set-type` commands on the file store: an import that can run
-//! twice and whose users log in, and a type change that reaches `users.json` and refuses unknown
-//! emails or types.
+//! The `import-users` and `users set-type` commands: an import of the old `users.json` into
+//! Postgres that can run twice and whose users log in, and a type change that reaches the file
+//! store's `users.json` and refuses unknown emails or types.
 
 use flux_auth::config::StorageKind;
 use reqwest::StatusCode;
