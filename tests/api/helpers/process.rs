@@ -145,6 +145,7 @@ impl Launch {
         self
     }
 
+    /// Sets several variables, in order, after those set so far.
     pub fn envs<K: AsRef<str>, V: AsRef<str>>(
         mut self,
         envs: impl IntoIterator<Item = (K, V)>,
