@@ -1,5 +1,5 @@
-//! Bad input (SECURITY.md I1–I6), malformed Authorization headers (C7) and HTTP hardening (J1, J3,
-//! J5): every rejection is the Error shape, none is a 500, and nothing is stored half-way.
+//! Bad input (docs/SECURITY.md I1–I6), malformed Authorization headers (C7) and HTTP hardening (J1,
+//! J3, J5): every rejection is the Error shape, none is a 500, and nothing is stored half-way.
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Body, Response, StatusCode};

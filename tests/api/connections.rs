@@ -1,7 +1,7 @@
-//! Connections (SECURITY.md I5, slowloris): a request head must arrive within the head timeout,
-//! an idle keep-alive connection is closed after it, and at the connection cap the service sheds
-//! connections (logged, counted) instead of running out of file descriptors, so `/health/live`
-//! keeps answering.
+//! Connections (docs/SECURITY.md I5, slowloris): a request head must arrive within the head
+//! timeout, an idle keep-alive connection is closed after it, and at the connection cap the service
+//! sheds connections (logged, counted) instead of running out of file descriptors, so
+//! `/health/live` keeps answering.
 
 use std::time::Duration;
 
@@ -311,52 +311,20 @@ async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
     assert!(refused >= 1.0, "refusals counted: {refused}");
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let log = dir.path().join("stdout.log");
     // The real binary, as a supervisor with LimitNOFILE=512 would run it.
-    let mut service = tokio::process::Command::new("prlimit")
-        .arg("--nofile=512:512")
-        .arg(env!("CARGO_BIN_EXE_flux-auth"))
-        .env_clear()
-        .env("CONFIG_FILE", "/dev/null")
-        .env("DATA_DIR", dir.path().join("data"))
-        .env("LOG_FORMAT", "json")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+    let mut service = Launch::in_temp_dir()
+        .launched_by("prlimit", &["--nofile=512:512"])
         .env("JWT_SECRET", JWT_SECRET)
         .env("HEADER_READ_TIMEOUT_MS", "60000")
         // Every client here is 127.0.0.1: the cap under test is the one the file limit sets.
         .env("MAX_CONNECTIONS_PER_IP", "0")
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prlimit and flux-auth run");
+        .start()
+        .await;
+    let port = service.port;
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    eventually("the service to answer", Duration::from_secs(30), || async {
-        let response = client
-            .get(format!("{base}/health/live"))
-            .send()
-            .await
-            .ok()?;
-        (response.status() == StatusCode::OK).then_some(())
-    })
-    .await;
+    let base = service.base.clone();
 
     let mut slow = Vec::new();
     for _ in 0..600 {
@@ -388,14 +356,14 @@ async fn under_a_512_file_limit_600_slow_clients_are_shed_and_the_service_keeps_
     )
     .await;
     assert!(shed.is_some_and(|n| n >= 200.0), "shed: {shed:?}");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = service.stdout_text();
     assert!(
         text.contains("MAX_CONNECTIONS lowered to fit the open-file limit"),
         "{text}"
     );
     assert!(text.contains("connection limit reached"), "{text}");
     drop(slow);
-    service.kill().await.unwrap();
+    service.child.kill().await.unwrap();
 }
 
 #[tokio::test]
@@ -717,31 +685,16 @@ async fn when_every_connection_of_an_address_is_serving_its_next_one_is_refused_
 
 #[tokio::test]
 async fn when_accepts_fail_for_want_of_file_descriptors_the_service_pauses_counts_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let log = dir.path().join("stdout.log");
     // Under a limit of 20 open files the cap is 10 connections (half the limit), but the
     // service's own files (the runtime, the listener, the log, the event spool: about 14) take
     // more than the other half, so accepts fail for want of a descriptor before the cap is
     // reached.
-    let mut service = tokio::process::Command::new("prlimit")
-        .arg("--nofile=20:20")
-        .arg(env!("CARGO_BIN_EXE_flux-auth"))
-        .env_clear()
-        .env("CONFIG_FILE", "/dev/null")
-        .env("DATA_DIR", dir.path().join("data"))
-        .env("LOG_FORMAT", "json")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+    let mut service = Launch::in_temp_dir()
+        .launched_by("prlimit", &["--nofile=20:20"])
         .env("JWT_SECRET", JWT_SECRET)
         .env("HEADER_READ_TIMEOUT_MS", "60000")
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prlimit and flux-auth run");
+        .spawn();
+    let port = service.port;
     // A connection opened while descriptors are free, kept for the rest of the test.
     let mut kept = eventually("the service to answer", Duration::from_secs(30), || async {
         let mut socket = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
@@ -774,7 +727,7 @@ async fn when_accepts_fail_for_want_of_file_descriptors_the_service_pauses_count
     };
     // The service is up and serves the connections it has.
     assert_eq!(request_on(&mut kept, "/health/live").await, 200);
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = service.stdout_text();
     assert!(
         text.contains("could not accept a connection"),
         "{failed} failed accepts, none logged: {text}"
@@ -800,5 +753,5 @@ async fn when_accepts_fail_for_want_of_file_descriptors_the_service_pauses_count
     )
     .await;
     assert_eq!(request_on(&mut kept, "/health/live").await, 200);
-    service.kill().await.unwrap();
+    service.child.kill().await.unwrap();
 }

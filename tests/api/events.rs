@@ -498,27 +498,6 @@ async fn cleanup_on_the_file_store_prunes_sessions_and_rewrites_old_event_files(
     assert_eq!(kept.events, vec![old_critical]);
 }
 
-fn cli(envs: &[(&str, String)], args: &[&str]) -> std::process::Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"));
-    command
-        .args(args)
-        .env("CONFIG_FILE", "/dev/null")
-        .env("JWT_SECRET", JWT_SECRET);
-    for name in [
-        "DATABASE_URL",
-        "SECURITY_LOG_DATABASE_URL",
-        "SECURITY_LOG_DIR",
-        "DATA_DIR",
-        "REDIS_URL",
-    ] {
-        command.env_remove(name);
-    }
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    command.output().unwrap()
-}
-
 #[tokio::test]
 async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     let mut app = TestApp::try_spawn(Backend::File).await.unwrap();
@@ -530,7 +509,7 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     let envs = [("SECURITY_LOG_DIR", dir.clone())];
     let export = tokio::task::spawn_blocking({
         let envs = envs.clone();
-        move || cli(&envs, &["events", "export", "--type", "login_failed"])
+        move || run_cli_blocking(&envs, &["events", "export", "--type", "login_failed"])
     })
     .await
     .unwrap();
@@ -547,14 +526,14 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     assert!(lines.iter().all(|e| e["eventType"] == "login_failed"));
     let stats = tokio::task::spawn_blocking({
         let envs = envs.clone();
-        move || cli(&envs, &["events", "stats"])
+        move || run_cli_blocking(&envs, &["events", "stats"])
     })
     .await
     .unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["byType"]["login_failed"], 3, "{stats}");
     let bad = tokio::task::spawn_blocking(move || {
-        cli(&envs, &["events", "export", "--from", "yesterday"])
+        run_cli_blocking(&envs, &["events", "export", "--from", "yesterday"])
     })
     .await
     .unwrap();
@@ -570,7 +549,7 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
     let replay = tokio::task::spawn_blocking({
         let (dir, url) = (dir.clone(), url.clone());
         move || {
-            cli(
+            run_cli_blocking(
                 &[("SECURITY_LOG_DATABASE_URL", url)],
                 &["events", "replay", &dir],
             )
@@ -596,7 +575,7 @@ async fn events_cli_exports_counts_and_replays_a_spool_into_postgres() {
         "replayed files are deleted"
     );
     let again = tokio::task::spawn_blocking(move || {
-        cli(
+        run_cli_blocking(
             &[("SECURITY_LOG_DATABASE_URL", url)],
             &["events", "replay", &dir],
         )

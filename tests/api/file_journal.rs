@@ -4,7 +4,6 @@
 //! earlier versions (no journal).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -289,58 +288,16 @@ async fn a_sessions_json_of_earlier_versions_loads() {
 
 /// The real binary on a free loopback port with the file store in `data_dir`; killed when
 /// dropped.
-async fn start_binary(
-    work: &Path,
-    data_dir: &Path,
-    secret: &str,
-) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(work.join("server.log"))
-        .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flux-auth"))
-        .env_clear()
-        .current_dir(work)
-        .env("CONFIG_FILE", "/dev/null")
-        .env("LOG_FORMAT", "json")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+async fn start_binary(work: &Path, data_dir: &Path, secret: &str, name: &str) -> FluxAuth {
+    Launch::new(work)
+        .named(name)
         .env("JWT_SECRET", secret)
         .env("DATA_DIR", data_dir)
         .env("STORAGE", "file")
         .env("RATE_LIMITS", "off")
         .env("REFRESH_REUSE_GRACE_SECS", "60")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start flux-auth");
-    let address = format!("http://127.0.0.1:{port}");
-    let client = Client::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(work.join("server.log")).unwrap_or_default();
-            panic!("flux-auth exited with {status}: {log}");
-        }
-        if let Ok(r) = client.get(format!("{address}/health/live")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return (child, address);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "flux-auth did not answer"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        .start()
+        .await
 }
 
 async fn post(client: &Client, url: String, body: Value) -> Option<(StatusCode, Value)> {
@@ -359,12 +316,9 @@ async fn post(client: &Client, url: String, body: Value) -> Option<(StatusCode, 
 async fn kill_9_during_refreshes_loses_no_acknowledged_rotation() {
     let work = tempfile::tempdir().unwrap();
     let data_dir = work.path().join("data");
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let (mut server, address) = start_binary(work.path(), &data_dir, &secret).await;
+    let secret = random_secret();
+    let mut server = start_binary(work.path(), &data_dir, &secret, "first").await;
+    let address = server.base.clone();
     let client = Client::new();
     let mut tokens = Vec::new();
     for i in 0..8 {
@@ -404,10 +358,10 @@ async fn kill_9_during_refreshes_loses_no_acknowledged_rotation() {
     // Kill mid-flood, once a few hundred rotations were acknowledged.
     while acked.load(Ordering::SeqCst) < 400 {
         tokio::task::yield_now().await;
-        assert!(server.try_wait().unwrap().is_none());
+        assert!(server.child.try_wait().unwrap().is_none());
     }
-    server.start_kill().unwrap();
-    let status = server.wait().await.unwrap();
+    server.kill_9();
+    let status = server.child.wait().await.unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "killed, not exited: {status}");
     let latest: Vec<String> = join_all(loops)
@@ -420,7 +374,8 @@ async fn kill_9_during_refreshes_loses_no_acknowledged_rotation() {
     // rotation reached the disk but not the client) inside the grace window with the same
     // successor. Anything else would mean an acknowledged rotation was lost or the journal
     // does not load.
-    let (_server, address) = start_binary(work.path(), &data_dir, &secret).await;
+    let server = start_binary(work.path(), &data_dir, &secret, "restarted").await;
+    let address = &server.base;
     for token in &latest {
         let (status, body) = post(
             &client,

@@ -1,6 +1,6 @@
-//! Google sign-in (SECURITY.md group E) against a fake OpenID provider over real HTTP: ID-token
-//! checks, the authorization-code flow with PKCE, GIS redirect mode, linking rules, the JWKS
-//! cache, and the events of each outcome.
+//! Google sign-in (docs/SECURITY.md group E) against a fake OpenID provider over real HTTP:
+//! ID-token checks, the authorization-code flow with PKCE, GIS redirect mode, linking rules, the
+//! JWKS cache, and the events of each outcome.
 
 use std::time::Duration;
 
@@ -1306,11 +1306,8 @@ async fn without_configuration_the_google_routes_answer_503() {
 
 #[tokio::test]
 async fn an_unreachable_provider_is_a_503_never_a_500() {
-    // A port nothing listens on: bind one, note it, close it.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // A port nothing listens on.
+    let closed = free_port();
     let provider = FakeProvider::start().await;
     let app = TestApp::builder(Backend::File)
         .settings(move |s| fake_oidc::configure(s, &format!("http://127.0.0.1:{closed}")))
@@ -1503,7 +1500,6 @@ async fn link_as_before(app: &TestApp, email: &str, issuer: &str, subject: &str,
 #[tokio::test]
 async fn accounts_open_to_a_provider_and_a_password_are_listed_and_revoke_password_shuts_the_registrant_out_on_both_stores()
  {
-    use crate::stores::{run_cli, text};
     if !redis_available().await {
         return;
     }

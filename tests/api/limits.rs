@@ -1,4 +1,4 @@
-//! Abuse protection (SECURITY.md F1–F7): rate limits, lockouts and revocations in real Redis,
+//! Abuse protection (docs/SECURITY.md F1–F7): rate limits, lockouts and revocations in real Redis,
 //! each test under its own key prefix; the in-process fallback when Redis is unreachable.
 
 use std::time::Duration;

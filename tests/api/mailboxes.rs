@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::stores::{legacy_bcrypt, run_cli, text};
+use crate::stores::fixtures::legacy_bcrypt;
 
 const COMPOSED: &str = "josé@x.com";
 const DECOMPOSED: &str = "jose\u{301}@x.com";

@@ -1,22 +1,18 @@
-//! Operability (issue 6): `/metrics` as Prometheus scrapes it, the JSON request log and what it
+//! Operability: `/metrics` as Prometheus scrapes it, the JSON request log and what it
 //! must never contain, request ids, `/openapi.json` against the router and against the bodies
 //! the service sends, and systemd's readiness protocol on the real binary. (`flux-auth
 //! healthcheck` is covered in `ops.rs`.)
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
-use rand::Rng;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flux-auth");
 /// Upper bound for anything these tests wait on, so a broken binary fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -468,117 +464,6 @@ fn histogram_sum_count(metrics: &flux_auth::metrics::Metrics) -> (f64, f64) {
 
 // ---- the binary: JSON logs, request ids, sd_notify -----------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A strong secret of 40 random characters, new for each run.
-fn random_secret() -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect()
-}
-
-/// `flux-auth` serving as pm2 or systemd runs it: the bare binary, nothing inherited, JSON logs
-/// to files in its own folder (also its working directory and data folder).
-struct Instance {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Instance {
-    async fn start(extra_env: &[(&str, &str)]) -> Instance {
-        let instance = Self::spawn(extra_env);
-        instance.wait_until_live().await;
-        instance
-    }
-
-    fn spawn(extra_env: &[(&str, &str)]) -> Instance {
-        let dir = tempfile::tempdir().unwrap();
-        let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
-        Self::spawn_in(dir, extra_env, stdout.into())
-    }
-
-    /// Like [`Instance::spawn`], with stdout where `stdout` says instead of `stdout.log`.
-    fn spawn_in(dir: tempfile::TempDir, extra_env: &[(&str, &str)], stdout: Stdio) -> Instance {
-        let port = free_port();
-        let mut command = Command::new(BIN);
-        command
-            .env_clear()
-            .env("CONFIG_FILE", "/dev/null")
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("JWT_SECRET", random_secret())
-            .env("DATA_DIR", dir.path().join("data"))
-            .env("LOG_FORMAT", "json")
-            .envs(extra_env.iter().copied())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .kill_on_drop(true);
-        let child = command.spawn().expect("spawn flux-auth");
-        Instance { child, port, dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name)).unwrap()
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- stdout\n{}--- stderr\n{}",
-            std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default(),
-            self.read("stderr.log")
-        )
-    }
-
-    /// Polls `/health/live` until it answers 200; fails at once if the process exits.
-    async fn wait_until_live(&self) {
-        let client = Client::new();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = client.get(self.url("/health/live")).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flux-auth never became live\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, as systemd and Docker stop it; returns the exit code.
-    async fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().expect("still running").to_string();
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(kill.success());
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("no exit after SIGTERM\n{}", self.logs()))
-            .unwrap();
-        status.code()
-    }
-}
-
 /// A request id the service generated: a UUID.
 fn assert_generated_id(id: &str, sent: &str) {
     assert_ne!(id, sent, "a malformed X-Request-Id is replaced");
@@ -594,7 +479,7 @@ fn request_id(response: &reqwest::Response) -> String {
 
 #[tokio::test]
 async fn json_logs_are_one_object_a_line_with_request_ids_and_never_credentials() {
-    let mut instance = Instance::start(&[]).await;
+    let mut instance = Launch::in_temp_dir().start().await;
     let client = Client::new();
     let canary_token = format!("canary-token-{}", uuid::Uuid::new_v4().simple());
     let canary_cookie = format!("canary-cookie-{}", uuid::Uuid::new_v4().simple());
@@ -642,9 +527,14 @@ async fn json_logs_are_one_object_a_line_with_request_ids_and_never_credentials(
         replaced.push((bad, id));
     }
 
-    assert_eq!(instance.terminate().await, Some(0), "{}", instance.logs());
-    let stdout = instance.read("stdout.log");
-    let stderr = instance.read("stderr.log");
+    assert_eq!(
+        instance.stop("TERM").await.0.code(),
+        Some(0),
+        "{}",
+        instance.logs()
+    );
+    let stdout = instance.stdout_text();
+    let stderr = instance.stderr_text();
 
     let mut lines = Vec::new();
     for line in stdout.lines() {
@@ -709,9 +599,11 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
     // hundred lines), the writer thread a batch it cannot write (up to 1,000 lines), and 1,000
     // more may wait.
     let (reader, writer) = std::io::pipe().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut instance = Instance::spawn_in(dir, &[("LOG_BUFFER_LINES", "1000")], writer.into());
-    instance.wait_until_live().await;
+    let mut instance = Launch::in_temp_dir()
+        .env("LOG_BUFFER_LINES", "1000")
+        .stdout(writer)
+        .start()
+        .await;
 
     // Several times what the pipe and the buffers hold, one log line each. When a request's line
     // was written on the worker that served it, the first request to meet the full pipe never
@@ -743,7 +635,12 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
     )
     .await
     .expect("/metrics has flux_auth_log_lines_dropped_total") as usize;
-    assert_eq!(instance.terminate().await, Some(0), "{}", instance.logs());
+    assert_eq!(
+        instance.stop("TERM").await.0.code(),
+        Some(0),
+        "{}",
+        instance.logs()
+    );
     let stdout = drained.join().unwrap();
 
     let mut written = 0;
@@ -775,7 +672,7 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_service() {
 }
 
 /// Receives one notification (bounded by `PATIENCE`).
-async fn notification(socket: &tokio::net::UnixDatagram, instance: &Instance) -> String {
+async fn notification(socket: &tokio::net::UnixDatagram, instance: &FluxAuth) -> String {
     let mut buf = [0u8; 512];
     let n = tokio::time::timeout(PATIENCE, socket.recv(&mut buf))
         .await
@@ -789,7 +686,7 @@ async fn under_notify_socket_it_sends_ready_then_stopping_on_sigterm_and_exits_0
     let sockets = tempfile::tempdir().unwrap();
     let path: PathBuf = sockets.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let mut instance = Instance::spawn(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut instance = Launch::in_temp_dir().env("NOTIFY_SOCKET", &path).spawn();
 
     assert_eq!(notification(&socket, &instance).await, "READY=1");
     // READY means serving: no polling needed.
@@ -800,17 +697,9 @@ async fn under_notify_socket_it_sends_ready_then_stopping_on_sigterm_and_exits_0
         .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
 
-    let pid = instance.child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    instance.signal("TERM").await;
     assert_eq!(notification(&socket, &instance).await, "STOPPING=1");
-    let status = tokio::time::timeout(PATIENCE, instance.child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("no exit after SIGTERM\n{}", instance.logs()))
-        .unwrap();
+    let status = instance.exit("SIGTERM").await;
     assert_eq!(status.code(), Some(0), "{}", instance.logs());
 }
 

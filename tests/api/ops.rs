@@ -1,25 +1,23 @@
-//! Operations: `/health` and its probes as API.md describes them, the `flux-auth` binary as pm2,
-//! systemd and Docker run it (a real child process: signals, exit codes, CLI commands), and the
-//! shipped `.env.example` and `config/default.toml`.
+//! Operations: `/health` and its probes as docs/API.md describes them, the `flux-auth` binary as
+//! pm2, systemd and Docker run it (a real child process: signals, exit codes, CLI commands), and
+//! the shipped `.env.example` and `config/default.toml`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flux_auth::config::Settings;
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flux-auth");
 /// The shutdown deadline this service promises (SHUTDOWN_TIMEOUT_MS 1.2 s plus the flush, inside
 /// pm2's default kill timeout of 1.6 s), with slack for a loaded CI machine.
 const STOP_BOUND: Duration = Duration::from_secs(3);
-/// Upper bound for anything the tests wait on, so a broken binary fails instead of hanging.
+/// Upper bound for `/health` to show the first flush.
 const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---- /health ------------------------------------------------------------------------------------
@@ -27,8 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// `/health`, polled until the security log has flushed at least once (the start event), so that
 /// `lastFlushAt` is a timestamp rather than null.
 async fn health_after_first_flush(client: &Client, base: &str) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("the security log's first flush", PATIENCE, || async {
         let response = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let content_type = response.headers()["content-type"].to_str().unwrap();
@@ -37,11 +34,11 @@ async fn health_after_first_flush(client: &Client, base: &str) -> Value {
             "{content_type}"
         );
         let body: Value = response.json().await.unwrap();
-        if body["checks"]["securityLog"]["lastFlushAt"].is_string() || Instant::now() > deadline {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        body["checks"]["securityLog"]["lastFlushAt"]
+            .is_string()
+            .then_some(body)
+    })
+    .await
 }
 
 fn sorted_keys(value: &Value) -> Vec<&str> {
@@ -63,7 +60,7 @@ fn assert_timestamp(value: &Value) {
     chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"));
 }
 
-/// The shape of API.md's Health section, whatever the backend.
+/// The shape of docs/API.md's Health section, whatever the backend.
 fn assert_health_shape(body: &Value, port: u16, pid: u32) {
     assert_eq!(
         sorted_keys(body),
@@ -227,143 +224,27 @@ async fn liveness_and_readiness_answer_200_on_a_working_store() {
 
 // ---- the binary ---------------------------------------------------------------------------------
 
-/// A port that was free a moment ago (the service binds it itself, so it cannot be 0 here: the
-/// test has to know where to connect).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `flux-auth` with nothing inherited: no environment but what the test sets, `CONFIG_FILE` at
-/// `/dev/null` so the repository's `config/default.toml` does not apply, and `dir` as the working
-/// directory (where `.env` is looked for) and data folder.
+/// The CLI in `dir`, nothing inherited, with `dir/data` as its data folder.
 fn flux_auth(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("CONFIG_FILE", "/dev/null")
-        .env("DATA_DIR", dir.join("data"))
-        .env("LOG_FORMAT", "json")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut command = flux_auth_command(dir);
+    command.env("DATA_DIR", dir.join("data"));
     command
 }
 
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-/// Runs a command to completion (bounded by `PATIENCE`).
-async fn run(mut command: Command) -> Ran {
-    let output = tokio::time::timeout(PATIENCE, command.output())
+/// `flux-auth` serving as pm2 or systemd runs it: the bare binary, on a port and in a folder of
+/// its own.
+async fn start_service() -> FluxAuth {
+    Launch::in_temp_dir()
+        .env("JWT_SECRET", JWT_SECRET)
+        .start()
         .await
-        .expect("the command finished")
-        .expect("the binary runs");
-    Ran {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// `flux-auth` serving as pm2 or systemd runs it: the bare binary, on a port of its own.
-struct Service {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Service {
-    async fn start() -> Service {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut command = flux_auth(dir.path());
-        command
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("JWT_SECRET", JWT_SECRET)
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-        let child = command.spawn().expect("spawn flux-auth");
-        let mut service = Service { child, port, dir };
-        service.wait_until_live().await;
-        service
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn logs(&self) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap();
-        format!(
-            "--- stdout\n{}--- stderr\n{}",
-            read("stdout.log"),
-            read("stderr.log")
-        )
-    }
-
-    fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("data").join("security-events")
-    }
-
-    /// Polls `/health/live` until it answers 200; fails at once if the process exits.
-    async fn wait_until_live(&mut self) {
-        let client = Client::new();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("flux-auth exited with {status} at start\n{}", self.logs());
-            }
-            if let Ok(response) = client.get(self.url("/health/live")).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flux-auth never became live\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends `signal` (TERM, INT) and waits for the exit; returns it and how long it took.
-    async fn stop(&mut self, signal: &str) -> (ExitStatus, Duration) {
-        let pid = self.child.id().expect("still running").to_string();
-        let started = Instant::now();
-        let kill = Command::new("kill")
-            .args([format!("-{signal}"), pid])
-            .status()
-            .await
-            .expect("run kill");
-        assert!(kill.success(), "kill -{signal} failed");
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("no exit after SIG{signal}\n{}", self.logs()))
-            .unwrap();
-        (status, started.elapsed())
-    }
 }
 
 /// Serves real traffic, then stops on `signal`: exit 0, inside the deadline, with the request's
 /// events and `service_stopped` flushed to the spool (the security log of a service without a
 /// database).
 async fn stops_cleanly_on(signal: &str) {
-    let mut service = Service::start().await;
+    let mut service = start_service().await;
     let client = Client::new();
     let email = unique_email();
     let signup = client
@@ -374,7 +255,7 @@ async fn stops_cleanly_on(signal: &str) {
         .await
         .unwrap();
     assert_eq!(signup.status(), StatusCode::CREATED, "{}", service.logs());
-    let pid = service.child.id().unwrap();
+    let pid = service.pid;
 
     // `client` keeps its connection open: an idle keep-alive connection must not hold the drain.
     let (status, took) = service.stop(signal).await;
@@ -391,7 +272,7 @@ async fn stops_cleanly_on(signal: &str) {
         "the shutdown log names the signal\n{logs}"
     );
 
-    let mut events = events_from_files(&service.spool_dir());
+    let mut events = events_from_files(&service.dir().join("data").join("security-events"));
     events.sort_by_key(|e| e.created_at);
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types.first(), Some(&"service_started"), "{types:?}");
@@ -418,7 +299,7 @@ async fn sigint_as_pm2_sends_it_drains_records_service_stopped_and_exits_0() {
 
 #[tokio::test]
 async fn healthcheck_exits_0_against_a_running_instance_and_1_against_a_closed_port() {
-    let mut service = Service::start().await;
+    let mut service = start_service().await;
     let scratch = tempfile::tempdir().unwrap();
 
     let mut check = flux_auth(scratch.path());
@@ -515,7 +396,8 @@ async fn gen_secret_prints_a_64_character_secret_that_check_config_accepts() {
 async fn production_without_jwt_secret_refuses_to_start_with_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = flux_auth(dir.path());
-    // The bare binary, as pm2 and systemd run it; were it to start anyway, PATIENCE ends the test.
+    // The bare binary, as pm2 and systemd run it; were it to start anyway, PROCESS_PATIENCE ends
+    // the test.
     command
         .env("NODE_ENV", "production")
         .env("HOST", "127.0.0.1")

@@ -1,8 +1,8 @@
-//! The security-event pipeline under stress, on the real `flux-auth` binary (SECURITY.md group H):
-//! `kill -9` in the middle of a burst (async and sync durability), SIGTERM under load, queue
+//! The security-event pipeline under stress, on the real `flux-auth` binary (docs/SECURITY.md group
+//! H): `kill -9` in the middle of a burst (async and sync durability), SIGTERM under load, queue
 //! overflow with a slow database, a spool over its size cap, a spool whose disk fills up (a small
-//! tmpfs, so these tests run as root, as CI does), and the spool's permissions and the log
-//! mirror's escaping of hostile input.
+//! tmpfs, so these tests run as root, as CI does), and the spool's permissions and the log mirror's
+//! escaping of hostile input.
 //!
 //! Users live in JSON files and events in a Postgres database of the test's own, reached through a
 //! `Forwarder` that the test cuts or slows down: the old production setup, where every auth request
@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,6 @@ use futures::future::join_all;
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,6 @@ use crate::forwarder::{Forwarder, postgres_addr, via};
 use crate::helpers::*;
 use crate::small_disk::SmallDisk;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flux-auth");
 /// The only timing assertion here: SIGTERM to exit. The service aims at 1.5 s (pm2 kills after
 /// 1.6 s); 3 s leaves slack for a loaded machine while still catching a drain that hangs.
 const STOP_BOUND: Duration = Duration::from_secs(3);
@@ -43,53 +41,6 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// service idles at a few tens of MiB and grows by under 10 MiB in this test; the point is
 /// that the overflow sits on disk and not in memory.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
-
-/// A secret of 40 random alphanumeric characters.
-fn random_secret() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `probe` until it yields `Ok`; fails the test after `PATIENCE`, showing the last `Err`
-/// (what the probe saw instead).
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last seen: {seen}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `Ok(value)` when `done`, else `Err(seen)` for `eventually`.
-fn when<T>(done: bool, value: T, seen: impl std::fmt::Display) -> Result<T, String> {
-    if done {
-        Ok(value)
-    } else {
-        Err(seen.to_string())
-    }
-}
 
 // ---- the service ------------------------------------------------------------------------------
 
@@ -102,16 +53,13 @@ struct Setup {
 }
 
 impl Setup {
-    /// File store, JSON logs, no rate limits, cheap argon2 (bursts of logins stay quick), no
-    /// session cap (so a login records exactly its own events) and no per-address summary of
-    /// refused tokens (the loads here count one event per request). `events_db` is the security log's
-    /// database, or `None` for a spool-only log.
+    /// File store (in `work/data`), a random secret kept across restarts, no rate limits, cheap
+    /// argon2 (bursts of logins stay quick), no session cap (so a login records exactly its own
+    /// events) and no per-address summary of refused tokens (the loads here count one event per
+    /// request). `events_db` is the security log's database, or `None` for a spool-only log.
     fn new(work: &Path, events_db: Option<&str>, extra: &[(&str, &str)]) -> Setup {
         let mut env: Vec<(String, String)> = [
-            ("CONFIG_FILE", "/dev/null"),
-            ("HOST", "127.0.0.1"),
             ("STORAGE", "file"),
-            ("LOG_FORMAT", "json"),
             ("RATE_LIMITS", "off"),
             ("ARGON2_MEMORY_KIB", "7168"),
             ("ARGON2_ITERATIONS", "1"),
@@ -123,10 +71,6 @@ impl Setup {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
         env.push(("JWT_SECRET".into(), random_secret()));
-        env.push((
-            "DATA_DIR".into(),
-            work.join("data").to_string_lossy().into_owned(),
-        ));
         if let Some(url) = events_db {
             env.push(("SECURITY_LOG_DATABASE_URL".into(), url.to_owned()));
         }
@@ -147,86 +91,53 @@ impl Setup {
 /// The `flux-auth` binary on a free loopback port, started under `umask 000` so that the modes of
 /// what it creates are its own doing. Killed if the test drops it.
 struct Service {
-    child: Child,
-    pid: u32,
-    base: String,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    process: FluxAuth,
     client: Client,
+}
+
+impl std::ops::Deref for Service {
+    type Target = FluxAuth;
+
+    fn deref(&self) -> &FluxAuth {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut FluxAuth {
+        &mut self.process
+    }
 }
 
 impl Service {
     /// Starts the binary and waits until `/health/live` answers.
     async fn start(setup: &Setup, name: &str) -> Service {
-        let port = free_port();
-        let stdout = setup.work.join(format!("{name}.stdout"));
-        let stderr = setup.work.join(format!("{name}.stderr"));
-        let child = Command::new("/bin/sh")
-            .args(["-c", "umask 000 && exec \"$0\"", BIN])
-            .env_clear()
-            .envs(setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PORT", port.to_string())
-            .current_dir(&setup.work)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start flux-auth");
-        let pid = child.id().expect("a running child");
-        let mut service = Service {
-            child,
-            pid,
-            base: format!("http://127.0.0.1:{port}"),
-            stdout,
-            stderr,
+        let process = Launch::new(&setup.work)
+            .named(name)
+            .launched_by("/bin/sh", &["-c", "umask 000 && exec \"$0\""])
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
+            .patience(PATIENCE)
+            .start()
+            .await;
+        Service {
+            process,
             client: Client::new(),
-        };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = service.child.try_wait().unwrap() {
-                panic!(
-                    "flux-auth exited with {status} at start\n{}",
-                    service.logs()
-                );
-            }
-            if let Ok(r) = service.client.get(service.url("/health/live")).send().await
-                && r.status() == StatusCode::OK
-            {
-                return service;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "flux-auth never became live\n{}",
-                service.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    /// The first JSON log line whose message contains `text`; fails the test if there is none.
-    fn log_line(&self, text: &str) -> Value {
-        self.stdout_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
-            .unwrap_or_else(|| panic!("no log line with {text:?}\n{}", self.logs()))
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- stdout\n{}--- stderr\n{}",
-            self.stdout_text(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+    /// The first JSON log line whose message contains `text`, waited for: the log writer thread
+    /// may write it a moment after the metric that announces the same condition.
+    async fn log_line(&self, text: &str) -> Value {
+        let what = format!("a log line with {text:?}");
+        eventually_ok(&what, PATIENCE, || async {
+            let found = self
+                .stdout_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(text)));
+            found.ok_or_else(|| self.logs())
+        })
+        .await
     }
 
     async fn health(&self) -> Value {
@@ -249,7 +160,7 @@ impl Service {
 
     /// Waits until health says the events database answers and its migrations ran.
     async fn wait_for_database(&self) {
-        eventually("the events database to be ready", || async {
+        eventually_ok("the events database to be ready", PATIENCE, || async {
             let health = self.health().await;
             when(health["checks"]["database"] == "ok", (), health)
         })
@@ -261,24 +172,9 @@ impl Service {
         rss_kib(self.pid)
     }
 
-    fn kill_9(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-    }
-
     /// Sends SIGTERM and waits for the exit: returns it and the time from signal to exit.
     async fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        let kill = Command::new("kill")
-            .args(["-TERM".to_owned(), self.pid.to_string()])
-            .status()
-            .await
-            .expect("run kill");
-        assert!(kill.success(), "kill -TERM failed");
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("no exit after SIGTERM\n{}", self.logs()))
-            .unwrap();
-        (status, started.elapsed())
+        self.stop("TERM").await
     }
 
     fn assert_no_panic(&self) {
@@ -615,7 +511,7 @@ async fn kill_9_mid_burst(durability: &str) {
         let ids: HashSet<Uuid> = ids.into_iter().collect();
         spooled_list.iter().filter(|id| ids.contains(id)).count()
     };
-    eventually("the replay to begin", || async {
+    eventually_ok("the replay to begin", PATIENCE, || async {
         let present = committed(table_ids(&db).await);
         when(present > 0, (), "none of the spool in the table yet")
     })
@@ -635,7 +531,7 @@ async fn kill_9_mid_burst(durability: &str) {
 
     forwarder.slow(Duration::ZERO);
     let mut second = Service::start(&setup, "second").await;
-    eventually("the spool to replay into the table", || async {
+    eventually_ok("the spool to replay into the table", PATIENCE, || async {
         let in_table: HashSet<Uuid> = table_ids(&db).await.into_iter().collect();
         let missing = spooled_list
             .iter()
@@ -796,7 +692,7 @@ async fn kill_9_during_signups_in_sync_mode_leaves_no_account_without_its_event(
         load.until_answered(5, &mut service).await;
         // Kill while several accounts exist whose requests have not been answered yet: they are
         // between the account's write and the end of their request.
-        eventually("accounts ahead of the answers", || async {
+        eventually_ok("accounts ahead of the answers", PATIENCE, || async {
             let ahead = account_ids(&setup, users_db.as_ref()).await.len();
             let answered = load.answered();
             when(
@@ -974,7 +870,7 @@ async fn queue_overflow_with_a_slow_database_spills_to_the_spool_and_drops_nothi
 
     // Still slow: the replay works its way through the same slow link.
     let prefix = "flood";
-    eventually("every event in the table", || async {
+    eventually_ok("every event in the table", PATIENCE, || async {
         let table = table_events_by_request(&db, prefix).await;
         let health = service.health().await;
         when(
@@ -1039,7 +935,7 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
     let early = Load::start(&service.base, "cap", 4, 40, bad_token_me());
     early.until_answered(40, &mut service).await;
     early.finish().await;
-    let health = eventually("the over-cap alarm", || async {
+    let health = eventually_ok("the over-cap alarm", PATIENCE, || async {
         let health = service.health().await;
         let over = service.metric(over_cap).await;
         when(over == 1.0, health, format!("{over_cap} {over}"))
@@ -1050,7 +946,7 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
         health["checks"]["securityLog"]["healthy"], false,
         "{health}"
     );
-    let alarm = service.log_line("over its size cap");
+    let alarm = service.log_line("over its size cap").await;
     assert_eq!(alarm["level"], "ERROR", "{alarm}");
 
     // Over the cap the policy is to keep writing: auth answers as usual and nothing is dropped.
@@ -1059,7 +955,7 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
     let late = late.finish().await;
     assert!(late.iter().all(|a| a.status == StatusCode::UNAUTHORIZED));
     let spool_dir = setup.spool_dir();
-    eventually("the late events in the spool", || async {
+    eventually_ok("the late events in the spool", PATIENCE, || async {
         let (events, _) = read_spool(&spool_dir);
         let late = spool_events_by_request(&events, "cap-late").len();
         when(
@@ -1077,15 +973,19 @@ async fn a_spool_over_its_cap_raises_the_alarm_and_still_writes_every_event() {
     );
 
     forwarder.restore();
-    eventually("the spool to drain and the alarm to clear", || async {
-        let health = service.health().await;
-        let over = service.metric(over_cap).await;
-        when(
-            health["status"] == "ok" && over == 0.0,
-            (),
-            format!("{over_cap} {over}, {health}"),
-        )
-    })
+    eventually_ok(
+        "the spool to drain and the alarm to clear",
+        PATIENCE,
+        || async {
+            let health = service.health().await;
+            let over = service.metric(over_cap).await;
+            when(
+                health["status"] == "ok" && over == 0.0,
+                (),
+                format!("{over_cap} {over}, {health}"),
+            )
+        },
+    )
     .await;
     let table = table_events_by_request(&db, "cap").await;
     assert_eq!(
@@ -1112,7 +1012,7 @@ async fn a_full_spool_disk_loses_only_what_it_refuses_counts_it_and_recovers() {
     };
     let mut service = Service::start(&setup, "service").await;
     let dropped = "flux_auth_security_log_events_dropped_total";
-    eventually("sys_startup in the spool", || async {
+    eventually_ok("sys_startup in the spool", PATIENCE, || async {
         let (events, _) = read_spool(&setup.spool_dir());
         let started = count_of(&events, "service_started");
         when(started == 1, (), format!("{started} sys_startup events"))
@@ -1126,7 +1026,7 @@ async fn a_full_spool_disk_loses_only_what_it_refuses_counts_it_and_recovers() {
     let answers = full.finish().await;
     assert_eq!(answers.len(), 40);
     assert!(answers.iter().all(|a| a.status == StatusCode::UNAUTHORIZED));
-    let health = eventually("the alarm", || async {
+    let health = eventually_ok("the alarm", PATIENCE, || async {
         let health = service.health().await;
         let lost = service.metric(dropped).await;
         when(
@@ -1140,15 +1040,16 @@ async fn a_full_spool_disk_loses_only_what_it_refuses_counts_it_and_recovers() {
         health["checks"]["securityLog"]["healthy"], false,
         "{health}"
     );
-    let alarm = service.log_line("security events lost");
+    let alarm = service.log_line("security events lost").await;
     assert_eq!(alarm["level"], "ERROR", "{alarm}");
 
     std::fs::remove_file(filler).unwrap();
     let after = Load::start(&service.base, "after", 4, 20, bad_token_me());
     after.until_answered(20, &mut service).await;
     after.finish().await;
-    eventually(
+    eventually_ok(
         "the events after the disk was freed in the spool, and health ok",
+        PATIENCE,
         || async {
             let (events, _) = read_spool(&setup.spool_dir());
             let after = spool_events_by_request(&events, "after").len();
