@@ -1,6 +1,7 @@
-//! The Redis key store: each operation is one atomic round trip (a Lua script or a single
-//! command) with a timeout, and every key it writes has a TTL. Time comes from the caller's
-//! clock, so every instance and the in-process fallback apply the same arithmetic.
+//! The limits' key store in Redis, over the shared link: each operation is one atomic round trip
+//! (a Lua script or a single command) with a timeout, and every key it writes has a TTL. Time
+//! comes from the caller's clock, so every instance and the in-process fallback apply the same
+//! arithmetic.
 
 use std::sync::Arc;
 

@@ -27,6 +27,7 @@ if type(published) == 'table' and published.err then return 0 end
 return 1
 ";
 
+/// Commands over one shared connection, each bounded by the same timeout.
 pub struct RedisStore {
     manager: ConnectionManager,
     timeout: Duration,
