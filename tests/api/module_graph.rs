@@ -25,8 +25,9 @@ const LAYERS: &[(usize, &[&str])] = &[
     ),
     // The Postgres handle (pool, health, retries) that the store and the security log share.
     (5, &["db"]),
-    (10, &["limits", "store", "telemetry"]),
-    (20, &["security_log"]),
+    (10, &["limits", "security_log", "telemetry"]),
+    // Users, sessions and identities; security events never depend on them.
+    (20, &["store"]),
     (30, &["auth"]),
     (40, &["error", "state"]),
     (50, &["cleanup", "dashboard"]),
@@ -38,7 +39,11 @@ const LAYERS: &[(usize, &[&str])] = &[
 
 /// Edges allowed against the table while the code they come from is being moved, each with the
 /// reason; empty when every edge points down.
-const EXCEPTIONS: &[(&str, &str)] = &[];
+const EXCEPTIONS: &[(&str, &str)] = &[
+    // The security log's Postgres handle (`store::postgres::Database`, `Schema`), until it is
+    // in `db`.
+    ("security_log", "store"),
+];
 
 /// Files of the library outside any module (the crate root) or outside the library (binaries).
 const NOT_MODULES: &[&str] = &["lib", "main", "bin"];
