@@ -112,7 +112,7 @@ fn production_subscriber() -> (
 ) {
     let (writer, output) = flux_auth::telemetry::writer::start(
         std::io::sink(),
-        flux_auth::telemetry::LOG_BUFFER_LINES.default,
+        flux_auth::config::LOG_BUFFER_LINES.default,
     )
     .unwrap();
     let subscriber = flux_auth::telemetry::json_subscriber(

@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::security_log::retention::{self, Retention};
 use crate::security_log::{EventType, SecurityEvent};
+use crate::state::AppState;
 
 const BATCH: usize = 500;
 

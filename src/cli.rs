@@ -160,7 +160,7 @@ async fn serve(settings: Settings, log: LogDrops) -> anyhow::Result<()> {
 }
 
 fn check_config(settings: &Settings) -> ExitCode {
-    let problems = settings.problems();
+    let problems = crate::app::setting_problems(settings);
     if problems.is_empty() {
         println!("configuration OK");
         println!("  storage:      {:?}", settings.storage_kind());

@@ -1,7 +1,7 @@
 //! flux-auth: FluxStudio's authentication service, as a library so tests start the real app.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-/// `AppState` and `App`: build, bind, serve, drain.
+/// `Core` and `App`: build the state, bind, serve, drain.
 pub mod app;
 /// The service layer: passwords, tokens, revocation, the auth flows.
 pub mod auth;
@@ -27,12 +27,16 @@ pub mod http;
 pub mod limits;
 /// Prometheus metrics.
 pub mod metrics;
+/// The shared Redis connection and its up/down state.
+pub mod redis_link;
 /// The security-event pipeline.
 pub mod security_log;
 /// The HTTP/1.1 server loop: head timeout, head size, connection cap, drain.
 pub mod server;
 /// SIGINT / SIGTERM.
 pub mod shutdown;
+/// `AppState`: what every handler shares.
+pub mod state;
 /// Users and sessions behind one trait: Postgres or JSON files.
 pub mod store;
 /// systemd readiness notifications.

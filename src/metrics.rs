@@ -3,11 +3,10 @@
 //! Handles (`Metrics`) are cheap clones handed to the components that observe things as they
 //! happen: HTTP requests, security events and auth outcomes, security-log batch latency, argon2
 //! queue wait, database pool acquire wait, Redis errors. Levels that already live in the
-//! components (queue depth, spool backlog, pool connections, memory) are read at scrape time by
-//! [`StateCollector`].
+//! components (queue depth, spool backlog, pool connections) are read at scrape time by the
+//! components' own collectors, which `app` registers; this module knows none of them, and gives
+//! them [`gauge`] and [`counter`] to write their numbers with.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -18,10 +17,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::security_log::{EventType, PipelineStats, SecurityEvent, SecurityLogger};
-use crate::store::postgres::Database;
-use crate::store::postgres::circuit::ProbeOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -194,30 +189,25 @@ impl Metrics {
         }
     }
 
-    /// Counts a recorded security event, and the auth outcome it stands for.
-    pub fn observe_event(&self, event: &SecurityEvent) {
+    /// Counts a recorded security event by type and severity, and the auth outcome it stands
+    /// for, if any (`security_log` says which).
+    pub fn observe_event(
+        &self,
+        event_type: &'static str,
+        severity: &'static str,
+        outcome: Option<&'static str>,
+    ) {
         self.security_events
             .get_or_create(&EventLabels {
-                event_type: event.event_type.as_str(),
-                severity: event.severity.as_str(),
+                event_type,
+                severity,
             })
             .inc();
-        let outcome = match event.event_type {
-            EventType::SignupSuccess => "signup_success",
-            EventType::SignupFailed => "signup_failure",
-            EventType::LoginSuccess => "login_success",
-            EventType::LoginFailed | EventType::FailedLoginAttempt => "login_failure",
-            EventType::OauthSuccess => "google_success",
-            EventType::OauthFailed => "google_failure",
-            EventType::TokenRefreshed => "refresh",
-            EventType::TokenReuseDetected => "refresh_reuse_detected",
-            EventType::AccountLocked => "lockout",
-            EventType::RateLimitExceeded => "rate_limited",
-            _ => return,
-        };
-        self.auth_outcomes
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        if let Some(outcome) = outcome {
+            self.auth_outcomes
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+        }
     }
 
     /// Counts a request. `route` is a matched route template or `unmatched`, `method` comes from
@@ -259,8 +249,9 @@ impl Metrics {
         }
     }
 
-    /// The registry to scrape: these handles plus the levels `collector` reads at scrape time.
-    pub fn registry(&self, collector: StateCollector) -> Registry {
+    /// The registry to scrape: these handles, then `collectors`, the components' levels read at
+    /// scrape time.
+    pub fn registry(&self, collectors: Vec<Box<dyn Collector>>) -> Registry {
         let mut r = Registry::with_prefix("flux_auth");
         r.register(
             "http_requests",
@@ -332,38 +323,26 @@ impl Metrics {
             "Access re-checks made by open admin event streams (each stream every EVENT_STREAM_RECHECK_MS)",
             self.event_stream_rechecks.clone(),
         );
-        r.register_collector(Box::new(collector));
+        for collector in collectors {
+            r.register_collector(collector);
+        }
         r
     }
 }
 
-/// Reads levels from the running components at scrape time.
-pub struct StateCollector {
-    pub events: SecurityLogger,
-    pub stats: Arc<PipelineStats>,
-    pub hashes: Arc<dyn Fn() -> crate::auth::passwords::HashLevels + Send + Sync>,
-    pub pools: Vec<(&'static str, Database)>,
-    pub redis_up: Option<Arc<crate::limits::RedisLink>>,
-    pub revocations: Arc<dyn crate::auth::revocation::RevocationList>,
-    pub limits: Arc<crate::limits::Limits>,
-    pub user_cache: Option<Arc<crate::store::postgres::user_cache::UserCache>>,
-    /// Log lines dropped because stdout could not keep up.
-    pub log: crate::telemetry::LogDrops,
-    pub started: Instant,
-}
-
-impl std::fmt::Debug for StateCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateCollector")
-    }
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+/// A gauge of one value, written under `name` (the registry's prefix before it).
+pub fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> std::fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn counter(
+/// A counter of one value, written under `name` (the registry's prefix before it).
+pub fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -371,6 +350,12 @@ fn counter(
 ) -> std::fmt::Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// The process's own levels: resident memory and uptime.
+#[derive(Debug)]
+pub struct ProcessCollector {
+    pub started: Instant,
 }
 
 /// Resident set size from /proc (Linux); 0 elsewhere.
@@ -386,239 +371,8 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
-impl Collector for StateCollector {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.stats;
-        gauge(
-            &mut e,
-            "security_log_queue_depth",
-            "Events waiting in memory for the writer",
-            self.events.queued() as f64,
-        )?;
-        gauge(
-            &mut e,
-            "security_log_spool_backlog_events",
-            "Events in spool files waiting for the database",
-            s.spool_backlog.load(Ordering::Relaxed).max(0) as f64,
-        )?;
-        let last = s
-            .last_flush()
-            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
-        gauge(
-            &mut e,
-            "security_log_last_flush_timestamp_seconds",
-            "When events were last made durable",
-            last,
-        )?;
-        let last_drop = s
-            .last_drop()
-            .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
-        gauge(
-            &mut e,
-            "security_log_last_drop_timestamp_seconds",
-            "When events were last lost (0: never since the start)",
-            last_drop,
-        )?;
-        gauge(
-            &mut e,
-            "security_log_sink_up",
-            "1 while the security log's sink accepts writes",
-            f64::from(u8::from(s.sink_healthy.load(Ordering::Relaxed))),
-        )?;
-        gauge(
-            &mut e,
-            "security_log_spool_over_cap",
-            "1 while the spool exceeds its size cap",
-            f64::from(u8::from(s.spool_over_cap.load(Ordering::Relaxed))),
-        )?;
-        counter(
-            &mut e,
-            "log_lines_dropped",
-            "Log lines dropped because stdout could not keep up",
-            self.log.count(),
-        )?;
-        counter(
-            &mut e,
-            "security_log_events_written",
-            "Events made durable in the sink",
-            s.written.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_batches_written",
-            "Batches written to the sink",
-            s.batches.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_events_spooled",
-            "Events written to the spool",
-            s.spooled.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_events_replayed",
-            "Spooled events replayed into the database",
-            s.replayed.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_events_dropped",
-            "Events lost (expected 0: only a failed disk loses events)",
-            s.dropped.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_events_summarized",
-            "Refused bearer tokens counted into a per-address summary event instead of recorded one by one",
-            s.summarized.load(Ordering::Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "security_log_db_probes",
-            "Times the security-log writer asked its database whether it answers again, after marking it down",
-            s.db_probes.load(Ordering::Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "security_log_probe_backoff_seconds",
-            "How long the security-log writer waits after its last failed probe before the next (0 while its database takes writes)",
-            s.probe_backoff_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        )?;
-        counter(
-            &mut e,
-            "security_log_spool_bad_lines",
-            "Spool lines skipped because they did not parse",
-            s.bad_spool_lines.load(Ordering::Relaxed),
-        )?;
-        let hashes = (self.hashes)();
-        gauge(
-            &mut e,
-            "password_hashes_in_flight",
-            "Argon2 hashes being computed",
-            hashes.in_flight as f64,
-        )?;
-        gauge(
-            &mut e,
-            "password_hashes_queued",
-            "Argon2 hashes waiting for a worker",
-            hashes.queued as f64,
-        )?;
-        gauge(
-            &mut e,
-            "password_hash_memory_bytes",
-            "Argon2 memory held by the hashing threads (given back after 10 s without a hash)",
-            hashes.memory_bytes as f64,
-        )?;
-        for (pool, db) in &self.pools {
-            let size = db.pool.size() as f64;
-            let idle = db.pool.num_idle() as f64;
-            let name = format!("db_pool_{pool}_connections");
-            gauge(&mut e, &name, "Open database connections", size)?;
-            gauge(
-                &mut e,
-                &format!("db_pool_{pool}_idle"),
-                "Idle database connections",
-                idle,
-            )?;
-            if let Some(circuit) = db.circuit() {
-                gauge(
-                    &mut e,
-                    &format!("db_{pool}_unreachable"),
-                    "1 while the store's probe finds the database unreachable and store calls answer 503 at once",
-                    f64::from(u8::from(circuit.is_open())),
-                )?;
-                counter(
-                    &mut e,
-                    &format!("db_{pool}_unreachable_episodes"),
-                    "Times the store's probe found the database unreachable after it had been reachable",
-                    circuit.times_opened(),
-                )?;
-                counter(
-                    &mut e,
-                    &format!("db_{pool}_failed_fast"),
-                    "Store calls answered 503 at once, without waiting for a connection, because the database was known to be unreachable",
-                    circuit.times_failed_fast(),
-                )?;
-                let name = format!("db_{pool}_probes");
-                let mut probes = e.encode_descriptor(
-                    &name,
-                    "Probes of the database by what they found: answered (a connection answered), refused (the server refused a new connection with an error: reachable), unreachable",
-                    None,
-                    MetricType::Counter,
-                )?;
-                for outcome in ProbeOutcome::ALL {
-                    ConstCounter::new(circuit.probes(outcome))
-                        .encode(probes.encode_family(&[("outcome", outcome.as_str())])?)?;
-                }
-            }
-        }
-        if let Some(link) = &self.redis_up {
-            gauge(
-                &mut e,
-                "redis_up",
-                "1 while Redis answers",
-                f64::from(u8::from(link.is_up())),
-            )?;
-            gauge(
-                &mut e,
-                "revocations_mirrored",
-                "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
-                f64::from(u8::from(self.revocations.mirrored())),
-            )?;
-            gauge(
-                &mut e,
-                "redis_pending_writes",
-                "Revocations and lockouts made while Redis was unreachable, waiting to be copied to it",
-                (self.revocations.waiting_for_redis() + self.limits.locks_waiting_for_redis())
-                    as f64,
-            )?;
-        }
-        if let Some(cache) = &self.user_cache {
-            let stats = cache.stats();
-            gauge(
-                &mut e,
-                "user_cache_following",
-                "1 while Postgres's announcements of user changes are followed and users are served from memory (0: read from the database per request)",
-                f64::from(u8::from(stats.following)),
-            )?;
-            gauge(
-                &mut e,
-                "user_cache_entries",
-                "Users kept in memory",
-                stats.entries as f64,
-            )?;
-            counter(
-                &mut e,
-                "user_cache_hits",
-                "User lookups answered from memory",
-                stats.hits,
-            )?;
-            counter(
-                &mut e,
-                "user_cache_misses",
-                "User lookups read from the database while the cache was in use",
-                stats.misses,
-            )?;
-            counter(
-                &mut e,
-                "user_cache_changes",
-                "User changes announced by Postgres (every instance's, the CLI's, direct SQL)",
-                stats.changes,
-            )?;
-            counter(
-                &mut e,
-                "user_cache_heartbeats_sent",
-                "Heartbeats sent on the user change feed (one a second), numbered from 1",
-                stats.heartbeats_sent,
-            )?;
-            gauge(
-                &mut e,
-                "user_cache_heartbeat_heard",
-                "The number of the last heartbeat that came back: every user change committed before it was sent has been heard",
-                stats.heartbeat_heard as f64,
-            )?;
-        }
+impl Collector for ProcessCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         gauge(
             &mut e,
             "process_resident_memory_bytes",
@@ -630,7 +384,6 @@ impl Collector for StateCollector {
             "process_uptime_seconds",
             "Seconds since start",
             self.started.elapsed().as_secs_f64(),
-        )?;
-        Ok(())
+        )
     }
 }

@@ -15,26 +15,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use json::{JsonFields, JsonLine};
 pub use writer::{LogDrops, LogOutput};
 
-use crate::config::LogFormat;
+use crate::config::{LOG_BUFFER_LINES, LogFormat};
 
 /// The filter when `RUST_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=warn,hyper=warn";
-
-/// How many log lines may wait for stdout (`LOG_BUFFER_LINES`). A line is a few hundred bytes,
-/// so the default holds a few MB: seconds of a request flood, or of a log reader that stalls.
-pub const LOG_BUFFER_LINES: Bounds = Bounds {
-    min: 1_000,
-    default: 16_384,
-    max: 1_000_000,
-};
-
-/// A setting's accepted range and default.
-#[derive(Debug, Clone, Copy)]
-pub struct Bounds {
-    pub min: usize,
-    pub default: usize,
-    pub max: usize,
-}
 
 /// Installs the subscriber, its lines written to stdout by a thread of their own (see
 /// [`writer`]): up to `buffer_lines` may wait there, and beyond that they are dropped and counted
@@ -79,4 +63,19 @@ where
             .with_ansi(false)
             .with_writer(writer),
     )
+}
+
+/// `/metrics` reads the lines dropped at scrape time.
+impl prometheus_client::collector::Collector for LogDrops {
+    fn encode(
+        &self,
+        mut e: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        crate::metrics::counter(
+            &mut e,
+            "log_lines_dropped",
+            "Log lines dropped because stdout could not keep up",
+            self.count(),
+        )
+    }
 }

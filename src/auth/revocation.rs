@@ -174,7 +174,7 @@ impl RevocationList for InProcessRevocations {
 /// subscription, every check asks Redis.
 pub struct SharedRevocations {
     local: InProcessRevocations,
-    redis: Arc<crate::limits::RedisLink>,
+    redis: Arc<crate::redis_link::RedisLink>,
     prefix: String,
     channel: String,
     /// Revocations made here that Redis does not have yet, with their value and expiry. Past
@@ -195,7 +195,7 @@ const MAX_MESSAGE: usize = 512;
 const MAX_PENDING: usize = 100_000;
 
 impl SharedRevocations {
-    pub fn new(redis: Arc<crate::limits::RedisLink>, prefix: &str) -> Self {
+    pub fn new(redis: Arc<crate::redis_link::RedisLink>, prefix: &str) -> Self {
         Self {
             local: InProcessRevocations::default(),
             redis,
@@ -521,7 +521,7 @@ mod tests {
 
     fn shared() -> SharedRevocations {
         // Never connected: `apply` only touches the in-process copy.
-        let link = crate::limits::RedisLink::new(
+        let link = crate::redis_link::RedisLink::new(
             &secrecy::SecretString::from("redis://127.0.0.1:1"),
             Duration::from_millis(50),
             Default::default(),

@@ -10,8 +10,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Only this origin, for everything; no inline script or style, no framing, no plugins. The
 /// global security-headers layer keeps a CSP that a response already has.

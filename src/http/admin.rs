@@ -7,10 +7,10 @@ use serde_json::json;
 
 use super::bodies::{AdminErrors, BlockedList, MessageBody};
 use super::extract::AdminUser;
-use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};
+use crate::state::AppState;
 
 /// `GET /api/admin/security/blocked`: `{blocked:[{key, type, subject, expiresInSecs}]}`.
 #[utoipa::path(get, path = "/api/admin/security/blocked", tag = "admin", security(("bearer" = [])),

@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::bodies::{AdminErrors, MessageBody, Unavailable};
 use super::extract::AdminUser;
-use crate::app::AppState;
 use crate::domain::{UserView, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -14,13 +14,13 @@ use super::bodies::{
     Unavailable,
 };
 use super::extract::{AuthUser, BearerToken, JsonBody, OptionalJsonBody};
-use crate::app::AppState;
 use crate::auth::service::{
     AuthSuccess, IssuedTokens, LoginRequest, RefreshRequest, SignupRequest,
 };
 use crate::domain::{UserView, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
+use crate::state::AppState;
 
 /// AuthResponse of API.md: `token` is the legacy alias of `accessToken`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

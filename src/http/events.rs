@@ -21,12 +21,12 @@ use super::bodies::{
     StreamParams, Unavailable, WindowParams,
 };
 use super::extract::{AdminUser, AuthUser, BearerToken};
-use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::Severity;
 use crate::security_log::query::{
     CSV_HEADER, Cursor, EventFilter, EventSource, EventView, csv_line, ndjson_line,
 };
+use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -10,12 +10,12 @@ use axum::http::request::Parts;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::auth::service::Authenticated;
 use crate::domain::ClientInfo;
 use crate::error::ApiError;
 use crate::http::middleware::RequestId;
 use crate::security_log::event::RequestContext;
+use crate::state::AppState;
 
 /// A JSON body: 415 without a JSON content type, 413 over the body limit, 400 when malformed,
 /// with a duplicate key, or with a value of the wrong type. Error text never echoes the input.

@@ -15,10 +15,10 @@ use url::Url;
 use super::auth::AuthResponse;
 use super::bodies::{GisCallbackForm, GoogleSignInBody, JsonBodyErrors, RateLimited};
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn, GoogleSignInRequest};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
+use crate::state::AppState;
 
 fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
     state.google.as_deref().ok_or(ApiError::FeatureUnavailable {

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     description = "Served here unless `METRICS_ADDR` is set; then only on that listener.",

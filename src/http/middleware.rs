@@ -16,8 +16,8 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody, ErrorMarker};
+use crate::state::AppState;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

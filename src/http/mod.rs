@@ -23,7 +23,7 @@ use axum::routing::{self, MethodRouter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// One public route: the method and path the OpenAPI document must list, and its handler.
 pub struct Route {

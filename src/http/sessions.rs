@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::bodies::{BearerErrors, MessageBody, SessionList, Unavailable};
 use super::extract::AuthUser;
-use crate::app::AppState;
 use crate::domain::format_timestamp;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
+use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/auth/sessions", tag = "sessions", operation_id = "list_sessions", security(("bearer" = [])),
     responses(

@@ -11,7 +11,6 @@
 pub mod keystore;
 pub mod memory;
 pub mod pending;
-pub mod redis_link;
 pub mod redis_store;
 
 use std::net::IpAddr;
@@ -21,10 +20,11 @@ use std::time::Duration;
 use keystore::{Admission, Failure, FailureKeys, KeyStore, LockPolicy, Rate, Verdict};
 use memory::MemoryStore;
 use pending::Pending;
-pub use redis_link::RedisLink;
+use redis_store::RedisKeys;
 
 use crate::clock::Clock;
 use crate::config::{Settings, Switch};
+use crate::redis_link::RedisLink;
 
 /// One limit of API.md: how many requests per window, for which subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,7 @@ struct Rules {
 
 pub struct Limits {
     enabled: bool,
-    redis: Option<Arc<RedisLink>>,
+    redis: Option<RedisKeys>,
     memory: MemoryStore,
     /// Locks started in-process while Redis was away (key and end in ms), waiting to be copied
     /// to it. Past [`MAX_PENDING_LOCKS`] the copy is of every live lock the in-process store
@@ -131,11 +131,11 @@ pub fn ip_subject(ip: IpAddr) -> String {
 macro_rules! on_backend {
     ($self:ident, |$store:ident| $op:expr) => {{
         let mut result = None;
-        if let Some(link) = $self.redis.as_ref().filter(|l| l.is_up()) {
-            let $store: &dyn KeyStore = link.store();
+        if let Some(redis) = $self.redis.as_ref().filter(|r| r.link.is_up()) {
+            let $store: &dyn KeyStore = redis;
             match $op.await {
                 Ok(value) => result = Some(value),
-                Err(e) => link.failed(&e),
+                Err(e) => redis.link.failed(&e),
             }
         }
         match result {
@@ -154,7 +154,7 @@ impl Limits {
         let secs = |s: u64| (s as i64) * 1000;
         Self {
             enabled: settings.rate_limits == Switch::On,
-            redis,
+            redis: redis.map(RedisKeys::new),
             memory: MemoryStore::default(),
             pending: std::sync::Mutex::new(Pending::new(MAX_PENDING_LOCKS)),
             clock,
@@ -341,10 +341,10 @@ impl Limits {
         let now = self.clock.now_ms();
         // Both counters in one round trip.
         let mut in_redis = None;
-        if let Some(link) = self.redis.as_ref().filter(|l| l.is_up()) {
-            match link.store().record_failures(&entries, now).await {
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.link.is_up()) {
+            match redis.record_failures(&entries, now).await {
                 Ok(failures) => in_redis = Some(failures),
-                Err(e) => link.failed(&e),
+                Err(e) => redis.link.failed(&e),
             }
         }
         let mut failures: Vec<Failure> = match in_redis {
@@ -413,10 +413,10 @@ impl Limits {
     /// Copies the locks started in-process during a Redis outage to Redis each time the link's
     /// probe finds it back, until `stop`. A lock is only ever extended there, never shortened.
     pub async fn replay(&self, stop: tokio_util::sync::CancellationToken) {
-        let Some(link) = self.redis.clone() else {
+        let Some(redis) = self.redis.clone() else {
             return;
         };
-        let mut recoveries = link.recoveries();
+        let mut recoveries = redis.link.recoveries();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -426,11 +426,11 @@ impl Limits {
                     }
                 }
             }
-            self.copy_locks(&link).await;
+            self.copy_locks(&redis).await;
         }
     }
 
-    async fn copy_locks(&self, link: &RedisLink) {
+    async fn copy_locks(&self, redis: &RedisKeys) {
         let now = self.clock.now_ms();
         let snapshot = self.pending_locks().snapshot();
         let mut locks = snapshot.entries.clone();
@@ -444,8 +444,8 @@ impl Limits {
             // Lifted since the copy began (a successful sign-in, an admin): not written back.
             let lifted = !snapshot.everything && !self.pending_locks().contains(&key);
             if until > now && !lifted {
-                if let Err(e) = link.store().extend_lock(&key, until, until - now).await {
-                    link.failed(&e);
+                if let Err(e) = redis.extend_lock(&key, until, until - now).await {
+                    redis.link.failed(&e);
                     self.pending_locks().copy_failed(&snapshot);
                     return;
                 }
@@ -493,7 +493,7 @@ impl Limits {
     pub async fn health(&self) -> &'static str {
         match &self.redis {
             None => "not_configured",
-            Some(link) if link.is_up() => "ok",
+            Some(redis) if redis.link.is_up() => "ok",
             Some(_) => "error",
         }
     }

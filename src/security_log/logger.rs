@@ -267,7 +267,7 @@ impl SecurityLogger {
         {
             self.record(event).await;
         } else {
-            self.metrics.observe_event(&event);
+            super::collector::count_event(&self.metrics, &event);
             self.stats.summarized.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -283,7 +283,7 @@ impl SecurityLogger {
     /// Hands the event to the writer; in sync mode waits for its write and answers whether it
     /// was kept (in async mode, `true` once queued).
     async fn submit(&self, event: SecurityEvent) -> bool {
-        self.metrics.observe_event(&event);
+        super::collector::count_event(&self.metrics, &event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(Arc::new(event.clone()));

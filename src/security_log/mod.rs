@@ -3,6 +3,7 @@
 //! kept), and a background writer that batches events into Postgres, spools them to JSON-lines
 //! files when the database is away, and replays the spool when it comes back.
 
+pub mod collector;
 pub mod event;
 pub mod logger;
 pub mod postgres_sink;
@@ -12,6 +13,7 @@ pub mod spool;
 pub mod summary;
 pub mod writer;
 
+pub use collector::LogCollector;
 pub use event::{EventType, SecurityEvent, Severity, sanitize};
 pub use logger::{NotKept, PipelineStats, SecurityLogger};
 

@@ -308,7 +308,7 @@ impl Writer {
             .with("firstAt", at(first_ms))
             .with("lastAt", at(last_ms));
         super::logger::mirror(&event);
-        self.metrics.observe_event(&event);
+        super::collector::count_event(&self.metrics, &event);
         if !self.persist(vec![event], db_timeout).await {
             self.stats.restore_unreported_drops(count, first_ms);
         }

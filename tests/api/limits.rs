@@ -792,7 +792,7 @@ async fn a_revocation_written_to_redis_never_lowers_one_already_there() {
     if !redis_available().await {
         return;
     }
-    let store = flux_auth::limits::redis_store::RedisStore::new(
+    let store = flux_auth::redis_link::RedisStore::new(
         redis::Client::open(redis_url()).unwrap(),
         Duration::from_secs(2),
     )

@@ -17,6 +17,7 @@ mod limits;
 mod log_outage;
 mod login;
 mod mailboxes;
+mod module_graph;
 mod operability;
 mod ops;
 mod pipeline;

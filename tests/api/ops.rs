@@ -513,6 +513,31 @@ async fn env_example_copied_to_dot_env_is_a_valid_configuration() {
     assert_eq!(ran.code(), Some(0), "{}{}", ran.stdout, ran.stderr);
 }
 
+/// Every setting but the secrets has its line in config/default.toml (commented out when it has
+/// no default): the file documents them all, and the secrets come from the environment only.
+#[test]
+fn default_toml_names_every_setting_but_the_secrets() {
+    let text = std::fs::read_to_string(repo_file("config/default.toml")).unwrap();
+    let assigned: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim_start())
+        .filter_map(|l| l.split_once(" =").map(|(name, _)| name))
+        .collect();
+    for (key, kind) in Settings::keys() {
+        let secret = kind == flux_auth::config::Kind::Secret;
+        assert_eq!(
+            assigned.contains(&key),
+            !secret,
+            "config/default.toml {} {key}",
+            if secret {
+                "names the secret"
+            } else {
+                "does not name"
+            }
+        );
+    }
+}
+
 #[test]
 fn default_toml_parses_and_holds_the_compiled_defaults() {
     let path = repo_file("config/default.toml");

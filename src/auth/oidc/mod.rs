@@ -29,7 +29,7 @@ use settings::OidcSettings;
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::limits::RedisLink;
+use crate::redis_link::RedisLink;
 
 /// Everything Google sign-in needs, built once at start when `GOOGLE_CLIENT_ID` is set.
 pub struct GoogleSignIn {

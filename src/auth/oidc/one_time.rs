@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::limits::RedisLink;
+use crate::redis_link::RedisLink;
 
 /// In-process entries kept at most; past it, the entries closest to expiry make room.
 const LOCAL_CAPACITY: usize = 20_000;

@@ -1,13 +1,19 @@
-//! `AppState` (built once) and `App`: binds the listener (port 0 allowed, for tests), serves until
-//! a shutdown signal, then drains in order: stop accepting, finish in-flight requests (bounded by
-//! `SHUTDOWN_TIMEOUT_MS`), record `service_stopped`, flush the security log.
+//! `Core` (the state and the background tasks, built once from the settings) and `App`: binds the
+//! listener (port 0 allowed, for tests), serves until a shutdown signal, then drains in order:
+//! stop accepting, finish in-flight requests (bounded by `SHUTDOWN_TIMEOUT_MS`), record
+//! `service_stopped`, flush the security log.
+
+mod collectors;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use collectors::{HashCollector, PoolCollector, RedisCollector, UserCacheCollector};
 
 use crate::auth::breached::BreachedPasswords;
 use crate::auth::oidc::GoogleSignIn;
@@ -18,56 +24,22 @@ use crate::auth::service::{AuthService, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
-use crate::limits::{Limits, RedisLink};
-use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, StateCollector};
-use crate::security_log::spool::Spool;
-use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
+use crate::limits::Limits;
+use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, ProcessCollector};
+use crate::redis_link::RedisLink;
+use crate::security_log::{self, EventType, LogCollector, Pipeline, SecurityEvent};
 use crate::server::{self, ConnectionLimits};
-use crate::store::{self, postgres::Database};
+use crate::store;
 use crate::telemetry::LogDrops;
 
-/// The state every handler and middleware gets. One `Arc`, so the per-request clones axum makes
-/// (each `State` extractor and `from_fn_with_state` layer) cost one atomic increment, not one per
-/// field: cloning the fields one by one was ~4% of a `/me` request's CPU (BENCHMARKS.md).
-#[derive(Clone)]
-pub struct AppState(Arc<SharedState>);
+pub use crate::state::{AppState, SharedState};
 
-impl std::ops::Deref for AppState {
-    type Target = SharedState;
-
-    fn deref(&self) -> &SharedState {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(shared: SharedState) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-#[derive(Clone)]
-pub struct SharedState {
-    pub auth: Arc<AuthService>,
-    pub metrics: Metrics,
-    /// What `/metrics` serves.
-    pub registry: Arc<prometheus_client::registry::Registry>,
-    pub settings: Arc<Settings>,
-    pub limits: Arc<Limits>,
-    pub clock: Clock,
-    /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
-    pub google: Option<Arc<GoogleSignIn>>,
-    /// The security log's database, when it has one (for health).
-    pub security_db: Option<Database>,
-    /// The security event spool (the log itself when there is no database).
-    pub spool: Arc<Spool>,
-    pub started: Instant,
-    /// `/health`'s and `/health/ready`'s database probes, one at a time (shared by concurrent
-    /// callers).
-    pub probes: Arc<crate::http::health::Probes>,
-    /// Cancelled when shutdown begins, so long-lived responses (event streams) end and let the
-    /// server drain.
-    pub stopping: CancellationToken,
+/// Every problem with the settings: those the settings find themselves, then those of the
+/// components that read them (the OpenID sign-in's URLs and client ids).
+pub fn setting_problems(settings: &Settings) -> Vec<String> {
+    let mut problems = settings.problems();
+    problems.extend(crate::auth::oidc::setting_problems(settings));
+    problems
 }
 
 /// Connections `METRICS_ADDR`'s listener takes at once.
@@ -98,7 +70,7 @@ impl Core {
     /// `/metrics` reports as the log lines dropped.
     pub async fn build(settings: Settings, log: LogDrops) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let problems = settings.problems();
+        let problems = setting_problems(&settings);
         if !problems.is_empty() {
             return Err(ConfigError::Problems(problems).into());
         }
@@ -186,26 +158,35 @@ impl Core {
             let (events, stop) = (pipeline.logger.clone(), background.clone());
             tokio::spawn(wake_log_on_recovery(reachable, events, stop));
         }
-        let mut pools = Vec::new();
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(LogCollector::new(pipeline.logger.clone())),
+            Box::new(log),
+            Box::new(HashCollector(auth.clone())),
+        ];
         if let Some(db) = auth.store.database() {
-            pools.push((POOL_USERS, db));
+            collectors.push(Box::new(PoolCollector {
+                pool: POOL_USERS,
+                db,
+            }));
         }
         if let Some(db) = &pipeline.database {
-            pools.push((POOL_SECURITY_LOG, db.clone()));
+            collectors.push(Box::new(PoolCollector {
+                pool: POOL_SECURITY_LOG,
+                db: db.clone(),
+            }));
         }
-        let hashes = auth.clone();
-        let registry = metrics.registry(StateCollector {
-            events: pipeline.logger.clone(),
-            stats: pipeline.logger.shared_stats(),
-            hashes: Arc::new(move || hashes.hasher.levels()),
-            pools,
-            redis_up: redis,
-            revocations: auth.revocations.clone(),
-            limits: limits.clone(),
-            user_cache: auth.store.user_cache(),
-            log,
-            started,
-        });
+        if let Some(link) = redis {
+            collectors.push(Box::new(RedisCollector {
+                link,
+                revocations: auth.revocations.clone(),
+                limits: limits.clone(),
+            }));
+        }
+        if let Some(cache) = auth.store.user_cache() {
+            collectors.push(Box::new(UserCacheCollector(cache)));
+        }
+        collectors.push(Box::new(ProcessCollector { started }));
+        let registry = metrics.registry(collectors);
         let state = AppState::new(SharedState {
             metrics,
             registry: Arc::new(registry),

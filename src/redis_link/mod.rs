@@ -1,14 +1,17 @@
-//! The Redis connection with its up/down state: requests use Redis only while it is up, so an
-//! outage costs one timeout, not one per request. A probe notices when it is back, and tells
+//! The Redis connection shared by rate limits, revocations and sign-in's one-time state, with its
+//! up/down state: requests use Redis only while it is up, so an outage costs one timeout, not one
+//! per request. A probe notices when it is back, and tells
 //! whoever waits for that ([`RedisLink::recoveries`]): what was written in-process meanwhile is
 //! then copied to Redis.
+
+mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::redis_store::RedisStore;
+pub use store::RedisStore;
 
 pub struct RedisLink {
     /// For connections of their own (the revocation feed's subscription).

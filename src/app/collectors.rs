@@ -1,0 +1,203 @@
+//! The collectors `app` registers for the levels of the store, the password hasher and Redis,
+//! read at scrape time from what those components expose (pool sizes, the circuit's counts,
+//! `UserCache::stats`, `PasswordHasher::levels`, the Redis link's state).
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+
+use crate::auth::revocation::RevocationList;
+use crate::auth::service::AuthService;
+use crate::limits::Limits;
+use crate::metrics::{counter, gauge};
+use crate::redis_link::RedisLink;
+use crate::store::postgres::Database;
+use crate::store::postgres::circuit::ProbeOutcome;
+use crate::store::postgres::user_cache::UserCache;
+
+/// Writes `Debug` as the collector's name: the components it reads have no `Debug` of their own.
+macro_rules! named_debug {
+    ($($name:ident),+) => {
+        $(impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        })+
+    };
+}
+
+named_debug!(
+    HashCollector,
+    PoolCollector,
+    RedisCollector,
+    UserCacheCollector
+);
+
+/// The password hasher's queue and memory.
+pub struct HashCollector(pub Arc<AuthService>);
+
+impl Collector for HashCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let hashes = self.0.hasher.levels();
+        gauge(
+            &mut e,
+            "password_hashes_in_flight",
+            "Argon2 hashes being computed",
+            hashes.in_flight as f64,
+        )?;
+        gauge(
+            &mut e,
+            "password_hashes_queued",
+            "Argon2 hashes waiting for a worker",
+            hashes.queued as f64,
+        )?;
+        gauge(
+            &mut e,
+            "password_hash_memory_bytes",
+            "Argon2 memory held by the hashing threads (given back after 10 s without a hash)",
+            hashes.memory_bytes as f64,
+        )?;
+        Ok(())
+    }
+}
+
+/// One database pool (`pool` names it in the metric names) and its circuit, when it has one.
+pub struct PoolCollector {
+    pub pool: &'static str,
+    pub db: Database,
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (pool, db) = (self.pool, &self.db);
+        let size = db.pool.size() as f64;
+        let idle = db.pool.num_idle() as f64;
+        let name = format!("db_pool_{pool}_connections");
+        gauge(&mut e, &name, "Open database connections", size)?;
+        gauge(
+            &mut e,
+            &format!("db_pool_{pool}_idle"),
+            "Idle database connections",
+            idle,
+        )?;
+        if let Some(circuit) = db.circuit() {
+            gauge(
+                &mut e,
+                &format!("db_{pool}_unreachable"),
+                "1 while the store's probe finds the database unreachable and store calls answer 503 at once",
+                f64::from(u8::from(circuit.is_open())),
+            )?;
+            counter(
+                &mut e,
+                &format!("db_{pool}_unreachable_episodes"),
+                "Times the store's probe found the database unreachable after it had been reachable",
+                circuit.times_opened(),
+            )?;
+            counter(
+                &mut e,
+                &format!("db_{pool}_failed_fast"),
+                "Store calls answered 503 at once, without waiting for a connection, because the database was known to be unreachable",
+                circuit.times_failed_fast(),
+            )?;
+            let name = format!("db_{pool}_probes");
+            let mut probes = e.encode_descriptor(
+                &name,
+                "Probes of the database by what they found: answered (a connection answered), refused (the server refused a new connection with an error: reachable), unreachable",
+                None,
+                MetricType::Counter,
+            )?;
+            for outcome in ProbeOutcome::ALL {
+                ConstCounter::new(circuit.probes(outcome))
+                    .encode(probes.encode_family(&[("outcome", outcome.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Redis's state and the writes waiting for it (revocations and lockouts).
+pub struct RedisCollector {
+    pub link: Arc<RedisLink>,
+    pub revocations: Arc<dyn RevocationList>,
+    pub limits: Arc<Limits>,
+}
+
+impl Collector for RedisCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let link = &self.link;
+        gauge(
+            &mut e,
+            "redis_up",
+            "1 while Redis answers",
+            f64::from(u8::from(link.is_up())),
+        )?;
+        gauge(
+            &mut e,
+            "revocations_mirrored",
+            "1 while revocation checks are answered from an in-memory copy kept current from Redis (0: Redis is asked per request)",
+            f64::from(u8::from(self.revocations.mirrored())),
+        )?;
+        gauge(
+            &mut e,
+            "redis_pending_writes",
+            "Revocations and lockouts made while Redis was unreachable, waiting to be copied to it",
+            (self.revocations.waiting_for_redis() + self.limits.locks_waiting_for_redis()) as f64,
+        )?;
+        Ok(())
+    }
+}
+
+/// The Postgres store's cache of users and its change feed.
+pub struct UserCacheCollector(pub Arc<UserCache>);
+
+impl Collector for UserCacheCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        gauge(
+            &mut e,
+            "user_cache_following",
+            "1 while Postgres's announcements of user changes are followed and users are served from memory (0: read from the database per request)",
+            f64::from(u8::from(stats.following)),
+        )?;
+        gauge(
+            &mut e,
+            "user_cache_entries",
+            "Users kept in memory",
+            stats.entries as f64,
+        )?;
+        counter(
+            &mut e,
+            "user_cache_hits",
+            "User lookups answered from memory",
+            stats.hits,
+        )?;
+        counter(
+            &mut e,
+            "user_cache_misses",
+            "User lookups read from the database while the cache was in use",
+            stats.misses,
+        )?;
+        counter(
+            &mut e,
+            "user_cache_changes",
+            "User changes announced by Postgres (every instance's, the CLI's, direct SQL)",
+            stats.changes,
+        )?;
+        counter(
+            &mut e,
+            "user_cache_heartbeats_sent",
+            "Heartbeats sent on the user change feed (one a second), numbered from 1",
+            stats.heartbeats_sent,
+        )?;
+        gauge(
+            &mut e,
+            "user_cache_heartbeat_heard",
+            "The number of the last heartbeat that came back: every user change committed before it was sent has been heard",
+            stats.heartbeat_heard as f64,
+        )?;
+        Ok(())
+    }
+}
