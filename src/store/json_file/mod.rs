@@ -1,9 +1,10 @@
 //! The JSON-file store: `users.json` in the old service's shape (`{"users":[...]}`) and the
 //! refresh-token families in `sessions.json` plus `sessions.journal`, all in `DATA_DIR`.
 //!
-//! `users.json` is a [`GroupFile`]: changes apply in order to the latest state, and a write makes
-//! that state durable (temp file, fsync, rename, folder fsync) and only then publishes it and
-//! answers. The sessions are a [`SessionLog`]: `sessions.json` is a snapshot and each commit
+//! Both commit in groups, through one engine (`group_commit.rs`): changes apply in order to the
+//! latest state, and a write makes them durable and only then publishes them and answers.
+//! `users.json` is a [`WholeFile`]: each write replaces it (temp file, fsync, rename, folder
+//! fsync). The sessions are a [`SessionLog`]: `sessions.json` is a snapshot and each commit
 //! appends its changes, and only those, to `sessions.journal` (one line, one fdatasync), which is
 //! folded into a new snapshot from time to time, off the request path (see `journal/`). Either
 //! way a crash or a failed write never leaves an acknowledged change unsaved or an unsaved change
@@ -25,38 +26,22 @@ mod session_state;
 mod store_impl;
 mod users;
 mod users_file;
+mod whole_file;
 
-use group_commit::GroupFile;
 use journal::SessionLog;
 pub use journal::{compact_sessions, read_sessions};
 use session_state::Tx;
 use users::Users;
 use users_file::encode_users;
 pub use users_file::read_users_file;
+use whole_file::WholeFile;
 
 pub struct FileStore {
     /// users.json. When an operator changes the file (`flux-auth users set-type`) the running
-    /// service notices by its identity ([`FileStamp`]) and reloads it.
-    users: GroupFile<Users>,
+    /// service notices by its identity (see `whole_file.rs`) and reloads it.
+    users: WholeFile<Users>,
     /// sessions.json and sessions.journal.
     sessions: SessionLog,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: std::time::SystemTime,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok()?,
-        len: meta.len(),
-        inode: meta.ino(),
-    })
 }
 
 impl FileStore {
@@ -82,7 +67,7 @@ impl FileStore {
         let users = Users::new(users);
         crate::store::warn_of_collisions(&users.collisions());
         Ok(Self {
-            users: GroupFile::new(users_path, users, encode_users),
+            users: WholeFile::new(users_path, users, encode_users),
             sessions,
         })
     }

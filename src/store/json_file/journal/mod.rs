@@ -36,6 +36,7 @@
 //! folder again and fails the batch it was about to write.
 
 mod codec;
+mod compaction;
 mod file;
 mod load;
 mod snapshot;

@@ -358,7 +358,7 @@ async fn retired_tokens_are_found_by_hash_after_a_restart_and_in_a_snapshot() {
         assert_eq!(state.token_count(), 2);
     };
     check(&log.read());
-    check(&log.inner.pending.lock().await.state);
+    check(&log.commit.state().await.state);
 
     let snapshot = dir.path().join("snapshot");
     fs::create_dir(&snapshot).unwrap();
