@@ -40,8 +40,9 @@ pub(super) trait Medium: Send + Sync + Sized + 'static {
     /// durable already).
     fn take(&self, state: &mut Self::State) -> Option<Self::Batch>;
 
-    /// Makes `batch` durable and then publishes it to readers. On an error nothing of it is
-    /// published, and the message says why.
+    /// Makes `batch` durable and then publishes it to readers. On an error nothing of the batch
+    /// is published (the medium may publish what it read again from disk), and the message says
+    /// why.
     fn write(
         self: &Arc<Self>,
         batch: Self::Batch,
