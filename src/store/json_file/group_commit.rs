@@ -1,99 +1,116 @@
-//! One JSON file of the file store, kept in memory, with group commit.
+//! Group commit, for `users.json` and for the sessions' journal alike.
 //!
-//! Changes are applied in order to the latest state (`pending`), each under a short lock with no
-//! I/O. One write at a time then makes the latest state durable (temp file, fsync, rename, folder
-//! fsync) and only after that publishes it to readers and answers every request whose change it
-//! contains: all the changes that arrived while the previous write was in progress share the next
-//! write and its fsyncs. So an acknowledged change is always on disk, readers never see a change
-//! that is not, and neither readers nor new changes wait while a write is in progress.
+//! Changes are applied in order to the latest state under a short lock with no I/O. One write at
+//! a time then makes what changed since the last write durable and only after that publishes it
+//! to readers and answers every request whose change it contains: all the changes that arrived
+//! while the previous write was in progress share the next write and its fsyncs. So an
+//! acknowledged change is always on disk, readers never see a change that is not, and neither
+//! readers nor new changes wait while a write is in progress.
 //!
 //! A failed write drops every change not on disk (those of the failed write, and any made on top
-//! of them since) and fails their requests; the state goes back to what is on disk.
+//! of them since) and fails their requests; the latest state goes back to the published one.
+//!
+//! What a write is, and what readers see, is the [`Medium`]'s: a whole file replaced
+//! (`users.json`), or a line appended to a journal (the sessions).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, oneshot};
 
-use super::{FileStamp, stamp};
-use crate::durable_file;
 use crate::store::{StoreError, StoreResult};
 
-/// The durable state readers see, and the identity of the file it was read from or written to.
-pub(super) struct Published<T> {
-    pub data: Arc<T>,
-    pub stamp: Option<FileStamp>,
-}
-
-struct Pending<T> {
+/// Where a group commit's changes go, and where readers find them once they are durable.
+pub(super) trait Medium: Send + Sync + Sized + 'static {
     /// The latest state: every change made, durable or not.
-    data: T,
-    /// Requests whose changes are in `data` but in no write yet.
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    type State: Send + 'static;
+    /// What one write makes durable, taken from the latest state.
+    type Batch: Send + 'static;
+    /// What a write that succeeded leaves for [`Medium::after_write`].
+    type Written: Send + 'static;
+
+    /// How a request whose write failed is answered: "{WRITE_FAILED}: {cause}".
+    const WRITE_FAILED: &'static str;
+    /// How a request is answered when the write task is gone.
+    const WRITER_STOPPED: &'static str;
+
+    /// Under the state's lock: what the next write makes durable, or `None` when nothing needs
+    /// writing (the changes since the last write altered nothing, and everything before them is
+    /// durable already).
+    fn take(&self, state: &mut Self::State) -> Option<Self::Batch>;
+
+    /// Makes `batch` durable and then publishes it to readers. On an error nothing of the batch
+    /// is published (the medium may publish what it read again from disk), and the message says
+    /// why.
+    fn write(
+        self: &Arc<Self>,
+        batch: Self::Batch,
+    ) -> impl Future<Output = Result<Self::Written, String>> + Send;
+
+    /// After the write's requests are answered, before the next write.
+    fn after_write(
+        self: &Arc<Self>,
+        written: Self::Written,
+        commit: &GroupCommit<Self>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Under the state's lock, after a failed write: the latest state becomes the published one.
+    fn revert(&self, state: &mut Self::State);
 }
 
-/// How stale a read may be about someone else replacing the file: within this long of a check,
-/// reads do not `stat` it again. Under load that is one `stat` per millisecond instead of one per
-/// request (a path walk and a syscall, 7% of `/me`'s CPU on the file store); a replacement by
-/// the CLI is seen by the first read at most this long after it.
-const RECHECK_AFTER: Duration = Duration::from_millis(1);
+type Waiter = oneshot::Sender<Result<(), String>>;
 
-struct Inner<T> {
-    path: PathBuf,
-    /// Nanoseconds from `origin` to the last `stat` by [`GroupFile::reload_if_replaced`], plus one.
-    origin: Instant,
-    last_check: AtomicU64,
+struct Latest<S> {
+    state: S,
+    /// Requests whose changes are in `state` but in no write yet.
+    waiters: Vec<Waiter>,
+}
+
+struct Inner<M: Medium> {
+    medium: Arc<M>,
+    latest: Mutex<Latest<M::State>>,
     /// A write task is running; it takes the waiters again when it is done. Changed only under
-    /// the pending lock, and read without it by [`GroupFile::reload_if_replaced`].
+    /// the state's lock.
     writing: AtomicBool,
-    encode: fn(&T) -> anyhow::Result<Vec<u8>>,
-    published: RwLock<Published<T>>,
-    pending: Mutex<Pending<T>>,
 }
 
-pub(super) struct GroupFile<T> {
-    inner: Arc<Inner<T>>,
+/// The latest state of a [`Medium`] and the one write task that makes it durable.
+pub(super) struct GroupCommit<M: Medium> {
+    inner: Arc<Inner<M>>,
 }
 
-impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
-    pub fn new(path: PathBuf, data: T, encode: fn(&T) -> anyhow::Result<Vec<u8>>) -> Self {
-        let stamp = stamp(&path);
+impl<M: Medium> GroupCommit<M> {
+    pub fn new(medium: Arc<M>, state: M::State) -> Self {
         Self {
             inner: Arc::new(Inner {
-                published: RwLock::new(Published {
-                    data: Arc::new(data.clone()),
-                    stamp,
-                }),
-                pending: Mutex::new(Pending {
-                    data,
+                medium,
+                latest: Mutex::new(Latest {
+                    state,
                     waiters: Vec::new(),
                 }),
-                path,
-                origin: Instant::now(),
-                last_check: AtomicU64::new(0),
-                encode,
                 writing: AtomicBool::new(false),
             }),
         }
     }
 
-    /// The durable state.
-    pub fn read(&self) -> Arc<T> {
-        self.inner.published().data.clone()
+    pub fn medium(&self) -> &Arc<M> {
+        &self.inner.medium
     }
 
     /// Applies `change` to the latest state and returns once it is durable. `change` must leave
     /// the state as it found it when it returns an error.
-    pub async fn update<R>(&self, change: impl FnOnce(&mut T) -> StoreResult<R>) -> StoreResult<R> {
+    pub async fn update<R>(
+        &self,
+        change: impl FnOnce(&mut M::State) -> StoreResult<R>,
+    ) -> StoreResult<R> {
         let (out, written) = {
-            let mut pending = self.inner.pending.lock().await;
-            let out = change(&mut pending.data)?;
+            let mut latest = self.inner.latest.lock().await;
+            let out = change(&mut latest.state)?;
             // Even a change that altered nothing waits: its answer may rest on earlier changes
             // that are not durable yet.
             let (tx, rx) = oneshot::channel();
-            pending.waiters.push(tx);
+            latest.waiters.push(tx);
             if !self.inner.writing.swap(true, Ordering::AcqRel) {
                 // A task of its own, so a request that is cancelled mid-write cannot stop the
                 // write that other requests are waiting for.
@@ -103,225 +120,77 @@ impl<T: Clone + Send + Sync + 'static> GroupFile<T> {
         };
         match written.await {
             Ok(Ok(())) => Ok(out),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-                "could not write data file: {e}"
-            ))),
-            Err(_) => Err(StoreError::Unavailable(
-                "the data file writer stopped".into(),
-            )),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("{}: {e}", M::WRITE_FAILED))),
+            Err(_) => Err(StoreError::Unavailable(M::WRITER_STOPPED.into())),
         }
     }
 
-    /// Reads the file with `read` and takes it as the state if someone else (the CLI) replaced
-    /// it since our last write; returns whether it did. Cheap when nothing changed: one `stat`,
-    /// and none within [`RECHECK_AFTER`] of the last one.
-    /// While a write of ours is in flight the file's identity changes under us (between its
-    /// rename and its publication), and a reload would be refused, so the file is not read then:
-    /// reading and parsing all of it on every request in that window made reads stall during a
-    /// flood of writes.
-    pub async fn reload_if_replaced(
-        &self,
-        read: fn(&Path) -> anyhow::Result<T>,
-    ) -> anyhow::Result<bool> {
-        if self.inner.writing.load(Ordering::Acquire) || !self.inner.due_for_check() {
-            return Ok(false);
-        }
-        let current = stamp(&self.inner.path);
-        if current.is_none() || current == self.inner.published().stamp {
-            return Ok(false);
-        }
-        let path = self.inner.path.clone();
-        let data = tokio::task::spawn_blocking(move || read(&path))
-            .await
-            .map_err(|e| anyhow::anyhow!("reader stopped: {e}"))??;
-        Ok(self.reload(data, current).await)
+    /// Whether a write task is running. Read without the lock: a hint, not a promise.
+    pub fn writing(&self) -> bool {
+        self.inner.writing.load(Ordering::Acquire)
     }
 
-    /// Replaces the state with `data`, read from the file whose identity was `seen` (changed on
-    /// disk by someone else), unless changes of ours are still on their way to disk (then the
-    /// file's new identity is our own write, about to be published), or the file is no longer
-    /// the one that was read. That last case is a reader that saw one of our writes land, read
-    /// it, and got here after a later write of ours: taking its older content would drop
-    /// acknowledged changes from memory, and from the file at the next write.
-    async fn reload(&self, data: T, seen: Option<FileStamp>) -> bool {
-        let mut pending = self.inner.pending.lock().await;
-        if self.inner.writing.load(Ordering::Acquire)
-            || !pending.waiters.is_empty()
-            || self.inner.published().stamp == seen
-            || stamp(&self.inner.path) != seen
-        {
+    /// The latest state, locked: changes wait until it is released.
+    pub async fn state(&self) -> MappedMutexGuard<'_, M::State> {
+        MutexGuard::map(self.inner.latest.lock().await, |latest| &mut latest.state)
+    }
+
+    /// Runs `replace` on the latest state, under its lock, only if no write is running and no
+    /// change is waiting for one (every change made is durable and published); returns what
+    /// `replace` did, or `false`.
+    pub async fn replace_if_settled(&self, replace: impl FnOnce(&mut M::State) -> bool) -> bool {
+        let mut latest = self.inner.latest.lock().await;
+        if self.writing() || !latest.waiters.is_empty() {
             return false;
         }
-        let stamp = seen;
-        pending.data = data.clone();
-        *self.inner.published_mut() = Published {
-            data: Arc::new(data),
-            stamp,
-        };
-        true
+        replace(&mut latest.state)
+    }
+
+    fn handle(inner: &Arc<Inner<M>>) -> Self {
+        Self {
+            inner: inner.clone(),
+        }
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> Inner<T> {
-    /// True at most once per [`RECHECK_AFTER`], for the caller that gets to check.
-    fn due_for_check(&self) -> bool {
-        let now = u64::try_from(self.origin.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = self.last_check.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < RECHECK_AFTER.as_nanos() as u64 {
-            return false;
-        }
-        // Losing the race means another read is checking right now.
-        self.last_check
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    fn published(&self) -> std::sync::RwLockReadGuard<'_, Published<T>> {
-        self.published.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn published_mut(&self) -> std::sync::RwLockWriteGuard<'_, Published<T>> {
-        self.published.write().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl<M: Medium> Inner<M> {
     /// Writes batches until no request is waiting.
     async fn write_until_done(self: Arc<Self>) {
         loop {
-            let (snapshot, waiters) = {
-                let mut pending = self.pending.lock().await;
-                if pending.waiters.is_empty() {
+            let (batch, waiters) = {
+                let mut latest = self.latest.lock().await;
+                if latest.waiters.is_empty() {
                     self.writing.store(false, Ordering::Release);
                     return;
                 }
-                (
-                    Arc::new(pending.data.clone()),
-                    std::mem::take(&mut pending.waiters),
-                )
+                let batch = self.medium.take(&mut latest.state);
+                (batch, std::mem::take(&mut latest.waiters))
             };
-            let path = self.path.clone();
-            let encode = self.encode;
-            let to_write = snapshot.clone();
-            // Encoding and the fsyncs are blocking work: off the async workers.
-            let written = tokio::task::spawn_blocking(move || {
-                let bytes = encode(&to_write)?;
-                durable_file::replace(&path, &bytes)?;
-                Ok::<_, anyhow::Error>(stamp(&path))
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("writer stopped: {e}"))
-            .and_then(|r| r);
-            match written {
-                Ok(stamp) => {
-                    *self.published_mut() = Published {
-                        data: snapshot,
-                        stamp,
-                    };
+            let Some(batch) = batch else {
+                // Nothing to write, and everything before is durable already.
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(()));
+                }
+                continue;
+            };
+            match self.medium.write(batch).await {
+                Ok(written) => {
                     for waiter in waiters {
                         let _ = waiter.send(Ok(()));
                     }
+                    self.medium
+                        .after_write(written, &GroupCommit::handle(&self))
+                        .await;
                 }
-                Err(e) => {
-                    tracing::error!(path = %self.path.display(), error = %e, "data file write failed; its changes are dropped");
-                    let message = e.to_string();
-                    let mut pending = self.pending.lock().await;
-                    pending.data = self.published().data.as_ref().clone();
-                    let later = std::mem::take(&mut pending.waiters);
+                Err(message) => {
+                    let mut latest = self.latest.lock().await;
+                    self.medium.revert(&mut latest.state);
+                    let later = std::mem::take(&mut latest.waiters);
                     for waiter in waiters.into_iter().chain(later) {
                         let _ = waiter.send(Err(message.clone()));
                     }
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn encode(v: &Vec<u32>) -> anyhow::Result<Vec<u8>> {
-        Ok(serde_json::to_vec(v)?)
-    }
-
-    fn read(path: &Path) -> Vec<u32> {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    }
-
-    async fn push(file: &GroupFile<Vec<u32>>, n: u32) {
-        file.update(|v| {
-            v.push(n);
-            Ok(())
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Until the write task has seen that nobody waits (a reload is refused while it runs).
-    async fn idle(file: &GroupFile<Vec<u32>>) {
-        loop {
-            if !file.inner.writing.load(Ordering::Acquire) {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// A reader that saw one of our writes land and reached `reload` only after a later write
-    /// of ours must not put the older content back: the second change was acknowledged.
-    #[tokio::test]
-    async fn a_reload_of_our_own_earlier_write_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data.json");
-        let file = GroupFile::new(path.clone(), Vec::new(), encode);
-        push(&file, 1).await;
-        let (seen, seen_stamp) = (read(&path), stamp(&path));
-        push(&file, 2).await;
-        idle(&file).await;
-        assert!(!file.reload(seen, seen_stamp).await);
-        assert_eq!(*file.read(), vec![1, 2]);
-        push(&file, 3).await;
-        assert_eq!(read(&path), vec![1, 2, 3]);
-    }
-
-    /// A file replaced by another process (the CLI) is taken, and later changes build on it.
-    #[tokio::test]
-    async fn a_file_replaced_by_someone_else_is_reloaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data.json");
-        let file = GroupFile::new(path.clone(), Vec::new(), encode);
-        push(&file, 1).await;
-        idle(&file).await;
-        durable_file::replace(&path, b"[7]").unwrap();
-        assert!(file.reload(read(&path), stamp(&path)).await);
-        assert_eq!(*file.read(), vec![7]);
-        push(&file, 8).await;
-        assert_eq!(read(&path), vec![7, 8]);
-    }
-
-    /// Reads check the file at most once per window, and a replacement made right after a check
-    /// is still taken by a read once the window has passed.
-    #[tokio::test]
-    async fn a_replacement_right_after_a_check_is_seen_within_the_window() {
-        fn read_ok(path: &Path) -> anyhow::Result<Vec<u32>> {
-            Ok(read(path))
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data.json");
-        let file = GroupFile::new(path.clone(), Vec::new(), encode);
-        push(&file, 1).await;
-        idle(&file).await;
-        assert!(!file.reload_if_replaced(read_ok).await.unwrap());
-        durable_file::replace(&path, b"[7]").unwrap();
-        let replaced = Instant::now();
-        while !file.reload_if_replaced(read_ok).await.unwrap() {
-            assert!(
-                replaced.elapsed() < Duration::from_secs(5),
-                "the replacement was never taken"
-            );
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(*file.read(), vec![7]);
     }
 }
