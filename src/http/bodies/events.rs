@@ -1,4 +1,5 @@
-//! The bodies and query parameters of the security-event routes.
+//! The bodies of the security-event routes, and their query parameters as the document describes
+//! them (the handlers read every parameter through one `EventQuery`).
 
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};

@@ -1,6 +1,9 @@
 //! The bodies of the API, as the handlers accept and answer them and as `/openapi.json`
-//! documents them: the same types serve both, so the document cannot drift from the answers. The
-//! operability test also compares each documented schema with the bodies the service sends.
+//! documents them: the same types serve both, so the document cannot drift from the answers. Only
+//! the event routes' query parameters, the Google redirect form and the shared error responses
+//! are described for the document alone (the handlers read those through `EventQuery`, a field
+//! map and `ApiError`). The operability test also compares each documented schema with the
+//! bodies the service sends.
 
 pub mod admin;
 pub mod auth;
