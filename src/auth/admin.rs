@@ -1,11 +1,12 @@
 //! What an admin does to someone else's account from the security dashboard: find it with its
 //! live sessions, revoke one session, revoke them all. Kept apart from the user's own flows in
-//! `service.rs`: the subject is another user, and every change records which admin made it.
+//! `service/`: the subject is another user, and every change records which admin made it.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::service::{AuthError, AuthService, Authenticated};
+use super::AuthError;
+use super::service::{AuthService, Authenticated};
 use crate::domain::{Email, UserRecord};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod breached;
+pub mod error;
 pub mod oidc;
 pub mod operator;
 pub mod password_policy;
@@ -12,7 +13,8 @@ pub mod revocation;
 pub mod service;
 pub mod tokens;
 
-pub use service::{AuthError, AuthService};
+pub use error::AuthError;
+pub use service::AuthService;
 
 /// `N` bytes from the operating system's CSPRNG. Should the OS source ever fail, the thread RNG
 /// (ChaCha seeded from the OS) is used rather than failing the request.

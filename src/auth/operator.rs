@@ -5,7 +5,8 @@
 
 use chrono::Utc;
 
-use super::service::{AuthError, AuthService};
+use super::AuthError;
+use super::service::AuthService;
 use crate::domain::UserRecord;
 use crate::security_log::{EventType, SecurityEvent};
 

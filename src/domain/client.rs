@@ -73,10 +73,6 @@ impl DeviceFingerprint {
         Self(hex::encode(hasher.finalize()))
     }
 
-    pub fn from_stored(hex: String) -> Self {
-        Self(hex)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

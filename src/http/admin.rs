@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::IntoResponse;
-use serde_json::json;
 
-use super::bodies::{AdminErrors, BlockedList, MessageBody};
+use super::bodies::MessageBody;
+use super::bodies::admin::{BlockKind, BlockedEntry, BlockedList};
+use super::bodies::errors::AdminErrors;
 use super::extract::AdminUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
@@ -18,22 +18,23 @@ use crate::state::AppState;
         (status = 200, description = "Locked accounts and blocked addresses", body = BlockedList),
         AdminErrors,
     ))]
-pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> impl IntoResponse {
-    let entries: Vec<_> = state
+pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> Json<BlockedList> {
+    let blocked = state
         .limits
         .blocked()
         .await
         .into_iter()
-        .map(|b| {
-            json!({
-                "key": format!("{}:{}", b.kind, b.subject),
-                "type": b.kind,
-                "subject": b.subject,
-                "expiresInSecs": b.expires_in_secs,
-            })
+        .map(|b| BlockedEntry {
+            key: format!("{}:{}", b.kind, b.subject),
+            kind: BlockKind::of(b.kind),
+            subject: b.subject,
+            expires_in_secs: b.expires_in_secs,
         })
         .collect();
-    Json(json!({ "success": true, "blocked": entries }))
+    Json(BlockedList {
+        success: true,
+        blocked,
+    })
 }
 
 /// `DELETE /api/admin/security/blocked/{key}` with `key` = `account:<email>` or `ip:<address>`.
@@ -49,7 +50,7 @@ pub async fn unblock(
     ctx: RequestContext,
     AdminUser(admin): AdminUser,
     Path(key): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<MessageBody>> {
     let not_found = || ApiError::NotFound {
         code: "BLOCK_NOT_FOUND",
         message: "No such lock",
@@ -77,5 +78,5 @@ pub async fn unblock(
                 .with("subject", crate::security_log::sanitize(subject, 300)),
         )
         .await?;
-    Ok(Json(json!({ "success": true, "message": "Lock lifted" })))
+    Ok(Json(MessageBody::ok("Lock lifted")))
 }

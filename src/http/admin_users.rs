@@ -3,12 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
-use super::bodies::{AdminErrors, MessageBody, Unavailable};
+use super::bodies::MessageBody;
+use super::bodies::admin::{AdminSessionView, FoundUser, RevokedAll};
+use super::bodies::errors::{AdminErrors, Unavailable};
 use super::extract::AdminUser;
 use crate::domain::{UserView, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -20,38 +20,6 @@ use crate::state::AppState;
 pub struct SearchQuery {
     /// A user id, or an email address.
     pub query: Option<String>,
-}
-
-/// The body of a search (for the OpenAPI document; the handler builds it with `json!`).
-#[derive(utoipa::ToSchema)]
-pub struct FoundUser {
-    pub success: bool,
-    pub user: UserView,
-    pub sessions: Vec<AdminSessionView>,
-}
-
-/// A live session of the user, as an admin sees it.
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct AdminSessionView {
-    pub id: Uuid,
-    pub device_name: String,
-    pub ip_address: String,
-    pub user_agent: Option<String>,
-    pub created_at: String,
-    pub last_used_at: String,
-    /// The earlier of the absolute end and the idle end (last use plus the idle lifetime).
-    pub expires_at: String,
-}
-
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct RevokedAll {
-    pub success: bool,
-    #[schema(example = "All sessions revoked")]
-    pub message: String,
-    /// Sessions that were live and are now ended.
-    pub sessions_revoked: u64,
 }
 
 fn user_not_found() -> ApiError {
@@ -74,7 +42,7 @@ pub async fn search(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<SearchQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<FoundUser>> {
     let query = q.query.unwrap_or_default();
     if query.trim().is_empty() || query.len() > 300 {
         return Err(ApiError::Validation {
@@ -88,25 +56,23 @@ pub async fn search(
         .await?
         .ok_or_else(user_not_found)?;
     let idle = state.auth.policy.idle_ttl;
-    let sessions: Vec<_> = sessions
+    let sessions = sessions
         .into_iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "deviceName": s.device_name,
-                "ipAddress": s.ip_address,
-                "userAgent": s.user_agent,
-                "createdAt": format_timestamp(s.created_at),
-                "lastUsedAt": format_timestamp(s.last_used_at),
-                "expiresAt": format_timestamp(s.expires_at.min(s.last_used_at + idle)),
-            })
+        .map(|s| AdminSessionView {
+            id: s.id,
+            device_name: s.device_name,
+            ip_address: s.ip_address,
+            user_agent: s.user_agent,
+            created_at: format_timestamp(s.created_at),
+            last_used_at: format_timestamp(s.last_used_at),
+            expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
         })
         .collect();
-    Ok(Json(json!({
-        "success": true,
-        "user": UserView::from(&user),
-        "sessions": sessions,
-    })))
+    Ok(Json(FoundUser {
+        success: true,
+        user: UserView::from(&user),
+        sessions,
+    }))
 }
 
 /// `DELETE /api/admin/security/users/{id}/sessions/{sid}`: recorded as `token_revoked` about the
@@ -125,7 +91,7 @@ pub async fn revoke_session(
     ctx: RequestContext,
     AdminUser(admin): AdminUser,
     Path((user_id, session_id)): Path<(String, String)>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<MessageBody>> {
     let session_id = Uuid::parse_str(&session_id).map_err(|_| ApiError::NotFound {
         code: "SESSION_NOT_FOUND",
         message: "Session not found",
@@ -134,9 +100,7 @@ pub async fn revoke_session(
         .auth
         .admin_revoke_session(&admin, &user_id, session_id, &ctx)
         .await?;
-    Ok(Json(
-        json!({ "success": true, "message": "Session revoked" }),
-    ))
+    Ok(Json(MessageBody::ok("Session revoked")))
 }
 
 /// `DELETE /api/admin/security/users/{id}/sessions`: recorded as `mass_token_revocation` about the
@@ -154,13 +118,15 @@ pub async fn revoke_all(
     ctx: RequestContext,
     AdminUser(admin): AdminUser,
     Path(user_id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<RevokedAll>> {
     let revoked = state
         .auth
         .admin_revoke_all_sessions(&admin, &user_id, &ctx)
         .await?
         .ok_or_else(user_not_found)?;
-    Ok(Json(
-        json!({ "success": true, "message": "All sessions revoked", "sessionsRevoked": revoked }),
-    ))
+    Ok(Json(RevokedAll {
+        success: true,
+        message: "All sessions revoked",
+        sessions_revoked: revoked,
+    }))
 }

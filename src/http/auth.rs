@@ -4,64 +4,19 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use base64::Engine;
-use serde::Serialize;
-use serde_json::json;
 
-use super::bodies::{
-    BearerErrors, CsrfToken, JsonBodyErrors, LogoutAllBody, MessageBody, RateLimited, TokenInfo,
-    Unavailable,
+use super::bodies::MessageBody;
+use super::bodies::auth::{
+    AuthResponse, CsrfToken, LoginRequest, LogoutAllBody, RefreshRequest, RefreshResponse,
+    SignupRequest, TokenInfo,
 };
+use super::bodies::errors::{BearerErrors, JsonBodyErrors, RateLimited, Unavailable};
 use super::extract::{AuthUser, BearerToken, JsonBody, OptionalJsonBody};
-use crate::auth::service::{
-    AuthSuccess, IssuedTokens, LoginRequest, RefreshRequest, SignupRequest,
-};
 use crate::domain::{UserView, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
-
-/// AuthResponse of API.md: `token` is the legacy alias of `accessToken`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthResponse {
-    pub success: bool,
-    /// The access token again, for old clients.
-    pub token: String,
-    /// A JWT (`typ: at+jwt`) for `Authorization: Bearer`.
-    pub access_token: String,
-    /// Opaque; rotated by every refresh.
-    pub refresh_token: String,
-    /// Access-token lifetime in seconds.
-    #[schema(example = 900)]
-    pub expires_in: i64,
-    /// Access-token expiry, epoch milliseconds.
-    pub expires_at: i64,
-    #[schema(example = "Bearer")]
-    pub token_type: &'static str,
-    pub user: UserView,
-    /// Google sign-in only: whether this sign-in created the account.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub is_new_user: Option<bool>,
-}
-
-impl AuthResponse {
-    pub fn new(success: &AuthSuccess, ttl: i64, is_new_user: Option<bool>) -> Self {
-        let t = &success.tokens;
-        Self {
-            success: true,
-            token: t.access.token.clone(),
-            access_token: t.access.token.clone(),
-            refresh_token: t.refresh_token.clone(),
-            expires_in: ttl,
-            expires_at: t.access.expires_at.timestamp_millis(),
-            token_type: "Bearer",
-            user: UserView::from(&success.user),
-            is_new_user,
-        }
-    }
-}
 
 #[utoipa::path(post, path = "/api/auth/signup", tag = "auth",
     request_body = SignupRequest,
@@ -74,8 +29,8 @@ pub async fn signup(
     State(state): State<AppState>,
     ctx: RequestContext,
     JsonBody(body): JsonBody<SignupRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let success = state.auth.signup(body, &ctx).await?;
+) -> ApiResult<(StatusCode, Json<AuthResponse>)> {
+    let success = state.auth.signup(body.account(), &ctx).await?;
     Ok((
         StatusCode::CREATED,
         Json(AuthResponse::new(
@@ -100,7 +55,7 @@ pub async fn login(
     ctx: RequestContext,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
-    let success = state.auth.login(body, &ctx).await?;
+    let success = state.auth.login(body.credentials(), &ctx).await?;
     Ok(Json(AuthResponse::new(
         &success,
         state.auth.access.ttl_secs(),
@@ -117,41 +72,6 @@ pub async fn me(AuthUser(auth): AuthUser) -> Json<UserView> {
     Json(UserView::from(&auth.user))
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct TokenData {
-    access_token: String,
-    token: String,
-    refresh_token: String,
-    expires_in: i64,
-    expires_at: i64,
-    token_type: &'static str,
-}
-
-impl TokenData {
-    fn new(tokens: &IssuedTokens, ttl: i64) -> Self {
-        Self {
-            access_token: tokens.access.token.clone(),
-            token: tokens.access.token.clone(),
-            refresh_token: tokens.refresh_token.clone(),
-            expires_in: ttl,
-            expires_at: tokens.access.expires_at.timestamp_millis(),
-            token_type: "Bearer",
-        }
-    }
-}
-
-/// RefreshResponse: flat fields for the October 2025 frontend and a `data` copy for the newer one.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct RefreshResponse {
-    success: bool,
-    #[serde(flatten)]
-    tokens: TokenData,
-    activity_extended: bool,
-    data: TokenData,
-}
-
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses(
@@ -166,15 +86,15 @@ pub async fn refresh(
     State(state): State<AppState>,
     ctx: RequestContext,
     JsonBody(body): JsonBody<RefreshRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let (_, tokens) = state.auth.refresh(body, &ctx).await?;
-    let ttl = state.auth.access.ttl_secs();
-    Ok(Json(RefreshResponse {
-        success: true,
-        tokens: TokenData::new(&tokens, ttl),
-        activity_extended: false,
-        data: TokenData::new(&tokens, ttl),
-    }))
+) -> ApiResult<Json<RefreshResponse>> {
+    let (_, tokens) = state
+        .auth
+        .refresh(body.refresh_token.as_deref(), &ctx)
+        .await?;
+    Ok(Json(RefreshResponse::new(
+        &tokens,
+        state.auth.access.ttl_secs(),
+    )))
 }
 
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
@@ -189,15 +109,13 @@ pub async fn logout(
     ctx: RequestContext,
     BearerToken(token): BearerToken,
     OptionalJsonBody(body): OptionalJsonBody<RefreshRequest>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<MessageBody>> {
     let refresh_token = body.and_then(|b| b.refresh_token);
     state
         .auth
         .logout(&token, refresh_token.as_deref(), &ctx)
         .await?;
-    Ok(Json(
-        json!({ "success": true, "message": "Logged out successfully" }),
-    ))
+    Ok(Json(MessageBody::ok("Logged out successfully")))
 }
 
 #[utoipa::path(post, path = "/api/auth/logout-all", tag = "auth", security(("bearer" = [])),
@@ -209,11 +127,13 @@ pub async fn logout_all(
     State(state): State<AppState>,
     ctx: RequestContext,
     AuthUser(auth): AuthUser,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<LogoutAllBody>> {
     let revoked = state.auth.logout_all(&auth, &ctx).await?;
-    Ok(Json(
-        json!({ "success": true, "message": "Logged out from all devices", "tokensRevoked": revoked }),
-    ))
+    Ok(Json(LogoutAllBody {
+        success: true,
+        message: "Logged out from all devices",
+        tokens_revoked: revoked,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/auth/token-info", tag = "auth", security(("bearer" = [])),
@@ -221,28 +141,30 @@ pub async fn logout_all(
         (status = 200, description = "What the caller's access token says", body = TokenInfo),
         BearerErrors, Unavailable,
     ))]
-pub async fn token_info(AuthUser(auth): AuthUser) -> impl IntoResponse {
+pub async fn token_info(AuthUser(auth): AuthUser) -> Json<TokenInfo> {
     let c = &auth.claims;
     let now = chrono::Utc::now().timestamp();
     let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).map(format_timestamp);
-    Json(json!({
-        "userId": c.sub,
-        "email": auth.user.email,
-        "userType": auth.user.user_type,
-        "sessionId": c.sid,
-        "issuedAt": at(c.iat),
-        "expiresAt": at(c.exp),
-        "timeToExpiry": (c.exp - now).max(0),
-    }))
+    Json(TokenInfo {
+        user_id: c.sub.clone(),
+        email: auth.user.email.clone(),
+        user_type: auth.user.user_type,
+        session_id: c.sid,
+        issued_at: at(c.iat),
+        expires_at: at(c.exp),
+        time_to_expiry: (c.exp - now).max(0),
+    })
 }
 
 /// Kept so old clients that fetch a CSRF token first do not break. Tokens travel in headers and
 /// bodies, never cookies, so no route checks it.
 #[utoipa::path(get, path = "/api/csrf-token", tag = "auth",
     responses((status = 200, description = "A random token, for old clients", body = CsrfToken)))]
-pub async fn csrf_token() -> impl IntoResponse {
+pub async fn csrf_token() -> Json<CsrfToken> {
     let bytes: [u8; 32] = crate::auth::os_random();
-    Json(json!({ "csrfToken": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes) }))
+    Json(CsrfToken {
+        csrf_token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    })
 }
 
 #[utoipa::path(post, path = "/api/auth/apple", tag = "auth",

@@ -13,12 +13,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
-use super::bodies::{
-    AdminErrors, BearerErrors, EventFilterParams, EventStats, EventsPage, ExportParams, PageParams,
-    StreamParams, Unavailable, WindowParams,
+use super::bodies::errors::{AdminErrors, BearerErrors, Unavailable};
+use super::bodies::events::{
+    EventFilterParams, EventStats, EventsPage, ExportParams, PageParams, StreamParams, WindowParams,
 };
 use super::extract::{AdminUser, AuthUser, BearerToken};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -115,14 +114,16 @@ async fn page(
     state: &AppState,
     filter: EventFilter,
     limit: Option<usize>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<EventsPage>> {
     let page = source(state)
         .page(&filter, limit.unwrap_or(100))
         .await
         .map_err(unavailable)?;
-    Ok(Json(
-        json!({ "success": true, "events": page.events, "nextCursor": page.next_cursor }),
-    ))
+    Ok(Json(EventsPage {
+        success: true,
+        events: page.events,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// The log's database is down: say so (503), do not pretend there are no events.
@@ -143,7 +144,7 @@ pub async fn list(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<EventQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<EventsPage>> {
     page(&state, q.filter()?, q.limit).await
 }
 
@@ -160,7 +161,7 @@ pub async fn timeline(
     AdminUser(_): AdminUser,
     Path(user_id): Path<String>,
     Query(q): Query<EventQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<EventsPage>> {
     let filter = EventFilter {
         user_id: short(&Some(user_id), "id")?,
         ..q.filter()?
@@ -180,7 +181,7 @@ pub async fn own(
     State(state): State<AppState>,
     AuthUser(auth): AuthUser,
     Query(q): Query<EventQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<EventsPage>> {
     let before = match &q.cursor {
         Some(c) => {
             Some(Cursor::decode(c).ok_or_else(|| bad("cursor", "is not a cursor from this API"))?)
@@ -207,14 +208,17 @@ pub async fn stats(
     State(state): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<EventQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<EventStats>> {
     let to = time(&q.to, "to")?.unwrap_or_else(Utc::now);
     let from = time(&q.from, "from")?.unwrap_or(to - chrono::Duration::hours(24));
     if from >= to {
         return Err(bad("from", "must be before to"));
     }
     let stats = source(&state).stats(from, to).await.map_err(unavailable)?;
-    Ok(Json(json!({ "success": true, "stats": stats })))
+    Ok(Json(EventStats {
+        success: true,
+        stats,
+    }))
 }
 
 /// `GET /api/admin/security/events/export?format=ndjson|csv`, streamed oldest first.

@@ -12,10 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use super::auth::AuthResponse;
-use super::bodies::{GisCallbackForm, GoogleSignInBody, JsonBodyErrors, RateLimited};
+use super::bodies::auth::AuthResponse;
+use super::bodies::errors::{JsonBodyErrors, RateLimited};
+use super::bodies::google::{GisCallbackForm, GoogleSignInBody};
 use super::extract::JsonBody;
-use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn, GoogleSignInRequest};
+use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
@@ -44,9 +45,11 @@ fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
 pub async fn sign_in(
     State(state): State<AppState>,
     ctx: RequestContext,
-    JsonBody(body): JsonBody<GoogleSignInRequest>,
+    JsonBody(body): JsonBody<GoogleSignInBody>,
 ) -> ApiResult<Json<AuthResponse>> {
-    let outcome = google(&state)?.sign_in(&state.auth, body, &ctx).await?;
+    let outcome = google(&state)?
+        .sign_in(&state.auth, body.credential.as_deref(), &ctx)
+        .await?;
     Ok(Json(AuthResponse::new(
         &outcome.success,
         state.auth.access.ttl_secs(),

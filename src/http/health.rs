@@ -6,10 +6,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use serde_json::json;
 
-use super::bodies::{Health, Liveness, Readiness};
+use super::bodies::health::{
+    CheckState, Configured, Health, HealthChecks, HealthStatus, Liveness, Readiness,
+    SecurityLogHealth, StorageType,
+};
 use crate::domain::format_timestamp;
 use crate::error::ErrorBody;
 use crate::state::AppState;
@@ -69,19 +70,19 @@ async fn probe_databases(state: &AppState, sink_down: bool) -> Answers {
 
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "Always 200; `status` says ok or degraded", body = Health)))]
-pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let log = &state.auth.events;
     let stats = log.stats();
     let sink_down = log.sink() == "postgresql" && !stats.sink_healthy.load(Ordering::Relaxed);
     let spool_failing = stats.spool_failing.load(Ordering::Relaxed);
     let found = probe_databases(&state, sink_down).await;
-    // `ok`, `error` or `not_configured` for the database the service depends on.
+    // The database the service depends on.
     let database = match found.store.or(found.log_db) {
-        Some(true) => "ok",
-        Some(false) => "error",
-        None => "not_configured",
+        Some(true) => CheckState::Ok,
+        Some(false) => CheckState::Error,
+        None => CheckState::NotConfigured,
     };
-    let redis = state.limits.health().await;
+    let redis = CheckState::of(state.limits.health().await);
     if found.log_db == Some(true) && sink_down {
         // The writer may be waiting out its back-off: it need not.
         log.database_recovered();
@@ -93,37 +94,45 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let spooled = stats.spool_backlog.load(Ordering::Relaxed).max(0);
     let log_trouble =
         !sink_up || spooled > 0 || stats.spool_over_cap.load(Ordering::Relaxed) || spool_failing;
-    let degraded = database == "error" || redis == "error" || log_trouble;
-    Json(json!({
-        "status": if degraded { "degraded" } else { "ok" },
-        "service": "auth-service",
-        "version": env!("CARGO_PKG_VERSION"),
-        "port": state.settings.port,
-        "uptime": state.started.elapsed().as_secs(),
-        "timestamp": format_timestamp(chrono::Utc::now()),
-        "pid": std::process::id(),
-        "checks": {
-            "database": database,
-            "storageType": state.auth.store.kind(),
-            "redis": redis,
-            "oauth": if state.settings.google_client_id.is_empty() { "not_configured" } else { "configured" },
-            "securityLog": {
-                "sink": log.sink(),
-                "healthy": !log_trouble,
-                "queued": log.queued(),
-                "spooled": spooled,
-                "dropped": stats.dropped.load(Ordering::Relaxed),
-                "lastFlushAt": stats.last_flush().map(format_timestamp),
-                "lastDropAt": stats.last_drop().map(format_timestamp),
-            }
-        }
-    }))
+    let degraded = database == CheckState::Error || redis == CheckState::Error || log_trouble;
+    Json(Health {
+        status: if degraded {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Ok
+        },
+        service: "auth-service",
+        version: env!("CARGO_PKG_VERSION"),
+        port: state.settings.port,
+        uptime: state.started.elapsed().as_secs(),
+        timestamp: format_timestamp(chrono::Utc::now()),
+        pid: std::process::id(),
+        checks: HealthChecks {
+            database,
+            storage_type: StorageType::of(state.auth.store.kind()),
+            redis,
+            oauth: if state.settings.google_client_id.is_empty() {
+                Configured::NotConfigured
+            } else {
+                Configured::Configured
+            },
+            security_log: SecurityLogHealth {
+                sink: StorageType::of(log.sink()),
+                healthy: !log_trouble,
+                queued: log.queued() as u64,
+                spooled: spooled.unsigned_abs(),
+                dropped: stats.dropped.load(Ordering::Relaxed),
+                last_flush_at: stats.last_flush().map(format_timestamp),
+                last_drop_at: stats.last_drop().map(format_timestamp),
+            },
+        },
+    })
 }
 
 #[utoipa::path(get, path = "/health/live", tag = "health",
     responses((status = 200, description = "The process runs", body = Liveness)))]
-pub async fn live() -> impl IntoResponse {
-    Json(json!({ "status": "alive" }))
+pub async fn live() -> Json<Liveness> {
+    Json(Liveness { status: "alive" })
 }
 
 /// 503 while logins cannot be served: the configured user store does not answer.
@@ -135,13 +144,13 @@ pub async fn live() -> impl IntoResponse {
     ))]
 pub async fn ready(
     State(state): State<AppState>,
-) -> Result<impl IntoResponse, crate::error::ApiError> {
+) -> Result<(StatusCode, Json<Readiness>), crate::error::ApiError> {
     if store_answers(&state).await {
         let log = &state.auth.events;
         if log_shares_store_database(&state) && !log.stats().sink_healthy.load(Ordering::Relaxed) {
             log.database_recovered();
         }
-        Ok((StatusCode::OK, Json(json!({ "status": "ready" }))))
+        Ok((StatusCode::OK, Json(Readiness { status: "ready" })))
     } else {
         // The Error shape, SERVICE_UNAVAILABLE with Retry-After, like every other 503.
         Err(crate::error::ApiError::Unavailable { retry_after: 5 })

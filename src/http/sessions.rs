@@ -2,11 +2,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::IntoResponse;
-use serde_json::json;
 use uuid::Uuid;
 
-use super::bodies::{BearerErrors, MessageBody, SessionList, Unavailable};
+use super::bodies::MessageBody;
+use super::bodies::errors::{BearerErrors, Unavailable};
+use super::bodies::sessions::{SessionList, SessionView};
 use super::extract::AuthUser;
 use crate::domain::format_timestamp;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -21,26 +21,27 @@ use crate::state::AppState;
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(auth): AuthUser,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<SessionList>> {
     let idle = state.auth.policy.idle_ttl;
     let sessions: Vec<_> = state
         .auth
         .sessions(&auth)
         .await?
         .into_iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "deviceName": s.device_name,
-                "ipAddress": s.ip_address,
-                "createdAt": format_timestamp(s.created_at),
-                "lastUsedAt": format_timestamp(s.last_used_at),
-                "expiresAt": format_timestamp(s.expires_at.min(s.last_used_at + idle)),
-                "isCurrent": s.id == auth.claims.sid,
-            })
+        .map(|s| SessionView {
+            id: s.id,
+            device_name: s.device_name,
+            ip_address: s.ip_address,
+            created_at: format_timestamp(s.created_at),
+            last_used_at: format_timestamp(s.last_used_at),
+            expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
+            is_current: s.id == auth.claims.sid,
         })
         .collect();
-    Ok(Json(json!({ "success": true, "sessions": sessions })))
+    Ok(Json(SessionList {
+        success: true,
+        sessions,
+    }))
 }
 
 #[utoipa::path(delete, path = "/api/auth/sessions/{id}", tag = "sessions", security(("bearer" = [])),
@@ -55,14 +56,12 @@ pub async fn revoke(
     ctx: RequestContext,
     AuthUser(auth): AuthUser,
     Path(id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<MessageBody>> {
     let not_found = || ApiError::NotFound {
         code: "SESSION_NOT_FOUND",
         message: "Session not found",
     };
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     state.auth.revoke_session(&auth, id, &ctx).await?;
-    Ok(Json(
-        json!({ "success": true, "message": "Session revoked successfully" }),
-    ))
+    Ok(Json(MessageBody::ok("Session revoked successfully")))
 }

@@ -18,7 +18,7 @@ use url::Url;
 pub use error::GoogleError;
 pub use id_token::{Rejection, VerifiedIdToken};
 pub use settings::setting_problems;
-pub use sign_in::{CallbackParams, Flow, GoogleOutcome, GoogleSignInRequest, Started};
+pub use sign_in::{CallbackParams, Flow, GoogleOutcome, Started};
 
 use code_flow::CodeFlow;
 use id_token::ClaimPolicy;

@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -57,12 +56,6 @@ impl Flow {
     }
 }
 
-/// `POST /api/auth/google` body.
-#[derive(Debug, Deserialize)]
-pub struct GoogleSignInRequest {
-    pub credential: Option<String>,
-}
-
 /// The query of `GET /api/auth/google/callback`, and the browser's binding cookie.
 #[derive(Debug, Default)]
 pub struct CallbackParams {
@@ -97,22 +90,15 @@ impl GoogleSignIn {
     pub async fn sign_in(
         &self,
         auth: &AuthService,
-        request: GoogleSignInRequest,
+        credential: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<GoogleOutcome, GoogleError> {
         let result = async {
             auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
                 .await?;
-            let credential = request
-                .credential
-                .as_deref()
-                .filter(|c| !c.trim().is_empty())
-                .ok_or_else(|| {
-                    AuthError::Validation(ValidationError::new(
-                        "credential",
-                        "credential is required",
-                    ))
-                })?;
+            let credential = credential.filter(|c| !c.trim().is_empty()).ok_or_else(|| {
+                AuthError::Validation(ValidationError::new("credential", "credential is required"))
+            })?;
             let token = self.verify(credential.trim(), None).await?;
             self.complete(auth, credential.trim(), token, Flow::IdToken, ctx)
                 .await

@@ -1,0 +1,60 @@
+//! The error of the service layer: what a flow refuses or fails with. `crate::error::ApiError`
+//! maps each to its status and body.
+
+use super::passwords::HashError;
+use super::tokens::TokenError;
+use crate::domain::ValidationError;
+use crate::limits::Exceeded;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0:?}")]
+    Validation(ValidationError),
+    #[error("email already registered")]
+    EmailExists,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("access token rejected: {0}")]
+    AccessToken(TokenError),
+    #[error("refresh token rejected")]
+    RefreshInvalid { expired: bool },
+    #[error("refresh token reused")]
+    RefreshReused,
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("rate limited")]
+    RateLimited(Exceeded),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Sync durability: the request's own event could not be kept, so it must not succeed.
+    #[error(transparent)]
+    EventNotKept(#[from] crate::security_log::NotKept),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::Conflict(what) => {
+                Self::Internal(anyhow::anyhow!("unexpected conflict on {what}"))
+            }
+            StoreError::NotFound => Self::Internal(anyhow::anyhow!("record vanished")),
+            StoreError::Other(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<HashError> for AuthError {
+    fn from(e: HashError) -> Self {
+        Self::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl From<ValidationError> for AuthError {
+    fn from(e: ValidationError) -> Self {
+        Self::Validation(e)
+    }
+}

@@ -1,0 +1,134 @@
+//! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
+//! caller's sessions, and the session every sign-in starts. Each flow validates its input, talks
+//! to the store, issues tokens and records exactly the security events API.md lists. Inputs are
+//! plain values (the strings as sent, checked here), never HTTP types.
+
+mod bearer;
+mod login;
+mod logout;
+mod refresh;
+mod session_start;
+mod sessions;
+mod signup;
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::AuthError;
+use super::breached::BreachedPasswords;
+use super::passwords::PasswordHasher;
+use super::refresh::RefreshTokens;
+use super::revocation::RevocationList;
+use super::tokens::{AccessTokens, IssuedAccessToken};
+use crate::clock::Clock;
+use crate::config::{FingerprintPolicy, Settings};
+use crate::domain::{UserRecord, ValidationError};
+use crate::limits::{Exceeded, Limit, Limits};
+use crate::security_log::event::RequestContext;
+use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
+use crate::store::Store;
+
+pub use bearer::{Authenticated, RefusedToken};
+pub use login::Credentials;
+pub use signup::NewAccount;
+
+/// A freshly issued access + refresh token pair.
+pub struct IssuedTokens {
+    pub access: IssuedAccessToken,
+    pub refresh_token: String,
+    pub session_id: Uuid,
+}
+
+pub struct AuthSuccess {
+    pub user: UserRecord,
+    pub tokens: IssuedTokens,
+}
+
+pub struct SessionPolicy {
+    pub idle_ttl: chrono::Duration,
+    pub absolute_ttl: chrono::Duration,
+    pub grace: chrono::Duration,
+    pub max_sessions: usize,
+    pub fingerprint: FingerprintPolicy,
+    pub password_min_length: usize,
+}
+
+impl SessionPolicy {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            idle_ttl: chrono::Duration::seconds(s.refresh_idle_ttl_secs as i64),
+            absolute_ttl: chrono::Duration::seconds(s.refresh_absolute_ttl_secs as i64),
+            grace: chrono::Duration::seconds(s.refresh_reuse_grace_secs as i64),
+            max_sessions: s.max_sessions_per_user as usize,
+            fingerprint: s.fingerprint_policy,
+            password_min_length: s.password_min_length,
+        }
+    }
+}
+
+pub struct AuthService {
+    pub store: Arc<dyn Store>,
+    pub limits: Arc<Limits>,
+    pub clock: Clock,
+    pub hasher: PasswordHasher,
+    pub access: AccessTokens,
+    pub refresh: RefreshTokens,
+    pub revocations: Arc<dyn RevocationList>,
+    pub events: SecurityLogger,
+    pub policy: SessionPolicy,
+    /// The breached-password list new passwords are checked against; loaded once.
+    pub breached: BreachedPasswords,
+}
+
+/// A field that must be present and not blank.
+fn required<'a>(
+    value: Option<&'a str>,
+    field: &'static str,
+    label: &str,
+) -> Result<&'a str, ValidationError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ValidationError::new(field, format!("{label} is required"))),
+    }
+}
+
+impl AuthService {
+    /// An event incidental to the request: its answer stands whatever becomes of the event.
+    async fn record(&self, event: SecurityEvent) {
+        self.events.record(event).await;
+    }
+
+    /// The event that says what the request did: in sync mode the request fails (503) when it is
+    /// not kept. See "Security events" in README for which events are which.
+    pub(crate) async fn record_outcome(&self, event: SecurityEvent) -> Result<(), AuthError> {
+        Ok(self.events.record_outcome(event).await?)
+    }
+
+    /// Counts one request against `limit`; over it, records `rate_limit_exceeded` and refuses.
+    pub(crate) async fn enforce(
+        &self,
+        limit: Limit,
+        subject: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
+        match self.limits.check(limit, subject).await {
+            Ok(()) => Ok(()),
+            Err(exceeded) => Err(self.limited(exceeded, ctx, limit.name()).await),
+        }
+    }
+
+    async fn limited(&self, exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> AuthError {
+        self.record(rate_limited_event(exceeded, ctx, reason)).await;
+        AuthError::RateLimited(exceeded)
+    }
+}
+
+/// The event of a 429.
+fn rate_limited_event(exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> SecurityEvent {
+    SecurityEvent::from_request(EventType::RateLimitExceeded, ctx)
+        .reason(reason)
+        .with("limit", exceeded.max)
+        .with("windowSecs", exceeded.window_secs)
+        .with("retryAfter", exceeded.retry_after_secs)
+}
