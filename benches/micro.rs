@@ -11,8 +11,8 @@
 //!
 //! - `request_log_line`: the request span and the one JSON line each request logs (what
 //!   `request_context` does), into `io::sink`, with the service's formatter (`telemetry`) and,
-//!   as the baseline in the same run, with tracing-subscriber's JSON formatter configured as the
-//!   service had it before session 8.
+//!   as the baseline in the same run, with tracing-subscriber's JSON formatter flattened, with
+//!   the current span.
 //!
 //! `record()`, the spool and the Postgres insert are in `benches/security_log.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -210,7 +210,7 @@ fn request_log_line(c: &mut Criterion) {
     tracing::subscriber::with_default(ours, || {
         group.bench_function("JsonLine", |b| b.iter(log_one_request));
     });
-    let before = tracing_subscriber::fmt()
+    let stock = tracing_subscriber::fmt()
         .with_env_filter(flux_auth::telemetry::DEFAULT_FILTER)
         .with_target(true)
         .json()
@@ -219,7 +219,7 @@ fn request_log_line(c: &mut Criterion) {
         .with_span_list(false)
         .with_writer(std::io::sink)
         .finish();
-    tracing::subscriber::with_default(before, || {
+    tracing::subscriber::with_default(stock, || {
         group.bench_function("tracing_subscriber_json", |b| b.iter(log_one_request));
     });
     group.finish();

@@ -20,7 +20,8 @@ use crate::store::postgres::{Database, PgStore};
 use crate::store::{ImportOutcome, Store, StoreError, json_file};
 use crate::telemetry::LogDrops;
 
-/// Exit codes, documented in README: scripts and supervisors can tell a bad config from a crash.
+/// Exit codes, documented in docs/OPERATIONS.md: scripts and supervisors can tell a bad config
+/// from a crash.
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;

@@ -1,4 +1,4 @@
-//! `ApiError`: the one mapping from a failure to a status code and the Error JSON of API.md.
+//! `ApiError`: the one mapping from a failure to a status code and the Error JSON of docs/API.md.
 //!
 //! Handlers and extractors return `ApiError`; the service layer returns `AuthError`, which converts
 //! here. Internal causes are logged by the error-envelope middleware (inside the request span,
@@ -66,7 +66,7 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// The Error JSON of API.md. `requestId` is filled in by the error-envelope middleware.
+/// The Error JSON of docs/API.md. `requestId` is filled in by the error-envelope middleware.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(title = "Error")]

@@ -1,5 +1,5 @@
--- A password login's writes as flux-auth made them before session 10: last_login on its own
--- (autocommit), then the session, its first token and the session-cap eviction in a
+-- A password login's writes made the simple way, the baseline for sign_in_after.sql:
+-- last_login on its own (autocommit), then the session, its first token and the session-cap eviction in a
 -- transaction. Six round trips and two commits.
 \set uid random(1, 1000)
 \set sid random(1, 1000000000000)

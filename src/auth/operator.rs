@@ -1,7 +1,7 @@
 //! What an operator does to an account from the command line: `flux-auth users revoke-password`
 //! takes the password away from an account that a provider identity signs in to, and ends
 //! everything that password opened. The remedy for an address someone else registered before its
-//! owner entered the account through the provider (see README, "Google sign-in").
+//! owner entered the account through the provider (see docs/SECURITY.md, group E).
 
 use chrono::Utc;
 

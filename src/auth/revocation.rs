@@ -170,7 +170,7 @@ impl RevocationList for InProcessRevocations {
 /// subscription to it (and has read what Redis held when it subscribed), the in-process list is a
 /// complete copy and checks are answered from memory, without a round trip per request. Another
 /// instance's revocation then takes effect here as soon as its message arrives (the time of one
-/// pub/sub delivery, far inside the access-token lifetime SECURITY.md D1 allows). Without the
+/// pub/sub delivery, far inside the access-token lifetime docs/SECURITY.md D1 allows). Without the
 /// subscription, every check asks Redis.
 pub struct SharedRevocations {
     local: InProcessRevocations,

@@ -271,7 +271,7 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
 fn security_headers(h: &mut axum::http::HeaderMap, hsts: bool) {
     // Room for these and the request id at once, instead of regrowing the map on the way.
     h.reserve(10);
-    // axum's `Json` says `application/json`; API.md (and J1) promise the charset too.
+    // axum's `Json` says `application/json`; docs/API.md (and J1) promise the charset too.
     if h.get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"))
     {

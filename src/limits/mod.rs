@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::config::{Settings, Switch};
 use crate::redis_link::RedisLink;
 
-/// One limit of API.md: how many requests per window, for which subject.
+/// One limit of docs/API.md: how many requests per window, for which subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     LoginPerIp,

@@ -1,4 +1,4 @@
-//! Security events: the types of API.md's table, their severities, and builders that fill in the
+//! Security events: the types of docs/API.md's table, their severities, and builders that fill in the
 //! request's context. User-controlled strings are escaped and capped here, once, so every sink
 //! (Postgres, spool, log mirror) gets the same safe text.
 
@@ -104,7 +104,7 @@ impl EventType {
         Self::ALL.into_iter().find(|t| t.as_str() == raw)
     }
 
-    /// The severity API.md assigns to this type.
+    /// The severity docs/API.md assigns to this type.
     pub fn severity(self) -> Severity {
         match self {
             Self::SignupSuccess

@@ -5,7 +5,7 @@
 //! Why not tracing-subscriber's own: it collects each event's fields into a map of
 //! `serde_json::Value`s before writing them, and stores a span's fields as JSON text that it
 //! parses back into values for every line logged inside the span. With one line per request
-//! that was about a tenth of the CPU of a `GET /api/auth/me` (BENCHMARKS.md, session 8). Here a
+//! that was about a tenth of the CPU of a `GET /api/auth/me` (BENCHMARKS.md, "Log lines"). Here a
 //! span's fields are kept as a ready-made JSON fragment (`"request_id":"…"`) and spliced in.
 
 use std::fmt::{self, Write};

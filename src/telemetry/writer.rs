@@ -9,7 +9,7 @@
 //!
 //! Why not `tracing-appender`'s non-blocking writer: it hands each line over as its own allocation
 //! through a channel, and its thread wakes for every line it finds waiting, then writes. Measured
-//! under `/me` load (BENCHMARKS.md, session 13), that cost the server ~40% more CPU per request
+//! under `/me` load (BENCHMARKS.md, "Log lines"), that cost the server ~40% more CPU per request
 //! than writing each line on the worker. Here the thread is woken once per batch, lets lines
 //! gather for [`LINGER`], and writes them in one `write`: a flood costs a few hundred wake-ups and
 //! writes a second, not one per line.

@@ -1,6 +1,6 @@
 //! Google sign-in, and through `OIDC_ISSUER_URL` any OpenID provider in Google's place: ID-token
 //! verification against the provider's keys, the authorization-code flow, and the accounts the
-//! identities sign in as (`sign_in`). See API.md "Google" and SECURITY.md group E.
+//! identities sign in as (`sign_in`). See docs/API.md "Google" and docs/SECURITY.md group E.
 
 mod code_flow;
 pub mod error;

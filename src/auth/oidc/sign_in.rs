@@ -2,7 +2,7 @@
 //! GIS redirect mode) and what they share: the account the identity signs in as, the linking
 //! rules, the events, and the session.
 //!
-//! Linking (SECURITY.md E5/E6): an identity is found by (`iss`, `sub`) only. An unknown identity
+//! Linking (docs/SECURITY.md E5/E6): an identity is found by (`iss`, `sub`) only. An unknown identity
 //! whose email no account has gets a new account. One whose email an account has is linked to it
 //! only when that account's email is verified (otherwise 409 `AUTH_ACCOUNT_EXISTS_UNVERIFIED`,
 //! and the account is left untouched: a pre-registered address is never a way in), the provider

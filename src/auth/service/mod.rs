@@ -1,6 +1,6 @@
 //! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
 //! caller's sessions, and the session every sign-in starts. Each flow validates its input, talks
-//! to the store, issues tokens and records exactly the security events API.md lists. Inputs are
+//! to the store, issues tokens and records exactly the security events docs/API.md lists. Inputs are
 //! plain values (the strings as sent, checked here), never HTTP types.
 
 mod bearer;
@@ -100,7 +100,7 @@ impl AuthService {
     }
 
     /// The event that says what the request did: in sync mode the request fails (503) when it is
-    /// not kept. See "Security events" in README for which events are which.
+    /// not kept. See docs/API.md, "Security events", for which events are which.
     pub(crate) async fn record_outcome(&self, event: SecurityEvent) -> Result<(), AuthError> {
         Ok(self.events.record_outcome(event).await?)
     }

@@ -62,7 +62,7 @@ impl LoginRequest {
     }
 }
 
-/// AuthResponse of API.md: `token` is the legacy alias of `accessToken`.
+/// AuthResponse of docs/API.md: `token` is the legacy alias of `accessToken`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthResponse {
