@@ -18,12 +18,13 @@ use crate::auth::service::{AuthService, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
+use crate::db::Database;
 use crate::limits::{Limits, RedisLink};
 use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, StateCollector};
 use crate::security_log::spool::Spool;
 use crate::security_log::{self, EventType, Pipeline, SecurityEvent};
 use crate::server::{self, ConnectionLimits};
-use crate::store::{self, postgres::Database};
+use crate::store;
 use crate::telemetry::LogDrops;
 
 /// The state every handler and middleware gets. One `Arc`, so the per-request clones axum makes

@@ -19,9 +19,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::db::Database;
+use crate::db::circuit::ProbeOutcome;
 use crate::security_log::{EventType, PipelineStats, SecurityEvent, SecurityLogger};
-use crate::store::postgres::Database;
-use crate::store::postgres::circuit::ProbeOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {

@@ -291,7 +291,7 @@ pub trait Store: Send + Sync + 'static {
     /// `postgresql` or `file`, as `/health` reports it.
     fn kind(&self) -> &'static str;
     /// The database behind this store, if any (for pool metrics).
-    fn database(&self) -> Option<postgres::Database> {
+    fn database(&self) -> Option<crate::db::Database> {
         None
     }
     /// The in-memory copy of recently read users, if this backend keeps one apart from its data

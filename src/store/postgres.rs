@@ -1,38 +1,27 @@
-//! The Postgres store (sqlx, runtime-checked queries, so building never needs a database).
+//! The Postgres store (sqlx, runtime-checked queries, so building never needs a database), on
+//! the database handle of [`crate::db`].
 //!
-//! The pool connects lazily: if the database is down at start the service still starts, answers
-//! `Unavailable` (503) on routes that need it, and a background task keeps trying to connect and
-//! migrate; once that succeeds the store is ready and stays so, reconnecting as the pool does.
+//! The store answers `Unavailable` (503) on routes that need the database until it is reachable
+//! and migrated, and at once while its circuit is open (the database is known to be unreachable).
 //!
-//! Every query takes its connection through [`Database::acquire`], which times the wait for the
-//! pool (sqlx does not report it) into `db_pool_acquire_wait_seconds{pool}`.
+//! The store's pool does not ping every connection before handing it out (see
+//! [`crate::db::ConnectionChecks::WhenSuspect`]). A connection broken while idle (Postgres restarted, the
+//! network cut) then fails its first query; reads are retried once on another connection
+//! ([`read_retrying!`]), and the failure makes every older connection suspect, so it is tested
+//! before its next use.
 //!
-//! The store's pool does not ping every connection before handing it out (sqlx's default costs a
-//! round trip per acquire): see [`ConnectionChecks::WhenSuspect`]. A connection broken while idle
-//! (Postgres restarted, the network cut) then fails its first query; reads are retried once on
-//! another connection ([`read_retrying!`]), and the failure makes every older connection suspect,
-//! so it is tested before its next use.
-//!
-//! The store's pool also has a circuit ([`circuit::Circuit`]): while a probe finds the database
-//! unreachable, store calls answer `Unavailable` at once instead of each waiting out the pool's
-//! acquire timeout. Each of its connections is given `statement_timeout`
-//! (`DATABASE_STATEMENT_TIMEOUT_MS`, below the request timeout) and, on Postgres 14 and later,
-//! `client_connection_check_interval` by a `SET` when it opens; a write that must not outlive its
-//! request runs on a [`Held`] connection, closed rather than returned to the pool when the request
-//! gives up midway, so Postgres ends and rolls back the statement still running on it.
+//! A write that must not outlive its request runs on a [`Held`] connection, closed rather than
+//! returned to the pool when the request gives up midway, so Postgres ends and rolls back the
+//! statement still running on it.
 
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use prometheus_client::metrics::counter::Counter;
-use secrecy::ExposeSecret;
-use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres};
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::{
@@ -40,10 +29,9 @@ use super::{
     RotationDecision, SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
 };
 use crate::config::Settings;
+use crate::db::{Database, RequestPool, is_connection_error};
 use crate::domain::{Email, UserRecord, UserType};
 use crate::metrics::PoolMetrics;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Runs a read on a connection of the store's pool: `$conn` is bound to a fresh
 /// [`PgStore::conn`] and `$read` (a future of `Result<_, sqlx::Error>` using `&mut *$conn`) runs
@@ -91,447 +79,11 @@ macro_rules! begin_retrying {
     }};
 }
 
-pub mod circuit;
 mod email_keys;
 mod identities;
 pub mod user_cache;
 
-use circuit::Circuit;
-
 use user_cache::UserCache;
-
-/// When the pool tests a connection (a ping, one round trip) before handing it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionChecks {
-    /// Before every acquire (sqlx's default). For pools off the request path.
-    EveryAcquire,
-    /// Only a connection that may be broken: one opened before the last connection-level failure
-    /// the pool's users reported ([`Database::note_failure`]), or one idle for
-    /// [`IDLE_CHECK_AFTER`] or longer. Its users retry reads once on such a failure.
-    WhenSuspect,
-}
-
-/// A connection idle this long is tested before use even when no failure was reported: after a
-/// quiet spell nothing else may have noticed that the database restarted. Under load connections
-/// are reused within milliseconds and never tested.
-pub const IDLE_CHECK_AFTER: Duration = Duration::from_secs(2);
-
-/// When the pool's users last saw a connection fail (for [`ConnectionChecks::WhenSuspect`]).
-struct ConnectionHealth {
-    origin: Instant,
-    /// Nanoseconds from `origin` to the last reported failure, plus one; 0: none yet.
-    last_failure: AtomicU64,
-}
-
-impl ConnectionHealth {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_failure: AtomicU64::new(0),
-        }
-    }
-
-    fn nanos_since_origin(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn note_failure(&self) {
-        let at = self.nanos_since_origin().saturating_add(1);
-        self.last_failure.fetch_max(at, Ordering::Relaxed);
-    }
-
-    /// Whether an idle connection must be tested before it is handed out.
-    fn suspect(&self, meta: &PoolConnectionMetadata) -> bool {
-        if meta.idle_for >= IDLE_CHECK_AFTER {
-            return true;
-        }
-        let last_failure = self.last_failure.load(Ordering::Relaxed);
-        if last_failure == 0 {
-            return false;
-        }
-        let age = u64::try_from(meta.age.as_nanos()).unwrap_or(u64::MAX);
-        let opened = self.nanos_since_origin().saturating_sub(age);
-        opened < last_failure
-    }
-}
-
-/// A connection-level failure: the connection (or the server behind it) is gone, as opposed to
-/// an error of the statement. The pool's own errors (timeout, closed) are not: they say nothing
-/// about the connections it holds.
-pub fn is_connection_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        // 57P01-57P05: the server shut the session (shutdown, crash, dropped database, idle
-        // timeout); 08xxx: connection exceptions.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
-        _ => false,
-    }
-}
-
-/// Which tables a database gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    /// Every migration: users, sessions, identities, security events.
-    Full,
-    /// Only `security_events`.
-    SecurityEventsOnly,
-}
-
-/// A pool that connects on first use, a flag that turns true once migrations have run, and the
-/// metrics its acquires are timed into.
-#[derive(Clone)]
-pub struct Database {
-    /// For levels (size, idle) and tools. Queries go through [`Database::acquire`] instead, so
-    /// their wait is measured.
-    pub pool: PgPool,
-    ready: Arc<AtomicBool>,
-    metrics: PoolMetrics,
-    health: Arc<ConnectionHealth>,
-    /// The user store's pool only: see [`circuit`].
-    circuit: Option<Arc<Circuit>>,
-}
-
-/// How often Postgres (14 and later) checks, while running a statement, that the client is still
-/// connected: a request that gives up closes its connection (see [`Held`]), and its statement
-/// is then ended and rolled back within this long instead of running on to commit.
-const CLIENT_CHECK_INTERVAL: &str = "250ms";
-
-/// What the user store's pool adds to [`Database::connect_lazy_checked`].
-pub struct RequestPool {
-    /// `statement_timeout` of every connection.
-    pub statement_timeout: Duration,
-}
-
-impl Database {
-    /// A pool whose acquire wait nobody scrapes (CLI commands, tools); the service uses
-    /// [`Database::connect_lazy_observed`].
-    pub fn connect_lazy(
-        url: &secrecy::SecretString,
-        max_connections: u32,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        Self::connect_lazy_observed(url, max_connections, timeout, PoolMetrics::unregistered())
-    }
-
-    /// A pool that observes every acquire into `metrics` (from [`crate::metrics::Metrics::pool`])
-    /// and tests every connection before handing it out.
-    pub fn connect_lazy_observed(
-        url: &secrecy::SecretString,
-        max_connections: u32,
-        timeout: Duration,
-        metrics: PoolMetrics,
-    ) -> anyhow::Result<Self> {
-        Self::connect_lazy_checked(
-            url,
-            max_connections,
-            timeout,
-            metrics,
-            ConnectionChecks::EveryAcquire,
-        )
-    }
-
-    /// [`Database::connect_lazy_observed`] with the given connection tests. With
-    /// [`ConnectionChecks::WhenSuspect`] the users must report failures
-    /// ([`Database::note_failure`]) and retry what is safe to retry.
-    pub fn connect_lazy_checked(
-        url: &secrecy::SecretString,
-        max_connections: u32,
-        timeout: Duration,
-        metrics: PoolMetrics,
-        checks: ConnectionChecks,
-    ) -> anyhow::Result<Self> {
-        Self::connect_lazy_with(url, max_connections, timeout, metrics, checks, None)
-    }
-
-    /// The pool that serves requests (the user store's): [`ConnectionChecks::WhenSuspect`], a
-    /// statement timeout on every connection, and a [`Circuit`].
-    pub fn connect_lazy_for_requests(
-        url: &secrecy::SecretString,
-        max_connections: u32,
-        timeout: Duration,
-        metrics: PoolMetrics,
-        requests: RequestPool,
-    ) -> anyhow::Result<Self> {
-        Self::connect_lazy_with(
-            url,
-            max_connections,
-            timeout,
-            metrics,
-            ConnectionChecks::WhenSuspect,
-            Some(requests),
-        )
-    }
-
-    fn connect_lazy_with(
-        url: &secrecy::SecretString,
-        max_connections: u32,
-        timeout: Duration,
-        metrics: PoolMetrics,
-        checks: ConnectionChecks,
-        requests: Option<RequestPool>,
-    ) -> anyhow::Result<Self> {
-        // Only startup parameters a pooler tracks (PgBouncer refuses any other, `options` and
-        // `extra_float_digits` among them): settings are made with `SET` once connected. The
-        // service reads no float as text, so the server's default float format is fine.
-        let options = PgConnectOptions::from_str(url.expose_secret())
-            .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid postgres:// URL"))?
-            .application_name("flux-auth")
-            .extra_float_digits(None);
-        let health = Arc::new(ConnectionHealth::new());
-        let mut pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(0)
-            .acquire_timeout(timeout);
-        if checks == ConnectionChecks::WhenSuspect {
-            let health = health.clone();
-            pool = pool
-                .test_before_acquire(false)
-                .before_acquire(move |conn, meta| {
-                    let suspect = health.suspect(&meta).then(|| health.clone());
-                    Box::pin(async move {
-                        if let Some(health) = suspect {
-                            // An error makes sqlx close this connection and try the next one (or
-                            // open a new one), within the acquire timeout.
-                            if let Err(e) = conn.ping().await {
-                                health.note_failure();
-                                return Err(e);
-                            }
-                        }
-                        Ok(true)
-                    })
-                });
-        }
-        if let Some(requests) = &requests {
-            let statement_timeout_ms = requests.statement_timeout.as_millis();
-            pool = pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // One round trip for both. Postgres before 14 does not know the check
-                    // interval: there the statement timeout alone bounds a statement whose
-                    // request gave up.
-                    let mut set = format!("SET statement_timeout = '{statement_timeout_ms}ms'");
-                    if conn.server_version_num().is_some_and(|v| v >= 140_000) {
-                        set.push_str(&format!(
-                            "; SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
-                        ));
-                    }
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool.connect_lazy_with(options);
-        let circuit = requests.map(|_| {
-            let health = health.clone();
-            Arc::new(Circuit::new(
-                pool.clone(),
-                Box::new(move || health.note_failure()),
-            ))
-        });
-        Ok(Self {
-            pool,
-            ready: Arc::new(AtomicBool::new(false)),
-            metrics,
-            health,
-            circuit,
-        })
-    }
-
-    /// The circuit of the pool that serves requests; `None` for other pools.
-    pub fn circuit(&self) -> Option<&Arc<Circuit>> {
-        self.circuit.as_ref()
-    }
-
-    /// `true` while the database is reachable as far as the store knows (its circuit is closed),
-    /// changing as soon as the store's probe finds it gone or back: for tasks that wait for the
-    /// database to return. `None` for pools without a circuit.
-    pub fn reachable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
-        self.circuit.as_ref().map(|c| c.reachable())
-    }
-
-    /// Whether the circuit is open: the database is known to be unreachable.
-    pub fn is_unreachable(&self) -> bool {
-        self.circuit.as_ref().is_some_and(|c| c.is_open())
-    }
-
-    /// Whether a store call must be answered `Unavailable` at once because the circuit is open;
-    /// counted as such (`db_users_failed_fast_total`).
-    fn fails_fast(&self) -> bool {
-        self.circuit.as_ref().is_some_and(|c| c.fails_fast())
-    }
-
-    /// Ends the circuit's probe, if one runs, and starts none after (shutdown).
-    pub fn stop_probing(&self) {
-        if let Some(circuit) = &self.circuit {
-            circuit.stop();
-        }
-    }
-
-    /// Reports a failed query: after a connection-level failure every connection opened before
-    /// it is tested before its next use (with [`ConnectionChecks::WhenSuspect`]).
-    pub fn note_failure(&self, e: &sqlx::Error) {
-        if is_connection_error(e) {
-            self.health.note_failure();
-            if let Some(circuit) = &self.circuit {
-                circuit.suspect();
-            }
-        }
-    }
-
-    /// A connection from the pool, timing the wait: seconds into `db_pool_acquire_wait_seconds`
-    /// when one is handed over (idle, or newly opened), a count in `db_pool_acquire_errors` when
-    /// none is (pool timeout, pool closed, connect failed, or the wait abandoned by its caller).
-    /// The error is sqlx's, for [`map_err`].
-    ///
-    /// With a circuit: an acquire that waits longer than [`circuit::SUSPECT_AFTER`] or fails
-    /// starts the probe, and one still waiting when the circuit opens gives up at once
-    /// (`PoolTimedOut`).
-    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        let started = Instant::now();
-        let attempt = Attempt(Some(&self.metrics.errors));
-        let conn = match &self.circuit {
-            None => self.pool.acquire().await?,
-            Some(circuit) => {
-                let acquire = self.pool.acquire();
-                let opened = circuit.opened();
-                let suspect_after = tokio::time::sleep(circuit::SUSPECT_AFTER);
-                tokio::pin!(acquire, opened, suspect_after);
-                let mut suspected = false;
-                let acquired = loop {
-                    tokio::select! {
-                        biased;
-                        acquired = &mut acquire => break acquired,
-                        () = &mut opened => break Err(sqlx::Error::PoolTimedOut),
-                        () = &mut suspect_after, if !suspected => {
-                            suspected = true;
-                            circuit.suspect();
-                        }
-                    }
-                };
-                if acquired.is_err() {
-                    circuit.suspect();
-                }
-                acquired?
-            }
-        };
-        attempt.succeeded();
-        self.metrics
-            .wait_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(conn)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Runs the embedded migrations once, then fills the email keys they cannot (migration 006;
-    /// an account that cannot be keyed is logged, never a failure), marking the database ready on
-    /// success.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        let mut conn = self.acquire().await?;
-        // A migration, or the keys' backfill, may take longer than a request's statement (an
-        // index on a big table), so the timeout is off on this connection, which is then closed
-        // rather than returned to the pool: no request ever runs on it without its timeout, and
-        // nothing has to be undone after a failure.
-        conn.close_on_drop();
-        sqlx::raw_sql("SET statement_timeout = 0")
-            .execute(&mut *conn)
-            .await?;
-        run_migrations(&mut conn).await?;
-        email_keys::backfill(&mut conn).await?;
-        // Only a report: the store works whether or not it can be made.
-        let collisions = email_keys::collisions(&mut conn).await;
-        drop(conn);
-        match collisions {
-            Ok(collisions) => super::warn_of_collisions(&collisions),
-            Err(e) => tracing::warn!(error = %e,
-                "could not list the accounts that cannot sign in by email \
-                 (flux-auth users email-collisions lists them)"),
-        }
-        self.ready.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Marks the database ready without migrating (`RUN_MIGRATIONS=false`).
-    pub fn assume_migrated(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    /// Creates only `security_events` (migration 004, idempotent), marking the database ready.
-    /// A database that holds nothing but the security log (users in JSON files — the old
-    /// production setup, whose database may still have the old service's own `users` table) must
-    /// not get this service's user tables and indexes.
-    pub async fn ensure_security_events(&self) -> anyhow::Result<()> {
-        let mut conn = self.acquire().await?;
-        sqlx::raw_sql(include_str!(
-            "../../migrations/004_create_security_events.sql"
-        ))
-        .execute(&mut *conn)
-        .await?;
-        self.ready.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Keeps trying to migrate with capped backoff until it works; the service runs meanwhile.
-    pub fn migrate_in_background(&self, what: &'static str, schema: Schema) {
-        let db = self.clone();
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(250);
-            loop {
-                let result = match schema {
-                    Schema::Full => db.migrate().await,
-                    Schema::SecurityEventsOnly => db.ensure_security_events().await,
-                };
-                match result {
-                    Ok(()) => {
-                        tracing::info!(database = what, "database ready, migrations applied");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(database = what, error = %e, retry_in_ms = wait.as_millis() as u64,
-                            "database not reachable yet; serving degraded and retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(15));
-                    }
-                }
-            }
-        });
-    }
-
-    pub async fn ping(&self) -> StoreResult<()> {
-        let mut conn = self.acquire().await.map_err(map_err)?;
-        sqlx::query("SELECT 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
-}
-
-/// Counts an acquire as failed unless it succeeded, so a wait dropped midway (the security-log
-/// writer's 2 s batch timeout is shorter than the pool's, a client hanging up) is not lost.
-struct Attempt<'a>(Option<&'a Counter>);
-
-impl Attempt<'_> {
-    fn succeeded(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if let Some(errors) = self.0 {
-            errors.inc();
-        }
-    }
-}
 
 /// The connection of a write whose request may give up while a statement runs on it (the
 /// request timeout, or a client that leaves: either drops the request's future). Returned to the
@@ -539,7 +91,7 @@ impl Drop for Attempt<'_> {
 /// statement would commit after its request was answered 408: a refresh token rotated for a
 /// client that never got the successor, whose retry then looks like a stolen token's reuse.
 /// Dropped before [`Held::release`], it is closed instead, and Postgres ends the statement and
-/// rolls it back when it sees the client gone ([`CLIENT_CHECK_INTERVAL`]); on Postgres before 14,
+/// rolls it back when it sees the client gone ([`crate::db::CLIENT_CHECK_INTERVAL`]); on Postgres before 14,
 /// when `statement_timeout` cancels it.
 #[derive(Default)]
 struct Held(Option<PoolConnection<Postgres>>);
@@ -572,13 +124,33 @@ impl Drop for Held {
     }
 }
 
-/// `MIGRATOR.run` on a connection already acquired (and timed). `run` itself takes an `Acquire`,
-/// and a future awaiting it on `&mut PgConnection` cannot be spawned ("implementation of
-/// `Acquire` is not general enough", a known sqlx limitation); `run_direct` is sqlx's own way
-/// around it (what `run` calls after acquiring). Hidden from sqlx's docs, so an sqlx upgrade may
-/// need this adjusted: it would fail to compile, not misbehave.
-async fn run_migrations(conn: &mut PgConnection) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run_direct(None, conn, false).await
+/// Runs the embedded migrations once, then fills the email keys they cannot (migration 006;
+/// an account that cannot be keyed is logged, never a failure), marking the database ready on
+/// success.
+pub async fn migrate(db: &Database) -> anyhow::Result<()> {
+    let mut conn = db.migration_connection().await?;
+    crate::db::migrations::run_migrations(&mut conn).await?;
+    email_keys::backfill(&mut conn).await?;
+    // Only a report: the store works whether or not it can be made.
+    let collisions = email_keys::collisions(&mut conn).await;
+    drop(conn);
+    match collisions {
+        Ok(collisions) => super::warn_of_collisions(&collisions),
+        Err(e) => tracing::warn!(error = %e,
+            "could not list the accounts that cannot sign in by email \
+             (flux-auth users email-collisions lists them)"),
+    }
+    db.assume_migrated();
+    Ok(())
+}
+
+/// Keeps trying to [`migrate`] until it works; the store answers `Unavailable` meanwhile.
+fn migrate_in_background(db: &Database) {
+    let db = db.clone();
+    crate::db::migrations::retry_in_background("users", move || {
+        let db = db.clone();
+        async move { migrate(&db).await }
+    });
 }
 
 /// Maps sqlx errors to what callers can act on; the detail goes to the log, never to a client.
@@ -638,7 +210,7 @@ impl PgStore {
             },
         )?;
         if settings.run_migrations {
-            db.migrate_in_background("users", Schema::Full);
+            migrate_in_background(&db);
         } else {
             db.assume_migrated();
         }
@@ -703,7 +275,7 @@ impl PgStore {
         })
     }
 
-    /// [`map_err`], reporting a connection-level failure to the pool (see [`ConnectionChecks`]).
+    /// [`map_err`], reporting a connection-level failure to the pool (see [`crate::db::ConnectionChecks`]).
     fn fail(&self, e: sqlx::Error) -> StoreError {
         self.db.note_failure(&e);
         map_err(e)

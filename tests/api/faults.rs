@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use flux_auth::db::Database;
 use flux_auth::domain::{UserRecord, UserType};
-use flux_auth::store::postgres::Database;
 use flux_auth::store::{
     self, NewSession, RotateOutcome, RotateRequest, SessionRecord, TokenRecord,
 };

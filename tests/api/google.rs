@@ -1395,7 +1395,7 @@ async fn users_linked_by_the_old_services_google_id_are_found_by_their_google_id
         return;
     }
     let db = TestDb::create().await;
-    let database = flux_auth::store::postgres::Database::connect_lazy(
+    let database = flux_auth::db::Database::connect_lazy(
         &secrecy::SecretString::from(db.url.clone()),
         2,
         Duration::from_secs(5),
