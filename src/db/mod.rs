@@ -55,8 +55,8 @@ pub struct Database {
 }
 
 /// How often Postgres (14 and later) checks, while running a statement, that the client is still
-/// connected: a request that gives up closes its connection (the user store's held writes), and its statement
-/// is then ended and rolled back within this long instead of running on to commit.
+/// connected: a request that gives up closes its connection (the user store's held writes), and
+/// its statement is then ended and rolled back within this long instead of running on to commit.
 pub const CLIENT_CHECK_INTERVAL: &str = "250ms";
 
 /// What the user store's pool adds to [`Database::connect_lazy_checked`].

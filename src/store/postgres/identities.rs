@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
-use super::{PgStore, UserRow, is_connection_error};
+use super::PgStore;
+use super::rows::UserRow;
 use crate::domain::UserRecord;
 use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
 
