@@ -58,6 +58,8 @@ pub struct SharedState {
     pub clock: Clock,
     /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
     pub google: Option<Arc<GoogleSignIn>>,
+    /// The user store's database, when it is Postgres (its probe is stopped at shutdown).
+    pub store_db: Option<Database>,
     /// The security log's database, when it has one (for health).
     pub security_db: Option<Database>,
     /// The security event spool (the log itself when there is no database).
@@ -108,7 +110,11 @@ impl Core {
             tracing::warn!("RATE_LIMITS=off: rate limits and lockouts are disabled");
         }
         let metrics = Metrics::default();
-        let store = store::open(&settings, &metrics).await?;
+        let store::OpenedStore {
+            store,
+            database: store_db,
+            user_cache,
+        } = store::open(&settings, &metrics).await?;
         let clock = Clock::default();
         let pipeline = security_log::start(&settings, &metrics, &clock)?;
         let hasher = PasswordHasher::new(
@@ -142,7 +148,7 @@ impl Core {
             }
             None => Arc::new(InProcessRevocations::default()),
         };
-        if let (Some(users), Some(db)) = (store.user_cache(), store.database()) {
+        if let (Some(users), Some(db)) = (user_cache.clone(), store_db.clone()) {
             let stop = background.clone();
             let timeout = Duration::from_millis(settings.database_connect_timeout_ms);
             tokio::spawn(users.follow(db, timeout, stop));
@@ -183,13 +189,13 @@ impl Core {
             let stop = background.clone();
             tokio::spawn(async move { auth.restore_revocations(stop).await });
         }
-        if let Some(reachable) = auth.store.database().and_then(|db| db.reachable()) {
+        if let Some(reachable) = store_db.as_ref().and_then(|db| db.reachable()) {
             let (events, stop) = (pipeline.logger.clone(), background.clone());
             tokio::spawn(wake_log_on_recovery(reachable, events, stop));
         }
         let mut pools = Vec::new();
-        if let Some(db) = auth.store.database() {
-            pools.push((POOL_USERS, db));
+        if let Some(db) = &store_db {
+            pools.push((POOL_USERS, db.clone()));
         }
         if let Some(db) = &pipeline.database {
             pools.push((POOL_SECURITY_LOG, db.clone()));
@@ -203,7 +209,7 @@ impl Core {
             redis_up: redis,
             revocations: auth.revocations.clone(),
             limits: limits.clone(),
-            user_cache: auth.store.user_cache(),
+            user_cache,
             log,
             started,
         });
@@ -215,6 +221,7 @@ impl Core {
             clock,
             google,
             settings: Arc::new(settings),
+            store_db,
             security_db: pipeline.database.clone(),
             spool: pipeline.spool.clone(),
             started,
@@ -231,7 +238,7 @@ impl Core {
     /// Stops background tasks and drains the security log.
     pub async fn shutdown(self) {
         self.background.cancel();
-        if let Some(db) = self.state.auth.store.database() {
+        if let Some(db) = &self.state.store_db {
             db.stop_probing();
         }
         self.pipeline.stop.cancel();

@@ -18,7 +18,7 @@ use crate::db::{Database, Schema};
 use crate::domain::{Email, UserType};
 use crate::security_log::{self, EventType, SecurityEvent};
 use crate::store::postgres::{self, PgStore};
-use crate::store::{ImportOutcome, Store, StoreError, json_file};
+use crate::store::{ImportOutcome, Store, StoreError, UserStore, json_file};
 use crate::telemetry::LogDrops;
 
 /// Exit codes, documented in README: scripts and supervisors can tell a bad config from a crash.

@@ -14,9 +14,11 @@ use flux_auth::app::App;
 use flux_auth::auth::refresh::hash_token;
 use flux_auth::config::{Settings, StorageKind, Switch};
 use flux_auth::domain::{UserRecord, UserType};
+use flux_auth::metrics::PoolMetrics;
+use flux_auth::store::postgres::PgStore;
 use flux_auth::store::{
     self, ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, SessionRecord,
-    Store, StoreError, TokenRecord,
+    SessionStore, Store, StoreError, TokenRecord, UserStore,
 };
 use futures::future::join_all;
 use reqwest::{Client, StatusCode};
@@ -121,7 +123,8 @@ async fn open_store(
 async fn open_ready(settings: &Settings) -> Arc<dyn Store> {
     let store = store::open(settings, &flux_auth::metrics::Metrics::default())
         .await
-        .expect("store opens");
+        .expect("store opens")
+        .store;
     eventually("the store to be ready", Duration::from_secs(20), || {
         let store = store.clone();
         async move { store.ping().await.ok() }
@@ -1511,14 +1514,20 @@ async fn postgres_store_with_user(
     dir: &Path,
     url: &str,
     connections: u32,
-) -> (Arc<dyn Store>, UserRecord) {
+) -> (Arc<PgStore>, UserRecord) {
     let mut settings = test_settings(dir);
     settings.storage = Some(StorageKind::Postgres);
     settings.database_url = Some(SecretString::from(url.to_owned()));
     settings.database_max_connections = connections;
     // Generous: a loaded machine can take seconds to open a connection.
     settings.database_connect_timeout_ms = 15_000;
-    let store = open_ready(&settings).await;
+    let store =
+        Arc::new(PgStore::open(&settings, PoolMetrics::unregistered()).expect("store opens"));
+    eventually("the store to be ready", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move { store.ping().await.ok() }
+    })
+    .await;
     let user = user_record(&Uuid::new_v4().to_string(), &unique_email(), now_ms());
     store.insert_user(&user).await.unwrap();
     (store, user)
@@ -1902,8 +1911,8 @@ async fn until_backends_gone(db: &TestDb) {
 }
 
 /// Opens `n` connections in the store's pool and puts them back idle.
-async fn fill_pool(store: &dyn Store, n: usize) {
-    let database = store.database().expect("a Postgres store");
+async fn fill_pool(store: &PgStore, n: usize) {
+    let database = store.database();
     let held: Vec<_> = join_all((0..n).map(|_| database.acquire()))
         .await
         .into_iter()

@@ -1,7 +1,7 @@
 //! The Postgres store (sqlx, runtime-checked queries, so building never needs a database), on
 //! the database handle of [`crate::db`]: users (`users.rs`), sessions and refresh tokens
 //! (`sessions.rs`, with the rotation engine in `rotation.rs`), provider identities
-//! (`identities.rs`), the rows they read (`rows.rs`), and the `Store` impl (`store_impl.rs`).
+//! (`identities.rs`) and the rows they read (`rows.rs`); each implements its trait of the store.
 //!
 //! The store answers `Unavailable` (503) on routes that need the database until it is reachable
 //! and migrated, and at once while its circuit is open (the database is known to be unreachable).
@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 
-use super::{RotateRequest, StoreError, StoreResult};
+use async_trait::async_trait;
+
+use super::{RotateRequest, Store, StoreError, StoreResult};
 use crate::config::Settings;
 use crate::db::{Database, RequestPool};
 use crate::metrics::PoolMetrics;
@@ -81,7 +83,6 @@ mod held;
 mod identities;
 mod rotation;
 mod sessions;
-mod store_impl;
 pub mod user_cache;
 mod users;
 
@@ -190,6 +191,16 @@ impl PgStore {
         })
     }
 
+    /// The database the store keeps its data in.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The in-memory copy of recently read users; `None` when `USER_CACHE_USERS=0`.
+    pub fn user_cache(&self) -> Option<&Arc<UserCache>> {
+        self.users.as_ref()
+    }
+
     pub fn from_database(db: Database) -> Self {
         Self {
             db,
@@ -243,5 +254,17 @@ impl PgStore {
     fn fail(&self, e: sqlx::Error) -> StoreError {
         self.db.note_failure(&e);
         map_err(e)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        read_retrying!(self, |conn| sqlx::query("SELECT 1").execute(&mut *conn))?;
+        Ok(())
     }
 }
