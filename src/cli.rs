@@ -14,10 +14,11 @@ mod events;
 use crate::app::App;
 use crate::auth::operator::PasswordRevocation;
 use crate::config::{Settings, StorageKind};
+use crate::db::{Database, Schema};
 use crate::domain::{Email, UserType};
 use crate::security_log::{self, EventType, SecurityEvent};
-use crate::store::postgres::{Database, PgStore};
-use crate::store::{ImportOutcome, Store, StoreError, json_file};
+use crate::store::postgres::{self, PgStore};
+use crate::store::{ImportOutcome, Store, StoreError, UserStore, json_file};
 use crate::telemetry::LogDrops;
 
 /// Exit codes, documented in docs/OPERATIONS.md: scripts and supervisors can tell a bad config
@@ -203,14 +204,13 @@ async fn connect_now(url: &secrecy::SecretString, settings: &Settings) -> anyhow
         2,
         Duration::from_millis(settings.database_connect_timeout_ms),
     )?;
-    db.migrate()
+    postgres::migrate(&db)
         .await
         .map_err(|e| anyhow::anyhow!("could not reach or migrate the database: {e}"))?;
     Ok(db)
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    use crate::store::postgres::Schema;
     let store_in_postgres = settings.storage_kind() == StorageKind::Postgres;
     let mut targets = Vec::new();
     if let Some(url) = &settings.database_url {
@@ -235,7 +235,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
             Duration::from_millis(settings.database_connect_timeout_ms),
         )?;
         match schema {
-            Schema::Full => db.migrate().await,
+            Schema::Full => postgres::migrate(&db).await,
             Schema::SecurityEventsOnly => db.ensure_security_events().await,
         }
         .map_err(|e| anyhow::anyhow!("could not reach or migrate the database: {e}"))?;
@@ -246,7 +246,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     }
     println!(
         "migrations applied ({} migration files)",
-        crate::store::postgres::MIGRATOR.iter().count()
+        crate::db::MIGRATOR.iter().count()
     );
     Ok(())
 }

@@ -15,6 +15,8 @@ pub mod clock;
 pub mod config;
 /// The admin security dashboard (`/admin`), embedded in the binary.
 pub mod dashboard;
+/// The Postgres database handle: pool, connection checks, circuit, migrations.
+pub mod db;
 /// Value types with no I/O.
 pub mod domain;
 /// Crash-safe file replacement and private folders.

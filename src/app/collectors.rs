@@ -11,11 +11,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::auth::revocation::RevocationList;
 use crate::auth::service::AuthService;
+use crate::db::Database;
+use crate::db::circuit::ProbeOutcome;
 use crate::limits::Limits;
 use crate::metrics::{counter, gauge};
 use crate::redis_link::RedisLink;
-use crate::store::postgres::Database;
-use crate::store::postgres::circuit::ProbeOutcome;
 use crate::store::postgres::user_cache::UserCache;
 
 /// Writes `Debug` as the collector's name: the components it reads have no `Debug` of their own.

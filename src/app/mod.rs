@@ -79,7 +79,11 @@ impl Core {
             tracing::warn!("RATE_LIMITS=off: rate limits and lockouts are disabled");
         }
         let metrics = Metrics::default();
-        let store = store::open(&settings, &metrics).await?;
+        let store::OpenedStore {
+            store,
+            database: store_db,
+            user_cache,
+        } = store::open(&settings, &metrics).await?;
         let clock = Clock::default();
         let pipeline = security_log::start(&settings, &metrics, &clock)?;
         let hasher = PasswordHasher::new(
@@ -113,7 +117,7 @@ impl Core {
             }
             None => Arc::new(InProcessRevocations::default()),
         };
-        if let (Some(users), Some(db)) = (store.user_cache(), store.database()) {
+        if let (Some(users), Some(db)) = (user_cache.clone(), store_db.clone()) {
             let stop = background.clone();
             let timeout = Duration::from_millis(settings.database_connect_timeout_ms);
             tokio::spawn(users.follow(db, timeout, stop));
@@ -154,7 +158,7 @@ impl Core {
             let stop = background.clone();
             tokio::spawn(async move { auth.restore_revocations(stop).await });
         }
-        if let Some(reachable) = auth.store.database().and_then(|db| db.reachable()) {
+        if let Some(reachable) = store_db.as_ref().and_then(|db| db.reachable()) {
             let (events, stop) = (pipeline.logger.clone(), background.clone());
             tokio::spawn(wake_log_on_recovery(reachable, events, stop));
         }
@@ -163,10 +167,10 @@ impl Core {
             Box::new(log),
             Box::new(HashCollector(auth.clone())),
         ];
-        if let Some(db) = auth.store.database() {
+        if let Some(db) = &store_db {
             collectors.push(Box::new(PoolCollector {
                 pool: POOL_USERS,
-                db,
+                db: db.clone(),
             }));
         }
         if let Some(db) = &pipeline.database {
@@ -182,7 +186,7 @@ impl Core {
                 limits: limits.clone(),
             }));
         }
-        if let Some(cache) = auth.store.user_cache() {
+        if let Some(cache) = user_cache {
             collectors.push(Box::new(UserCacheCollector(cache)));
         }
         collectors.push(Box::new(ProcessCollector { started }));
@@ -195,6 +199,7 @@ impl Core {
             clock,
             google,
             settings: Arc::new(settings),
+            store_db,
             security_db: pipeline.database.clone(),
             spool: pipeline.spool.clone(),
             started,
@@ -211,7 +216,7 @@ impl Core {
     /// Stops background tasks and drains the security log.
     pub async fn shutdown(self) {
         self.background.cancel();
-        if let Some(db) = self.state.auth.store.database() {
+        if let Some(db) = &self.state.store_db {
             db.stop_probing();
         }
         self.pipeline.stop.cancel();

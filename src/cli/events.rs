@@ -11,13 +11,13 @@ use clap::Subcommand;
 use futures::StreamExt;
 
 use crate::config::Settings;
+use crate::db::Database;
 use crate::security_log::postgres_sink::PgSink;
 use crate::security_log::query::{
     CSV_HEADER, EventFilter, EventSource, EventView, csv_line, ndjson_line,
 };
 use crate::security_log::spool::{self, Spool};
 use crate::security_log::{SecurityEvent, Severity};
-use crate::store::postgres::Database;
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {

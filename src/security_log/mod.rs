@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::store::postgres::{Database, Schema};
+use crate::db::{Database, Schema};
 
 /// The running pipeline: the logger handle, its database (when there is one) and the writer task.
 pub struct Pipeline {

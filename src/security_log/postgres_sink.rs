@@ -2,7 +2,7 @@
 //! `ON CONFLICT (id) DO NOTHING` so a replayed or retried batch never duplicates a row.
 
 use super::event::SecurityEvent;
-use crate::store::postgres::Database;
+use crate::db::Database;
 
 #[derive(Clone)]
 pub struct PgSink {

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::event::SecurityEvent;
 use super::spool::{self, Spool};
+use crate::db::Database;
 use crate::domain::format_timestamp;
-use crate::store::postgres::Database;
 
 /// Most events one page returns.
 pub const MAX_PAGE: usize = 500;

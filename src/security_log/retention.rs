@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::event::Severity;
 use super::spool::{self, Spool};
 use crate::config::Settings;
-use crate::store::postgres::Database;
+use crate::db::Database;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {

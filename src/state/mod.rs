@@ -11,10 +11,10 @@ use crate::auth::oidc::GoogleSignIn;
 use crate::auth::service::AuthService;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::db::Database;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::security_log::spool::Spool;
-use crate::store::postgres::Database;
 
 pub use probes::{Probes, SharedProbe};
 
@@ -49,6 +49,8 @@ pub struct SharedState {
     pub clock: Clock,
     /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
     pub google: Option<Arc<GoogleSignIn>>,
+    /// The user store's database, when it is Postgres (its probe is stopped at shutdown).
+    pub store_db: Option<Database>,
     /// The security log's database, when it has one (for health).
     pub security_db: Option<Database>,
     /// The security event spool (the log itself when there is no database).

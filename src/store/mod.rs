@@ -1,5 +1,6 @@
-//! Persistence of users and sessions behind one trait, with two backends chosen once at start:
-//! Postgres (sqlx) and JSON files (the old service's `users.json`, the embedded default).
+//! Persistence of users, sessions and identities behind traits (one per kind of record, joined
+//! in [`Store`]), with two backends chosen once at start: Postgres (sqlx) and JSON files (the old
+//! service's `users.json`, the embedded default).
 //!
 //! A session is one refresh-token family: created at login, rotated on every refresh, revoked by
 //! logout. Decisions that must be atomic (rotation, reuse detection, the session cap) are made
@@ -19,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{Settings, StorageKind};
+use crate::db::Database;
 use crate::domain::{Email, UserRecord, UserType};
+use postgres::user_cache::UserCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -138,7 +141,7 @@ pub enum RotateOutcome {
 pub struct Rotation {
     pub outcome: RotateOutcome,
     /// The session's user on `Rotated` and `Grace`, read with the token; `None` when the backend
-    /// did not read it, or found no such user (the caller then asks [`Store::user_by_id`]).
+    /// did not read it, or found no such user (the caller then asks [`UserStore::user_by_id`]).
     pub user: Option<UserRecord>,
     /// On `Grace`: the id the shared successor is stored under (the first request's id, not this
     /// request's unused `successor_id`).
@@ -286,23 +289,19 @@ pub enum ImportOutcome {
     Skipped,
 }
 
+/// The whole store, as the service holds it (`Arc<dyn Store>`): users, sessions and identities
+/// of one backend, and its health.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: UserStore + SessionStore + IdentityStore + 'static {
     /// `postgresql` or `file`, as `/health` reports it.
     fn kind(&self) -> &'static str;
-    /// The database behind this store, if any (for pool metrics).
-    fn database(&self) -> Option<postgres::Database> {
-        None
-    }
-    /// The in-memory copy of recently read users, if this backend keeps one apart from its data
-    /// (Postgres; the file store holds every user in memory anyway). Its change feed is started
-    /// by the service ([`postgres::user_cache::UserCache::follow`]).
-    fn user_cache(&self) -> Option<Arc<postgres::user_cache::UserCache>> {
-        None
-    }
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> StoreResult<()>;
+}
 
+/// User accounts.
+#[async_trait]
+pub trait UserStore: Send + Sync {
     /// Inserts a new user; `Conflict("email")` when an account has the email's canonical key.
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
     /// The account for `email`'s mailbox: found by its canonical key, whatever the spelling.
@@ -319,7 +318,11 @@ pub trait Store: Send + Sync + 'static {
     /// Accounts that cannot be found by email: those that share their mailbox with an earlier
     /// account, and those whose address has no key (see [`EmailCollision`]).
     async fn email_collisions(&self) -> StoreResult<Vec<EmailCollision>>;
+}
 
+/// Sessions (refresh-token families) and their tokens.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
     /// Stores a new session and its first token (and the user's `last_login` when
     /// `records_login`). When the user then has more than `max_live` live sessions, the oldest
     /// others are revoked, never the new one; their ids are returned. Creating the same session
@@ -343,9 +346,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Uuid>>;
     async fn rotate_refresh_token(&self, request: &RotateRequest) -> StoreResult<RotateOutcome>;
-    /// [`Store::rotate_refresh_token`], plus the session's user and the stored successor's id
-    /// when the backend reads them in the same step (Postgres: one query for all of it). The
-    /// default reads neither; the refresh flow then looks them up itself.
+    /// [`SessionStore::rotate_refresh_token`], plus the session's user and the stored
+    /// successor's id when the backend reads them in the same step (Postgres: one query for all
+    /// of it). The default reads neither; the refresh flow then looks them up itself.
     async fn rotate_refresh_token_with_user(
         &self,
         request: &RotateRequest,
@@ -394,7 +397,11 @@ pub trait Store: Send + Sync + 'static {
         idle_ttl: chrono::Duration,
         batch: usize,
     ) -> StoreResult<u64>;
+}
 
+/// Provider identities (Google, or any OpenID provider) linked to users.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
     /// The user that the provider identity (`issuer`, `subject`) signs in as. For Google's issuer a
     /// user whose legacy `google_id` (the old service's link) is `subject` counts too.
     async fn user_by_identity(
@@ -432,18 +439,38 @@ pub trait Store: Send + Sync + 'static {
 /// Ended sessions are kept this long (reuse detection, audit, the sessions history), then deleted.
 pub const ENDED_SESSION_RETENTION_DAYS: i64 = 7;
 
+/// The configured store, opened, with what the service runs beside it when it is Postgres.
+pub struct OpenedStore {
+    pub store: Arc<dyn Store>,
+    /// The store's database (Postgres): its pool's metrics, its circuit (whose recovery wakes the
+    /// security log's writer), its probe (stopped at shutdown).
+    pub database: Option<Database>,
+    /// The store's in-memory copy of recently read users (Postgres), whose change feed the
+    /// service starts ([`UserCache::follow`]).
+    pub user_cache: Option<Arc<UserCache>>,
+}
+
 /// Opens the configured store. A Postgres store that cannot connect yet still opens: it reports
 /// `Unavailable` until the database answers and its migrations have run.
 /// Its pool's acquire wait goes to `metrics` (`pool="users"`).
 pub async fn open(
     settings: &Settings,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<OpenedStore> {
     Ok(match settings.storage_kind() {
-        StorageKind::Postgres => Arc::new(postgres::PgStore::open(
-            settings,
-            metrics.pool(crate::metrics::POOL_USERS),
-        )?),
-        StorageKind::File => Arc::new(json_file::FileStore::open(&settings.data_dir).await?),
+        StorageKind::Postgres => {
+            let store =
+                postgres::PgStore::open(settings, metrics.pool(crate::metrics::POOL_USERS))?;
+            OpenedStore {
+                database: Some(store.database().clone()),
+                user_cache: store.user_cache().cloned(),
+                store: Arc::new(store),
+            }
+        }
+        StorageKind::File => OpenedStore {
+            store: Arc::new(json_file::FileStore::open(&settings.data_dir).await?),
+            database: None,
+            user_cache: None,
+        },
     })
 }

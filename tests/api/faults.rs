@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use flux_auth::db::Database;
 use flux_auth::domain::{UserRecord, UserType};
-use flux_auth::store::postgres::Database;
 use flux_auth::store::{
     self, NewSession, RotateOutcome, RotateRequest, SessionRecord, TokenRecord,
 };
@@ -634,7 +634,8 @@ async fn a_database_clock_running_ahead_lengthens_the_grace_window_by_the_reques
     settings.database_statement_timeout_ms = 1000;
     let store = store::open(&settings, &flux_auth::metrics::Metrics::default())
         .await
-        .unwrap();
+        .unwrap()
+        .store;
     eventually("the store to be ready", MIRROR_PATIENCE, || {
         let store = store.clone();
         async move { store.ping().await.ok() }
@@ -859,9 +860,8 @@ async fn the_store_probe_ends_at_shutdown_while_the_database_is_unreachable() {
     app.signed_up(&email).await;
     let circuit = app
         .state
-        .auth
-        .store
-        .database()
+        .store_db
+        .as_ref()
         .and_then(|db| db.circuit().cloned())
         .expect("the store's circuit");
 

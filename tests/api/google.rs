@@ -1341,7 +1341,7 @@ async fn an_unreachable_provider_is_a_503_never_a_500() {
 
 #[tokio::test]
 async fn users_linked_by_the_old_services_google_id_are_found_by_their_google_identity() {
-    use flux_auth::store::{GOOGLE_ISSUER, Store};
+    use flux_auth::store::{GOOGLE_ISSUER, IdentityStore, UserStore};
     // The file store: a users.json written by the old service.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -1392,7 +1392,7 @@ async fn users_linked_by_the_old_services_google_id_are_found_by_their_google_id
         return;
     }
     let db = TestDb::create().await;
-    let database = flux_auth::store::postgres::Database::connect_lazy(
+    let database = flux_auth::db::Database::connect_lazy(
         &secrecy::SecretString::from(db.url.clone()),
         2,
         Duration::from_secs(5),

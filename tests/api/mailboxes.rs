@@ -328,10 +328,7 @@ async fn an_old_row_that_cannot_be_keyed_never_keeps_an_upgraded_instance_from_r
     let db = TestDb::create().await;
     let pool = db.pool().await;
     // The database as the version before the canonical keys left it.
-    flux_auth::store::postgres::MIGRATOR
-        .run_to(5, &pool)
-        .await
-        .unwrap();
+    flux_auth::db::MIGRATOR.run_to(5, &pool).await.unwrap();
     let hash = legacy_bcrypt(PASSWORD);
     let ligatures = ligatures();
     for (id, email) in [

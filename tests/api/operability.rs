@@ -402,8 +402,8 @@ async fn db_pool_acquire_wait_is_observed_for_every_query_on_both_pools() {
 /// waits that got a connection go into the histogram.
 #[tokio::test]
 async fn db_pool_acquire_errors_count_pool_timeouts_and_abandoned_waits() {
+    use flux_auth::db::Database;
     use flux_auth::metrics::{Metrics, POOL_USERS};
-    use flux_auth::store::postgres::Database;
     if !postgres_available().await {
         return;
     }

@@ -10,8 +10,9 @@ use super::session_rules::{Decided, decide, evict, invalid};
 use super::session_state::{self, Sessions, ended_at};
 use crate::domain::{Email, UserRecord, UserType};
 use crate::store::{
-    ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest, RotationDecision,
-    SessionRecord, Store, StoreError, StoreResult, TokenRecord, decide_rotation,
+    IdentityStore, ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest,
+    RotationDecision, SessionRecord, SessionStore, Store, StoreError, StoreResult, TokenRecord,
+    UserStore, decide_rotation,
 };
 
 #[async_trait]
@@ -20,30 +21,13 @@ impl Store for FileStore {
         "file"
     }
 
-    async fn delete_ended_sessions(
-        &self,
-        now: DateTime<Utc>,
-        idle_ttl: chrono::Duration,
-        _batch: usize,
-    ) -> StoreResult<u64> {
-        // One journal line removes them all; batching buys nothing here.
-        let cutoff = now - session_state::retention();
-        let any = self
-            .sessions
-            .read()
-            .sessions()
-            .any(|e| ended_at(&e.rec, idle_ttl) <= cutoff);
-        if !any {
-            return Ok(0);
-        }
-        self.update_sessions(|tx| Ok(tx.prune(now, idle_ttl, true)))
-            .await
-    }
-
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl UserStore for FileStore {
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
         self.update_users(|users| {
             if users.holder_of(&user.email).is_some() {
@@ -117,6 +101,29 @@ impl Store for FileStore {
 
     async fn email_collisions(&self) -> StoreResult<Vec<crate::store::EmailCollision>> {
         Ok(self.users().await?.collisions())
+    }
+}
+
+#[async_trait]
+impl SessionStore for FileStore {
+    async fn delete_ended_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        _batch: usize,
+    ) -> StoreResult<u64> {
+        // One journal line removes them all; batching buys nothing here.
+        let cutoff = now - session_state::retention();
+        let any = self
+            .sessions
+            .read()
+            .sessions()
+            .any(|e| ended_at(&e.rec, idle_ttl) <= cutoff);
+        if !any {
+            return Ok(0);
+        }
+        self.update_sessions(|tx| Ok(tx.prune(now, idle_ttl, true)))
+            .await
     }
 
     async fn create_session(
@@ -347,7 +354,10 @@ impl Store for FileStore {
             .session(&session_id)
             .map(|s| SessionRecord::clone(s)))
     }
+}
 
+#[async_trait]
+impl IdentityStore for FileStore {
     async fn user_by_identity(
         &self,
         issuer: &str,

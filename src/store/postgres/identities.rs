@@ -1,12 +1,14 @@
 //! Provider identities on Postgres: rows of `user_identities` (migration 003), plus the legacy
 //! `users.google_id` column that users imported from the old service carry.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
-use super::{PgStore, UserRow, is_connection_error};
+use super::PgStore;
+use super::rows::UserRow;
 use crate::domain::UserRecord;
-use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
+use crate::store::{GOOGLE_ISSUER, IdentityRecord, IdentityStore, StoreError, StoreResult};
 
 #[derive(sqlx::FromRow)]
 struct IdentityRow {
@@ -82,8 +84,9 @@ const USER_BY_IDENTITY: &str = "SELECT id, email, name, user_type, password_hash
 /// A user's legacy `google_id` (if any) and when the user was created.
 type LegacyLink = (Option<String>, DateTime<Utc>);
 
-impl PgStore {
-    pub(super) async fn pg_user_by_identity(
+#[async_trait]
+impl IdentityStore for PgStore {
+    async fn user_by_identity(
         &self,
         issuer: &str,
         subject: &str,
@@ -98,7 +101,7 @@ impl PgStore {
         Ok(row.map(UserRecord::from))
     }
 
-    pub(super) async fn pg_identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
+    async fn identities_of(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
         let (rows, legacy): (Vec<IdentityRow>, Option<LegacyLink>) =
             read_retrying!(self, |conn| async {
                 let rows = sqlx::query_as(
@@ -129,7 +132,7 @@ impl PgStore {
         Ok(identities)
     }
 
-    pub(super) async fn pg_insert_user_with_identity(
+    async fn insert_user_with_identity(
         &self,
         user: &UserRecord,
         identity: &IdentityRecord,
@@ -159,7 +162,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
+    async fn linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
         let rows: Vec<UserRow> = read_retrying!(self, |conn| {
             sqlx::query_as(
                 "SELECT id, email, name, user_type, password_hash, google_id, email_verified, \
@@ -174,7 +177,7 @@ impl PgStore {
         Ok(rows.into_iter().map(UserRecord::from).collect())
     }
 
-    pub(super) async fn pg_link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
+    async fn link_identity(&self, identity: &IdentityRecord) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let mut tx = begin_retrying!(self, conn);
         // Locks the user row, so two links to one user are made one after the other.
@@ -206,7 +209,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_touch_identity(
+    async fn touch_identity(
         &self,
         issuer: &str,
         subject: &str,

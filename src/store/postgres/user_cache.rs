@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::Database;
+use crate::db::Database;
 use crate::domain::UserRecord;
 
 /// The channel migration 005's triggers notify.

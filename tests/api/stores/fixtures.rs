@@ -10,7 +10,11 @@ use chrono::{DateTime, Utc};
 use flux_auth::auth::refresh::hash_token;
 use flux_auth::config::{Settings, StorageKind};
 use flux_auth::domain::{UserRecord, UserType};
-use flux_auth::store::{self, NewSession, RotateRequest, SessionRecord, Store, TokenRecord};
+use flux_auth::metrics::PoolMetrics;
+use flux_auth::store::postgres::PgStore;
+use flux_auth::store::{
+    self, NewSession, RotateRequest, SessionRecord, Store, TokenRecord, UserStore,
+};
 use futures::future::join_all;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -107,7 +111,8 @@ pub(super) async fn open_store(
 pub(super) async fn open_ready(settings: &Settings) -> Arc<dyn Store> {
     let store = store::open(settings, &flux_auth::metrics::Metrics::default())
         .await
-        .expect("store opens");
+        .expect("store opens")
+        .store;
     eventually("the store to be ready", Duration::from_secs(20), || {
         let store = store.clone();
         async move { store.ping().await.ok() }
@@ -121,14 +126,20 @@ pub(super) async fn postgres_store_with_user(
     dir: &Path,
     url: &str,
     connections: u32,
-) -> (Arc<dyn Store>, UserRecord) {
+) -> (Arc<PgStore>, UserRecord) {
     let mut settings = test_settings(dir);
     settings.storage = Some(StorageKind::Postgres);
     settings.database_url = Some(SecretString::from(url.to_owned()));
     settings.database_max_connections = connections;
     // Generous: a loaded machine can take seconds to open a connection.
     settings.database_connect_timeout_ms = 15_000;
-    let store = open_ready(&settings).await;
+    let store =
+        Arc::new(PgStore::open(&settings, PoolMetrics::unregistered()).expect("store opens"));
+    eventually("the store to be ready", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move { store.ping().await.ok() }
+    })
+    .await;
     let user = user_record(&Uuid::new_v4().to_string(), &unique_email(), now_ms());
     store.insert_user(&user).await.unwrap();
     (store, user)
@@ -204,8 +215,8 @@ pub(super) fn json_id(id: &Value) -> String {
 }
 
 /// Opens `n` connections in the store's pool and puts them back idle.
-pub(super) async fn fill_pool(store: &dyn Store, n: usize) {
-    let database = store.database().expect("a Postgres store");
+pub(super) async fn fill_pool(store: &PgStore, n: usize) {
+    let database = store.database();
     let held: Vec<_> = join_all((0..n).map(|_| database.acquire()))
         .await
         .into_iter()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flux_auth::store::{RotateOutcome, StoreError};
+use flux_auth::store::{RotateOutcome, SessionStore, Store, StoreError, UserStore};
 
 use super::fixtures::*;
 use crate::forwarder::{Forwarder, postgres_addr, via};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flux_auth::store::{self, InvalidReason, RotateOutcome, RotateRequest};
+use flux_auth::store::{self, InvalidReason, RotateOutcome, RotateRequest, SessionStore};
 use futures::future::join_all;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

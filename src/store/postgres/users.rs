@@ -1,0 +1,184 @@
+//! Users: [`UserStore`] on Postgres, reads by id through the store's cache.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::rows::UserRow;
+use super::{PgStore, email_keys};
+use crate::domain::{Email, UserRecord, UserType};
+use crate::store::{EmailCollision, ImportOutcome, StoreError, StoreResult, UserStore};
+
+impl PgStore {
+    /// [`UserStore::user_by_id`] from the database, kept in the cache if nothing changed meanwhile.
+    pub(super) async fn read_user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let ticket = self.users.as_ref().and_then(|users| users.ticket());
+        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *conn))?;
+        let user = row.map(UserRecord::from);
+        if let (Some(users), Some(ticket), Some(user)) = (&self.users, ticket, &user) {
+            users.keep(ticket, user);
+        }
+        Ok(user)
+    }
+}
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
+             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(user.user_type.as_str())
+        .bind(&user.password_hash)
+        .bind(&user.google_id)
+        .bind(user.email_verified)
+        .bind(&user.avatar)
+        .bind(user.created_at)
+        .bind(user.last_login)
+        .bind(Email::key_of(&user.email))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = read_retrying!(self, |conn| sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE ",
+            by_email!()
+        ))
+        .bind(email.key())
+        .bind(email.as_str())
+        .fetch_optional(&mut *conn))?;
+        Ok(row.map(UserRecord::from))
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        if let Some(users) = &self.users {
+            if let Some(user) = users.get(id) {
+                return Ok(Some(user));
+            }
+            // The database is known to be unreachable: a user read less than the cache's time
+            // to live ago rather than a 503 (see user_cache).
+            if self.db.is_unreachable()
+                && let Some(user) = users.get_during_outage(id)
+            {
+                return Ok(Some(user));
+            }
+        }
+        // Boxed on its own: the read's state (sqlx's futures) is large, and a hit should not pay
+        // for moving it into this method's box on every call.
+        Box::pin(self.read_user_by_id(id)).await
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+                .bind(user_id)
+                .bind(hash)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn remove_password(&self, user_id: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let done =
+            sqlx::query("UPDATE users SET password_hash = NULL, updated_at = now() WHERE id = $1")
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        sqlx::query("UPDATE users SET last_login = $2 WHERE id = $1")
+            .bind(user_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
+        Ok(())
+    }
+
+    async fn set_user_type(&self, email: &Email, user_type: UserType) -> StoreResult<UserRecord> {
+        let mut conn = self.conn().await?;
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "UPDATE users SET user_type = $3, updated_at = now() WHERE id = (SELECT id FROM users WHERE ",
+            by_email!(),
+            ") RETURNING ",
+            user_columns!()
+        ))
+        .bind(email.key())
+        .bind(email.as_str())
+        .bind(user_type.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        let user = row.map(UserRecord::from).ok_or(StoreError::NotFound)?;
+        self.changed_here(&user.id);
+        Ok(user)
+    }
+
+    async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
+        let mut conn = self.conn().await?;
+        let done = sqlx::query(
+            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
+             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(user.user_type.as_str())
+        .bind(&user.password_hash)
+        .bind(&user.google_id)
+        .bind(user.email_verified)
+        .bind(&user.avatar)
+        .bind(user.created_at)
+        .bind(user.last_login)
+        .bind(Email::key_of(&user.email))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(if done.rows_affected() == 1 {
+            ImportOutcome::Inserted
+        } else {
+            ImportOutcome::Skipped
+        })
+    }
+
+    async fn email_collisions(&self) -> StoreResult<Vec<EmailCollision>> {
+        let mut conn = self.conn().await?;
+        email_keys::collisions(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+}
