@@ -29,6 +29,8 @@ struct Baseline {
     variants: Vec<(&'static str, &'static str)>,
 }
 
+/// A run in progress: its arguments and measuring window, the Redis the servers use, and the report
+/// it fills.
 pub struct Harness {
     pub args: RunArgs,
     pub window: Window,
@@ -425,6 +427,8 @@ impl Harness {
     }
 }
 
+/// Starts this binary's `baseline-server` on a free port, serving the variants the run's Redis and
+/// database allow, and waits up to 10 s for it to answer.
 async fn start_baseline(
     work_dir: &Path,
     redis: Option<&str>,
