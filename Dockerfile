@@ -9,14 +9,18 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 
-# Dependencies first, in their own layer: a build with only the manifest, the lock file and stub
+# Dependencies first, in their own layer: a build with only the manifests, the lock file and stub
 # sources compiles every dependency, and that layer is reused until one of those files changes.
 # benches/ comes along because Cargo.toml names a bench target, and cargo refuses a manifest whose
-# named targets are missing (benches are not built here).
+# named targets are missing (benches are not built here). The load harness (tools/flux-load) is a
+# member of the workspace, so cargo needs its manifest and a target to load the workspace; a stub
+# stands in for its sources, which the image never builds.
 COPY Cargo.toml Cargo.lock ./
+COPY tools/flux-load/Cargo.toml ./tools/flux-load/
 COPY benches ./benches
-RUN mkdir src \
+RUN mkdir src tools/flux-load/src \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > tools/flux-load/src/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin flux-auth \
     && rm -rf src

@@ -14,7 +14,7 @@
 //!   as the baseline in the same run, with tracing-subscriber's JSON formatter flattened, with
 //!   the current span.
 //!
-//! `record()`, the spool and the Postgres insert are in `benches/security_log.rs`.
+//! `record()`, the spool and the Postgres insert are in `benches/security_log/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;

@@ -79,9 +79,8 @@ impl MemoryPool {
 /// 4 KiB pages most reads miss the TLB; on huge pages the same hash takes 3–10% less time
 /// (BENCHMARKS.md, "huge pages"). The allocator is built without huge pages (mimalloc's `no_thp`),
 /// so the rest of the heap stays small: there every 2 MiB page touched once would stay resident
-/// whole. Here all of it is written by every hash anyway. Public so the load harness times the
-/// hash on the same memory as the service (its login ceiling).
-pub struct HashMemory {
+/// whole. Here all of it is written by every hash anyway.
+pub(super) struct HashMemory {
     map: memmap2::MmapMut,
 }
 
@@ -92,7 +91,7 @@ const _: () = assert!(std::mem::align_of::<Block>() <= 4096);
 
 impl HashMemory {
     /// `blocks` zeroed blocks (the kernel maps anonymous memory zeroed).
-    pub fn new(blocks: usize) -> std::io::Result<Self> {
+    pub(super) fn new(blocks: usize) -> std::io::Result<Self> {
         let map = memmap2::MmapOptions::new()
             .len(blocks.max(1) * std::mem::size_of::<Block>())
             .map_anon()?;
@@ -108,7 +107,7 @@ impl HashMemory {
 
     /// All of its blocks.
     #[allow(unsafe_code)] // the only unsafe code in the crate: bytes of a mapping as blocks
-    pub fn blocks(&mut self) -> &mut [Block] {
+    pub(super) fn blocks(&mut self) -> &mut [Block] {
         let len = self.len();
         // SAFETY: the mapping is page-aligned, so aligned for Block (asserted above); `len`
         // blocks fit in its length; any bytes are a valid Block; and the slice borrows `self`
@@ -117,12 +116,8 @@ impl HashMemory {
     }
 
     /// Its size in blocks.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.map.len() / std::mem::size_of::<Block>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn bytes(&self) -> usize {

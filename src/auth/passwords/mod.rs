@@ -27,7 +27,6 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, oneshot};
 use argon2id::phc;
 use legacy::{ARGON2ID_PREFIX, LEGACY_ARGON2ID_PREFIX, legacy_transform, uses_legacy_transform};
 pub use legacy::{LEGACY_ARGON2ID, legacy_escape};
-pub use memory::HashMemory;
 use memory::MemoryPool;
 use worker::Worker;
 

@@ -288,8 +288,10 @@ pub async fn run(args: OutageArgs) -> anyhow::Result<()> {
 
 async fn drive(args: &OutageArgs, server: &Server, relay: &mut Relay) -> anyhow::Result<()> {
     let tag = format!("outage-{}", uuid::Uuid::new_v4().simple());
-    let chains = crate::accounts(server.addr, &format!("{tag}-chain"), args.clients, false).await?;
-    let logins = crate::accounts(server.addr, &format!("{tag}-login"), args.clients, false).await?;
+    let chains =
+        crate::fixture::accounts(server.addr, &format!("{tag}-chain"), args.clients, false).await?;
+    let logins =
+        crate::fixture::accounts(server.addr, &format!("{tag}-login"), args.clients, false).await?;
     // Read once so the service keeps each user in memory, as it would after real traffic.
     for account in &chains {
         let _ = crate::http::once(
@@ -314,7 +316,7 @@ async fn drive(args: &OutageArgs, server: &Server, relay: &mut Relay) -> anyhow:
                 refresh: chain.refresh,
                 login: Call::post(
                     "/api/auth/login",
-                    &serde_json::json!({ "email": login.email, "password": crate::PASSWORD }),
+                    &serde_json::json!({ "email": login.email, "password": crate::measure::PASSWORD }),
                 ),
             };
             let (samples, phase, timeout) = (samples.clone(), args.phase, args.client_timeout);

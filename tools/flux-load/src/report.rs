@@ -1,11 +1,11 @@
-//! The results: one row per point, the machine, the ceilings, and issue 7's targets checked as
-//! ratios within this run. Printed as a table and written as Markdown and JSON.
+//! The results: one row per point, the machine, the ceilings, and the service's performance
+//! targets checked as ratios within this run. Printed as a table and written as Markdown and JSON.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::baseline::Argon2Baseline;
+use crate::argon2_ceiling::Argon2Baseline;
 use crate::measure::{Latency, ProcStats};
 
 #[derive(Debug, Serialize)]
@@ -78,7 +78,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub targets: Vec<Target>,
     /// The /me targets against the bare handler plus the round trip a /me makes when its user is
-    /// not in the service's memory (on Postgres; until session 9, on every request).
+    /// not in the service's memory (on Postgres, a user-cache miss).
     pub floors: Vec<String>,
 }
 
@@ -145,7 +145,7 @@ impl Report {
         c
     }
 
-    /// Issue 7's targets, each as measured in this run.
+    /// The service's performance targets, each as measured in this run.
     pub fn evaluate(&mut self) {
         let mut targets = Vec::new();
         let top = self.concurrencies().last().copied().unwrap_or(64);
@@ -291,7 +291,7 @@ impl Report {
 
     pub fn targets_text(&mut self) -> String {
         self.evaluate();
-        let mut out = String::from("targets (issue 7):\n");
+        let mut out = String::from("performance targets:\n");
         for t in &self.targets {
             let _ = writeln!(
                 out,
@@ -376,7 +376,7 @@ impl Report {
                 r.proc.machine_busy_pct
             );
         }
-        md.push_str("\n| target (issue 7) | target | measured | |\n|---|---|---|---|\n");
+        md.push_str("\n| performance target | goal | measured | |\n|---|---|---|---|\n");
         for t in &self.targets {
             let _ = writeln!(
                 md,
