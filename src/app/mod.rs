@@ -32,7 +32,7 @@ use crate::server::{self, ConnectionLimits};
 use crate::store;
 use crate::telemetry::LogDrops;
 
-pub use crate::state::{AppState, SharedState};
+use crate::state::{AppState, SharedState};
 
 /// Every problem with the settings: those the settings find themselves, then those of the
 /// components that read them (the OpenID sign-in's URLs and client ids).

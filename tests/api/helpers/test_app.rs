@@ -48,7 +48,7 @@ pub struct TestApp {
     pub settings: Settings,
     clock: flux_auth::clock::Clock,
     /// The running app's state, for tests that call library functions (cleanup) directly.
-    pub state: flux_auth::app::AppState,
+    pub state: flux_auth::state::AppState,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -284,7 +284,7 @@ impl Drop for TestApp {
     }
 }
 
-async fn wait_until_ready(state: &flux_auth::app::AppState) {
+async fn wait_until_ready(state: &flux_auth::state::AppState) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::time::Instant::now() < deadline {
         let store_ok = state.auth.store.ping().await.is_ok();

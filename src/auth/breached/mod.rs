@@ -1,4 +1,4 @@
-//! Passwords known from breaches (`breached/`, 100,000 of them, compiled in), and the check of a
+//! Passwords known from breaches (this folder, 100,000 of them, compiled in), and the check of a
 //! new password against them, with the variations guessers try first.
 
 use std::io::Read;
@@ -6,10 +6,10 @@ use std::io::Read;
 use anyhow::Context;
 
 /// SecLists' top 100,000 of the ten-million-password set, sorted by byte value (see
-/// `breached/README.md` for its provenance and licence).
-const LIST_GZ: &[u8] = include_bytes!("breached/passwords.txt.gz");
+/// `README.md` here for its provenance and licence).
+const LIST_GZ: &[u8] = include_bytes!("passwords.txt.gz");
 /// Passwords published as examples, which every guessing dictionary carries.
-const WELL_KNOWN: &str = include_str!("breached/well-known.txt");
+const WELL_KNOWN: &str = include_str!("well-known.txt");
 /// The longest run of digits and punctuation taken off either end of a password before its core
 /// is looked up: `Summer2024!` is `summer` with a suffix a guesser tries early. A longer run is
 /// no longer a guessable decoration, and the core alone does not condemn the password.
