@@ -2,10 +2,12 @@
 
 mod client;
 mod email;
+mod identity;
 mod user;
 
 pub use client::{ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, device_name};
 pub use email::Email;
+pub use identity::{GOOGLE_ISSUER, IdentityRecord};
 pub use user::{Name, User, UserRecord, UserType, UserView, format_timestamp};
 
 /// Why a value from a client was refused; `field` names the JSON field it came from.

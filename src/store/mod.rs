@@ -6,11 +6,10 @@
 //! logout. Decisions that must be atomic (rotation, reuse detection, the session cap) are made
 //! inside the store, so concurrent requests cannot fork a family on either backend.
 
-pub mod identity;
 pub mod json_file;
 pub mod postgres;
 
-pub use identity::{GOOGLE_ISSUER, IdentityRecord};
+pub use crate::domain::IdentityRecord;
 
 use std::sync::Arc;
 
@@ -263,7 +262,7 @@ pub struct KeyHolder {
 }
 
 /// One warning per account that cannot be found by email: the operator decides what to do with
-/// it (see README, "Accounts that cannot sign in by email").
+/// it (see docs/OPERATIONS.md, "Moving from the old service").
 pub fn warn_of_collisions(collisions: &[EmailCollision]) {
     for c in collisions {
         match &c.holder {
@@ -423,7 +422,7 @@ pub trait IdentityStore: Send + Sync {
     async fn link_identity(&self, identity: &IdentityRecord) -> StoreResult<()>;
     /// Accounts that both a provider identity (a legacy `google_id` included) and a password
     /// open, oldest first: where a password of whoever registered the address before its owner
-    /// entered the account through the provider can be (see README, "Google sign-in").
+    /// entered the account through the provider can be (see docs/SECURITY.md, group E).
     async fn linked_with_password(&self) -> StoreResult<Vec<UserRecord>>;
     /// Records a sign-in through an identity: when, and the email the provider reports now. The
     /// account's own email is never changed here.

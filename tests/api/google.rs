@@ -1341,7 +1341,8 @@ async fn an_unreachable_provider_is_a_503_never_a_500() {
 
 #[tokio::test]
 async fn users_linked_by_the_old_services_google_id_are_found_by_their_google_identity() {
-    use flux_auth::store::{GOOGLE_ISSUER, IdentityStore, UserStore};
+    use flux_auth::domain::GOOGLE_ISSUER;
+    use flux_auth::store::{IdentityStore, UserStore};
     // The file store: a users.json written by the old service.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -5,7 +5,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::config::Settings;
-use crate::store::GOOGLE_ISSUER;
+use crate::domain::GOOGLE_ISSUER;
 
 /// Google's own spelling without the scheme; its ID tokens carry either.
 pub const GOOGLE_ISSUER_BARE: &str = "accounts.google.com";

@@ -23,11 +23,12 @@ use super::error::GoogleError;
 use super::id_token::{LEEWAY_SECS, Rejection, VerifiedIdToken};
 use crate::auth::AuthError;
 use crate::auth::service::{AuthService, AuthSuccess};
+use crate::domain::GOOGLE_ISSUER;
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
 use crate::limits::{Limit, ip_subject};
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};
-use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError};
+use crate::store::{IdentityRecord, StoreError};
 
 /// How long a started authorization may take to come back.
 const STATE_TTL: Duration = Duration::from_secs(600);

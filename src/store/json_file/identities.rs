@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::FileStore;
+use crate::domain::GOOGLE_ISSUER;
 use crate::domain::UserRecord;
-use crate::store::{GOOGLE_ISSUER, IdentityRecord, StoreError, StoreResult};
+use crate::store::{IdentityRecord, StoreError, StoreResult};
 
 const IDENTITIES_KEY: &str = "identities";
 

@@ -7,8 +7,9 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use super::PgStore;
 use super::rows::UserRow;
+use crate::domain::GOOGLE_ISSUER;
 use crate::domain::UserRecord;
-use crate::store::{GOOGLE_ISSUER, IdentityRecord, IdentityStore, StoreError, StoreResult};
+use crate::store::{IdentityRecord, IdentityStore, StoreError, StoreResult};
 
 #[derive(sqlx::FromRow)]
 struct IdentityRow {
