@@ -1,7 +1,8 @@
 //! The request middleware, one layer: request ids and the request span, the refusals made before
-//! the routes (head size, declared body size, a path that is not text), the error envelope (every 4xx/5xx in the Error shape with the request id, including axum's own
-//! rejections), security headers, metrics and the request's log line. One layer rather than one
-//! per concern: each `from_fn` layer boxes the rest of the stack and its future on every request.
+//! the routes (head size, declared body size, a path that is not text), the error envelope (every
+//! 4xx/5xx in the Error shape with the request id, including axum's own rejections), security
+//! headers, metrics and the request's log line. One layer rather than one per concern: each
+//! `from_fn` layer boxes the rest of the stack and its future on every request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,8 +36,9 @@ fn well_formed_request_id(value: &HeaderValue) -> Option<String> {
 }
 
 /// Outermost layer: assigns the request id, opens the request span, refuses an oversized head or
-/// declared body or a path that is not text (through the CORS layer), puts errors in the Error shape, adds the security headers, and logs one line per request
-/// (method, route, status, latency). Headers are not logged, so Authorization and Cookie never are.
+/// declared body or a path that is not text (through the CORS layer), puts errors in the Error
+/// shape, adds the security headers, and logs one line per request (method, route, status,
+/// latency). Headers are not logged, so Authorization and Cookie never are.
 ///
 /// The span holds only the request id: the JSON formatter writes a span's fields out when the span
 /// opens and parses them back for every line logged inside it, so each field there is paid on

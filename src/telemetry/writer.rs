@@ -1,10 +1,10 @@
 //! Log lines reach stdout from a thread of their own; a request only copies its line into a
 //! shared buffer.
 //!
-//! Why: a request's line used to be written to stdout on the runtime worker that served it. When
+//! Why: if a request's line were written to stdout on the runtime worker that served it, then when
 //! stdout's reader (pm2, journald, a container runtime) falls behind, its pipe fills and `write`
-//! blocks, and so did every worker that logged, which is every one serving requests: the service
-//! stopped answering until the reader caught up. Here a full buffer drops the line instead, and
+//! blocks, and so would every worker that logs, which is every one serving requests: the service
+//! would stop answering until the reader caught up. Here a full buffer drops the line instead, and
 //! counts it.
 //!
 //! Why not `tracing-appender`'s non-blocking writer: it hands each line over as its own allocation
