@@ -63,12 +63,24 @@ impl Locker {
     }
 }
 
-fn retry_after(response: &reqwest::Response) -> Option<u64> {
-    response
+/// Asserts a 503 `SERVICE_UNAVAILABLE` that tells the client when to retry.
+async fn assert_unavailable(response: reqwest::Response) {
+    let retry_after: Option<u64> = response
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse().ok());
+    assert!(
+        retry_after.is_some_and(|s| s > 0),
+        "Retry-After: {:?}",
+        response.headers()
+    );
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+    )
+    .await;
 }
 
 /// A refresh stuck behind a lock on `users` is ended by the statement timeout, long before the
@@ -93,17 +105,7 @@ async fn a_refresh_stuck_behind_a_lock_answers_503_and_its_retry_is_not_taken_fo
 
     let locker = Locker::lock_users(&app).await;
     let stuck = app.refresh(token).await;
-    assert!(
-        retry_after(&stuck).is_some_and(|s| s > 0),
-        "Retry-After: {:?}",
-        stuck.headers()
-    );
-    assert_error(
-        stuck,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "SERVICE_UNAVAILABLE",
-    )
-    .await;
+    assert_unavailable(stuck).await;
     locker.release().await;
 
     let retry = app.refresh(token).await;
@@ -269,13 +271,7 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
     });
     for response in futures::future::join_all(requests).await {
         let response = response.expect("answered while the database is down");
-        assert!(retry_after(&response).is_some_and(|s| s > 0));
-        assert_error(
-            response,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_UNAVAILABLE",
-        )
-        .await;
+        assert_unavailable(response).await;
     }
     assert_eq!(
         metric(&app, "flux_auth_db_users_unreachable").await,
@@ -323,15 +319,7 @@ async fn while_the_database_refuses_connections_requests_fail_fast_and_kept_user
         metric(&app, "flux_auth_db_users_unreachable").await,
         Some(0.0)
     );
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["database"], "ok", "{health}");
 }
 
@@ -763,28 +751,10 @@ async fn behind_a_pooler_that_takes_only_the_startup_parameters_it_tracks_statem
 
     let locker = Locker::lock_users(&app).await;
     let stuck = app.refresh(token).await;
-    assert!(
-        retry_after(&stuck).is_some_and(|s| s > 0),
-        "{:?}",
-        stuck.headers()
-    );
-    assert_error(
-        stuck,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "SERVICE_UNAVAILABLE",
-    )
-    .await;
+    assert_unavailable(stuck).await;
     locker.release().await;
     assert_eq!(app.refresh(token).await.status(), StatusCode::OK);
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["database"], "ok", "{health}");
     assert_eq!(health["checks"]["securityLog"]["healthy"], true, "{health}");
 }

@@ -1257,15 +1257,7 @@ async fn without_configuration_the_google_routes_answer_503() {
         )
         .await;
     }
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["oauth"], "not_configured");
     app.stop().await;
 
@@ -1292,15 +1284,7 @@ async fn without_configuration_the_google_routes_answer_503() {
             .contains("GOOGLE_REDIRECT_URI"),
         "{body}"
     );
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["oauth"], "configured");
 }
 

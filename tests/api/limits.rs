@@ -613,15 +613,7 @@ async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
         })
         .spawn()
         .await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["redis"], "ok");
     forwarder.cut();
     for _ in 0..3 {
@@ -635,29 +627,13 @@ async fn f6_redis_unreachable_limits_hold_in_process_and_move_back() {
         StatusCode::TOO_MANY_REQUESTS,
         "never unlimited"
     );
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["checks"]["redis"], "error");
     assert_eq!(health["status"], "degraded");
     forwarder.restore();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let health: Value = app
-            .client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = app.health().await;
         if health["checks"]["redis"] == "ok" {
             assert_eq!(health["status"], "ok");
             break;
@@ -694,15 +670,7 @@ async fn logout_during_a_redis_outage_still_revokes_and_reaches_redis_afterwards
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let other = app.signed_up(&unique_email()).await;
     loop {
-        let health: Value = app
-            .client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = app.health().await;
         if health["checks"]["redis"] == "ok" {
             break;
         }

@@ -355,15 +355,7 @@ async fn health_checks_while_the_log_database_refuses_inserts_do_not_each_cause_
         return;
     };
     let pool = app.db.as_ref().unwrap().pool().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'security events refused'; END $$; \
-         CREATE TRIGGER refuse_events BEFORE INSERT ON security_events \
-         FOR EACH STATEMENT EXECUTE FUNCTION refuse_events();",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    refuse_inserts(&pool, "security_events").await;
     bad_tokens(&app, "refused", 3).await;
     let probes = || async {
         metric(&app, "flux_auth_security_log_db_probes_total")
@@ -381,15 +373,7 @@ async fn health_checks_while_the_log_database_refuses_inserts_do_not_each_cause_
     let started = std::time::Instant::now();
     const CHECKS: u32 = 100;
     for _ in 0..CHECKS {
-        let health: Value = app
-            .client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = app.health().await;
         assert_eq!(health["checks"]["database"], "ok", "{health}");
         assert_eq!(health["status"], "degraded", "{health}");
     }
@@ -400,21 +384,13 @@ async fn health_checks_while_the_log_database_refuses_inserts_do_not_each_cause_
         "{made} probes for {CHECKS} health checks in {elapsed:?}"
     );
 
-    sqlx::raw_sql("DROP TRIGGER refuse_events ON security_events")
+    sqlx::raw_sql("DROP TRIGGER refuse_inserts ON security_events")
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
     eventually("the spool replayed", PATIENCE, || async {
-        let health: Value = app
-            .client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = app.health().await;
         (health["status"] == "ok").then_some(())
     })
     .await;
@@ -568,15 +544,7 @@ async fn a_login_whose_session_cannot_be_created_records_a_failure_on_both_store
 
         // On Postgres the events went to the spool meanwhile: wait until they are replayed.
         let events = eventually("the login's events", PATIENCE, || async {
-            let health: Value = app
-                .client
-                .get(app.url("/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let health: Value = app.health().await;
             let events = app.events().await;
             (health["checks"]["securityLog"]["spooled"] == 0
                 && !of_request(&events, "no-session").is_empty())
@@ -629,15 +597,7 @@ async fn a_google_sign_in_whose_session_cannot_be_created_records_no_success() {
     assert_eq!(response.status(), StatusCode::OK);
 
     let pool = app.db.as_ref().unwrap().pool().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_sessions() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'sessions refused'; END $$; \
-         CREATE TRIGGER refuse_sessions BEFORE INSERT ON auth_sessions \
-         FOR EACH ROW EXECUTE FUNCTION refuse_sessions();",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    refuse_inserts(&pool, "auth_sessions").await;
     pool.close().await;
     let second = provider.id_token(&app, "sub-zoe", "zoe@gmail.com", json!({ "jti": "second" }));
     let response = post_as(
@@ -763,4 +723,19 @@ async fn a_withdrawn_sign_in_evicts_no_other_session_on_both_stores() {
             "{backend:?}"
         );
     }
+}
+
+/// Makes every insert into `table` fail, as a database that refuses writes (a full disk, a
+/// revoked grant) would, while reads and the connection itself keep working. Undone by
+/// `DROP TRIGGER refuse_inserts ON <table>`.
+async fn refuse_inserts(pool: &sqlx::PgPool, table: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE FUNCTION refuse_inserts() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'inserts refused'; END $$; \
+         CREATE TRIGGER refuse_inserts BEFORE INSERT ON {table} \
+         FOR EACH STATEMENT EXECUTE FUNCTION refuse_inserts();"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
 }

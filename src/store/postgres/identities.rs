@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, Postgres, Transaction};
 
 use super::PgStore;
-use super::rows::UserRow;
+use super::rows::{self, INSERT_USER, UserRow};
 use crate::domain::GOOGLE_ISSUER;
 use crate::domain::UserRecord;
 use crate::store::{IdentityRecord, IdentityStore, StoreError, StoreResult};
@@ -140,24 +140,10 @@ impl IdentityStore for PgStore {
     ) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let mut tx = begin_retrying!(self, conn);
-        sqlx::query(
-            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(user.user_type.as_str())
-        .bind(&user.password_hash)
-        .bind(&user.google_id)
-        .bind(user.email_verified)
-        .bind(&user.avatar)
-        .bind(user.created_at)
-        .bind(user.last_login)
-        .bind(crate::domain::Email::key_of(&user.email))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| identity_conflict(self.fail(e)))?;
+        rows::insert_user(user, INSERT_USER)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| identity_conflict(self.fail(e)))?;
         insert_identity(self, &mut tx, identity).await?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(())

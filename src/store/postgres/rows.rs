@@ -3,7 +3,11 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{UserRecord, UserType};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+
+use crate::domain::{Email, UserRecord, UserType};
 use crate::store::{SessionRecord, TokenRecord};
 
 // Column lists as macros so queries stay `&'static str` (sqlx refuses dynamic SQL strings).
@@ -115,3 +119,34 @@ impl From<TokenRow> for TokenRecord {
         }
     }
 }
+
+/// A user's row written whole, with its canonical email key, by `sql` ([`INSERT_USER`] or
+/// [`INSERT_USER_IF_ABSENT`]): one set of binds for signup, import and a provider's first
+/// sign-in, so the three can never write different columns.
+pub(super) fn insert_user<'q>(
+    user: &'q UserRecord,
+    sql: &'static str,
+) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(user.user_type.as_str())
+        .bind(&user.password_hash)
+        .bind(&user.google_id)
+        .bind(user.email_verified)
+        .bind(&user.avatar)
+        .bind(user.created_at)
+        .bind(user.last_login)
+        .bind(Email::key_of(&user.email))
+}
+
+/// The statement [`insert_user`] binds to: a new user (a taken email or id is an error).
+pub(super) const INSERT_USER: &str = "INSERT INTO users (id, email, name, user_type, password_hash, \
+    google_id, email_verified, avatar, created_at, last_login, email_key) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// The same, leaving an existing user alone (imports).
+pub(super) const INSERT_USER_IF_ABSENT: &str = "INSERT INTO users (id, email, name, user_type, \
+    password_hash, google_id, email_verified, avatar, created_at, last_login, email_key) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::rows::UserRow;
+use super::rows::{self, INSERT_USER, INSERT_USER_IF_ABSENT, UserRow};
 use super::{PgStore, email_keys};
 use crate::domain::{Email, UserRecord, UserType};
 use crate::store::{EmailCollision, ImportOutcome, StoreError, StoreResult, UserStore};
@@ -31,24 +31,10 @@ impl PgStore {
 impl UserStore for PgStore {
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(user.user_type.as_str())
-        .bind(&user.password_hash)
-        .bind(&user.google_id)
-        .bind(user.email_verified)
-        .bind(&user.avatar)
-        .bind(user.created_at)
-        .bind(user.last_login)
-        .bind(Email::key_of(&user.email))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
+        rows::insert_user(user, INSERT_USER)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -149,25 +135,10 @@ impl UserStore for PgStore {
 
     async fn import_user(&self, user: &UserRecord) -> StoreResult<ImportOutcome> {
         let mut conn = self.conn().await?;
-        let done = sqlx::query(
-            "INSERT INTO users (id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
-             created_at, last_login, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(user.user_type.as_str())
-        .bind(&user.password_hash)
-        .bind(&user.google_id)
-        .bind(user.email_verified)
-        .bind(&user.avatar)
-        .bind(user.created_at)
-        .bind(user.last_login)
-        .bind(Email::key_of(&user.email))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
+        let done = rows::insert_user(user, INSERT_USER_IF_ABSENT)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(if done.rows_affected() == 1 {
             ImportOutcome::Inserted
         } else {

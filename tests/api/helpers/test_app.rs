@@ -214,6 +214,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /health`'s body (whatever its status: 503 when degraded is still a report).
+    pub async fn health(&self) -> Value {
+        self.client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn signup(&self, email: &str, password: &str, name: &str) -> Response {
         self.post_json(
             "/api/auth/signup",
