@@ -14,6 +14,10 @@
 //!   as the baseline in the same run, with tracing-subscriber's JSON formatter flattened, with
 //!   the current span.
 //!
+//! - `sessions_page`: `describe_user_agent` (woothee) for the usual clients, and the body of
+//!   `GET /api/auth/sessions` for five sessions, built and encoded as the handler does, against the
+//!   body with only the older fields (no user agent read), in the same run.
+//!
 //! `record()`, the spool and the Postgres insert are in `benches/security_log/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -48,6 +52,8 @@ fn user() -> UserRecord {
         avatar: None,
         created_at: Utc::now(),
         last_login: None,
+        updated_at: Utc::now(),
+        two_factor_enabled: false,
         extra: Default::default(),
     }
 }
@@ -225,6 +231,102 @@ fn request_log_line(c: &mut Criterion) {
     group.finish();
 }
 
+const SESSION_AGENTS: [(&str, &str); 4] = [
+    ("desktop_chrome", UA),
+    (
+        "iphone_safari",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like \
+         Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    ),
+    (
+        "android_chrome",
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) \
+         Chrome/124.0.0.0 Mobile Safari/537.36",
+    ),
+    ("cli", "flux-cli/1.4.2 node/20.11.1"),
+];
+
+/// The session view before the sessions page's fields: what the route encoded until then.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OlderSessionView {
+    id: Uuid,
+    device_name: String,
+    ip_address: String,
+    created_at: String,
+    last_used_at: String,
+    expires_at: String,
+    is_current: bool,
+}
+
+fn sessions_page(c: &mut Criterion) {
+    use flux_auth::domain::{describe_user_agent, format_timestamp};
+    use flux_auth::http::bodies::sessions::{SessionList, SessionView};
+    let mut group = c.benchmark_group("sessions_page");
+    for (name, agent) in SESSION_AGENTS {
+        group.bench_function(format!("describe_user_agent/{name}"), |b| {
+            b.iter(|| describe_user_agent(black_box(agent)))
+        });
+    }
+    let now = Utc::now();
+    // As stored: the device name is written when the session starts, the user agent beside it.
+    let sessions: Vec<(Uuid, &str, String)> = (0..5)
+        .map(|i| {
+            let agent = SESSION_AGENTS[i % SESSION_AGENTS.len()].1;
+            (Uuid::now_v7(), agent, flux_auth::domain::device_name(agent))
+        })
+        .collect();
+    group.bench_function("list_5/older_fields", |b| {
+        b.iter(|| {
+            let views: Vec<OlderSessionView> = sessions
+                .iter()
+                .map(|(id, _, device_name)| OlderSessionView {
+                    id: *id,
+                    device_name: device_name.clone(),
+                    ip_address: "203.0.113.57".into(),
+                    created_at: format_timestamp(now),
+                    last_used_at: format_timestamp(now),
+                    expires_at: format_timestamp(now),
+                    is_current: false,
+                })
+                .collect();
+            serde_json::to_vec(&views).unwrap()
+        })
+    });
+    group.bench_function("list_5/with_page_fields", |b| {
+        b.iter(|| {
+            let views: Vec<SessionView> = sessions
+                .iter()
+                .map(|(id, agent, device_name)| {
+                    let found = describe_user_agent(agent);
+                    let last_used_at = format_timestamp(now);
+                    SessionView {
+                        id: *id,
+                        device_name: device_name.clone(),
+                        ip_address: "203.0.113.57".into(),
+                        ip: "203.0.113.57".into(),
+                        created_at: format_timestamp(now),
+                        last_active: last_used_at.clone(),
+                        last_used_at,
+                        expires_at: format_timestamp(now),
+                        is_current: false,
+                        device: found.device,
+                        browser: found.browser,
+                        os: found.os,
+                        location: None,
+                    }
+                })
+                .collect();
+            serde_json::to_vec(&SessionList {
+                success: true,
+                sessions: views,
+            })
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     request_log_line,
@@ -232,6 +334,7 @@ criterion_group!(
     fingerprint,
     refresh_token,
     event,
-    password_policy
+    password_policy,
+    sessions_page
 );
 criterion_main!(benches);

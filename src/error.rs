@@ -42,6 +42,12 @@ pub enum ApiError {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    /// What would be stored is over its bound (413), though the body itself was accepted.
+    #[error("too large to store: {code}")]
+    TooLargeToStore {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("rate limited for {retry_after}s")]
@@ -124,7 +130,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge | Self::TooLargeToStore { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -154,6 +160,7 @@ impl ApiError {
             Self::PayloadTooLarge => {
                 ErrorBody::new("PAYLOAD_TOO_LARGE", "Request body is too large")
             }
+            Self::TooLargeToStore { code, message } => ErrorBody::new(code, *message),
             Self::UnsupportedMediaType => ErrorBody::new(
                 "UNSUPPORTED_MEDIA_TYPE",
                 "Content-Type must be application/json",
@@ -289,6 +296,14 @@ impl From<crate::auth::AuthError> for ApiError {
             A::SessionNotFound => Self::NotFound {
                 code: "SESSION_NOT_FOUND",
                 message: "Session not found",
+            },
+            A::InvalidSettings(why) => Self::BadRequest {
+                code: "AUTH_INVALID_SETTINGS",
+                message: format!("Invalid settings: {why}"),
+            },
+            A::SettingsTooLarge => Self::TooLargeToStore {
+                code: "AUTH_SETTINGS_TOO_LARGE",
+                message: "Settings are too large: at most 4 KiB are kept",
             },
             A::Unavailable(why) => {
                 tracing::warn!(reason = %why, "store unavailable; answering 503");

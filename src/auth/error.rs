@@ -23,6 +23,11 @@ pub enum AuthError {
     RefreshReused,
     #[error("session not found")]
     SessionNotFound,
+    /// Settings that are not of the accepted shape; the text says what is wrong.
+    #[error("invalid settings: {0}")]
+    InvalidSettings(String),
+    #[error("settings too large")]
+    SettingsTooLarge,
     #[error("rate limited")]
     RateLimited(Exceeded),
     #[error("store unavailable: {0}")]

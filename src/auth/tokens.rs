@@ -317,6 +317,8 @@ mod tests {
             avatar: None,
             created_at: Utc::now(),
             last_login: None,
+            updated_at: Utc::now(),
+            two_factor_enabled: false,
             extra: Default::default(),
         }
     }

@@ -3,12 +3,15 @@
 mod client;
 mod email;
 mod identity;
+pub mod settings;
 mod user;
+mod user_agent;
 
 pub use client::{ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, device_name};
 pub use email::Email;
 pub use identity::{GOOGLE_ISSUER, IdentityRecord};
-pub use user::{Name, User, UserRecord, UserType, UserView, format_timestamp};
+pub use user::{Name, User, UserRecord, UserType, UserView, format_timestamp, parse_avatar};
+pub use user_agent::{UserAgentSummary, describe as describe_user_agent};
 
 /// Why a value from a client was refused; `field` names the JSON field it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,6 +76,28 @@ impl Name {
     }
 }
 
+/// An avatar: an `https` URL with a host, at most 2,048 characters, no whitespace or control
+/// characters (it ends up in an `<img src>` of every FluxStudio page that shows the user).
+pub fn parse_avatar(raw: &str) -> Result<String, ValidationError> {
+    const MAX_CHARS: usize = 2048;
+    let refuse = |message: &str| Err(ValidationError::new("avatar", message));
+    if raw.chars().count() > MAX_CHARS {
+        return refuse("avatar must be at most 2048 characters");
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_whitespace() || is_forbidden_char(c))
+    {
+        return refuse("avatar must be an https URL without spaces");
+    }
+    match url::Url::parse(raw) {
+        Ok(url) if url.scheme() == "https" && url.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(raw.to_owned())
+        }
+        _ => refuse("avatar must be an https URL, or null to remove it"),
+    }
+}
+
 /// A user as the stores keep it. `extra` carries fields of the old `users.json` that this service
 /// does not use, so the file store writes them back untouched.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +112,12 @@ pub struct UserRecord {
     pub email_verified: bool,
     pub avatar: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The last change to the account itself (name, avatar, password, type, settings); not a
+    /// sign-in.
+    pub updated_at: DateTime<Utc>,
     pub last_login: Option<DateTime<Utc>>,
+    /// Whether sign-in asks for a second factor.
+    pub two_factor_enabled: bool,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -105,8 +132,12 @@ pub struct UserView {
     pub email: String,
     pub name: String,
     pub user_type: UserType,
+    /// The same value as `userType`, for the clients that read `role`.
+    pub role: UserType,
     pub created_at: String,
+    pub updated_at: String,
     pub email_verified: bool,
+    pub two_factor_enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,8 +151,11 @@ impl From<&UserRecord> for UserView {
             email: user.email.clone(),
             name: user.name.clone(),
             user_type: user.user_type,
+            role: user.user_type,
             created_at: format_timestamp(user.created_at),
+            updated_at: format_timestamp(user.updated_at),
             email_verified: user.email_verified,
+            two_factor_enabled: user.two_factor_enabled,
             avatar: user.avatar.clone(),
             last_login: user.last_login.map(format_timestamp),
         }
@@ -160,5 +194,23 @@ mod tests {
             Name::parse("<b>Ada</b>").unwrap().into_inner(),
             "<b>Ada</b>"
         );
+    }
+
+    #[test]
+    fn avatars_are_https_urls_of_bounded_length() {
+        assert!(parse_avatar("https://cdn.example.com/a.png").is_ok());
+        for bad in [
+            "http://cdn.example.com/a.png",
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "https://",
+            "https://cdn.example.com/a b.png",
+            "/relative.png",
+            "",
+        ] {
+            assert_eq!(parse_avatar(bad).unwrap_err().field, "avatar", "{bad}");
+        }
+        let long = format!("https://cdn.example.com/{}", "a".repeat(2048));
+        assert!(parse_avatar(&long).is_err());
     }
 }

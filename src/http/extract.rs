@@ -53,13 +53,15 @@ async fn read_body(req: Request, state: &AppState) -> Result<(HeaderMap, Bytes),
 }
 
 /// The body fields a 400 may name.
-const BODY_FIELDS: [&str; 6] = [
+const BODY_FIELDS: [&str; 8] = [
     "email",
     "password",
     "name",
     "userType",
     "refreshToken",
     "credential",
+    "avatar",
+    "settings",
 ];
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -220,7 +222,11 @@ impl FromRequestParts<AppState> for RequestContext {
             route: parts
                 .extensions
                 .get::<MatchedPath>()
-                .map(|p| p.as_str().to_owned())
+                .map(|p| {
+                    super::canonical_path(p.as_str())
+                        .unwrap_or(p.as_str())
+                        .to_owned()
+                })
                 .unwrap_or_else(|| parts.uri.path().chars().take(200).collect()),
             method: parts.method.to_string(),
             client: ClientInfo::new(ip, user_agent, accept_language),

@@ -63,7 +63,11 @@ pub async fn request_context(State(edge): State<Edge>, mut req: Request, next: N
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let client_ip = super::extract::client_ip(peer, req.headers(), &state.settings.trusted_proxies);
-    let route_label = route.as_deref().unwrap_or("unmatched");
+    // An alias is labelled with its route's path: one label value per route, however called.
+    let route_label = route
+        .as_deref()
+        .map(|matched| super::canonical_path(matched).unwrap_or(matched))
+        .unwrap_or("unmatched");
     let span = tracing::info_span!("request", request_id = %id);
     let started = Instant::now();
     let response = match EarlyRefusal::of(&req, state.settings.body_limit_bytes) {

@@ -1,5 +1,6 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
+pub mod account;
 pub mod admin;
 pub mod admin_users;
 pub mod auth;
@@ -13,6 +14,8 @@ pub mod middleware;
 pub mod openapi;
 pub mod sessions;
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,10 +28,12 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::state::AppState;
 
-/// One public route: the method and path the OpenAPI document must list, and its handler.
+/// One public route: the method and path the OpenAPI document must list, the other paths it is
+/// also served at ([`aliases_of`]), and its handler.
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
+    pub aliases: Vec<String>,
     handler: MethodRouter<AppState>,
 }
 
@@ -41,6 +46,14 @@ impl Route {
         Self::new(Method::POST, path, routing::post(handler))
     }
 
+    fn put<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::PUT, path, routing::put(handler))
+    }
+
+    fn patch<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::PATCH, path, routing::patch(handler))
+    }
+
     fn delete<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
         Self::new(Method::DELETE, path, routing::delete(handler))
     }
@@ -49,16 +62,58 @@ impl Route {
         Self {
             method,
             path,
+            aliases: aliases_of(path),
             handler,
         }
     }
 }
 
+/// The route that hands out a CSRF token, for old clients.
+pub const CSRF_PATH: &str = "/api/csrf-token";
+
+/// Prefixes served twice: FluxStudio's own server mounts its auth routers at both, and its web
+/// app's development proxy forwards `/auth` and `/2fa` unchanged. (Canonical prefix, alias.)
+const ALIAS_PREFIXES: [(&str, &str); 2] = [("/api/auth/", "/auth/"), ("/api/2fa/", "/2fa/")];
+
+/// The other paths the route at `path` is also served at: every `/api/auth/*` at `/auth/*`, every
+/// `/api/2fa/*` at `/2fa/*`, and the CSRF route at the two other paths clients fetch it from.
+pub fn aliases_of(path: &str) -> Vec<String> {
+    if path == CSRF_PATH {
+        return vec!["/csrf-token".to_owned(), "/api/auth/csrf-token".to_owned()];
+    }
+    ALIAS_PREFIXES
+        .iter()
+        .filter_map(|(canonical, alias)| {
+            path.strip_prefix(canonical)
+                .map(|rest| format!("{alias}{rest}"))
+        })
+        .collect()
+}
+
+/// The path a matched route is documented under: itself, or for an alias its route's path. Metrics
+/// labels, log lines and events carry this, so an alias adds no label value of its own.
+pub fn canonical_path(matched: &str) -> Option<&'static str> {
+    static BY_PATH: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+    BY_PATH
+        .get_or_init(|| {
+            let mut by_path = HashMap::new();
+            for route in routes() {
+                by_path.insert(route.path.to_owned(), route.path);
+                for alias in route.aliases {
+                    by_path.insert(alias, route.path);
+                }
+            }
+            by_path
+        })
+        .get(matched)
+        .copied()
+}
+
 /// Where Prometheus scrapes (on its own listener instead when `METRICS_ADDR` is set).
 pub const METRICS_PATH: &str = "/metrics";
 
-/// Every public route, in one list: `router` serves these, and the operability test checks that
-/// `/openapi.json` documents exactly these.
+/// Every public route, in one list: `router` serves these (and their aliases), and the operability
+/// test checks that `/openapi.json` documents exactly these, each naming its aliases.
 pub fn routes() -> Vec<Route> {
     vec![
         Route::get(METRICS_PATH, metrics::metrics),
@@ -66,10 +121,14 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/auth/signup", auth::signup),
         Route::post("/api/auth/login", auth::login),
         Route::get("/api/auth/me", auth::me),
+        Route::patch("/api/auth/me", account::update_me),
+        Route::get("/api/auth/settings", account::settings),
+        Route::put("/api/auth/settings", account::put_settings),
         Route::post("/api/auth/refresh", auth::refresh),
         Route::post("/api/auth/logout", auth::logout),
         Route::post("/api/auth/logout-all", auth::logout_all),
         Route::get("/api/auth/sessions", sessions::list),
+        Route::delete("/api/auth/sessions", sessions::revoke_others),
         Route::delete("/api/auth/sessions/{id}", sessions::revoke),
         Route::get("/api/auth/token-info", auth::token_info),
         Route::post("/api/auth/google", google::sign_in),
@@ -77,7 +136,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/auth/google/callback", google::callback),
         Route::post("/api/auth/google/callback", google::gis_callback),
         Route::post("/api/auth/apple", auth::apple),
-        Route::get("/api/csrf-token", auth::csrf_token),
+        Route::get(CSRF_PATH, auth::csrf_token),
         Route::get("/api/auth/security-events", events::own),
         Route::get("/api/admin/security/events", events::list),
         Route::get("/api/admin/security/events/stats", events::stats),
@@ -108,7 +167,11 @@ pub fn router(state: AppState) -> Router {
         if route.path == METRICS_PATH && settings.metrics_addr.is_some() {
             continue;
         }
-        // Two methods on one path (the Google callback) merge into one method router.
+        // Two methods on one path (the Google callback) merge into one method router; an alias
+        // gets the same handler, so limits, events and answers are the route's own.
+        for alias in &route.aliases {
+            api = api.route(alias, route.handler.clone());
+        }
         api = api.route(route.path, route.handler);
     }
     let api = api
@@ -155,7 +218,14 @@ fn cors(state: &AppState) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -1,4 +1,4 @@
-//! The caller's sessions: list them, revoke one.
+//! The caller's sessions: list them, revoke one, revoke all the others.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use super::bodies::MessageBody;
 use super::bodies::errors::{BearerErrors, Unavailable};
-use super::bodies::sessions::{SessionList, SessionView};
+use super::bodies::sessions::{OthersRevoked, SessionList, SessionView};
 use super::extract::AuthUser;
-use crate::domain::format_timestamp;
+use crate::domain::{describe_user_agent, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
@@ -28,14 +28,24 @@ pub async fn list(
         .sessions(&auth)
         .await?
         .into_iter()
-        .map(|s| SessionView {
-            id: s.id,
-            device_name: s.device_name,
-            ip_address: s.ip_address,
-            created_at: format_timestamp(s.created_at),
-            last_used_at: format_timestamp(s.last_used_at),
-            expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
-            is_current: s.id == auth.claims.sid,
+        .map(|s| {
+            let agent = describe_user_agent(s.user_agent.as_deref().unwrap_or_default());
+            let last_used_at = format_timestamp(s.last_used_at);
+            SessionView {
+                id: s.id,
+                ip: s.ip_address.clone(),
+                device_name: s.device_name,
+                ip_address: s.ip_address,
+                created_at: format_timestamp(s.created_at),
+                last_active: last_used_at.clone(),
+                last_used_at,
+                expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
+                is_current: s.id == auth.claims.sid,
+                device: agent.device,
+                browser: agent.browser,
+                os: agent.os,
+                location: None,
+            }
         })
         .collect();
     Ok(Json(SessionList {
@@ -64,4 +74,23 @@ pub async fn revoke(
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     state.auth.revoke_session(&auth, id, &ctx).await?;
     Ok(Json(MessageBody::ok("Session revoked successfully")))
+}
+
+#[utoipa::path(delete, path = "/api/auth/sessions", tag = "sessions", operation_id = "revoke_other_sessions",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every session of the caller but the caller's own is revoked, \
+            and their access tokens stop working at once", body = OthersRevoked),
+        BearerErrors, Unavailable,
+    ))]
+pub async fn revoke_others(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AuthUser(auth): AuthUser,
+) -> ApiResult<Json<OthersRevoked>> {
+    let revoked = state.auth.revoke_other_sessions(&auth, &ctx).await?;
+    Ok(Json(OthersRevoked {
+        success: true,
+        revoked,
+    }))
 }

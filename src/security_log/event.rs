@@ -32,6 +32,8 @@ pub enum EventType {
     AccountLocked,
     PasswordRehashed,
     UserTypeChanged,
+    /// The caller changed their own name or avatar.
+    ProfileUpdated,
     LockoutLifted,
     TokenCleanup,
     ServiceStarted,
@@ -42,7 +44,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 26] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -63,6 +65,7 @@ impl EventType {
         Self::AccountLocked,
         Self::PasswordRehashed,
         Self::UserTypeChanged,
+        Self::ProfileUpdated,
         Self::LockoutLifted,
         Self::TokenCleanup,
         Self::ServiceStarted,
@@ -92,6 +95,7 @@ impl EventType {
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
             Self::UserTypeChanged => "user_type_changed",
+            Self::ProfileUpdated => "profile_updated",
             Self::LockoutLifted => "lockout_lifted",
             Self::TokenCleanup => "token_cleanup",
             Self::ServiceStarted => "service_started",
@@ -115,6 +119,7 @@ impl EventType {
             | Self::TokenRevoked
             | Self::Logout
             | Self::PasswordRehashed
+            | Self::ProfileUpdated
             | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped => Severity::Info,
@@ -153,6 +158,7 @@ impl EventType {
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
             Self::UserTypeChanged => "authz_change",
+            Self::ProfileUpdated => "user_updated",
             Self::LockoutLifted => "authz_admin",
             Self::TokenCleanup => "sys_monitor_cleanup",
             Self::ServiceStarted => "sys_startup",

@@ -281,6 +281,14 @@ pub fn warn_of_collisions(collisions: &[EmailCollision]) {
     }
 }
 
+/// What `PATCH /api/auth/me` changes: each field only when present; `avatar: Some(None)` removes
+/// the avatar.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub name: Option<String>,
+    pub avatar: Option<Option<String>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportOutcome {
     Inserted,
@@ -317,6 +325,26 @@ pub trait UserStore: Send + Sync {
     /// Accounts that cannot be found by email: those that share their mailbox with an earlier
     /// account, and those whose address has no key (see [`EmailCollision`]).
     async fn email_collisions(&self) -> StoreResult<Vec<EmailCollision>>;
+    /// Applies `change` and sets `updated_at` to `at`; returns the user as changed, `NotFound`
+    /// when the user is gone. Every instance's copy of the user is dropped (on Postgres, by the
+    /// change announcement).
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        change: &ProfileChange,
+        at: DateTime<Utc>,
+    ) -> StoreResult<UserRecord>;
+    /// The user's stored settings, as last saved (`None`: never saved); `NotFound` when the user
+    /// is gone.
+    async fn user_settings(&self, user_id: &str) -> StoreResult<Option<serde_json::Value>>;
+    /// Replaces the user's stored settings whole and sets `updated_at` to `at`; `NotFound` when
+    /// the user is gone.
+    async fn set_user_settings(
+        &self,
+        user_id: &str,
+        settings: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
 
 /// Sessions (refresh-token families) and their tokens.
@@ -367,6 +395,15 @@ pub trait SessionStore: Send + Sync {
         now: DateTime<Utc>,
         reason: &str,
     ) -> StoreResult<bool>;
+    /// Revokes every live session of the user but `keep`; returns their ids.
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        reason: &str,
+    ) -> StoreResult<Vec<Uuid>>;
     /// Revokes every live session of the user; returns how many.
     async fn revoke_all_sessions(
         &self,

@@ -648,6 +648,8 @@ async fn a_database_clock_running_ahead_lengthens_the_grace_window_by_the_reques
             avatar: None,
             created_at: now,
             last_login: None,
+            updated_at: now,
+            two_factor_enabled: false,
             extra: serde_json::Map::new(),
         })
         .await

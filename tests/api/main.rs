@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod account_input;
 mod bad_input;
 mod connections;
 mod dashboard;
@@ -11,6 +12,7 @@ mod events;
 mod fake_oidc;
 mod faults;
 mod file_journal;
+mod fluxstudio_clients;
 mod forwarder;
 mod google;
 mod limits;

@@ -807,6 +807,49 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
         }
     }
 
+    // Each alias: named by its route's operation, and served as the route itself (the same answer
+    // to the same request, never the 404 or 405 of a path the router does not know).
+    let mut aliased = 0;
+    for route in flux_auth::http::routes() {
+        let method = route.method.as_str().to_ascii_lowercase();
+        let named = &doc["paths"][route.path][&method]["x-aliases"];
+        if route.aliases.is_empty() {
+            assert!(named.is_null(), "{method} {}: {named}", route.path);
+            continue;
+        }
+        assert_eq!(named, &json!(route.aliases), "{method} {}", route.path);
+        let concrete = |path: &str| path.replace("{id}", "x").replace("{sid}", "x");
+        let status_at = |path: String| {
+            let request = app.client.request(route.method.clone(), app.url(&path));
+            async move { request.send().await.unwrap().status() }
+        };
+        let canonical = status_at(concrete(route.path)).await;
+        for alias in &route.aliases {
+            let status = status_at(concrete(alias)).await;
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {alias}: {status}"
+            );
+            assert_eq!(status, canonical, "{method} {alias} against {}", route.path);
+            aliased += 1;
+        }
+    }
+    assert!(aliased > 20, "{aliased} aliases");
+    for unknown in ["/auth/nope", "/2fa/nope", "/api/2fa/nope"] {
+        let response = app.client.get(app.url(unknown)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{unknown}");
+    }
+    // The mechanism is by prefix: a route added under one gets its alias.
+    assert_eq!(
+        flux_auth::http::aliases_of("/api/2fa/setup"),
+        vec!["/2fa/setup".to_owned()]
+    );
+    assert_eq!(
+        flux_auth::http::aliases_of("/api/auth/x/{id}"),
+        vec!["/auth/x/{id}".to_owned()]
+    );
+    assert!(flux_auth::http::aliases_of("/api/admin/security/users").is_empty());
+
     let mut found = Vec::new();
     refs(&doc, &mut found);
     for r in found {

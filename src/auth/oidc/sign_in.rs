@@ -508,6 +508,8 @@ fn new_user(token: &VerifiedIdToken, email: &Email, now: chrono::DateTime<Utc>) 
         avatar,
         created_at: now,
         last_login: Some(now),
+        updated_at: now,
+        two_factor_enabled: false,
         extra: Default::default(),
     }
 }

@@ -1,11 +1,12 @@
 //! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
-//! caller's sessions, and the session every sign-in starts. Each flow validates its input, talks
+//! caller's sessions, profile and settings, and the session every sign-in starts. Each flow validates its input, talks
 //! to the store, issues tokens and records exactly the security events docs/API.md lists. Inputs are
 //! plain values (the strings as sent, checked here), never HTTP types.
 
 mod bearer;
 mod login;
 mod logout;
+mod profile;
 mod refresh;
 mod session_start;
 mod sessions;
@@ -31,6 +32,7 @@ use crate::store::Store;
 
 pub use bearer::{Authenticated, RefusedToken};
 pub use login::Credentials;
+pub use profile::ProfileEdit;
 pub use signup::NewAccount;
 
 /// A freshly issued access + refresh token pair.

@@ -1,4 +1,4 @@
-//! The caller's sessions: listing them and revoking one; and, at start, the denial of the access
+//! The caller's sessions: listing them, revoking one or all the others; and, at start, the denial of the access
 //! tokens of recently revoked sessions.
 
 use chrono::Utc;
@@ -44,6 +44,45 @@ impl AuthService {
                 .with("current", session_id == auth.claims.sid),
         )
         .await
+    }
+
+    /// Revokes every live session of the caller but the caller's own, and denies their access
+    /// tokens at once; returns how many were revoked.
+    pub async fn revoke_other_sessions(
+        &self,
+        auth: &Authenticated,
+        ctx: &RequestContext,
+    ) -> Result<usize, AuthError> {
+        let now = self.clock.now();
+        let revoked = self
+            .store
+            .revoke_other_sessions(
+                &auth.user.id,
+                auth.claims.sid,
+                now,
+                self.policy.idle_ttl,
+                "revoked_by_user",
+            )
+            .await?;
+        let until = now + chrono::Duration::seconds(self.access.ttl_secs() + 60);
+        for sid in &revoked {
+            self.revocations
+                .revoke_session(&sid.to_string(), until)
+                .await?;
+        }
+        // Revocations stand whatever becomes of their events (failing closed); a lost one makes
+        // the request fail so that the client does not take it as recorded.
+        for sid in &revoked {
+            self.record_outcome(
+                SecurityEvent::from_request(EventType::TokenRevoked, ctx)
+                    .user(&auth.user.id)
+                    .reason("revoked_by_user")
+                    .with("sessionId", sid.to_string())
+                    .with("current", false),
+            )
+            .await?;
+        }
+        Ok(revoked.len())
     }
 
     /// Denies again the access tokens of sessions revoked within the last access-token lifetime.

@@ -77,6 +77,8 @@ impl AuthService {
             avatar: None,
             created_at: now,
             last_login: Some(now),
+            updated_at: now,
+            two_factor_enabled: false,
             extra: Default::default(),
         };
         // The account's creation event is recorded before the account is written, so an account

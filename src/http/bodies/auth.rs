@@ -84,6 +84,15 @@ pub struct AuthResponse {
     /// Google sign-in only: whether this sign-in created the account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_new_user: Option<bool>,
+    /// Signup only: always false, the address is not verified yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// Signup only: what the web app shows once the account exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "Account created successfully. Please check your email to verify your account."
+    )]
+    pub message: Option<&'static str>,
 }
 
 impl AuthResponse {
@@ -99,6 +108,19 @@ impl AuthResponse {
             token_type: "Bearer",
             user: UserView::from(&success.user),
             is_new_user,
+            email_verified: None,
+            message: None,
+        }
+    }
+
+    /// Signup's answer: the AuthResponse, with `emailVerified: false` and the message.
+    pub fn signed_up(success: &AuthSuccess, ttl: i64) -> Self {
+        Self {
+            email_verified: Some(success.user.email_verified),
+            message: Some(
+                "Account created successfully. Please check your email to verify your account.",
+            ),
+            ..Self::new(success, ttl, None)
         }
     }
 }

@@ -10,7 +10,9 @@ pub struct SessionList {
     pub sessions: Vec<SessionView>,
 }
 
-/// A live session (refresh-token family) of the caller.
+/// A live session (refresh-token family) of the caller. `deviceName`, `ipAddress` and
+/// `lastUsedAt` are the older clients' names; `device`, `browser`, `os`, `ip`, `location` and
+/// `lastActive` are what FluxStudio's sessions page reads.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
@@ -23,4 +25,28 @@ pub struct SessionView {
     pub expires_at: String,
     /// The session of the access token that asked.
     pub is_current: bool,
+    /// `Desktop`, `Mobile`, `Tablet` or `Unknown`, from the user agent that signed in.
+    #[schema(example = "Desktop")]
+    pub device: &'static str,
+    /// `Unknown` when not recognised.
+    #[schema(example = "Chrome")]
+    pub browser: String,
+    /// `Unknown` when not recognised.
+    #[schema(example = "macOS")]
+    pub os: String,
+    /// The same as `ipAddress`.
+    pub ip: String,
+    /// Always null: no address is located.
+    #[schema(value_type = Option<String>)]
+    pub location: Option<String>,
+    /// The same as `lastUsedAt`.
+    pub last_active: String,
+}
+
+/// `DELETE /api/auth/sessions`: every other session of the caller is revoked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OthersRevoked {
+    pub success: bool,
+    /// How many sessions were revoked.
+    pub revoked: usize,
 }

@@ -8,11 +8,12 @@ use uuid::Uuid;
 use super::FileStore;
 use super::session_rules::{Decided, decide, evict, invalid};
 use super::session_state::{self, Sessions, ended_at};
+use super::users_file::touch;
 use crate::domain::{Email, UserRecord, UserType};
 use crate::store::{
-    IdentityStore, ImportOutcome, InvalidReason, NewSession, RotateOutcome, RotateRequest,
-    RotationDecision, SessionRecord, SessionStore, Store, StoreError, StoreResult, TokenRecord,
-    UserStore, decide_rotation,
+    IdentityStore, ImportOutcome, InvalidReason, NewSession, ProfileChange, RotateOutcome,
+    RotateRequest, RotationDecision, SessionRecord, SessionStore, Store, StoreError, StoreResult,
+    TokenRecord, UserStore, decide_rotation,
 };
 
 #[async_trait]
@@ -102,7 +103,52 @@ impl UserStore for FileStore {
     async fn email_collisions(&self) -> StoreResult<Vec<crate::store::EmailCollision>> {
         Ok(self.users().await?.collisions())
     }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        change: &ProfileChange,
+        at: DateTime<Utc>,
+    ) -> StoreResult<UserRecord> {
+        self.update_users(|users| {
+            let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
+            if let Some(name) = &change.name {
+                user.name.clone_from(name);
+            }
+            if let Some(avatar) = &change.avatar {
+                user.avatar.clone_from(avatar);
+            }
+            touch(user, at);
+            Ok(user.clone())
+        })
+        .await
+    }
+
+    async fn user_settings(&self, user_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let users = self.users().await?;
+        let user = users.by_id(user_id).ok_or(StoreError::NotFound)?;
+        Ok(user.extra.get(SETTINGS_KEY).cloned())
+    }
+
+    async fn set_user_settings(
+        &self,
+        user_id: &str,
+        settings: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.update_users(|users| {
+            let user = users.by_id_mut(user_id).ok_or(StoreError::NotFound)?;
+            user.extra.insert(SETTINGS_KEY.to_owned(), settings.clone());
+            touch(user, at);
+            Ok(())
+        })
+        .await
+    }
 }
+
+/// The key of a user's settings in their users.json entry, where FluxStudio's own service kept
+/// them.
+const SETTINGS_KEY: &str = "settings";
 
 #[async_trait]
 impl SessionStore for FileStore {
@@ -285,6 +331,32 @@ impl SessionStore for FileStore {
                 Ok(true)
             }
             None => Ok(false),
+        })
+        .await
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        reason: &str,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.update_sessions(|tx| {
+            let others: Vec<SessionRecord> = tx
+                .state()
+                .open_sessions_of(user_id)
+                .filter(|e| e.rec.id != keep && e.rec.is_live(now, idle_ttl))
+                .map(|e| SessionRecord::clone(&e.rec))
+                .collect();
+            let ids = others.iter().map(|s| s.id).collect();
+            for mut session in others {
+                session.revoked_at = Some(now);
+                session.revoked_reason = Some(reason.to_owned());
+                tx.put_session(session);
+            }
+            Ok(ids)
         })
         .await
     }

@@ -71,6 +71,8 @@ struct FileUser {
     created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_login: Option<String>,
+    #[serde(default)]
+    two_factor_enabled: bool,
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -93,6 +95,11 @@ struct FileUserOut<'a> {
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_login: Option<String>,
+    /// Written only when on, so an entry without a second factor keeps the old shape.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    two_factor_enabled: bool,
+    // `updatedAt` and the user's settings (`settings`) stay here, where FluxStudio's own
+    // users.json kept them, so an entry nobody changed is written back exactly as it was.
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, serde_json::Value>,
 }
@@ -120,9 +127,14 @@ fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
 impl From<FileUser> for UserRecord {
     fn from(u: FileUser) -> Self {
         let email_verified = u.email_verified || u.google_id.is_some();
+        let created_at = parse_time(u.created_at.as_deref()).unwrap_or(DateTime::UNIX_EPOCH);
         Self {
-            created_at: parse_time(u.created_at.as_deref()).unwrap_or(DateTime::UNIX_EPOCH),
+            created_at,
+            // An entry without `updatedAt` is unchanged since it was created.
+            updated_at: parse_time(u.extra.get(UPDATED_AT).and_then(|v| v.as_str()))
+                .unwrap_or(created_at),
             last_login: parse_time(u.last_login.as_deref()),
+            two_factor_enabled: u.two_factor_enabled,
             user_type: u
                 .user_type
                 .as_deref()
@@ -153,9 +165,23 @@ impl<'a> From<&'a UserRecord> for FileUserOut<'a> {
             avatar: u.avatar.as_deref(),
             created_at: format_timestamp(u.created_at),
             last_login: u.last_login.map(format_timestamp),
+            two_factor_enabled: u.two_factor_enabled,
             extra: &u.extra,
         }
     }
+}
+
+/// The key of an entry's last change, among its other fields (`extra`).
+const UPDATED_AT: &str = "updatedAt";
+
+/// Sets the user's `updated_at`, and the entry's `updatedAt` that keeps it in users.json: every
+/// change the file store makes to an account itself goes through here.
+pub(super) fn touch(user: &mut UserRecord, at: DateTime<Utc>) {
+    user.updated_at = at;
+    user.extra.insert(
+        UPDATED_AT.to_owned(),
+        serde_json::Value::String(format_timestamp(at)),
+    );
 }
 
 /// Reads the old service's `users.json`; used at start and by `import-users`.
@@ -187,6 +213,8 @@ mod tests {
             avatar: None,
             created_at: Utc::now(),
             last_login: None,
+            updated_at: Utc::now(),
+            two_factor_enabled: false,
             extra: serde_json::Map::new(),
         }
     }

@@ -76,11 +76,14 @@ async fn insert_identity(
 /// The user an identity (`$1` issuer, `$2` subject) signs in as; `$3`: the issuer is Google's, so
 /// a legacy `google_id` counts too. A linked row wins over a legacy google_id; rows of deleted
 /// users match nothing.
-const USER_BY_IDENTITY: &str = "SELECT id, email, name, user_type, password_hash, google_id, \
-     email_verified, avatar, created_at, last_login FROM users WHERE id IN \
+const USER_BY_IDENTITY: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users WHERE id IN \
        (SELECT user_id FROM user_identities WHERE issuer = $1 AND subject = $2) \
      OR ($3 AND google_id = $2) \
-     ORDER BY (google_id IS NOT DISTINCT FROM $2) LIMIT 1";
+     ORDER BY (google_id IS NOT DISTINCT FROM $2) LIMIT 1"
+);
 
 /// A user's legacy `google_id` (if any) and when the user was created.
 type LegacyLink = (Option<String>, DateTime<Utc>);
@@ -151,14 +154,15 @@ impl IdentityStore for PgStore {
 
     async fn linked_with_password(&self) -> StoreResult<Vec<UserRecord>> {
         let rows: Vec<UserRow> = read_retrying!(self, |conn| {
-            sqlx::query_as(
-                "SELECT id, email, name, user_type, password_hash, google_id, email_verified, \
-                 avatar, created_at, last_login FROM users u \
+            sqlx::query_as(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users u \
                  WHERE password_hash IS NOT NULL \
                    AND (google_id IS NOT NULL \
                         OR EXISTS (SELECT 1 FROM user_identities i WHERE i.user_id = u.id)) \
-                 ORDER BY created_at, id",
-            )
+                 ORDER BY created_at, id"
+            ))
             .fetch_all(&mut *conn)
         })?;
         Ok(rows.into_iter().map(UserRecord::from).collect())

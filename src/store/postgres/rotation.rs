@@ -45,7 +45,8 @@ macro_rules! rotation_columns {
             "u.id AS u_id, u.email AS u_email, u.name AS u_name, u.user_type AS u_user_type, ",
             "u.password_hash AS u_password_hash, u.google_id AS u_google_id, ",
             "u.email_verified AS u_email_verified, u.avatar AS u_avatar, ",
-            "u.created_at AS u_created_at, u.last_login AS u_last_login ",
+            "u.created_at AS u_created_at, u.last_login AS u_last_login, ",
+            "u.updated_at AS u_updated_at, u.two_factor_enabled AS u_two_factor_enabled ",
         )
     };
 }
@@ -171,6 +172,8 @@ struct RotationRow {
     u_avatar: Option<String>,
     u_created_at: Option<DateTime<Utc>>,
     u_last_login: Option<DateTime<Utc>>,
+    u_updated_at: Option<DateTime<Utc>>,
+    u_two_factor_enabled: Option<bool>,
 }
 
 struct RotationState {
@@ -255,6 +258,8 @@ impl From<RotationRow> for RotationState {
                 avatar: r.u_avatar,
                 created_at,
                 last_login: r.u_last_login,
+                updated_at: r.u_updated_at.unwrap_or(created_at),
+                two_factor_enabled: r.u_two_factor_enabled.unwrap_or(false),
             })),
             _ => None,
         };

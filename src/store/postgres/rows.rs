@@ -22,7 +22,8 @@ macro_rules! by_email {
 
 macro_rules! user_columns {
     () => {
-        "id, email, name, user_type, password_hash, google_id, email_verified, avatar, created_at, last_login"
+        "id, email, name, user_type, password_hash, google_id, email_verified, avatar, created_at, \
+         last_login, updated_at, two_factor_enabled"
     };
 }
 macro_rules! session_columns {
@@ -44,6 +45,8 @@ pub(super) struct UserRow {
     pub(super) avatar: Option<String>,
     pub(super) created_at: DateTime<Utc>,
     pub(super) last_login: Option<DateTime<Utc>>,
+    pub(super) updated_at: DateTime<Utc>,
+    pub(super) two_factor_enabled: bool,
 }
 
 impl From<UserRow> for UserRecord {
@@ -58,7 +61,9 @@ impl From<UserRow> for UserRecord {
             email_verified: r.email_verified,
             avatar: r.avatar,
             created_at: r.created_at,
+            updated_at: r.updated_at,
             last_login: r.last_login,
+            two_factor_enabled: r.two_factor_enabled,
             extra: serde_json::Map::new(),
         }
     }
@@ -139,14 +144,17 @@ pub(super) fn insert_user<'q>(
         .bind(user.created_at)
         .bind(user.last_login)
         .bind(Email::key_of(&user.email))
+        .bind(user.updated_at)
+        .bind(user.two_factor_enabled)
 }
 
 /// The statement [`insert_user`] binds to: a new user (a taken email or id is an error).
 pub(super) const INSERT_USER: &str = "INSERT INTO users (id, email, name, user_type, password_hash, \
-    google_id, email_verified, avatar, created_at, last_login, email_key) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    google_id, email_verified, avatar, created_at, last_login, email_key, updated_at, \
+    two_factor_enabled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// The same, leaving an existing user alone (imports).
 pub(super) const INSERT_USER_IF_ABSENT: &str = "INSERT INTO users (id, email, name, user_type, \
-    password_hash, google_id, email_verified, avatar, created_at, last_login, email_key) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
+    password_hash, google_id, email_verified, avatar, created_at, last_login, email_key, \
+    updated_at, two_factor_enabled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+    ON CONFLICT DO NOTHING";

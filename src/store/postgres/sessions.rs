@@ -236,6 +236,31 @@ impl SessionStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+        reason: &str,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = $5 \
+             WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL \
+               AND expires_at > $3 AND last_used_at > $4 RETURNING id",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .bind(now)
+        .bind(now - idle_ttl)
+        .bind(reason)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
     async fn revoke_all_sessions(
         &self,
         user_id: &str,

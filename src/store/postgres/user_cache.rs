@@ -443,6 +443,8 @@ mod tests {
             avatar: None,
             created_at: chrono::Utc::now(),
             last_login: None,
+            updated_at: chrono::Utc::now(),
+            two_factor_enabled: false,
             extra: serde_json::Map::new(),
         }
     }

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use super::rows::{self, INSERT_USER, INSERT_USER_IF_ABSENT, UserRow};
 use super::{PgStore, email_keys};
 use crate::domain::{Email, UserRecord, UserType};
-use crate::store::{EmailCollision, ImportOutcome, StoreError, StoreResult, UserStore};
+use crate::store::{
+    EmailCollision, ImportOutcome, ProfileChange, StoreError, StoreResult, UserStore,
+};
 
 impl PgStore {
     /// [`UserStore::user_by_id`] from the database, kept in the cache if nothing changed meanwhile.
@@ -151,5 +153,61 @@ impl UserStore for PgStore {
         email_keys::collisions(&mut conn)
             .await
             .map_err(|e| self.fail(e))
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        change: &ProfileChange,
+        at: DateTime<Utc>,
+    ) -> StoreResult<UserRecord> {
+        let mut conn = self.conn().await?;
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "UPDATE users SET name = COALESCE($2, name), \
+             avatar = CASE WHEN $3 THEN $4 ELSE avatar END, updated_at = $5 \
+             WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(user_id)
+        .bind(&change.name)
+        .bind(change.avatar.is_some())
+        .bind(change.avatar.clone().flatten())
+        .bind(at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
+        row.map(UserRecord::from).ok_or(StoreError::NotFound)
+    }
+
+    async fn user_settings(&self, user_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let row: Option<(Option<serde_json::Value>,)> = read_retrying!(self, |conn| {
+            sqlx::query_as("SELECT settings FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+        })?;
+        row.map(|(settings,)| settings).ok_or(StoreError::NotFound)
+    }
+
+    async fn set_user_settings(
+        &self,
+        user_id: &str,
+        settings: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let done = sqlx::query("UPDATE users SET settings = $2, updated_at = $3 WHERE id = $1")
+            .bind(user_id)
+            .bind(settings)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.changed_here(user_id);
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -49,7 +49,9 @@ pub(super) fn user_record(id: &str, email: &str, created_at: DateTime<Utc>) -> U
         email_verified: false,
         avatar: None,
         created_at,
+        updated_at: created_at,
         last_login: None,
+        two_factor_enabled: false,
         extra: serde_json::Map::new(),
     }
 }
