@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod clock;
 mod connections;
 mod dashboard;
 mod events;
@@ -30,3 +31,4 @@ mod stores;
 mod token_floods;
 mod tokens;
 mod user_cache;
+mod wall_clock;
