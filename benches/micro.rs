@@ -28,6 +28,7 @@ use chrono::Utc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use flux_auth::auth::refresh::{RefreshTokens, hash_token};
 use flux_auth::auth::tokens::AccessTokens;
+use flux_auth::clock::Clock;
 use flux_auth::domain::{ClientInfo, DeviceFingerprint, UserRecord, UserType};
 use flux_auth::security_log::event::RequestContext;
 use flux_auth::security_log::{EventType, SecurityEvent};
@@ -59,7 +60,14 @@ fn user() -> UserRecord {
 }
 
 fn tokens(c: &mut Criterion) {
-    let access = AccessTokens::new(&secret(), None, "flux-auth", "fluxstudio", 900);
+    let access = AccessTokens::new(
+        &secret(),
+        None,
+        "flux-auth",
+        "fluxstudio",
+        900,
+        Clock::default(),
+    );
     let user = user();
     let session = Uuid::now_v7();
     let mut group = c.benchmark_group("tokens");
@@ -89,6 +97,7 @@ fn tokens(c: &mut Criterion) {
         "flux-auth",
         "fluxstudio",
         900,
+        Clock::default(),
     );
     group.bench_function("verify_with_previous_key_configured", |b| {
         b.iter(|| rotated.verify(black_box(&token)).unwrap())

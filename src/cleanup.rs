@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::security_log::retention::{self, Retention};
@@ -21,7 +20,7 @@ pub struct CleanupReport {
 
 /// One pass. Failures are logged and leave the rest for the next pass.
 pub async fn run_once(state: &AppState) -> CleanupReport {
-    let now = Utc::now();
+    let now = state.clock.now();
     let mut report = CleanupReport::default();
     let idle = state.auth.policy.idle_ttl;
     loop {

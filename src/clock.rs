@@ -1,12 +1,14 @@
-//! The service's notion of "now", passed to the code whose behaviour depends on elapsed time
-//! (rate limits, lockouts), so tests can move time forward instead of sleeping.
+//! The service's one source of "now": built once by the app and passed to every component whose
+//! behaviour depends on time (token expiry, sessions, revocations, limits, events, cleanup), so
+//! tests can move time forward instead of sleeping and everything moves together. Nothing else
+//! reads the system's time but log lines (`tests/api/wall_clock.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Clock {
     /// Milliseconds added to the system time; always 0 outside tests.
     offset_ms: Arc<AtomicI64>,

@@ -17,7 +17,7 @@ use crate::{production_subscriber, runtime, sample_event, scratch_dir};
 pub fn bench_record(c: &mut Criterion) {
     let rt = runtime();
     let dir = scratch_dir("record");
-    let spool = Arc::new(Spool::open(&dir).unwrap());
+    let spool = Arc::new(Spool::open(&dir, flux_auth::clock::Clock::default()).unwrap());
     let capacity = 8192;
     let (tx, mut rx) = mpsc::channel::<Envelope>(capacity);
     let logger = SecurityLogger::new(

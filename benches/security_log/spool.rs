@@ -18,7 +18,7 @@ use crate::{BATCH, batch, batch_of, runtime, sample_event, scratch_dir};
 
 pub fn bench_spool(c: &mut Criterion) {
     let dir = scratch_dir("spool");
-    let spool = Spool::open(&dir).unwrap();
+    let spool = Spool::open(&dir, flux_auth::clock::Clock::default()).unwrap();
     let events = batch(0);
     let mut group = c.benchmark_group("spool");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -97,7 +97,7 @@ fn sustained_spool() {
         let writer = Writer {
             rx,
             sink: None,
-            spool: Arc::new(Spool::open(&dir).unwrap()),
+            spool: Arc::new(Spool::open(&dir, flux_auth::clock::Clock::default()).unwrap()),
             stats: stats.clone(),
             batch_size: BATCH,
             linger: Duration::from_millis(5),

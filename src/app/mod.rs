@@ -108,6 +108,7 @@ impl Core {
                 let shared = Arc::new(SharedRevocations::new(
                     link.clone(),
                     &settings.redis_key_prefix,
+                    clock.clone(),
                 ));
                 let (mirror, stop) = (shared.clone(), background.clone());
                 tokio::spawn(async move { mirror.mirror(Duration::from_secs(1), stop).await });
@@ -115,7 +116,7 @@ impl Core {
                 tokio::spawn(async move { replay.replay(stop).await });
                 shared
             }
-            None => Arc::new(InProcessRevocations::default()),
+            None => Arc::new(InProcessRevocations::new(clock.clone())),
         };
         if let (Some(users), Some(db)) = (user_cache.clone(), store_db.clone()) {
             let stop = background.clone();
@@ -144,6 +145,7 @@ impl Core {
                 &settings.jwt_issuer,
                 &settings.jwt_audience,
                 settings.access_token_ttl_secs,
+                clock.clone(),
             ),
             refresh: RefreshTokens::new(&secret)?,
             revocations,

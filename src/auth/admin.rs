@@ -33,7 +33,7 @@ impl AuthService {
         };
         let sessions = self
             .store
-            .live_sessions(&user.id, Utc::now(), self.policy.idle_ttl)
+            .live_sessions(&user.id, self.clock.now(), self.policy.idle_ttl)
             .await?;
         Ok(Some((user, sessions)))
     }
@@ -47,7 +47,7 @@ impl AuthService {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         if !self
             .store
             .revoke_session(user_id, session_id, now, REASON)
@@ -76,7 +76,7 @@ impl AuthService {
         if self.store.user_by_id(user_id).await?.is_none() {
             return Ok(None);
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let count = self.store.revoke_all_sessions(user_id, now, REASON).await?;
         self.revocations
             .revoke_user_tokens_before(user_id, now, self.denied_until(now))

@@ -3,8 +3,6 @@
 //! everything that password opened. The remedy for an address someone else registered before its
 //! owner entered the account through the provider (see docs/SECURITY.md, group E).
 
-use chrono::Utc;
-
 use super::AuthError;
 use super::service::AuthService;
 use crate::domain::UserRecord;
@@ -40,7 +38,7 @@ impl AuthService {
         }
         // The password first: once the sessions end, it can open no new one.
         self.store.remove_password(&user.id).await?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let sessions_ended = self
             .store
             .revoke_all_sessions(&user.id, now, PASSWORD_REVOKED)

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::AccessClaims;
+use crate::clock::Clock;
 use crate::limits::pending::Pending;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +64,10 @@ pub trait RevocationList: Send + Sync + 'static {
 /// revocations within one access-token lifetime.
 const PRUNE_AT: usize = 4096;
 
-#[derive(Default)]
 pub struct InProcessRevocations {
     state: Mutex<State>,
+    /// Entries end by this clock, the one tokens expire by.
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -76,6 +78,13 @@ struct State {
 }
 
 impl InProcessRevocations {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            state: Mutex::default(),
+            clock,
+        }
+    }
+
     /// Live entries as (key, value, expiry), for copying to Redis after an outage.
     fn entries(&self, now: DateTime<Utc>) -> Vec<(String, i64, DateTime<Utc>)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,7 +98,7 @@ impl InProcessRevocations {
 
     fn put(&self, key: String, value: i64, until: DateTime<Utc>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Utc::now();
+        let now = self.clock.now();
         if state.entries.len() >= state.next_prune.max(PRUNE_AT) {
             state.entries.retain(|_, (_, exp)| *exp > now);
             state.next_prune = state.entries.len() * 2;
@@ -136,7 +145,7 @@ impl RevocationList for InProcessRevocations {
 
     async fn check(&self, claims: &AccessClaims) -> anyhow::Result<Option<Revoked>> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Utc::now();
+        let now = self.clock.now();
         // One key buffer for the three lookups: this runs on every authenticated request.
         let mut key = String::with_capacity(64);
         let mut get = |kind: &str, id: &dyn std::fmt::Display| {
@@ -195,9 +204,9 @@ const MAX_MESSAGE: usize = 512;
 const MAX_PENDING: usize = 100_000;
 
 impl SharedRevocations {
-    pub fn new(redis: Arc<crate::redis_link::RedisLink>, prefix: &str) -> Self {
+    pub fn new(redis: Arc<crate::redis_link::RedisLink>, prefix: &str, clock: Clock) -> Self {
         Self {
-            local: InProcessRevocations::default(),
+            local: InProcessRevocations::new(clock),
             redis,
             prefix: format!("{prefix}rv:"),
             channel: format!("{prefix}revocations"),
@@ -220,7 +229,10 @@ impl SharedRevocations {
             self.pending().add(key, (value, until));
             return Ok(());
         }
-        if let Err(e) = self.publish(&key, value, until, Utc::now()).await {
+        if let Err(e) = self
+            .publish(&key, value, until, self.local.clock.now())
+            .await
+        {
             self.redis.failed(&e);
             self.pending().add(key, (value, until));
         }
@@ -231,7 +243,7 @@ impl SharedRevocations {
     /// per live local entry.
     pub fn waiting_for_redis(&self) -> usize {
         match self.pending().waiting() {
-            (keys, true) => keys + self.local.entries(Utc::now()).len(),
+            (keys, true) => keys + self.local.entries(self.local.clock.now()).len(),
             (keys, false) => keys,
         }
     }
@@ -289,7 +301,7 @@ impl SharedRevocations {
     /// first failure (the rest wait for the next recovery). Only [`SharedRevocations::replay`]
     /// runs it, one copy at a time.
     async fn catch_up(&self) {
-        let now = Utc::now();
+        let now = self.local.clock.now();
         let snapshot = self.pending().snapshot();
         let mut entries = snapshot.entries.clone();
         if snapshot.everything {
@@ -357,7 +369,7 @@ impl SharedRevocations {
         use futures::StreamExt;
         let (mut sink, mut messages) = self.redis.subscribe(&self.channel).await?;
         let held = self.redis.store().scan_prefix(&self.prefix).await?;
-        let now = Utc::now();
+        let now = self.local.clock.now();
         let entries = held.len();
         for (key, value, ttl_ms) in held {
             if let Some(key) = key.strip_prefix(&self.prefix) {
@@ -527,7 +539,7 @@ mod tests {
             Default::default(),
         )
         .unwrap();
-        SharedRevocations::new(Arc::new(link), "t:")
+        SharedRevocations::new(Arc::new(link), "t:", Clock::default())
     }
 
     async fn local_verdict(list: &SharedRevocations, claims: &AccessClaims) -> Option<Revoked> {

@@ -6,9 +6,12 @@
 //! A client sends the same access token with every request until it refreshes it, so a token
 //! that passed every check is remembered by its exact text ([`VERIFIED_TOKENS`] at most, the
 //! least used making room): the next request with it skips the signature, base64 and the two
-//! JSON parses (a sixth of `/me`'s CPU), and only the time checks run again, as jsonwebtoken runs
-//! them, so an expired token is refused whether remembered or not. A token that failed is never
-//! remembered.
+//! JSON parses (a sixth of `/me`'s CPU), and only the time checks run again, so an expired token
+//! is refused whether remembered or not. A token that failed is never remembered.
+//!
+//! Times (`exp`, `nbf`, `iat`) are checked here against the service's [`Clock`], in one place for
+//! fresh and remembered tokens alike, never by jsonwebtoken (which reads the system time): a
+//! token expires when the clock says so, the same moment its session does.
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::domain::UserRecord;
 
 pub const TOKEN_TYPE_HEADER: &str = "at+jwt";
@@ -116,6 +120,9 @@ pub struct AccessTokens {
     /// (kid, key): the current key first, then the previous one.
     decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
+    /// `validation` without the issuer and audience: reads a token's times when those are
+    /// refused, since its times are checked first (see [`AccessTokens::times_first`]).
+    times_only: Validation,
     /// Tokens that passed every check, by their text (see the module's comment). No expiry is
     /// needed: every hit checks the token's own times. (moka, tried first, cost ~4 µs per insert,
     /// more than the verification it saves.)
@@ -123,6 +130,15 @@ pub struct AccessTokens {
     issuer: String,
     audience: String,
     ttl_secs: i64,
+    clock: Clock,
+}
+
+/// A token's times, for [`AccessTokens::times_first`].
+#[derive(Deserialize)]
+struct TokenTimes {
+    exp: i64,
+    nbf: Option<i64>,
+    iat: Option<i64>,
 }
 
 fn key_id(secret: &SecretString) -> String {
@@ -137,6 +153,7 @@ impl AccessTokens {
         issuer: &str,
         audience: &str,
         ttl_secs: u64,
+        clock: Clock,
     ) -> Self {
         let kid = key_id(secret);
         let mut decoding = vec![(
@@ -150,20 +167,25 @@ impl AccessTokens {
             ));
         }
         let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Times are checked against the clock, by `check_times`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let mut times_only = validation.clone();
+        times_only.validate_aud = false;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
         Self {
             encoding: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
             kid,
             decoding,
             validation,
+            times_only,
             verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl_secs: ttl_secs as i64,
+            clock,
         }
     }
 
@@ -177,7 +199,8 @@ impl AccessTokens {
         session_id: Uuid,
         now: DateTime<Utc>,
     ) -> anyhow::Result<IssuedAccessToken> {
-        let jti = Uuid::now_v7();
+        // Time-ordered by the clock: the token's issue time is read back from it (`predates`).
+        let jti = time_ordered_id(self.clock.now());
         let expires_at = now + chrono::Duration::seconds(self.ttl_secs);
         let claims = AccessClaims {
             sub: user.id.clone(),
@@ -210,16 +233,17 @@ impl AccessTokens {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid("malformed"));
         }
+        let now = self.clock.now().timestamp();
         if let Some(claims) = self.verified.get(token) {
-            check_times(&claims, jsonwebtoken::get_current_timestamp())?;
+            check_times(&claims.times(), now)?;
             return Ok(claims);
         }
-        let claims = Arc::new(self.verify_fully(token)?);
+        let claims = Arc::new(self.verify_fully(token, now)?);
         self.verified.insert(token.to_owned(), claims.clone());
         Ok(claims)
     }
 
-    fn verify_fully(&self, token: &str) -> Result<AccessClaims, TokenError> {
+    fn verify_fully(&self, token: &str, now: i64) -> Result<AccessClaims, TokenError> {
         let parse_header = || decode_header(token).map_err(|_| TokenError::Invalid("malformed"));
         // Every authenticated request runs this. With one key (no rotation under way) the header
         // is not parsed on its own first: `decode` parses it anyway, and it is checked from the
@@ -233,11 +257,14 @@ impl AccessTokens {
             decode::<AccessClaims>(token, key, &self.validation).map_err(
                 |e| match parse_header().and_then(|header| self.check_header(&header)) {
                     Err(header_error) => header_error,
-                    Ok(_) => decode_error(&e),
+                    Ok(key) => self
+                        .times_first(token, key, &e, now)
+                        .unwrap_or_else(|| decode_error(&e)),
                 },
             )?;
         self.check_header(&data.header)?;
         let claims = data.claims;
+        check_times(&claims.times(), now)?;
         if claims.token_type != "access" {
             return Err(TokenError::Invalid("token type"));
         }
@@ -245,6 +272,31 @@ impl AccessTokens {
             return Err(TokenError::Invalid("subject"));
         }
         Ok(claims)
+    }
+
+    /// A refusal for the token's times, when `decode` refused a token whose signature and
+    /// required claims hold for something jsonwebtoken checks after the times it no longer checks
+    /// (issuer, audience, the claims' shape): times are judged before those, so an expired token
+    /// is called expired whatever else is wrong with it. Runs only for signed tokens refused
+    /// anyway, never for a forged one.
+    fn times_first(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        refusal: &jsonwebtoken::errors::Error,
+        now: i64,
+    ) -> Option<TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        if !matches!(
+            refusal.kind(),
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::Json(_)
+        ) {
+            return None;
+        }
+        let times = decode::<TokenTimes>(token, key, &self.times_only)
+            .ok()?
+            .claims;
+        check_times(&times, now).err()
     }
 
     /// The header's algorithm and `typ`, and the key its `kid` names.
@@ -269,32 +321,46 @@ impl AccessTokens {
     }
 }
 
-/// jsonwebtoken's time checks with our `Validation` (expiry, then not-before, both with the
-/// leeway), for a remembered token: the same answers at the same `now` (seconds since the epoch).
-fn check_times(claims: &AccessClaims, now: u64) -> Result<(), TokenError> {
-    let now = i64::try_from(now).unwrap_or(i64::MAX);
+impl AccessClaims {
+    fn times(&self) -> TokenTimes {
+        TokenTimes {
+            exp: self.exp,
+            nbf: self.nbf,
+            iat: Some(self.iat),
+        }
+    }
+}
+
+/// The token's times at `now` (the clock's, seconds since the epoch), each with the leeway:
+/// expiry, then not-before, then an issue time in the future (a token from a clock ahead of
+/// this one).
+fn check_times(times: &TokenTimes, now: i64) -> Result<(), TokenError> {
     let leeway = LEEWAY_SECS as i64;
-    if claims.exp < now.saturating_sub(leeway) {
+    if times.exp < now.saturating_sub(leeway) {
         return Err(TokenError::Expired);
     }
-    if claims
-        .nbf
-        .is_some_and(|nbf| nbf > now.saturating_add(leeway))
-    {
+    let future = |at: Option<i64>| at.is_some_and(|at| at > now.saturating_add(leeway));
+    if future(times.nbf) || future(times.iat) {
         return Err(TokenError::Invalid("not yet valid"));
     }
     Ok(())
 }
 
+/// A UUIDv7 whose time is `at` (to the millisecond), the rest random.
+fn time_ordered_id(at: DateTime<Utc>) -> Uuid {
+    let ms = at.timestamp_millis().max(0) as u64;
+    let timestamp =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+    Uuid::new_v7(timestamp)
+}
+
 fn decode_error(e: &jsonwebtoken::errors::Error) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     match e.kind() {
-        ErrorKind::ExpiredSignature => TokenError::Expired,
         ErrorKind::InvalidSignature => TokenError::Invalid("signature"),
         ErrorKind::InvalidAlgorithm => TokenError::Invalid("algorithm"),
         ErrorKind::InvalidIssuer => TokenError::Invalid("issuer"),
         ErrorKind::InvalidAudience => TokenError::Invalid("audience"),
-        ErrorKind::ImmatureSignature => TokenError::Invalid("not yet valid"),
         ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("missing claim"),
         _ => TokenError::Invalid("malformed"),
     }
@@ -329,13 +395,20 @@ mod tests {
 
     #[test]
     fn issues_and_verifies_and_previous_key_still_verifies() {
-        let old = AccessTokens::new(&secret("o"), None, "iss", "aud", 900);
+        let old = AccessTokens::new(&secret("o"), None, "iss", "aud", 900, Clock::default());
         let issued = old.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
-        let rotated = AccessTokens::new(&secret("n"), Some(&secret("o")), "iss", "aud", 900);
+        let rotated = AccessTokens::new(
+            &secret("n"),
+            Some(&secret("o")),
+            "iss",
+            "aud",
+            900,
+            Clock::default(),
+        );
         let claims = rotated.verify(&issued.token).unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.exp - claims.iat, 900);
-        let stranger = AccessTokens::new(&secret("x"), None, "iss", "aud", 900);
+        let stranger = AccessTokens::new(&secret("x"), None, "iss", "aud", 900, Clock::default());
         assert_eq!(
             stranger.verify(&issued.token),
             Err(TokenError::Invalid("kid"))
@@ -346,8 +419,15 @@ mod tests {
     /// wrong `typ` is named as such whether or not the signature holds.
     #[test]
     fn header_problems_are_named_first_with_one_key_or_two() {
-        let one = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
-        let two = AccessTokens::new(&secret("k"), Some(&secret("o")), "iss", "aud", 900);
+        let one = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, Clock::default());
+        let two = AccessTokens::new(
+            &secret("k"),
+            Some(&secret("o")),
+            "iss",
+            "aud",
+            900,
+            Clock::default(),
+        );
         let issued = one.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
         let claims = jwt_claims(&issued.token);
         let mut header = Header::new(Algorithm::HS256);
@@ -384,29 +464,35 @@ mod tests {
     /// jsonwebtoken draws the line; anything else, even one character off, is verified in full.
     #[test]
     fn a_remembered_token_still_expires_and_nothing_else_is_taken_for_it() {
-        let tokens = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
+        let tokens = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, Clock::default());
         let issued = tokens.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
         let first = tokens.verify(&issued.token).unwrap();
         assert!(Arc::ptr_eq(&first, &tokens.verify(&issued.token).unwrap()));
 
-        let mut claims = (*first).clone();
         let now = 2_000_000_000;
-        claims.exp = now - LEEWAY_SECS as i64;
-        assert_eq!(check_times(&claims, now as u64), Ok(()));
-        claims.exp -= 1;
-        assert_eq!(check_times(&claims, now as u64), Err(TokenError::Expired));
-        claims.exp = now + 900;
-        claims.nbf = Some(now + LEEWAY_SECS as i64);
-        assert_eq!(check_times(&claims, now as u64), Ok(()));
-        claims.nbf = Some(now + LEEWAY_SECS as i64 + 1);
-        assert_eq!(
-            check_times(&claims, now as u64),
-            Err(TokenError::Invalid("not yet valid"))
-        );
+        let mut times = TokenTimes {
+            exp: now - LEEWAY_SECS as i64,
+            nbf: None,
+            iat: Some(now - 900),
+        };
+        assert_eq!(check_times(&times, now), Ok(()));
+        times.exp -= 1;
+        assert_eq!(check_times(&times, now), Err(TokenError::Expired));
+        times.exp = now + 900;
+        times.nbf = Some(now + LEEWAY_SECS as i64);
+        assert_eq!(check_times(&times, now), Ok(()));
+        times.nbf = Some(now + LEEWAY_SECS as i64 + 1);
+        let not_yet = Err(TokenError::Invalid("not yet valid"));
+        assert_eq!(check_times(&times, now), not_yet);
+        times.nbf = None;
+        times.iat = Some(now + LEEWAY_SECS as i64);
+        assert_eq!(check_times(&times, now), Ok(()));
+        times.iat = Some(now + LEEWAY_SECS as i64 + 1);
+        assert_eq!(check_times(&times, now), not_yet);
 
         // The remembered entry is what the next request gets: once its time is up, it is expired.
         let mut lapsed = (*first).clone();
-        lapsed.exp = jsonwebtoken::get_current_timestamp() as i64 - 1000;
+        lapsed.exp = Utc::now().timestamp() - 1000;
         tokens
             .verified
             .insert(issued.token.clone(), Arc::new(lapsed));
@@ -427,8 +513,8 @@ mod tests {
 
     #[test]
     fn wrong_audience_and_expiry_are_rejected() {
-        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
-        let b = AccessTokens::new(&secret("k"), None, "iss", "other", 900);
+        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, Clock::default());
+        let b = AccessTokens::new(&secret("k"), None, "iss", "other", 900, Clock::default());
         let t = a.issue(&user(), Uuid::new_v4(), Utc::now()).unwrap();
         assert_eq!(b.verify(&t.token), Err(TokenError::Invalid("audience")));
         let old = a
@@ -444,9 +530,17 @@ mod tests {
     /// Refusals of tokens the service signed are told apart from forged or garbled ones.
     #[test]
     fn only_refusals_past_the_signature_say_it_verified() {
-        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900);
-        let other_audience = AccessTokens::new(&secret("k"), None, "iss", "other", 900);
-        let forger = AccessTokens::new(&secret("someone else's key"), None, "iss", "aud", 900);
+        let a = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, Clock::default());
+        let other_audience =
+            AccessTokens::new(&secret("k"), None, "iss", "other", 900, Clock::default());
+        let forger = AccessTokens::new(
+            &secret("someone else's key"),
+            None,
+            "iss",
+            "aud",
+            900,
+            Clock::default(),
+        );
         let expired = a
             .issue(
                 &user(),
@@ -467,6 +561,47 @@ mod tests {
         assert!(
             !verified(&a, &format!("{signed_part}.AAAA")),
             "bad signature"
+        );
+    }
+
+    /// Expiry follows the service's clock, not the system's: moved past the lifetime and the
+    /// leeway, a token is expired, remembered or not, and an expired token is called expired
+    /// before its audience or issuer is judged, as jsonwebtoken judged it.
+    #[test]
+    fn tokens_expire_by_the_clock_and_expiry_is_named_first() {
+        let clock = Clock::default();
+        let tokens = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, clock.clone());
+        let elsewhere = AccessTokens::new(&secret("k"), None, "iss", "other", 900, clock.clone());
+        let issued = tokens.issue(&user(), Uuid::new_v4(), clock.now()).unwrap();
+        let unseen = tokens.issue(&user(), Uuid::new_v4(), clock.now()).unwrap();
+        assert!(tokens.verify(&issued.token).is_ok());
+        assert_eq!(
+            elsewhere.verify(&issued.token),
+            Err(TokenError::Invalid("audience"))
+        );
+        let issued_at = issued.expires_at - chrono::Duration::seconds(900);
+        assert_eq!(
+            tokens.verify(&issued.token).unwrap().issued_at_ms(),
+            issued_at.timestamp_millis(),
+            "the jti's time is the clock's"
+        );
+
+        clock.advance(std::time::Duration::from_secs(900 + LEEWAY_SECS));
+        assert!(tokens.verify(&issued.token).is_ok(), "inside the leeway");
+        clock.advance(std::time::Duration::from_secs(2));
+        assert_eq!(tokens.verify(&issued.token), Err(TokenError::Expired));
+        assert_eq!(tokens.verify(&unseen.token), Err(TokenError::Expired));
+        assert_eq!(elsewhere.verify(&issued.token), Err(TokenError::Expired));
+
+        // Issued by a clock ahead of this one, past the leeway: not valid yet.
+        let ahead = Clock::default();
+        ahead.advance(std::time::Duration::from_secs(3600));
+        let early = AccessTokens::new(&secret("k"), None, "iss", "aud", 900, ahead.clone());
+        let token = early.issue(&user(), Uuid::new_v4(), ahead.now()).unwrap();
+        assert_eq!(
+            AccessTokens::new(&secret("k"), None, "iss", "aud", 900, Clock::default())
+                .verify(&token.token),
+            Err(TokenError::Invalid("not yet valid"))
         );
     }
 }

@@ -92,6 +92,7 @@ async fn source(settings: &Settings) -> anyhow::Result<EventSource> {
         Some(url) => Ok(EventSource::Postgres(database(url, settings).await?)),
         None => Ok(EventSource::Files(Arc::new(Spool::open(
             &settings.security_log_dir(),
+            crate::clock::Clock::default(),
         )?))),
     }
 }
@@ -113,7 +114,8 @@ pub async fn run(settings: &Settings, command: EventsCommand) -> anyhow::Result<
         EventsCommand::Tail { last, min_severity } => tail(settings, last, min_severity).await,
         EventsCommand::Export { format, filter } => export(settings, &format, filter).await,
         EventsCommand::Stats { from, to } => {
-            let to = time(to.as_deref(), "to")?.unwrap_or_else(Utc::now);
+            let to =
+                time(to.as_deref(), "to")?.unwrap_or_else(|| crate::clock::Clock::default().now());
             let from = time(from.as_deref(), "from")?.unwrap_or(to - chrono::Duration::hours(24));
             let stats = source(settings).await?.stats(from, to).await?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -224,7 +226,7 @@ async fn replay(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
     let sink = PgSink {
         db: database(url, settings).await?,
     };
-    let spool = Spool::open(dir)?;
+    let spool = Spool::open(dir, crate::clock::Clock::default())?;
     let files = spool.sealed_files()?;
     if files.is_empty() {
         println!("no spool files in {}", dir.display());

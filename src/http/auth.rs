@@ -140,9 +140,12 @@ pub async fn logout_all(
         (status = 200, description = "What the caller's access token says", body = TokenInfo),
         BearerErrors, Unavailable,
     ))]
-pub async fn token_info(AuthUser(auth): AuthUser) -> Json<TokenInfo> {
+pub async fn token_info(
+    State(state): State<AppState>,
+    AuthUser(auth): AuthUser,
+) -> Json<TokenInfo> {
     let c = &auth.claims;
-    let now = chrono::Utc::now().timestamp();
+    let now = state.clock.now().timestamp();
     let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).map(format_timestamp);
     Json(TokenInfo {
         user_id: c.sub.clone(),

@@ -209,7 +209,7 @@ pub async fn stats(
     AdminUser(_): AdminUser,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Json<EventStats>> {
-    let to = time(&q.to, "to")?.unwrap_or_else(Utc::now);
+    let to = time(&q.to, "to")?.unwrap_or_else(|| state.clock.now());
     let from = time(&q.from, "from")?.unwrap_or(to - chrono::Duration::hours(24));
     if from >= to {
         return Err(bad("from", "must be before to"));
@@ -369,7 +369,7 @@ pub async fn stream(
 /// fresh token.
 async fn access_ends(state: AppState, token: String, exp: i64) {
     let every = Duration::from_millis(state.settings.event_stream_recheck_ms);
-    let left = exp.saturating_sub(Utc::now().timestamp()).max(0);
+    let left = exp.saturating_sub(state.clock.now().timestamp()).max(0);
     let expiry = tokio::time::sleep(Duration::from_secs(left.unsigned_abs()));
     tokio::pin!(expiry);
     let reason = loop {

@@ -105,7 +105,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
         port: state.settings.port,
         uptime: state.started.elapsed().as_secs(),
-        timestamp: format_timestamp(chrono::Utc::now()),
+        timestamp: format_timestamp(state.clock.now()),
         pid: std::process::id(),
         checks: HealthChecks {
             database,

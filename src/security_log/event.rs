@@ -226,7 +226,9 @@ pub struct RequestContext {
 }
 
 impl SecurityEvent {
-    /// A new event of `event_type` with its default severity, stamped now with a time-ordered id.
+    /// A new event of `event_type` with its default severity and a time-ordered id. Its
+    /// `created_at` is stamped by the service's clock when it is recorded
+    /// ([`super::SecurityLogger`]), or by whoever writes it without the logger.
     pub fn new(event_type: EventType) -> Self {
         let mut metadata = Map::new();
         metadata.insert("owasp".into(), event_type.owasp_name().into());
@@ -239,7 +241,7 @@ impl SecurityEvent {
             ip_address: None,
             user_agent: None,
             metadata,
-            created_at: Utc::now(),
+            created_at: DateTime::UNIX_EPOCH,
         }
     }
 

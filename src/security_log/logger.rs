@@ -69,6 +69,8 @@ pub struct PipelineStats {
     pub sink_healthy: AtomicBool,
     pub spool_over_cap: AtomicBool,
     pub spool_failing: AtomicBool,
+    /// The service's clock: the times above, and every recorded event's `created_at`.
+    pub clock: Clock,
 }
 
 impl PipelineStats {
@@ -81,7 +83,7 @@ impl PipelineStats {
 
     pub fn mark_flushed(&self) {
         self.last_flush_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+            .store(self.clock.now_ms(), Ordering::Relaxed);
     }
 
     pub fn last_drop(&self) -> Option<DateTime<Utc>> {
@@ -93,7 +95,7 @@ impl PipelineStats {
 
     /// Counts `n` lost events: in the total, as the last drop, and as not yet reported.
     pub fn note_dropped(&self, n: u64) {
-        let now = Utc::now().timestamp_millis();
+        let now = self.clock.now_ms();
         self.dropped.fetch_add(n, Ordering::Relaxed);
         self.last_drop_ms.store(now, Ordering::Relaxed);
         let _ = self.first_unreported_drop_ms.compare_exchange(
@@ -180,6 +182,7 @@ impl SecurityLogger {
                 .name("security-spill".into())
                 .spawn(move || spill_thread(&overflowed, &spool, &stats, sink, &spilling))?;
         }
+        let clock = stats.clock.clone();
         Ok(Self {
             tx,
             spool,
@@ -193,18 +196,14 @@ impl SecurityLogger {
             spilling,
             wake: Arc::default(),
             token_failures: Arc::new(TokenFailureSummaries::off()),
-            clock: Clock::default(),
+            clock,
         })
     }
 
-    /// Summarises refused bearer tokens per address (see [`TokenFailureSummaries`]), on `clock`.
-    pub fn with_token_failure_summaries(
-        mut self,
-        summaries: TokenFailureSummaries,
-        clock: Clock,
-    ) -> Self {
+    /// Summarises refused bearer tokens per address (see [`TokenFailureSummaries`]), on the
+    /// service's clock.
+    pub fn with_token_failure_summaries(mut self, summaries: TokenFailureSummaries) -> Self {
         self.token_failures = Arc::new(summaries);
-        self.clock = clock;
         self
     }
 
@@ -282,7 +281,8 @@ impl SecurityLogger {
 
     /// Hands the event to the writer; in sync mode waits for its write and answers whether it
     /// was kept (in async mode, `true` once queued).
-    async fn submit(&self, event: SecurityEvent) -> bool {
+    async fn submit(&self, mut event: SecurityEvent) -> bool {
+        event.created_at = self.clock.now();
         super::collector::count_event(&self.metrics, &event);
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if self.live.receiver_count() > 0 {
@@ -454,7 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_goes_to_the_overflow_thread_and_every_event_reaches_the_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let spool = Arc::new(Spool::open(dir.path(), crate::clock::Clock::default()).unwrap());
         let (tx, _rx) = mpsc::channel(1);
         let stats = Arc::new(PipelineStats::default());
         let logger = SecurityLogger::new(

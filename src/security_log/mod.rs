@@ -44,7 +44,7 @@ pub fn start(
     clock: &crate::clock::Clock,
 ) -> anyhow::Result<Pipeline> {
     let dir = settings.security_log_dir();
-    let spool = Arc::new(spool::Spool::open(&dir).map_err(|e| {
+    let spool = Arc::new(spool::Spool::open(&dir, clock.clone()).map_err(|e| {
         anyhow::anyhow!(
             "could not open the security event spool {}: {e}",
             dir.display()
@@ -75,7 +75,10 @@ pub fn start(
         }
         None => None,
     };
-    let stats = Arc::new(PipelineStats::default());
+    let stats = Arc::new(PipelineStats {
+        clock: clock.clone(),
+        ..PipelineStats::default()
+    });
     stats
         .sink_healthy
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -96,13 +99,10 @@ pub fn start(
         metrics.clone(),
     )
     .map_err(|e| anyhow::anyhow!("could not start the security-event spill thread: {e}"))?
-    .with_token_failure_summaries(
-        summary::TokenFailureSummaries::new(
-            settings.token_failure_log_threshold,
-            settings.token_failure_log_window_secs,
-        ),
-        clock.clone(),
-    );
+    .with_token_failure_summaries(summary::TokenFailureSummaries::new(
+        settings.token_failure_log_threshold,
+        settings.token_failure_log_window_secs,
+    ));
     let writer = writer::Writer {
         rx,
         sink: database.clone().map(|db| postgres_sink::PgSink { db }),

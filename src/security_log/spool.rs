@@ -13,9 +13,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 
 use super::event::SecurityEvent;
+use crate::clock::Clock;
 use crate::durable_file;
 
 /// A file is closed and a new one started past this size, so replay works in bounded pieces.
@@ -24,6 +25,8 @@ const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct Spool {
     dir: PathBuf,
     current: Mutex<Option<OpenFile>>,
+    /// Names new files and starts one each day.
+    clock: Clock,
 }
 
 struct OpenFile {
@@ -42,11 +45,12 @@ pub struct SpoolRead {
 }
 
 impl Spool {
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub fn open(dir: &Path, clock: Clock) -> io::Result<Self> {
         durable_file::ensure_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             current: Mutex::new(None),
+            clock,
         })
     }
 
@@ -73,7 +77,7 @@ impl Spool {
             .current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let today = Utc::now().date_naive();
+        let today = self.clock.now().date_naive();
         let rotate = match guard.as_ref() {
             Some(open) => open.day != today || open.bytes >= MAX_FILE_BYTES,
             None => true,
@@ -113,7 +117,7 @@ impl Spool {
     }
 
     fn new_file(&self, day: NaiveDate) -> io::Result<OpenFile> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let name = format!(
             "events-{}-{}.jsonl",
             now.format("%Y%m%dT%H%M%S%.6fZ"),
@@ -259,7 +263,7 @@ mod tests {
     #[test]
     fn appends_seals_reads_and_skips_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path(), crate::clock::Clock::default()).unwrap();
         let events: Vec<SecurityEvent> = (0..3)
             .map(|_| SecurityEvent::new(EventType::LoginSuccess))
             .collect();

@@ -703,6 +703,7 @@ async fn the_event_stream_ends_when_its_token_expires_on_both_stores() {
             &settings.jwt_issuer,
             &settings.jwt_audience,
             60,
+            app.clock(),
         );
         let user = app
             .state
@@ -713,7 +714,7 @@ async fn the_event_stream_ends_when_its_token_expires_on_both_stores() {
             .unwrap()
             .unwrap();
         let sid = session_of(auth["accessToken"].as_str().unwrap());
-        let issued_at = chrono::Utc::now() - chrono::Duration::seconds(57);
+        let issued_at = app.clock().now() - chrono::Duration::seconds(57);
         let short = tokens.issue(&user, sid, issued_at).unwrap().token;
         let (stream, _) = open_stream(&app, &short).await;
         stream_ends(stream, &format!("{backend:?}, after expiry")).await;

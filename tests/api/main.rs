@@ -6,6 +6,7 @@ mod helpers;
 
 mod account_input;
 mod bad_input;
+mod clock;
 mod connections;
 mod dashboard;
 mod events;
@@ -32,3 +33,4 @@ mod stores;
 mod token_floods;
 mod tokens;
 mod user_cache;
+mod wall_clock;

@@ -267,7 +267,7 @@ impl GoogleSignIn {
             .with("isNewUser", account.is_new)
             .with("linked", account.linked);
         let tokens = auth
-            .start_session(&user, ctx, Utc::now(), false, Some(success))
+            .start_session(&user, ctx, self.clock.now(), false, Some(success))
             .await?;
         Ok(GoogleOutcome {
             success: AuthSuccess { user, tokens },
@@ -314,7 +314,7 @@ impl GoogleSignIn {
         flow: Flow,
         ctx: &RequestContext,
     ) -> Result<Account, GoogleError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let store = &auth.store;
         // Two rounds at most: a lost race with a concurrent sign-in or signup is resolved by
         // looking again, never by overwriting.

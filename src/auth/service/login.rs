@@ -1,8 +1,6 @@
 //! Login with email and password: the login limits and lockouts, the check against the stored
 //! hash (a dummy one for unknown users), and the upgrade of a legacy hash.
 
-use chrono::Utc;
-
 use super::{AuthService, AuthSuccess, required};
 use crate::auth::passwords::Verification;
 use crate::auth::{AuthError, password_policy};
@@ -99,7 +97,7 @@ impl AuthService {
             }
         };
         self.limits.login_succeeded(email.key()).await;
-        let now = Utc::now();
+        let now = self.clock.now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
         }

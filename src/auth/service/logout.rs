@@ -1,6 +1,6 @@
 //! Logout: of the caller's session, or of every session of the user.
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 
 use super::{AuthService, Authenticated, RefusedToken};
 use crate::auth::AuthError;
@@ -30,7 +30,7 @@ impl AuthService {
             }) => return Ok(()),
             Err(refused) => return Err(self.refuse(refused, ctx).await),
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let claims = &auth.claims;
         let until =
             DateTime::from_timestamp(claims.exp, 0).unwrap_or(now) + chrono::Duration::seconds(60);
@@ -91,7 +91,7 @@ impl AuthService {
         auth: &Authenticated,
         ctx: &RequestContext,
     ) -> Result<u64, AuthError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let count = self
             .store
             .revoke_all_sessions(&auth.user.id, now, "logout_all")

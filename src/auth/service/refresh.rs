@@ -37,7 +37,7 @@ impl AuthService {
         let Some(presented) = presented else {
             return Err(ValidationError::new("refreshToken", "Refresh token is required").into());
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         if well_formed.is_none() {
             self.events
                 .record_token_failure(

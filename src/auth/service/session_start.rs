@@ -155,7 +155,7 @@ impl AuthService {
     /// Ends a session nobody holds the tokens of. Best effort: its tokens were never sent, so a
     /// failure here leaves a session no one can use (it expires by itself).
     async fn withdraw_session(&self, user_id: &str, session_id: Uuid) {
-        let now = Utc::now();
+        let now = self.clock.now();
         if let Err(e) = self
             .store
             .revoke_session(user_id, session_id, now, "event_not_kept")

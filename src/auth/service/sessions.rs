@@ -1,7 +1,6 @@
 //! The caller's sessions: listing them, revoking one or all the others; and, at start, the denial of the access
 //! tokens of recently revoked sessions.
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{AuthService, Authenticated};
@@ -14,7 +13,7 @@ impl AuthService {
     pub async fn sessions(&self, auth: &Authenticated) -> Result<Vec<SessionRecord>, AuthError> {
         Ok(self
             .store
-            .live_sessions(&auth.user.id, Utc::now(), self.policy.idle_ttl)
+            .live_sessions(&auth.user.id, self.clock.now(), self.policy.idle_ttl)
             .await?)
     }
 
@@ -24,7 +23,7 @@ impl AuthService {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         if !self
             .store
             .revoke_session(&auth.user.id, session_id, now, "revoked_by_user")
@@ -92,7 +91,11 @@ impl AuthService {
         let ttl = chrono::Duration::seconds(self.access.ttl_secs() + 60);
         let mut wait = std::time::Duration::from_millis(200);
         loop {
-            match self.store.sessions_revoked_since(Utc::now() - ttl).await {
+            match self
+                .store
+                .sessions_revoked_since(self.clock.now() - ttl)
+                .await
+            {
                 Ok(sessions) => {
                     for (sid, revoked_at) in &sessions {
                         if let Err(e) = self

@@ -1,6 +1,5 @@
 //! Signup: a new password account, signed in.
 
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{AuthService, AuthSuccess, required};
@@ -65,7 +64,7 @@ impl AuthService {
             return Err(AuthError::EmailExists);
         }
         let hash = self.hasher.hash(password).await?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let user = UserRecord {
             id: Uuid::new_v4().to_string(),
             email: email.as_str().to_owned(),

@@ -302,11 +302,12 @@ impl Writer {
                 .map(crate::domain::format_timestamp)
                 .unwrap_or_default()
         };
-        let event = SecurityEvent::new(EventType::SecurityEventsDropped)
+        let mut event = SecurityEvent::new(EventType::SecurityEventsDropped)
             .reason("sink_unavailable")
             .with("count", count)
             .with("firstAt", at(first_ms))
             .with("lastAt", at(last_ms));
+        event.created_at = self.stats.clock.now();
         super::logger::mirror(&event);
         super::collector::count_event(&self.metrics, &event);
         if !self.persist(vec![event], db_timeout).await {

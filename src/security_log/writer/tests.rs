@@ -12,7 +12,7 @@ fn writer(linger: Duration) -> (mpsc::Sender<Envelope>, Writer, tempfile::TempDi
     let writer = Writer {
         rx,
         sink: None,
-        spool: Arc::new(Spool::open(dir.path()).unwrap()),
+        spool: Arc::new(Spool::open(dir.path(), crate::clock::Clock::default()).unwrap()),
         stats: Arc::new(PipelineStats::default()),
         batch_size: 500,
         linger,

@@ -83,6 +83,8 @@ const ROTATION_READ: &str = concat!(
 /// more than measuring from the request does, and never later than the latest moment the request
 /// could still write (`$9`: its time plus the request timeout, by the instance's clock), so a
 /// Postgres clock running ahead lengthens the window by that much at most, not by its drift.
+/// Both bounds are the service's [`crate::clock::Clock`]: a clock moved ahead of the system's
+/// (as tests move it) makes the time the request's own, as the file store records it.
 const ROTATION_FAST: &str = concat!(
     "WITH t AS MATERIALIZED ( \
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
