@@ -5,7 +5,9 @@ mod email;
 mod identity;
 mod user;
 
-pub use client::{ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, device_name};
+pub use client::{
+    ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, UNSET_FINGERPRINT, device_name,
+};
 pub use email::Email;
 pub use identity::{GOOGLE_ISSUER, IdentityRecord};
 pub use user::{Name, User, UserRecord, UserType, UserView, format_timestamp};

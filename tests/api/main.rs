@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod connections;
+mod cutover;
 mod dashboard;
 mod events;
 mod fake_oidc;
