@@ -36,8 +36,13 @@ pub async fn create_database() -> Option<BenchDb> {
         .unwrap();
     let _ = conn.close().await;
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    let db = Database::connect_lazy(&SecretString::from(url.clone()), 4, Duration::from_secs(5))
-        .unwrap();
+    let db = Database::connect_lazy(
+        &SecretString::from(url.clone()),
+        &flux_auth::db::Schemas::default(),
+        4,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     db.migrate().await.unwrap();
     Some(BenchDb { name, url, db })
 }

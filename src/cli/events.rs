@@ -100,6 +100,7 @@ async fn source(settings: &Settings) -> anyhow::Result<EventSource> {
 async fn database(url: &secrecy::SecretString, settings: &Settings) -> anyhow::Result<Database> {
     let db = Database::connect_lazy(
         url,
+        &crate::db::Schemas::from_settings(settings)?,
         2,
         Duration::from_millis(settings.database_connect_timeout_ms),
     )?;

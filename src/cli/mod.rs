@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
-//! `gen-secret`, `import-users`, `users set-type`, `users email-collisions`, `users
+//! `gen-secret`, `import-users`, `import-fluxstudio`, `users set-type`, `users email-collisions`, `users
 //! linked-with-password`, `users revoke-password`, `cleanup`, `events` and `healthcheck`.
 
 use std::path::PathBuf;
@@ -10,11 +10,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod events;
+mod import_fluxstudio;
 
 use crate::app::App;
 use crate::auth::operator::PasswordRevocation;
 use crate::config::{Settings, StorageKind};
-use crate::db::{Database, Schema};
+use crate::db::{Database, Schema, Schemas};
 use crate::domain::{Email, UserType};
 use crate::security_log::{self, EventType, SecurityEvent};
 use crate::store::postgres::{self, PgStore};
@@ -56,6 +57,19 @@ pub enum Command {
     ImportUsers {
         /// Path to the old users.json ({"users":[...]}).
         file: PathBuf,
+    },
+    /// Bring FluxStudio's users and live sessions from its Postgres database into flux-auth.
+    ///
+    /// Reads public.users and public.refresh_tokens of FLUXSTUDIO_DATABASE_URL (default
+    /// DATABASE_URL) and writes flux-auth's tables in DATABASE_URL: ids kept, emails
+    /// canonicalised (accounts that collide are reported, not merged), bcrypt hashes kept,
+    /// provider columns as identities, live refresh tokens as sessions. Idempotent and
+    /// resumable: run it again to pick up what is new. Progress on stderr; every skipped row and
+    /// a summary on stdout.
+    ImportFluxstudio {
+        /// Report what would be imported and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Manage users.
     Users {
@@ -113,6 +127,7 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings, log).await,
         Command::Migrate => migrate(&settings).await,
+        Command::ImportFluxstudio { dry_run } => import_fluxstudio::run(&settings, dry_run).await,
         Command::CheckConfig => return check_config(&settings),
         Command::GenSecret => {
             println!("{}", crate::config::generate_secret());
@@ -201,6 +216,7 @@ fn check_config(settings: &Settings) -> ExitCode {
 async fn connect_now(url: &secrecy::SecretString, settings: &Settings) -> anyhow::Result<Database> {
     let db = Database::connect_lazy(
         url,
+        &Schemas::from_settings(settings)?,
         2,
         Duration::from_millis(settings.database_connect_timeout_ms),
     )?;
@@ -231,6 +247,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     for (url, schema) in targets {
         let db = Database::connect_lazy(
             url,
+            &Schemas::from_settings(settings)?,
             2,
             Duration::from_millis(settings.database_connect_timeout_ms),
         )?;

@@ -22,7 +22,10 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 
 pub use declare::Kind;
-pub use problems::MIN_SECRET_BYTES;
+pub use problems::{
+    DEFAULT_DATABASE_SCHEMA, DEFAULT_SECURITY_EVENTS_SCHEMA, MIN_SECRET_BYTES,
+    database_schema_problem, is_plain_identifier, security_events_schema_problem,
+};
 pub use secret::{generate_secret, resolve_jwt_secret};
 pub use values::{Durability, Environment, FingerprintPolicy, LogFormat, StorageKind, Switch};
 
@@ -88,6 +91,14 @@ declare::settings! {
     /// The longest one statement of the user store may run (lock waits included) before Postgres
     /// cancels it; below `request_timeout_ms`, so no statement outlives its request.
     database_statement_timeout_ms: u64 = 5000,
+    /// FluxStudio's database, which `import-fluxstudio` reads; unset: `DATABASE_URL`.
+    fluxstudio_database_url: Option<SecretString> = None,
+    /// The Postgres schema of flux-auth's tables (a plain identifier, never `public`): every
+    /// connection's `search_path`, so the tables of an application sharing the database are
+    /// never touched.
+    database_schema: String = DEFAULT_DATABASE_SCHEMA.into(),
+    /// The Postgres schema of `security_events`, where other tools read it.
+    security_events_schema: String = DEFAULT_SECURITY_EVENTS_SCHEMA.into(),
     /// Apply the embedded migrations at start.
     run_migrations: bool = true,
     /// Users kept in memory by the Postgres store (0: none), each for at most `user_cache_ttl_secs`;

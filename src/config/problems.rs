@@ -19,6 +19,47 @@ const KNOWN_WEAK_SECRETS: &[&str] = &[
 
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// The default of `DATABASE_SCHEMA`.
+pub const DEFAULT_DATABASE_SCHEMA: &str = "flux_auth";
+/// The default of `SECURITY_EVENTS_SCHEMA`.
+pub const DEFAULT_SECURITY_EVENTS_SCHEMA: &str = "public";
+
+/// Whether `name` is a plain identifier: a lower-case letter or `_`, then lower-case letters,
+/// digits and `_`, at most 63 bytes (Postgres's limit). Such a name means the same quoted or not.
+pub fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
+}
+
+/// What is wrong with `DATABASE_SCHEMA`, with what to do.
+pub fn database_schema_problem(name: &str) -> Option<String> {
+    if !is_plain_identifier(name) || name.starts_with("pg_") {
+        return Some(format!(
+            "DATABASE_SCHEMA must be a plain lower-case identifier (letters, digits, _; at most 63; \
+             not starting with pg_), not {name:?}; the default is {DEFAULT_DATABASE_SCHEMA}."
+        ));
+    }
+    if name == "public" {
+        return Some(format!(
+            "DATABASE_SCHEMA must not be public: flux-auth's tables live in a schema of their own, \
+             apart from the application's tables; keep the default {DEFAULT_DATABASE_SCHEMA}."
+        ));
+    }
+    None
+}
+
+/// What is wrong with `SECURITY_EVENTS_SCHEMA`, with what to do.
+pub fn security_events_schema_problem(name: &str) -> Option<String> {
+    (!is_plain_identifier(name) || name.starts_with("pg_")).then(|| {
+        format!(
+            "SECURITY_EVENTS_SCHEMA must be a plain lower-case identifier (letters, digits, _; at \
+             most 63; not starting with pg_), not {name:?}; the default is {DEFAULT_SECURITY_EVENTS_SCHEMA}."
+        )
+    })
+}
+
 impl Settings {
     /// Every problem at once, each with what to do about it; empty when the settings can run.
     /// The components that read settings add their own (`auth::oidc::setting_problems`).
@@ -47,6 +88,8 @@ impl Settings {
         if self.storage == Some(StorageKind::Postgres) && self.database_url.is_none() {
             problems.push("STORAGE=postgres needs DATABASE_URL (postgres://user@host/db).".into());
         }
+        problems.extend(database_schema_problem(&self.database_schema));
+        problems.extend(security_events_schema_problem(&self.security_events_schema));
         if !(60..=3600).contains(&self.access_token_ttl_secs) {
             problems
                 .push("ACCESS_TOKEN_TTL_SECS must be between 60 and 3600 (default 900).".into());

@@ -1,17 +1,30 @@
 //! The embedded migrations (`migrations/`), and running them in the background until the
 //! database answers.
+//!
+//! They run in flux-auth's schema ([`super::schemas`]): each connection's `search_path` names it,
+//! so their unqualified names land there, and sqlx's bookkeeping (`_sqlx_migrations`) is kept
+//! there too. Before they run, the schema is made and an install from before it existed is moved
+//! in ([`super::legacy_install`]). Migration 004 is the one exception: `security_events` stays
+//! where the old service put it (`SECURITY_EVENTS_SCHEMA`, default `public`), so its statements
+//! are run with that schema's `search_path` ([`security_events_sql`]), under the checksum of the
+//! file as written: an install that applied it before keeps validating, and the file is unchanged.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::Postgres;
+use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
+use sqlx::{Acquire, Postgres, SqlSafeStr};
 
-use super::Database;
+use super::{Database, Schemas};
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The migration that creates `security_events`, outside flux-auth's schema.
+const SECURITY_EVENTS_MIGRATION: i64 = 4;
+const SECURITY_EVENTS_SQL: &str = include_str!("../../migrations/004_create_security_events.sql");
 
 /// Which tables a database gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +52,7 @@ impl Database {
     /// Runs the embedded migrations once, marking the database ready on success.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.migration_connection().await?;
-        run_migrations(&mut conn).await?;
+        run_migrations(&mut conn, &self.schemas).await?;
         drop(conn);
         self.assume_migrated();
         Ok(())
@@ -56,11 +69,7 @@ impl Database {
     /// not get this service's user tables and indexes.
     pub async fn ensure_security_events(&self) -> anyhow::Result<()> {
         let mut conn = self.acquire().await?;
-        sqlx::raw_sql(include_str!(
-            "../../migrations/004_create_security_events.sql"
-        ))
-        .execute(&mut *conn)
-        .await?;
+        ensure_security_events(&mut conn, &self.schemas).await?;
         self.assume_migrated();
         Ok(())
     }
@@ -107,11 +116,63 @@ where
     });
 }
 
-/// `MIGRATOR.run` on a connection already acquired (and timed). `run` itself takes an `Acquire`,
-/// and a future awaiting it on `&mut PgConnection` cannot be spawned ("implementation of
-/// `Acquire` is not general enough", a known sqlx limitation); `run_direct` is sqlx's own way
+/// Migration 004's statements run in `SECURITY_EVENTS_SCHEMA` (made if missing), then the
+/// `search_path` back to flux-auth's schema for what follows in the same transaction. Run inside a
+/// transaction (the migrator's, or [`ensure_security_events`]'s), which `SET LOCAL` needs.
+pub fn security_events_sql(schemas: &Schemas) -> String {
+    let schema = schemas.security_events_schema();
+    // A role without CREATE on the database may use an existing schema: the check comes first.
+    format!(
+        "DO $$ BEGIN IF to_regnamespace('{schema}') IS NULL THEN CREATE SCHEMA \"{schema}\"; END IF; END $$;\n\
+         SET LOCAL search_path = \"{schema}\";\n{SECURITY_EVENTS_SQL}\n\
+         SET LOCAL search_path = {};\n",
+        schemas.search_path()
+    )
+}
+
+/// Creates `security_events` (and its indexes) where `SECURITY_EVENTS_SCHEMA` says, if missing.
+pub async fn ensure_security_events(
+    conn: &mut PgConnection,
+    schemas: &Schemas,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(security_events_sql(schemas)))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The embedded migrations for `schemas`: bookkeeping in flux-auth's schema, and 004 run in the
+/// security log's schema under the checksum of its file.
+pub fn migrator(schemas: &Schemas) -> Migrator {
+    let migrations = MIGRATOR
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.version == SECURITY_EVENTS_MIGRATION {
+                // The checksum stays the file's: it is what installs have recorded.
+                m.sql = sqlx::AssertSqlSafe(security_events_sql(schemas)).into_sql_str();
+            }
+            m
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name(schemas.migrations_table());
+    migrator
+}
+
+/// Makes flux-auth's schema (moving an install from before it existed into it), runs the
+/// migrations there, and makes sure `security_events` exists where it is configured to be (a
+/// database migrated before `SECURITY_EVENTS_SCHEMA` changed gets the table in the new place).
+///
+/// The migrator runs on a connection already acquired (and timed): `Migrator::run` takes an
+/// `Acquire`, and a future awaiting it on `&mut PgConnection` cannot be spawned ("implementation
+/// of `Acquire` is not general enough", a known sqlx limitation); `run_direct` is sqlx's own way
 /// around it (what `run` calls after acquiring). Hidden from sqlx's docs, so an sqlx upgrade may
 /// need this adjusted: it would fail to compile, not misbehave.
-pub async fn run_migrations(conn: &mut PgConnection) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run_direct(None, conn, false).await
+pub async fn run_migrations(conn: &mut PgConnection, schemas: &Schemas) -> anyhow::Result<()> {
+    super::legacy_install::prepare(conn, schemas).await?;
+    migrator(schemas).run_direct(None, conn, false).await?;
+    ensure_security_events(conn, schemas).await?;
+    Ok(())
 }

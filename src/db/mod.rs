@@ -32,10 +32,13 @@ use crate::metrics::PoolMetrics;
 
 mod checks;
 pub mod circuit;
+pub mod legacy_install;
 pub mod migrations;
+pub mod schemas;
 
 pub use checks::{ConnectionChecks, IDLE_CHECK_AFTER, is_connection_error};
 pub use migrations::{MIGRATOR, Schema};
+pub use schemas::Schemas;
 
 use checks::ConnectionHealth;
 use circuit::Circuit;
@@ -52,6 +55,8 @@ pub struct Database {
     health: Arc<ConnectionHealth>,
     /// The user store's pool only: see [`circuit`].
     circuit: Option<Arc<Circuit>>,
+    /// flux-auth's schema, which every connection's `search_path` names, and the security log's.
+    schemas: Schemas,
 }
 
 /// How often Postgres (14 and later) checks, while running a statement, that the client is still
@@ -70,22 +75,31 @@ impl Database {
     /// [`Database::connect_lazy_observed`].
     pub fn connect_lazy(
         url: &secrecy::SecretString,
+        schemas: &Schemas,
         max_connections: u32,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        Self::connect_lazy_observed(url, max_connections, timeout, PoolMetrics::unregistered())
+        Self::connect_lazy_observed(
+            url,
+            schemas,
+            max_connections,
+            timeout,
+            PoolMetrics::unregistered(),
+        )
     }
 
     /// A pool that observes every acquire into `metrics` (from [`crate::metrics::Metrics::pool`])
     /// and tests every connection before handing it out.
     pub fn connect_lazy_observed(
         url: &secrecy::SecretString,
+        schemas: &Schemas,
         max_connections: u32,
         timeout: Duration,
         metrics: PoolMetrics,
     ) -> anyhow::Result<Self> {
         Self::connect_lazy_checked(
             url,
+            schemas,
             max_connections,
             timeout,
             metrics,
@@ -98,18 +112,28 @@ impl Database {
     /// ([`Database::note_failure`]) and retry what is safe to retry.
     pub fn connect_lazy_checked(
         url: &secrecy::SecretString,
+        schemas: &Schemas,
         max_connections: u32,
         timeout: Duration,
         metrics: PoolMetrics,
         checks: ConnectionChecks,
     ) -> anyhow::Result<Self> {
-        Self::connect_lazy_with(url, max_connections, timeout, metrics, checks, None)
+        Self::connect_lazy_with(
+            url,
+            schemas,
+            max_connections,
+            timeout,
+            metrics,
+            checks,
+            None,
+        )
     }
 
     /// The pool that serves requests (the user store's): [`ConnectionChecks::WhenSuspect`], a
     /// statement timeout on every connection, and a [`Circuit`].
     pub fn connect_lazy_for_requests(
         url: &secrecy::SecretString,
+        schemas: &Schemas,
         max_connections: u32,
         timeout: Duration,
         metrics: PoolMetrics,
@@ -117,6 +141,7 @@ impl Database {
     ) -> anyhow::Result<Self> {
         Self::connect_lazy_with(
             url,
+            schemas,
             max_connections,
             timeout,
             metrics,
@@ -127,6 +152,7 @@ impl Database {
 
     fn connect_lazy_with(
         url: &secrecy::SecretString,
+        schemas: &Schemas,
         max_connections: u32,
         timeout: Duration,
         metrics: PoolMetrics,
@@ -164,26 +190,27 @@ impl Database {
                     })
                 });
         }
-        if let Some(requests) = &requests {
-            let statement_timeout_ms = requests.statement_timeout.as_millis();
-            pool = pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // One round trip for both. Postgres before 14 does not know the check
-                    // interval: there the statement timeout alone bounds a statement whose
-                    // request gave up.
-                    let mut set = format!("SET statement_timeout = '{statement_timeout_ms}ms'");
-                    if conn.server_version_num().is_some_and(|v| v >= 140_000) {
-                        set.push_str(&format!(
-                            "; SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
-                        ));
-                    }
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
+        let set_search_path = schemas.set_search_path();
+        let statement_timeout_ms = requests.as_ref().map(|r| r.statement_timeout.as_millis());
+        pool = pool.after_connect(move |conn, _meta| {
+            // One round trip for all. Postgres before 14 does not know the check interval: there
+            // the statement timeout alone bounds a statement whose request gave up.
+            let mut set = set_search_path.clone();
+            if let Some(ms) = statement_timeout_ms {
+                set.push_str(&format!("; SET statement_timeout = '{ms}ms'"));
+                if conn.server_version_num().is_some_and(|v| v >= 140_000) {
+                    set.push_str(&format!(
+                        "; SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'"
+                    ));
+                }
+            }
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        });
         let pool = pool.connect_lazy_with(options);
         let circuit = requests.map(|_| {
             let health = health.clone();
@@ -198,7 +225,33 @@ impl Database {
             metrics,
             health,
             circuit,
+            schemas: schemas.clone(),
         })
+    }
+
+    /// A separate pool to the same database, whose connections get the same `search_path` and
+    /// nothing else (no statement timeout, no checks): for a connection held for good, such as
+    /// the user cache's `LISTEN`.
+    pub fn companion_pool(&self, max_connections: u32, acquire_timeout: Duration) -> PgPool {
+        let set_search_path = self.schemas.set_search_path();
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let set = set_search_path.clone();
+                Box::pin(async move {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with((*self.pool.connect_options()).clone())
+    }
+
+    /// flux-auth's schema and the security log's.
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
     }
 
     /// The circuit of the pool that serves requests; `None` for other pools.

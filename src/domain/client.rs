@@ -42,6 +42,12 @@ impl ClientInfo {
     }
 }
 
+/// The fingerprint of a session imported from the old service, which kept a fingerprint of its
+/// own making: no SHA-256 is 64 zeros, so no device has it, and the session's first refresh adopts
+/// the device's.
+pub const UNSET_FINGERPRINT: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
 /// SHA-256 over the user agent, the accept-language and the client's network (/24 or /64), so a
 /// phone moving between addresses of one network keeps its fingerprint. Stored as hex.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,9 @@ pub mod settings;
 mod user;
 mod user_agent;
 
-pub use client::{ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, device_name};
+pub use client::{
+    ClientInfo, DeviceFingerprint, MAX_USER_AGENT_CHARS, UNSET_FINGERPRINT, device_name,
+};
 pub use email::Email;
 pub use identity::{GOOGLE_ISSUER, IdentityRecord};
 pub use user::{Name, User, UserRecord, UserType, UserView, format_timestamp, parse_avatar};

@@ -54,6 +54,7 @@ pub fn start(
         Some(url) => {
             let db = Database::connect_lazy_observed(
                 url,
+                &crate::db::Schemas::from_settings(settings)?,
                 4,
                 Duration::from_millis(settings.database_connect_timeout_ms),
                 metrics.pool(crate::metrics::POOL_SECURITY_LOG),

@@ -35,15 +35,16 @@ impl PgSink {
         // Acquired once the arrays are built, so the connection is held only for the statement;
         // timed into `db_pool_acquire_wait_seconds{pool="security_log"}`.
         let mut conn = self.db.acquire().await?;
-        let done = sqlx::query(
-            "INSERT INTO security_events \
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} \
                (id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, created_at) \
              SELECT id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata::jsonb, created_at \
              FROM UNNEST($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], $6::varchar[], \
                          $7::text[], $8::text[], $9::timestamptz[]) \
                AS e(id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, created_at) \
              ON CONFLICT (id) DO NOTHING",
-        )
+            self.db.schemas().security_events()
+        )))
         .bind(&ids)
         .bind(&types)
         .bind(&severities)

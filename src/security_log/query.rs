@@ -135,7 +135,7 @@ pub struct Page {
 }
 
 const SELECT: &str = "SELECT id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, \
-     created_at FROM security_events WHERE ($1::text IS NULL OR event_type = $1) \
+     created_at FROM {table} WHERE ($1::text IS NULL OR event_type = $1) \
      AND ($2::text IS NULL OR severity = $2) AND ($3::text IS NULL OR user_id = $3) \
      AND ($4::text IS NULL OR ip_address = $4) AND ($5::timestamptz IS NULL OR created_at >= $5) \
      AND ($6::timestamptz IS NULL OR created_at < $6) \
@@ -163,7 +163,8 @@ impl EventSource {
             Self::Postgres(db) => {
                 filtered!(
                     sqlx::AssertSqlSafe(format!(
-                        "{SELECT} ORDER BY created_at DESC, id DESC LIMIT {}",
+                        "{} ORDER BY created_at DESC, id DESC LIMIT {}",
+                        SELECT.replace("{table}", &db.schemas().security_events()),
                         limit + 1
                     )),
                     filter
@@ -192,10 +193,11 @@ impl EventSource {
     pub async fn stats(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<Stats> {
         let rows: Vec<(String, String, i64)> = match self {
             Self::Postgres(db) => {
-                sqlx::query_as(
-                    "SELECT event_type, severity, count(*) FROM security_events \
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT event_type, severity, count(*) FROM {} \
                      WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2",
-                )
+                    db.schemas().security_events()
+                )))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&mut *db.acquire().await?)
@@ -243,7 +245,7 @@ impl EventSource {
         match self {
             Self::Postgres(db) => {
                 let pool = db.pool.clone();
-                Box::pin(async_stream(pool, filter))
+                Box::pin(async_stream(pool, db.schemas().security_events(), filter))
             }
             Self::Files(spool) => {
                 let spool = spool.clone();
@@ -264,12 +266,16 @@ impl EventSource {
 /// any size holds only a few rows in memory and stops when the client goes away.
 fn async_stream(
     pool: sqlx::PgPool,
+    table: String,
     filter: EventFilter,
 ) -> impl futures::Stream<Item = anyhow::Result<EventView>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         let mut rows = filtered!(
-            sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY created_at, id")),
+            sqlx::AssertSqlSafe(format!(
+                "{} ORDER BY created_at, id",
+                SELECT.replace("{table}", &table)
+            )),
             filter
         )
         .fetch(&pool);

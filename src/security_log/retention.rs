@@ -56,12 +56,13 @@ pub async fn delete_from_postgres(
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
     let mut total = 0;
+    let table = db.schemas().security_events();
     for severity in SEVERITIES {
         loop {
-            let done = sqlx::query(
-                "DELETE FROM security_events WHERE id IN ( \
-                   SELECT id FROM security_events WHERE severity = $1 AND created_at < $2 LIMIT $3)",
-            )
+            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE id IN ( \
+                   SELECT id FROM {table} WHERE severity = $1 AND created_at < $2 LIMIT $3)"
+            )))
             .bind(severity.as_str())
             .bind(retention.cutoff(severity, now))
             .bind(batch)

@@ -771,6 +771,7 @@ async fn a_migration_cut_off_midway_reports_its_own_error() {
     let db = TestDb::create().await;
     let database = Database::connect_lazy(
         &SecretString::from(db.url.clone()),
+        &flux_auth::db::Schemas::default(),
         2,
         Duration::from_secs(5),
     )

@@ -1379,6 +1379,7 @@ async fn users_linked_by_the_old_services_google_id_are_found_by_their_google_id
     let db = TestDb::create().await;
     let database = flux_auth::db::Database::connect_lazy(
         &secrecy::SecretString::from(db.url.clone()),
+        &flux_auth::db::Schemas::default(),
         2,
         Duration::from_secs(5),
     )

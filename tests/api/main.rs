@@ -8,6 +8,7 @@ mod account_input;
 mod bad_input;
 mod clock;
 mod connections;
+mod cutover;
 mod dashboard;
 mod events;
 mod fake_oidc;

@@ -411,6 +411,7 @@ async fn db_pool_acquire_errors_count_pool_timeouts_and_abandoned_waits() {
     let metrics = Metrics::default();
     let db = Database::connect_lazy_observed(
         &secrecy::SecretString::from(test_db.url.clone()),
+        &flux_auth::db::Schemas::default(),
         1,
         Duration::from_secs(1),
         metrics.pool(POOL_USERS),

@@ -79,6 +79,7 @@ macro_rules! begin_retrying {
 #[macro_use]
 mod rows;
 mod email_keys;
+pub mod fluxstudio;
 mod held;
 mod identities;
 mod rotation;
@@ -93,7 +94,7 @@ use user_cache::UserCache;
 /// success.
 pub async fn migrate(db: &Database) -> anyhow::Result<()> {
     let mut conn = db.migration_connection().await?;
-    crate::db::migrations::run_migrations(&mut conn).await?;
+    crate::db::migrations::run_migrations(&mut conn, db.schemas()).await?;
     email_keys::backfill(&mut conn).await?;
     // Only a report: the store works whether or not it can be made.
     let collisions = email_keys::collisions(&mut conn).await;
@@ -166,6 +167,7 @@ impl PgStore {
         // Every request takes a connection: no ping before each (see ConnectionChecks).
         let db = Database::connect_lazy_for_requests(
             url,
+            &crate::db::Schemas::from_settings(settings)?,
             settings.database_max_connections,
             Duration::from_millis(settings.database_connect_timeout_ms),
             metrics,

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Database;
@@ -269,10 +269,8 @@ impl UserCache {
     ) {
         // A pool of its own, for the `LISTEN` (held for good) and the heartbeats: neither may
         // wait for, nor take, a connection of the store's, least of all when it is busiest.
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(connect_timeout)
-            .connect_lazy_with((*db.pool.connect_options()).clone());
+        // Its connections get the store's `search_path`: the heartbeat's `users` is flux-auth's.
+        let pool = db.companion_pool(2, connect_timeout);
         let mut wait = Duration::from_millis(200);
         let mut told_of_triggers = false;
         loop {

@@ -40,7 +40,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database whose connections search `flux_auth` then `public` unless they say otherwise.
     pub async fn create() -> Self {
+        Self::create_with(true).await
+    }
+
+    /// A database with Postgres's default `search_path` (`"$user", public`), as an application
+    /// sharing it with flux-auth has it.
+    pub async fn create_bare() -> Self {
+        Self::create_with(false).await
+    }
+
+    async fn create_with(search_flux_auth: bool) -> Self {
         let name = format!("flux_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&postgres_admin_url())
             .await
@@ -49,6 +60,17 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("create test database");
+        // Tests read flux-auth's tables by their plain names, as an operator does after
+        // `SET search_path = flux_auth`; the service sets its own search_path on every
+        // connection and does not rely on this default (`TestDb::create_bare` has none).
+        if search_flux_auth {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{name}\" SET search_path = flux_auth, public"
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("set the test database's search_path");
+        }
         let _ = conn.close().await;
         let base = postgres_admin_url();
         let url = match base.rsplit_once('/') {

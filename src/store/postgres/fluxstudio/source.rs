@@ -1,0 +1,188 @@
+//! Reading FluxStudio's `public.users` and `public.refresh_tokens`: which of the columns that
+//! vary between live databases this one has, and the rows, in pages by key so that neither table
+//! is ever held whole and a page is one short query.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnection;
+
+/// The columns that live databases have or lack, as found.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    users: Vec<String>,
+    tokens: Vec<String>,
+}
+
+impl Columns {
+    pub async fn read(source: &PgPool) -> anyhow::Result<Self> {
+        let of = |table: &'static str| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND table_name = $1",
+            )
+            .bind(table)
+            .fetch_all(source)
+        };
+        let users = of("users").await?;
+        let tokens = of("refresh_tokens").await?;
+        for needed in ["id", "email"] {
+            if !users.iter().any(|c| c == needed) {
+                anyhow::bail!(
+                    "public.users has no column {needed}: this database does not hold FluxStudio's \
+                     users (set FLUXSTUDIO_DATABASE_URL to the one that does)"
+                );
+            }
+        }
+        Ok(Self { users, tokens })
+    }
+
+    fn user(&self, name: &str, cast: &str) -> String {
+        column(&self.users, name, cast)
+    }
+
+    fn token(&self, name: &str, cast: &str) -> String {
+        column(&self.tokens, name, cast)
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        ["token", "user_id", "expires_at"]
+            .iter()
+            .all(|c| self.tokens.iter().any(|t| t == c))
+    }
+
+    /// `avatar_url`, or `profile_picture` in databases that have that instead.
+    fn avatar(&self) -> String {
+        if self.users.iter().any(|c| c == "avatar_url") {
+            "avatar_url::text".into()
+        } else {
+            self.user("profile_picture", "text")
+        }
+    }
+
+    /// One page of users after `after` (their key: creation time then id), oldest first, so that
+    /// of two accounts sharing a mailbox the older is the one imported.
+    pub fn users_page_sql(&self) -> String {
+        format!(
+            "SELECT id::text AS id, email::text AS email, {name} AS name, \
+             {password_hash} AS password_hash, {user_type} AS user_type, {avatar} AS avatar, \
+             {oauth_provider} AS oauth_provider, {oauth_id} AS oauth_id, \
+             {google_id} AS google_id, {apple_id} AS apple_id, \
+             COALESCE({email_verified}, false) AS email_verified, \
+             COALESCE({is_active}, true) AS is_active, \
+             COALESCE({created_at}, '0001-01-01 00:00:00+00'::timestamptz) AS sort_key, {created_at} AS created_at, \
+             {last_login} AS last_login, \
+             ({preferences} IS NOT NULL AND {preferences} <> '{{}}'::jsonb) AS has_preferences, \
+             ({totp_secret} IS NOT NULL AND COALESCE({totp_enabled}, false)) AS has_totp \
+             FROM public.users \
+             WHERE (COALESCE({created_at}, '0001-01-01 00:00:00+00'::timestamptz), id::text) > ($1, $2) \
+             ORDER BY 13, 1 LIMIT $3",
+            name = self.user("name", "text"),
+            password_hash = self.user("password_hash", "text"),
+            user_type = self.user("user_type", "text"),
+            avatar = self.avatar(),
+            oauth_provider = self.user("oauth_provider", "text"),
+            oauth_id = self.user("oauth_id", "text"),
+            google_id = self.user("google_id", "text"),
+            apple_id = self.user("apple_id", "text"),
+            email_verified = self.user("email_verified", "boolean"),
+            is_active = self.user("is_active", "boolean"),
+            created_at = self.user("created_at", "timestamptz"),
+            last_login = self.user("last_login", "timestamptz"),
+            preferences = self.user("preferences", "jsonb"),
+            totp_secret = self.user("totp_secret", "text"),
+            totp_enabled = self.user("totp_enabled", "boolean"),
+        )
+    }
+
+    /// One page of refresh tokens after the token `$1`, in token order.
+    pub fn tokens_page_sql(&self) -> String {
+        format!(
+            "SELECT token::text AS token, user_id::text AS user_id, \
+             {device_name} AS device_name, host({ip}) AS ip_address, {user_agent} AS user_agent, \
+             expires_at::timestamptz AS expires_at, {created_at} AS created_at, \
+             {last_used_at} AS last_used_at, \
+             ({revoked_at} IS NOT NULL OR NOT COALESCE({is_active}, true)) AS revoked \
+             FROM public.refresh_tokens WHERE token::text > $1 ORDER BY token::text LIMIT $2",
+            device_name = self.token("device_name", "text"),
+            ip = self.token("ip_address", "inet"),
+            user_agent = self.token("user_agent", "text"),
+            created_at = self.token("created_at", "timestamptz"),
+            last_used_at = self.token("last_used_at", "timestamptz"),
+            revoked_at = self.token("revoked_at", "timestamptz"),
+            is_active = self.token("is_active", "boolean"),
+        )
+    }
+}
+
+/// The column cast to `cast`, or a typed NULL where this database lacks it.
+fn column(present: &[String], name: &str, cast: &str) -> String {
+    if present.iter().any(|c| c == name) {
+        format!("{name}::{cast}")
+    } else {
+        format!("NULL::{cast}")
+    }
+}
+
+/// A user row of FluxStudio's, as read.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SourceUser {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub password_hash: Option<String>,
+    pub user_type: Option<String>,
+    pub avatar: Option<String>,
+    pub oauth_provider: Option<String>,
+    pub oauth_id: Option<String>,
+    pub google_id: Option<String>,
+    pub apple_id: Option<String>,
+    pub email_verified: bool,
+    pub is_active: bool,
+    pub sort_key: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub has_preferences: bool,
+    pub has_totp: bool,
+}
+
+/// A refresh token row of FluxStudio's, as read.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SourceToken {
+    pub token: String,
+    pub user_id: String,
+    pub device_name: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+/// Rows of one page.
+pub const PAGE: i64 = 1000;
+
+pub async fn users_page(
+    source: &mut PgConnection,
+    sql: &str,
+    after: &(DateTime<Utc>, String),
+) -> Result<Vec<SourceUser>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(after.0)
+        .bind(&after.1)
+        .bind(PAGE)
+        .fetch_all(source)
+        .await
+}
+
+pub async fn tokens_page(
+    source: &mut PgConnection,
+    sql: &str,
+    after: &str,
+) -> Result<Vec<SourceToken>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(after)
+        .bind(PAGE)
+        .fetch_all(source)
+        .await
+}
