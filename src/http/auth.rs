@@ -33,10 +33,9 @@ pub async fn signup(
     let success = state.auth.signup(body.account(), &ctx).await?;
     Ok((
         StatusCode::CREATED,
-        Json(AuthResponse::new(
+        Json(AuthResponse::signed_up(
             &success,
             state.auth.access.ttl_secs(),
-            None,
         )),
     ))
 }

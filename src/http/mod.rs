@@ -1,5 +1,6 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
+pub mod account;
 pub mod admin;
 pub mod admin_users;
 pub mod auth;
@@ -72,6 +73,14 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/auth/sessions", sessions::list),
         Route::delete("/api/auth/sessions/{id}", sessions::revoke),
         Route::get("/api/auth/token-info", auth::token_info),
+        Route::post("/api/auth/verify-email", account::verify_email),
+        Route::post(
+            "/api/auth/resend-verification",
+            account::resend_verification,
+        ),
+        Route::post("/api/auth/forgot-password", account::forgot_password),
+        Route::post("/api/auth/reset-password", account::reset_password),
+        Route::post("/api/auth/change-password", account::change_password),
         Route::post("/api/auth/google", google::sign_in),
         Route::get("/api/auth/google/authorize", google::authorize),
         Route::get("/api/auth/google/callback", google::callback),

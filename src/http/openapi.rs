@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, admin_users, auth, events, google, health, metrics, sessions};
+use super::{account, admin, admin_users, auth, events, google, health, metrics, sessions};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
@@ -32,6 +32,11 @@ use crate::error::ErrorBody;
         auth::token_info,
         auth::csrf_token,
         auth::apple,
+        account::verify_email,
+        account::resend_verification,
+        account::forgot_password,
+        account::reset_password,
+        account::change_password,
         sessions::list,
         sessions::revoke,
         google::sign_in,

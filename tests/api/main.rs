@@ -16,6 +16,7 @@ mod google;
 mod limits;
 mod log_outage;
 mod login;
+mod mail;
 mod mailboxes;
 mod module_graph;
 mod operability;

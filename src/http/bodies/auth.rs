@@ -84,6 +84,12 @@ pub struct AuthResponse {
     /// Google sign-in only: whether this sign-in created the account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_new_user: Option<bool>,
+    /// Signup only: false (a verification mail is on its way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// Signup only: what to tell the user about the verification mail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
 }
 
 impl AuthResponse {
@@ -99,6 +105,17 @@ impl AuthResponse {
             token_type: "Bearer",
             user: UserView::from(&success.user),
             is_new_user,
+            email_verified: None,
+            message: None,
+        }
+    }
+
+    /// Signup's answer: it adds `emailVerified` and `message`.
+    pub fn signed_up(success: &AuthSuccess, ttl: i64) -> Self {
+        Self {
+            email_verified: Some(success.user.email_verified),
+            message: Some("Account created. Check your email to verify your address"),
+            ..Self::new(success, ttl, None)
         }
     }
 }

@@ -5,6 +5,7 @@
 //! map and `ApiError`). The operability test also compares each documented schema with the
 //! bodies the service sends.
 
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod errors;

@@ -81,6 +81,7 @@ mod rows;
 mod email_keys;
 mod held;
 mod identities;
+mod outbox;
 mod rotation;
 mod sessions;
 pub mod user_cache;
