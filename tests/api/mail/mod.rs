@@ -3,6 +3,8 @@
 
 mod account_inputs;
 mod change_password;
+mod cli;
+mod linking;
 mod outbox;
 mod reset;
 mod verification;
