@@ -350,6 +350,14 @@ impl App {
                 },
             };
             tokio::spawn(sender.run(background.clone()));
+        } else {
+            tokio::spawn(crate::mail::sender::watch_summary(
+                state.auth.store.clone(),
+                state.auth.mail.stats.clone(),
+                crate::mail::transport::EMAIL,
+                Duration::from_millis(state.settings.mail_poll_ms.max(10)),
+                background.clone(),
+            ));
         }
         tokio::spawn(crate::cleanup::schedule(
             state.clone(),

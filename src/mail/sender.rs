@@ -226,17 +226,38 @@ impl Sender {
     }
 
     async fn refresh_summary(&self, kind: &str) {
-        if let Ok(summary) = self.store.outbox_summary(kind).await {
-            self.stats
-                .pending_now
-                .store(summary.pending, Ordering::Relaxed);
-            self.stats.dead_now.store(summary.dead, Ordering::Relaxed);
-            self.stats.oldest_pending_ms.store(
-                summary
-                    .oldest_pending_at
-                    .map_or(0, |t| t.timestamp_millis().max(1)),
-                Ordering::Relaxed,
-            );
+        refresh_summary(self.store.as_ref(), &self.stats, kind).await;
+    }
+}
+
+/// Reads the outbox's levels into `stats` (what `/health` and `/metrics` report).
+pub async fn refresh_summary(store: &dyn Store, stats: &OutboxStats, kind: &str) {
+    if let Ok(summary) = store.outbox_summary(kind).await {
+        stats.pending_now.store(summary.pending, Ordering::Relaxed);
+        stats.dead_now.store(summary.dead, Ordering::Relaxed);
+        stats.oldest_pending_ms.store(
+            summary
+                .oldest_pending_at
+                .map_or(0, |t| t.timestamp_millis().max(1)),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Without a transport nothing is delivered, but the outbox's levels are still reported, so
+/// `/health` shows mail piling up.
+pub async fn watch_summary(
+    store: Arc<dyn Store>,
+    stats: Arc<OutboxStats>,
+    kind: &'static str,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        refresh_summary(store.as_ref(), &stats, kind).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }
