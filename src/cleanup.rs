@@ -43,6 +43,12 @@ pub async fn run_once(state: &AppState) -> CleanupReport {
             }
         }
     }
+    // Sent mail's records and expired one-time tokens (a sent message's body is gone already).
+    let kept_since = now - chrono::Duration::days(crate::store::outbox::SENT_RETENTION_DAYS);
+    match state.auth.store.delete_finished_mail(kept_since, now).await {
+        Ok(n) => tracing::debug!(deleted = n, "outbox and one-time tokens cleaned"),
+        Err(e) => tracing::warn!(error = %e, "outbox cleanup stopped; will retry next pass"),
+    }
     let policy = Retention::from_settings(&state.settings);
     let events = match &state.security_db {
         Some(db) if db.is_ready() => retention::delete_from_postgres(db, policy, now, BATCH as i64)

@@ -28,6 +28,12 @@ pub enum ApiError {
     },
     #[error("forbidden")]
     Forbidden,
+    /// 403 with its own code.
+    #[error("refused: {code}")]
+    Refused {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("not found: {message}")]
     NotFound {
         code: &'static str,
@@ -126,7 +132,7 @@ impl ApiError {
         match self {
             Self::Validation { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidCredentials | Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -152,6 +158,7 @@ impl ApiError {
             }
             Self::Unauthorized { code, message } => ErrorBody::new(code, *message),
             Self::Forbidden => ErrorBody::new("FORBIDDEN", "You do not have permission to do this"),
+            Self::Refused { code, message } => ErrorBody::new(code, *message),
             Self::NotFound { code, message } => ErrorBody::new(code, *message),
             Self::MethodNotAllowed => {
                 ErrorBody::new("METHOD_NOT_ALLOWED", "Method not allowed on this route")
@@ -304,6 +311,22 @@ impl From<crate::auth::AuthError> for ApiError {
             A::SettingsTooLarge => Self::TooLargeToStore {
                 code: "AUTH_SETTINGS_TOO_LARGE",
                 message: "Settings are too large: at most 4 KiB are kept",
+            A::TokenRefused { code, message } => Self::BadRequest {
+                code,
+                message: message.into(),
+            },
+            A::WrongCurrentPassword => Self::BadRequest {
+                code: "AUTH_INVALID_PASSWORD",
+                message: "Current password is incorrect".into(),
+            },
+            A::NoPassword => Self::BadRequest {
+                code: "AUTH_NO_PASSWORD",
+                message: "This account has no password. Use \"Forgot password\" to set one".into(),
+            },
+            A::EmailNotVerified => Self::Refused {
+                code: "AUTH_EMAIL_NOT_VERIFIED",
+                message: "Please verify your email address first. \
+                    We can send the link again (resend-verification)",
             },
             A::Unavailable(why) => {
                 tracing::warn!(reason = %why, "store unavailable; answering 503");

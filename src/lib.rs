@@ -28,6 +28,8 @@ pub mod http;
 /// Abuse protection (Redis).
 pub mod limits;
 /// Prometheus metrics.
+/// Mail: templates, SMTP or `.eml` transport, and the outbox's sender.
+pub mod mail;
 pub mod metrics;
 /// The shared Redis connection and its up/down state.
 pub mod redis_link;

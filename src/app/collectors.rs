@@ -14,6 +14,7 @@ use crate::auth::service::AuthService;
 use crate::db::Database;
 use crate::db::circuit::ProbeOutcome;
 use crate::limits::Limits;
+use crate::mail::Outbox;
 use crate::metrics::{counter, gauge};
 use crate::redis_link::RedisLink;
 use crate::store::postgres::user_cache::UserCache;
@@ -31,6 +32,7 @@ macro_rules! named_debug {
 
 named_debug!(
     HashCollector,
+    OutboxCollector,
     PoolCollector,
     RedisCollector,
     UserCacheCollector
@@ -199,5 +201,57 @@ impl Collector for UserCacheCollector {
             stats.heartbeat_heard as f64,
         )?;
         Ok(())
+    }
+}
+
+/// The mail outbox: this instance's counts, and the outbox's levels as its sender last saw them.
+pub struct OutboxCollector(pub Arc<Outbox>);
+
+impl Collector for OutboxCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.0.stats;
+        counter(
+            &mut e,
+            "mail_queued",
+            "Messages this instance queued in the outbox",
+            stats.queued.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "mail_sent",
+            "Messages delivered",
+            stats.sent.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "mail_retried",
+            "Delivery attempts that failed and will be retried",
+            stats.retried.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "mail_dead",
+            "Messages given up on (email_send_failed)",
+            stats.dead.load(Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "mail_pending",
+            "Messages waiting in the outbox",
+            stats.pending_now.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
+            "mail_dead_messages",
+            "Dead messages in the outbox",
+            stats.dead_now.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
+            "mail_oldest_pending_age_seconds",
+            "How long the oldest waiting message has waited",
+            self.0.oldest_pending_age_secs() as f64,
+        )
     }
 }

@@ -13,7 +13,9 @@ use prometheus_client::collector::Collector;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use collectors::{HashCollector, PoolCollector, RedisCollector, UserCacheCollector};
+use collectors::{
+    HashCollector, OutboxCollector, PoolCollector, RedisCollector, UserCacheCollector,
+};
 
 use crate::auth::breached::BreachedPasswords;
 use crate::auth::oidc::GoogleSignIn;
@@ -25,6 +27,8 @@ use crate::auth::tokens::AccessTokens;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
 use crate::limits::Limits;
+use crate::mail::Outbox;
+use crate::mail::sender::{Pacing, Sender};
 use crate::metrics::{Metrics, POOL_SECURITY_LOG, POOL_USERS, ProcessCollector};
 use crate::redis_link::RedisLink;
 use crate::security_log::{self, EventType, LogCollector, Pipeline, SecurityEvent};
@@ -35,10 +39,12 @@ use crate::telemetry::LogDrops;
 use crate::state::{AppState, SharedState};
 
 /// Every problem with the settings: those the settings find themselves, then those of the
-/// components that read them (the OpenID sign-in's URLs and client ids).
+/// components that read them (the OpenID sign-in's URLs and client ids, the mail sender).
 pub fn setting_problems(settings: &Settings) -> Vec<String> {
     let mut problems = settings.problems();
     problems.extend(crate::auth::oidc::setting_problems(settings));
+    // FRONTEND_URL, which mail's links also start at, the OpenID settings check.
+    problems.extend(crate::mail::transport::setting_problems(settings));
     problems
 }
 
@@ -134,7 +140,21 @@ impl Core {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
         }
+        let mailer = crate::mail::transport::Mailer::from_settings(&settings)?.map(Arc::new);
+        if mailer.is_none() {
+            tracing::warn!(
+                "no SMTP configured in production: mail waits in the outbox until SMTP_HOST \
+                 (or SENDGRID_API_KEY) is set"
+            );
+        }
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            clock.clone(),
+            &settings,
+            mailer.as_ref().map_or("none", |m| m.describe()),
+        ));
         let auth = AuthService {
+            mail: outbox.clone(),
             store,
             limits: limits.clone(),
             clock: clock.clone(),
@@ -191,6 +211,7 @@ impl Core {
         if let Some(cache) = user_cache {
             collectors.push(Box::new(UserCacheCollector(cache)));
         }
+        collectors.push(Box::new(OutboxCollector(outbox)));
         collectors.push(Box::new(ProcessCollector { started }));
         let registry = metrics.registry(collectors);
         let state = AppState::new(SharedState {
@@ -207,6 +228,7 @@ impl Core {
             started,
             probes: Arc::default(),
             stopping: CancellationToken::new(),
+            mailer,
         });
         Ok(Self {
             state,
@@ -315,6 +337,30 @@ impl App {
         events
             .record(SecurityEvent::new(EventType::ServiceStarted).with("pid", std::process::id()))
             .await;
+        if let Some(mailer) = state.mailer.clone() {
+            let sender = Sender {
+                store: state.auth.store.clone(),
+                delivery: mailer,
+                clock: state.clock.clone(),
+                events: events.clone(),
+                stats: state.auth.mail.stats.clone(),
+                wake: state.auth.mail.wake.clone(),
+                pacing: Pacing {
+                    retry_base: Duration::from_millis(state.settings.mail_retry_base_ms),
+                    retry_for: Duration::from_secs(state.settings.mail_retry_for_secs),
+                    poll: Duration::from_millis(state.settings.mail_poll_ms.max(10)),
+                },
+            };
+            tokio::spawn(sender.run(background.clone()));
+        } else {
+            tokio::spawn(crate::mail::sender::watch_summary(
+                state.auth.store.clone(),
+                state.auth.mail.stats.clone(),
+                crate::mail::transport::EMAIL,
+                Duration::from_millis(state.settings.mail_poll_ms.max(10)),
+                background.clone(),
+            ));
+        }
         tokio::spawn(crate::cleanup::schedule(
             state.clone(),
             Duration::from_secs(state.settings.cleanup_interval_secs),

@@ -28,6 +28,22 @@ pub enum AuthError {
     InvalidSettings(String),
     #[error("settings too large")]
     SettingsTooLarge,
+    /// A one-time token that cannot be used: 400 with `code`.
+    #[error("one-time token refused: {code}")]
+    TokenRefused {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Change-password's current password is wrong: 400, not 401 (the web app signs the user
+    /// out on a 401).
+    #[error("current password is wrong")]
+    WrongCurrentPassword,
+    /// Change-password on an account without a password.
+    #[error("account has no password")]
+    NoPassword,
+    /// A password login to an unverified account while verification is required.
+    #[error("email not verified")]
+    EmailNotVerified,
     #[error("rate limited")]
     RateLimited(Exceeded),
     #[error("store unavailable: {0}")]

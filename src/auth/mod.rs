@@ -5,6 +5,7 @@ pub mod admin;
 pub mod breached;
 pub mod error;
 pub mod oidc;
+pub mod one_time;
 pub mod operator;
 pub mod password_policy;
 pub mod passwords;

@@ -1,6 +1,7 @@
 //! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
 //! `gen-secret`, `import-users`, `import-fluxstudio`, `users set-type`, `users email-collisions`, `users
-//! linked-with-password`, `users revoke-password`, `cleanup`, `events` and `healthcheck`.
+//! linked-with-password`, `users revoke-password`, `cleanup`, `events`, `mail` and
+//! `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod events;
 mod import_fluxstudio;
+mod mail;
 
 use crate::app::App;
 use crate::auth::operator::PasswordRevocation;
@@ -83,6 +85,11 @@ pub enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Mail: send a test message, or list the outbox.
+    Mail {
+        #[command(subcommand)]
+        command: mail::MailCommand,
+    },
     /// Exit 0 if a flux-auth instance answers on its port (for Docker HEALTHCHECK), else 1.
     Healthcheck {
         /// Port to check; defaults to PORT from the configuration.
@@ -136,6 +143,7 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::ImportUsers { file } => import_users(&settings, &file).await,
         Command::Cleanup => cleanup(settings).await,
         Command::Events { command } => events::run(&settings, command).await,
+        Command::Mail { command } => mail::run(&settings, command).await,
         Command::Users {
             command: UsersCommand::SetType { email, user_type },
         } => set_type(&settings, &email, &user_type).await,
@@ -197,6 +205,17 @@ fn check_config(settings: &Settings) -> ExitCode {
                 "not configured (in-process limits)"
             }
         );
+        match crate::mail::transport::SmtpTarget::of(settings) {
+            Some(t) => println!("  mail:         smtp {}:{}", t.host, t.port),
+            None if settings.is_production() => println!(
+                "  warning: no SMTP configured: verification and reset mail waits in the outbox \
+                 and is never sent; set SMTP_HOST (SMTP_PORT, SMTP_USER, SMTP_PASS) or SENDGRID_API_KEY"
+            ),
+            None => println!(
+                "  mail:         no SMTP: .eml files under {} (development)",
+                settings.data_dir.join("outbox").display()
+            ),
+        }
         if settings.jwt_secret.is_none() {
             println!(
                 "  note: JWT_SECRET unset; a development secret is kept in {}",

@@ -210,6 +210,36 @@ declare::settings! {
     /// an admin's.
     event_stream_recheck_ms: u64 = 2_000,
 
+    /// SMTP server for mail; unset (and no `SENDGRID_API_KEY`): development writes `.eml` files
+    /// under `<data_dir>/outbox/`, production keeps messages queued.
+    smtp_host: Option<String> = None,
+    /// SMTP port (587: STARTTLS; 465 with `SMTP_SECURE=true`).
+    smtp_port: u16 = 587,
+    /// true: implicit TLS; false: STARTTLS, required unless the host is loopback.
+    smtp_secure: bool = false,
+    /// SMTP user name.
+    smtp_user: Option<String> = None,
+    /// SMTP password (`SMTP_PASSWORD` is read too).
+    smtp_pass: Option<SecretString> = None,
+    /// SMTP password, the other name FluxStudio uses.
+    smtp_password: Option<SecretString> = None,
+    /// SendGrid API key: mail goes through SendGrid's SMTP relay (smtp.sendgrid.net:587, user apikey).
+    sendgrid_api_key: Option<SecretString> = None,
+    /// Sender address (`EMAIL_FROM` is read too); default noreply@fluxstudio.art.
+    smtp_from: Option<String> = None,
+    /// Sender address, the other name FluxStudio uses.
+    email_from: Option<String> = None,
+    /// Sender display name; default FluxStudio.
+    smtp_from_name: Option<String> = None,
+    /// Password logins of accounts whose email is unverified are refused (403) until verified.
+    require_email_verification: bool = false,
+    /// The first retry of an undelivered message waits this long, doubling each time (at most 1 h).
+    mail_retry_base_ms: u64 = 5_000,
+    /// A message still undelivered this long after it was queued is given up (dead).
+    mail_retry_for_secs: u64 = 24 * 3600,
+    /// How often the mail sender looks for due messages when nothing woke it.
+    mail_poll_ms: u64 = 1_000,
+
     /// Shortest password accepted, in code points (8..64).
     password_min_length: usize = 8,
     /// argon2id memory cost.

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::bodies::health::{
-    CheckState, Configured, Health, HealthChecks, HealthStatus, Liveness, Readiness,
+    CheckState, Configured, Health, HealthChecks, HealthStatus, Liveness, MailHealth, Readiness,
     SecurityLogHealth, StorageType,
 };
 use crate::domain::format_timestamp;
@@ -125,8 +125,21 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
                 last_flush_at: stats.last_flush().map(format_timestamp),
                 last_drop_at: stats.last_drop().map(format_timestamp),
             },
+            mail: mail_health(&state),
         },
     })
+}
+
+fn mail_health(state: &AppState) -> MailHealth {
+    let outbox = &state.auth.mail;
+    let stats = &outbox.stats;
+    MailHealth {
+        transport: outbox.transport,
+        pending: stats.pending_now.load(Ordering::Relaxed),
+        oldest_pending_age_secs: stats.oldest_pending_age_secs(state.clock.now()),
+        dead: stats.dead_now.load(Ordering::Relaxed),
+        sent: stats.sent.load(Ordering::Relaxed),
+    }
 }
 
 #[utoipa::path(get, path = "/health/live", tag = "health",

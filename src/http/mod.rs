@@ -1,6 +1,7 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
 pub mod account;
+pub mod profile;
 pub mod admin;
 pub mod admin_users;
 pub mod auth;
@@ -121,9 +122,9 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/auth/signup", auth::signup),
         Route::post("/api/auth/login", auth::login),
         Route::get("/api/auth/me", auth::me),
-        Route::patch("/api/auth/me", account::update_me),
-        Route::get("/api/auth/settings", account::settings),
-        Route::put("/api/auth/settings", account::put_settings),
+        Route::patch("/api/auth/me", profile::update_me),
+        Route::get("/api/auth/settings", profile::settings),
+        Route::put("/api/auth/settings", profile::put_settings),
         Route::post("/api/auth/refresh", auth::refresh),
         Route::post("/api/auth/logout", auth::logout),
         Route::post("/api/auth/logout-all", auth::logout_all),
@@ -131,6 +132,14 @@ pub fn routes() -> Vec<Route> {
         Route::delete("/api/auth/sessions", sessions::revoke_others),
         Route::delete("/api/auth/sessions/{id}", sessions::revoke),
         Route::get("/api/auth/token-info", auth::token_info),
+        Route::post("/api/auth/verify-email", account::verify_email),
+        Route::post(
+            "/api/auth/resend-verification",
+            account::resend_verification,
+        ),
+        Route::post("/api/auth/forgot-password", account::forgot_password),
+        Route::post("/api/auth/reset-password", account::reset_password),
+        Route::post("/api/auth/change-password", account::change_password),
         Route::post("/api/auth/google", google::sign_in),
         Route::get("/api/auth/google/authorize", google::authorize),
         Route::get("/api/auth/google/callback", google::callback),

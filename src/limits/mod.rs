@@ -36,6 +36,16 @@ pub enum Limit {
     RefreshPerSession,
     /// Refused bearer tokens per address; a valid token is never counted.
     BearerFailurePerIp,
+    /// Forgot-password requests per address.
+    ForgotPasswordPerIp,
+    /// Resend-verification requests per address.
+    ResendVerificationPerIp,
+    /// Mails asked for one account (per route); over it the request is answered alike, unmailed.
+    MailPerAccount,
+    /// Verification mails to one account: one a minute.
+    VerificationMailGap,
+    /// Reset-password and verify-email requests per address.
+    OneTimeTokenPerIp,
 }
 
 impl Limit {
@@ -47,6 +57,11 @@ impl Limit {
             Self::RefreshPerIp => "refresh_ip",
             Self::RefreshPerSession => "refresh_session",
             Self::BearerFailurePerIp => "bearer_failure_ip",
+            Self::ForgotPasswordPerIp => "forgot_password_ip",
+            Self::ResendVerificationPerIp => "resend_verification_ip",
+            Self::MailPerAccount => "mail_account",
+            Self::VerificationMailGap => "verification_mail_gap",
+            Self::OneTimeTokenPerIp => "one_time_token_ip",
         }
     }
 }
@@ -93,6 +108,10 @@ struct Rules {
     refresh_per_ip: (u32, u64),
     refresh_per_session: (u32, u64),
     bearer_failure_per_ip: (u32, u64),
+    forgot_password_per_ip: (u32, u64),
+    resend_verification_per_ip: (u32, u64),
+    mail_per_account: (u32, u64),
+    one_time_token_per_ip: (u32, u64),
     account_lock: LockPolicy,
     ip_lock: LockPolicy,
 }
@@ -166,6 +185,12 @@ impl Limits {
                 refresh_per_ip: (settings.refresh_limit_per_ip, 60),
                 refresh_per_session: (settings.refresh_limit_per_session, 60),
                 bearer_failure_per_ip: (settings.bearer_failure_limit_per_ip, 60),
+                // docs/API.md: 5 an hour per address, 3 an hour per account, 20 token uses an
+                // hour per address.
+                forgot_password_per_ip: (5, 3600),
+                resend_verification_per_ip: (5, 3600),
+                mail_per_account: (3, 3600),
+                one_time_token_per_ip: (20, 3600),
                 account_lock: LockPolicy {
                     threshold: settings.lockout_threshold as i64,
                     base_ms: secs(settings.lockout_base_secs),
@@ -196,6 +221,11 @@ impl Limits {
             Limit::RefreshPerIp => self.rules.refresh_per_ip,
             Limit::RefreshPerSession => self.rules.refresh_per_session,
             Limit::BearerFailurePerIp => self.rules.bearer_failure_per_ip,
+            Limit::ForgotPasswordPerIp => self.rules.forgot_password_per_ip,
+            Limit::ResendVerificationPerIp => self.rules.resend_verification_per_ip,
+            Limit::MailPerAccount => self.rules.mail_per_account,
+            Limit::VerificationMailGap => (1, 60),
+            Limit::OneTimeTokenPerIp => self.rules.one_time_token_per_ip,
         }
     }
 

@@ -41,10 +41,18 @@ pub enum EventType {
     /// Events the log lost (its database and spool both refused them), reported once it can
     /// write again.
     SecurityEventsDropped,
+    EmailVerificationSent,
+    EmailVerified,
+    PasswordResetRequested,
+    PasswordResetCompleted,
+    PasswordChanged,
+    ChangePasswordFailed,
+    /// An outbox message given up on (retried for the whole period, or refused for good).
+    EmailSendFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 26] = [
+    pub const ALL: [EventType; 33] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -71,6 +79,13 @@ impl EventType {
         Self::ServiceStarted,
         Self::ServiceStopped,
         Self::SecurityEventsDropped,
+        Self::EmailVerificationSent,
+        Self::EmailVerified,
+        Self::PasswordResetRequested,
+        Self::PasswordResetCompleted,
+        Self::PasswordChanged,
+        Self::ChangePasswordFailed,
+        Self::EmailSendFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +116,13 @@ impl EventType {
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
             Self::SecurityEventsDropped => "security_events_dropped",
+            Self::EmailVerificationSent => "email_verification_sent",
+            Self::EmailVerified => "email_verified",
+            Self::PasswordResetRequested => "password_reset_requested",
+            Self::PasswordResetCompleted => "password_reset_completed",
+            Self::PasswordChanged => "password_changed",
+            Self::ChangePasswordFailed => "change_password_failed",
+            Self::EmailSendFailed => "email_send_failed",
         }
     }
 
@@ -122,7 +144,12 @@ impl EventType {
             | Self::ProfileUpdated
             | Self::TokenCleanup
             | Self::ServiceStarted
-            | Self::ServiceStopped => Severity::Info,
+            | Self::ServiceStopped
+            | Self::EmailVerificationSent
+            | Self::EmailVerified
+            | Self::PasswordResetRequested
+            | Self::PasswordResetCompleted
+            | Self::PasswordChanged => Severity::Info,
             Self::SignupFailed
             | Self::LoginFailed
             | Self::FailedLoginAttempt
@@ -132,7 +159,9 @@ impl EventType {
             | Self::DeviceFingerprintMismatch
             | Self::RateLimitExceeded
             | Self::UserTypeChanged
-            | Self::LockoutLifted => Severity::Warning,
+            | Self::LockoutLifted
+            | Self::ChangePasswordFailed
+            | Self::EmailSendFailed => Severity::Warning,
             Self::BruteForceDetected | Self::AccountLocked | Self::SecurityEventsDropped => {
                 Severity::High
             }
@@ -164,6 +193,11 @@ impl EventType {
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",
             Self::SecurityEventsDropped => "sys_monitor_disabled",
+            Self::EmailVerificationSent | Self::PasswordResetRequested => "user_updated",
+            Self::EmailVerified => "user_updated",
+            Self::PasswordResetCompleted | Self::PasswordChanged => "authn_password_change",
+            Self::ChangePasswordFailed => "authn_password_change_fail",
+            Self::EmailSendFailed => "sys_monitor_disabled",
         }
     }
 }

@@ -62,4 +62,7 @@ pub struct SharedState {
     /// Cancelled when shutdown begins, so long-lived responses (event streams) end and let the
     /// server drain.
     pub stopping: CancellationToken,
+    /// How mail leaves (the outbox's sender delivers through it); `None` in production without
+    /// SMTP.
+    pub mailer: Option<Arc<crate::mail::transport::Mailer>>,
 }

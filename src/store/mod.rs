@@ -7,6 +7,7 @@
 //! inside the store, so concurrent requests cannot fork a family on either backend.
 
 pub mod json_file;
+pub mod outbox;
 pub mod postgres;
 
 pub use crate::domain::IdentityRecord;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 use crate::config::{Settings, StorageKind};
 use crate::db::Database;
 use crate::domain::{Email, UserRecord, UserType};
+use outbox::OutboxStore;
 use postgres::user_cache::UserCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +301,7 @@ pub enum ImportOutcome {
 /// The whole store, as the service holds it (`Arc<dyn Store>`): users, sessions and identities
 /// of one backend, and its health.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + IdentityStore + 'static {
+pub trait Store: UserStore + SessionStore + IdentityStore + OutboxStore + 'static {
     /// `postgresql` or `file`, as `/health` reports it.
     fn kind(&self) -> &'static str;
     /// Cheap liveness probe for health checks.

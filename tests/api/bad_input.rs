@@ -8,13 +8,26 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// Every route that takes a JSON body.
-const JSON_ROUTES: [&str; 3] = ["/api/auth/signup", "/api/auth/login", "/api/auth/refresh"];
+const JSON_ROUTES: [&str; 7] = [
+    "/api/auth/signup",
+    "/api/auth/login",
+    "/api/auth/refresh",
+    "/api/auth/verify-email",
+    "/api/auth/resend-verification",
+    "/api/auth/forgot-password",
+    "/api/auth/reset-password",
+];
 
 /// A body each JSON route would accept as well formed.
 fn valid_body(route: &str) -> Value {
     match route {
         "/api/auth/signup" => json!({ "email": unique_email(), "password": PASSWORD, "name": "N" }),
         "/api/auth/login" => json!({ "email": unique_email(), "password": PASSWORD }),
+        "/api/auth/verify-email" => json!({ "token": "0".repeat(64) }),
+        "/api/auth/resend-verification" | "/api/auth/forgot-password" => {
+            json!({ "email": unique_email() })
+        }
+        "/api/auth/reset-password" => json!({ "token": "0".repeat(64), "password": PASSWORD }),
         _ => json!({ "refreshToken": "r".repeat(43) }),
     }
 }

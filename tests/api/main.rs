@@ -20,6 +20,7 @@ mod google;
 mod limits;
 mod log_outage;
 mod login;
+mod mail;
 mod mailboxes;
 mod module_graph;
 mod operability;

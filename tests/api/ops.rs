@@ -90,7 +90,14 @@ fn assert_health_shape(body: &Value, port: u16, pid: u32) {
     let checks = &body["checks"];
     assert_eq!(
         sorted_keys(checks),
-        ["database", "oauth", "redis", "securityLog", "storageType"],
+        [
+            "database",
+            "mail",
+            "oauth",
+            "redis",
+            "securityLog",
+            "storageType"
+        ],
         "{checks}"
     );
     assert!(

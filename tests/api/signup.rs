@@ -67,7 +67,15 @@ async fn signup_returns_auth_response_and_stores_an_argon2id_user_on_both_stores
             .map(|e| e.event_type.as_str())
             .filter(|t| *t != "service_started")
             .collect();
-        assert_eq!(types, ["signup_success", "token_generated"], "{backend:?}");
+        assert_eq!(
+            types,
+            [
+                "signup_success",
+                "email_verification_sent",
+                "token_generated"
+            ],
+            "{backend:?}"
+        );
         let signup = &events
             .iter()
             .find(|e| e.event_type.as_str() == "signup_success")

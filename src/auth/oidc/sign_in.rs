@@ -302,6 +302,10 @@ impl GoogleSignIn {
             // The outcome of a sign-in, like a password login's: not kept, not answered.
             auth.record_outcome(event).await?;
         }
+        if let GoogleError::AccountUnverified { user_id, .. } = error {
+            // The address's owner gets a link that proves it; once verified, this sign-in links.
+            auth.verification_for_linking(user_id, ctx).await;
+        }
         result
     }
 

@@ -97,6 +97,17 @@ impl AuthService {
             }
         };
         self.limits.login_succeeded(email.key()).await;
+        if self.policy.require_email_verification && !user.email_verified {
+            // After the password check: without the password this reveals nothing.
+            self.record_outcome(
+                SecurityEvent::from_request(EventType::LoginFailed, ctx)
+                    .user(&user.id)
+                    .email(&user.email)
+                    .reason("email_not_verified"),
+            )
+            .await?;
+            return Err(AuthError::EmailNotVerified);
+        }
         let now = self.clock.now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
@@ -159,7 +170,7 @@ impl AuthService {
 
     /// The login limits (see [`crate::limits::Limits::admit_login`]); a refusal is recorded.
     /// Answers the account's remaining lockout.
-    async fn admit_login(
+    pub(super) async fn admit_login(
         &self,
         ip: &str,
         account: Option<&str>,
@@ -184,7 +195,7 @@ impl AuthService {
 
     /// Counts a failed login against the account (when it exists) and the address, and records
     /// the lock or block it starts.
-    async fn count_failure(
+    pub(super) async fn count_failure(
         &self,
         user: Option<&UserRecord>,
         email: &str,

@@ -1,16 +1,20 @@
 //! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
-//! caller's sessions, profile and settings, and the session every sign-in starts. Each flow validates its input, talks
-//! to the store, issues tokens and records exactly the security events docs/API.md lists. Inputs are
-//! plain values (the strings as sent, checked here), never HTTP types.
+//! caller's sessions, profile and settings, the session every sign-in starts, email verification,
+//! password reset and change. Each flow validates its input, talks to the store, issues tokens
+//! and records exactly the security events docs/API.md lists. Inputs are plain values (the
+//! strings as sent, checked here), never HTTP types.
 
 mod bearer;
+mod change_password;
 mod login;
 mod logout;
 mod profile;
+mod password_reset;
 mod refresh;
 mod session_start;
 mod sessions;
 mod signup;
+mod verification;
 
 use std::sync::Arc;
 
@@ -26,14 +30,18 @@ use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
 use crate::domain::{UserRecord, ValidationError};
 use crate::limits::{Exceeded, Limit, Limits};
+use crate::mail::Outbox;
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
 use crate::store::Store;
 
 pub use bearer::{Authenticated, RefusedToken};
+pub use change_password::PasswordChange;
 pub use login::Credentials;
 pub use profile::ProfileEdit;
+pub use password_reset::{FORGOT_MESSAGE, PasswordReset};
 pub use signup::NewAccount;
+pub use verification::RESEND_MESSAGE;
 
 /// A freshly issued access + refresh token pair.
 pub struct IssuedTokens {
@@ -54,6 +62,8 @@ pub struct SessionPolicy {
     pub max_sessions: usize,
     pub fingerprint: FingerprintPolicy,
     pub password_min_length: usize,
+    /// `REQUIRE_EMAIL_VERIFICATION`: password logins to unverified accounts are refused.
+    pub require_email_verification: bool,
 }
 
 impl SessionPolicy {
@@ -65,6 +75,7 @@ impl SessionPolicy {
             max_sessions: s.max_sessions_per_user as usize,
             fingerprint: s.fingerprint_policy,
             password_min_length: s.password_min_length,
+            require_email_verification: s.require_email_verification,
         }
     }
 }
@@ -81,6 +92,8 @@ pub struct AuthService {
     pub policy: SessionPolicy,
     /// The breached-password list new passwords are checked against; loaded once.
     pub breached: BreachedPasswords,
+    /// Where the flows queue mail.
+    pub mail: Arc<Outbox>,
 }
 
 /// A field that must be present and not blank.

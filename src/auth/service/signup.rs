@@ -107,6 +107,11 @@ impl AuthService {
             return Err(error);
         }
         self.limits.clear_account(email.key()).await;
+        // The account exists whatever becomes of its mail: a failure to queue it is logged, and
+        // resend-verification sends another.
+        if let Err(e) = self.send_verification(&user, "signup", ctx).await {
+            tracing::warn!(error = %e, user_id = %user.id, "could not queue the verification mail");
+        }
         let tokens = self.start_session(&user, ctx, now, false, None).await?;
         Ok(AuthSuccess { user, tokens })
     }

@@ -1,5 +1,5 @@
-// The pipeline panel: what /health knows about the security log, Redis and the database, so an
-// operator sees at a glance that events are flowing.
+// The pipeline panel: what /health knows about the security log, Redis, the database and the
+// mail outbox, so an operator sees at a glance that events and mail are flowing.
 
 import { $, ago, clock } from "./ui.js";
 import { health } from "./api.js";
@@ -28,6 +28,11 @@ export async function refreshPipeline() {
     show("pipe-dropped", String(log.dropped ?? "?"), log.dropped > 0 ? "bad" : undefined);
     show("pipe-redis", checks.redis || "?", checkState(checks.redis));
     show("pipe-database", `${checks.database || "?"} (${checks.storageType || "?"})`, checkState(checks.database));
+    const mail = checks.mail || {};
+    show("pipe-mail", mail.transport || "?", mail.transport === "none" ? "warn" : "ok");
+    const waited = mail.oldestPendingAgeSecs > 0 ? ` (oldest ${mail.oldestPendingAgeSecs} s)` : "";
+    show("pipe-mail-pending", `${mail.pending ?? "?"}${waited}`, mail.oldestPendingAgeSecs > 600 ? "warn" : undefined);
+    show("pipe-mail-dead", String(mail.dead ?? "?"), mail.dead > 0 ? "bad" : undefined);
     $("pipe-updated").textContent = `v${body.version} · up ${Math.round(body.uptime / 60)} min · checked ${clock(new Date().toISOString())}`;
   } catch (error) {
     show("pipe-status", "unreachable", "bad");

@@ -45,6 +45,8 @@ export const EVENT_TYPES = [
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
   "account_locked", "password_rehashed", "user_type_changed", "profile_updated", "lockout_lifted",
   "token_cleanup", "service_started", "service_stopped", "security_events_dropped",
+  "email_verification_sent", "email_verified", "password_reset_requested", "password_reset_completed",
+  "password_changed", "change_password_failed", "email_send_failed",
 ];
 
 export function clock(iso) {

@@ -1,79 +1,71 @@
-//! The bodies of the caller's own account routes: the profile update and the settings.
+//! The bodies of the account routes: email verification, password reset and change.
 
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::service::ProfileEdit;
+use crate::auth::service::{PasswordChange, PasswordReset};
 
-/// `PATCH /api/auth/me`. Either field may be left out (it is then left alone); unknown fields are
-/// ignored.
+/// `{email}`: resend-verification and forgot-password.
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct ProfileUpdate {
-    /// 1 to 100 characters once trimmed.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
-    pub name: Option<Value>,
-    /// An `https` URL of at most 2,048 characters, or null to remove the avatar.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, max_length = 2048, example = "https://cdn.example.com/ada.png")]
-    pub avatar: Option<Value>,
+pub struct EmailRequest {
+    #[schema(value_type = String, required = true, max_length = 254, format = Email)]
+    pub email: Option<String>,
 }
 
-/// A field that is present, `null` included (`Some(Value::Null)`): `avatar: null` removes the
-/// avatar, while a missing `avatar` leaves it alone (and `name: null` is refused, not ignored).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// `{token}`: verify-email, with the token of the link.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyEmailRequest {
+    #[schema(value_type = String, required = true, max_length = 128)]
+    pub token: Option<String>,
 }
 
-impl ProfileUpdate {
-    pub fn edit(&self) -> ProfileEdit<'_> {
-        ProfileEdit {
-            name: self.name.as_ref(),
-            avatar: self.avatar.as_ref(),
+/// `{token, password}`: reset-password, with the token of the link.
+// No `Debug`: it holds a password.
+#[derive(Deserialize, ToSchema)]
+pub struct ResetPasswordRequest {
+    #[schema(value_type = String, required = true, max_length = 128)]
+    pub token: Option<String>,
+    /// The new password: the signup policy applies.
+    #[schema(value_type = String, required = true, max_length = 128)]
+    pub password: Option<String>,
+}
+
+/// `{currentPassword, newPassword}`: change-password.
+// No `Debug`: it holds passwords.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePasswordRequest {
+    #[schema(value_type = String, required = true, max_length = 128)]
+    pub current_password: Option<String>,
+    /// The signup policy applies.
+    #[schema(value_type = String, required = true, max_length = 128)]
+    pub new_password: Option<String>,
+}
+
+impl ResetPasswordRequest {
+    pub fn reset(&self) -> PasswordReset<'_> {
+        PasswordReset {
+            token: self.token.as_deref(),
+            password: self.password.as_deref(),
         }
     }
 }
 
-/// The settings FluxStudio's settings page keeps. Each category is an object whose inner keys are
-/// kept as sent (the page stores `notifications.frequency` and `notifications.quietHours`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Settings {
-    /// Defaults `{push: true, emailDigest: true}`.
-    #[schema(value_type = Object)]
-    pub notifications: Value,
-    /// Defaults `{darkMode: false, language: "en"}`.
-    #[schema(value_type = Object)]
-    pub appearance: Value,
-    /// Defaults `{autoSave: true}`.
-    #[schema(value_type = Object)]
-    pub performance: Value,
+impl ChangePasswordRequest {
+    pub fn change(&self) -> PasswordChange<'_> {
+        PasswordChange {
+            current_password: self.current_password.as_deref(),
+            new_password: self.new_password.as_deref(),
+        }
+    }
 }
 
-/// `PUT /api/auth/settings`: each category sent replaces the stored one whole; categories not
-/// sent are kept; other keys are dropped.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct SettingsUpdate {
-    /// `{notifications?, appearance?, performance?}`, each an object; at most 4 KiB stored.
-    #[serde(default)]
-    #[schema(value_type = Object, required = true)]
-    pub settings: Option<Value>,
-}
-
-/// `GET /api/auth/settings`: the defaults merged per category with what is stored.
+/// verify-email's answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SettingsBody {
+pub struct VerifiedBody {
     pub success: bool,
-    #[schema(value_type = Settings)]
-    pub settings: Value,
-}
-
-/// `PUT /api/auth/settings`: the settings as `GET` now shows them.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SettingsSaved {
-    pub success: bool,
-    #[schema(value_type = Settings)]
-    pub settings: Value,
-    #[schema(example = "Settings saved")]
+    #[schema(example = "Email verified")]
     pub message: &'static str,
+    /// Always true.
+    pub verified: bool,
 }

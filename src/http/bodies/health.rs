@@ -34,6 +34,24 @@ pub struct HealthChecks {
     pub redis: CheckState,
     pub oauth: Configured,
     pub security_log: SecurityLogHealth,
+    pub mail: MailHealth,
+}
+
+/// The mail outbox, as its sender last found it (every instance's messages).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailHealth {
+    /// `smtp`, `files` (development without SMTP) or `none` (production without SMTP: messages
+    /// wait in the outbox).
+    pub transport: &'static str,
+    /// Messages waiting for delivery.
+    pub pending: u64,
+    /// Seconds the oldest waiting message has waited (0 when none).
+    pub oldest_pending_age_secs: u64,
+    /// Messages given up on (each recorded by an `email_send_failed` event).
+    pub dead: u64,
+    /// Messages this instance delivered since its start.
+    pub sent: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

@@ -6,6 +6,7 @@
 //! bodies the service sends.
 
 pub mod account;
+pub mod profile;
 pub mod admin;
 pub mod auth;
 pub mod errors;

@@ -21,6 +21,7 @@ use crate::store::{StoreError, StoreResult};
 mod group_commit;
 mod identities;
 mod journal;
+mod outbox;
 mod session_rules;
 mod session_state;
 mod store_impl;
@@ -42,6 +43,10 @@ pub struct FileStore {
     users: WholeFile<Users>,
     /// sessions.json and sessions.journal.
     sessions: SessionLog,
+    /// The outbox messages this process's sender holds, until when: in memory only, since one
+    /// process writes the folder and a restart's sender may take them all again at once.
+    outbox_leases:
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl FileStore {
@@ -69,6 +74,7 @@ impl FileStore {
         Ok(Self {
             users: WholeFile::new(users_path, users, encode_users),
             sessions,
+            outbox_leases: Default::default(),
         })
     }
 

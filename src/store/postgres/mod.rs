@@ -82,6 +82,7 @@ mod email_keys;
 pub mod fluxstudio;
 mod held;
 mod identities;
+mod outbox;
 mod rotation;
 mod sessions;
 pub mod user_cache;

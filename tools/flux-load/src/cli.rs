@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "Starts the release flux-auth binary on a free loopback port (RATE_LIMITS=off, \
 MAX_CONNECTIONS_PER_IP=0), \
 prepares users and tokens, and measures GET /api/auth/me, POST /api/auth/refresh, \
-POST /api/auth/login, POST /api/auth/signup and GET /health at each concurrency for a fixed \
+POST /api/auth/login, POST /api/auth/signup, GET /health and (on request) \
+POST /api/auth/forgot-password for known and unknown addresses at each concurrency for a fixed \
 duration: requests/s, p50/p99/p99.9 latency, errors, and the server's peak RSS and CPU. In the \
 same run it measures a bare axum handler that verifies an HS256 token (the HTTP+JWT ceiling) and \
 the argon2id hash time (the login ceiling: cores / hash time), the p99 of /me during a login \
@@ -32,6 +33,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Serve a minimal SMTP sink on 127.0.0.1:<port> that accepts every message, and print how
+    /// many arrived each second and the rate between the first and the last (the outbox's
+    /// delivery rate when flux-auth's SMTP_HOST/SMTP_PORT point here). Runs until killed.
+    SmtpSink {
+        #[arg(long, default_value_t = 2525)]
+        port: u16,
+    },
     /// Serve the bare axum + JWT baseline on 127.0.0.1:<port> until killed (the harness starts
     /// this itself, as a separate process shaped like flux-auth).
     BaselineServer {
@@ -110,6 +118,10 @@ pub enum Scenario {
     /// Login with an email that has no account (401): the dummy-hash path.
     LoginUnknown,
     Signup,
+    /// Forgot-password for an existing account (a reset mail queued after the answer).
+    ForgotKnown,
+    /// Forgot-password for an address without an account: must cost the same.
+    ForgotUnknown,
 }
 
 impl Scenario {
@@ -121,6 +133,8 @@ impl Scenario {
             Self::Login => "login",
             Self::LoginUnknown => "login-unknown",
             Self::Signup => "signup",
+            Self::ForgotKnown => "forgot-known",
+            Self::ForgotUnknown => "forgot-unknown",
         }
     }
 }

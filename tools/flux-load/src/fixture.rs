@@ -136,6 +136,23 @@ impl Fixture {
                         ),
                         StatusCode::UNAUTHORIZED,
                     ),
+                    Scenario::ForgotKnown => {
+                        let account = &self.logins[i % self.logins.len()];
+                        fixed(
+                            Call::post(
+                                "/api/auth/forgot-password",
+                                &serde_json::json!({ "email": account.email }),
+                            ),
+                            StatusCode::OK,
+                        )
+                    }
+                    Scenario::ForgotUnknown => fixed(
+                        Call::post(
+                            "/api/auth/forgot-password",
+                            &serde_json::json!({ "email": format!("nobody-{i}@bench.example") }),
+                        ),
+                        StatusCode::OK,
+                    ),
                     Scenario::Signup => Job::Signup {
                         tag: format!("{}-c{concurrency}-w{i}", self.run_tag),
                         n: 0,

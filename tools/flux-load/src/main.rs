@@ -19,6 +19,7 @@ mod outage;
 mod probes;
 mod report;
 mod server;
+mod smtp_sink;
 
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ use server::StoreKind;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Some(Command::SmtpSink { port }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(smtp_sink::serve(port))),
         Some(Command::BaselineServer {
             port,
             redis_url,

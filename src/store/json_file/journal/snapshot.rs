@@ -1,5 +1,6 @@
-//! `sessions.json`, the snapshot: `{"seq":N,"sessions":[…],"tokens":[…]}`, the state after
-//! journal batch `N`, read record by record into a state and written streaming from one.
+//! `sessions.json`, the snapshot: `{"seq":N,"sessions":[…],"tokens":[…],"oneTimeTokens":[…],
+//! "outbox":[…]}`, the state after journal batch `N`, read record by record into a state and
+//! written streaming from one.
 
 use std::fs::{self, OpenOptions};
 use std::io::{BufWriter, Read};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::super::session_state::{HashKey, Op, RetiredToken, Sessions};
 use super::SNAPSHOT;
 use crate::durable_file;
+use crate::store::outbox::{OneTimeToken, OutboxMessage};
 use crate::store::{SessionRecord, TokenRecord};
 
 /// Reads a snapshot (`{"seq":…,"sessions":[…],"tokens":[…]}`, every key optional) straight into
@@ -47,6 +49,14 @@ impl<'de> Visitor<'de> for SnapshotVisitor<'_> {
                 "tokens" => map.next_value_seed(Records {
                     state: &mut *self.0,
                     op: |t: TokenRecord| Op::Token(Arc::new(t)),
+                })?,
+                "oneTimeTokens" => map.next_value_seed(Records {
+                    state: &mut *self.0,
+                    op: |t: OneTimeToken| Op::OneTime(Arc::new(t)),
+                })?,
+                "outbox" => map.next_value_seed(Records {
+                    state: &mut *self.0,
+                    op: |m: OutboxMessage| Op::Outgoing(Arc::new(m)),
                 })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -91,6 +101,10 @@ struct SnapshotOut<'a> {
     seq: u64,
     sessions: Vec<&'a SessionRecord>,
     tokens: TokensOut<'a>,
+    #[serde(rename = "oneTimeTokens", skip_serializing_if = "<[_]>::is_empty")]
+    one_time_tokens: &'a [Arc<OneTimeToken>],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    outbox: &'a [Arc<OutboxMessage>],
 }
 
 /// The live tokens, then the retired ones as whole records (the snapshot's format does not know
@@ -120,6 +134,8 @@ pub(super) struct SnapshotRecords {
     pub(super) sessions: Vec<Arc<SessionRecord>>,
     pub(super) tokens: Vec<Arc<TokenRecord>>,
     pub(super) retired: Vec<(HashKey, RetiredToken)>,
+    pub(super) one_time_tokens: Vec<Arc<OneTimeToken>>,
+    pub(super) outbox: Vec<Arc<OutboxMessage>>,
 }
 
 impl SnapshotRecords {
@@ -136,6 +152,8 @@ impl SnapshotRecords {
             sessions,
             tokens,
             retired,
+            one_time_tokens: state.one_time_tokens().cloned().collect(),
+            outbox: state.outbox(),
         }
     }
 }
@@ -162,6 +180,8 @@ pub(super) fn write_snapshot(dir: &Path, records: &SnapshotRecords) -> anyhow::R
                     live: &records.tokens,
                     retired: &records.retired,
                 },
+                one_time_tokens: &records.one_time_tokens,
+                outbox: &records.outbox,
             },
         )?;
         let file = out.into_inner().map_err(|e| e.into_error())?;

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::store::outbox::{OneTimeToken, OutboxMessage, TokenPurpose};
 use crate::store::{ENDED_SESSION_RETENTION_DAYS, SessionRecord, TokenRecord};
 
 mod ops;
@@ -64,6 +65,11 @@ pub(super) struct Sessions {
     /// Shared between the copies (cloning `Sessions` clones the `Arc`).
     retired: Arc<Retired>,
     next_ord: u64,
+    /// One-time tokens by hash, and each user's token hash per purpose (one each).
+    one_time: HashMap<String, Arc<OneTimeToken>>,
+    one_time_of: HashMap<(String, TokenPurpose), String>,
+    /// The outbox (the mail sender's queue; see `store::outbox`).
+    outbox: HashMap<Uuid, Arc<OutboxMessage>>,
     /// The sequence number of the last journal batch in this state.
     pub seq: u64,
     pub prune_hint: Option<PruneHint>,
@@ -182,6 +188,28 @@ impl Sessions {
                     self.forget_token(token);
                 }
             }
+            Op::OneTime(rec) => {
+                let key = (rec.user_id.clone(), rec.purpose);
+                if let Some(old) = self.one_time_of.insert(key, rec.token_hash.clone()) {
+                    self.one_time.remove(&old);
+                }
+                self.one_time.insert(rec.token_hash.clone(), rec.clone());
+            }
+            Op::DropOneTime(hash) => {
+                if let Some(rec) = self.one_time.remove(hash) {
+                    let key = (rec.user_id.clone(), rec.purpose);
+                    if self.one_time_of.get(&key) == Some(hash) {
+                        self.one_time_of.remove(&key);
+                    }
+                }
+            }
+            Op::Outgoing(rec) => {
+                self.outbox.insert(rec.id, rec.clone());
+            }
+            Op::DropOutgoing(id) => {
+                self.outbox.remove(id);
+                shrink_if_sparse(&mut self.outbox);
+            }
             Op::DropToken(id) => {
                 if let Some(session) = self.forget_token(*id)
                     && let Some(ids) = self.family.get_mut(&session)
@@ -281,6 +309,25 @@ impl Sessions {
                 .filter(|id| !self.sessions.contains_key(id)),
         );
         orphans.into_iter().collect()
+    }
+
+    pub fn one_time_token(&self, hash: &str) -> Option<&Arc<OneTimeToken>> {
+        self.one_time.get(hash)
+    }
+
+    pub fn one_time_tokens(&self) -> impl Iterator<Item = &Arc<OneTimeToken>> {
+        self.one_time.values()
+    }
+
+    pub fn outgoing(&self, id: &Uuid) -> Option<&Arc<OutboxMessage>> {
+        self.outbox.get(id)
+    }
+
+    /// The outbox, oldest first.
+    pub fn outbox(&self) -> Vec<Arc<OutboxMessage>> {
+        let mut all: Vec<Arc<OutboxMessage>> = self.outbox.values().cloned().collect();
+        all.sort_by_key(|m| (m.created_at, m.id));
+        all
     }
 
     /// Every record, in order of arrival: what a snapshot holds.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::store::outbox::{OneTimeToken, OutboxMessage};
 use crate::store::{SessionRecord, TokenRecord};
 
 /// One change to the sessions.
@@ -18,10 +19,19 @@ pub(crate) enum Op {
     DropSession(Uuid),
     /// Removes one token.
     DropToken(Uuid),
+    /// Inserts a one-time token, replacing its user's earlier one of the same purpose.
+    OneTime(Arc<OneTimeToken>),
+    /// Removes a one-time token (by hash).
+    DropOneTime(String),
+    /// Inserts or replaces an outbox message.
+    Outgoing(Arc<OutboxMessage>),
+    /// Removes an outbox message.
+    DropOutgoing(Uuid),
 }
 
 /// An op as the journal writes it: `{"session":{…}}`, `{"token":{…}}`, `{"dropSession":"…"}`,
-/// `{"dropToken":"…"}`.
+/// `{"dropToken":"…"}`, `{"oneTime":{…}}`, `{"dropOneTime":"…"}`, `{"outgoing":{…}}`,
+/// `{"dropOutgoing":"…"}`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum OpOut<'a> {
@@ -29,6 +39,10 @@ pub(crate) enum OpOut<'a> {
     Token(&'a TokenRecord),
     DropSession(Uuid),
     DropToken(Uuid),
+    OneTime(&'a OneTimeToken),
+    DropOneTime(&'a str),
+    Outgoing(&'a OutboxMessage),
+    DropOutgoing(Uuid),
 }
 
 #[derive(Deserialize)]
@@ -38,6 +52,10 @@ pub(crate) enum OpIn {
     Token(TokenRecord),
     DropSession(Uuid),
     DropToken(Uuid),
+    OneTime(OneTimeToken),
+    DropOneTime(String),
+    Outgoing(OutboxMessage),
+    DropOutgoing(Uuid),
 }
 
 impl<'a> From<&'a Op> for OpOut<'a> {
@@ -47,6 +65,10 @@ impl<'a> From<&'a Op> for OpOut<'a> {
             Op::Token(t) => Self::Token(t),
             Op::DropSession(id) => Self::DropSession(*id),
             Op::DropToken(id) => Self::DropToken(*id),
+            Op::OneTime(t) => Self::OneTime(t),
+            Op::DropOneTime(hash) => Self::DropOneTime(hash),
+            Op::Outgoing(m) => Self::Outgoing(m),
+            Op::DropOutgoing(id) => Self::DropOutgoing(*id),
         }
     }
 }
@@ -58,6 +80,10 @@ impl From<OpIn> for Op {
             OpIn::Token(t) => Self::Token(Arc::new(t)),
             OpIn::DropSession(id) => Self::DropSession(id),
             OpIn::DropToken(id) => Self::DropToken(id),
+            OpIn::OneTime(t) => Self::OneTime(Arc::new(t)),
+            OpIn::DropOneTime(hash) => Self::DropOneTime(hash),
+            OpIn::Outgoing(m) => Self::Outgoing(Arc::new(m)),
+            OpIn::DropOutgoing(id) => Self::DropOutgoing(id),
         }
     }
 }

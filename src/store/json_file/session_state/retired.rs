@@ -162,7 +162,7 @@ impl Sessions {
                 Op::DropToken(id) => {
                     tokens.insert(*id);
                 }
-                Op::Session(_) | Op::Token(_) => {}
+                _ => {}
             }
         }
         if sessions.is_empty() && tokens.is_empty() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{Op, PruneHint, Sessions, ended_at, retention};
+use crate::store::outbox::{OneTimeToken, OutboxMessage};
 use crate::store::{SessionRecord, TokenRecord};
 
 /// A change in progress on the pending state: every edit is applied at once and recorded as an
@@ -44,6 +45,22 @@ impl<'a> Tx<'a> {
 
     pub fn put_token(&mut self, token: TokenRecord) {
         self.record(Op::Token(Arc::new(token)));
+    }
+
+    pub fn put_one_time(&mut self, token: OneTimeToken) {
+        self.record(Op::OneTime(Arc::new(token)));
+    }
+
+    pub fn drop_one_time(&mut self, hash: &str) {
+        self.record(Op::DropOneTime(hash.to_owned()));
+    }
+
+    pub fn put_outgoing(&mut self, message: OutboxMessage) {
+        self.record(Op::Outgoing(Arc::new(message)));
+    }
+
+    pub fn drop_outgoing(&mut self, id: uuid::Uuid) {
+        self.record(Op::DropOutgoing(id));
     }
 
     /// Removes the sessions that ended more than the retention ago (and their tokens, and tokens
