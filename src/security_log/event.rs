@@ -39,10 +39,17 @@ pub enum EventType {
     /// Events the log lost (its database and spool both refused them), reported once it can
     /// write again.
     SecurityEventsDropped,
+    /// Anomaly rules (`anomaly`), each recorded once per window and key when it fires.
+    CredentialStuffingSuspected,
+    AccountTargeted,
+    LoginFailureSpike,
+    SignupBurst,
+    TokenTheftSuspected,
+    NewDeviceLogin,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 31] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -68,6 +75,12 @@ impl EventType {
         Self::ServiceStarted,
         Self::ServiceStopped,
         Self::SecurityEventsDropped,
+        Self::CredentialStuffingSuspected,
+        Self::AccountTargeted,
+        Self::LoginFailureSpike,
+        Self::SignupBurst,
+        Self::TokenTheftSuspected,
+        Self::NewDeviceLogin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,11 +110,30 @@ impl EventType {
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
             Self::SecurityEventsDropped => "security_events_dropped",
+            Self::CredentialStuffingSuspected => "credential_stuffing_suspected",
+            Self::AccountTargeted => "account_targeted",
+            Self::LoginFailureSpike => "login_failure_spike",
+            Self::SignupBurst => "signup_burst",
+            Self::TokenTheftSuspected => "token_theft_suspected",
+            Self::NewDeviceLogin => "new_device_login",
         }
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+
+    /// The events the anomaly rules record when they fire.
+    pub fn is_anomaly(self) -> bool {
+        matches!(
+            self,
+            Self::CredentialStuffingSuspected
+                | Self::AccountTargeted
+                | Self::LoginFailureSpike
+                | Self::SignupBurst
+                | Self::TokenTheftSuspected
+                | Self::NewDeviceLogin
+        )
     }
 
     /// The severity docs/API.md assigns to this type.
@@ -117,7 +149,8 @@ impl EventType {
             | Self::PasswordRehashed
             | Self::TokenCleanup
             | Self::ServiceStarted
-            | Self::ServiceStopped => Severity::Info,
+            | Self::ServiceStopped
+            | Self::NewDeviceLogin => Severity::Info,
             Self::SignupFailed
             | Self::LoginFailed
             | Self::FailedLoginAttempt
@@ -127,11 +160,15 @@ impl EventType {
             | Self::DeviceFingerprintMismatch
             | Self::RateLimitExceeded
             | Self::UserTypeChanged
-            | Self::LockoutLifted => Severity::Warning,
-            Self::BruteForceDetected | Self::AccountLocked | Self::SecurityEventsDropped => {
-                Severity::High
-            }
-            Self::TokenReuseDetected => Severity::Critical,
+            | Self::LockoutLifted
+            | Self::AccountTargeted
+            | Self::SignupBurst => Severity::Warning,
+            Self::BruteForceDetected
+            | Self::AccountLocked
+            | Self::SecurityEventsDropped
+            | Self::CredentialStuffingSuspected
+            | Self::LoginFailureSpike => Severity::High,
+            Self::TokenReuseDetected | Self::TokenTheftSuspected => Severity::Critical,
         }
     }
 
@@ -158,6 +195,12 @@ impl EventType {
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",
             Self::SecurityEventsDropped => "sys_monitor_disabled",
+            Self::CredentialStuffingSuspected | Self::AccountTargeted | Self::LoginFailureSpike => {
+                "authn_login_fail_max"
+            }
+            Self::SignupBurst => "excess_rate_limit_exceeded",
+            Self::TokenTheftSuspected => "authn_token_reuse",
+            Self::NewDeviceLogin => "authn_login_success",
         }
     }
 }

@@ -28,7 +28,7 @@ const LAYERS: &[(usize, &[&str])] = &[
     (10, &["limits", "security_log", "telemetry"]),
     // Users, sessions and identities; security events never depend on them.
     (20, &["store"]),
-    (30, &["auth"]),
+    (30, &["anomaly", "auth"]),
     (40, &["error", "state"]),
     (50, &["cleanup", "dashboard"]),
     (60, &["http"]),

@@ -45,6 +45,8 @@ export const EVENT_TYPES = [
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
   "account_locked", "password_rehashed", "user_type_changed", "lockout_lifted", "token_cleanup",
   "service_started", "service_stopped", "security_events_dropped",
+  "credential_stuffing_suspected", "account_targeted", "login_failure_spike", "signup_burst",
+  "token_theft_suspected", "new_device_login",
 ];
 
 export function clock(iso) {

@@ -18,6 +18,7 @@ use anyhow::Context;
 use crate::durable_file;
 use crate::store::{StoreError, StoreResult};
 
+mod devices;
 mod group_commit;
 mod identities;
 mod journal;
@@ -42,6 +43,8 @@ pub struct FileStore {
     users: WholeFile<Users>,
     /// sessions.json and sessions.journal.
     sessions: SessionLog,
+    /// known_devices.json.
+    devices: WholeFile<devices::KnownDevices>,
 }
 
 impl FileStore {
@@ -69,6 +72,7 @@ impl FileStore {
         Ok(Self {
             users: WholeFile::new(users_path, users, encode_users),
             sessions,
+            devices: devices::open(dir)?,
         })
     }
 
