@@ -19,6 +19,7 @@ mod log_outage;
 mod login;
 mod mailboxes;
 mod module_graph;
+mod monitoring;
 mod operability;
 mod ops;
 mod pipeline;
