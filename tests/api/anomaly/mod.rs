@@ -4,6 +4,7 @@
 //! Redis under each test's key prefix; `shared.rs` runs two instances on one Redis, and one whose
 //! Redis is down.
 
+mod drill_down;
 mod shared;
 
 use flux_auth::config::{Settings, Switch};
@@ -15,7 +16,7 @@ use crate::helpers::*;
 
 /// Every rule off but the one a test turns on (so one test's traffic fires nothing else), limits
 /// on and wide, Redis shared.
-fn quiet(s: &mut Settings) {
+pub(crate) fn quiet(s: &mut Settings) {
     s.rate_limits = Switch::On;
     s.redis_url = Some(SecretString::from(redis_url()));
     s.login_limit_per_ip = 10_000;
