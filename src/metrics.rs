@@ -69,6 +69,11 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -137,6 +142,10 @@ pub struct Metrics {
     pub http_accept_errors: Family<ListenerLabels, Counter>,
     /// Access re-checks made by open admin event streams.
     pub event_stream_rechecks: Counter,
+    /// Anomaly rules that fired, by rule.
+    pub anomalies: Family<RuleLabels, Counter>,
+    /// Security events the anomaly rules did not see: they fell too far behind the log.
+    pub anomaly_events_missed: Counter,
 }
 
 /// One listener's connection handles, cloned out of the families once (at the listener's start,
@@ -174,6 +183,8 @@ impl Default for Metrics {
             http_connections_timed_out: Family::default(),
             http_accept_errors: Family::default(),
             event_stream_rechecks: Counter::default(),
+            anomalies: Family::default(),
+            anomaly_events_missed: Counter::default(),
         }
     }
 }
@@ -322,6 +333,16 @@ impl Metrics {
             "admin_event_stream_rechecks",
             "Access re-checks made by open admin event streams (each stream every EVENT_STREAM_RECHECK_MS)",
             self.event_stream_rechecks.clone(),
+        );
+        r.register(
+            "anomalies",
+            "Anomaly rules that fired (each once per window and key), by rule",
+            self.anomalies.clone(),
+        );
+        r.register(
+            "anomaly_events_missed",
+            "Security events the anomaly rules skipped because they fell too far behind the log",
+            self.anomaly_events_missed.clone(),
         );
         for collector in collectors {
             r.register_collector(collector);

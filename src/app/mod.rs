@@ -180,6 +180,16 @@ impl Core {
             let stop = background.clone();
             tokio::spawn(async move { auth.restore_revocations(stop).await });
         }
+        let anomalies = Arc::new(crate::anomaly::Anomalies::new(
+            &settings,
+            redis.clone(),
+            limits.clone(),
+            auth.store.clone(),
+            pipeline.logger.clone(),
+            metrics.clone(),
+            clock.clone(),
+        ));
+        anomalies.clone().start(background.clone());
         if let Some(reachable) = store_db.as_ref().and_then(|db| db.reachable()) {
             let (events, stop) = (pipeline.logger.clone(), background.clone());
             tokio::spawn(wake_log_on_recovery(reachable, events, stop));
@@ -219,6 +229,7 @@ impl Core {
             registry: Arc::new(registry),
             auth,
             limits,
+            anomalies,
             clock,
             google,
             settings: Arc::new(settings),

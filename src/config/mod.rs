@@ -174,6 +174,45 @@ declare::settings! {
     /// How long such an address is blocked.
     ip_block_secs: u64 = 900,
 
+    /// `off` turns every anomaly rule off (docs/OPERATIONS.md, "Anomaly rules").
+    anomaly_rules: Switch = Switch::On,
+    /// `credential_stuffing_suspected`: distinct accounts one address fails to sign in to within
+    /// the window (0: rule off).
+    anomaly_credential_stuffing_threshold: u32 = 10,
+    /// The window of `anomaly_credential_stuffing_threshold`.
+    anomaly_credential_stuffing_window_secs: u64 = 600,
+    /// How long the address is then blocked (its logins answered 429, liftable in the
+    /// dashboard); 0: the rule only records.
+    anomaly_credential_stuffing_block_secs: u64 = 3600,
+    /// `account_targeted`: distinct addresses failing to sign in to one account within the window
+    /// (0: rule off).
+    anomaly_account_targeted_threshold: u32 = 5,
+    /// The window of `anomaly_account_targeted_threshold`.
+    anomaly_account_targeted_window_secs: u64 = 3600,
+    /// `login_failure_spike`: failed logins per window, service-wide, that fire the rule whatever
+    /// the trailing average (0: rule off).
+    anomaly_login_failure_spike_floor: u32 = 100,
+    /// ... and how many times the trailing average of the last 60 windows they must exceed.
+    anomaly_login_failure_spike_factor: u32 = 5,
+    /// The window of `login_failure_spike` (its trailing average covers 60 of them).
+    anomaly_login_failure_spike_window_secs: u64 = 60,
+    /// `signup_burst`: signup attempts from one address within the window (0: rule off).
+    anomaly_signup_burst_threshold: u32 = 50,
+    /// The window of `anomaly_signup_burst_threshold`.
+    anomaly_signup_burst_window_secs: u64 = 60,
+    /// How long the address's signups are then refused (429, liftable in the dashboard); 0: the
+    /// rule only records.
+    anomaly_signup_burst_block_secs: u64 = 1800,
+    /// `token_theft_suspected`: sessions whose rotated refresh token came back within the window,
+    /// service-wide (0: rule off).
+    anomaly_token_theft_threshold: u32 = 3,
+    /// The window of `anomaly_token_theft_threshold`.
+    anomaly_token_theft_window_secs: u64 = 600,
+    /// `new_device_login`: a sign-in from a device its user never signed in from.
+    anomaly_new_device_login: Switch = Switch::On,
+    /// Devices remembered per user for `new_device_login` (the least recently seen go).
+    anomaly_known_devices_per_user: usize = 20,
+
     /// OAuth client ids whose ID tokens are accepted; empty: no Google sign-in.
     google_client_id: Vec<String> = Vec::new(),
     /// Needed by the authorization-code flow (`/api/auth/google/authorize`), not by ID-token sign-in.

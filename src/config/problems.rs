@@ -225,6 +225,7 @@ impl Settings {
                 ));
             }
         }
+        self.anomaly_problems(&mut problems);
         problems
     }
 }
@@ -255,4 +256,63 @@ pub(super) fn secret_problem(name: &str, secret: &SecretString) -> Option<String
         ));
     }
     None
+}
+
+/// The longest window an anomaly rule may count over, and the largest threshold: the state of a
+/// rule is at most one threshold's worth of entries per key, for one window.
+const ANOMALY_MAX_WINDOW_SECS: u64 = 7 * 24 * 3600;
+const ANOMALY_MAX_THRESHOLD: u32 = 100_000;
+
+impl Settings {
+    fn anomaly_problems(&self, problems: &mut Vec<String>) {
+        let rules = [
+            (
+                "CREDENTIAL_STUFFING",
+                self.anomaly_credential_stuffing_threshold,
+                self.anomaly_credential_stuffing_window_secs,
+            ),
+            (
+                "ACCOUNT_TARGETED",
+                self.anomaly_account_targeted_threshold,
+                self.anomaly_account_targeted_window_secs,
+            ),
+            (
+                "LOGIN_FAILURE_SPIKE",
+                self.anomaly_login_failure_spike_floor,
+                self.anomaly_login_failure_spike_window_secs,
+            ),
+            (
+                "SIGNUP_BURST",
+                self.anomaly_signup_burst_threshold,
+                self.anomaly_signup_burst_window_secs,
+            ),
+            (
+                "TOKEN_THEFT",
+                self.anomaly_token_theft_threshold,
+                self.anomaly_token_theft_window_secs,
+            ),
+        ];
+        for (rule, threshold, window) in rules {
+            if !(1..=ANOMALY_MAX_WINDOW_SECS).contains(&window) {
+                problems.push(format!(
+                    "ANOMALY_{rule}_WINDOW_SECS must be between 1 and {ANOMALY_MAX_WINDOW_SECS}."
+                ));
+            }
+            if threshold > ANOMALY_MAX_THRESHOLD {
+                let name = if rule == "LOGIN_FAILURE_SPIKE" {
+                    "FLOOR"
+                } else {
+                    "THRESHOLD"
+                };
+                problems.push(format!(
+                    "ANOMALY_{rule}_{name} must be at most {ANOMALY_MAX_THRESHOLD} (0 turns the rule off)."
+                ));
+            }
+        }
+        if !(1..=1000).contains(&self.anomaly_known_devices_per_user) {
+            problems.push(
+                "ANOMALY_KNOWN_DEVICES_PER_USER must be between 1 and 1000 (default 20).".into(),
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ macro_rules! asset {
 
 pub const INDEX: Asset = asset!("index.html", HTML);
 
-const FILES: [Asset; 11] = [
+const FILES: [Asset; 12] = [
     asset!("app.css", CSS),
     asset!("icon.svg", SVG),
     asset!("main.js", JS),
@@ -35,6 +35,7 @@ const FILES: [Asset; 11] = [
     asset!("charts.js", JS),
     asset!("users.js", JS),
     asset!("lockouts.js", JS),
+    asset!("anomalies.js", JS),
     asset!("pipeline.js", JS),
 ];
 

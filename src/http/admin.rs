@@ -37,9 +37,10 @@ pub async fn blocked(State(state): State<AppState>, AdminUser(_): AdminUser) -> 
     })
 }
 
-/// `DELETE /api/admin/security/blocked/{key}` with `key` = `account:<email>` or `ip:<address>`.
+/// `DELETE /api/admin/security/blocked/{key}` with `key` = `account:<email>`, `ip:<address>` or
+/// `signup:<address>`.
 #[utoipa::path(delete, path = "/api/admin/security/blocked/{key}", tag = "admin", security(("bearer" = [])),
-    params(("key" = String, Path, description = "`account:<email>` or `ip:<address>`")),
+    params(("key" = String, Path, description = "`account:<email>`, `ip:<address>` or `signup:<address>`")),
     responses(
         (status = 200, description = "The lock is lifted", body = MessageBody),
         (status = 404, description = "`BLOCK_NOT_FOUND`: no such live lock", body = ErrorBody),
@@ -56,7 +57,7 @@ pub async fn unblock(
         message: "No such lock",
     };
     let (kind, subject) = key.split_once(':').ok_or_else(not_found)?;
-    if !matches!(kind, "account" | "ip") || subject.is_empty() || subject.len() > 300 {
+    if !crate::limits::BLOCK_KINDS.contains(&kind) || subject.is_empty() || subject.len() > 300 {
         return Err(not_found());
     }
     let live = state

@@ -78,6 +78,8 @@ pub trait KeyStore: Send + Sync {
         now_ms: i64,
     ) -> anyhow::Result<Vec<Failure>>;
     async fn delete(&self, keys: &[String]) -> anyhow::Result<()>;
+    /// Makes the lock `key` run until `until_ms` at least: a lock is only ever extended here.
+    async fn extend_lock(&self, key: &str, until_ms: i64, now_ms: i64) -> anyhow::Result<()>;
     /// Live lock keys under `prefix` with their remaining ms (admin listing).
     async fn locks(&self, prefix: &str, now_ms: i64) -> anyhow::Result<Vec<(String, i64)>>;
 }

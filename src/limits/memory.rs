@@ -111,6 +111,15 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
+    async fn extend_lock(&self, key: &str, until_ms: i64, now_ms: i64) -> anyhow::Result<()> {
+        self.with(now_ms, |map| {
+            if Self::live(map, key, now_ms).is_none_or(|held| held < until_ms) {
+                map.insert(key.to_owned(), (until_ms, until_ms));
+            }
+        });
+        Ok(())
+    }
+
     async fn locks(&self, prefix: &str, now_ms: i64) -> anyhow::Result<Vec<(String, i64)>> {
         Ok(self.with(now_ms, |map| {
             map.iter()

@@ -95,7 +95,7 @@ pub struct FailureReport {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
-    /// `account` or `ip`.
+    /// `account`, `ip` (every login refused) or `signup` (the address's signups refused).
     pub kind: &'static str,
     pub subject: String,
     pub expires_in_secs: u64,
@@ -131,6 +131,10 @@ pub struct Limits {
 }
 
 const MAX_PENDING_LOCKS: usize = 100_000;
+
+/// The kinds of lock the dashboard lists and lifts: an account's lockout, an address's block
+/// (its logins), an address's signup block.
+pub const BLOCK_KINDS: [&str; 3] = ["account", "ip", "signup"];
 
 /// Limits IPv6 clients per /64 (one customer's allocation), IPv4 per address.
 pub fn ip_subject(ip: IpAddr) -> String {
@@ -255,6 +259,14 @@ impl Limits {
         self.admit(block, &rates, lock).await
     }
 
+    /// A signup from `ip`, in one round trip: the address's signup block, then its limit.
+    pub async fn admit_signup(&self, ip: &str) -> Result<(), Refusal> {
+        let block = Some(self.lock_key("signup", ip));
+        self.admit(block, &[(Limit::SignupPerIp, ip)], None)
+            .await
+            .map(|_| ())
+    }
+
     /// The refresh limits in one round trip: per address, and per session once the token names
     /// one.
     pub async fn admit_refresh(&self, ip: &str, session: Option<&str>) -> Result<(), Exceeded> {
@@ -340,6 +352,37 @@ impl Limits {
             format!("{}fail:ip:{ip}", self.prefix),
             format!("{}lock:ip:{ip}", self.prefix),
         )
+    }
+
+    /// The lock of `kind` (one of [`BLOCK_KINDS`]) on `subject`.
+    fn lock_key(&self, kind: &str, subject: &str) -> String {
+        format!("{}lock:{kind}:{subject}", self.prefix)
+    }
+
+    /// Starts (or extends) a lock of `kind` (`ip`: every login from the address refused with a
+    /// 429; `signup`: its signups) for `duration`, as the lockouts are: in Redis, or in-process
+    /// while it is away and copied to it when it is back. Shown and lifted with the others
+    /// ([`Self::blocked`], [`Self::unblock`]). Does nothing while limits are off.
+    pub async fn block(&self, kind: &'static str, subject: &str, duration: Duration) {
+        if !self.enabled || duration.is_zero() {
+            return;
+        }
+        let key = self.lock_key(kind, subject);
+        let now = self.clock.now_ms();
+        let until = now + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut in_redis = false;
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.link.is_up()) {
+            match KeyStore::extend_lock(redis, &key, until, now).await {
+                Ok(()) => in_redis = true,
+                Err(e) => redis.link.failed(&e),
+            }
+        }
+        if !in_redis {
+            let _ = self.memory.extend_lock(&key, until, now).await;
+            if self.redis.is_some() {
+                self.lock_pending(key, until);
+            }
+        }
     }
 
     /// Counts a failed login: against the account (only for accounts that exist, so failures on
@@ -495,7 +538,7 @@ impl Limits {
     pub async fn blocked(&self) -> Vec<Blocked> {
         let now = self.clock.now_ms();
         let mut out = Vec::new();
-        for kind in ["account", "ip"] {
+        for kind in BLOCK_KINDS {
             let prefix = format!("{}lock:{kind}:", self.prefix);
             let locks: Vec<(String, i64)> = on_backend!(self, |store| store.locks(&prefix, now));
             out.extend(locks.into_iter().map(|(key, ms)| Blocked {
@@ -508,14 +551,15 @@ impl Limits {
         out
     }
 
-    /// Lifts a lock (`kind` is `account` or `ip`) and forgets its failures.
+    /// Lifts a lock (`kind` is one of [`BLOCK_KINDS`]) and forgets its failures.
     pub async fn unblock(&self, kind: &str, subject: &str) {
         let (fail, lock) = match kind {
             "account" => self.account_keys(subject),
+            "signup" => (String::new(), self.lock_key(kind, subject)),
             _ => self.ip_keys(subject),
         };
         self.lifted(&lock).await;
-        let keys = [fail, lock];
+        let keys: Vec<String> = [fail, lock].into_iter().filter(|k| !k.is_empty()).collect();
         on_backend!(self, |store| store.delete(&keys));
     }
 

@@ -211,6 +211,10 @@ impl KeyStore for RedisKeys {
         store.bounded(conn.del::<_, ()>(keys)).await
     }
 
+    async fn extend_lock(&self, key: &str, until_ms: i64, now_ms: i64) -> anyhow::Result<()> {
+        RedisKeys::extend_lock(self, key, until_ms, until_ms - now_ms).await
+    }
+
     async fn locks(&self, prefix: &str, now_ms: i64) -> anyhow::Result<Vec<(String, i64)>> {
         let store = self.link.store();
         let mut conn = store.connection();

@@ -49,10 +49,17 @@ pub enum EventType {
     ChangePasswordFailed,
     /// An outbox message given up on (retried for the whole period, or refused for good).
     EmailSendFailed,
+    /// Anomaly rules (`anomaly`), each recorded once per window and key when it fires.
+    CredentialStuffingSuspected,
+    AccountTargeted,
+    LoginFailureSpike,
+    SignupBurst,
+    TokenTheftSuspected,
+    NewDeviceLogin,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 33] = [
+    pub const ALL: [EventType; 39] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -86,6 +93,12 @@ impl EventType {
         Self::PasswordChanged,
         Self::ChangePasswordFailed,
         Self::EmailSendFailed,
+        Self::CredentialStuffingSuspected,
+        Self::AccountTargeted,
+        Self::LoginFailureSpike,
+        Self::SignupBurst,
+        Self::TokenTheftSuspected,
+        Self::NewDeviceLogin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,11 +136,30 @@ impl EventType {
             Self::PasswordChanged => "password_changed",
             Self::ChangePasswordFailed => "change_password_failed",
             Self::EmailSendFailed => "email_send_failed",
+            Self::CredentialStuffingSuspected => "credential_stuffing_suspected",
+            Self::AccountTargeted => "account_targeted",
+            Self::LoginFailureSpike => "login_failure_spike",
+            Self::SignupBurst => "signup_burst",
+            Self::TokenTheftSuspected => "token_theft_suspected",
+            Self::NewDeviceLogin => "new_device_login",
         }
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+
+    /// The events the anomaly rules record when they fire.
+    pub fn is_anomaly(self) -> bool {
+        matches!(
+            self,
+            Self::CredentialStuffingSuspected
+                | Self::AccountTargeted
+                | Self::LoginFailureSpike
+                | Self::SignupBurst
+                | Self::TokenTheftSuspected
+                | Self::NewDeviceLogin
+        )
     }
 
     /// The severity docs/API.md assigns to this type.
@@ -149,7 +181,8 @@ impl EventType {
             | Self::EmailVerified
             | Self::PasswordResetRequested
             | Self::PasswordResetCompleted
-            | Self::PasswordChanged => Severity::Info,
+            | Self::PasswordChanged
+            | Self::NewDeviceLogin => Severity::Info,
             Self::SignupFailed
             | Self::LoginFailed
             | Self::FailedLoginAttempt
@@ -161,11 +194,15 @@ impl EventType {
             | Self::UserTypeChanged
             | Self::LockoutLifted
             | Self::ChangePasswordFailed
-            | Self::EmailSendFailed => Severity::Warning,
-            Self::BruteForceDetected | Self::AccountLocked | Self::SecurityEventsDropped => {
-                Severity::High
-            }
-            Self::TokenReuseDetected => Severity::Critical,
+            | Self::EmailSendFailed
+            | Self::AccountTargeted
+            | Self::SignupBurst => Severity::Warning,
+            Self::BruteForceDetected
+            | Self::AccountLocked
+            | Self::SecurityEventsDropped
+            | Self::CredentialStuffingSuspected
+            | Self::LoginFailureSpike => Severity::High,
+            Self::TokenReuseDetected | Self::TokenTheftSuspected => Severity::Critical,
         }
     }
 
@@ -198,6 +235,12 @@ impl EventType {
             Self::PasswordResetCompleted | Self::PasswordChanged => "authn_password_change",
             Self::ChangePasswordFailed => "authn_password_change_fail",
             Self::EmailSendFailed => "sys_monitor_disabled",
+            Self::CredentialStuffingSuspected | Self::AccountTargeted | Self::LoginFailureSpike => {
+                "authn_login_fail_max"
+            }
+            Self::SignupBurst => "excess_rate_limit_exceeded",
+            Self::TokenTheftSuspected => "authn_token_reuse",
+            Self::NewDeviceLogin => "authn_login_success",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod collector;
 pub mod event;
+pub mod indexes;
 pub mod logger;
 pub mod postgres_sink;
 pub mod query;
@@ -116,6 +117,11 @@ pub fn start(
         wake: logger.wake_handle(),
     };
     let stop = CancellationToken::new();
+    if let Some(db) = &database
+        && settings.run_migrations
+    {
+        tokio::spawn(indexes::ensure_in_background(db.clone(), stop.clone()));
+    }
     let spool_handle = writer.spool.clone();
     let writer = tokio::spawn(writer.run(stop.clone()));
     {

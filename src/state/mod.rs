@@ -46,6 +46,8 @@ pub struct SharedState {
     pub registry: Arc<prometheus_client::registry::Registry>,
     pub settings: Arc<Settings>,
     pub limits: Arc<Limits>,
+    /// The anomaly rules (the dashboard reads what they are set to).
+    pub anomalies: Arc<crate::anomaly::Anomalies>,
     pub clock: Clock,
     /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
     pub google: Option<Arc<GoogleSignIn>>,

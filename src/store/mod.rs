@@ -301,7 +301,9 @@ pub enum ImportOutcome {
 /// The whole store, as the service holds it (`Arc<dyn Store>`): users, sessions and identities
 /// of one backend, and its health.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + IdentityStore + OutboxStore + 'static {
+pub trait Store:
+    UserStore + SessionStore + IdentityStore + OutboxStore + DeviceStore + 'static
+{
     /// `postgresql` or `file`, as `/health` reports it.
     fn kind(&self) -> &'static str;
     /// Cheap liveness probe for health checks.
@@ -472,6 +474,32 @@ pub trait IdentityStore: Send + Sync {
         email: Option<&str>,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+}
+
+/// What a sign-in's device was to its user (see [`DeviceStore::remember_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSeen {
+    /// The user had no device remembered yet: their first sign-in, or the first since devices
+    /// are remembered.
+    First,
+    Known,
+    /// Never seen for this user, who has signed in from others.
+    New,
+}
+
+/// The devices each user signed in from, as hashes of their fingerprints.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Remembers `fingerprint_hash` among `user_id`'s devices, seen `at`, keeping at most `cap`
+    /// (the least recently seen go), and answers what it was. A user who does not exist has no
+    /// devices (`First`, nothing kept).
+    async fn remember_device(
+        &self,
+        user_id: &str,
+        fingerprint_hash: &str,
+        at: DateTime<Utc>,
+        cap: usize,
+    ) -> StoreResult<DeviceSeen>;
 }
 
 /// Ended sessions are kept this long (reuse detection, audit, the sessions history), then deleted.

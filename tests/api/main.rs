@@ -5,6 +5,7 @@
 mod helpers;
 
 mod account_input;
+mod anomaly;
 mod bad_input;
 mod clock;
 mod connections;
@@ -23,6 +24,7 @@ mod login;
 mod mail;
 mod mailboxes;
 mod module_graph;
+mod monitoring;
 mod operability;
 mod ops;
 mod pipeline;

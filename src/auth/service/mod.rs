@@ -133,6 +133,30 @@ impl AuthService {
         }
     }
 
+    /// The signup limit and the address's signup block (a `signup_burst`'s action): a block is
+    /// refused as the limit is, 429 with the time it has left.
+    pub(crate) async fn admit_signup(
+        &self,
+        ip: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
+        match self.limits.admit_signup(ip).await {
+            Ok(()) => Ok(()),
+            Err(crate::limits::Refusal::Exceeded(exceeded)) => {
+                Err(self.limited(exceeded, ctx, exceeded.limit.name()).await)
+            }
+            Err(crate::limits::Refusal::IpBlocked(wait)) => {
+                let exceeded = Exceeded {
+                    limit: crate::limits::Limit::SignupPerIp,
+                    max: 0,
+                    window_secs: wait.as_secs(),
+                    retry_after_secs: wait.as_secs().max(1),
+                };
+                Err(self.limited(exceeded, ctx, "signup_blocked").await)
+            }
+        }
+    }
+
     async fn limited(&self, exceeded: Exceeded, ctx: &RequestContext, reason: &str) -> AuthError {
         self.record(rate_limited_event(exceeded, ctx, reason)).await;
         AuthError::RateLimited(exceeded)

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::{AuthService, AuthSuccess, required};
 use crate::auth::{AuthError, password_policy};
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
-use crate::limits::{Limit, ip_subject};
+use crate::limits::ip_subject;
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};
 use crate::store::StoreError;
@@ -28,8 +28,7 @@ impl AuthService {
         account: NewAccount<'_>,
         ctx: &RequestContext,
     ) -> Result<AuthSuccess, AuthError> {
-        self.enforce(Limit::SignupPerIp, &ip_subject(ctx.client.ip), ctx)
-            .await?;
+        self.admit_signup(&ip_subject(ctx.client.ip), ctx).await?;
         let attempted_email = account.email.unwrap_or_default();
         let validated = (|| {
             let email = Email::parse(required(account.email, "email", "Email")?)?;

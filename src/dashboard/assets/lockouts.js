@@ -2,6 +2,8 @@
 
 import { $, h, duration, confirmAction, toast, problem } from "./ui.js";
 
+const KINDS = { account: "Account", ip: "IP address", signup: "Signups from address" };
+
 export class Lockouts {
   constructor(session) {
     this.session = session;
@@ -27,7 +29,7 @@ export class Lockouts {
         h(
           "tr",
           { dataset: { key: b.key } },
-          h("td", {}, b.type === "ip" ? "IP address" : "Account"),
+          h("td", {}, KINDS[b.type] || "Account"),
           h("td", { class: "mono" }, b.subject),
           h("td", {}, duration(b.expiresInSecs)),
           h(
@@ -46,7 +48,7 @@ export class Lockouts {
   }
 
   async lift(b) {
-    const what = b.type === "ip" ? `the block on address ${b.subject}` : `the lock on account ${b.subject}`;
+    const what = b.type === "account" ? `the lock on account ${b.subject}` : `the block on address ${b.subject}`;
     if (!(await confirmAction(`Lift ${what}? Sign-in attempts from it are allowed again at once.`, "Lift"))) {
       return;
     }

@@ -7,6 +7,7 @@ import { Feed } from "./feed.js";
 import { Charts } from "./charts.js";
 import { Users } from "./users.js";
 import { Lockouts } from "./lockouts.js";
+import { Anomalies } from "./anomalies.js";
 import { refreshPipeline } from "./pipeline.js";
 
 const timers = [];
@@ -18,6 +19,7 @@ const session = new Session({
 const users = new Users(session);
 const charts = new Charts(session);
 const lockouts = new Lockouts(session);
+const anomalies = new Anomalies(session, () => lockouts.load());
 const feed = new Feed(session, {
   onUser: (id) => {
     users.open(id);
@@ -25,8 +27,10 @@ const feed = new Feed(session, {
   },
   onEvent: (event) => {
     charts.onEvent(event);
+    anomalies.onEvent(event);
     // Locks come and go with these events; keep the list current without polling hard.
-    if (["account_locked", "brute_force_detected", "lockout_lifted"].includes(event.eventType)) lockouts.load();
+    const locking = ["account_locked", "brute_force_detected", "lockout_lifted", "credential_stuffing_suspected", "signup_burst"];
+    if (locking.includes(event.eventType)) lockouts.load();
   },
 });
 
@@ -79,6 +83,7 @@ function startPanels() {
   feed.start();
   charts.load();
   lockouts.load();
+  anomalies.load();
   refreshPipeline();
   timers.push(setInterval(refreshPipeline, 5_000));
   timers.push(setInterval(() => lockouts.load(), 15_000));

@@ -47,6 +47,8 @@ export const EVENT_TYPES = [
   "token_cleanup", "service_started", "service_stopped", "security_events_dropped",
   "email_verification_sent", "email_verified", "password_reset_requested", "password_reset_completed",
   "password_changed", "change_password_failed", "email_send_failed",
+  "credential_stuffing_suspected", "account_targeted", "login_failure_spike", "signup_burst",
+  "token_theft_suspected", "new_device_login",
 ];
 
 export function clock(iso) {

@@ -16,7 +16,7 @@ pub struct BlockedList {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockedEntry {
-    /// `account:<email>` or `ip:<address>`: what `DELETE .../blocked/{key}` takes.
+    /// `account:<email>`, `ip:<address>` or `signup:<address>`: what `DELETE .../blocked/{key}` takes.
     pub key: String,
     #[serde(rename = "type")]
     pub kind: BlockKind,
@@ -28,14 +28,19 @@ pub struct BlockedEntry {
 #[serde(rename_all = "lowercase")]
 pub enum BlockKind {
     Account,
+    /// The address's logins (password spraying, or `credential_stuffing_suspected`).
     Ip,
+    /// The address's signups (`signup_burst`).
+    Signup,
 }
 
 impl BlockKind {
-    /// The kind of a lock as the limits name it: `account` or `ip`.
+    /// The kind of a lock as the limits name it: `account`, `ip` or `signup`.
     pub fn of(kind: &str) -> Self {
         if kind == "ip" {
             Self::Ip
+        } else if kind == "signup" {
+            Self::Signup
         } else {
             Self::Account
         }

@@ -18,6 +18,7 @@ use anyhow::Context;
 use crate::durable_file;
 use crate::store::{StoreError, StoreResult};
 
+mod devices;
 mod group_commit;
 mod identities;
 mod journal;
@@ -47,6 +48,8 @@ pub struct FileStore {
     /// process writes the folder and a restart's sender may take them all again at once.
     outbox_leases:
         std::sync::Mutex<std::collections::HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>>>,
+    /// known_devices.json.
+    devices: WholeFile<devices::KnownDevices>,
 }
 
 impl FileStore {
@@ -75,6 +78,7 @@ impl FileStore {
             users: WholeFile::new(users_path, users, encode_users),
             sessions,
             outbox_leases: Default::default(),
+            devices: devices::open(dir)?,
         })
     }
 

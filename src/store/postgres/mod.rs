@@ -78,6 +78,7 @@ macro_rules! begin_retrying {
 
 #[macro_use]
 mod rows;
+mod devices;
 mod email_keys;
 pub mod fluxstudio;
 mod held;

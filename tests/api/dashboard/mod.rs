@@ -1,6 +1,6 @@
 //! The admin security dashboard in a real headless Chromium, driven over WebDriver
 //! (chromedriver, started here on a free loopback port): sign-in, the live feed, filters, pause,
-//! a user's timeline and sessions, revocation, lockouts, the pipeline panel, charts, and the
+//! a user's timeline and sessions, revocation, lockouts, anomalies, the pipeline panel, charts, and the
 //! refusal a non-admin gets. Plus the admin user routes over plain HTTP.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Missing: the test
@@ -10,6 +10,7 @@
 //! its step.
 
 mod admin_routes;
+mod anomalies;
 mod browser;
 mod steps;
 
@@ -34,6 +35,10 @@ async fn dashboard_app() -> TestApp {
             s.refresh_limit_per_ip = 1000;
             // The shortest lifetime allowed, so the page's refresh comes due during the test.
             s.access_token_ttl_secs = 60;
+            // The anomalies step's attacker comes from an address of its own (X-Forwarded-For); the
+            // earlier steps fail 6 distinct accounts from loopback, below the threshold.
+            s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            s.anomaly_credential_stuffing_threshold = 8;
         })
         .spawn()
         .await
@@ -110,6 +115,11 @@ async fn scenario(app: TestApp, c: fantoccini::Client, link: Forwarder) {
     )
     .await;
     step("phone width", the_page_fits_a_phone(&scene)).await;
+    step(
+        "anomalies",
+        anomalies::an_anomaly_shows_live_and_its_block_is_lifted_from_the_panel(&scene),
+    )
+    .await;
     step(
         "token refresh",
         the_page_refreshes_its_token_and_keeps_working(&scene),
