@@ -311,6 +311,7 @@ impl From<crate::auth::AuthError> for ApiError {
             A::SettingsTooLarge => Self::TooLargeToStore {
                 code: "AUTH_SETTINGS_TOO_LARGE",
                 message: "Settings are too large: at most 4 KiB are kept",
+            },
             A::TokenRefused { code, message } => Self::BadRequest {
                 code,
                 message: message.into(),

@@ -8,7 +8,9 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, admin_users, auth, events, google, health, metrics, sessions};
+use super::{
+    account, admin, admin_users, auth, events, google, health, metrics, profile, sessions,
+};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]

@@ -84,7 +84,10 @@ pub fn user(row: &SourceUser, now: DateTime<Utc>) -> Result<UserRecord, Skip> {
         email_verified: row.email_verified,
         avatar: row.avatar.clone().filter(|a| !a.is_empty()),
         created_at: row.created_at.unwrap_or(now),
+        updated_at: now,
         last_login: row.last_login,
+        // FluxStudio's TOTP secrets are not carried yet, so no imported account may ask for one.
+        two_factor_enabled: false,
         extra: serde_json::Map::new(),
     })
 }
