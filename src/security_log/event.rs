@@ -31,6 +31,9 @@ pub enum EventType {
     BruteForceDetected,
     AccountLocked,
     PasswordRehashed,
+    /// A session imported from FluxStudio refreshed for the first time: its device's
+    /// fingerprint is adopted.
+    LegacySessionAdopted,
     UserTypeChanged,
     LockoutLifted,
     TokenCleanup,
@@ -42,7 +45,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 26] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -62,6 +65,7 @@ impl EventType {
         Self::BruteForceDetected,
         Self::AccountLocked,
         Self::PasswordRehashed,
+        Self::LegacySessionAdopted,
         Self::UserTypeChanged,
         Self::LockoutLifted,
         Self::TokenCleanup,
@@ -91,6 +95,7 @@ impl EventType {
             Self::BruteForceDetected => "brute_force_detected",
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
+            Self::LegacySessionAdopted => "legacy_session_adopted",
             Self::UserTypeChanged => "user_type_changed",
             Self::LockoutLifted => "lockout_lifted",
             Self::TokenCleanup => "token_cleanup",
@@ -115,6 +120,7 @@ impl EventType {
             | Self::TokenRevoked
             | Self::Logout
             | Self::PasswordRehashed
+            | Self::LegacySessionAdopted
             | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped => Severity::Info,
@@ -152,6 +158,7 @@ impl EventType {
             Self::BruteForceDetected => "authn_login_fail_max",
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
+            Self::LegacySessionAdopted => "authn_token_created",
             Self::UserTypeChanged => "authz_change",
             Self::LockoutLifted => "authz_admin",
             Self::TokenCleanup => "sys_monitor_cleanup",
