@@ -75,11 +75,14 @@ impl RefreshTokens {
     }
 
     /// True when `token` has the shape of one of ours; anything else is refused before lookup.
+    /// FluxStudio's tokens (128 hex characters), imported as sessions by `import-fluxstudio`,
+    /// are accepted too: their successors are ours.
     pub fn well_formed(token: &str) -> bool {
-        (token.len() == TOKEN_CHARS || token.len() == UNTAGGED_CHARS)
+        ((token.len() == TOKEN_CHARS || token.len() == UNTAGGED_CHARS)
             && token
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            || crate::store::postgres::fluxstudio::is_legacy_token(token)
     }
 }
 

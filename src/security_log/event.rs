@@ -31,6 +31,9 @@ pub enum EventType {
     BruteForceDetected,
     AccountLocked,
     PasswordRehashed,
+    /// A session imported from FluxStudio refreshed for the first time: its device's
+    /// fingerprint is adopted.
+    LegacySessionAdopted,
     UserTypeChanged,
     /// The caller changed their own name or avatar.
     ProfileUpdated,
@@ -59,7 +62,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 39] = [
+    pub const ALL: [EventType; 40] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -79,6 +82,7 @@ impl EventType {
         Self::BruteForceDetected,
         Self::AccountLocked,
         Self::PasswordRehashed,
+        Self::LegacySessionAdopted,
         Self::UserTypeChanged,
         Self::ProfileUpdated,
         Self::LockoutLifted,
@@ -122,6 +126,7 @@ impl EventType {
             Self::BruteForceDetected => "brute_force_detected",
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
+            Self::LegacySessionAdopted => "legacy_session_adopted",
             Self::UserTypeChanged => "user_type_changed",
             Self::ProfileUpdated => "profile_updated",
             Self::LockoutLifted => "lockout_lifted",
@@ -174,6 +179,7 @@ impl EventType {
             | Self::Logout
             | Self::PasswordRehashed
             | Self::ProfileUpdated
+            | Self::LegacySessionAdopted
             | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped
@@ -223,6 +229,7 @@ impl EventType {
             Self::BruteForceDetected => "authn_login_fail_max",
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
+            Self::LegacySessionAdopted => "authn_token_created",
             Self::UserTypeChanged => "authz_change",
             Self::ProfileUpdated => "user_updated",
             Self::LockoutLifted => "authz_admin",

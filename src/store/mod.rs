@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::{Settings, StorageKind};
 use crate::db::Database;
-use crate::domain::{Email, UserRecord, UserType};
+use crate::domain::{Email, UNSET_FINGERPRINT, UserRecord, UserType};
 use outbox::OutboxStore;
 use postgres::user_cache::UserCache;
 
@@ -190,6 +190,12 @@ pub enum RotationDecision {
     Invalid(InvalidReason),
 }
 
+/// Whether the device refreshing is the session's. A session imported from the old service has
+/// no fingerprint yet ([`UNSET_FINGERPRINT`]): the rotation gives it the device's.
+pub fn fingerprint_matches(session: &SessionRecord, request: &RotateRequest) -> bool {
+    session.fingerprint == request.fingerprint || session.fingerprint == UNSET_FINGERPRINT
+}
+
 /// `successor` is the token the presented one was rotated to, when it was.
 pub fn decide_rotation(
     token: &TokenRecord,
@@ -204,7 +210,7 @@ pub fn decide_rotation(
     if !session.is_live(request.now, request.idle_ttl) {
         return Invalid(InvalidReason::Expired);
     }
-    let fingerprint_matched = session.fingerprint == request.fingerprint;
+    let fingerprint_matched = fingerprint_matches(session, request);
     if !fingerprint_matched && request.reject_on_fingerprint_mismatch {
         return RejectFingerprint;
     }

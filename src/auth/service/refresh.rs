@@ -8,7 +8,7 @@ use super::{AuthService, IssuedTokens};
 use crate::auth::AuthError;
 use crate::auth::refresh::{RefreshTokens, hash_token};
 use crate::config::FingerprintPolicy;
-use crate::domain::{UserRecord, ValidationError};
+use crate::domain::{UNSET_FINGERPRINT, UserRecord, ValidationError};
 use crate::limits::ip_subject;
 use crate::security_log::event::RequestContext;
 use crate::security_log::{EventType, SecurityEvent};
@@ -72,6 +72,16 @@ impl AuthService {
                     .reason("logged")
                     .with("sessionId", rotated.session.id.to_string())
                     .with("expectedFingerprint", rotated.session.fingerprint.clone()),
+            )
+            .await;
+        }
+        if rotated.session.fingerprint == UNSET_FINGERPRINT {
+            // The session came from the old service; this device's fingerprint is now its own.
+            self.record(
+                SecurityEvent::from_request(EventType::LegacySessionAdopted, ctx)
+                    .user(&user.id)
+                    .token(rotated.new_token_id)
+                    .with("sessionId", rotated.session.id.to_string()),
             )
             .await;
         }

@@ -90,7 +90,8 @@ const ROTATION_FAST: &str = concat!(
        SELECT * FROM refresh_tokens WHERE token_hash = $1::bpchar AND rotated_at IS NULL), \
      s AS MATERIALIZED ( \
        SELECT * FROM auth_sessions WHERE id = (SELECT session_id FROM t) AND revoked_at IS NULL \
-         AND expires_at > $2 AND last_used_at > $6 AND (NOT $7 OR fingerprint = $8) \
+         AND expires_at > $2 AND last_used_at > $6 \
+         AND (NOT $7 OR fingerprint = $8 OR fingerprint = '0000000000000000000000000000000000000000000000000000000000000000') \
        FOR UPDATE), \
      rotated AS ( \
        UPDATE refresh_tokens SET rotated_at = least(greatest($2, clock_timestamp()), $9), \
@@ -101,7 +102,8 @@ const ROTATION_FAST: &str = concat!(
        INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
        SELECT $3, session_id, $4, $2 FROM rotated), \
      touched AS ( \
-       UPDATE auth_sessions SET last_used_at = $2, ip_address = $5 \
+       UPDATE auth_sessions SET last_used_at = $2, ip_address = $5, \
+         fingerprint = CASE WHEN fingerprint = '0000000000000000000000000000000000000000000000000000000000000000' THEN $8 ELSE fingerprint END \
        WHERE id IN (SELECT session_id FROM rotated)) \
      SELECT ",
     rotation_columns!(),
@@ -128,7 +130,8 @@ const ROTATION_WRITE: &str = "WITH live AS MATERIALIZED ( \
        INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) \
        SELECT $3, session_id, $5, $6 FROM rotated), \
      touched AS ( \
-       UPDATE auth_sessions SET last_used_at = $2, ip_address = $7 \
+       UPDATE auth_sessions SET last_used_at = $2, ip_address = $7, \
+         fingerprint = CASE WHEN fingerprint = '0000000000000000000000000000000000000000000000000000000000000000' THEN $9 ELSE fingerprint END \
        WHERE id IN (SELECT session_id FROM rotated)) \
      SELECT count(*) FROM rotated";
 
@@ -310,7 +313,7 @@ async fn rotate_live(
         ),
         "the one-statement rotation and decide_rotation disagree"
     );
-    let fingerprint_matched = session.fingerprint == request.fingerprint;
+    let fingerprint_matched = crate::store::fingerprint_matches(&session, request);
     Ok(Some(rotated(
         session,
         token.id,
@@ -444,6 +447,7 @@ impl PgStore {
                     .bind(successor.created_at)
                     .bind(&request.ip_address)
                     .bind(self.latest_write(request))
+                    .bind(&request.fingerprint)
                     .fetch_one(&mut *conn)
                     .await
                     .map_err(|e| self.fail(e))?;

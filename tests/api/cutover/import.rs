@@ -156,6 +156,55 @@ async fn fluxstudio_users_and_live_sessions_are_imported_once_and_log_in() {
         assert_eq!(alice["user"]["id"], USERS[0].id);
         let refused = app.login("gone@example.com", BOB_PASSWORD).await;
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+        // Every live FluxStudio refresh token refreshes once, then rotates as flux-auth's do.
+        for token in live_tokens() {
+            let first = app.refresh(&token.token).await;
+            assert_eq!(first.status(), StatusCode::OK, "{variant:?}");
+            let body: serde_json::Value = first.json().await.unwrap();
+            let next = body["refreshToken"].as_str().unwrap().to_owned();
+            assert_ne!(next, token.token);
+            let me = app.me(body["token"].as_str().unwrap()).await;
+            assert_eq!(me.status(), StatusCode::OK);
+            let second = app.refresh(&next).await;
+            assert_eq!(second.status(), StatusCode::OK, "the successor rotates");
+        }
+        for token in tokens()
+            .into_iter()
+            .filter(|t| t.state != TokenState::Live || t.user_id == INACTIVE_ID)
+        {
+            let refused = app.refresh(&token.token).await;
+            assert_eq!(
+                refused.status(),
+                StatusCode::UNAUTHORIZED,
+                "{:?}",
+                token.state
+            );
+        }
+        let live = live_tokens().len() as i64;
+        let adopted = eventually("legacy_session_adopted events", MIRROR_PATIENCE, || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM public.security_events \
+                 WHERE event_type = 'legacy_session_adopted'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n >= live).then_some(n)
+        })
+        .await;
+        assert_eq!(adopted, live, "{variant:?}: one adoption per session");
+        let fingerprints: Vec<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM flux_auth.auth_sessions")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert!(
+            fingerprints
+                .iter()
+                .all(|f| f != flux_auth::domain::UNSET_FINGERPRINT),
+            "every session took its device's fingerprint"
+        );
         pool.close().await;
     }
 }
