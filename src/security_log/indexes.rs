@@ -27,19 +27,23 @@ pub const INDEXES: [(&str, &str); 2] = [
 /// Creates the missing indexes (and rebuilds invalid ones), one at a time.
 pub async fn ensure(db: &Database) -> anyhow::Result<()> {
     let mut conn = db.migration_connection().await?;
+    // An index lives in its table's schema, which is not on the connection's search_path.
+    let schema = db.schemas().security_events_schema().to_owned();
+    let table = db.schemas().security_events();
     for (name, columns) in INDEXES {
+        let qualified = format!("\"{schema}\".{name}");
         let invalid: Option<bool> = sqlx::query_scalar(
             "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              WHERE c.oid = to_regclass($1)",
         )
-        .bind(name)
+        .bind(&qualified)
         .fetch_optional(&mut *conn)
         .await?;
         match invalid {
             Some(false) => continue,
             Some(true) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS {name}"
+                    "DROP INDEX CONCURRENTLY IF EXISTS {qualified}"
                 )))
                 .execute(&mut *conn)
                 .await?;
@@ -47,7 +51,7 @@ pub async fn ensure(db: &Database) -> anyhow::Result<()> {
             None => {}
         }
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON security_events {columns}"
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {columns}"
         )))
         .execute(&mut *conn)
         .await?;
