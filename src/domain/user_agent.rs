@@ -1,6 +1,6 @@
 //! What the sessions page shows of a session's user agent: the kind of device, the browser and the
-//! operating system, read by `woothee` (patterns compiled into the binary, no data file; about a
-//! microsecond a call, BENCHMARKS.md "Sessions page").
+//! operating system, read by `woothee` (patterns compiled into the binary, no data file; its cost
+//! per call is `cargo bench --bench micro -- sessions_page`).
 
 /// A user agent, described; every field is a short display text, `Unknown` when not recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]

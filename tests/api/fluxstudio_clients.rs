@@ -135,6 +135,10 @@ async fn the_web_app_and_the_cli_work_under_both_prefixes() {
             .collect();
         assert_eq!(events.len(), 2, "{backend:?}: one per prefix");
         assert_eq!(events[0].metadata["fields"], json!(["name"]));
+        // The second came through `/auth/me`: events name the route, not the alias.
+        for event in &events {
+            assert_eq!(event.metadata["route"], "/api/auth/me", "{backend:?}");
+        }
         let revoked = app
             .events_where(|e| count_of(e, "token_revoked") >= 2)
             .await;
