@@ -58,6 +58,11 @@ declare::settings! {
     jwt_secret: Option<SecretString> = None,
     /// Accepted for verification only, so rotating `JWT_SECRET` logs nobody out.
     jwt_secret_previous: Option<SecretString> = None,
+    /// AES-256 key (32 bytes, base64) that two-factor secrets are encrypted under; unset: no
+    /// two-factor setup (503).
+    totp_encryption_key: Option<SecretString> = None,
+    /// The previous `TOTP_ENCRYPTION_KEY` during a rotation: still decrypts, never encrypts.
+    totp_encryption_key_previous: Option<SecretString> = None,
     /// `iss` of the access tokens issued and accepted.
     jwt_issuer: String = "flux-auth".into(),
     /// `aud` of the access tokens issued and accepted.

@@ -15,8 +15,10 @@ use url::Url;
 use super::bodies::auth::AuthResponse;
 use super::bodies::errors::{JsonBodyErrors, RateLimited};
 use super::bodies::google::{GisCallbackForm, GoogleSignInBody};
+use super::bodies::two_factor::SignInResponse;
 use super::extract::JsonBody;
 use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn};
+use crate::auth::service::SignIn;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
@@ -32,7 +34,9 @@ fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
 #[utoipa::path(post, path = "/api/auth/google", tag = "google",
     request_body = GoogleSignInBody,
     responses(
-        (status = 200, description = "Signed in; `isNewUser` says whether the account was created", body = AuthResponse),
+        (status = 200, description = "Signed in; `isNewUser` says whether the account was \
+            created. For a user with two-factor sign-in on: `{success, requires2FA: true, \
+            tempToken}` and no session (see `/api/2fa/verify`)", body = SignInResponse),
         (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
             description = "`AUTH_GOOGLE_INVALID`, `AUTH_GOOGLE_EXPIRED`, \
                 `AUTH_GOOGLE_EMAIL_UNVERIFIED` or `AUTH_GOOGLE_DOMAIN_NOT_ALLOWED`"),
@@ -46,15 +50,18 @@ pub async fn sign_in(
     State(state): State<AppState>,
     ctx: RequestContext,
     JsonBody(body): JsonBody<GoogleSignInBody>,
-) -> ApiResult<Json<AuthResponse>> {
+) -> ApiResult<Json<SignInResponse>> {
     let outcome = google(&state)?
         .sign_in(&state.auth, body.credential.as_deref(), &ctx)
         .await?;
-    Ok(Json(AuthResponse::new(
-        &outcome.success,
-        state.auth.access.ttl_secs(),
-        Some(outcome.is_new_user),
-    )))
+    Ok(Json(match outcome.sign_in {
+        SignIn::Session(success) => SignInResponse::Session(Box::new(AuthResponse::new(
+            &success,
+            state.auth.access.ttl_secs(),
+            Some(outcome.is_new_user),
+        ))),
+        SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/auth/google/authorize", tag = "google",
@@ -95,7 +102,8 @@ fn set_cookie(response: &mut Response, cookie: &str) {
     ),
     responses(
         (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
-            fragment", headers(("Location" = String))),
+            fragment (or `requires2FA=true&tempToken=…` for a user with two-factor sign-in on)",
+            headers(("Location" = String))),
         (status = 400, description = "`AUTH_OAUTH_STATE_INVALID` (also when the browser lacks the \
             `__Host-oauth_binding` cookie of the flow it started), `AUTH_OAUTH_CODE_MISSING` or \
             `INVALID_BODY` (a repeated parameter)", body = ErrorBody),
@@ -134,7 +142,8 @@ pub async fn callback(
     request_body(content = GisCallbackForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
-            fragment", headers(("Location" = String))),
+            fragment (or `requires2FA=true&tempToken=…` for a user with two-factor sign-in on)",
+            headers(("Location" = String))),
         (status = 400, description = "`AUTH_GOOGLE_CSRF` (the form's `g_csrf_token` is not the \
             cookie's) or `INVALID_BODY`", body = ErrorBody),
         (status = 401, description = "An `AUTH_GOOGLE_*` code", body = ErrorBody),
@@ -172,24 +181,36 @@ fn found(location: &str) -> Response {
     }
 }
 
-/// 302 to `FRONTEND_URL#accessToken=…&refreshToken=…`: the AuthResponse fields, in the fragment.
+/// 302 to `FRONTEND_URL#accessToken=…&refreshToken=…`: the AuthResponse fields, in the fragment;
+/// or, for a user with two-factor sign-in on, `#requires2FA=true&tempToken=…`.
 fn to_frontend(
     state: &AppState,
     google: &GoogleSignIn,
     outcome: &GoogleOutcome,
 ) -> ApiResult<Response> {
-    let body = AuthResponse::new(
-        &outcome.success,
-        state.auth.access.ttl_secs(),
-        Some(outcome.is_new_user),
-    );
-    let fragment = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("accessToken", &body.access_token)
-        .append_pair("token", &body.token)
-        .append_pair("refreshToken", &body.refresh_token)
-        .append_pair("expiresIn", &body.expires_in.to_string())
-        .append_pair("expiresAt", &body.expires_at.to_string())
-        .append_pair("tokenType", body.token_type)
+    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+    match &outcome.sign_in {
+        SignIn::Session(success) => {
+            let body = AuthResponse::new(
+                success,
+                state.auth.access.ttl_secs(),
+                Some(outcome.is_new_user),
+            );
+            fragment
+                .append_pair("accessToken", &body.access_token)
+                .append_pair("token", &body.token)
+                .append_pair("refreshToken", &body.refresh_token)
+                .append_pair("expiresIn", &body.expires_in.to_string())
+                .append_pair("expiresAt", &body.expires_at.to_string())
+                .append_pair("tokenType", body.token_type);
+        }
+        SignIn::SecondFactor { temp_token } => {
+            fragment
+                .append_pair("requires2FA", "true")
+                .append_pair("tempToken", temp_token);
+        }
+    }
+    let fragment = fragment
         .append_pair(
             "isNewUser",
             if outcome.is_new_user { "true" } else { "false" },

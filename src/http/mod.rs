@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod sessions;
+pub mod two_factor;
 
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/auth/google/callback", google::callback),
         Route::post("/api/auth/google/callback", google::gis_callback),
         Route::post("/api/auth/apple", auth::apple),
+        Route::post("/api/2fa/setup", two_factor::setup),
+        Route::post("/api/2fa/verify-setup", two_factor::verify_setup),
+        Route::post("/api/2fa/disable", two_factor::disable),
+        Route::post("/api/2fa/verify", two_factor::verify),
         Route::get("/api/csrf-token", auth::csrf_token),
         Route::get("/api/auth/security-events", events::own),
         Route::get("/api/admin/security/events", events::list),
@@ -94,6 +99,10 @@ pub fn routes() -> Vec<Route> {
         Route::delete(
             "/api/admin/security/users/{id}/sessions/{sid}",
             admin_users::revoke_session,
+        ),
+        Route::delete(
+            "/api/admin/security/users/{id}/2fa",
+            admin_users::disable_two_factor,
         ),
         Route::get("/health", health::health),
         Route::get("/health/live", health::live),

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, admin_users, auth, events, google, health, metrics, sessions};
+use super::{admin, admin_users, auth, events, google, health, metrics, sessions, two_factor};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
@@ -32,6 +32,10 @@ use crate::error::ErrorBody;
         auth::token_info,
         auth::csrf_token,
         auth::apple,
+        two_factor::setup,
+        two_factor::verify_setup,
+        two_factor::disable,
+        two_factor::verify,
         sessions::list,
         sessions::revoke,
         google::sign_in,
@@ -49,6 +53,7 @@ use crate::error::ErrorBody;
         admin_users::search,
         admin_users::revoke_session,
         admin_users::revoke_all,
+        admin_users::disable_two_factor,
         health::health,
         health::live,
         health::ready,
@@ -61,6 +66,7 @@ use crate::error::ErrorBody;
         (name = "auth", description = "Signup, login, tokens and the caller's account"),
         (name = "sessions", description = "The caller's sessions"),
         (name = "google", description = "Google sign-in"),
+        (name = "two-factor", description = "Two-factor sign-in (TOTP and backup codes)"),
         (name = "admin", description = "Security events and locks; `userType` admin only"),
         (name = "health", description = "Health, liveness and readiness probes"),
         (name = "ops", description = "Metrics and this document"),

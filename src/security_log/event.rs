@@ -33,6 +33,10 @@ pub enum EventType {
     PasswordRehashed,
     UserTypeChanged,
     LockoutLifted,
+    MfaEnabled,
+    MfaDisabled,
+    MfaChallengeFailed,
+    MfaBackupCodeUsed,
     TokenCleanup,
     ServiceStarted,
     ServiceStopped,
@@ -42,7 +46,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 29] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -64,6 +68,10 @@ impl EventType {
         Self::PasswordRehashed,
         Self::UserTypeChanged,
         Self::LockoutLifted,
+        Self::MfaEnabled,
+        Self::MfaDisabled,
+        Self::MfaChallengeFailed,
+        Self::MfaBackupCodeUsed,
         Self::TokenCleanup,
         Self::ServiceStarted,
         Self::ServiceStopped,
@@ -93,6 +101,10 @@ impl EventType {
             Self::PasswordRehashed => "password_rehashed",
             Self::UserTypeChanged => "user_type_changed",
             Self::LockoutLifted => "lockout_lifted",
+            Self::MfaEnabled => "mfa_enabled",
+            Self::MfaDisabled => "mfa_disabled",
+            Self::MfaChallengeFailed => "mfa_challenge_failed",
+            Self::MfaBackupCodeUsed => "mfa_backup_code_used",
             Self::TokenCleanup => "token_cleanup",
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
@@ -115,6 +127,7 @@ impl EventType {
             | Self::TokenRevoked
             | Self::Logout
             | Self::PasswordRehashed
+            | Self::MfaEnabled
             | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped => Severity::Info,
@@ -127,7 +140,10 @@ impl EventType {
             | Self::DeviceFingerprintMismatch
             | Self::RateLimitExceeded
             | Self::UserTypeChanged
-            | Self::LockoutLifted => Severity::Warning,
+            | Self::LockoutLifted
+            | Self::MfaDisabled
+            | Self::MfaChallengeFailed
+            | Self::MfaBackupCodeUsed => Severity::Warning,
             Self::BruteForceDetected | Self::AccountLocked | Self::SecurityEventsDropped => {
                 Severity::High
             }
@@ -154,6 +170,10 @@ impl EventType {
             Self::PasswordRehashed => "authn_password_change",
             Self::UserTypeChanged => "authz_change",
             Self::LockoutLifted => "authz_admin",
+            Self::MfaEnabled => "authn_mfa_enabled",
+            Self::MfaDisabled => "authn_mfa_disabled",
+            Self::MfaChallengeFailed => "authn_mfa_fail",
+            Self::MfaBackupCodeUsed => "authn_mfa_recovery_code_used",
             Self::TokenCleanup => "sys_monitor_cleanup",
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",

@@ -29,4 +29,6 @@ mod small_disk;
 mod stores;
 mod token_floods;
 mod tokens;
+mod two_factor;
+mod two_factor_providers;
 mod user_cache;

@@ -6,7 +6,7 @@ mod code_flow;
 pub mod error;
 pub mod id_token;
 mod jwks;
-mod one_time;
+pub(crate) mod one_time;
 mod provider;
 pub mod settings;
 mod sign_in;

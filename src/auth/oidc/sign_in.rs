@@ -22,7 +22,8 @@ use super::code_flow::Pending;
 use super::error::GoogleError;
 use super::id_token::{LEEWAY_SECS, Rejection, VerifiedIdToken};
 use crate::auth::AuthError;
-use crate::auth::service::{AuthService, AuthSuccess};
+use crate::auth::service::{AuthService, SignIn};
+use crate::auth::two_factor::SignInMethod;
 use crate::domain::GOOGLE_ISSUER;
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
 use crate::limits::{Limit, ip_subject};
@@ -75,7 +76,8 @@ pub struct Started {
 }
 
 pub struct GoogleOutcome {
-    pub success: AuthSuccess,
+    /// The session, or the second step it waits for when the user has two-factor sign-in on.
+    pub sign_in: SignIn,
     pub is_new_user: bool,
 }
 
@@ -266,11 +268,16 @@ impl GoogleSignIn {
             .with("flow", flow.as_str())
             .with("isNewUser", account.is_new)
             .with("linked", account.linked);
-        let tokens = auth
-            .start_session(&user, ctx, Utc::now(), false, Some(success))
-            .await?;
+        let method = SignInMethod::Provider {
+            provider: "google".into(),
+            issuer: token.issuer.clone(),
+            flow: flow.as_str().into(),
+            is_new_user: account.is_new,
+            linked: account.linked,
+        };
+        let sign_in = auth.finish_sign_in(user, method, ctx, success).await?;
         Ok(GoogleOutcome {
-            success: AuthSuccess { user, tokens },
+            sign_in,
             is_new_user: account.is_new,
         })
     }

@@ -1,7 +1,8 @@
 //! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
-//! caller's sessions, and the session every sign-in starts. Each flow validates its input, talks
-//! to the store, issues tokens and records exactly the security events docs/API.md lists. Inputs are
-//! plain values (the strings as sent, checked here), never HTTP types.
+//! caller's sessions, two-factor sign-in, and the session every sign-in starts. Each flow
+//! validates its input, talks to the store, issues tokens and records exactly the security events
+//! docs/API.md lists. Inputs are plain values (the strings as sent, checked here), never HTTP
+//! types.
 
 mod bearer;
 mod login;
@@ -10,6 +11,7 @@ mod refresh;
 mod session_start;
 mod sessions;
 mod signup;
+mod two_factor;
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use super::passwords::PasswordHasher;
 use super::refresh::RefreshTokens;
 use super::revocation::RevocationList;
 use super::tokens::{AccessTokens, IssuedAccessToken};
+use super::two_factor::TwoFactor;
 use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
 use crate::domain::{UserRecord, ValidationError};
@@ -32,6 +35,7 @@ use crate::store::Store;
 pub use bearer::{Authenticated, RefusedToken};
 pub use login::Credentials;
 pub use signup::NewAccount;
+pub use two_factor::{DisabledBy, SignIn};
 
 /// A freshly issued access + refresh token pair.
 pub struct IssuedTokens {
@@ -79,6 +83,8 @@ pub struct AuthService {
     pub policy: SessionPolicy,
     /// The breached-password list new passwords are checked against; loaded once.
     pub breached: BreachedPasswords,
+    /// Two-factor sign-in: the secrets' cipher and the pending second steps.
+    pub two_factor: TwoFactor,
 }
 
 /// A field that must be present and not blank.

@@ -43,7 +43,8 @@ export const EVENT_TYPES = [
   "oauth_success", "oauth_failed", "token_generated", "token_refreshed", "token_revoked",
   "mass_token_revocation", "token_verification_failed", "token_reuse_detected",
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
-  "account_locked", "password_rehashed", "user_type_changed", "lockout_lifted", "token_cleanup",
+  "account_locked", "password_rehashed", "user_type_changed", "lockout_lifted", "mfa_enabled",
+  "mfa_disabled", "mfa_challenge_failed", "mfa_backup_code_used", "token_cleanup",
   "service_started", "service_stopped", "security_events_dropped",
 ];
 

@@ -12,6 +12,7 @@ pub mod events;
 pub mod google;
 pub mod health;
 pub mod sessions;
+pub mod two_factor;
 
 use serde::Serialize;
 use utoipa::ToSchema;
