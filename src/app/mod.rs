@@ -131,6 +131,8 @@ impl Core {
         }
         let google =
             GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
+        let apple = GoogleSignIn::apple_from_settings(&settings, redis.clone(), clock.clone())?
+            .map(Arc::new);
         if let Some(link) = redis.clone() {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
@@ -215,6 +217,7 @@ impl Core {
             limits,
             clock,
             google,
+            apple,
             settings: Arc::new(settings),
             store_db,
             security_db: pipeline.database.clone(),

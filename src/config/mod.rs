@@ -180,6 +180,12 @@ declare::settings! {
     google_hosted_domain: Option<String> = None,
     /// Another OpenID provider in Google's place (discovery at `{issuer}/.well-known/openid-configuration`).
     oidc_issuer_url: Option<String> = None,
+    /// Services ids (`aud`) whose Sign in with Apple identity tokens are accepted; empty: no Apple
+    /// sign-in (501).
+    apple_client_id: Vec<String> = Vec::new(),
+    /// Another issuer in Apple's place (discovery at `{issuer}/.well-known/openid-configuration`),
+    /// for tests against a local provider.
+    apple_issuer_url: Option<String> = None,
     /// Exact origins allowed by CORS.
     cors_origins: Vec<String> = Vec::new(),
     /// Serve `/metrics` on this address instead of the API port (e.g. 127.0.0.1:9464).

@@ -1,4 +1,4 @@
-//! Handlers for signup, login, me, refresh, logout, logout-all, token-info, csrf-token and apple.
+//! Handlers for signup, login, me, refresh, logout, logout-all, token-info and csrf-token.
 //! Thin: extract, call the service, shape the response the frontends read.
 
 use axum::Json;
@@ -16,7 +16,7 @@ use super::bodies::two_factor::SignInResponse;
 use super::extract::{AuthUser, BearerToken, JsonBody, OptionalJsonBody};
 use crate::auth::service::SignIn;
 use crate::domain::{UserView, format_timestamp};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
 
@@ -173,12 +173,4 @@ pub async fn csrf_token() -> Json<CsrfToken> {
     Json(CsrfToken {
         csrf_token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
     })
-}
-
-#[utoipa::path(post, path = "/api/auth/apple", tag = "auth",
-    responses((status = 501, description = "`NOT_IMPLEMENTED`", body = ErrorBody)))]
-pub async fn apple() -> ApiError {
-    ApiError::NotImplemented {
-        message: "Apple Sign In not yet implemented",
-    }
 }

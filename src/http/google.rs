@@ -1,4 +1,5 @@
-//! Google sign-in routes: `POST /api/auth/google` (an ID token from Google Identity Services),
+//! Google sign-in routes and Sign in with Apple (`POST /api/auth/apple`, an identity token checked
+//! the same way): `POST /api/auth/google` (an ID token from Google Identity Services),
 //! `GET /api/auth/google/authorize` and `GET|POST /api/auth/google/callback`. Thin: extract,
 //! call `auth::oidc`, shape the answer. Browser flows end with a 302 to `FRONTEND_URL` whose
 //! tokens are in the URL fragment, which browsers never send to a server or in a Referer.
@@ -14,10 +15,10 @@ use url::Url;
 
 use super::bodies::auth::AuthResponse;
 use super::bodies::errors::{JsonBodyErrors, RateLimited};
-use super::bodies::google::{GisCallbackForm, GoogleSignInBody};
+use super::bodies::google::{AppleSignInBody, GisCallbackForm, GoogleSignInBody};
 use super::bodies::two_factor::SignInResponse;
 use super::extract::JsonBody;
-use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn};
+use crate::auth::oidc::{CallbackParams, GoogleError, GoogleOutcome, GoogleSignIn};
 use crate::auth::service::SignIn;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
@@ -62,6 +63,66 @@ pub async fn sign_in(
         ))),
         SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
     }))
+}
+
+#[utoipa::path(post, path = "/api/auth/apple", tag = "google",
+    request_body = AppleSignInBody,
+    responses(
+        (status = 200, description = "Signed in; `isNewUser` says whether the account was \
+            created. For a user with two-factor sign-in on: `{success, requires2FA: true, \
+            tempToken}` and no session (see `/api/2fa/verify`)", body = SignInResponse),
+        (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
+            description = "`AUTH_APPLE_INVALID`: the identity token is not valid (signature, \
+                issuer, audience, expiry, nonce, replay, no email)"),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`: a password account has this email \
+            and another Apple identity; `AUTH_ACCOUNT_EXISTS_UNVERIFIED`: a password account has \
+            this email and has not verified it", body = ErrorBody),
+        (status = 501, description = "`NOT_IMPLEMENTED`: APPLE_CLIENT_ID is not set", body = ErrorBody),
+        (status = 503, description = "`AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+        JsonBodyErrors, RateLimited,
+    ))]
+pub async fn apple(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    JsonBody(body): JsonBody<AppleSignInBody>,
+) -> ApiResult<Json<SignInResponse>> {
+    let apple = state.apple.as_deref().ok_or(ApiError::NotImplemented {
+        message: "Sign in with Apple is not configured on this server (APPLE_CLIENT_ID is not set)",
+    })?;
+    let outcome = apple
+        .apple_sign_in(
+            &state.auth,
+            body.identity_token.as_deref(),
+            body.nonce.as_deref(),
+            body.name(),
+            &ctx,
+        )
+        .await
+        .map_err(apple_error)?;
+    Ok(Json(match outcome.sign_in {
+        SignIn::Session(success) => SignInResponse::Session(Box::new(AuthResponse::new(
+            &success,
+            state.auth.access.ttl_secs(),
+            Some(outcome.is_new_user),
+        ))),
+        SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
+    }))
+}
+
+/// Apple's refusals under Apple's code; the rest as for Google.
+fn apple_error(e: GoogleError) -> ApiError {
+    match e {
+        GoogleError::Rejected(_) => ApiError::Unauthorized {
+            code: "AUTH_APPLE_INVALID",
+            message: "Invalid Apple identity token",
+        },
+        GoogleError::ProviderUnavailable(_) => ApiError::FeatureUnavailable {
+            code: "AUTH_PROVIDER_UNAVAILABLE",
+            message: "Sign in with Apple is temporarily unavailable, please try again shortly",
+            retry_after: Some(5),
+        },
+        other => other.into(),
+    }
 }
 
 #[utoipa::path(get, path = "/api/auth/google/authorize", tag = "google",

@@ -77,7 +77,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/auth/google/authorize", google::authorize),
         Route::get("/api/auth/google/callback", google::callback),
         Route::post("/api/auth/google/callback", google::gis_callback),
-        Route::post("/api/auth/apple", auth::apple),
+        Route::post("/api/auth/apple", google::apple),
         Route::post("/api/2fa/setup", two_factor::setup),
         Route::post("/api/2fa/verify-setup", two_factor::verify_setup),
         Route::post("/api/2fa/disable", two_factor::disable),

@@ -31,7 +31,7 @@ use crate::error::ErrorBody;
         auth::logout_all,
         auth::token_info,
         auth::csrf_token,
-        auth::apple,
+        google::apple,
         two_factor::setup,
         two_factor::verify_setup,
         two_factor::disable,
@@ -65,7 +65,7 @@ use crate::error::ErrorBody;
     tags(
         (name = "auth", description = "Signup, login, tokens and the caller's account"),
         (name = "sessions", description = "The caller's sessions"),
-        (name = "google", description = "Google sign-in"),
+        (name = "google", description = "Google sign-in and Sign in with Apple"),
         (name = "two-factor", description = "Two-factor sign-in (TOTP and backup codes)"),
         (name = "admin", description = "Security events and locks; `userType` admin only"),
         (name = "health", description = "Health, liveness and readiness probes"),

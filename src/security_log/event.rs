@@ -19,6 +19,8 @@ pub enum EventType {
     FailedLoginAttempt,
     OauthSuccess,
     OauthFailed,
+    AppleSuccess,
+    AppleFailed,
     TokenGenerated,
     TokenRefreshed,
     TokenRevoked,
@@ -46,7 +48,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 31] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -54,6 +56,8 @@ impl EventType {
         Self::FailedLoginAttempt,
         Self::OauthSuccess,
         Self::OauthFailed,
+        Self::AppleSuccess,
+        Self::AppleFailed,
         Self::TokenGenerated,
         Self::TokenRefreshed,
         Self::TokenRevoked,
@@ -87,6 +91,8 @@ impl EventType {
             Self::FailedLoginAttempt => "failed_login_attempt",
             Self::OauthSuccess => "oauth_success",
             Self::OauthFailed => "oauth_failed",
+            Self::AppleSuccess => "apple_success",
+            Self::AppleFailed => "apple_failed",
             Self::TokenGenerated => "token_generated",
             Self::TokenRefreshed => "token_refreshed",
             Self::TokenRevoked => "token_revoked",
@@ -122,6 +128,7 @@ impl EventType {
             Self::SignupSuccess
             | Self::LoginSuccess
             | Self::OauthSuccess
+            | Self::AppleSuccess
             | Self::TokenGenerated
             | Self::TokenRefreshed
             | Self::TokenRevoked
@@ -135,6 +142,7 @@ impl EventType {
             | Self::LoginFailed
             | Self::FailedLoginAttempt
             | Self::OauthFailed
+            | Self::AppleFailed
             | Self::MassTokenRevocation
             | Self::TokenVerificationFailed
             | Self::DeviceFingerprintMismatch
@@ -156,8 +164,11 @@ impl EventType {
         match self {
             Self::SignupSuccess => "user_created",
             Self::SignupFailed => "input_validation_fail",
-            Self::LoginSuccess | Self::OauthSuccess => "authn_login_success",
-            Self::LoginFailed | Self::FailedLoginAttempt | Self::OauthFailed => "authn_login_fail",
+            Self::LoginSuccess | Self::OauthSuccess | Self::AppleSuccess => "authn_login_success",
+            Self::LoginFailed
+            | Self::FailedLoginAttempt
+            | Self::OauthFailed
+            | Self::AppleFailed => "authn_login_fail",
             Self::TokenGenerated | Self::TokenRefreshed => "authn_token_created",
             Self::TokenRevoked | Self::MassTokenRevocation => "authn_token_revoked",
             Self::TokenVerificationFailed => "authn_token_invalid",

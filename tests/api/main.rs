@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod apple;
 mod bad_input;
 mod connections;
 mod dashboard;

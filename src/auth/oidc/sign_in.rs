@@ -110,6 +110,40 @@ impl GoogleSignIn {
         self.recorded(auth, Flow::IdToken, ctx, result).await
     }
 
+    /// `POST /api/auth/apple {identityToken, user, nonce}`: an Apple identity token, checked like
+    /// Google's ID token (with `nonce` when the client sent one). `name` (from the body's `user`)
+    /// names an account this sign-in creates, and nothing else: Apple sends it on the first
+    /// sign-in only, and the email comes from the token alone.
+    pub async fn apple_sign_in(
+        &self,
+        auth: &AuthService,
+        identity_token: Option<&str>,
+        nonce: Option<&str>,
+        name: Option<String>,
+        ctx: &RequestContext,
+    ) -> Result<GoogleOutcome, GoogleError> {
+        let result = async {
+            auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
+                .await?;
+            let credential = identity_token
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    AuthError::Validation(ValidationError::new(
+                        "identityToken",
+                        "identityToken is required",
+                    ))
+                })?;
+            let nonce = nonce.map(str::trim).filter(|n| !n.is_empty());
+            let mut token = self.verify(credential, nonce).await?;
+            token.name = token.name.or(name);
+            self.complete(auth, credential, token, Flow::IdToken, ctx)
+                .await
+        }
+        .await;
+        self.recorded(auth, Flow::IdToken, ctx, result).await
+    }
+
     /// `GET /api/auth/google/authorize`: the provider URL, with `state`, `nonce` and the PKCE
     /// challenge, and the browser binding for the starting browser's cookie; the verifier, the
     /// nonce and the binding's hash wait for the callback under the state.
@@ -260,16 +294,16 @@ impl GoogleSignIn {
         let user = account.user;
         // Success is recorded once the session exists; when it cannot be started, `recorded`
         // records `oauth_failed` with the reason instead.
-        let success = SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+        let success = SecurityEvent::from_request(self.kind.success(), ctx)
             .user(&user.id)
             .email(&user.email)
-            .with("provider", "google")
+            .with("provider", self.kind.name())
             .with("issuer", token.issuer.as_str())
             .with("flow", flow.as_str())
             .with("isNewUser", account.is_new)
             .with("linked", account.linked);
         let method = SignInMethod::Provider {
-            provider: "google".into(),
+            provider: self.kind.name().into(),
             issuer: token.issuer.clone(),
             flow: flow.as_str().into(),
             is_new_user: account.is_new,
@@ -294,12 +328,12 @@ impl GoogleSignIn {
             return result;
         };
         if let GoogleError::ProviderUnavailable(why) = error {
-            tracing::warn!(reason = %why, "OpenID provider unavailable; Google sign-in answered 503");
+            tracing::warn!(reason = %why, provider = self.kind.name(), "OpenID provider unavailable; sign-in answered 503");
         }
         if let Some(reason) = error.event_reason() {
-            let mut event = SecurityEvent::from_request(EventType::OauthFailed, ctx)
+            let mut event = SecurityEvent::from_request(self.kind.failure(), ctx)
                 .reason(reason)
-                .with("provider", "google")
+                .with("provider", self.kind.name())
                 .with("flow", flow.as_str());
             if let GoogleError::AccountExists { user_id, email, .. }
             | GoogleError::AccountUnverified { user_id, email } = error
@@ -373,7 +407,7 @@ impl GoogleSignIn {
                     let created = SecurityEvent::from_request(EventType::SignupSuccess, ctx)
                         .user(&user.id)
                         .email(&user.email)
-                        .with("provider", "google")
+                        .with("provider", self.kind.name())
                         .with("flow", flow.as_str());
                     let created_id = created.id.to_string();
                     auth.record_outcome(created).await?;
@@ -389,7 +423,7 @@ impl GoogleSignIn {
                                 .user(&user.id)
                                 .email(&user.email)
                                 .reason(reason)
-                                .with("provider", "google")
+                                .with("provider", self.kind.name())
                                 .with("cancels", created_id),
                         )
                         .await?;
@@ -432,7 +466,8 @@ impl GoogleSignIn {
                         // moved between provider accounts. Never a takeover.
                         return Err(refuse("account_linked_to_other_identity"));
                     }
-                    if !authoritative(token) {
+                    // Apple vouches for every address it reports (a relay address is Apple's own).
+                    if self.kind == super::ProviderKind::Google && !authoritative(token) {
                         return Err(refuse("account_exists_not_authoritative"));
                     }
                     let identity = IdentityRecord {

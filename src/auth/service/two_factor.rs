@@ -508,13 +508,15 @@ impl AuthService {
 }
 
 /// The success event of a provider's sign-in.
-fn provider_success(_provider: &str) -> EventType {
-    EventType::OauthSuccess
+fn provider_success(provider: &str) -> EventType {
+    crate::auth::oidc::ProviderKind::parse(provider).success()
 }
 
 fn provider_failure(method: &SignInMethod) -> EventType {
     match method {
         SignInMethod::Password => EventType::LoginFailed,
-        SignInMethod::Provider { .. } => EventType::OauthFailed,
+        SignInMethod::Provider { provider, .. } => {
+            crate::auth::oidc::ProviderKind::parse(provider).failure()
+        }
     }
 }

@@ -40,7 +40,8 @@ export const severityRank = (s) => SEVERITIES.indexOf(s);
 // The types of the security log (src/security_log/event.rs), for the feed's filter.
 export const EVENT_TYPES = [
   "signup_success", "signup_failed", "login_success", "login_failed", "failed_login_attempt",
-  "oauth_success", "oauth_failed", "token_generated", "token_refreshed", "token_revoked",
+  "oauth_success", "oauth_failed", "apple_success", "apple_failed", "token_generated",
+  "token_refreshed", "token_revoked",
   "mass_token_revocation", "token_verification_failed", "token_reuse_detected",
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
   "account_locked", "password_rehashed", "user_type_changed", "lockout_lifted", "mfa_enabled",
