@@ -31,5 +31,6 @@ mod stores;
 mod token_floods;
 mod tokens;
 mod two_factor;
+mod two_factor_admin;
 mod two_factor_providers;
 mod user_cache;
