@@ -333,6 +333,37 @@ impl From<crate::auth::AuthError> for ApiError {
                 tracing::warn!(reason = %why, "store unavailable; answering 503");
                 Self::Unavailable { retry_after: 5 }
             }
+            A::TwoFactorUnavailable(why) => {
+                tracing::warn!(
+                    reason = why,
+                    "two-factor sign-in unavailable; answering 503"
+                );
+                Self::FeatureUnavailable {
+                    code: "TWO_FACTOR_SERVICE_UNAVAILABLE",
+                    message: "Two-factor authentication is temporarily unavailable",
+                    retry_after: None,
+                }
+            }
+            A::TwoFactorAlreadyEnabled => Self::Conflict {
+                code: "TWO_FACTOR_ALREADY_ENABLED",
+                message: "Two-factor authentication is already enabled",
+            },
+            A::TwoFactorNotSetUp => Self::BadRequest {
+                code: "TWO_FACTOR_NOT_SET_UP",
+                message: "Start two-factor setup first".into(),
+            },
+            A::TwoFactorNotEnabled => Self::BadRequest {
+                code: "TWO_FACTOR_NOT_ENABLED",
+                message: "Two-factor authentication is not enabled".into(),
+            },
+            A::TwoFactorInvalidCode => Self::BadRequest {
+                code: "TWO_FACTOR_INVALID_CODE",
+                message: "Invalid verification code".into(),
+            },
+            A::TwoFactorTokenExpired => Self::Unauthorized {
+                code: "TWO_FACTOR_TOKEN_EXPIRED",
+                message: "Your sign-in has expired, please sign in again",
+            },
             A::EventNotKept(e) => e.into(),
             A::Internal(e) => Self::Internal(e),
         }

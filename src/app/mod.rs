@@ -19,11 +19,13 @@ use collectors::{
 
 use crate::auth::breached::BreachedPasswords;
 use crate::auth::oidc::GoogleSignIn;
+use crate::auth::oidc::one_time::OneTimeStore;
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::revocation::{InProcessRevocations, RevocationList, SharedRevocations};
 use crate::auth::service::{AuthService, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
+use crate::auth::two_factor::{Challenges, SecretCipher, TwoFactor};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings, resolve_jwt_secret};
 use crate::limits::Limits;
@@ -136,6 +138,8 @@ impl Core {
         }
         let google =
             GoogleSignIn::from_settings(&settings, redis.clone(), clock.clone())?.map(Arc::new);
+        let apple = GoogleSignIn::apple_from_settings(&settings, redis.clone(), clock.clone())?
+            .map(Arc::new);
         if let Some(link) = redis.clone() {
             let stop = background.clone();
             tokio::spawn(async move { link.watch(Duration::from_secs(1), stop).await });
@@ -172,6 +176,21 @@ impl Core {
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),
             breached: BreachedPasswords::load()?,
+            two_factor: TwoFactor {
+                cipher: SecretCipher::from_settings(
+                    settings.totp_encryption_key.as_ref(),
+                    settings.totp_encryption_key_previous.as_ref(),
+                )?,
+                challenges: Challenges::new(
+                    OneTimeStore::in_namespace(
+                        redis.clone(),
+                        &settings.redis_key_prefix,
+                        "mfa",
+                        clock.clone(),
+                    ),
+                    clock.clone(),
+                ),
+            },
         };
         let auth = Arc::new(auth);
         auth.hasher.prepare().await?;
@@ -232,6 +251,7 @@ impl Core {
             anomalies,
             clock,
             google,
+            apple,
             settings: Arc::new(settings),
             store_db,
             security_db: pipeline.database.clone(),

@@ -48,6 +48,20 @@ pub enum AuthError {
     RateLimited(Exceeded),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Two-factor sign-in needs `TOTP_ENCRYPTION_KEY`, or a stored secret does not decrypt.
+    #[error("two-factor sign-in unavailable: {0}")]
+    TwoFactorUnavailable(&'static str),
+    #[error("two-factor sign-in is on already")]
+    TwoFactorAlreadyEnabled,
+    #[error("two-factor sign-in is not set up")]
+    TwoFactorNotSetUp,
+    #[error("two-factor sign-in is not on")]
+    TwoFactorNotEnabled,
+    #[error("wrong two-factor code")]
+    TwoFactorInvalidCode,
+    /// The temp token is unknown, used, expired or dead after too many wrong codes.
+    #[error("two-factor temp token not usable")]
+    TwoFactorTokenExpired,
     /// Sync durability: the request's own event could not be kept, so it must not succeed.
     #[error(transparent)]
     EventNotKept(#[from] crate::security_log::NotKept),

@@ -13,6 +13,7 @@ pub mod refresh;
 pub mod revocation;
 pub mod service;
 pub mod tokens;
+pub mod two_factor;
 
 pub use error::AuthError;
 pub use service::AuthService;

@@ -16,6 +16,7 @@ mod mail;
 
 use crate::app::App;
 use crate::auth::operator::PasswordRevocation;
+use crate::auth::service::DisabledBy;
 use crate::config::{Settings, StorageKind};
 use crate::db::{Database, Schema, Schemas};
 use crate::domain::{Email, UserType};
@@ -54,6 +55,8 @@ pub enum Command {
     CheckConfig,
     /// Print a new random JWT_SECRET (384 bits, base64url).
     GenSecret,
+    /// Print a new random TOTP_ENCRYPTION_KEY (an AES-256 key: 32 bytes, base64).
+    GenTotpKey,
     /// Copy users from the old service's users.json into Postgres (DATABASE_URL). Idempotent:
     /// users whose id or email is already there are skipped.
     ImportUsers {
@@ -127,6 +130,16 @@ pub enum UsersCommand {
         /// The account: its email (any spelling) or its id.
         account: String,
     },
+    /// Turn off an account's two-factor sign-in, for a user who lost both device and backup codes.
+    ///
+    /// Deletes the account's TOTP secret and backup codes and records mfa_disabled (by:
+    /// operator); the user signs in with the password alone and may set two-factor up again.
+    /// Sessions are left alone. Check who is asking before running it. Safe to repeat.
+    #[command(name = "2fa-off")]
+    TwoFactorOff {
+        /// The account: its email (any spelling) or its id.
+        account: String,
+    },
 }
 
 /// Runs the command; `log` counts the log lines the writer dropped (for `/metrics`).
@@ -138,6 +151,10 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::CheckConfig => return check_config(&settings),
         Command::GenSecret => {
             println!("{}", crate::config::generate_secret());
+            Ok(())
+        }
+        Command::GenTotpKey => {
+            println!("{}", crate::auth::two_factor::cipher::generate_key());
             Ok(())
         }
         Command::ImportUsers { file } => import_users(&settings, &file).await,
@@ -156,6 +173,9 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::Users {
             command: UsersCommand::RevokePassword { account },
         } => revoke_password(settings, &account).await,
+        Command::Users {
+            command: UsersCommand::TwoFactorOff { account },
+        } => two_factor_off(settings, &account).await,
         Command::Healthcheck { port } => return healthcheck(port.unwrap_or(settings.port)).await,
     };
     match result {
@@ -216,6 +236,15 @@ fn check_config(settings: &Settings) -> ExitCode {
                 settings.data_dir.join("outbox").display()
             ),
         }
+        println!(
+            "  two-factor:   {}",
+            if settings.totp_encryption_key.is_some() {
+                "available"
+            } else {
+                "unavailable: TOTP_ENCRYPTION_KEY is unset, so setup answers 503 and users who \
+                 have it on cannot finish signing in (generate one with `flux-auth gen-totp-key`)"
+            }
+        );
         if settings.jwt_secret.is_none() {
             println!(
                 "  note: JWT_SECRET unset; a development secret is kept in {}",
@@ -516,6 +545,34 @@ async fn revoke_password(settings: Settings, account: &str) -> anyhow::Result<()
                  service restarts"
             );
         }
+        anyhow::Ok(())
+    }
+    .await;
+    core.shutdown().await;
+    outcome
+}
+
+async fn two_factor_off(settings: Settings, account: &str) -> anyhow::Result<()> {
+    let core = crate::app::Core::build(settings, LogDrops::default()).await?;
+    let outcome = async {
+        databases_ready(&core).await?;
+        let auth = &core.state.auth;
+        let Some((user, _)) = auth.find_user_for_admin(account).await? else {
+            anyhow::bail!("no account with the id or email {account}");
+        };
+        let turned_off = auth
+            .two_factor_disable_for(&user, DisabledBy::Operator, None, None)
+            .await?;
+        println!(
+            "{} <{}>: {}",
+            user.id,
+            user.email,
+            if turned_off {
+                "two-factor sign-in turned off; the password alone signs in now"
+            } else {
+                "two-factor sign-in was not on; nothing changed"
+            }
+        );
         anyhow::Ok(())
     }
     .await;

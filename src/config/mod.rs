@@ -61,6 +61,11 @@ declare::settings! {
     jwt_secret: Option<SecretString> = None,
     /// Accepted for verification only, so rotating `JWT_SECRET` logs nobody out.
     jwt_secret_previous: Option<SecretString> = None,
+    /// AES-256 key (32 bytes, base64) that two-factor secrets are encrypted under; unset: no
+    /// two-factor setup (503).
+    totp_encryption_key: Option<SecretString> = None,
+    /// The previous `TOTP_ENCRYPTION_KEY` during a rotation: still decrypts, never encrypts.
+    totp_encryption_key_previous: Option<SecretString> = None,
     /// `iss` of the access tokens issued and accepted.
     jwt_issuer: String = "flux-auth".into(),
     /// `aud` of the access tokens issued and accepted.
@@ -225,6 +230,12 @@ declare::settings! {
     google_hosted_domain: Option<String> = None,
     /// Another OpenID provider in Google's place (discovery at `{issuer}/.well-known/openid-configuration`).
     oidc_issuer_url: Option<String> = None,
+    /// Services ids (`aud`) whose Sign in with Apple identity tokens are accepted; empty: no Apple
+    /// sign-in (501).
+    apple_client_id: Vec<String> = Vec::new(),
+    /// Another issuer in Apple's place (discovery at `{issuer}/.well-known/openid-configuration`),
+    /// for tests against a local provider.
+    apple_issuer_url: Option<String> = None,
     /// Exact origins allowed by CORS.
     cors_origins: Vec<String> = Vec::new(),
     /// Serve `/metrics` on this address instead of the API port (e.g. 127.0.0.1:9464).

@@ -85,6 +85,27 @@ impl Settings {
         {
             problems.push(p);
         }
+        for (name, key) in [
+            ("TOTP_ENCRYPTION_KEY", &self.totp_encryption_key),
+            (
+                "TOTP_ENCRYPTION_KEY_PREVIOUS",
+                &self.totp_encryption_key_previous,
+            ),
+        ] {
+            if key.as_ref().is_some_and(|k| !is_aes_key(k)) {
+                problems.push(format!(
+                    "{name} must be 32 random bytes in base64. Generate one with \
+                     `flux-auth gen-totp-key`."
+                ));
+            }
+        }
+        if self.totp_encryption_key.is_none() && self.totp_encryption_key_previous.is_some() {
+            problems.push(
+                "TOTP_ENCRYPTION_KEY_PREVIOUS is set without TOTP_ENCRYPTION_KEY: set the new key \
+                 too (`flux-auth gen-totp-key`)."
+                    .into(),
+            );
+        }
         if self.storage == Some(StorageKind::Postgres) && self.database_url.is_none() {
             problems.push("STORAGE=postgres needs DATABASE_URL (postgres://user@host/db).".into());
         }
@@ -315,4 +336,14 @@ impl Settings {
             );
         }
     }
+}
+
+/// 32 bytes in standard or URL-safe base64, padded or not: an AES-256 key.
+pub fn is_aes_key(key: &SecretString) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = key.expose_secret().trim();
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .any(|engine| engine.decode(text).is_ok_and(|bytes| bytes.len() == 32))
 }

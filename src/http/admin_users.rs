@@ -1,5 +1,5 @@
 //! Admin routes on another user's account (the dashboard's user view): find a user with their
-//! live sessions, revoke one session or all of them.
+//! live sessions, revoke one session or all of them, turn their two-factor sign-in off.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -10,6 +10,7 @@ use super::bodies::MessageBody;
 use super::bodies::admin::{AdminSessionView, FoundUser, RevokedAll};
 use super::bodies::errors::{AdminErrors, Unavailable};
 use super::extract::AdminUser;
+use crate::auth::service::DisabledBy;
 use crate::domain::{UserView, format_timestamp};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
@@ -68,9 +69,11 @@ pub async fn search(
             expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
         })
         .collect();
+    let two_factor_enabled = state.auth.two_factor_enabled(&user.id).await?;
     Ok(Json(FoundUser {
         success: true,
         user: UserView::from(&user),
+        two_factor_enabled,
         sessions,
     }))
 }
@@ -129,4 +132,38 @@ pub async fn revoke_all(
         message: "All sessions revoked",
         sessions_revoked: revoked,
     }))
+}
+
+/// `DELETE /api/admin/security/users/{id}/2fa`: for a user who lost both the device and the
+/// backup codes. Recorded as `mfa_disabled` with `by: admin` and the admin's id.
+#[utoipa::path(delete, path = "/api/admin/security/users/{id}/2fa", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A user id")),
+    responses(
+        (status = 200, description = "The user's two-factor sign-in is off; the password alone signs in", body = MessageBody),
+        (status = 400, description = "`TWO_FACTOR_NOT_ENABLED`: it was not on", body = ErrorBody),
+        (status = 404, description = "`USER_NOT_FOUND`: no such user", body = ErrorBody),
+        AdminErrors, Unavailable,
+    ))]
+pub async fn disable_two_factor(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    AdminUser(admin): AdminUser,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<MessageBody>> {
+    let user = state
+        .auth
+        .store
+        .user_by_id(&user_id)
+        .await
+        .map_err(crate::auth::AuthError::from)?
+        .ok_or_else(user_not_found)?;
+    if !state
+        .auth
+        .two_factor_disable_for(&user, DisabledBy::Admin, Some(&ctx), Some(&admin.user.id))
+        .await?
+    {
+        return Err(crate::auth::AuthError::TwoFactorNotEnabled.into());
+    }
+    Ok(Json(MessageBody::ok("Two-factor authentication disabled")))
 }

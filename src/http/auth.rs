@@ -1,4 +1,4 @@
-//! Handlers for signup, login, me, refresh, logout, logout-all, token-info, csrf-token and apple.
+//! Handlers for signup, login, me, refresh, logout, logout-all, token-info and csrf-token.
 //! Thin: extract, call the service, shape the response the frontends read.
 
 use axum::Json;
@@ -12,9 +12,11 @@ use super::bodies::auth::{
     SignupRequest, TokenInfo,
 };
 use super::bodies::errors::{BearerErrors, JsonBodyErrors, RateLimited, Unavailable};
+use super::bodies::two_factor::SignInResponse;
 use super::extract::{AuthUser, BearerToken, JsonBody, OptionalJsonBody};
+use crate::auth::service::SignIn;
 use crate::domain::{UserView, format_timestamp};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
 
@@ -43,7 +45,9 @@ pub async fn signup(
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "Signed in", body = AuthResponse),
+        (status = 200, description = "Signed in (AuthResponse); or, for a user with two-factor \
+            sign-in on, `{success, requires2FA: true, tempToken}` and no session: post the temp \
+            token and a code to `/api/2fa/verify`", body = SignInResponse),
         (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
             description = "`AUTH_INVALID_CREDENTIALS`, the same for an unknown email, a wrong \
                 password, a Google-only account and a locked account"),
@@ -53,13 +57,17 @@ pub async fn login(
     State(state): State<AppState>,
     ctx: RequestContext,
     JsonBody(body): JsonBody<LoginRequest>,
-) -> ApiResult<Json<AuthResponse>> {
-    let success = state.auth.login(body.credentials(), &ctx).await?;
-    Ok(Json(AuthResponse::new(
-        &success,
-        state.auth.access.ttl_secs(),
-        None,
-    )))
+) -> ApiResult<Json<SignInResponse>> {
+    Ok(Json(
+        match state.auth.login(body.credentials(), &ctx).await? {
+            SignIn::Session(success) => SignInResponse::Session(Box::new(AuthResponse::new(
+                &success,
+                state.auth.access.ttl_secs(),
+                None,
+            ))),
+            SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
+        },
+    ))
 }
 
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
@@ -167,12 +175,4 @@ pub async fn csrf_token() -> Json<CsrfToken> {
     Json(CsrfToken {
         csrf_token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
     })
-}
-
-#[utoipa::path(post, path = "/api/auth/apple", tag = "auth",
-    responses((status = 501, description = "`NOT_IMPLEMENTED`", body = ErrorBody)))]
-pub async fn apple() -> ApiError {
-    ApiError::NotImplemented {
-        message: "Apple Sign In not yet implemented",
-    }
 }

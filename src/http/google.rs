@@ -1,4 +1,5 @@
-//! Google sign-in routes: `POST /api/auth/google` (an ID token from Google Identity Services),
+//! Google sign-in routes and Sign in with Apple (`POST /api/auth/apple`, an identity token checked
+//! the same way): `POST /api/auth/google` (an ID token from Google Identity Services),
 //! `GET /api/auth/google/authorize` and `GET|POST /api/auth/google/callback`. Thin: extract,
 //! call `auth::oidc`, shape the answer. Browser flows end with a 302 to `FRONTEND_URL` whose
 //! tokens are in the URL fragment, which browsers never send to a server or in a Referer.
@@ -14,9 +15,11 @@ use url::Url;
 
 use super::bodies::auth::AuthResponse;
 use super::bodies::errors::{JsonBodyErrors, RateLimited};
-use super::bodies::google::{GisCallbackForm, GoogleSignInBody};
+use super::bodies::google::{AppleSignInBody, GisCallbackForm, GoogleSignInBody};
+use super::bodies::two_factor::SignInResponse;
 use super::extract::JsonBody;
-use crate::auth::oidc::{CallbackParams, GoogleOutcome, GoogleSignIn};
+use crate::auth::oidc::{CallbackParams, GoogleError, GoogleOutcome, GoogleSignIn};
+use crate::auth::service::SignIn;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::security_log::event::RequestContext;
 use crate::state::AppState;
@@ -32,7 +35,9 @@ fn google(state: &AppState) -> ApiResult<&GoogleSignIn> {
 #[utoipa::path(post, path = "/api/auth/google", tag = "google",
     request_body = GoogleSignInBody,
     responses(
-        (status = 200, description = "Signed in; `isNewUser` says whether the account was created", body = AuthResponse),
+        (status = 200, description = "Signed in; `isNewUser` says whether the account was \
+            created. For a user with two-factor sign-in on: `{success, requires2FA: true, \
+            tempToken}` and no session (see `/api/2fa/verify`)", body = SignInResponse),
         (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
             description = "`AUTH_GOOGLE_INVALID`, `AUTH_GOOGLE_EXPIRED`, \
                 `AUTH_GOOGLE_EMAIL_UNVERIFIED` or `AUTH_GOOGLE_DOMAIN_NOT_ALLOWED`"),
@@ -46,15 +51,78 @@ pub async fn sign_in(
     State(state): State<AppState>,
     ctx: RequestContext,
     JsonBody(body): JsonBody<GoogleSignInBody>,
-) -> ApiResult<Json<AuthResponse>> {
+) -> ApiResult<Json<SignInResponse>> {
     let outcome = google(&state)?
         .sign_in(&state.auth, body.credential.as_deref(), &ctx)
         .await?;
-    Ok(Json(AuthResponse::new(
-        &outcome.success,
-        state.auth.access.ttl_secs(),
-        Some(outcome.is_new_user),
-    )))
+    Ok(Json(match outcome.sign_in {
+        SignIn::Session(success) => SignInResponse::Session(Box::new(AuthResponse::new(
+            &success,
+            state.auth.access.ttl_secs(),
+            Some(outcome.is_new_user),
+        ))),
+        SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/auth/apple", tag = "google",
+    request_body = AppleSignInBody,
+    responses(
+        (status = 200, description = "Signed in; `isNewUser` says whether the account was \
+            created. For a user with two-factor sign-in on: `{success, requires2FA: true, \
+            tempToken}` and no session (see `/api/2fa/verify`)", body = SignInResponse),
+        (status = 401, body = ErrorBody, headers(("WWW-Authenticate" = String)),
+            description = "`AUTH_APPLE_INVALID`: the identity token is not valid (signature, \
+                issuer, audience, expiry, nonce, replay, no email)"),
+        (status = 409, description = "`AUTH_ACCOUNT_EXISTS`: a password account has this email \
+            and another Apple identity; `AUTH_ACCOUNT_EXISTS_UNVERIFIED`: a password account has \
+            this email and has not verified it", body = ErrorBody),
+        (status = 501, description = "`NOT_IMPLEMENTED`: APPLE_CLIENT_ID is not set", body = ErrorBody),
+        (status = 503, description = "`AUTH_PROVIDER_UNAVAILABLE`", body = ErrorBody),
+        JsonBodyErrors, RateLimited,
+    ))]
+pub async fn apple(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    JsonBody(body): JsonBody<AppleSignInBody>,
+) -> ApiResult<Json<SignInResponse>> {
+    let apple = state.apple.as_deref().ok_or(ApiError::NotImplemented {
+        message: "Sign in with Apple is not configured on this server (APPLE_CLIENT_ID is not set)",
+    })?;
+    let outcome = apple
+        .apple_sign_in(
+            &state.auth,
+            body.identity_token.as_deref(),
+            body.nonce.as_deref(),
+            body.name(),
+            &ctx,
+        )
+        .await
+        .map_err(apple_error)?;
+    Ok(Json(match outcome.sign_in {
+        SignIn::Session(success) => SignInResponse::Session(Box::new(AuthResponse::new(
+            &success,
+            state.auth.access.ttl_secs(),
+            Some(outcome.is_new_user),
+        ))),
+        SignIn::SecondFactor { temp_token } => SignInResponse::second_factor(temp_token),
+    }))
+}
+
+/// Apple's refusals under Apple's code; the rest as for Google.
+fn apple_error(e: GoogleError) -> ApiError {
+    match e {
+        GoogleError::Rejected(_) => ApiError::Unauthorized {
+            code: "AUTH_APPLE_INVALID",
+            message: "Invalid Apple identity token",
+        },
+        GoogleError::ProviderUnavailable(_) => ApiError::FeatureUnavailable {
+            code: "AUTH_PROVIDER_UNAVAILABLE",
+            message: "Sign in with Apple is temporarily unavailable, please try again shortly",
+            retry_after: Some(5),
+        },
+        other => other.into(),
+    }
 }
 
 #[utoipa::path(get, path = "/api/auth/google/authorize", tag = "google",
@@ -95,7 +163,8 @@ fn set_cookie(response: &mut Response, cookie: &str) {
     ),
     responses(
         (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
-            fragment", headers(("Location" = String))),
+            fragment (or `requires2FA=true&tempToken=…` for a user with two-factor sign-in on)",
+            headers(("Location" = String))),
         (status = 400, description = "`AUTH_OAUTH_STATE_INVALID` (also when the browser lacks the \
             `__Host-oauth_binding` cookie of the flow it started), `AUTH_OAUTH_CODE_MISSING` or \
             `INVALID_BODY` (a repeated parameter)", body = ErrorBody),
@@ -134,7 +203,8 @@ pub async fn callback(
     request_body(content = GisCallbackForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 302, description = "To `FRONTEND_URL`, with the AuthResponse fields in the URL \
-            fragment", headers(("Location" = String))),
+            fragment (or `requires2FA=true&tempToken=…` for a user with two-factor sign-in on)",
+            headers(("Location" = String))),
         (status = 400, description = "`AUTH_GOOGLE_CSRF` (the form's `g_csrf_token` is not the \
             cookie's) or `INVALID_BODY`", body = ErrorBody),
         (status = 401, description = "An `AUTH_GOOGLE_*` code", body = ErrorBody),
@@ -172,24 +242,36 @@ fn found(location: &str) -> Response {
     }
 }
 
-/// 302 to `FRONTEND_URL#accessToken=…&refreshToken=…`: the AuthResponse fields, in the fragment.
+/// 302 to `FRONTEND_URL#accessToken=…&refreshToken=…`: the AuthResponse fields, in the fragment;
+/// or, for a user with two-factor sign-in on, `#requires2FA=true&tempToken=…`.
 fn to_frontend(
     state: &AppState,
     google: &GoogleSignIn,
     outcome: &GoogleOutcome,
 ) -> ApiResult<Response> {
-    let body = AuthResponse::new(
-        &outcome.success,
-        state.auth.access.ttl_secs(),
-        Some(outcome.is_new_user),
-    );
-    let fragment = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("accessToken", &body.access_token)
-        .append_pair("token", &body.token)
-        .append_pair("refreshToken", &body.refresh_token)
-        .append_pair("expiresIn", &body.expires_in.to_string())
-        .append_pair("expiresAt", &body.expires_at.to_string())
-        .append_pair("tokenType", body.token_type)
+    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+    match &outcome.sign_in {
+        SignIn::Session(success) => {
+            let body = AuthResponse::new(
+                success,
+                state.auth.access.ttl_secs(),
+                Some(outcome.is_new_user),
+            );
+            fragment
+                .append_pair("accessToken", &body.access_token)
+                .append_pair("token", &body.token)
+                .append_pair("refreshToken", &body.refresh_token)
+                .append_pair("expiresIn", &body.expires_in.to_string())
+                .append_pair("expiresAt", &body.expires_at.to_string())
+                .append_pair("tokenType", body.token_type);
+        }
+        SignIn::SecondFactor { temp_token } => {
+            fragment
+                .append_pair("requires2FA", "true")
+                .append_pair("tempToken", temp_token);
+        }
+    }
+    let fragment = fragment
         .append_pair(
             "isNewUser",
             if outcome.is_new_user { "true" } else { "false" },

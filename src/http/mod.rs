@@ -1,7 +1,6 @@
 //! The axum edge: every route in one place, and the layer stack around them.
 
 pub mod account;
-pub mod profile;
 pub mod admin;
 pub mod admin_users;
 pub mod auth;
@@ -13,7 +12,9 @@ pub mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod profile;
 pub mod sessions;
+pub mod two_factor;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -144,7 +145,11 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/auth/google/authorize", google::authorize),
         Route::get("/api/auth/google/callback", google::callback),
         Route::post("/api/auth/google/callback", google::gis_callback),
-        Route::post("/api/auth/apple", auth::apple),
+        Route::post("/api/auth/apple", google::apple),
+        Route::post("/api/2fa/setup", two_factor::setup),
+        Route::post("/api/2fa/verify-setup", two_factor::verify_setup),
+        Route::post("/api/2fa/disable", two_factor::disable),
+        Route::post("/api/2fa/verify", two_factor::verify),
         Route::get(CSRF_PATH, auth::csrf_token),
         Route::get("/api/auth/security-events", events::own),
         Route::get("/api/admin/security/events", events::list),
@@ -162,6 +167,10 @@ pub fn routes() -> Vec<Route> {
         Route::delete(
             "/api/admin/security/users/{id}/sessions/{sid}",
             admin_users::revoke_session,
+        ),
+        Route::delete(
+            "/api/admin/security/users/{id}/2fa",
+            admin_users::disable_two_factor,
         ),
         Route::get("/health", health::health),
         Route::get("/health/live", health::live),

@@ -10,6 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     account, admin, admin_users, auth, events, google, health, metrics, profile, sessions,
+    two_factor,
 };
 use crate::error::ErrorBody;
 
@@ -40,12 +41,16 @@ use crate::error::ErrorBody;
         auth::logout_all,
         auth::token_info,
         auth::csrf_token,
-        auth::apple,
         account::verify_email,
         account::resend_verification,
         account::forgot_password,
         account::reset_password,
         account::change_password,
+        google::apple,
+        two_factor::setup,
+        two_factor::verify_setup,
+        two_factor::disable,
+        two_factor::verify,
         sessions::list,
         sessions::revoke,
         sessions::revoke_others,
@@ -64,6 +69,7 @@ use crate::error::ErrorBody;
         admin_users::search,
         admin_users::revoke_session,
         admin_users::revoke_all,
+        admin_users::disable_two_factor,
         health::health,
         health::live,
         health::ready,
@@ -75,7 +81,8 @@ use crate::error::ErrorBody;
     tags(
         (name = "auth", description = "Signup, login, tokens and the caller's account"),
         (name = "sessions", description = "The caller's sessions"),
-        (name = "google", description = "Google sign-in"),
+        (name = "google", description = "Google sign-in and Sign in with Apple"),
+        (name = "two-factor", description = "Two-factor sign-in (TOTP and backup codes)"),
         (name = "admin", description = "Security events and locks; `userType` admin only"),
         (name = "health", description = "Health, liveness and readiness probes"),
         (name = "ops", description = "Metrics and this document"),

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::State;
 
-use super::bodies::profile::{ProfileUpdate, SettingsBody, SettingsSaved, SettingsUpdate};
 use super::bodies::errors::{BearerErrors, JsonBodyErrors, Unavailable};
+use super::bodies::profile::{ProfileUpdate, SettingsBody, SettingsSaved, SettingsUpdate};
 use super::extract::{AuthUser, JsonBody};
 use crate::domain::UserView;
 use crate::error::{ApiResult, ErrorBody};

@@ -267,6 +267,13 @@ impl Limits {
             .map(|_| ())
     }
 
+    /// The account's remaining lockout, counting no request (the second step of a sign-in was
+    /// counted by [`Limits::admit_login`] already).
+    pub async fn account_locked(&self, account: &str) -> Option<Duration> {
+        let lock = Some(self.account_keys(account).1);
+        self.admit(None, &[], lock).await.ok().flatten()
+    }
+
     /// The refresh limits in one round trip: per address, and per session once the token names
     /// one.
     pub async fn admit_refresh(&self, ip: &str, session: Option<&str>) -> Result<(), Exceeded> {

@@ -19,6 +19,8 @@ pub enum EventType {
     FailedLoginAttempt,
     OauthSuccess,
     OauthFailed,
+    AppleSuccess,
+    AppleFailed,
     TokenGenerated,
     TokenRefreshed,
     TokenRevoked,
@@ -38,6 +40,10 @@ pub enum EventType {
     /// The caller changed their own name or avatar.
     ProfileUpdated,
     LockoutLifted,
+    MfaEnabled,
+    MfaDisabled,
+    MfaChallengeFailed,
+    MfaBackupCodeUsed,
     TokenCleanup,
     ServiceStarted,
     ServiceStopped,
@@ -62,7 +68,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 40] = [
+    pub const ALL: [EventType; 46] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -70,6 +76,8 @@ impl EventType {
         Self::FailedLoginAttempt,
         Self::OauthSuccess,
         Self::OauthFailed,
+        Self::AppleSuccess,
+        Self::AppleFailed,
         Self::TokenGenerated,
         Self::TokenRefreshed,
         Self::TokenRevoked,
@@ -86,6 +94,10 @@ impl EventType {
         Self::UserTypeChanged,
         Self::ProfileUpdated,
         Self::LockoutLifted,
+        Self::MfaEnabled,
+        Self::MfaDisabled,
+        Self::MfaChallengeFailed,
+        Self::MfaBackupCodeUsed,
         Self::TokenCleanup,
         Self::ServiceStarted,
         Self::ServiceStopped,
@@ -114,6 +126,8 @@ impl EventType {
             Self::FailedLoginAttempt => "failed_login_attempt",
             Self::OauthSuccess => "oauth_success",
             Self::OauthFailed => "oauth_failed",
+            Self::AppleSuccess => "apple_success",
+            Self::AppleFailed => "apple_failed",
             Self::TokenGenerated => "token_generated",
             Self::TokenRefreshed => "token_refreshed",
             Self::TokenRevoked => "token_revoked",
@@ -130,6 +144,10 @@ impl EventType {
             Self::UserTypeChanged => "user_type_changed",
             Self::ProfileUpdated => "profile_updated",
             Self::LockoutLifted => "lockout_lifted",
+            Self::MfaEnabled => "mfa_enabled",
+            Self::MfaDisabled => "mfa_disabled",
+            Self::MfaChallengeFailed => "mfa_challenge_failed",
+            Self::MfaBackupCodeUsed => "mfa_backup_code_used",
             Self::TokenCleanup => "token_cleanup",
             Self::ServiceStarted => "service_started",
             Self::ServiceStopped => "service_stopped",
@@ -173,6 +191,7 @@ impl EventType {
             Self::SignupSuccess
             | Self::LoginSuccess
             | Self::OauthSuccess
+            | Self::AppleSuccess
             | Self::TokenGenerated
             | Self::TokenRefreshed
             | Self::TokenRevoked
@@ -180,6 +199,7 @@ impl EventType {
             | Self::PasswordRehashed
             | Self::ProfileUpdated
             | Self::LegacySessionAdopted
+            | Self::MfaEnabled
             | Self::TokenCleanup
             | Self::ServiceStarted
             | Self::ServiceStopped
@@ -193,6 +213,7 @@ impl EventType {
             | Self::LoginFailed
             | Self::FailedLoginAttempt
             | Self::OauthFailed
+            | Self::AppleFailed
             | Self::MassTokenRevocation
             | Self::TokenVerificationFailed
             | Self::DeviceFingerprintMismatch
@@ -202,7 +223,10 @@ impl EventType {
             | Self::ChangePasswordFailed
             | Self::EmailSendFailed
             | Self::AccountTargeted
-            | Self::SignupBurst => Severity::Warning,
+            | Self::SignupBurst
+            | Self::MfaDisabled
+            | Self::MfaChallengeFailed
+            | Self::MfaBackupCodeUsed => Severity::Warning,
             Self::BruteForceDetected
             | Self::AccountLocked
             | Self::SecurityEventsDropped
@@ -217,8 +241,11 @@ impl EventType {
         match self {
             Self::SignupSuccess => "user_created",
             Self::SignupFailed => "input_validation_fail",
-            Self::LoginSuccess | Self::OauthSuccess => "authn_login_success",
-            Self::LoginFailed | Self::FailedLoginAttempt | Self::OauthFailed => "authn_login_fail",
+            Self::LoginSuccess | Self::OauthSuccess | Self::AppleSuccess => "authn_login_success",
+            Self::LoginFailed
+            | Self::FailedLoginAttempt
+            | Self::OauthFailed
+            | Self::AppleFailed => "authn_login_fail",
             Self::TokenGenerated | Self::TokenRefreshed => "authn_token_created",
             Self::TokenRevoked | Self::MassTokenRevocation => "authn_token_revoked",
             Self::TokenVerificationFailed => "authn_token_invalid",
@@ -233,6 +260,10 @@ impl EventType {
             Self::UserTypeChanged => "authz_change",
             Self::ProfileUpdated => "user_updated",
             Self::LockoutLifted => "authz_admin",
+            Self::MfaEnabled => "authn_mfa_enabled",
+            Self::MfaDisabled => "authn_mfa_disabled",
+            Self::MfaChallengeFailed => "authn_mfa_fail",
+            Self::MfaBackupCodeUsed => "authn_mfa_recovery_code_used",
             Self::TokenCleanup => "sys_monitor_cleanup",
             Self::ServiceStarted => "sys_startup",
             Self::ServiceStopped => "sys_shutdown",

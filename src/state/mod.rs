@@ -51,6 +51,8 @@ pub struct SharedState {
     pub clock: Clock,
     /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
     pub google: Option<Arc<GoogleSignIn>>,
+    /// Sign in with Apple; `None` when `APPLE_CLIENT_ID` is not set.
+    pub apple: Option<Arc<GoogleSignIn>>,
     /// The user store's database, when it is Postgres (its probe is stopped at shutdown).
     pub store_db: Option<Database>,
     /// The security log's database, when it has one (for health).

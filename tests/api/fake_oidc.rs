@@ -137,6 +137,11 @@ impl FakeProvider {
         *self.state.published.lock().unwrap() = keys.iter().map(|k| k.jwk()).collect();
     }
 
+    /// Replaces the published keys with these JWKs (an EC key among them).
+    pub fn publish_jwks(&self, jwks: Vec<Value>) {
+        *self.state.published.lock().unwrap() = jwks;
+    }
+
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }

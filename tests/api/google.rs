@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::fake_oidc::{self, CLIENT_ID, CLIENT_SECRET, FRONTEND_URL, FakeProvider, REDIRECT_URI};
 use crate::helpers::*;
 
-async fn google_app(
+pub(crate) async fn google_app(
     backend: Backend,
     provider: &FakeProvider,
     tweak: impl FnOnce(&mut Settings) + 'static,
@@ -28,7 +28,7 @@ async fn google_app(
         .await
 }
 
-async fn sign_in(app: &TestApp, credential: &str) -> reqwest::Response {
+pub(crate) async fn sign_in(app: &TestApp, credential: &str) -> reqwest::Response {
     app.post_json("/api/auth/google", &json!({ "credential": credential }))
         .await
 }
@@ -655,7 +655,7 @@ async fn an_email_change_at_the_provider_neither_duplicates_nor_takes_over() {
 }
 
 /// The query parameters of a URL.
-fn query(url: &url::Url) -> std::collections::HashMap<String, String> {
+pub(crate) fn query(url: &url::Url) -> std::collections::HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
@@ -671,7 +671,7 @@ fn set_cookies(response: &reqwest::Response) -> Vec<String> {
 
 /// Starts a code flow as a browser would: the provider URL, and the browser-binding cookie
 /// (`name=value`) the browser then holds.
-async fn authorize(app: &TestApp) -> (url::Url, String) {
+pub(crate) async fn authorize(app: &TestApp) -> (url::Url, String) {
     let response = app
         .client
         .get(app.url("/api/auth/google/authorize"))
@@ -687,7 +687,11 @@ async fn authorize(app: &TestApp) -> (url::Url, String) {
 }
 
 /// The provider's redirect back, from a browser holding `cookie` (`""`: none).
-async fn callback(app: &TestApp, cookie: &str, params: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn callback(
+    app: &TestApp,
+    cookie: &str,
+    params: &[(&str, &str)],
+) -> reqwest::Response {
     let mut request = app
         .client
         .get(app.url("/api/auth/google/callback"))

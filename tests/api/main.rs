@@ -6,6 +6,7 @@ mod helpers;
 
 mod account_input;
 mod anomaly;
+mod apple;
 mod bad_input;
 mod clock;
 mod connections;
@@ -36,5 +37,8 @@ mod small_disk;
 mod stores;
 mod token_floods;
 mod tokens;
+mod two_factor;
+mod two_factor_admin;
+mod two_factor_providers;
 mod user_cache;
 mod wall_clock;

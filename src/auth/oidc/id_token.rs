@@ -4,8 +4,10 @@
 //! domain when those apply. The claim checks are a pure function of the claims and "now".
 
 use base64::Engine;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::jwks::ProviderKey;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -122,8 +124,9 @@ struct RawHeader {
     kid: Option<String>,
 }
 
-/// Reads the header without trusting it: only RS256 with a `kid` goes further. `alg: none`,
-/// HS256 "signed" with the provider's public key and every other algorithm stop here.
+/// Reads the header without trusting it: only RS256 or ES256 with a `kid` goes further. `alg:
+/// none`, HS256 "signed" with the provider's public key and every other algorithm stop here; the
+/// key the `kid` names then decides which of the two is checked ([`verify_signature`]).
 pub fn header_kid(token: &str) -> Result<String, Rejection> {
     if token.len() > MAX_CREDENTIAL_BYTES || token.split('.').count() != 3 {
         return Err(Rejection::Malformed);
@@ -133,7 +136,7 @@ pub fn header_kid(token: &str) -> Result<String, Rejection> {
         .decode(encoded)
         .map_err(|_| Rejection::Malformed)?;
     let header: RawHeader = serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed)?;
-    if header.alg.as_deref() != Some("RS256") {
+    if !matches!(header.alg.as_deref(), Some("RS256" | "ES256")) {
         return Err(Rejection::AlgorithmNotAllowed);
     }
     header
@@ -142,19 +145,21 @@ pub fn header_kid(token: &str) -> Result<String, Rejection> {
         .ok_or(Rejection::MissingKid)
 }
 
-/// Verifies the RS256 signature with `key` and returns the claims, unchecked as yet.
-pub fn verify_signature(token: &str, key: &DecodingKey) -> Result<RawClaims, Rejection> {
+/// Verifies the signature with `key`, in the key's algorithm (a header naming another is refused),
+/// and returns the claims, unchecked as yet.
+pub fn verify_signature(token: &str, key: &ProviderKey) -> Result<RawClaims, Rejection> {
     // Only the signature and algorithm here; every claim is checked by `check_claims`, against
     // our clock, with reasons of our own.
-    let mut validation = Validation::new(Algorithm::RS256);
+    let mut validation = Validation::new(key.algorithm);
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    jsonwebtoken::decode::<RawClaims>(token, key, &validation)
+    jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature
             | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidEcdsaKey
             | ErrorKind::InvalidKeyFormat => Rejection::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                 Rejection::AlgorithmNotAllowed

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::DecodingKey;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use url::Url;
 
@@ -27,6 +27,14 @@ const STALE_GRACE_SECS: i64 = 3600;
 const MIN_RSA_BITS: usize = 2048;
 const MAX_KEYS: usize = 64;
 
+/// A provider's signing key and the one algorithm it verifies: RS256 for an RSA key, ES256 for a
+/// P-256 key. A token is checked with the algorithm of the key its `kid` names, never with the
+/// one its header claims, so no token can pick a weaker check.
+pub struct ProviderKey {
+    pub key: DecodingKey,
+    pub algorithm: Algorithm,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
     /// No such key, even after the refetch the cooldown allowed.
@@ -37,7 +45,7 @@ pub enum KeyError {
 #[derive(Default)]
 struct KeySet {
     source: Option<Url>,
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<ProviderKey>>,
     expires_at: Option<DateTime<Utc>>,
     /// Last attempt, successful or not: the cooldown counts from it.
     attempted_at: Option<DateTime<Utc>>,
@@ -50,7 +58,7 @@ impl KeySet {
 
     /// A key of this set, even a little past its max-age: keys we already trust stay usable
     /// through a short provider outage, but not for longer than `STALE_GRACE_SECS`.
-    fn stale_key(&self, source: &Url, kid: &str, now: DateTime<Utc>) -> Option<Arc<DecodingKey>> {
+    fn stale_key(&self, source: &Url, kid: &str, now: DateTime<Utc>) -> Option<Arc<ProviderKey>> {
         let within_grace = self
             .expires_at
             .is_some_and(|e| now < e + chrono::Duration::seconds(STALE_GRACE_SECS));
@@ -99,7 +107,7 @@ impl JwksCache {
         http: &reqwest::Client,
         source: &Url,
         kid: &str,
-    ) -> Result<Arc<DecodingKey>, KeyError> {
+    ) -> Result<Arc<ProviderKey>, KeyError> {
         let set = self.snapshot();
         if set.fresh(source, self.clock.now())
             && let Some(key) = set.keys.get(kid)
@@ -161,11 +169,11 @@ async fn fetch(
         .find_map(max_age_secs)
         .unwrap_or(DEFAULT_MAX_AGE_SECS)
         .clamp(MIN_MAX_AGE_SECS, MAX_MAX_AGE_SECS);
-    let keys: HashMap<String, Arc<DecodingKey>> = set
+    let keys: HashMap<String, Arc<ProviderKey>> = set
         .keys
         .iter()
         .take(MAX_KEYS)
-        .filter_map(usable_rsa_key)
+        .filter_map(usable_key)
         .collect();
     tracing::debug!(
         keys = keys.len(),
@@ -196,24 +204,42 @@ fn max_age_secs(header: &str) -> Option<i64> {
 }
 
 /// An RSA signing key for RS256 with a `kid`, of at least 2048 bits; anything else is skipped.
-fn usable_rsa_key(jwk: &serde_json::Value) -> Option<(String, Arc<DecodingKey>)> {
+fn usable_key(jwk: &serde_json::Value) -> Option<(String, Arc<ProviderKey>)> {
     let field = |name: &str| jwk.get(name).and_then(|v| v.as_str());
-    if field("kty") != Some("RSA") {
-        return None;
-    }
-    if field("use").is_some_and(|u| u != "sig") || field("alg").is_some_and(|a| a != "RS256") {
+    if field("use").is_some_and(|u| u != "sig") {
         return None;
     }
     let kid = field("kid").filter(|k| !k.is_empty() && k.len() <= 256)?;
-    let (n, e) = (field("n")?, field("e")?);
-    let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(n.trim_end_matches('='))
-        .ok()?;
-    let significant = modulus.iter().skip_while(|b| **b == 0).count();
-    if significant * 8 < MIN_RSA_BITS {
-        return None;
-    }
-    let key = DecodingKey::from_rsa_components(n, e).ok()?;
+    let key = match field("kty")? {
+        "RSA" => {
+            if field("alg").is_some_and(|a| a != "RS256") {
+                return None;
+            }
+            let (n, e) = (field("n")?, field("e")?);
+            let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(n.trim_end_matches('='))
+                .ok()?;
+            let significant = modulus.iter().skip_while(|b| **b == 0).count();
+            if significant * 8 < MIN_RSA_BITS {
+                return None;
+            }
+            ProviderKey {
+                key: DecodingKey::from_rsa_components(n, e).ok()?,
+                algorithm: Algorithm::RS256,
+            }
+        }
+        // Sign in with Apple may sign with P-256 (ES256).
+        "EC" => {
+            if field("crv") != Some("P-256") || field("alg").is_some_and(|a| a != "ES256") {
+                return None;
+            }
+            ProviderKey {
+                key: DecodingKey::from_ec_components(field("x")?, field("y")?).ok()?,
+                algorithm: Algorithm::ES256,
+            }
+        }
+        _ => return None,
+    };
     Some((kid.to_owned(), Arc::new(key)))
 }
 
@@ -235,14 +261,19 @@ mod tests {
     #[test]
     fn weak_or_foreign_keys_are_skipped() {
         let small = serde_json::json!({"kty":"RSA","kid":"a","n":"AQAB","e":"AQAB"});
-        assert!(usable_rsa_key(&small).is_none());
-        let ec = serde_json::json!({"kty":"EC","kid":"b","crv":"P-256","x":"AA","y":"AA"});
-        assert!(usable_rsa_key(&ec).is_none());
+        assert!(usable_key(&small).is_none());
+        let ec = serde_json::json!({"kty":"EC","kid":"b","crv":"P-384","x":"AA","y":"AA"});
+        assert!(usable_key(&ec).is_none());
+        let p256 = serde_json::json!({"kty":"EC","kid":"e","crv":"P-256","x":"AA","y":"AA"});
+        assert_eq!(
+            usable_key(&p256).map(|(_, k)| k.algorithm),
+            Some(Algorithm::ES256)
+        );
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
         let ok =
             serde_json::json!({"kty":"RSA","kid":"c","n":n,"e":"AQAB","alg":"RS256","use":"sig"});
-        assert_eq!(usable_rsa_key(&ok).map(|(k, _)| k).as_deref(), Some("c"));
+        assert_eq!(usable_key(&ok).map(|(k, _)| k).as_deref(), Some("c"));
         let enc = serde_json::json!({"kty":"RSA","kid":"d","n":n,"e":"AQAB","use":"enc"});
-        assert!(usable_rsa_key(&enc).is_none());
+        assert!(usable_key(&enc).is_none());
     }
 }

@@ -6,7 +6,7 @@ mod code_flow;
 pub mod error;
 pub mod id_token;
 mod jwks;
-mod one_time;
+pub(crate) mod one_time;
 mod provider;
 pub mod settings;
 mod sign_in;
@@ -31,8 +31,51 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::redis_link::RedisLink;
 
-/// Everything Google sign-in needs, built once at start when `GOOGLE_CLIENT_ID` is set.
+/// Which provider a [`GoogleSignIn`] signs in with: its name in events, and its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Google, or the OpenID provider of `OIDC_ISSUER_URL`.
+    Google,
+    /// Sign in with Apple: identity tokens only (no code flow here), events `apple_*`.
+    Apple,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Google => "google",
+            Self::Apple => "apple",
+        }
+    }
+
+    pub fn success(self) -> crate::security_log::EventType {
+        match self {
+            Self::Google => crate::security_log::EventType::OauthSuccess,
+            Self::Apple => crate::security_log::EventType::AppleSuccess,
+        }
+    }
+
+    pub fn failure(self) -> crate::security_log::EventType {
+        match self {
+            Self::Google => crate::security_log::EventType::OauthFailed,
+            Self::Apple => crate::security_log::EventType::AppleFailed,
+        }
+    }
+
+    /// The provider of a name from [`ProviderKind::name`].
+    pub fn parse(name: &str) -> Self {
+        if name == "apple" {
+            Self::Apple
+        } else {
+            Self::Google
+        }
+    }
+}
+
+/// Everything an OpenID sign-in needs, built once at start: Google's when `GOOGLE_CLIENT_ID` is
+/// set, Apple's when `APPLE_CLIENT_ID` is (the same checks, keys cache and linking rules).
 pub struct GoogleSignIn {
+    kind: ProviderKind,
     policy: ClaimPolicy,
     provider: Provider,
     jwks: JwksCache,
@@ -64,6 +107,7 @@ impl GoogleSignIn {
             _ => None,
         };
         Ok(Some(Self {
+            kind: ProviderKind::Google,
             policy: ClaimPolicy {
                 issuers: oidc.accepted_issuers.clone(),
                 canonical_issuer: oidc.issuer.clone(),
@@ -78,6 +122,43 @@ impl GoogleSignIn {
             code_flow,
             frontend_url: oidc.frontend_url,
         }))
+    }
+
+    /// Sign in with Apple; `None` when `APPLE_CLIENT_ID` is not set.
+    pub fn apple_from_settings(
+        settings: &Settings,
+        redis: Option<Arc<RedisLink>>,
+        clock: Clock,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(apple) = OidcSettings::for_apple(settings)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            kind: ProviderKind::Apple,
+            policy: ClaimPolicy {
+                issuers: apple.accepted_issuers.clone(),
+                canonical_issuer: apple.issuer.clone(),
+                client_ids: apple.client_ids.clone(),
+                hosted_domain: None,
+            },
+            provider: Provider::new(&apple, clock.clone())?,
+            jwks: JwksCache::new(clock.clone()),
+            // Apart from Google's, so a token's replay marker is per provider.
+            one_time: OneTimeStore::in_namespace(
+                redis,
+                &settings.redis_key_prefix,
+                "apple",
+                clock.clone(),
+            ),
+            http: provider::http_client()?,
+            clock,
+            code_flow: None,
+            frontend_url: None,
+        }))
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
     }
 
     /// Where browser flows end; 503 without `FRONTEND_URL`.

@@ -1,7 +1,8 @@
 //! Single-use values with a short life: the state of a pending authorization (PKCE verifier and
-//! nonce, taken once by the callback) and markers of ID tokens already used (so a replayed token
-//! is refused). In Redis when it is configured and up, so any instance can finish a flow another
-//! started; in-process otherwise, bounded so a flood of `/authorize` calls cannot exhaust memory.
+//! nonce, taken once by the callback), markers of ID tokens already used (so a replayed token is
+//! refused) and the pending second steps of two-factor sign-ins. In Redis when it is configured
+//! and up, so any instance can finish a flow another started; in-process otherwise, bounded so a
+//! flood of `/authorize` calls cannot exhaust memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +26,20 @@ pub struct OneTimeStore {
 
 impl OneTimeStore {
     pub fn new(redis: Option<Arc<RedisLink>>, key_prefix: &str, clock: Clock) -> Self {
+        Self::in_namespace(redis, key_prefix, "oidc", clock)
+    }
+
+    /// A store whose keys are apart from every other namespace's (two-factor challenges use
+    /// `mfa`).
+    pub fn in_namespace(
+        redis: Option<Arc<RedisLink>>,
+        key_prefix: &str,
+        namespace: &str,
+        clock: Clock,
+    ) -> Self {
         Self {
             redis,
-            prefix: format!("{key_prefix}oidc:"),
+            prefix: format!("{key_prefix}{namespace}:"),
             local: Mutex::new(HashMap::new()),
             clock,
         }

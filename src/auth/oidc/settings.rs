@@ -79,6 +79,40 @@ impl OidcSettings {
     }
 }
 
+/// Apple's issuer: its identity tokens' `iss`, and where its discovery document is.
+pub const APPLE_ISSUER: &str = "https://appleid.apple.com";
+
+impl OidcSettings {
+    /// Sign in with Apple's settings; `None` without `APPLE_CLIENT_ID`. Apple's keys are found
+    /// through its discovery document, as a custom issuer's are (`APPLE_ISSUER_URL` in tests).
+    pub fn for_apple(s: &Settings) -> anyhow::Result<Option<Self>> {
+        if s.apple_client_id.is_empty() {
+            return Ok(None);
+        }
+        let issuer = s
+            .apple_issuer_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .unwrap_or(APPLE_ISSUER)
+            .trim_end_matches('/')
+            .to_owned();
+        let discovery = Url::parse(&format!("{issuer}/.well-known/openid-configuration"))
+            .map_err(|_| anyhow::anyhow!("APPLE_ISSUER_URL is not a valid URL"))?;
+        Ok(Some(Self {
+            accepted_issuers: vec![issuer.clone()],
+            issuer,
+            discovery_url: Some(discovery),
+            client_ids: s.apple_client_id.clone(),
+            client_secret: None,
+            redirect_uri: None,
+            frontend_url: None,
+            hosted_domain: None,
+            require_https: s.is_production(),
+        }))
+    }
+}
+
 /// Mistakes in the sign-in settings, each with what to do about it.
 pub fn setting_problems(s: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
@@ -104,6 +138,7 @@ pub fn setting_problems(s: &Settings) -> Vec<String> {
     check_url(&mut problems, "GOOGLE_REDIRECT_URI", &s.google_redirect_uri);
     check_url(&mut problems, "FRONTEND_URL", &s.frontend_url);
     check_url(&mut problems, "OIDC_ISSUER_URL", &s.oidc_issuer_url);
+    check_url(&mut problems, "APPLE_ISSUER_URL", &s.apple_issuer_url);
     if s.oidc_issuer_url
         .as_deref()
         .and_then(|u| Url::parse(u.trim()).ok())

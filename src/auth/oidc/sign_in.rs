@@ -22,7 +22,8 @@ use super::code_flow::Pending;
 use super::error::GoogleError;
 use super::id_token::{LEEWAY_SECS, Rejection, VerifiedIdToken};
 use crate::auth::AuthError;
-use crate::auth::service::{AuthService, AuthSuccess};
+use crate::auth::service::{AuthService, SignIn};
+use crate::auth::two_factor::SignInMethod;
 use crate::domain::GOOGLE_ISSUER;
 use crate::domain::{Email, Name, UserRecord, UserType, ValidationError};
 use crate::limits::{Limit, ip_subject};
@@ -75,7 +76,8 @@ pub struct Started {
 }
 
 pub struct GoogleOutcome {
-    pub success: AuthSuccess,
+    /// The session, or the second step it waits for when the user has two-factor sign-in on.
+    pub sign_in: SignIn,
     pub is_new_user: bool,
 }
 
@@ -102,6 +104,40 @@ impl GoogleSignIn {
             })?;
             let token = self.verify(credential.trim(), None).await?;
             self.complete(auth, credential.trim(), token, Flow::IdToken, ctx)
+                .await
+        }
+        .await;
+        self.recorded(auth, Flow::IdToken, ctx, result).await
+    }
+
+    /// `POST /api/auth/apple {identityToken, user, nonce}`: an Apple identity token, checked like
+    /// Google's ID token (with `nonce` when the client sent one). `name` (from the body's `user`)
+    /// names an account this sign-in creates, and nothing else: Apple sends it on the first
+    /// sign-in only, and the email comes from the token alone.
+    pub async fn apple_sign_in(
+        &self,
+        auth: &AuthService,
+        identity_token: Option<&str>,
+        nonce: Option<&str>,
+        name: Option<String>,
+        ctx: &RequestContext,
+    ) -> Result<GoogleOutcome, GoogleError> {
+        let result = async {
+            auth.enforce(Limit::LoginPerIp, &ip_subject(ctx.client.ip), ctx)
+                .await?;
+            let credential = identity_token
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    AuthError::Validation(ValidationError::new(
+                        "identityToken",
+                        "identityToken is required",
+                    ))
+                })?;
+            let nonce = nonce.map(str::trim).filter(|n| !n.is_empty());
+            let mut token = self.verify(credential, nonce).await?;
+            token.name = token.name.or(name);
+            self.complete(auth, credential, token, Flow::IdToken, ctx)
                 .await
         }
         .await;
@@ -258,19 +294,24 @@ impl GoogleSignIn {
         let user = account.user;
         // Success is recorded once the session exists; when it cannot be started, `recorded`
         // records `oauth_failed` with the reason instead.
-        let success = SecurityEvent::from_request(EventType::OauthSuccess, ctx)
+        let success = SecurityEvent::from_request(self.kind.success(), ctx)
             .user(&user.id)
             .email(&user.email)
-            .with("provider", "google")
+            .with("provider", self.kind.name())
             .with("issuer", token.issuer.as_str())
             .with("flow", flow.as_str())
             .with("isNewUser", account.is_new)
             .with("linked", account.linked);
-        let tokens = auth
-            .start_session(&user, ctx, self.clock.now(), false, Some(success))
-            .await?;
+        let method = SignInMethod::Provider {
+            provider: self.kind.name().into(),
+            issuer: token.issuer.clone(),
+            flow: flow.as_str().into(),
+            is_new_user: account.is_new,
+            linked: account.linked,
+        };
+        let sign_in = auth.finish_sign_in(user, method, ctx, success).await?;
         Ok(GoogleOutcome {
-            success: AuthSuccess { user, tokens },
+            sign_in,
             is_new_user: account.is_new,
         })
     }
@@ -287,12 +328,12 @@ impl GoogleSignIn {
             return result;
         };
         if let GoogleError::ProviderUnavailable(why) = error {
-            tracing::warn!(reason = %why, "OpenID provider unavailable; Google sign-in answered 503");
+            tracing::warn!(reason = %why, provider = self.kind.name(), "OpenID provider unavailable; sign-in answered 503");
         }
         if let Some(reason) = error.event_reason() {
-            let mut event = SecurityEvent::from_request(EventType::OauthFailed, ctx)
+            let mut event = SecurityEvent::from_request(self.kind.failure(), ctx)
                 .reason(reason)
-                .with("provider", "google")
+                .with("provider", self.kind.name())
                 .with("flow", flow.as_str());
             if let GoogleError::AccountExists { user_id, email, .. }
             | GoogleError::AccountUnverified { user_id, email } = error
@@ -370,7 +411,7 @@ impl GoogleSignIn {
                     let created = SecurityEvent::from_request(EventType::SignupSuccess, ctx)
                         .user(&user.id)
                         .email(&user.email)
-                        .with("provider", "google")
+                        .with("provider", self.kind.name())
                         .with("flow", flow.as_str());
                     let created_id = created.id.to_string();
                     auth.record_outcome(created).await?;
@@ -386,7 +427,7 @@ impl GoogleSignIn {
                                 .user(&user.id)
                                 .email(&user.email)
                                 .reason(reason)
-                                .with("provider", "google")
+                                .with("provider", self.kind.name())
                                 .with("cancels", created_id),
                         )
                         .await?;
@@ -429,7 +470,8 @@ impl GoogleSignIn {
                         // moved between provider accounts. Never a takeover.
                         return Err(refuse("account_linked_to_other_identity"));
                     }
-                    if !authoritative(token) {
+                    // Apple vouches for every address it reports (a relay address is Apple's own).
+                    if self.kind == super::ProviderKind::Google && !authoritative(token) {
                         return Err(refuse("account_exists_not_authoritative"));
                     }
                     let identity = IdentityRecord {

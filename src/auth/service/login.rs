@@ -1,8 +1,9 @@
 //! Login with email and password: the login limits and lockouts, the check against the stored
 //! hash (a dummy one for unknown users), and the upgrade of a legacy hash.
 
-use super::{AuthService, AuthSuccess, required};
+use super::{AuthService, SignIn, required};
 use crate::auth::passwords::Verification;
+use crate::auth::two_factor::SignInMethod;
 use crate::auth::{AuthError, password_policy};
 use crate::domain::{Email, UserRecord, ValidationError};
 use crate::limits::{Exceeded, Limit, Refusal, ip_subject};
@@ -22,7 +23,7 @@ impl AuthService {
         &self,
         credentials: Credentials<'_>,
         ctx: &RequestContext,
-    ) -> Result<AuthSuccess, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         let ip = ip_subject(ctx.client.ip);
         let validated = (|| {
             let email = Email::parse(required(credentials.email, "email", "Email")?)?;
@@ -96,7 +97,6 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.limits.login_succeeded(email.key()).await;
         if self.policy.require_email_verification && !user.email_verified {
             // After the password check: without the password this reveals nothing.
             self.record_outcome(
@@ -108,25 +108,26 @@ impl AuthService {
             .await?;
             return Err(AuthError::EmailNotVerified);
         }
-        let now = self.clock.now();
         if verdict == Verification::ValidNeedsRehash {
             self.rehash(&user, password, ctx).await;
         }
-        // The store writes `last_login` with the new session (one commit on Postgres).
-        let user = UserRecord {
-            last_login: Some(now),
-            ..user
-        };
-        // Success is recorded once the session exists; a login the store could not start a
-        // session for is recorded as the failure it is.
+        // With two-factor on, the password alone neither clears the account's failures (wrong
+        // codes count toward the same lockout) nor starts a session: the second step does both.
+        let second_step = self.two_factor_enabled(&user.id).await?;
+        if !second_step {
+            self.limits.login_succeeded(email.key()).await;
+        }
+        // Success is recorded once the session exists (the store writes `last_login` with it,
+        // one commit on Postgres); a login the store could not start a session for is recorded
+        // as the failure it is.
         let success = SecurityEvent::from_request(EventType::LoginSuccess, ctx)
             .user(&user.id)
             .email(&user.email);
         match self
-            .start_session(&user, ctx, now, true, Some(success))
+            .finish_sign_in(user.clone(), SignInMethod::Password, ctx, success)
             .await
         {
-            Ok(tokens) => Ok(AuthSuccess { user, tokens }),
+            Ok(outcome) => Ok(outcome),
             Err(e) => {
                 self.session_failed(EventType::LoginFailed, &user, ctx, &e)
                     .await;

@@ -1,5 +1,6 @@
 //! The auth flows, one file each: signup, login, bearer-token checks, refresh, logout, the
-//! caller's sessions, profile and settings, the session every sign-in starts, email verification,
+//! caller's sessions, profile and settings, two-factor sign-in, the session every sign-in starts,
+//! email verification,
 //! password reset and change. Each flow validates its input, talks to the store, issues tokens
 //! and records exactly the security events docs/API.md lists. Inputs are plain values (the
 //! strings as sent, checked here), never HTTP types.
@@ -8,12 +9,13 @@ mod bearer;
 mod change_password;
 mod login;
 mod logout;
-mod profile;
 mod password_reset;
+mod profile;
 mod refresh;
 mod session_start;
 mod sessions;
 mod signup;
+mod two_factor;
 mod verification;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use super::passwords::PasswordHasher;
 use super::refresh::RefreshTokens;
 use super::revocation::RevocationList;
 use super::tokens::{AccessTokens, IssuedAccessToken};
+use super::two_factor::TwoFactor;
 use crate::clock::Clock;
 use crate::config::{FingerprintPolicy, Settings};
 use crate::domain::{UserRecord, ValidationError};
@@ -38,9 +41,10 @@ use crate::store::Store;
 pub use bearer::{Authenticated, RefusedToken};
 pub use change_password::PasswordChange;
 pub use login::Credentials;
-pub use profile::ProfileEdit;
 pub use password_reset::{FORGOT_MESSAGE, PasswordReset};
+pub use profile::ProfileEdit;
 pub use signup::NewAccount;
+pub use two_factor::{DisabledBy, SignIn};
 pub use verification::RESEND_MESSAGE;
 
 /// A freshly issued access + refresh token pair.
@@ -94,6 +98,8 @@ pub struct AuthService {
     pub breached: BreachedPasswords,
     /// Where the flows queue mail.
     pub mail: Arc<Outbox>,
+    /// Two-factor sign-in: the secrets' cipher and the pending second steps.
+    pub two_factor: TwoFactor,
 }
 
 /// A field that must be present and not blank.

@@ -40,7 +40,8 @@ export const severityRank = (s) => SEVERITIES.indexOf(s);
 // The types of the security log (src/security_log/event.rs), for the feed's filter.
 export const EVENT_TYPES = [
   "signup_success", "signup_failed", "login_success", "login_failed", "failed_login_attempt",
-  "oauth_success", "oauth_failed", "token_generated", "token_refreshed", "token_revoked",
+  "oauth_success", "oauth_failed", "apple_success", "apple_failed", "token_generated",
+  "token_refreshed", "token_revoked",
   "mass_token_revocation", "token_verification_failed", "token_reuse_detected",
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
   "account_locked", "password_rehashed", "legacy_session_adopted", "user_type_changed",
@@ -49,7 +50,8 @@ export const EVENT_TYPES = [
   "email_verification_sent", "email_verified", "password_reset_requested", "password_reset_completed",
   "password_changed", "change_password_failed", "email_send_failed",
   "credential_stuffing_suspected", "account_targeted", "login_failure_spike", "signup_burst",
-  "token_theft_suspected", "new_device_login",
+  "token_theft_suspected", "new_device_login", "mfa_enabled", "mfa_disabled", "mfa_challenge_failed",
+  "mfa_backup_code_used", "apple_success", "apple_failed",
 ];
 
 export function clock(iso) {

@@ -1,5 +1,6 @@
 // The user view: find a user by email or id, show their live sessions and their timeline, and
-// revoke one session or all of them (each after a confirmation; the server records who did it).
+// revoke one session or all of them, or turn their two-factor sign-in off (each after a
+// confirmation; the server records who did it).
 
 import { $, h, clock, dateTime, ago, eventDetail, typeName, confirmAction, toast, problem } from "./ui.js";
 
@@ -15,6 +16,7 @@ export class Users {
       this.open($("user-query").value);
     });
     $("revoke-all").addEventListener("click", () => this.revokeAll());
+    $("two-factor-off").addEventListener("click", () => this.twoFactorOff());
     $("timeline-more").addEventListener("click", () => this.loadTimeline(false));
   }
 
@@ -27,7 +29,7 @@ export class Users {
     try {
       const body = await this.session.call(`${BASE}?query=${encodeURIComponent(query)}`);
       this.user = body.user;
-      this.renderUser(body.user);
+      this.renderUser(body.user, body.twoFactorEnabled);
       this.renderSessions(body.sessions);
       $("user-view").hidden = false;
       $("user-message").textContent = "";
@@ -44,12 +46,14 @@ export class Users {
     if (this.user) await this.open(this.user.id);
   }
 
-  renderUser(user) {
+  renderUser(user, twoFactorEnabled) {
+    $("two-factor-off").hidden = !twoFactorEnabled;
     const rows = [
       ["Email", user.email],
       ["Name", user.name],
       ["Id", user.id],
       ["Type", user.userType],
+      ["Two-factor", twoFactorEnabled ? "on" : "off"],
       ["Created", dateTime(user.createdAt)],
       ["Last login", user.lastLogin ? `${dateTime(user.lastLogin)} (${ago(user.lastLogin)})` : "never"],
     ];
@@ -125,6 +129,24 @@ export class Users {
       toast("Session revoked");
     } catch (error) {
       toast(`Could not revoke: ${problem(error)}`, "error");
+    }
+    await this.reload();
+  }
+
+  async twoFactorOff() {
+    const user = this.user;
+    if (!user) return;
+    const yes = await confirmAction(
+      `Turn off two-factor sign-in for ${user.email}? Only do this for a user who lost both their ` +
+        "device and their backup codes, once you know it is them: the password alone will sign in.",
+      "Turn off two-factor",
+    );
+    if (!yes) return;
+    try {
+      await this.session.call(`${BASE}/${encodeURIComponent(user.id)}/2fa`, { method: "DELETE" });
+      toast("Two-factor sign-in turned off");
+    } catch (error) {
+      toast(`Could not turn it off: ${problem(error)}`, "error");
     }
     await this.reload();
   }

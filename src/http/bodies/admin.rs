@@ -52,6 +52,10 @@ impl BlockKind {
 pub struct FoundUser {
     pub success: bool,
     pub user: UserView,
+    /// Whether the user's sign-ins need a second factor (TOTP or a backup code).
+    #[serde(rename = "twoFactorEnabled")]
+    #[schema(rename = "twoFactorEnabled")]
+    pub two_factor_enabled: bool,
     pub sessions: Vec<AdminSessionView>,
 }
 

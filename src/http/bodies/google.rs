@@ -1,4 +1,4 @@
-//! The bodies of the Google sign-in routes.
+//! The bodies of the Google sign-in routes and of Sign in with Apple.
 
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -21,4 +21,49 @@ pub struct GoogleSignInBody {
 pub struct GisCallbackForm {
     pub credential: String,
     pub g_csrf_token: String,
+}
+
+/// `POST /api/auth/apple`: what Sign in with Apple JS (or the app) hands the frontend.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppleSignInBody {
+    /// The identity token (a JWT signed by Apple).
+    #[schema(value_type = String, required = true)]
+    pub identity_token: Option<String>,
+    /// Sent by Apple on the first sign-in only: the name, used for an account this sign-in
+    /// creates. Its `email` is ignored: the email comes from the token alone.
+    pub user: Option<AppleUser>,
+    /// The nonce the client put in the authorization request, when it did; the token must carry
+    /// the same.
+    pub nonce: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppleUser {
+    pub name: Option<AppleName>,
+    /// Ignored (the token's email is the one used).
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppleName {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+impl AppleSignInBody {
+    /// "First Last" from the body's `user`, when it has one.
+    pub fn name(&self) -> Option<String> {
+        let name = self.user.as_ref()?.name.as_ref()?;
+        let full = [name.first_name.as_deref(), name.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        (!full.is_empty()).then_some(full)
+    }
 }

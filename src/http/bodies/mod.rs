@@ -6,14 +6,15 @@
 //! bodies the service sends.
 
 pub mod account;
-pub mod profile;
 pub mod admin;
 pub mod auth;
 pub mod errors;
 pub mod events;
 pub mod google;
 pub mod health;
+pub mod profile;
 pub mod sessions;
+pub mod two_factor;
 
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -26,6 +26,7 @@ mod outbox;
 mod session_rules;
 mod session_state;
 mod store_impl;
+mod two_factor;
 mod users;
 mod users_file;
 mod whole_file;

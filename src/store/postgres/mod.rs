@@ -1,7 +1,8 @@
 //! The Postgres store (sqlx, runtime-checked queries, so building never needs a database), on
 //! the database handle of [`crate::db`]: users (`users.rs`), sessions and refresh tokens
 //! (`sessions.rs`, with the rotation engine in `rotation.rs`), provider identities
-//! (`identities.rs`) and the rows they read (`rows.rs`); each implements its trait of the store.
+//! (`identities.rs`), two-factor sign-in (`two_factor.rs`) and the rows they read (`rows.rs`);
+//! each implements its trait of the store.
 //!
 //! The store answers `Unavailable` (503) on routes that need the database until it is reachable
 //! and migrated, and at once while its circuit is open (the database is known to be unreachable).
@@ -86,6 +87,7 @@ mod identities;
 mod outbox;
 mod rotation;
 mod sessions;
+mod two_factor;
 pub mod user_cache;
 mod users;
 

@@ -63,6 +63,7 @@ async fn migrate_on_fluxstudios_database_changes_none_of_its_tables() {
                 "one_time_tokens",
                 "outbox",
                 "refresh_tokens",
+                "two_factor",
                 "user_identities",
                 "users"
             ],
@@ -113,7 +114,8 @@ async fn migrate_on_fluxstudios_database_changes_none_of_its_tables() {
 /// in `public`.
 async fn as_an_install_in_public(pool: &sqlx::PgPool) {
     sqlx::raw_sql(
-        "DROP TABLE flux_auth.known_devices, flux_auth.outbox, flux_auth.one_time_tokens; \
+        "DROP TABLE flux_auth.known_devices, flux_auth.outbox, flux_auth.one_time_tokens, \
+         flux_auth.two_factor; \
          ALTER TABLE flux_auth.users DROP COLUMN settings, DROP COLUMN two_factor_enabled; \
          DELETE FROM flux_auth._sqlx_migrations WHERE version > 6; \
          ALTER TABLE flux_auth.users SET SCHEMA public; \

@@ -5,6 +5,7 @@ mod account_inputs;
 mod change_password;
 mod cli;
 mod linking;
+mod notices;
 mod outbox;
 mod reset;
 mod verification;

@@ -1,0 +1,179 @@
+//! The codes: TOTP (SHA-1, 6 digits, 30 s steps, one step either side accepted), the otpauth URL
+//! and QR code an authenticator app scans, and the backup codes.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use totp_rs::{Algorithm, Builder, Totp};
+
+/// The name authenticator apps show next to the account.
+pub const ISSUER: &str = "FluxStudio";
+/// 160 bits, the length RFC 4226 recommends.
+pub const SECRET_BYTES: usize = 20;
+pub const STEP_SECS: u64 = 30;
+pub const BACKUP_CODE_COUNT: usize = 10;
+/// Characters of a backup code, without the dashes: 12 of 32 symbols, 60 bits.
+const BACKUP_CODE_CHARS: usize = 12;
+/// Crockford's base32: no i, l, o or u, and those typed for 1, 1 and 0 are read as such, so a
+/// code read off paper is typed back right.
+const BACKUP_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+/// Longest code text looked at; longer input is refused before any work.
+pub const MAX_CODE_CHARS: usize = 32;
+
+/// A new random TOTP secret.
+pub fn new_secret() -> [u8; SECRET_BYTES] {
+    crate::auth::os_random()
+}
+
+fn totp(secret: &[u8], account: &str) -> Option<Totp> {
+    Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(STEP_SECS)
+        .with_secret(secret.to_vec())
+        .with_issuer(Some(ISSUER))
+        // A colon is the label's separator in the otpauth URL; an email never has one, but an
+        // address the old service accepted might.
+        .with_account_name(account.replace(':', ""))
+        .build()
+        .ok()
+}
+
+/// What setup shows: the secret in base32 (typed by hand), the otpauth URL and its QR code as a
+/// PNG data URL.
+pub struct Enrolment {
+    pub secret_base32: String,
+    pub otpauth_url: String,
+    pub qr_data_url: String,
+}
+
+pub fn enrolment(secret: &[u8], account: &str) -> anyhow::Result<Enrolment> {
+    let totp = totp(secret, account).ok_or_else(|| anyhow::anyhow!("TOTP parameters refused"))?;
+    let url = totp.to_url()?;
+    let png = totp.to_qr_png()?;
+    Ok(Enrolment {
+        secret_base32: totp_rs::Secret::from(secret.to_vec()).to_base32(),
+        otpauth_url: url,
+        qr_data_url: format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        ),
+    })
+}
+
+/// What a submitted code is, once spaces and dashes are dropped and letters lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    Totp(String),
+    Backup(String),
+}
+
+/// `None` for input that can be neither kind of code (empty, too long, other characters).
+pub fn classify(raw: &str) -> Option<Code> {
+    if raw.chars().count() > MAX_CODE_CHARS {
+        return None;
+    }
+    let text: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'o' => '0',
+            'i' | 'l' => '1',
+            c => c,
+        })
+        .collect();
+    if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Some(Code::Totp(text))
+    } else if text.len() == BACKUP_CODE_CHARS && text.bytes().all(|b| BACKUP_ALPHABET.contains(&b))
+    {
+        Some(Code::Backup(text))
+    } else {
+        None
+    }
+}
+
+/// The time step the code is valid for at `now_secs` (the current step or one either side),
+/// compared in constant time.
+pub fn matching_step(secret: &[u8], code: &str, now_secs: u64) -> Option<u64> {
+    totp(secret, "")?.check(code, now_secs)
+}
+
+/// The code of `step`: what an authenticator shows during it (tests compute codes with this).
+pub fn code_at(secret: &[u8], now_secs: u64) -> Option<String> {
+    Some(totp(secret, "")?.generate(now_secs).to_string())
+}
+
+/// Ten new backup codes, as shown to the user (`xxxx-xxxx-xxxx`).
+pub fn new_backup_codes() -> Vec<String> {
+    (0..BACKUP_CODE_COUNT)
+        .map(|_| {
+            let bytes: [u8; BACKUP_CODE_CHARS] = crate::auth::os_random();
+            let chars: Vec<char> = bytes
+                .iter()
+                // 256 is a multiple of 32: every symbol is equally likely.
+                .map(|b| BACKUP_ALPHABET[(*b as usize) % BACKUP_ALPHABET.len()] as char)
+                .collect();
+            chars
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect()
+}
+
+/// How a backup code is stored: SHA-256 of the user id and the normalised code, hex. The user id
+/// salts it, so one table of hashes cannot be matched against every account at once; 60 random
+/// bits make a guess per account impractical.
+pub fn backup_code_hash(user_id: &str, normalised: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(user_id.as_bytes());
+    hasher.update(b":");
+    hasher.update(normalised.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_one_step_either_side_and_no_further() {
+        let secret = new_secret();
+        let now = 1_900_000_000;
+        let code = code_at(&secret, now).unwrap();
+        assert_eq!(matching_step(&secret, &code, now), Some(now / STEP_SECS));
+        assert!(matching_step(&secret, &code, now + STEP_SECS).is_some());
+        assert!(matching_step(&secret, &code, now - STEP_SECS).is_some());
+        assert_eq!(matching_step(&secret, &code, now + 3 * STEP_SECS), None);
+    }
+
+    #[test]
+    fn backup_codes_are_recognised_in_any_spelling() {
+        let codes = new_backup_codes();
+        assert_eq!(codes.len(), BACKUP_CODE_COUNT);
+        for code in &codes {
+            assert_eq!(code.len(), 14);
+            let Some(Code::Backup(normalised)) = classify(&code.to_uppercase()) else {
+                panic!("{code} not recognised");
+            };
+            assert_eq!(normalised, code.replace('-', ""));
+        }
+        assert_eq!(classify(" 123 456 "), Some(Code::Totp("123456".into())));
+        assert_eq!(classify("12345"), None);
+        assert_eq!(classify(&"1".repeat(40)), None);
+        assert_eq!(classify("<script>"), None);
+    }
+
+    #[test]
+    fn enrolment_gives_an_otpauth_url_and_a_png() {
+        let e = enrolment(&new_secret(), "ann@example.com").unwrap();
+        assert!(
+            e.otpauth_url
+                .starts_with("otpauth://totp/FluxStudio:ann%40example.com?")
+        );
+        assert!(e.qr_data_url.starts_with("data:image/png;base64,iVBOR"));
+        assert_eq!(e.secret_base32.len(), 32);
+    }
+}
