@@ -69,11 +69,10 @@ pub async fn search(
             expires_at: format_timestamp(s.expires_at.min(s.last_used_at + idle)),
         })
         .collect();
-    let two_factor_enabled = state.auth.two_factor_enabled(&user.id).await?;
     Ok(Json(FoundUser {
         success: true,
         user: UserView::from(&user),
-        two_factor_enabled,
+        two_factor_enabled: user.two_factor_enabled,
         sessions,
     }))
 }

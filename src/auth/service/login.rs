@@ -113,7 +113,7 @@ impl AuthService {
         }
         // With two-factor on, the password alone neither clears the account's failures (wrong
         // codes count toward the same lockout) nor starts a session: the second step does both.
-        let second_step = self.two_factor_enabled(&user.id).await?;
+        let second_step = user.two_factor_enabled;
         if !second_step {
             self.limits.login_succeeded(email.key()).await;
         }

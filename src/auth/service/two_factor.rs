@@ -103,15 +103,6 @@ impl AuthService {
         self.clock.now().timestamp().max(0) as u64
     }
 
-    /// Whether the user's sign-ins need a second step.
-    pub async fn two_factor_enabled(&self, user_id: &str) -> Result<bool, AuthError> {
-        Ok(self
-            .store
-            .two_factor(user_id)
-            .await?
-            .is_some_and(|r| r.enabled()))
-    }
-
     /// After the first factor: a session, or, with two-factor on, a temp token and no session.
     /// `success` is the sign-in's own event, recorded once its session exists.
     pub(crate) async fn finish_sign_in(
@@ -121,7 +112,10 @@ impl AuthService {
         ctx: &RequestContext,
         success: SecurityEvent,
     ) -> Result<SignIn, AuthError> {
-        if self.two_factor_enabled(&user.id).await? {
+        // The user's own flag, moved by the store in the same write as the secret: no second read
+        // on the sign-in path, so a store that fails now fails where the session is started,
+        // which records the failure.
+        if user.two_factor_enabled {
             let temp_token = self.two_factor.challenges.issue(&user.id, method).await;
             return Ok(SignIn::SecondFactor { temp_token });
         }
