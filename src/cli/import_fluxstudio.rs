@@ -83,7 +83,8 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
         r.tokens_read, r.sessions_imported, r.sessions_present, r.tokens_skipped,
     );
     println!(
-        "kept for later (a later version's run imports them): preferences of {} users, two-factor secrets of {} users",
+        "not carried (counted only): preferences of {} users, two-factor secrets of {} users \
+         (those users sign in without a second factor until they set it up again)",
         r.preferences_kept_for_later, r.totp_kept_for_later,
     );
     println!("took {:.1} s", started.elapsed().as_secs_f64());

@@ -1,6 +1,7 @@
 //! What each FluxStudio row becomes in flux-auth: a user record, provider identities, a session.
-//! Each part of a user that is carried over is one function here; a part whose destination this
-//! version does not have yet is reported as kept for later, and a later run imports it.
+//! Each part of a user that is carried over is one function here; a part the import does not
+//! carry (settings, two-factor secrets) is counted and reported, and a rerun that carries it
+//! picks it up.
 
 use chrono::{DateTime, Utc};
 
@@ -40,7 +41,7 @@ impl std::fmt::Display for Skip {
     }
 }
 
-/// A part of a user that has no destination in this version yet.
+/// A part of a user the import counts but does not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Later {
     /// `preferences` → the account's settings.
@@ -131,12 +132,13 @@ pub fn identities(row: &SourceUser, user: &UserRecord, now: DateTime<Utc>) -> Ve
     .collect()
 }
 
-/// `preferences`: kept for later (the settings of an account have no column in this version).
+/// `preferences`: counted, not carried by the import (a rerun that carries them picks them up).
 pub fn preferences(row: &SourceUser) -> Option<Later> {
     row.has_preferences.then_some(Later::Preferences)
 }
 
-/// `totp_secret` and backup codes: kept for later (two-factor has no storage in this version).
+/// `totp_secret` and backup codes: counted, not carried by the import (a rerun that carries them
+/// picks them up); until then the account signs in without a second factor.
 pub fn totp(row: &SourceUser) -> Option<Later> {
     row.has_totp.then_some(Later::Totp)
 }
