@@ -131,10 +131,22 @@ pub fn security_events_sql(schemas: &Schemas) -> String {
 }
 
 /// Creates `security_events` (and its indexes) where `SECURITY_EVENTS_SCHEMA` says, if missing.
+///
+/// An existing table is left alone without running the DDL: `CREATE INDEX IF NOT EXISTS` locks
+/// the table before it finds the index there, and a running instance may be building the log's
+/// own indexes on it `CONCURRENTLY` (`security_log::indexes`), which waits for this transaction
+/// while this waits for its lock — a deadlock Postgres ends by failing this start or command.
 pub async fn ensure_security_events(
     conn: &mut PgConnection,
     schemas: &Schemas,
 ) -> Result<(), sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(schemas.security_events())
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        return Ok(());
+    }
     let mut tx = conn.begin().await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(security_events_sql(schemas)))
         .execute(&mut *tx)
