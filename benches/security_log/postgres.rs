@@ -12,9 +12,15 @@ use flux_auth::security_log::postgres_sink::PgSink;
 use crate::scratch_db::{create_database, drop_database};
 use crate::{BATCH, batch, runtime};
 
-const COPY_SQL: &str = "COPY security_events \
-    (id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, created_at) \
-    FROM STDIN (FORMAT csv)";
+/// `COPY` into the table, named with its schema as every query names it (the pool's `search_path`
+/// is flux-auth's own schema).
+fn copy_sql(db: &Database) -> String {
+    format!(
+        "COPY {} (id, event_type, severity, user_id, token_id, ip_address, user_agent, metadata, \
+         created_at) FROM STDIN (FORMAT csv)",
+        db.schemas().security_events()
+    )
+}
 
 fn csv_field(out: &mut String, value: Option<&str>) {
     if let Some(value) = value {
@@ -65,24 +71,30 @@ async fn insert_unnest(sink: &PgSink, events: &[SecurityEvent]) {
 
 async fn insert_copy(db: &Database, events: &[SecurityEvent]) {
     let mut conn = db.pool.acquire().await.unwrap();
-    let mut copy = conn.copy_in_raw(COPY_SQL).await.unwrap();
+    let mut copy = conn.copy_in_raw(&copy_sql(db)).await.unwrap();
     copy.send(to_csv(events).into_bytes()).await.unwrap();
     let n = copy.finish().await.unwrap();
     assert_eq!(n, events.len() as u64);
 }
 
 async fn truncate(db: &Database) {
-    sqlx::query("TRUNCATE security_events")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "TRUNCATE {}",
+        db.schemas().security_events()
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
 }
 
 async fn rows(db: &Database) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM security_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}",
+        db.schemas().security_events()
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 pub fn bench_postgres(c: &mut Criterion) {
