@@ -231,6 +231,17 @@ impl PgStore {
         }
     }
 
+    /// After an `UPDATE` of one user's row: the change announced here, and `NotFound` when no
+    /// row matched.
+    fn user_updated(&self, user_id: &str, rows: u64) -> StoreResult<()> {
+        self.changed_here(user_id);
+        if rows == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
     /// A connection for one operation (timed, see [`Database::acquire`]); `Unavailable` until
     /// the database is migrated, and when the pool cannot hand one over in time.
     /// Answers `Unavailable` at once while the circuit is open (the database is known to be

@@ -80,12 +80,7 @@ impl UserStore for PgStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.fail(e))?;
-        self.changed_here(user_id);
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        self.user_updated(user_id, done.rows_affected())
     }
 
     async fn remove_password(&self, user_id: &str) -> StoreResult<()> {
@@ -96,12 +91,7 @@ impl UserStore for PgStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.fail(e))?;
-        self.changed_here(user_id);
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        self.user_updated(user_id, done.rows_affected())
     }
 
     async fn set_last_login(&self, user_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
@@ -203,11 +193,6 @@ impl UserStore for PgStore {
             .execute(&mut *conn)
             .await
             .map_err(|e| self.fail(e))?;
-        self.changed_here(user_id);
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        self.user_updated(user_id, done.rows_affected())
     }
 }

@@ -1,0 +1,63 @@
+//! `flux-auth check-config`: every problem with the configuration, or what it sets up.
+
+use std::process::ExitCode;
+
+use super::exit;
+use crate::config::Settings;
+
+pub fn check_config(settings: &Settings) -> ExitCode {
+    let problems = crate::app::setting_problems(settings);
+    if problems.is_empty() {
+        println!("configuration OK");
+        println!("  storage:      {:?}", settings.storage_kind());
+        println!(
+            "  security log: {}",
+            if settings.security_log_database_url().is_some() {
+                "postgresql"
+            } else {
+                "files"
+            }
+        );
+        println!(
+            "  redis:        {}",
+            if settings.redis_url.is_some() {
+                "configured"
+            } else {
+                "not configured (in-process limits)"
+            }
+        );
+        match crate::mail::transport::SmtpTarget::of(settings) {
+            Some(t) => println!("  mail:         smtp {}:{}", t.host, t.port),
+            None if settings.is_production() => println!(
+                "  warning: no SMTP configured: verification and reset mail waits in the outbox \
+                 and is never sent; set SMTP_HOST (SMTP_PORT, SMTP_USER, SMTP_PASS) or SENDGRID_API_KEY"
+            ),
+            None => println!(
+                "  mail:         no SMTP: .eml files under {} (development)",
+                settings.data_dir.join("outbox").display()
+            ),
+        }
+        println!(
+            "  two-factor:   {}",
+            if settings.totp_encryption_key.is_some() {
+                "available"
+            } else {
+                "unavailable: TOTP_ENCRYPTION_KEY is unset, so setup answers 503 and users who \
+                 have it on cannot finish signing in (generate one with `flux-auth gen-totp-key`)"
+            }
+        );
+        if settings.jwt_secret.is_none() {
+            println!(
+                "  note: JWT_SECRET unset; a development secret is kept in {}",
+                settings.data_dir.join(".jwt-secret").display()
+            );
+        }
+        ExitCode::from(exit::OK)
+    } else {
+        eprintln!("{} configuration problem(s):", problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(exit::CONFIG)
+    }
+}
