@@ -60,8 +60,10 @@ pub async fn ensure(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for the log's database to be migrated, then [`ensure`]s the indexes, retrying a failure
-/// after a minute, until done or `stop`.
+/// Waits for the log's database to be migrated, then creates the hourly rollups
+/// ([`super::rollups::ensure`]: a moment's lock), [`ensure`]s the indexes and backfills the
+/// rollups, one after the other, retrying a failure after a minute, until done or `stop`. Each
+/// step is idempotent (the backfill resumes where it stopped).
 pub async fn ensure_in_background(db: Database, stop: CancellationToken) {
     let mut wait = Duration::from_millis(200);
     loop {
@@ -73,12 +75,17 @@ pub async fn ensure_in_background(db: Database, stop: CancellationToken) {
             wait = Duration::from_secs(1);
             continue;
         }
+        let prepared = async {
+            super::rollups::ensure(&db).await?;
+            ensure(&db).await?;
+            super::rollups::backfill(&db, &stop).await
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            result = ensure(&db) => match result {
+            result = prepared => match result {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not create the security events indexes; retrying in a minute");
+                    tracing::warn!(error = %e, "could not prepare the security events indexes and rollups; retrying in a minute");
                     wait = Duration::from_secs(60);
                 }
             },

@@ -10,6 +10,7 @@ pub mod logger;
 pub mod postgres_sink;
 pub mod query;
 pub mod retention;
+pub mod rollups;
 pub mod spool;
 pub mod summary;
 pub mod writer;

@@ -12,6 +12,7 @@ mod clock;
 mod connections;
 mod cutover;
 mod dashboard;
+mod event_rollups;
 mod events;
 mod fake_oidc;
 mod faults;
