@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Times each query of the admin events API at 5,000,000 rows: 7 executions of the prepared
 # statement each (as sqlx runs it, the last two on the generic plan if Postgres picks one),
-# reporting the median and the slowest of the last five. Usage: run.sh [database].
+# reporting the median and the slowest of the last five; the stats from the hourly rollups too once
+# they exist (the service creates them). Usage: run.sh [database].
 set -euo pipefail
 DB=${1:-flux_bench_events}
 HERE=$(dirname "$0")
@@ -27,4 +28,10 @@ run "severity=critical" "page(NULL, 'critical', NULL, NULL, NULL, NULL, NULL, NU
 run "userId=$USR" "page(NULL, NULL, '$USR', NULL, NULL, NULL, NULL, NULL)"
 run "window 10 to 9 days ago" "page(NULL, NULL, NULL, NULL, now() - interval '10 days', now() - interval '9 days', NULL, NULL)"
 run "ip + type (drill-down)" "page('failed_login_attempt', NULL, NULL, '$IP', NULL, NULL, NULL, NULL)"
-run "stats over 30 days" "stats(now() - interval '30 days', now())"
+run "stats over 30 days (table)" "stats(now() - interval '30 days', now())"
+if [ "$(psql -h 127.0.0.1 -U postgres -d "$DB" -tAc "SELECT to_regclass('security_event_rollups') IS NOT NULL")" = t ]; then
+  # Whole hours in UTC, as the service computes them.
+  run "stats over 30 days (rollups + edges)" "stats_rollups(now() - interval '30 days', now(), \
+date_trunc('hour', (now() - interval '30 days') AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 hour', \
+date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+fi

@@ -3,7 +3,7 @@
 //! the same arithmetic. Each operation is one round trip; every key has a TTL; what a key holds
 //! is bounded by its rule's threshold.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use redis::Script;
@@ -73,8 +73,9 @@ struct Memory {
     sets: HashMap<String, (HashMap<String, i64>, i64)>,
     /// firing key → until ms.
     fired: HashMap<String, i64>,
-    /// bucket key → (count, until ms).
-    buckets: HashMap<String, (u64, i64)>,
+    /// bucket name → window index → (count, until ms); each name keeps only the windows its
+    /// rule still reads, so no key string is built per event.
+    buckets: HashMap<String, BTreeMap<i64, (u64, i64)>>,
 }
 
 impl Memory {
@@ -94,7 +95,8 @@ impl Memory {
             self.fired.retain(|_, until| *until > now_ms);
         }
         if self.buckets.len() >= MAX_KEYS {
-            self.buckets.retain(|_, (_, until)| *until > now_ms);
+            self.buckets
+                .retain(|_, windows| windows.values().any(|(_, until)| *until > now_ms));
         }
     }
 
@@ -153,8 +155,9 @@ impl Windows {
         window_ms: i64,
         threshold: u32,
     ) -> Seen {
-        let set_key = format!("{}{rule}:{}", self.prefix, digest(key));
-        let fired_key = format!("{}{rule}:fired:{}", self.prefix, digest(key));
+        let key = digest(key);
+        let set_key = format!("{}{rule}:{key}", self.prefix);
+        let fired_key = format!("{}{rule}:fired:{key}", self.prefix);
         let window_ms = window_ms.max(1);
         if let Some(link) = self.redis() {
             let store = link.store();
@@ -236,14 +239,25 @@ impl Windows {
         }
         let mut memory = self.memory();
         memory.prune(now_ms);
-        let entry = memory.buckets.entry(key(index)).or_insert((0, 0));
+        if !memory.buckets.contains_key(name) {
+            memory.buckets.insert(name.to_owned(), BTreeMap::new());
+        }
+        let Some(windows) = memory.buckets.get_mut(name) else {
+            return (0, 0);
+        };
+        // Windows older than the trailing ones are read no more.
+        let oldest = index - trailing as i64;
+        while windows.first_key_value().is_some_and(|(i, _)| *i < oldest) {
+            windows.pop_first();
+        }
+        let entry = windows.entry(index).or_insert((0, 0));
         entry.0 += 1;
         entry.1 = now_ms + keep_ms;
         let current = entry.0;
-        let trailing_sum = (1..=trailing as i64)
-            .filter_map(|back| memory.buckets.get(&key(index - back)))
-            .filter(|(_, until)| *until > now_ms)
-            .map(|(count, _)| count)
+        let trailing_sum = windows
+            .range(oldest..index)
+            .filter(|(_, (_, until))| *until > now_ms)
+            .map(|(_, (count, _))| count)
             .sum();
         (current, trailing_sum)
     }

@@ -217,12 +217,16 @@ pub async fn ensure(db: &Database) -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DELETE FROM {rollups};
          INSERT INTO {state} (id, next_hour, last_hour, complete)
-           SELECT 1, min({HOUR}), max({HOUR}), false FROM {events}
+           SELECT 1, {first}, {last}, false
+           FROM (SELECT min(created_at) AS first, max(created_at) AS last FROM {events}) span
          ON CONFLICT (id) DO UPDATE SET next_hour = EXCLUDED.next_hour,
            last_hour = EXCLUDED.last_hour, complete = false;",
         rollups = n.rollups,
         state = n.state,
         events = n.events,
+        // From the bounds, not of every row: `min(created_at)` reads one end of an index.
+        first = HOUR.replace("created_at", "first"),
+        last = HOUR.replace("created_at", "last"),
     )))
     .execute(&mut *tx)
     .await?;

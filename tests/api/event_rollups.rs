@@ -234,13 +234,9 @@ async fn stats_equal_a_raw_count_after_writes_a_replay_retention_and_across_hour
     assert_eq!(old_info, 0, "the deleted rows' counts went with them");
 }
 
-#[tokio::test]
-async fn rows_stored_before_the_rollups_are_backfilled_and_a_backfill_resumes() {
-    if !postgres_available().await {
-        return;
-    }
-    // A table from before the rollups (migration 004 as the old service ran it), with 3,000
-    // rows over three days.
+/// A table from before the rollups (migration 004 as the old service ran it), with 3,000 rows
+/// over three days.
+async fn table_from_before_the_rollups() -> (TestDb, PgPool) {
     let db = TestDb::create().await;
     let pool = db.pool().await;
     let mut tx = pool.begin().await.unwrap();
@@ -264,7 +260,15 @@ async fn rows_stored_before_the_rollups_are_backfilled_and_a_backfill_resumes() 
     .execute(&pool)
     .await
     .unwrap();
+    (db, pool)
+}
 
+#[tokio::test]
+async fn rows_stored_before_the_rollups_are_backfilled_and_a_backfill_resumes() {
+    if !postgres_available().await {
+        return;
+    }
+    let (db, pool) = table_from_before_the_rollups().await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     settings.security_log_database_url = Some(secrecy::SecretString::from(db.url.clone()));
@@ -316,4 +320,38 @@ async fn rows_stored_before_the_rollups_are_backfilled_and_a_backfill_resumes() 
         .await
         .unwrap();
     assert_consistent(&pool, &source, &windows(&times)).await;
+}
+
+/// `flux-auth migrate` (for `RUN_MIGRATIONS=false`) creates the rollups where the log writes and
+/// counts what is there before it exits.
+#[tokio::test]
+async fn migrate_creates_and_backfills_the_rollups() {
+    if !postgres_available().await {
+        return;
+    }
+    let (db, pool) = table_from_before_the_rollups().await;
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli_blocking(
+            &[("DATABASE_URL", url), ("STORAGE", "file".into())],
+            &["migrate"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("security event rollups ready"));
+    let complete: bool =
+        sqlx::query_scalar("SELECT complete FROM public.security_event_rollups_state")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(complete);
+    rollups_equal_the_table(&pool).await.unwrap();
+    let counted: i64 =
+        sqlx::query_scalar("SELECT sum(events)::bigint FROM public.security_event_rollups")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, 3000);
 }
