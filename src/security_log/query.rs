@@ -196,15 +196,17 @@ impl EventSource {
         let rows: Vec<(String, String, i64)> = match self {
             Self::Postgres(db) => match super::rollups::counts(db, from, to).await? {
                 Some(rows) => rows,
-                None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT event_type, severity, count(*) FROM {} \
+                None => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT event_type, severity, count(*) FROM {} \
                      WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2",
-                    db.schemas().security_events()
-                )))
-                .bind(from)
-                .bind(to)
-                .fetch_all(&mut *db.acquire().await?)
-                .await?,
+                        db.schemas().security_events()
+                    )))
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(&mut *db.acquire().await?)
+                    .await?
+                }
             },
             Self::Files(spool) => {
                 let spool = spool.clone();

@@ -65,28 +65,29 @@ async fn assert_consistent(
     source: &EventSource,
     windows: &[(DateTime<Utc>, DateTime<Utc>)],
 ) {
-    eventually_ok("rollups equal to the table", Duration::from_secs(10), || async {
-        rollups_equal_the_table(pool).await?;
-        for (from, to) in windows {
-            let stats = source
-                .stats(*from, *to)
-                .await
-                .map_err(|e| e.to_string())?;
-            let raw = raw_counts(pool, *from, *to).await;
-            let total: i64 = raw.iter().map(|(_, _, n)| n).sum();
-            let mut by_type = std::collections::BTreeMap::<String, i64>::new();
-            for (t, _, n) in &raw {
-                *by_type.entry(t.clone()).or_default() += n;
+    eventually_ok(
+        "rollups equal to the table",
+        Duration::from_secs(10),
+        || async {
+            rollups_equal_the_table(pool).await?;
+            for (from, to) in windows {
+                let stats = source.stats(*from, *to).await.map_err(|e| e.to_string())?;
+                let raw = raw_counts(pool, *from, *to).await;
+                let total: i64 = raw.iter().map(|(_, _, n)| n).sum();
+                let mut by_type = std::collections::BTreeMap::<String, i64>::new();
+                for (t, _, n) in &raw {
+                    *by_type.entry(t.clone()).or_default() += n;
+                }
+                if stats.total != total || stats.by_type != by_type {
+                    return Err(format!(
+                        "{from}..{to}: stats {} {:?}, table {total} {by_type:?}",
+                        stats.total, stats.by_type
+                    ));
+                }
             }
-            if stats.total != total || stats.by_type != by_type {
-                return Err(format!(
-                    "{from}..{to}: stats {} {:?}, table {total} {by_type:?}",
-                    stats.total, stats.by_type
-                ));
-            }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await;
 }
 
