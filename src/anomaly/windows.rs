@@ -192,11 +192,19 @@ impl Windows {
         members.retain(|_, seen| *seen > now_ms - window_ms);
         members.insert(member.to_owned(), now_ms);
         let threshold = threshold.max(1) as usize;
-        if members.len() > threshold {
-            let mut seen: Vec<i64> = members.values().copied().collect();
-            seen.sort_unstable();
-            let cutoff = seen[members.len() - threshold];
-            members.retain(|_, s| *s >= cutoff);
+        // The newest `threshold` are kept, as the script's ZREMRANGEBYRANK keeps them: the oldest
+        // go one at a time (never the member just seen). A cut at the oldest kept time kept
+        // every member seen in the same millisecond, so a flood grew a key without bound.
+        while members.len() > threshold {
+            let oldest = members
+                .iter()
+                .filter(|(m, _)| m.as_str() != member)
+                .min_by_key(|(_, seen)| **seen)
+                .map(|(m, _)| m.clone());
+            match oldest {
+                Some(oldest) => members.remove(&oldest),
+                None => break,
+            };
         }
         let count = members.len() as u64;
         let first_seen_ms = members.values().copied().min().unwrap_or(now_ms);
@@ -317,6 +325,21 @@ mod tests {
                 assert_eq!((seen.count, seen.first_seen_ms), (3, 2_000));
             }
         }
+    }
+
+    /// A flood within one millisecond holds no more than the threshold, and fires once.
+    #[tokio::test]
+    async fn members_seen_in_the_same_millisecond_stay_bounded() {
+        let windows = Windows::new(None, "t:");
+        let mut fired = 0;
+        for i in 0..1_000 {
+            let seen = windows.observe("r", "k", &i.to_string(), 7, 1_000, 3).await;
+            assert!(seen.count <= 3, "{seen:?}");
+            fired += usize::from(seen.fired);
+        }
+        assert_eq!(fired, 1);
+        let memory = windows.memory();
+        assert!(memory.sets.values().all(|(members, _)| members.len() <= 3));
     }
 
     #[tokio::test]

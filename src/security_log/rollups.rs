@@ -243,19 +243,21 @@ pub enum Step {
     Complete,
 }
 
+/// The backfill's next hour, last hour, and whether it is complete.
+type BackfillState = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool);
+
 /// Counts the next hour of the backfill (the next hour that holds events, up to the last hour
 /// to count) in one transaction, under that hour's lock.
 pub async fn backfill_step(conn: &mut PgConnection, db: &Database) -> anyhow::Result<Step> {
     let n = Names::of(db);
     let mut tx = conn.begin().await?;
     // The state row's lock keeps two instances from counting the same hours at once.
-    let state: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT next_hour, last_hour, complete FROM {} WHERE id = 1 FOR UPDATE",
-            n.state
-        )))
-        .fetch_optional(&mut *tx)
-        .await?;
+    let state: Option<BackfillState> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT next_hour, last_hour, complete FROM {} WHERE id = 1 FOR UPDATE",
+        n.state
+    )))
+    .fetch_optional(&mut *tx)
+    .await?;
     let (next, last) = match state {
         None | Some((_, _, true)) => return Ok(Step::Complete),
         Some((Some(next), Some(last), false)) if next <= last => (next, last),
