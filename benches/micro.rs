@@ -397,7 +397,7 @@ fn anomaly_rules(c: &mut Criterion) {
         .map(|i| {
             SecurityEvent::new(EventType::TokenReuseDetected)
                 .with("sessionId", Uuid::now_v7().to_string())
-                .user(&format!("user-{}", i % 1000))
+                .user(format!("user-{}", i % 1000))
         })
         .collect();
     let refreshed: Vec<SecurityEvent> = (0..4096).map(|_| refreshed(&context())).collect();

@@ -41,9 +41,17 @@ async fn raw_counts(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Co
     .unwrap()
 }
 
+/// An hour and type whose rollup differs from the table: the table's count, the rollup's.
+type HourDiff = (
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
 /// Every hour's rollup against a `count(*)` of that hour in the table.
 async fn rollups_equal_the_table(pool: &PgPool) -> Result<(), String> {
-    let diff: Vec<(Option<DateTime<Utc>>, Option<String>, Option<i64>, Option<i64>)> =
+    let diff: Vec<HourDiff> =
         sqlx::query_as(
             "WITH raw AS (SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour, \
                event_type, severity, count(*) AS n FROM public.security_events GROUP BY 1, 2, 3) \
