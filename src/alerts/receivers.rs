@@ -80,7 +80,8 @@ impl Receiver {
         } else {
             Format::Json
         };
-        let digest = hex::encode(Sha256::digest(url.as_str().as_bytes()));
+        // The entry as written: one URL in both shapes is two receivers.
+        let digest = hex::encode(Sha256::digest(entry.as_bytes()));
         Ok(Self {
             id: format!("{host}#{}", &digest[..12]),
             url,
