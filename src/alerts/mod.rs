@@ -67,8 +67,8 @@ impl Alerts {
         events: SecurityLogger,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        let receivers = receivers::from_settings(settings)
-            .map_err(|p| crate::config::ConfigError::Problems(p))?;
+        let receivers =
+            receivers::from_settings(settings).map_err(crate::config::ConfigError::Problems)?;
         let webhooks = match (&settings.alert_webhook_secret, receivers.is_empty()) {
             (Some(secret), false) => Some(Arc::new(Webhooks::new(
                 receivers,
