@@ -216,7 +216,7 @@ impl Collector for AlertCollector {
         for (name, help, value) in [
             (
                 "alerts_queued",
-                "Alerts this instance queued for its webhooks",
+                "Alerts this instance queued for its webhooks (one the store already held included)",
                 stats.queued.load(Relaxed),
             ),
             (

@@ -138,7 +138,13 @@ fn assert_health_shape(body: &Value, port: u16, pid: u32) {
     assert!(log["spooled"].is_u64(), "{log}");
     assert_timestamp(&log["lastFlushAt"]);
     let alerts = &checks["alerts"];
-    for key in ["receivers", "pending", "oldestPendingAgeSecs", "dead", "sent"] {
+    for key in [
+        "receivers",
+        "pending",
+        "oldestPendingAgeSecs",
+        "dead",
+        "sent",
+    ] {
         assert!(alerts[key].is_u64(), "alerts.{key}: {alerts}");
     }
 }
