@@ -1,6 +1,8 @@
 //! flux-auth: FluxStudio's authentication service, as a library so tests start the real app.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+/// Alerts: rule firings and severe events posted, signed, to webhooks through the outbox.
+pub mod alerts;
 /// Anomaly rules over the security events: credential stuffing, bursts, token theft, new devices.
 pub mod anomaly;
 /// `Core` and `App`: build the state, bind, serve, drain.

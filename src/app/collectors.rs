@@ -31,6 +31,7 @@ macro_rules! named_debug {
 }
 
 named_debug!(
+    AlertCollector,
     HashCollector,
     OutboxCollector,
     PoolCollector,
@@ -201,6 +202,69 @@ impl Collector for UserCacheCollector {
             stats.heartbeat_heard as f64,
         )?;
         Ok(())
+    }
+}
+
+/// The alerts: this instance's counts, and the outbox's levels of kind `alert`.
+pub struct AlertCollector(pub Arc<crate::alerts::Alerts>);
+
+impl Collector for AlertCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let alerts = &self.0;
+        let stats = &alerts.stats;
+        for (name, help, value) in [
+            (
+                "alerts_queued",
+                "Alerts this instance queued for its webhooks (one the store already held included)",
+                stats.queued.load(Relaxed),
+            ),
+            (
+                "alerts_sent",
+                "Alert deliveries a webhook accepted",
+                stats.sent.load(Relaxed),
+            ),
+            (
+                "alerts_retried",
+                "Alert deliveries that failed and will be retried",
+                stats.retried.load(Relaxed),
+            ),
+            (
+                "alerts_dead",
+                "Alert deliveries given up on (alert_delivery_failed)",
+                stats.dead.load(Relaxed),
+            ),
+            (
+                "alerts_suppressed",
+                "Alerts not queued: over ALERT_MAX_PER_MINUTE",
+                alerts.suppressed.load(Relaxed),
+            ),
+            (
+                "alerts_events_missed",
+                "Security events the alerts fell behind on and skipped",
+                alerts.missed.load(Relaxed),
+            ),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
+        gauge(
+            &mut e,
+            "alerts_pending",
+            "Alert deliveries waiting in the outbox",
+            stats.pending_now.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
+            "alerts_dead_messages",
+            "Dead alert deliveries in the outbox",
+            stats.dead_now.load(Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
+            "alerts_oldest_pending_age_seconds",
+            "How long the oldest waiting alert has waited",
+            alerts.oldest_pending_age_secs() as f64,
+        )
     }
 }
 

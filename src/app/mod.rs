@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use collectors::{
-    HashCollector, OutboxCollector, PoolCollector, RedisCollector, UserCacheCollector,
+    AlertCollector, HashCollector, OutboxCollector, PoolCollector, RedisCollector,
+    UserCacheCollector,
 };
 
 use crate::auth::breached::BreachedPasswords;
@@ -47,6 +48,7 @@ pub fn setting_problems(settings: &Settings) -> Vec<String> {
     problems.extend(crate::auth::oidc::setting_problems(settings));
     // FRONTEND_URL, which mail's links also start at, the OpenID settings check.
     problems.extend(crate::mail::transport::setting_problems(settings));
+    problems.extend(crate::alerts::setting_problems(settings));
     problems
 }
 
@@ -209,6 +211,13 @@ impl Core {
             clock.clone(),
         ));
         anomalies.clone().start(background.clone());
+        let alerts = Arc::new(crate::alerts::Alerts::new(
+            &settings,
+            auth.store.clone(),
+            pipeline.logger.clone(),
+            clock.clone(),
+        )?);
+        alerts.clone().start(background.clone());
         if let Some(reachable) = store_db.as_ref().and_then(|db| db.reachable()) {
             let (events, stop) = (pipeline.logger.clone(), background.clone());
             tokio::spawn(wake_log_on_recovery(reachable, events, stop));
@@ -241,6 +250,7 @@ impl Core {
             collectors.push(Box::new(UserCacheCollector(cache)));
         }
         collectors.push(Box::new(OutboxCollector(outbox)));
+        collectors.push(Box::new(AlertCollector(alerts.clone())));
         collectors.push(Box::new(ProcessCollector { started }));
         let registry = metrics.registry(collectors);
         let state = AppState::new(SharedState {
@@ -249,6 +259,7 @@ impl Core {
             auth,
             limits,
             anomalies,
+            alerts,
             clock,
             google,
             apple,
@@ -392,6 +403,7 @@ impl App {
                 background.clone(),
             ));
         }
+        state.alerts.run(background.clone());
         tokio::spawn(crate::cleanup::schedule(
             state.clone(),
             Duration::from_secs(state.settings.cleanup_interval_secs),

@@ -1,7 +1,7 @@
 //! The command line: `serve` (the default, what pm2 and systemd run), `migrate`, `check-config`,
 //! `gen-secret`, `import-users`, `import-fluxstudio`, `users set-type`, `users email-collisions`, `users
-//! linked-with-password`, `users revoke-password`, `cleanup`, `events`, `mail` and
-//! `healthcheck`.
+//! linked-with-password`, `users revoke-password`, `cleanup`, `events`, `mail`,
+//! `alerts` and `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod alerts;
 mod check_config;
 mod events;
 mod import_fluxstudio;
@@ -95,6 +96,11 @@ pub enum Command {
         #[command(subcommand)]
         command: mail::MailCommand,
     },
+    /// Alerts: post a signed test alert to every configured webhook.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+    },
     /// Exit 0 if a flux-auth instance answers on its port (for Docker HEALTHCHECK), else 1.
     Healthcheck {
         /// Port to check; defaults to PORT from the configuration.
@@ -163,6 +169,7 @@ pub async fn run(cli: Cli, settings: Settings, log: LogDrops) -> ExitCode {
         Command::Cleanup => cleanup(settings).await,
         Command::Events { command } => events::run(&settings, command).await,
         Command::Mail { command } => mail::run(&settings, command).await,
+        Command::Alerts { command } => alerts::run(&settings, command).await,
         Command::Users {
             command: UsersCommand::SetType { email, user_type },
         } => set_type(&settings, &email, &user_type).await,

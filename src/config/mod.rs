@@ -290,6 +290,33 @@ declare::settings! {
     /// How often the mail sender looks for due messages when nothing woke it.
     mail_poll_ms: u64 = 1_000,
 
+    /// Webhooks that alerts are posted to, comma-separated (at most 10): `https://…`, a Slack
+    /// incoming webhook (`https://hooks.slack.com/…`, sent Slack's shape), or any URL prefixed
+    /// `slack+` to force Slack's shape. A secret: Slack's URLs are credentials.
+    alert_webhook_urls: Option<SecretString> = None,
+    /// HMAC-SHA256 key of `X-Flux-Signature` (at least 32 random bytes); required with
+    /// `ALERT_WEBHOOK_URLS`.
+    alert_webhook_secret: Option<SecretString> = None,
+    /// Events at or above this severity are alerted (info | low | warning | high | critical);
+    /// every anomaly rule's firing is alerted whatever its severity.
+    alert_min_severity: String = "high".into(),
+    /// An event that is not a rule's firing alerts once per type and address (or user) per this
+    /// window; a rule's firing, once per rule and key per the rule's window.
+    alert_dedup_window_secs: u64 = 600,
+    /// Alerts this instance queues per minute at most; the rest are counted and logged, not sent.
+    alert_max_per_minute: u32 = 60,
+    /// How long one webhook request may take.
+    alert_timeout_ms: u64 = 5_000,
+    /// The first retry of an undelivered alert waits this long, doubling each time (at most 1 h).
+    alert_retry_base_ms: u64 = 2_000,
+    /// An alert still undelivered this long after it was queued is given up (dead).
+    alert_retry_for_secs: u64 = 6 * 3600,
+    /// How often the alert sender looks for due alerts when nothing woke it.
+    alert_poll_ms: u64 = 1_000,
+    /// This service's public address (`https://auth.example.com`): alerts link to its dashboard
+    /// (`/admin`); unset: no link.
+    public_url: Option<String> = None,
+
     /// Shortest password accepted, in code points (8..64).
     password_min_length: usize = 8,
     /// argon2id memory cost.

@@ -247,7 +247,57 @@ impl Settings {
             }
         }
         self.anomaly_problems(&mut problems);
+        self.alert_problems(&mut problems);
         problems
+    }
+
+    /// The alerts' secret and bounds (their URLs and severity: `alerts::setting_problems`).
+    fn alert_problems(&self, problems: &mut Vec<String>) {
+        let urls = self
+            .alert_webhook_urls
+            .as_ref()
+            .is_some_and(|u| !u.expose_secret().trim().is_empty());
+        match &self.alert_webhook_secret {
+            Some(secret) => problems.extend(secret_problem("ALERT_WEBHOOK_SECRET", secret)),
+            None if urls => problems.push(
+                "ALERT_WEBHOOK_SECRET is required with ALERT_WEBHOOK_URLS: every alert is signed                  with it. Generate one with `flux-auth gen-secret`."
+                    .into(),
+            ),
+            None => {}
+        }
+        let bounds = [
+            (
+                "ALERT_DEDUP_WINDOW_SECS",
+                self.alert_dedup_window_secs,
+                1,
+                ANOMALY_MAX_WINDOW_SECS,
+            ),
+            (
+                "ALERT_MAX_PER_MINUTE",
+                u64::from(self.alert_max_per_minute),
+                1,
+                10_000,
+            ),
+            ("ALERT_TIMEOUT_MS", self.alert_timeout_ms, 100, 60_000),
+            (
+                "ALERT_RETRY_BASE_MS",
+                self.alert_retry_base_ms,
+                10,
+                3_600_000,
+            ),
+            (
+                "ALERT_RETRY_FOR_SECS",
+                self.alert_retry_for_secs,
+                1,
+                7 * 24 * 3600,
+            ),
+            ("ALERT_POLL_MS", self.alert_poll_ms, 10, 60_000),
+        ];
+        for (name, value, min, max) in bounds {
+            if !(min..=max).contains(&value) {
+                problems.push(format!("{name} must be between {min} and {max}."));
+            }
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::bodies::health::{
-    CheckState, Configured, Health, HealthChecks, HealthStatus, Liveness, MailHealth, Readiness,
-    SecurityLogHealth, StorageType,
+    AlertsHealth, CheckState, Configured, Health, HealthChecks, HealthStatus, Liveness, MailHealth,
+    Readiness, SecurityLogHealth, StorageType,
 };
 use crate::domain::format_timestamp;
 use crate::error::ErrorBody;
@@ -126,6 +126,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
                 last_drop_at: stats.last_drop().map(format_timestamp),
             },
             mail: mail_health(&state),
+            alerts: alerts_health(&state),
         },
     })
 }
@@ -137,6 +138,18 @@ fn mail_health(state: &AppState) -> MailHealth {
         transport: outbox.transport,
         pending: stats.pending_now.load(Ordering::Relaxed),
         oldest_pending_age_secs: stats.oldest_pending_age_secs(state.clock.now()),
+        dead: stats.dead_now.load(Ordering::Relaxed),
+        sent: stats.sent.load(Ordering::Relaxed),
+    }
+}
+
+fn alerts_health(state: &AppState) -> AlertsHealth {
+    let alerts = &state.alerts;
+    let stats = &alerts.stats;
+    AlertsHealth {
+        receivers: alerts.receivers(),
+        pending: stats.pending_now.load(Ordering::Relaxed),
+        oldest_pending_age_secs: alerts.oldest_pending_age_secs(),
         dead: stats.dead_now.load(Ordering::Relaxed),
         sent: stats.sent.load(Ordering::Relaxed),
     }

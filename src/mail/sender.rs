@@ -2,7 +2,7 @@
 //! due messages with a lease (no other instance gets them meanwhile), hands them to the kind's
 //! [`Delivery`], and records the attempt: sent (the body deleted), retried with exponential
 //! back-off, or, once the retry period is over or the failure is permanent, dead
-//! (`email_send_failed`). A crash between a delivery and its record sends that message again
+//! (the kind's event: `email_send_failed`, `alert_delivery_failed`). A crash between a delivery and its record sends that message again
 //! once the lease runs out: at least once, never lost.
 
 use std::sync::Arc;
@@ -55,6 +55,18 @@ pub trait Delivery: Send + Sync + 'static {
     /// The outbox kind it delivers.
     fn kind(&self) -> &'static str;
     async fn deliver(&self, message: &OutboxMessage) -> Result<(), DeliveryError>;
+
+    /// The event recorded when a message of this kind is given up on (`email_send_failed` for
+    /// mail; each kind names its own).
+    fn dead_event(&self, message: &OutboxMessage, error: String) -> SecurityEvent {
+        SecurityEvent::new(EventType::EmailSendFailed)
+            .email(&message.recipient)
+            .reason(&message.template)
+            .with("messageId", message.id.to_string())
+            .with("kind", message.kind.clone())
+            .with("attempts", message.attempts + 1)
+            .with("error", error)
+    }
 }
 
 /// The sender's counts, read by `/metrics`, `/health` and the dashboard.
@@ -211,15 +223,7 @@ impl Sender {
                     attempts = message.attempts + 1, error = %error,
                     "delivery failed for good; the message is dead");
                 self.events
-                    .record(
-                        SecurityEvent::new(EventType::EmailSendFailed)
-                            .email(&message.recipient)
-                            .reason(&message.template)
-                            .with("messageId", message.id.to_string())
-                            .with("kind", message.kind.clone())
-                            .with("attempts", message.attempts + 1)
-                            .with("error", error),
-                    )
+                    .record(self.delivery.dead_event(&message, error))
                     .await;
             }
         }

@@ -58,6 +58,8 @@ pub enum EventType {
     ChangePasswordFailed,
     /// An outbox message given up on (retried for the whole period, or refused for good).
     EmailSendFailed,
+    /// An alert given up on: its webhook refused it for good, or for the whole retry period.
+    AlertDeliveryFailed,
     /// Anomaly rules (`anomaly`), each recorded once per window and key when it fires.
     CredentialStuffingSuspected,
     AccountTargeted,
@@ -68,7 +70,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 46] = [
+    pub const ALL: [EventType; 47] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -109,6 +111,7 @@ impl EventType {
         Self::PasswordChanged,
         Self::ChangePasswordFailed,
         Self::EmailSendFailed,
+        Self::AlertDeliveryFailed,
         Self::CredentialStuffingSuspected,
         Self::AccountTargeted,
         Self::LoginFailureSpike,
@@ -159,6 +162,7 @@ impl EventType {
             Self::PasswordChanged => "password_changed",
             Self::ChangePasswordFailed => "change_password_failed",
             Self::EmailSendFailed => "email_send_failed",
+            Self::AlertDeliveryFailed => "alert_delivery_failed",
             Self::CredentialStuffingSuspected => "credential_stuffing_suspected",
             Self::AccountTargeted => "account_targeted",
             Self::LoginFailureSpike => "login_failure_spike",
@@ -222,6 +226,7 @@ impl EventType {
             | Self::LockoutLifted
             | Self::ChangePasswordFailed
             | Self::EmailSendFailed
+            | Self::AlertDeliveryFailed
             | Self::AccountTargeted
             | Self::SignupBurst
             | Self::MfaDisabled
@@ -272,7 +277,7 @@ impl EventType {
             Self::EmailVerified => "user_updated",
             Self::PasswordResetCompleted | Self::PasswordChanged => "authn_password_change",
             Self::ChangePasswordFailed => "authn_password_change_fail",
-            Self::EmailSendFailed => "sys_monitor_disabled",
+            Self::EmailSendFailed | Self::AlertDeliveryFailed => "sys_monitor_disabled",
             Self::CredentialStuffingSuspected | Self::AccountTargeted | Self::LoginFailureSpike => {
                 "authn_login_fail_max"
             }

@@ -48,6 +48,8 @@ pub struct SharedState {
     pub limits: Arc<Limits>,
     /// The anomaly rules (the dashboard reads what they are set to).
     pub anomalies: Arc<crate::anomaly::Anomalies>,
+    /// What alerts go to webhooks, and their counts.
+    pub alerts: Arc<crate::alerts::Alerts>,
     pub clock: Clock,
     /// Google (or OpenID) sign-in; `None` when `GOOGLE_CLIENT_ID` is not set.
     pub google: Option<Arc<GoogleSignIn>>,

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod account_input;
+mod alerts;
 mod anomaly;
 mod apple;
 mod bad_input;

@@ -29,7 +29,7 @@ const LAYERS: &[(usize, &[&str])] = &[
     // Users, sessions and identities; security events never depend on them.
     (20, &["store"]),
     (25, &["mail"]),
-    (30, &["anomaly", "auth"]),
+    (30, &["alerts", "anomaly", "auth"]),
     (40, &["error", "state"]),
     (50, &["cleanup", "dashboard"]),
     (60, &["http"]),

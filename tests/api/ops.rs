@@ -91,6 +91,7 @@ fn assert_health_shape(body: &Value, port: u16, pid: u32) {
     assert_eq!(
         sorted_keys(checks),
         [
+            "alerts",
             "database",
             "mail",
             "oauth",
@@ -136,6 +137,16 @@ fn assert_health_shape(body: &Value, port: u16, pid: u32) {
     assert!(log["queued"].is_u64(), "{log}");
     assert!(log["spooled"].is_u64(), "{log}");
     assert_timestamp(&log["lastFlushAt"]);
+    let alerts = &checks["alerts"];
+    for key in [
+        "receivers",
+        "pending",
+        "oldestPendingAgeSecs",
+        "dead",
+        "sent",
+    ] {
+        assert!(alerts[key].is_u64(), "alerts.{key}: {alerts}");
+    }
 }
 
 #[tokio::test]

@@ -35,6 +35,24 @@ pub struct HealthChecks {
     pub oauth: Configured,
     pub security_log: SecurityLogHealth,
     pub mail: MailHealth,
+    pub alerts: AlertsHealth,
+}
+
+/// The alerts' outbox, as their sender last found it (every instance's deliveries: one per alert
+/// and webhook).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsHealth {
+    /// Webhooks configured (`ALERT_WEBHOOK_URLS`); 0: no alerts are sent.
+    pub receivers: usize,
+    /// Deliveries waiting.
+    pub pending: u64,
+    /// Seconds the oldest waiting delivery has waited (0 when none).
+    pub oldest_pending_age_secs: u64,
+    /// Deliveries given up on (each recorded by an `alert_delivery_failed` event).
+    pub dead: u64,
+    /// Deliveries this instance made since its start.
+    pub sent: u64,
 }
 
 /// The mail outbox, as its sender last found it (every instance's messages).

@@ -18,6 +18,7 @@ mod stored;
 mod test_app;
 mod tokens;
 mod wait;
+mod webhook;
 
 pub use events::*;
 pub use metrics::*;
@@ -33,6 +34,7 @@ pub use stored::*;
 pub use test_app::*;
 pub use tokens::*;
 pub use wait::*;
+pub use webhook::*;
 
 pub const PASSWORD: &str = "violet tractor hums at dawn";
 pub const UA: &str =

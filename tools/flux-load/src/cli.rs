@@ -40,6 +40,27 @@ pub enum Command {
         #[arg(long, default_value_t = 2525)]
         port: u16,
     },
+    /// The time from the N-th credential-stuffing attempt to a webhook receiver (built in, on
+    /// loopback) getting the alert: per round, failed logins for N distinct new accounts from a
+    /// new address, N the rule's threshold; the stores' rounds alternate; a bare POST to the
+    /// receiver is the baseline. Prints min/p50/p90/p99/max in milliseconds.
+    AlertLatency {
+        /// The flux-auth binary to start.
+        #[arg(long, default_value = "target/release/flux-auth")]
+        server: PathBuf,
+        /// Which user store(s) to measure.
+        #[arg(long, value_enum, default_value = "both")]
+        store: Stores,
+        /// Admin URL of the Postgres server (a database is created and dropped there).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// Attacks measured per store.
+        #[arg(long, default_value_t = 40)]
+        rounds: usize,
+        /// ANOMALY_CREDENTIAL_STUFFING_THRESHOLD: the attempts per attack.
+        #[arg(long, default_value_t = 10)]
+        threshold: u32,
+    },
     /// Serve the bare axum + JWT baseline on 127.0.0.1:<port> until killed (the harness starts
     /// this itself, as a separate process shaped like flux-auth).
     BaselineServer {

@@ -7,6 +7,7 @@
 //! Only loopback addresses are ever contacted; every loop is bounded in time and count.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod alert_latency;
 mod argon2_ceiling;
 mod baseline;
 mod cli;
@@ -79,6 +80,34 @@ fn main() -> std::process::ExitCode {
                     .build()
                     .map_err(anyhow::Error::from)
                     .and_then(|rt| rt.block_on(outage::run(args)))
+            }),
+        Some(Command::AlertLatency {
+            server,
+            store,
+            postgres_url,
+            rounds,
+            threshold,
+        }) => server
+            .canonicalize()
+            .with_context(|| format!("{} not found: build it first", server.display()))
+            .and_then(|server| {
+                let stores = match store {
+                    Stores::File => vec![StoreKind::File],
+                    Stores::Postgres => vec![StoreKind::Postgres],
+                    Stores::Both => vec![StoreKind::File, StoreKind::Postgres],
+                };
+                let args = alert_latency::AlertLatencyArgs {
+                    server,
+                    postgres_url,
+                    stores,
+                    rounds: rounds.min(10_000),
+                    threshold: threshold.min(10_000),
+                };
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(alert_latency::run(args)))
             }),
         // The client runs on one thread: it shares the machine with the server, and a
         // single-threaded client takes at most one core's worth from it.
