@@ -195,7 +195,7 @@ mod tests {
                 request_id: "r".into(),
                 route: "/api/auth/forgot-password".into(),
                 method: "POST".into(),
-                client: Default::default(),
+                client: crate::domain::ClientInfo::new([127, 0, 0, 1].into(), None, None),
             },
         }
     }

@@ -56,3 +56,39 @@ impl OutboxIndex {
         self.kinds.get(kind)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    #[test]
+    fn pending_messages_are_indexed_until_sent_and_dead_ones_counted() {
+        let now = Utc::now();
+        let mut index = OutboxIndex::default();
+        let first = OutboxMessage::new("email", "a@example.com", "t", "{}".into(), now);
+        let mut second = OutboxMessage::new("email", "b@example.com", "t", "{}".into(), now);
+        second.next_attempt_at = now - Duration::seconds(5);
+        index.add(&first);
+        index.add(&second);
+        let email = index.kind("email").unwrap();
+        assert_eq!(email.due.first().map(|(_, id)| *id), Some(second.id));
+        assert_eq!(email.created.len(), 2);
+        // Replaced: the old version comes out, the new one goes in.
+        index.remove(&second);
+        let mut dead = second.clone();
+        dead.state = OutboxState::Dead;
+        index.add(&dead);
+        index.remove(&first);
+        let mut sent = first.clone();
+        sent.state = OutboxState::Sent;
+        index.add(&sent);
+        let email = index.kind("email").unwrap();
+        assert!(email.due.is_empty() && email.created.is_empty());
+        assert_eq!(email.dead, 1);
+        index.remove(&dead);
+        assert_eq!(index.kind("email").unwrap().dead, 0);
+        assert!(index.kind("webhook").is_none());
+    }
+}
