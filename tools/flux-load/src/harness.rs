@@ -197,6 +197,10 @@ impl Harness {
         let mail_drain = if self.args.scenarios.contains(&Scenario::ForgotKnown) {
             let drain = mail_drain::measure(server.addr, server.pid, MAIL_DRAIN_PATIENCE).await;
             match &drain {
+                Some(d) if d.delivered == 0.0 => println!(
+                    "[{name}] outbox: nothing delivered after the load stopped ({:.0} waiting by the last count); the sink's per-second counts give the rate",
+                    d.backlog
+                ),
                 Some(d) => println!(
                     "[{name}] outbox: {:.0} waiting when the load stopped; {:.0} delivered in {:.1} s = {:.0} messages/s{}; RSS {:.1} MB -> {:.1} MB",
                     d.backlog,
