@@ -33,6 +33,7 @@ macro_rules! named_debug {
 named_debug!(
     AlertCollector,
     HashCollector,
+    MailRequestCollector,
     OutboxCollector,
     PoolCollector,
     RedisCollector,
@@ -316,6 +317,39 @@ impl Collector for OutboxCollector {
             "mail_oldest_pending_age_seconds",
             "How long the oldest waiting message has waited",
             self.0.oldest_pending_age_secs() as f64,
+        )
+    }
+}
+
+/// The queue of forgot-password and resend-verification lookups waiting after their answer.
+pub struct MailRequestCollector(pub Arc<AuthService>);
+
+impl Collector for MailRequestCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let levels = self.0.mail_requests.levels();
+        gauge(
+            &mut e,
+            "mail_requests_waiting",
+            "Forgot-password and resend-verification requests answered and waiting for their lookup",
+            levels.waiting as f64,
+        )?;
+        gauge(
+            &mut e,
+            "mail_requests_capacity",
+            "How many such requests may wait (MAIL_REQUEST_QUEUE)",
+            levels.capacity as f64,
+        )?;
+        counter(
+            &mut e,
+            "mail_requests_accepted",
+            "Forgot-password and resend-verification requests queued for their lookup",
+            levels.accepted,
+        )?;
+        counter(
+            &mut e,
+            "mail_requests_dropped",
+            "Such requests answered but dropped because the queue was full (no lookup, no mail)",
+            levels.dropped,
         )
     }
 }

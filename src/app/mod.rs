@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use collectors::{
-    AlertCollector, HashCollector, OutboxCollector, PoolCollector, RedisCollector,
+    AlertCollector, HashCollector, MailRequestCollector, OutboxCollector, PoolCollector,
+    RedisCollector,
     UserCacheCollector,
 };
 
@@ -24,7 +25,7 @@ use crate::auth::oidc::one_time::OneTimeStore;
 use crate::auth::passwords::PasswordHasher;
 use crate::auth::refresh::RefreshTokens;
 use crate::auth::revocation::{InProcessRevocations, RevocationList, SharedRevocations};
-use crate::auth::service::{AuthService, SessionPolicy};
+use crate::auth::service::{AuthService, MAIL_REQUEST_WORKERS, MailRequests, SessionPolicy};
 use crate::auth::tokens::AccessTokens;
 use crate::auth::two_factor::{Challenges, SecretCipher, TwoFactor};
 use crate::clock::Clock;
@@ -193,9 +194,11 @@ impl Core {
                     clock.clone(),
                 ),
             },
+            mail_requests: MailRequests::new(settings.mail_request_queue, MAIL_REQUEST_WORKERS),
         };
         let auth = Arc::new(auth);
         auth.hasher.prepare().await?;
+        auth.start_mail_request_workers(&background);
         {
             let auth = auth.clone();
             let stop = background.clone();
@@ -226,6 +229,7 @@ impl Core {
             Box::new(LogCollector::new(pipeline.logger.clone())),
             Box::new(log),
             Box::new(HashCollector(auth.clone())),
+            Box::new(MailRequestCollector(auth.clone())),
         ];
         if let Some(db) = &store_db {
             collectors.push(Box::new(PoolCollector {

@@ -289,6 +289,10 @@ declare::settings! {
     mail_retry_for_secs: u64 = 24 * 3600,
     /// How often the mail sender looks for due messages when nothing woke it.
     mail_poll_ms: u64 = 1_000,
+    /// Forgot-password and resend-verification requests waiting for their account lookup and
+    /// mail, answered already (16..100000). Over it a request is answered alike and dropped
+    /// (`flux_auth_mail_requests_dropped_total`): memory stays bounded under a flood.
+    mail_request_queue: usize = 1_024,
 
     /// Webhooks that alerts are posted to, comma-separated (at most 10): `https://…`, a Slack
     /// incoming webhook (`https://hooks.slack.com/…`, sent Slack's shape), or any URL prefixed

@@ -134,6 +134,10 @@ impl Settings {
         if self.max_sessions_per_user == 0 || self.max_sessions_per_user > 1000 {
             problems.push("MAX_SESSIONS_PER_USER must be between 1 and 1000 (default 10).".into());
         }
+        if !(16..=100_000).contains(&self.mail_request_queue) {
+            problems
+                .push("MAIL_REQUEST_QUEUE must be between 16 and 100000 (default 1024).".into());
+        }
         if !(8..=64).contains(&self.password_min_length) {
             problems.push("PASSWORD_MIN_LENGTH must be between 8 and 64 (default 8).".into());
         }

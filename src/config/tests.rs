@@ -146,3 +146,24 @@ fn redis_host_variables_build_a_url() {
     let s = Settings::from_env(env(&[("REDIS_HOST", "cache"), ("REDIS_PORT", "6380")])).unwrap();
     assert_eq!(s.redis_url.unwrap().expose_secret(), "redis://cache:6380");
 }
+
+#[test]
+fn the_mail_request_queue_is_bounded() {
+    let good = generate_secret();
+    for (value, fine) in [
+        ("16", true),
+        ("100000", true),
+        ("15", false),
+        ("100001", false),
+    ] {
+        let settings =
+            Settings::from_env(env(&[("JWT_SECRET", &good), ("MAIL_REQUEST_QUEUE", value)]))
+                .unwrap();
+        assert_eq!(settings.mail_request_queue, value.parse::<usize>().unwrap());
+        let refused = settings
+            .problems()
+            .iter()
+            .any(|p| p.contains("MAIL_REQUEST_QUEUE must be between 16 and 100000"));
+        assert_eq!(refused, !fine, "{value}");
+    }
+}

@@ -134,12 +134,15 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 fn mail_health(state: &AppState) -> MailHealth {
     let outbox = &state.auth.mail;
     let stats = &outbox.stats;
+    let requests = state.auth.mail_requests.levels();
     MailHealth {
         transport: outbox.transport,
         pending: stats.pending_now.load(Ordering::Relaxed),
         oldest_pending_age_secs: stats.oldest_pending_age_secs(state.clock.now()),
         dead: stats.dead_now.load(Ordering::Relaxed),
         sent: stats.sent.load(Ordering::Relaxed),
+        requests_waiting: requests.waiting,
+        requests_dropped: requests.dropped,
     }
 }
 

@@ -8,6 +8,7 @@
 //! `Delivery` with its own kind and body, on the same table, journal and sender loop.
 
 pub mod sender;
+mod smtp_pool;
 pub mod templates;
 pub mod transport;
 

@@ -1,9 +1,10 @@
 //! The outbox's sender: one task per kind of message, delivering each at least once. It claims
-//! due messages with a lease (no other instance gets them meanwhile), hands them to the kind's
-//! [`Delivery`], and records the attempt: sent (the body deleted), retried with exponential
-//! back-off, or, once the retry period is over or the failure is permanent, dead
-//! (the kind's event: `email_send_failed`, `alert_delivery_failed`). A crash between a delivery and its record sends that message again
-//! once the lease runs out: at least once, never lost.
+//! a batch of due messages with a lease (no other instance gets them meanwhile), hands them to
+//! the kind's [`Delivery`] a few at a time, and records the attempts as they finish, those that
+//! finished together in one commit: sent (the body deleted), retried with exponential back-off,
+//! or, once the retry period is over or the failure is permanent, dead (the kind's event:
+//! `email_send_failed`, `alert_delivery_failed`). A crash between a delivery and its record sends
+//! that message again once the lease runs out: at least once, never lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -12,8 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
@@ -109,9 +112,10 @@ pub struct Pacing {
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 /// How long a claim holds a message: longer than any one delivery takes.
 const LEASE: Duration = Duration::from_secs(120);
-/// Messages claimed at once, and delivered at once.
-const BATCH: usize = 64;
-const CONCURRENCY: usize = 8;
+/// Messages claimed at once.
+const BATCH: usize = 128;
+/// Deliveries in flight at once (the SMTP transport keeps as many connections).
+pub const CONCURRENCY: usize = 8;
 
 /// The attempt after a failure at `now` of a message tried `attempts` times before.
 pub fn after_failure(
@@ -152,6 +156,9 @@ impl Sender {
     pub async fn run(self, stop: CancellationToken) {
         let kind = self.delivery.kind();
         let mut warned = false;
+        // The outbox's levels are read when the sender goes idle, and at most once a poll
+        // interval while it is busy: on a long backlog the count costs more than a batch.
+        let mut summarised: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -174,7 +181,10 @@ impl Sender {
                     false
                 }
             };
-            self.refresh_summary(kind).await;
+            if !busy || summarised.is_none_or(|at| at.elapsed() >= self.pacing.poll) {
+                self.refresh_summary(kind).await;
+                summarised = Some(Instant::now());
+            }
             if busy {
                 continue;
             }
@@ -186,27 +196,56 @@ impl Sender {
         }
     }
 
+    /// Delivers `batch`, [`CONCURRENCY`] at a time, while the attempts that finished are
+    /// recorded: each record takes every attempt finished since the last one, in one commit.
     async fn deliver_all(&self, batch: Vec<OutboxMessage>) {
-        futures::stream::iter(batch)
-            .for_each_concurrent(CONCURRENCY, |message| async move {
-                self.deliver_one(message).await;
-            })
-            .await;
+        let (finished, mut results) = mpsc::channel(batch.len().max(1));
+        let deliver = async move {
+            futures::stream::iter(batch)
+                .for_each_concurrent(CONCURRENCY, |message| {
+                    let finished = finished.clone();
+                    async move {
+                        let result = self.delivery.deliver(&message).await;
+                        // The channel holds the whole batch: this never waits.
+                        let _ = finished.send((message, result)).await;
+                    }
+                })
+                .await;
+        };
+        let record = async {
+            let mut done = Vec::with_capacity(BATCH);
+            while results.recv_many(&mut done, BATCH).await > 0 {
+                self.record(std::mem::take(&mut done)).await;
+            }
+        };
+        tokio::join!(deliver, record);
     }
 
-    async fn deliver_one(&self, message: OutboxMessage) {
-        let result = self.delivery.deliver(&message).await;
+    async fn record(&self, done: Vec<(OutboxMessage, Result<(), DeliveryError>)>) {
         let now = self.clock.now();
-        let attempt = match &result {
-            Ok(()) => Attempt::Sent,
-            Err(error) => after_failure(&message, error, now, &self.pacing),
-        };
-        if let Err(e) = self.store.record_attempt(message.id, &attempt, now).await {
-            // The lease runs out and the message is tried again: at least once.
-            tracing::warn!(error = %e, message_id = %message.id,
-                "could not record a delivery attempt; the message will be tried again");
+        let attempts: Vec<(Uuid, Attempt)> = done
+            .iter()
+            .map(|(message, result)| {
+                let attempt = match result {
+                    Ok(()) => Attempt::Sent,
+                    Err(error) => after_failure(message, error, now, &self.pacing),
+                };
+                (message.id, attempt)
+            })
+            .collect();
+        if let Err(e) = self.store.record_attempts(&attempts, now).await {
+            // The leases run out and the messages are tried again: at least once.
+            tracing::warn!(error = %e, count = attempts.len(),
+                "could not record delivery attempts; the messages will be tried again");
             return;
         }
+        for ((message, _), (_, attempt)) in done.iter().zip(attempts) {
+            self.recorded(message, attempt).await;
+        }
+    }
+
+    /// Counts, logs and reports one recorded attempt.
+    async fn recorded(&self, message: &OutboxMessage, attempt: Attempt) {
         match attempt {
             Attempt::Sent => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);

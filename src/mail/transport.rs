@@ -6,15 +6,15 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use super::sender::{Delivery, DeliveryError};
+use super::sender::{CONCURRENCY, Delivery, DeliveryError};
+use super::smtp_pool::{SmtpEndpoint, SmtpPool};
 use crate::config::Settings;
 use crate::store::outbox::OutboxMessage;
 
@@ -22,6 +22,8 @@ use crate::store::outbox::OutboxMessage;
 pub const EMAIL: &str = "email";
 
 const SENDGRID_HOST: &str = "smtp.sendgrid.net";
+/// SendGrid's port, with STARTTLS.
+const SUBMISSION_PORT: u16 = 587;
 /// How long one SMTP exchange may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -87,7 +89,7 @@ impl SmtpTarget {
         }
         settings.sendgrid_api_key.as_ref().map(|_| Self {
             host: SENDGRID_HOST.into(),
-            port: 587,
+            port: SUBMISSION_PORT,
             implicit_tls: false,
             user: Some("apikey".into()),
             has_password: true,
@@ -128,11 +130,14 @@ fn password(settings: &Settings) -> Option<String> {
 /// A configured way to send email.
 pub enum Mailer {
     Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        pool: SmtpPool,
         from: From,
     },
     /// Development without SMTP: one `.eml` file per message.
-    Files { dir: PathBuf, from: From },
+    Files {
+        dir: PathBuf,
+        from: From,
+    },
 }
 
 impl Mailer {
@@ -142,20 +147,15 @@ impl Mailer {
         let from = From::of(settings);
         match SmtpTarget::of(settings) {
             Some(target) => {
-                let builder = if target.implicit_tls {
-                    AsyncSmtpTransport::<Tokio1Executor>::relay(&target.host)?
+                let params = TlsParameters::new(target.host.clone())?;
+                let tls = if target.implicit_tls {
+                    Tls::Wrapper(params)
                 } else if target.is_loopback() {
                     // Loopback: STARTTLS when the server offers it, plain otherwise.
-                    let tls = TlsParameters::new(target.host.clone())?;
-                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&target.host)
-                        .tls(Tls::Opportunistic(tls))
+                    Tls::Opportunistic(params)
                 } else {
-                    AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&target.host)?
+                    Tls::Required(params)
                 };
-                let mut builder = builder
-                    .port(target.port)
-                    .timeout(Some(SMTP_TIMEOUT))
-                    .pool_config(PoolConfig::new().max_size(8));
                 let secret = if settings.smtp_host.is_some() {
                     password(settings)
                 } else {
@@ -164,11 +164,19 @@ impl Mailer {
                         .as_ref()
                         .map(|s| s.expose_secret().to_owned())
                 };
-                if let (Some(user), Some(secret)) = (target.user.clone(), secret) {
-                    builder = builder.credentials(Credentials::new(user, secret));
-                }
+                let credentials = match (target.user.clone(), secret) {
+                    (Some(user), Some(secret)) => Some(Credentials::new(user, secret)),
+                    _ => None,
+                };
+                let endpoint = SmtpEndpoint {
+                    host: target.host,
+                    port: target.port,
+                    tls,
+                    credentials,
+                    timeout: SMTP_TIMEOUT,
+                };
                 Ok(Some(Self::Smtp {
-                    transport: builder.build(),
+                    pool: SmtpPool::new(endpoint, CONCURRENCY),
                     from,
                 }))
             }
@@ -224,11 +232,7 @@ impl Mailer {
     pub async fn send(&self, id: &str, to: &str, body: &EmailBody) -> Result<(), DeliveryError> {
         let message = self.build(to, body)?;
         match self {
-            Self::Smtp { transport, .. } => match transport.send(message).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(DeliveryError::permanent(smtp_error(&e))),
-                Err(e) => Err(DeliveryError::transient(smtp_error(&e))),
-            },
+            Self::Smtp { pool, .. } => pool.send(message.envelope(), &message.formatted()).await,
             Self::Files { dir, .. } => {
                 let path = dir.join(format!("{id}.eml"));
                 let bytes = message.formatted();
@@ -253,13 +257,6 @@ impl Mailer {
             }
         }
     }
-}
-
-/// The transport's error, without anything a server could echo back at length.
-fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
-    let mut text = e.to_string();
-    text.truncate(300);
-    text
 }
 
 #[async_trait::async_trait]

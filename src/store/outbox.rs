@@ -208,11 +208,11 @@ pub trait OutboxStore: Send + Sync {
         lease: chrono::Duration,
         limit: usize,
     ) -> StoreResult<Vec<OutboxMessage>>;
-    /// Records an attempt on a claimed message: sent (its body deleted), retried later, or dead.
-    async fn record_attempt(
+    /// Records attempts on claimed messages, in one commit: each sent (its body deleted),
+    /// retried later, or dead. A message no longer pending is left as it is.
+    async fn record_attempts(
         &self,
-        id: Uuid,
-        attempt: &Attempt,
+        attempts: &[(Uuid, Attempt)],
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
     async fn outbox_summary(&self, kind: &str) -> StoreResult<OutboxSummary>;

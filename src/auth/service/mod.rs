@@ -9,6 +9,7 @@ mod bearer;
 mod change_password;
 mod login;
 mod logout;
+mod mail_requests;
 mod password_reset;
 mod profile;
 mod refresh;
@@ -41,6 +42,7 @@ use crate::store::Store;
 pub use bearer::{Authenticated, RefusedToken};
 pub use change_password::PasswordChange;
 pub use login::Credentials;
+pub use mail_requests::{MAIL_REQUEST_WORKERS, MailRequestKind, MailRequestLevels, MailRequests};
 pub use password_reset::{FORGOT_MESSAGE, PasswordReset};
 pub use profile::ProfileEdit;
 pub use signup::NewAccount;
@@ -100,6 +102,8 @@ pub struct AuthService {
     pub mail: Arc<Outbox>,
     /// Two-factor sign-in: the secrets' cipher and the pending second steps.
     pub two_factor: TwoFactor,
+    /// Forgot-password and resend-verification lookups, after the answer.
+    pub mail_requests: MailRequests,
 }
 
 /// A field that must be present and not blank.

@@ -1,11 +1,11 @@
 //! Forgot-password and reset-password. A request answers the same text whatever the address,
-//! and the lookup and the queueing happen after the answer, so neither body nor time tells who
-//! has an account (nor who has a Google-only one: that account is mailed "Sign in with
-//! Google"). A reset consumes the link's token with the new hash in one step, then ends every
-//! session and access token of the user.
+//! and the lookup and the queueing happen after the answer, in the bounded queue of
+//! `mail_requests` that every address enters alike, so neither body nor time tells who has an
+//! account (nor who has a Google-only one: that account is mailed "Sign in with Google"). A
+//! reset consumes the link's token with the new hash in one step, then ends every session and
+//! access token of the user.
 
-use std::sync::Arc;
-
+use super::mail_requests::{MailRequest, MailRequestKind};
 use super::{AuthService, required};
 use crate::auth::one_time::{self, MAX_TOKEN_CHARS};
 use crate::auth::{AuthError, password_policy};
@@ -29,26 +29,26 @@ pub struct PasswordReset<'a> {
 }
 
 impl AuthService {
-    /// `POST /api/auth/forgot-password`: checks the address and the per-address limit, then
-    /// answers; the rest runs after the answer.
+    /// `POST /api/auth/forgot-password`: checks the address and the per-address limit, queues
+    /// the lookup (or drops it when the queue is full: the answer is the same) and answers.
     pub async fn forgot_password(
-        self: &Arc<Self>,
+        &self,
         email: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
         let email = Email::parse(required(email, "email", "Email")?)?;
         self.enforce(Limit::ForgotPasswordPerIp, &ip_subject(ctx.client.ip), ctx)
             .await?;
-        let (service, ctx) = (self.clone(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = service.forgot_in_background(&email, &ctx).await {
-                tracing::warn!(error = %e, "could not queue a password reset mail");
-            }
+        self.mail_requests.submit(MailRequest {
+            kind: MailRequestKind::ResetPassword,
+            email,
+            ctx: ctx.clone(),
         });
         Ok(())
     }
 
-    async fn forgot_in_background(
+    /// The lookup and the mail of a forgot-password request, run by a queue worker.
+    pub(super) async fn forgot_in_background(
         &self,
         email: &Email,
         ctx: &RequestContext,

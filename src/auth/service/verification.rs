@@ -1,10 +1,10 @@
 //! Email verification: the mail (at signup, on request, and when a provider sign-in meets an
 //! unverified account with its address), and the use of its link. Asking for a mail answers the
 //! same whether or not the account exists or is verified, and the lookup and the queueing
-//! happen after the answer, so neither the body nor the time tells.
+//! happen after the answer, in the bounded queue of `mail_requests` that every address enters
+//! alike, so neither the body nor the time tells.
 
-use std::sync::Arc;
-
+use super::mail_requests::{MailRequest, MailRequestKind};
 use super::{AuthService, required};
 use crate::auth::AuthError;
 use crate::auth::one_time::{self, MAX_TOKEN_CHARS};
@@ -48,10 +48,11 @@ impl AuthService {
         Ok(())
     }
 
-    /// `POST /api/auth/resend-verification`: checks the address and the per-address limit, then
-    /// answers; the rest runs after the answer.
+    /// `POST /api/auth/resend-verification`: checks the address and the per-address limit,
+    /// queues the lookup (or drops it when the queue is full: the answer is the same) and
+    /// answers.
     pub async fn resend_verification(
-        self: &Arc<Self>,
+        &self,
         email: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
@@ -62,16 +63,16 @@ impl AuthService {
             ctx,
         )
         .await?;
-        let (service, ctx) = (self.clone(), ctx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = service.resend_in_background(&email, &ctx).await {
-                tracing::warn!(error = %e, "could not queue a verification mail");
-            }
+        self.mail_requests.submit(MailRequest {
+            kind: MailRequestKind::Verification,
+            email,
+            ctx: ctx.clone(),
         });
         Ok(())
     }
 
-    async fn resend_in_background(
+    /// The lookup and the mail of a resend request, run by a queue worker.
+    pub(super) async fn resend_in_background(
         &self,
         email: &Email,
         ctx: &RequestContext,

@@ -70,6 +70,10 @@ pub struct MailHealth {
     pub dead: u64,
     /// Messages this instance delivered since its start.
     pub sent: u64,
+    /// Forgot-password and resend-verification requests answered and waiting for their lookup.
+    pub requests_waiting: usize,
+    /// Such requests dropped since the start because their queue was full (`MAIL_REQUEST_QUEUE`).
+    pub requests_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

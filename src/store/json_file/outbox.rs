@@ -42,91 +42,93 @@ impl OutboxStore for FileStore {
         lease: chrono::Duration,
         limit: usize,
     ) -> StoreResult<Vec<OutboxMessage>> {
-        let mut due: Vec<OutboxMessage> = self
-            .sessions
-            .read()
-            .outbox()
-            .iter()
-            .filter(|m| m.kind == kind && m.is_due(now))
-            .map(|m| m.as_ref().clone())
-            .collect();
-        due.sort_by_key(|m| m.next_attempt_at);
         let mut leases = self
             .outbox_leases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         leases.retain(|_, until| *until > now);
-        due.retain(|m| !leases.contains_key(&m.id));
-        due.truncate(limit);
-        for m in &mut due {
-            m.leased_until = Some(now + lease);
-            leases.insert(m.id, now + lease);
+        let state = self.sessions.read();
+        let Some(index) = state.outbox_of(kind) else {
+            return Ok(Vec::new());
+        };
+        // Due order, and only the due ones: the index stops at the first message not due yet.
+        let mut due = Vec::new();
+        for (_, id) in index.due.iter().take_while(|(at, _)| *at <= now) {
+            if due.len() == limit {
+                break;
+            }
+            if leases.contains_key(id) {
+                continue;
+            }
+            if let Some(m) = state.outgoing(id).filter(|m| m.is_due(now)) {
+                let mut m = m.as_ref().clone();
+                m.leased_until = Some(now + lease);
+                leases.insert(m.id, now + lease);
+                due.push(m);
+            }
         }
         Ok(due)
     }
 
-    async fn record_attempt(
+    async fn record_attempts(
         &self,
-        id: Uuid,
-        attempt: &Attempt,
+        attempts: &[(Uuid, Attempt)],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
+        // One journal line for the batch: one write and one sync, however many were delivered.
         let recorded = self
             .update_sessions(|tx| {
-                let Some(current) = tx.state().outgoing(&id) else {
-                    return Ok(());
-                };
-                if current.state != OutboxState::Pending {
-                    return Ok(());
+                for (id, attempt) in attempts {
+                    let Some(current) = tx.state().outgoing(id) else {
+                        continue;
+                    };
+                    if current.state != OutboxState::Pending {
+                        continue;
+                    }
+                    let mut m = current.as_ref().clone();
+                    m.attempts += 1;
+                    m.leased_until = None;
+                    match attempt {
+                        Attempt::Sent => {
+                            m.state = OutboxState::Sent;
+                            m.body = None;
+                            m.sent_at = Some(now);
+                            m.last_error = None;
+                        }
+                        Attempt::Retry { error, retry_at } => {
+                            m.next_attempt_at = *retry_at;
+                            m.last_error = Some(error.clone());
+                        }
+                        Attempt::Dead { error } => {
+                            m.state = OutboxState::Dead;
+                            m.last_error = Some(error.clone());
+                        }
+                    }
+                    tx.put_outgoing(m);
                 }
-                let mut m = current.as_ref().clone();
-                m.attempts += 1;
-                m.leased_until = None;
-                match attempt {
-                    Attempt::Sent => {
-                        m.state = OutboxState::Sent;
-                        m.body = None;
-                        m.sent_at = Some(now);
-                        m.last_error = None;
-                    }
-                    Attempt::Retry { error, retry_at } => {
-                        m.next_attempt_at = *retry_at;
-                        m.last_error = Some(error.clone());
-                    }
-                    Attempt::Dead { error } => {
-                        m.state = OutboxState::Dead;
-                        m.last_error = Some(error.clone());
-                    }
-                }
-                tx.put_outgoing(m);
                 Ok(())
             })
             .await;
-        self.outbox_leases
+        let mut leases = self
+            .outbox_leases
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, _) in attempts {
+            leases.remove(id);
+        }
         recorded
     }
 
     async fn outbox_summary(&self, kind: &str) -> StoreResult<OutboxSummary> {
         let state = self.sessions.read();
-        let mut summary = OutboxSummary::default();
-        for m in state.outbox().iter().filter(|m| m.kind == kind) {
-            match m.state {
-                OutboxState::Pending => {
-                    summary.pending += 1;
-                    summary.oldest_pending_at = Some(
-                        summary
-                            .oldest_pending_at
-                            .map_or(m.created_at, |t| t.min(m.created_at)),
-                    );
-                }
-                OutboxState::Dead => summary.dead += 1,
-                OutboxState::Sent => {}
-            }
-        }
-        Ok(summary)
+        Ok(state
+            .outbox_of(kind)
+            .map(|index| OutboxSummary {
+                pending: index.due.len() as u64,
+                dead: index.dead,
+                oldest_pending_at: index.created.first().map(|(at, _)| *at),
+            })
+            .unwrap_or_default())
     }
 
     async fn outbox_messages(&self, limit: usize) -> StoreResult<Vec<OutboxMessage>> {

@@ -147,35 +147,51 @@ impl OutboxStore for PgStore {
         Ok(messages)
     }
 
-    async fn record_attempt(
+    async fn record_attempts(
         &self,
-        id: Uuid,
-        attempt: &Attempt,
+        attempts: &[(Uuid, Attempt)],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
+        let sent: Vec<Uuid> = attempts
+            .iter()
+            .filter(|(_, a)| matches!(a, Attempt::Sent))
+            .map(|(id, _)| *id)
+            .collect();
         let mut conn = self.conn().await?;
-        let query = match attempt {
-            Attempt::Sent => sqlx::query(
+        let mut tx = begin_retrying!(self, conn);
+        // The delivered ones in one statement: one commit for the batch.
+        if !sent.is_empty() {
+            sqlx::query(
                 "UPDATE outbox SET state = 'sent', body = NULL, sent_at = $2, \
-                 attempts = attempts + 1, leased_until = NULL, last_error = NULL WHERE id = $1",
+                 attempts = attempts + 1, leased_until = NULL, last_error = NULL \
+                 WHERE id = ANY($1) AND state = 'pending'",
             )
-            .bind(id)
-            .bind(now),
-            Attempt::Retry { error, retry_at } => sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, leased_until = NULL, \
-                 next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(*retry_at)
-            .bind(error),
-            Attempt::Dead { error } => sqlx::query(
-                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, leased_until = NULL, \
-                 last_error = $2 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(error),
-        };
-        query.execute(&mut *conn).await.map_err(|e| self.fail(e))?;
+            .bind(&sent)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        }
+        for (id, attempt) in attempts {
+            let query = match attempt {
+                Attempt::Sent => continue,
+                Attempt::Retry { error, retry_at } => sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, leased_until = NULL, \
+                     next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
+                )
+                .bind(id)
+                .bind(*retry_at)
+                .bind(error),
+                Attempt::Dead { error } => sqlx::query(
+                    "UPDATE outbox SET state = 'dead', attempts = attempts + 1, \
+                     leased_until = NULL, last_error = $2 WHERE id = $1 AND state = 'pending'",
+                )
+                .bind(id)
+                .bind(error),
+            };
+            query.execute(&mut *tx).await.map_err(|e| self.fail(e))?;
+        }
+        tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ mod cli;
 mod linking;
 mod notices;
 mod outbox;
+mod request_queue;
 mod reset;
 mod verification;
 

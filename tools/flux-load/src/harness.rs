@@ -14,10 +14,14 @@ use crate::baseline;
 use crate::cli::{RunArgs, Scenario};
 use crate::fixture::{Fixture, accounts};
 use crate::http::{Call, Conn};
+use crate::mail_drain;
 use crate::measure::{Job, Latency, ProcStats, Window, closed_loop, observe, paced, rss_mb};
 use crate::probes::{metric_reaches, revocations_mirrored};
 use crate::report::{self, Report, Row};
 use crate::server::{self, BenchDb, Server, ServerLogs, ServerSpec, StoreKind};
+
+/// How long the outbox's backlog is watched draining after the forgot-password points.
+const MAIL_DRAIN_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The baseline server of one store's run.
 struct Baseline {
@@ -190,6 +194,35 @@ impl Harness {
             .await;
         let _ = baseline.child.kill().await;
         result?;
+        let mail_drain = if self.args.scenarios.contains(&Scenario::ForgotKnown) {
+            let drain = mail_drain::measure(server.addr, server.pid, MAIL_DRAIN_PATIENCE).await;
+            match &drain {
+                Some(d) if d.delivered == 0.0 => println!(
+                    "[{name}] outbox: nothing delivered after the load stopped ({:.0} waiting by the last count); the sink's per-second counts give the rate",
+                    d.backlog
+                ),
+                Some(d) => println!(
+                    "[{name}] outbox: {:.0} waiting when the load stopped; {:.0} delivered in {:.1} s = {:.0} messages/s{}; RSS {:.1} MB -> {:.1} MB",
+                    d.backlog,
+                    d.delivered,
+                    d.seconds,
+                    d.per_sec,
+                    if d.emptied {
+                        ""
+                    } else {
+                        " (not emptied in time)"
+                    },
+                    d.rss_before_mb,
+                    d.rss_after_mb
+                ),
+                None => {
+                    eprintln!("flux-load: warning: [{name}] no outbox metrics to measure delivery")
+                }
+            }
+            drain
+        } else {
+            None
+        };
         // Idle as in production: the hashing threads unmap their argon2 memory after 10 s
         // without a hash.
         let quiet = Instant::now();
@@ -221,6 +254,7 @@ impl Harness {
             start_to_ready_ms: start_ms,
             idle_rss_mb: idle_start,
             idle_rss_after_mb: idle_end,
+            mail_drain,
         });
         Ok(())
     }

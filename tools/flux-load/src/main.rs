@@ -15,6 +15,7 @@ mod fixture;
 mod harness;
 mod hash_memory;
 mod http;
+mod mail_drain;
 mod measure;
 mod outage;
 mod probes;

@@ -54,6 +54,9 @@ pub struct StoreSummary {
     pub start_to_ready_ms: f64,
     pub idle_rss_mb: f64,
     pub idle_rss_after_mb: f64,
+    /// The outbox's delivery rate after the forgot-password points, when they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_drain: Option<crate::mail_drain::MailDrain>,
 }
 
 #[derive(Debug, Serialize)]
@@ -355,6 +358,27 @@ impl Report {
                 "| {} | {:.0} ms | {:.1} MB | {:.1} MB |",
                 s.store, s.start_to_ready_ms, s.idle_rss_mb, s.idle_rss_after_mb
             );
+        }
+        for s in &self.stores {
+            if let Some(d) = &s.mail_drain {
+                let _ = writeln!(
+                    md,
+                    "\nOutbox delivery, {}: {:.0} messages waiting when the load stopped; {:.0} \
+                     delivered in {:.1} s = **{:.0} messages/s**{}; RSS {:.1} MB before, {:.1} MB after.",
+                    s.store,
+                    d.backlog,
+                    d.delivered,
+                    d.seconds,
+                    d.per_sec,
+                    if d.emptied {
+                        ""
+                    } else {
+                        " (not emptied in time)"
+                    },
+                    d.rss_before_mb,
+                    d.rss_after_mb
+                );
+            }
         }
         md.push_str("\n| store | scenario | conc | req/s | p50 ms | p99 ms | p99.9 ms | errors | n | peak RSS MB | server CPU % | machine busy % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.rows {

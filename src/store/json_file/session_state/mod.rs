@@ -18,12 +18,15 @@ use crate::store::outbox::{OneTimeToken, OutboxMessage, TokenPurpose};
 use crate::store::{ENDED_SESSION_RETENTION_DAYS, SessionRecord, TokenRecord};
 
 mod ops;
+mod outbox_index;
 mod retired;
 #[cfg(test)]
 mod tests;
 mod tx;
 
 pub(super) use ops::{Op, OpIn, OpOut};
+pub(super) use outbox_index::KindIndex;
+use outbox_index::OutboxIndex;
 pub(super) use retired::{Retired, RetiredToken};
 pub(super) use tx::Tx;
 
@@ -70,6 +73,8 @@ pub(super) struct Sessions {
     one_time_of: HashMap<(String, TokenPurpose), String>,
     /// The outbox (the mail sender's queue; see `store::outbox`).
     outbox: HashMap<Uuid, Arc<OutboxMessage>>,
+    /// The pending outbox by due time and age, and the dead counted.
+    outbox_index: OutboxIndex,
     /// The sequence number of the last journal batch in this state.
     pub seq: u64,
     pub prune_hint: Option<PruneHint>,
@@ -204,10 +209,15 @@ impl Sessions {
                 }
             }
             Op::Outgoing(rec) => {
-                self.outbox.insert(rec.id, rec.clone());
+                if let Some(old) = self.outbox.insert(rec.id, rec.clone()) {
+                    self.outbox_index.remove(&old);
+                }
+                self.outbox_index.add(rec);
             }
             Op::DropOutgoing(id) => {
-                self.outbox.remove(id);
+                if let Some(old) = self.outbox.remove(id) {
+                    self.outbox_index.remove(&old);
+                }
                 shrink_if_sparse(&mut self.outbox);
             }
             Op::DropToken(id) => {
@@ -321,6 +331,11 @@ impl Sessions {
 
     pub fn outgoing(&self, id: &Uuid) -> Option<&Arc<OutboxMessage>> {
         self.outbox.get(id)
+    }
+
+    /// The pending and dead messages of `kind`, indexed.
+    pub fn outbox_of(&self, kind: &str) -> Option<&KindIndex> {
+        self.outbox_index.kind(kind)
     }
 
     /// The outbox, oldest first.
