@@ -47,6 +47,7 @@ pub fn setting_problems(settings: &Settings) -> Vec<String> {
     problems.extend(crate::auth::oidc::setting_problems(settings));
     // FRONTEND_URL, which mail's links also start at, the OpenID settings check.
     problems.extend(crate::mail::transport::setting_problems(settings));
+    problems.extend(crate::telemetry::error_tracking::setting_problems(settings));
     problems
 }
 
