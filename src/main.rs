@@ -19,8 +19,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(cli::exit::CONFIG);
         }
     };
-    // Held to the end: dropping it writes out the log lines still buffered.
-    let log = match flux_auth::telemetry::init(settings.log_format, settings.log_buffer_lines) {
+    // Both held to the end. Dropped in reverse: the log lines still buffered are written out,
+    // then the error events still queued are sent (for at most a second).
+    let errors = flux_auth::telemetry::error_tracking::init(&settings);
+    let log = match flux_auth::telemetry::init(&settings, errors.as_ref()) {
         Ok(log) => log,
         Err(e) => {
             eprintln!("flux-auth: could not start the log writer thread: {e}");

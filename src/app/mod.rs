@@ -50,6 +50,7 @@ pub fn setting_problems(settings: &Settings) -> Vec<String> {
     // FRONTEND_URL, which mail's links also start at, the OpenID settings check.
     problems.extend(crate::mail::transport::setting_problems(settings));
     problems.extend(crate::alerts::setting_problems(settings));
+    problems.extend(crate::telemetry::error_tracking::setting_problems(settings));
     problems
 }
 

@@ -46,6 +46,10 @@ pub fn check_config(settings: &Settings) -> ExitCode {
                  have it on cannot finish signing in (generate one with `flux-auth gen-totp-key`)"
             }
         );
+        println!(
+            "  errors:       {}",
+            crate::telemetry::error_tracking::describe(settings)
+        );
         if settings.jwt_secret.is_none() {
             println!(
                 "  note: JWT_SECRET unset; a development secret is kept in {}",

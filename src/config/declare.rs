@@ -17,6 +17,8 @@ pub enum Kind {
     Secret,
     /// A whole number.
     Number,
+    /// A number with a fraction (`0.25`).
+    Decimal,
     /// true/false, 1/0, yes/no, on/off.
     Flag,
     /// Comma-separated; an empty value is an empty list.
@@ -39,6 +41,7 @@ macro_rules! read_as {
 read_as!(Text: String, IpAddr, SocketAddr, PathBuf);
 read_as!(Text: Environment, StorageKind, FingerprintPolicy, Durability, LogFormat, Switch);
 read_as!(Number: u16, u32, u64, usize);
+read_as!(Decimal: f64);
 read_as!(Flag: bool);
 read_as!(Secret: SecretString);
 

@@ -104,6 +104,12 @@ fn env_value(name: &str, value: &str, kind: Kind) -> Result<toml::Value, ConfigE
         Kind::Number => {
             toml::Value::Integer(value.trim().parse().map_err(|_| bad("a whole number"))?)
         }
+        Kind::Decimal => toml::Value::Float(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| bad("a number such as 0.25"))?,
+        ),
         Kind::Flag => toml::Value::Boolean(match value.trim().to_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,

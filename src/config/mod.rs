@@ -57,6 +57,20 @@ declare::settings! {
     /// Log lines that may wait for stdout before new ones are dropped (`telemetry::init`).
     log_buffer_lines: usize = LOG_BUFFER_LINES.default,
 
+    /// Sentry (or a compatible ingestion endpoint) that internal errors, ERROR logs and panics
+    /// are reported to, `https://<key>@<host>/<project>`; unset: nothing is reported. The key is a
+    /// secret.
+    sentry_dsn: Option<SecretString> = None,
+    /// The environment events are filed under; unset: `NODE_ENV`.
+    sentry_environment: Option<String> = None,
+    /// The release events are filed under; unset: `flux-auth@<version>`.
+    sentry_release: Option<String> = None,
+    /// The share of requests traced as Sentry transactions (0..=1; 0: none).
+    sentry_traces_sample_rate: f64 = 0.0,
+    /// Serve `GET /api/debug/panic`, which panics, to see a panic reach error tracking end to
+    /// end; refused when `NODE_ENV=production`.
+    debug_panic_route: bool = false,
+
     /// Signing key of the access tokens, at least 32 random bytes.
     jwt_secret: Option<SecretString> = None,
     /// Accepted for verification only, so rotating `JWT_SECRET` logs nobody out.

@@ -69,11 +69,15 @@ pub async fn request_context(State(edge): State<Edge>, mut req: Request, next: N
         .map(|matched| super::canonical_path(matched).unwrap_or(matched))
         .unwrap_or("unmatched");
     let span = tracing::info_span!("request", request_id = %id);
+    crate::telemetry::error_tracking::tag_request(&id, route_label, method);
     let started = Instant::now();
     let response = match EarlyRefusal::of(&req, state.settings.body_limit_bytes) {
         Some(refusal) => refusal.through(&edge.cors, req).await,
         None => next.run(req).instrument(span.clone()).await,
     };
+    if response.status().is_server_error() {
+        crate::telemetry::error_tracking::tag_status(response.status().as_u16());
+    }
     let mut response = span.in_scope(|| error_envelope(response, &id));
     security_headers(response.headers_mut(), state.settings.hsts);
     let status = response.status();

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_users;
 pub mod auth;
 pub mod bodies;
+pub mod debug;
 pub mod events;
 pub mod extract;
 pub mod google;
@@ -25,6 +26,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::routing::{self, MethodRouter};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
@@ -192,30 +194,39 @@ pub fn router(state: AppState) -> Router {
         }
         api = api.route(route.path, route.handler);
     }
+    if settings.debug_panic_route {
+        api = api.route(debug::PANIC_PATH, routing::get(debug::panic));
+    }
     let api = api
         // The dashboard's page and scripts: not API routes, so not in `routes()` or the document.
         .merge(crate::dashboard::routes())
         .fallback(middleware::not_found)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
 
-    // Outermost first: the request middleware (request id and span, early refusals, error
-    // envelope, security headers, log line), then CORS, and the timeout innermost so that its 408
-    // gets enveloped too. The middleware passes its own refusals through the same CORS layer.
+    // Outermost first: error tracking's per-request hub (when on), the request middleware
+    // (request id and span, early refusals, error envelope, security headers, log line), then
+    // CORS, the timeout so that its 408 gets enveloped too, and innermost a handler's panic
+    // answered 500 (enveloped and logged like any) instead of a dropped connection. The
+    // middleware passes its own refusals through the same CORS layer.
     let cors = cors(&state);
     let edge = middleware::Edge {
         state: state.clone(),
         cors: std::sync::Arc::new(cors.clone()),
     };
-    api.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        Duration::from_millis(settings.request_timeout_ms),
-    ))
-    .layer(cors)
-    .layer(axum::middleware::from_fn_with_state(
-        edge,
-        middleware::request_context,
-    ))
-    .with_state(state)
+    let settings = state.settings.clone();
+    let router = api
+        .layer(CatchPanicLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(settings.request_timeout_ms),
+        ))
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            edge,
+            middleware::request_context,
+        ))
+        .with_state(state);
+    crate::telemetry::error_tracking::around(router, &settings)
 }
 
 /// Exact origins from `CORS_ORIGINS` (in development, the usual local frontends when unset).

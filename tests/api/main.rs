@@ -33,6 +33,7 @@ mod ops;
 mod pipeline;
 mod pooler;
 mod refresh;
+mod sentry;
 mod sessions;
 mod signup;
 mod small_disk;
