@@ -71,11 +71,15 @@ impl Columns {
              COALESCE({is_active}, true) AS is_active, \
              COALESCE({created_at}, '0001-01-01 00:00:00+00'::timestamptz) AS sort_key, {created_at} AS created_at, \
              {last_login} AS last_login, \
-             ({preferences} IS NOT NULL AND {preferences} <> '{{}}'::jsonb) AS has_preferences, \
-             ({totp_secret} IS NOT NULL AND COALESCE({totp_enabled}, false)) AS has_totp \
+             CASE WHEN octet_length({preferences}::text) <= {max_preferences} THEN {preferences} END \
+               AS preferences, \
+             COALESCE(octet_length({preferences}::text) > {max_preferences}, false) AS preferences_too_large, \
+             CASE WHEN COALESCE({totp_enabled}, false) THEN COALESCE({totp_secret}, '') END AS totp_secret, \
+             ({totp_backup_codes})[1:{max_backup_codes}] AS totp_backup_codes, \
+             {totp_enabled_at} AS totp_enabled_at \
              FROM public.users \
              WHERE (COALESCE({created_at}, '0001-01-01 00:00:00+00'::timestamptz), id::text) > ($1, $2) \
-             ORDER BY 13, 1 LIMIT $3",
+             ORDER BY sort_key, 1 LIMIT $3",
             name = self.user("name", "text"),
             password_hash = self.user("password_hash", "text"),
             user_type = self.user("user_type", "text"),
@@ -91,6 +95,10 @@ impl Columns {
             preferences = self.user("preferences", "jsonb"),
             totp_secret = self.user("totp_secret", "text"),
             totp_enabled = self.user("totp_enabled", "boolean"),
+            totp_backup_codes = self.user("totp_backup_codes", "text[]"),
+            totp_enabled_at = self.user("totp_enabled_at", "timestamptz"),
+            max_preferences = MAX_PREFERENCES_TEXT,
+            max_backup_codes = MAX_BACKUP_CODES,
         )
     }
 
@@ -141,8 +149,14 @@ pub struct SourceUser {
     pub sort_key: DateTime<Utc>,
     pub created_at: Option<DateTime<Utc>>,
     pub last_login: Option<DateTime<Utc>>,
-    pub has_preferences: bool,
-    pub has_totp: bool,
+    /// `preferences`, unless its text is longer than [`MAX_PREFERENCES_TEXT`] (then
+    /// `preferences_too_large`): what could never fit the settings' cap is not read.
+    pub preferences: Option<serde_json::Value>,
+    pub preferences_too_large: bool,
+    /// `totp_secret` (base32) of a user with `totp_enabled`; `None` otherwise.
+    pub totp_secret: Option<String>,
+    pub totp_backup_codes: Option<Vec<String>>,
+    pub totp_enabled_at: Option<DateTime<Utc>>,
 }
 
 /// A refresh token row of FluxStudio's, as read.
@@ -161,6 +175,14 @@ pub struct SourceToken {
 
 /// Rows of one page.
 pub const PAGE: i64 = 1000;
+
+/// `preferences` longer than this as Postgres's text are not read (and reported): that text at
+/// most doubles the compact JSON the settings' cap measures, so settings made from them exceed
+/// the cap unless most of it is keys the settings drop. Bounds what one page holds.
+const MAX_PREFERENCES_TEXT: usize = 2 * crate::domain::settings::MAX_STORED_BYTES;
+
+/// Backup codes read per user at most (FluxStudio made 8).
+const MAX_BACKUP_CODES: usize = 20;
 
 pub async fn users_page(
     source: &mut PgConnection,
