@@ -66,7 +66,10 @@ pub fn secret_from_base32(text: &str) -> Option<Vec<u8>> {
     if text.len() > MAX_SECRET_BYTES.div_ceil(5) * 8 {
         return None;
     }
-    let bytes = totp_rs::Secret::try_from_base32(&text).ok()?.as_bytes().to_vec();
+    let bytes = totp_rs::Secret::try_from_base32(&text)
+        .ok()?
+        .as_bytes()
+        .to_vec();
     (MIN_SECRET_BYTES..=MAX_SECRET_BYTES)
         .contains(&bytes.len())
         .then_some(bytes)

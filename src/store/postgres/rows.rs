@@ -176,13 +176,23 @@ pub(super) fn insert_users_if_absent(
         .bind(column(&|u| Some(u.user_type.as_str().to_owned())))
         .bind(column(&|u| u.password_hash.clone()))
         .bind(column(&|u| u.google_id.clone()))
-        .bind(users.iter().map(|(u, _)| u.email_verified).collect::<Vec<_>>())
+        .bind(
+            users
+                .iter()
+                .map(|(u, _)| u.email_verified)
+                .collect::<Vec<_>>(),
+        )
         .bind(column(&|u| u.avatar.clone()))
         .bind(users.iter().map(|(u, _)| u.created_at).collect::<Vec<_>>())
         .bind(users.iter().map(|(u, _)| u.last_login).collect::<Vec<_>>())
         .bind(column(&|u| Email::key_of(&u.email)))
         .bind(users.iter().map(|(u, _)| u.updated_at).collect::<Vec<_>>())
-        .bind(users.iter().map(|(u, _)| u.two_factor_enabled).collect::<Vec<_>>())
+        .bind(
+            users
+                .iter()
+                .map(|(u, _)| u.two_factor_enabled)
+                .collect::<Vec<_>>(),
+        )
         .bind(users.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>())
 }
 

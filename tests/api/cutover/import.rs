@@ -69,7 +69,10 @@ async fn fluxstudio_users_and_live_sessions_are_imported_once_and_log_in() {
             dry.contains("settings: would import for 6 users from their preferences"),
             "{dry}"
         );
-        assert!(dry.contains("two-factor: would import for 1 users"), "{dry}");
+        assert!(
+            dry.contains("two-factor: would import for 1 users"),
+            "{dry}"
+        );
         for token in tokens() {
             assert!(!dry.contains(&token.token), "a raw token in the report");
         }

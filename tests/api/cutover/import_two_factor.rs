@@ -85,7 +85,10 @@ async fn two_factor_users_wait_for_the_key_then_sign_in_with_their_fluxstudio_co
         ),
         "{first}"
     );
-    assert!(first.contains("two-factor: imported for 0 users"), "{first}");
+    assert!(
+        first.contains("two-factor: imported for 0 users"),
+        "{first}"
+    );
     assert!(
         first.contains("kept for later: 1 users with two-factor on"),
         "{first}"
@@ -125,13 +128,19 @@ async fn two_factor_users_wait_for_the_key_then_sign_in_with_their_fluxstudio_co
         ),
         "{second}"
     );
-    assert!(second.contains("two-factor: imported for 1 users"), "{second}");
+    assert!(
+        second.contains("two-factor: imported for 1 users"),
+        "{second}"
+    );
     let (secret, backup_codes, flag) = two_factor_row(&pool).await.expect("a two-factor row");
     assert!(flag, "users.two_factor_enabled");
     assert!(secret.starts_with("v1:") && !secret.contains(TESS_SECRET));
     assert_eq!(backup_codes.len(), 2);
     for code in TESS_BACKUP_CODES {
-        assert!(!backup_codes.iter().any(|h| h.contains(code)), "a plain code");
+        assert!(
+            !backup_codes.iter().any(|h| h.contains(code)),
+            "a plain code"
+        );
     }
 
     // A third run changes nothing.
@@ -140,11 +149,11 @@ async fn two_factor_users_wait_for_the_key_then_sign_in_with_their_fluxstudio_co
         third.contains("users: 8 read, imported 0, 6 already present"),
         "{third}"
     );
-    assert!(third.contains("two-factor: imported for 0 users"), "{third}");
-    assert_eq!(
-        two_factor_row(&pool).await.map(|r| r.1),
-        Some(backup_codes)
+    assert!(
+        third.contains("two-factor: imported for 0 users"),
+        "{third}"
     );
+    assert_eq!(two_factor_row(&pool).await.map(|r| r.1), Some(backup_codes));
 
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
@@ -155,11 +164,9 @@ async fn two_factor_users_wait_for_the_key_then_sign_in_with_their_fluxstudio_co
     // The authenticator set up in FluxStudio gives the code.
     let secret = flux_auth::auth::two_factor::codes::secret_from_base32(TESS_SECRET).unwrap();
     let temp = second_step(&app).await;
-    let code = flux_auth::auth::two_factor::codes::code_at(
-        &secret,
-        app.clock().now().timestamp() as u64,
-    )
-    .unwrap();
+    let code =
+        flux_auth::auth::two_factor::codes::code_at(&secret, app.clock().now().timestamp() as u64)
+            .unwrap();
     let signed_in = verify(&app, &temp, &code).await;
     assert_eq!(signed_in.status(), StatusCode::OK);
     let body: Value = signed_in.json().await.unwrap();

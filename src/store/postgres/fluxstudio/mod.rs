@@ -91,39 +91,39 @@ pub async fn import(
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<Report> {
     let columns = source::Columns::read(source).await?;
-    let mut read = source.acquire().await?;
+    let mut reader = source::Reader::open(source, &columns).await?;
     let mut conn = target.migration_connection().await?;
     let mut report = Report::default();
     if dry_run {
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
         make_tables_if_missing(&mut conn, target).await?;
     }
-    let users_sql = columns.users_page_sql();
-    // 0001-01-01: what rows without a creation time sort as.
-    let floor = DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let mut after = (floor, String::new());
-    loop {
-        let page = source::users_page(&mut read, &users_sql, &after).await?;
-        let Some(last) = page.last() else { break };
-        after = (last.sort_key, last.id.clone());
+    // Each page is written while the next one is read.
+    let mut page = reader.users().await?;
+    while !page.is_empty() {
         begin_page(&mut conn, dry_run).await?;
-        write::users(&mut conn, &page, seal, now, &mut report, &mut progress).await?;
+        let (next, written) = tokio::join!(
+            reader.users(),
+            write::users(&mut conn, &page, seal, now, &mut report, &mut progress),
+        );
+        written?;
         end_page(&mut conn, dry_run).await?;
         progress(Progress::Users(report.users_read));
+        page = next?;
     }
-    if columns.has_tokens() {
-        let tokens_sql = columns.tokens_page_sql();
-        let mut after = String::new();
-        loop {
-            let page = source::tokens_page(&mut read, &tokens_sql, &after).await?;
-            let Some(last) = page.last() else { break };
-            after = last.token.clone();
-            begin_page(&mut conn, dry_run).await?;
-            write::tokens(&mut conn, &page, now, &mut report, &mut progress).await?;
-            end_page(&mut conn, dry_run).await?;
-            progress(Progress::Tokens(report.tokens_read));
-        }
+    let mut page = reader.tokens().await?;
+    while !page.is_empty() {
+        begin_page(&mut conn, dry_run).await?;
+        let (next, written) = tokio::join!(
+            reader.tokens(),
+            write::tokens(&mut conn, &page, now, &mut report, &mut progress),
+        );
+        written?;
+        end_page(&mut conn, dry_run).await?;
+        progress(Progress::Tokens(report.tokens_read));
+        page = next?;
     }
+    reader.close().await?;
     if dry_run {
         sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
     }

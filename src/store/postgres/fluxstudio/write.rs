@@ -150,12 +150,7 @@ pub(super) async fn users(
     Ok(())
 }
 
-fn skip_user(
-    report: &mut Report,
-    progress: &mut impl FnMut(Progress),
-    id: &str,
-    reason: Skip,
-) {
+fn skip_user(report: &mut Report, progress: &mut impl FnMut(Progress), id: &str, reason: Skip) {
     report.users_skipped += 1;
     progress(Progress::Skipped(Skipped::new("users", id, reason)));
 }
@@ -220,7 +215,11 @@ async fn insert_two_factor(
          ON CONFLICT (user_id) DO NOTHING",
     )
     .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, s)| s.secret.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(_, s)| s.secret.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|(_, s)| s.enabled_at).collect::<Vec<_>>())
     .bind(
         rows.iter()
@@ -246,12 +245,37 @@ async fn insert_identities(
            $5::timestamptz[], $6::timestamptz[]) \
          ON CONFLICT DO NOTHING",
     )
-    .bind(identities.iter().map(|i| i.issuer.as_str()).collect::<Vec<_>>())
-    .bind(identities.iter().map(|i| i.subject.as_str()).collect::<Vec<_>>())
-    .bind(identities.iter().map(|i| i.user_id.as_str()).collect::<Vec<_>>())
-    .bind(identities.iter().map(|i| i.email.clone()).collect::<Vec<_>>())
+    .bind(
+        identities
+            .iter()
+            .map(|i| i.issuer.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        identities
+            .iter()
+            .map(|i| i.subject.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        identities
+            .iter()
+            .map(|i| i.user_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        identities
+            .iter()
+            .map(|i| i.email.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(identities.iter().map(|i| i.created_at).collect::<Vec<_>>())
-    .bind(identities.iter().map(|i| i.last_used_at).collect::<Vec<_>>())
+    .bind(
+        identities
+            .iter()
+            .map(|i| i.last_used_at)
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
@@ -343,7 +367,11 @@ pub(super) async fn tokens(
             .map(|t| t.ip_address.as_deref().unwrap_or("0.0.0.0"))
             .collect::<Vec<_>>(),
     )
-    .bind(live.iter().map(|t| t.user_agent.as_deref()).collect::<Vec<_>>())
+    .bind(
+        live.iter()
+            .map(|t| t.user_agent.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(&created)
     .bind(&last_used)
     .bind(live.iter().map(|t| t.expires_at).collect::<Vec<_>>())
