@@ -47,7 +47,7 @@ fn totp(secret: &[u8], account: &str) -> Option<Totp> {
         .with_account_name(account.replace(':', ""));
     match secret.len() {
         // `build` refuses secrets under 128 bits: an imported 80-bit one is checked all the same.
-        n if n < MIN_SECRET_BYTES || n > MAX_SECRET_BYTES => None,
+        n if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n) => None,
         n if n < 16 => Some(builder.build_noncompliant()),
         _ => builder.build().ok(),
     }
@@ -119,13 +119,13 @@ pub fn classify(raw: &str) -> Option<Code> {
             c => c,
         })
         .collect();
+    let ours =
+        text.len() == BACKUP_CODE_CHARS && text.bytes().all(|b| BACKUP_ALPHABET.contains(&b));
+    let fluxstudios =
+        text.len() == LEGACY_BACKUP_CODE_CHARS && text.bytes().all(|b| b.is_ascii_hexdigit());
     if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
         Some(Code::Totp(text))
-    } else if text.len() == BACKUP_CODE_CHARS && text.bytes().all(|b| BACKUP_ALPHABET.contains(&b))
-    {
-        Some(Code::Backup(text))
-    } else if text.len() == LEGACY_BACKUP_CODE_CHARS && text.bytes().all(|b| b.is_ascii_hexdigit())
-    {
+    } else if ours || fluxstudios {
         Some(Code::Backup(text))
     } else {
         None
