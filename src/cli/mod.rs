@@ -71,9 +71,10 @@ pub enum Command {
     /// Reads public.users and public.refresh_tokens of FLUXSTUDIO_DATABASE_URL (default
     /// DATABASE_URL) and writes flux-auth's tables in DATABASE_URL: ids kept, emails
     /// canonicalised (accounts that collide are reported, not merged), bcrypt hashes kept,
-    /// provider columns as identities, live refresh tokens as sessions. Idempotent and
-    /// resumable: run it again to pick up what is new. Progress on stderr; every skipped row and
-    /// a summary on stdout.
+    /// provider columns as identities, preferences as settings, two-factor secrets encrypted
+    /// under TOTP_ENCRYPTION_KEY (without it, users with two-factor on are kept for a later run),
+    /// live refresh tokens as sessions. Idempotent and resumable: run it again to pick up what is
+    /// new. Progress on stderr; every skipped row and a summary on stdout.
     ImportFluxstudio {
         /// Report what would be imported and change nothing.
         #[arg(long)]

@@ -92,6 +92,35 @@ pub fn apply(stored: Option<&Value>, sent: Option<&Value>) -> Result<Value, Sett
     Ok(next)
 }
 
+/// Settings made from another service's stored preferences (FluxStudio's `users.preferences`,
+/// which has the same three categories): what a `PUT` of them would store, except that a category
+/// that is not an object or nests too deep is dropped (and named in the answer) instead of
+/// refusing the rest. `Ok((None, _))` when no category is kept; [`SettingsError::TooLarge`] when
+/// the kept ones exceed [`MAX_STORED_BYTES`].
+pub fn from_preferences(
+    preferences: &Value,
+) -> Result<(Option<Value>, Vec<&'static str>), SettingsError> {
+    let Value::Object(preferences) = preferences else {
+        return Ok((None, Vec::new()));
+    };
+    let mut kept = Map::new();
+    let mut dropped = Vec::new();
+    for category in CATEGORIES {
+        match preferences.get(category) {
+            None => {}
+            Some(value @ Value::Object(_)) if depth(value) <= MAX_DEPTH => {
+                kept.insert(category.to_owned(), value.clone());
+            }
+            Some(_) => dropped.push(category),
+        }
+    }
+    if kept.is_empty() {
+        return Ok((None, dropped));
+    }
+    let settings = apply(None, Some(&Value::Object(kept)))?;
+    Ok((Some(settings), dropped))
+}
+
 fn invalid(message: impl Into<String>) -> SettingsError {
     SettingsError::Invalid(message.into())
 }
@@ -160,5 +189,22 @@ mod tests {
         ));
         let big = json!({ "appearance": { "note": "x".repeat(MAX_STORED_BYTES) } });
         assert_eq!(apply(None, Some(&big)), Err(SettingsError::TooLarge));
+    }
+
+    #[test]
+    fn preferences_keep_the_good_categories_and_name_the_dropped_ones() {
+        let prefs = json!({
+            "appearance": { "theme": "dark" },
+            "notifications": "all",
+            "performance": { "a": { "b": { "c": { "d": [1] } } } },
+            "stripe": { "plan": "pro" },
+        });
+        let (settings, dropped) = from_preferences(&prefs).unwrap();
+        assert_eq!(settings, Some(json!({ "appearance": { "theme": "dark" } })));
+        assert_eq!(dropped, ["notifications", "performance"]);
+        assert_eq!(from_preferences(&json!({})).unwrap(), (None, vec![]));
+        assert_eq!(from_preferences(&json!([1])).unwrap(), (None, vec![]));
+        let big = json!({ "appearance": { "note": "x".repeat(MAX_STORED_BYTES) } });
+        assert_eq!(from_preferences(&big), Err(SettingsError::TooLarge));
     }
 }

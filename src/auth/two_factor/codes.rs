@@ -9,10 +9,20 @@ use totp_rs::{Algorithm, Builder, Totp};
 pub const ISSUER: &str = "FluxStudio";
 /// 160 bits, the length RFC 4226 recommends.
 pub const SECRET_BYTES: usize = 20;
+/// The shortest secret a code is checked against: 80 bits, the length FluxStudio's TOTP library
+/// (otplib) made by default, so that its users' authenticators keep working once imported. New
+/// secrets are always [`SECRET_BYTES`]; RFC 4226's 128-bit minimum applies to those.
+pub const MIN_SECRET_BYTES: usize = 10;
+/// The longest secret accepted from elsewhere (an import): 512 bits, SHA-1's block.
+pub const MAX_SECRET_BYTES: usize = 64;
 pub const STEP_SECS: u64 = 30;
 pub const BACKUP_CODE_COUNT: usize = 10;
 /// Characters of a backup code, without the dashes: 12 of 32 symbols, 60 bits.
 const BACKUP_CODE_CHARS: usize = 12;
+/// FluxStudio's backup codes (`crypto.randomBytes(4)` in hex): 8 hex characters, 32 bits. They
+/// are accepted from users whose codes were imported; wrong codes count toward the lockout like
+/// any other, and the temp token dies after 5.
+const LEGACY_BACKUP_CODE_CHARS: usize = 8;
 /// Crockford's base32: no i, l, o or u, and those typed for 1, 1 and 0 are read as such, so a
 /// code read off paper is typed back right.
 const BACKUP_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -25,7 +35,7 @@ pub fn new_secret() -> [u8; SECRET_BYTES] {
 }
 
 fn totp(secret: &[u8], account: &str) -> Option<Totp> {
-    Builder::new()
+    let builder = Builder::new()
         .with_algorithm(Algorithm::SHA1)
         .with_digits(6)
         .with_skew(1)
@@ -34,9 +44,35 @@ fn totp(secret: &[u8], account: &str) -> Option<Totp> {
         .with_issuer(Some(ISSUER))
         // A colon is the label's separator in the otpauth URL; an email never has one, but an
         // address the old service accepted might.
-        .with_account_name(account.replace(':', ""))
-        .build()
-        .ok()
+        .with_account_name(account.replace(':', ""));
+    match secret.len() {
+        // `build` refuses secrets under 128 bits: an imported 80-bit one is checked all the same.
+        n if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n) => None,
+        n if n < 16 => Some(builder.build_noncompliant()),
+        _ => builder.build().ok(),
+    }
+}
+
+/// A secret as another service kept it, in base32 (RFC 4648, any case, spaces and padding
+/// ignored): its bytes, or `None` when it is not base32 or shorter than [`MIN_SECRET_BYTES`] or
+/// longer than [`MAX_SECRET_BYTES`].
+pub fn secret_from_base32(text: &str) -> Option<Vec<u8>> {
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '=')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    // Base32 of MAX_SECRET_BYTES fills 104 characters at most: longer text is refused unread.
+    if text.len() > MAX_SECRET_BYTES.div_ceil(5) * 8 {
+        return None;
+    }
+    let bytes = totp_rs::Secret::try_from_base32(&text)
+        .ok()?
+        .as_bytes()
+        .to_vec();
+    (MIN_SECRET_BYTES..=MAX_SECRET_BYTES)
+        .contains(&bytes.len())
+        .then_some(bytes)
 }
 
 /// What setup shows: the secret in base32 (typed by hand), the otpauth URL and its QR code as a
@@ -83,10 +119,13 @@ pub fn classify(raw: &str) -> Option<Code> {
             c => c,
         })
         .collect();
+    let ours =
+        text.len() == BACKUP_CODE_CHARS && text.bytes().all(|b| BACKUP_ALPHABET.contains(&b));
+    let fluxstudios =
+        text.len() == LEGACY_BACKUP_CODE_CHARS && text.bytes().all(|b| b.is_ascii_hexdigit());
     if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
         Some(Code::Totp(text))
-    } else if text.len() == BACKUP_CODE_CHARS && text.bytes().all(|b| BACKUP_ALPHABET.contains(&b))
-    {
+    } else if ours || fluxstudios {
         Some(Code::Backup(text))
     } else {
         None
@@ -164,6 +203,22 @@ mod tests {
         assert_eq!(classify("12345"), None);
         assert_eq!(classify(&"1".repeat(40)), None);
         assert_eq!(classify("<script>"), None);
+        // FluxStudio's: 8 hex characters, any case.
+        assert_eq!(classify("A1B2c3d4"), Some(Code::Backup("a1b2c3d4".into())));
+        assert_eq!(classify("a1b2c3dg"), None);
+    }
+
+    #[test]
+    fn imported_80_bit_secrets_are_checked_and_shorter_ones_refused() {
+        let secret = secret_from_base32("jbsw y3dp ehpk 3pxp").unwrap();
+        assert_eq!(secret, b"Hello!\xde\xad\xbe\xef");
+        let now = 1_900_000_000;
+        let code = code_at(&secret, now).unwrap();
+        assert_eq!(matching_step(&secret, &code, now), Some(now / STEP_SECS));
+        assert_eq!(secret_from_base32("JBSWY3DP"), None, "40 bits");
+        assert_eq!(secret_from_base32("not base32!"), None);
+        assert_eq!(secret_from_base32(&"A".repeat(200)), None);
+        assert_eq!(code_at(&secret[..8], now), None);
     }
 
     #[test]

@@ -158,3 +158,53 @@ pub(super) const INSERT_USER_IF_ABSENT: &str = "INSERT INTO users (id, email, na
     password_hash, google_id, email_verified, avatar, created_at, last_login, email_key, \
     updated_at, two_factor_enabled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
     ON CONFLICT DO NOTHING";
+
+/// Users written whole, a page of them in one statement (imports): [`insert_user`]'s columns and
+/// `settings` (compact JSON text, or none), each bound as an array in the users' order, inserted
+/// in that order; a user whose id, email or Google subject is taken is left alone. Answers the
+/// ids inserted.
+pub(super) fn insert_users_if_absent(
+    users: &[(UserRecord, Option<String>)],
+) -> sqlx::query::QueryScalar<'static, Postgres, String, PgArguments> {
+    let column = |f: &dyn Fn(&UserRecord) -> Option<String>| -> Vec<Option<String>> {
+        users.iter().map(|(u, _)| f(u)).collect()
+    };
+    sqlx::query_scalar(INSERT_USERS_IF_ABSENT)
+        .bind(column(&|u| Some(u.id.clone())))
+        .bind(column(&|u| Some(u.email.clone())))
+        .bind(column(&|u| Some(u.name.clone())))
+        .bind(column(&|u| Some(u.user_type.as_str().to_owned())))
+        .bind(column(&|u| u.password_hash.clone()))
+        .bind(column(&|u| u.google_id.clone()))
+        .bind(
+            users
+                .iter()
+                .map(|(u, _)| u.email_verified)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|u| u.avatar.clone()))
+        .bind(users.iter().map(|(u, _)| u.created_at).collect::<Vec<_>>())
+        .bind(users.iter().map(|(u, _)| u.last_login).collect::<Vec<_>>())
+        .bind(column(&|u| Email::key_of(&u.email)))
+        .bind(users.iter().map(|(u, _)| u.updated_at).collect::<Vec<_>>())
+        .bind(
+            users
+                .iter()
+                .map(|(u, _)| u.two_factor_enabled)
+                .collect::<Vec<_>>(),
+        )
+        .bind(users.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>())
+}
+
+const INSERT_USERS_IF_ABSENT: &str = "INSERT INTO users (id, email, name, user_type, \
+    password_hash, google_id, email_verified, avatar, created_at, last_login, email_key, \
+    updated_at, two_factor_enabled, settings) \
+    SELECT id, email, name, user_type, password_hash, google_id, email_verified, avatar, \
+    created_at, last_login, email_key, updated_at, two_factor_enabled, settings::jsonb \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+    $7::boolean[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+    $12::timestamptz[], $13::boolean[], $14::text[]) WITH ORDINALITY AS page (id, email, name, \
+    user_type, password_hash, google_id, email_verified, avatar, created_at, last_login, \
+    email_key, updated_at, two_factor_enabled, settings, n) \
+    ORDER BY n \
+    ON CONFLICT DO NOTHING RETURNING id";

@@ -15,7 +15,11 @@ async fn import(url: &str, dry_run: bool) -> String {
     if dry_run {
         args.push("--dry-run");
     }
-    let out = run_cli(work.path(), &[("DATABASE_URL", url)], &args).await;
+    let envs = [
+        ("DATABASE_URL", url),
+        ("TOTP_ENCRYPTION_KEY", crate::two_factor::TOTP_KEY),
+    ];
+    let out = run_cli(work.path(), &envs, &args).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("users read: 8"),
@@ -61,7 +65,14 @@ async fn fluxstudio_users_and_live_sessions_are_imported_once_and_log_in() {
             "refresh tokens: 7 read, would import 4 as sessions, 0 already present, 3 skipped"
         ));
         assert!(dry.contains("provider identities: would import 2"), "{dry}");
-        assert!(dry.contains("preferences of 6 users, two-factor secrets of 1 users"));
+        assert!(
+            dry.contains("settings: would import for 6 users from their preferences"),
+            "{dry}"
+        );
+        assert!(
+            dry.contains("two-factor: would import for 1 users"),
+            "{dry}"
+        );
         for token in tokens() {
             assert!(!dry.contains(&token.token), "a raw token in the report");
         }

@@ -4,4 +4,5 @@
 
 mod fluxstudio;
 mod import;
+mod import_two_factor;
 mod schema;

@@ -1,11 +1,13 @@
-//! What each FluxStudio row becomes in flux-auth: a user record, provider identities, a session.
-//! Each part of a user that is carried over is one function here; a part the import does not
-//! carry (settings, two-factor secrets) is counted and reported, and a rerun that carries it
-//! picks it up.
+//! What each FluxStudio row becomes in flux-auth: a user record, its settings, its two-factor
+//! sign-in, provider identities, a session. Each part of a user that is carried over is one
+//! function here.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
+use super::TotpSeal;
 use super::source::{SourceToken, SourceUser};
+use crate::domain::settings::{self, SettingsError};
 use crate::domain::{Email, GOOGLE_ISSUER, IdentityRecord, UserRecord, UserType};
 
 /// Apple's OpenID issuer, for FluxStudio's Apple sign-ins.
@@ -18,10 +20,23 @@ pub enum Skip {
     Deactivated,
     /// Another account holds the same mailbox (canonical key): its id.
     EmailCollides(String),
+    /// Another account already signs in with the same Google account.
+    GoogleTaken,
     Expired,
     Revoked,
     UserNotImported,
     UnrecognisedToken,
+    /// Two-factor is on and no key to encrypt its secret was given: the user is imported, with
+    /// it, by a run that has one.
+    KeptForLater,
+    /// Two-factor is on with a secret no authenticator code can match: not imported, since the
+    /// account would sign in without its second factor.
+    TwoFactorUnusable,
+    /// `preferences` over the settings' cap: the user is imported with default settings.
+    PreferencesTooLarge,
+    /// These categories of `preferences` are not objects or nest too deep: the user is imported
+    /// with the others.
+    PreferencesDropped(Vec<&'static str>),
 }
 
 impl std::fmt::Display for Skip {
@@ -33,21 +48,42 @@ impl std::fmt::Display for Skip {
                 f,
                 "the email is another spelling of account {other}'s mailbox (not merged)"
             ),
+            Self::GoogleTaken => {
+                f.write_str("its Google account signs in to another account (not merged)")
+            }
             Self::Expired => f.write_str("expired"),
             Self::Revoked => f.write_str("revoked"),
             Self::UserNotImported => f.write_str("its user is not imported"),
             Self::UnrecognisedToken => f.write_str("not a 128-hex FluxStudio token"),
+            Self::KeptForLater => f.write_str(
+                "kept for later: two-factor is on, and its secret is imported only with \
+                 TOTP_ENCRYPTION_KEY set (a run with it imports the account and its sessions)",
+            ),
+            Self::TwoFactorUnusable => f.write_str(
+                "two-factor is on but its secret is not base32 of 80 to 512 bits (not imported: \
+                 it would sign in without its second factor)",
+            ),
+            Self::PreferencesTooLarge => write!(
+                f,
+                "over {} bytes as settings (the account is imported with default settings)",
+                settings::MAX_STORED_BYTES
+            ),
+            Self::PreferencesDropped(categories) => write!(
+                f,
+                "{} not an object or nested over {} levels (dropped; the rest imported)",
+                categories.join(", "),
+                settings::MAX_DEPTH
+            ),
         }
     }
 }
 
-/// A part of a user the import counts but does not carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Later {
-    /// `preferences` → the account's settings.
-    Preferences,
-    /// `totp_secret` and backup codes → two-factor, encrypted.
-    Totp,
+/// A user's two-factor sign-in as it is stored: the secret encrypted, the backup codes hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedTwoFactor {
+    pub secret: String,
+    pub backup_codes: Vec<String>,
+    pub enabled_at: DateTime<Utc>,
 }
 
 /// FluxStudio's user as flux-auth's record: the email canonicalised (trimmed, lower-cased), the
@@ -87,7 +123,7 @@ pub fn user(row: &SourceUser, now: DateTime<Utc>) -> Result<UserRecord, Skip> {
         created_at: row.created_at.unwrap_or(now),
         updated_at: now,
         last_login: row.last_login,
-        // FluxStudio's TOTP secrets are not carried yet, so no imported account may ask for one.
+        // Set by the caller with the two-factor row it writes beside the user's.
         two_factor_enabled: false,
         extra: serde_json::Map::new(),
     })
@@ -132,15 +168,52 @@ pub fn identities(row: &SourceUser, user: &UserRecord, now: DateTime<Utc>) -> Ve
     .collect()
 }
 
-/// `preferences`: counted, not carried by the import (a rerun that carries them picks them up).
-pub fn preferences(row: &SourceUser) -> Option<Later> {
-    row.has_preferences.then_some(Later::Preferences)
+/// `preferences` → settings, as a `PUT` of them would store them; what cannot be carried is
+/// said in the second part (the user is imported all the same).
+pub fn settings(row: &SourceUser) -> (Option<Value>, Option<Skip>) {
+    if row.preferences_too_large {
+        return (None, Some(Skip::PreferencesTooLarge));
+    }
+    let Some(preferences) = &row.preferences else {
+        return (None, None);
+    };
+    match settings::from_preferences(preferences) {
+        Ok((settings, dropped)) if dropped.is_empty() => (settings, None),
+        Ok((settings, dropped)) => (settings, Some(Skip::PreferencesDropped(dropped))),
+        Err(SettingsError::TooLarge) => (None, Some(Skip::PreferencesTooLarge)),
+        // `from_preferences` drops what is invalid rather than refusing it.
+        Err(SettingsError::Invalid(_)) => (None, None),
+    }
 }
 
-/// `totp_secret` and backup codes: counted, not carried by the import (a rerun that carries them
-/// picks them up); until then the account signs in without a second factor.
-pub fn totp(row: &SourceUser) -> Option<Later> {
-    row.has_totp.then_some(Later::Totp)
+/// `totp_secret` (base32, plain) and `totp_backup_codes` (plain) of a user with two-factor on →
+/// the secret encrypted and the codes hashed by `seal`. `Ok(None)` for a user without two-factor;
+/// refused without `seal` (kept for later) or with a secret that is not one.
+pub fn two_factor(
+    row: &SourceUser,
+    seal: Option<&dyn TotpSeal>,
+    now: DateTime<Utc>,
+) -> Result<Option<SealedTwoFactor>, Skip> {
+    let Some(secret) = &row.totp_secret else {
+        return Ok(None);
+    };
+    let seal = seal.ok_or(Skip::KeptForLater)?;
+    let secret = seal
+        .seal_secret(&row.id, secret)
+        .ok_or(Skip::TwoFactorUnusable)?;
+    let mut backup_codes: Vec<String> = row
+        .totp_backup_codes
+        .iter()
+        .flatten()
+        .filter_map(|code| seal.backup_code_hash(&row.id, code))
+        .collect();
+    backup_codes.sort();
+    backup_codes.dedup();
+    Ok(Some(SealedTwoFactor {
+        secret,
+        backup_codes,
+        enabled_at: row.totp_enabled_at.unwrap_or(now).min(now),
+    }))
 }
 
 /// A refresh token's fate: live ones become sessions.
