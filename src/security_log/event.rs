@@ -36,6 +36,9 @@ pub enum EventType {
     /// A session imported from FluxStudio refreshed for the first time: its device's
     /// fingerprint is adopted.
     LegacySessionAdopted,
+    /// A FluxStudio access token accepted (`LEGACY_ACCESS_TOKENS_UNTIL`), recorded once per
+    /// token.
+    LegacyAccessTokenAccepted,
     UserTypeChanged,
     /// The caller changed their own name or avatar.
     ProfileUpdated,
@@ -68,7 +71,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 46] = [
+    pub const ALL: [EventType; 47] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -91,6 +94,7 @@ impl EventType {
         Self::AccountLocked,
         Self::PasswordRehashed,
         Self::LegacySessionAdopted,
+        Self::LegacyAccessTokenAccepted,
         Self::UserTypeChanged,
         Self::ProfileUpdated,
         Self::LockoutLifted,
@@ -141,6 +145,7 @@ impl EventType {
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
             Self::LegacySessionAdopted => "legacy_session_adopted",
+            Self::LegacyAccessTokenAccepted => "legacy_access_token_accepted",
             Self::UserTypeChanged => "user_type_changed",
             Self::ProfileUpdated => "profile_updated",
             Self::LockoutLifted => "lockout_lifted",
@@ -199,6 +204,7 @@ impl EventType {
             | Self::PasswordRehashed
             | Self::ProfileUpdated
             | Self::LegacySessionAdopted
+            | Self::LegacyAccessTokenAccepted
             | Self::MfaEnabled
             | Self::TokenCleanup
             | Self::ServiceStarted
@@ -257,6 +263,8 @@ impl EventType {
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
             Self::LegacySessionAdopted => "authn_token_created",
+            // A credential of the old service admitted in place of a sign-in here.
+            Self::LegacyAccessTokenAccepted => "authn_login_success",
             Self::UserTypeChanged => "authz_change",
             Self::ProfileUpdated => "user_updated",
             Self::LockoutLifted => "authz_admin",

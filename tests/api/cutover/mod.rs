@@ -4,4 +4,5 @@
 
 mod fluxstudio;
 mod import;
+mod legacy_tokens;
 mod schema;
