@@ -120,7 +120,10 @@ pub enum Outcome {
     NotLegacy,
     /// FluxStudio's, signed with the secret, and refused for what it says or because it was
     /// revoked: the user it names and why.
-    Refused { user_id: String, error: TokenError },
+    Refused {
+        user_id: String,
+        error: TokenError,
+    },
     Accepted(Arc<AccessClaims>),
 }
 
@@ -325,7 +328,10 @@ mod tests {
         let problems = |until: &str| setting_problems(&settings(until), now);
         assert!(problems("2026-12-07T10:15:00Z").is_empty());
         assert!(problems("2026-12-07T11:14:59+01:00").is_empty());
-        assert!(problems("2026-12-07T09:00:00Z").is_empty(), "past: no effect");
+        assert!(
+            problems("2026-12-07T09:00:00Z").is_empty(),
+            "past: no effect"
+        );
         assert!(problems("2026-12-07T10:15:01Z")[0].contains("more than 15 minutes"));
         assert!(problems("tomorrow")[0].contains("RFC 3339"));
         let mut without = settings("2026-12-07T10:05:00Z");

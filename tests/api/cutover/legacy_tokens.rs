@@ -87,7 +87,12 @@ async fn a_fluxstudio_access_token_works_only_inside_the_window_and_never_when_r
 
     // Without the setting, FluxStudio's token is not this service's.
     let app = app_on(db, None).await;
-    assert_error(app.me(&alice).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        app.me(&alice).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
 
     let until = Utc::now() + chrono::Duration::minutes(10);
     let app = app
@@ -113,8 +118,17 @@ async fn a_fluxstudio_access_token_works_only_inside_the_window_and_never_when_r
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_error(app.me(&revoked).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+    assert_error(
+        app.me(&revoked).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 
     // Never a two-factor temp token, never another secret, never one past its own expiry.
     let now = Utc::now().timestamp();
@@ -122,18 +136,38 @@ async fn a_fluxstudio_access_token_works_only_inside_the_window_and_never_when_r
         JWT_SECRET,
         json!({ "id": USERS[6].id, "type": "2fa_pending", "iat": now, "exp": now + 300 }),
     );
-    assert_error(app.me(&pending).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        app.me(&pending).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
     let forged = fluxstudio_token(&random_secret(), access_claims(0, &jti()));
-    assert_error(app.me(&forged).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        app.me(&forged).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
     let mut old = access_claims(0, &jti());
     old["iat"] = json!(now - 1200);
     old["exp"] = json!(now - 300);
     let old = fluxstudio_token(JWT_SECRET, old);
-    assert_error(app.me(&old).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_EXPIRED").await;
+    assert_error(
+        app.me(&old).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_EXPIRED",
+    )
+    .await;
 
     // Logged out with it, it is revoked as any token is.
     assert_eq!(app.logout(&bob).await.status(), StatusCode::OK);
-    assert_error(app.me(&bob).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        app.me(&bob).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
 
     // One event per token accepted, however many requests it made.
     let events = app
@@ -147,7 +181,10 @@ async fn a_fluxstudio_access_token_works_only_inside_the_window_and_never_when_r
     assert_eq!(accepted[0].user_id.as_deref(), Some(USERS[0].id));
     assert_eq!(accepted[1].user_id.as_deref(), Some(USERS[1].id));
     assert_eq!(accepted[1].metadata["accessTokenId"], bob_jti.as_str());
-    assert_eq!(accepted[1].token_id.map(|t| t.to_string()), Some(bob_jti.clone()));
+    assert_eq!(
+        accepted[1].token_id.map(|t| t.to_string()),
+        Some(bob_jti.clone())
+    );
     let refused = events
         .iter()
         .filter(|e| e.event_type.as_str() == "token_verification_failed")
@@ -162,12 +199,22 @@ async fn a_fluxstudio_access_token_works_only_inside_the_window_and_never_when_r
     let login: Value = login.json().await.unwrap();
     let own = login["accessToken"].as_str().unwrap().to_owned();
     app.clock().advance(Duration::from_secs(120));
-    assert_error(app.me(&own).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_EXPIRED").await;
+    assert_error(
+        app.me(&own).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_EXPIRED",
+    )
+    .await;
 
     // Past the instant (the token itself still has minutes to live): refused.
     assert_eq!(me_id(&app, &alice).await.as_deref(), Some(USERS[0].id));
     app.clock().advance(Duration::from_secs(10 * 60));
-    assert_error(app.me(&alice).await, StatusCode::UNAUTHORIZED, "AUTH_TOKEN_INVALID").await;
+    assert_error(
+        app.me(&alice).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTH_TOKEN_INVALID",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -191,11 +238,19 @@ async fn check_config_refuses_a_window_past_fifteen_minutes_and_says_to_remove_a
     };
     let late = check(Utc::now() + chrono::Duration::minutes(16)).await;
     assert_eq!(late.status.code(), Some(78), "{}", text(&late.stdout));
-    assert!(text(&late.stderr).contains("more than 15 minutes"), "{}", text(&late.stderr));
+    assert!(
+        text(&late.stderr).contains("more than 15 minutes"),
+        "{}",
+        text(&late.stderr)
+    );
     let fine = check(Utc::now() + chrono::Duration::minutes(14)).await;
     assert!(fine.status.success(), "{}", text(&fine.stderr));
     assert!(text(&fine.stdout).contains("FluxStudio's access tokens: accepted until"));
     let past = check(Utc::now() - chrono::Duration::minutes(1)).await;
     assert!(past.status.success(), "{}", text(&past.stderr));
-    assert!(text(&past.stdout).contains("remove the setting"), "{}", text(&past.stdout));
+    assert!(
+        text(&past.stdout).contains("remove the setting"),
+        "{}",
+        text(&past.stdout)
+    );
 }
