@@ -81,10 +81,7 @@ fn main() -> std::process::ExitCode {
                     concurrency,
                     work_dir: out.join("work"),
                 };
-                println!(
-                    "flux-load two-factor-cost: load average {}",
-                    machine_load()
-                );
+                println!("flux-load two-factor-cost: load average {}", machine_load());
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -113,8 +113,11 @@ async fn enable(addr: SocketAddr, account: &Account) -> anyhow::Result<TwoFactor
         .to_vec();
     let step = unix_secs() / STEP_SECS;
     let code = code_at_step(&secret, step)?;
-    let verify = Call::post("/api/2fa/verify-setup", &serde_json::json!({ "code": code }))
-        .bearer(&account.access);
+    let verify = Call::post(
+        "/api/2fa/verify-setup",
+        &serde_json::json!({ "code": code }),
+    )
+    .bearer(&account.access);
     let (status, body) = once(addr, &verify).await?;
     anyhow::ensure!(
         status == StatusCode::OK,
