@@ -20,6 +20,7 @@ use collectors::{
 };
 
 use crate::auth::breached::BreachedPasswords;
+use crate::auth::fluxstudio_tokens::FluxStudioTokens;
 use crate::auth::oidc::GoogleSignIn;
 use crate::auth::oidc::one_time::OneTimeStore;
 use crate::auth::passwords::PasswordHasher;
@@ -43,10 +44,14 @@ use crate::telemetry::LogDrops;
 use crate::state::{AppState, SharedState};
 
 /// Every problem with the settings: those the settings find themselves, then those of the
-/// components that read them (the OpenID sign-in's URLs and client ids, the mail sender).
-pub fn setting_problems(settings: &Settings) -> Vec<String> {
+/// components that read them (the OpenID sign-in's URLs and client ids, the mail sender, the
+/// window for FluxStudio's access tokens, which is judged at `now`).
+pub fn setting_problems(settings: &Settings, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     let mut problems = settings.problems();
     problems.extend(crate::auth::oidc::setting_problems(settings));
+    problems.extend(crate::auth::fluxstudio_tokens::setting_problems(
+        settings, now,
+    ));
     // FRONTEND_URL, which mail's links also start at, the OpenID settings check.
     problems.extend(crate::mail::transport::setting_problems(settings));
     problems.extend(crate::alerts::setting_problems(settings));
@@ -82,7 +87,8 @@ impl Core {
     /// `/metrics` reports as the log lines dropped.
     pub async fn build(settings: Settings, log: LogDrops) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let problems = setting_problems(&settings);
+        let clock = Clock::default();
+        let problems = setting_problems(&settings, clock.now());
         if !problems.is_empty() {
             return Err(ConfigError::Problems(problems).into());
         }
@@ -96,7 +102,6 @@ impl Core {
             database: store_db,
             user_cache,
         } = store::open(&settings, &metrics).await?;
-        let clock = Clock::default();
         let pipeline = security_log::start(&settings, &metrics, &clock)?;
         let hasher = PasswordHasher::new(
             settings.argon2_memory_kib,
@@ -176,6 +181,12 @@ impl Core {
                 clock.clone(),
             ),
             refresh: RefreshTokens::new(&secret)?,
+            fluxstudio: FluxStudioTokens::from_settings(
+                &settings,
+                &secret,
+                redis.clone(),
+                clock.clone(),
+            ),
             revocations,
             events: pipeline.logger.clone(),
             policy: SessionPolicy::from_settings(&settings),

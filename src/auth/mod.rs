@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod breached;
 pub mod error;
+pub mod fluxstudio_tokens;
 pub mod oidc;
 pub mod one_time;
 pub mod operator;

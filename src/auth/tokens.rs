@@ -133,12 +133,12 @@ pub struct AccessTokens {
     clock: Clock,
 }
 
-/// A token's times, for [`AccessTokens::times_first`].
+/// A token's times, for [`AccessTokens::times_first`] and FluxStudio's tokens.
 #[derive(Deserialize)]
-struct TokenTimes {
-    exp: i64,
-    nbf: Option<i64>,
-    iat: Option<i64>,
+pub(super) struct TokenTimes {
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
 }
 
 fn key_id(secret: &SecretString) -> String {
@@ -334,7 +334,7 @@ impl AccessClaims {
 /// The token's times at `now` (the clock's, seconds since the epoch), each with the leeway:
 /// expiry, then not-before, then an issue time in the future (a token from a clock ahead of
 /// this one).
-fn check_times(times: &TokenTimes, now: i64) -> Result<(), TokenError> {
+pub(super) fn check_times(times: &TokenTimes, now: i64) -> Result<(), TokenError> {
     let leeway = LEEWAY_SECS as i64;
     if times.exp < now.saturating_sub(leeway) {
         return Err(TokenError::Expired);

@@ -6,7 +6,8 @@ use super::exit;
 use crate::config::Settings;
 
 pub fn check_config(settings: &Settings) -> ExitCode {
-    let problems = crate::app::setting_problems(settings);
+    let now = crate::clock::Clock::default().now();
+    let problems = crate::app::setting_problems(settings, now);
     if problems.is_empty() {
         println!("configuration OK");
         println!("  storage:      {:?}", settings.storage_kind());
@@ -50,6 +51,17 @@ pub fn check_config(settings: &Settings) -> ExitCode {
             "  errors:       {}",
             crate::telemetry::error_tracking::describe(settings)
         );
+        match crate::auth::fluxstudio_tokens::until(settings) {
+            Ok(Some(until)) if until > now => println!(
+                "  FluxStudio's access tokens: accepted until {} (LEGACY_ACCESS_TOKENS_UNTIL)",
+                until.to_rfc3339()
+            ),
+            Ok(Some(_)) => println!(
+                "  note: LEGACY_ACCESS_TOKENS_UNTIL has passed and has no effect: FluxStudio's \
+                 access tokens are refused; remove the setting"
+            ),
+            _ => {}
+        }
         if settings.jwt_secret.is_none() {
             println!(
                 "  note: JWT_SECRET unset; a development secret is kept in {}",

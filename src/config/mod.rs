@@ -112,6 +112,10 @@ declare::settings! {
     database_statement_timeout_ms: u64 = 5000,
     /// FluxStudio's database, which `import-fluxstudio` reads; unset: `DATABASE_URL`.
     fluxstudio_database_url: Option<SecretString> = None,
+    /// Until this RFC 3339 time, FluxStudio's access tokens (HS256 under `JWT_SECRET`, not
+    /// revoked in FluxStudio's Redis) are accepted, so nobody is signed out at the switch; at
+    /// most 15 minutes after the start. Unset: never.
+    legacy_access_tokens_until: Option<String> = None,
     /// The Postgres schema of flux-auth's tables (a plain identifier, never `public`): every
     /// connection's `search_path`, so the tables of an application sharing the database are
     /// never touched.

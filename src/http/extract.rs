@@ -291,6 +291,11 @@ impl FromRequestParts<AppState> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         match state.auth.authenticate(&token).await {
+            Ok(auth) if auth.legacy => {
+                let ctx = RequestContext::from_request_parts(parts, state).await?;
+                state.auth.note_legacy_use(&auth, &ctx).await;
+                Ok(Self(auth))
+            }
             Ok(auth) => Ok(Self(auth)),
             Err(refused) => {
                 let ctx = RequestContext::from_request_parts(parts, state).await?;

@@ -170,6 +170,15 @@ impl RedisStore {
             .await
     }
 
+    /// Whether `key` exists, whatever its value.
+    pub async fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        let mut conn = self.manager.clone();
+        let found: i64 = self
+            .bounded(redis::cmd("EXISTS").arg(key).query_async(&mut conn))
+            .await?;
+        Ok(found > 0)
+    }
+
     /// Stores `value` under `key` for `ttl_ms` unless `key` exists; true when it was stored.
     /// (Single-use sign-in state and replay markers.)
     pub async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: i64) -> anyhow::Result<bool> {

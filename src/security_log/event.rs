@@ -36,6 +36,9 @@ pub enum EventType {
     /// A session imported from FluxStudio refreshed for the first time: its device's
     /// fingerprint is adopted.
     LegacySessionAdopted,
+    /// A FluxStudio access token accepted (`LEGACY_ACCESS_TOKENS_UNTIL`), recorded once per
+    /// token.
+    LegacyAccessTokenAccepted,
     UserTypeChanged,
     /// The caller changed their own name or avatar.
     ProfileUpdated,
@@ -70,7 +73,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 47] = [
+    pub const ALL: [EventType; 48] = [
         Self::SignupSuccess,
         Self::SignupFailed,
         Self::LoginSuccess,
@@ -93,6 +96,7 @@ impl EventType {
         Self::AccountLocked,
         Self::PasswordRehashed,
         Self::LegacySessionAdopted,
+        Self::LegacyAccessTokenAccepted,
         Self::UserTypeChanged,
         Self::ProfileUpdated,
         Self::LockoutLifted,
@@ -144,6 +148,7 @@ impl EventType {
             Self::AccountLocked => "account_locked",
             Self::PasswordRehashed => "password_rehashed",
             Self::LegacySessionAdopted => "legacy_session_adopted",
+            Self::LegacyAccessTokenAccepted => "legacy_access_token_accepted",
             Self::UserTypeChanged => "user_type_changed",
             Self::ProfileUpdated => "profile_updated",
             Self::LockoutLifted => "lockout_lifted",
@@ -203,6 +208,7 @@ impl EventType {
             | Self::PasswordRehashed
             | Self::ProfileUpdated
             | Self::LegacySessionAdopted
+            | Self::LegacyAccessTokenAccepted
             | Self::MfaEnabled
             | Self::TokenCleanup
             | Self::ServiceStarted
@@ -262,6 +268,8 @@ impl EventType {
             Self::AccountLocked => "authn_login_lock",
             Self::PasswordRehashed => "authn_password_change",
             Self::LegacySessionAdopted => "authn_token_created",
+            // A credential of the old service admitted in place of a sign-in here.
+            Self::LegacyAccessTokenAccepted => "authn_login_success",
             Self::UserTypeChanged => "authz_change",
             Self::ProfileUpdated => "user_updated",
             Self::LockoutLifted => "authz_admin",
@@ -445,6 +453,19 @@ pub fn metadata_json(event: &SecurityEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dashboard's feed filter offers each type once, and only types that exist.
+    #[test]
+    fn the_dashboard_filter_lists_every_type_once() {
+        let ui = include_str!("../dashboard/assets/ui.js");
+        let start = ui.find("EVENT_TYPES = [").expect("EVENT_TYPES in ui.js");
+        let list = &ui[start..start + ui[start..].find("];").expect("end of EVENT_TYPES")];
+        let mut listed: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        listed.sort_unstable();
+        let mut all: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        all.sort_unstable();
+        assert_eq!(listed, all);
+    }
 
     #[test]
     fn sanitize_escapes_controls_and_caps() {

@@ -1,5 +1,6 @@
-//! Bearer tokens: verifying an access token and loading its user, and recording one that was
-//! refused.
+//! Bearer tokens: verifying an access token (or, while the operator allows it, one of
+//! FluxStudio's) and loading its user, and recording one that was refused or a FluxStudio token's
+//! first acceptance.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use uuid::Uuid;
 
 use super::{AuthService, rate_limited_event};
 use crate::auth::AuthError;
+use crate::auth::fluxstudio_tokens::{Outcome, not_ours};
 use crate::auth::tokens::{AccessClaims, TokenError};
 use crate::domain::UserRecord;
 use crate::limits::{Limit, ip_subject};
@@ -18,6 +20,8 @@ use crate::security_log::{EventType, SecurityEvent};
 pub struct Authenticated {
     pub claims: Arc<AccessClaims>,
     pub user: UserRecord,
+    /// The token is one of FluxStudio's (`LEGACY_ACCESS_TOKENS_UNTIL`).
+    pub legacy: bool,
 }
 
 /// A bearer token that was not accepted: the error to answer with, and the user and session it
@@ -34,11 +38,10 @@ impl AuthService {
     /// context. So the context (headers copied into strings) is built only for a refusal, not on
     /// every authenticated request.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, RefusedToken> {
-        let claims = self.access.verify(token).map_err(|e| RefusedToken {
-            error: AuthError::AccessToken(e),
-            user_id: None,
-            session_id: None,
-        })?;
+        let (claims, legacy) = match self.access.verify(token) {
+            Ok(claims) => (claims, false),
+            Err(e) => (self.fluxstudio_claims(token, e).await?, true),
+        };
         let refused = |error| RefusedToken {
             error,
             user_id: Some(claims.sub.clone()),
@@ -62,7 +65,61 @@ impl AuthService {
             }
             Err(e) => return Err(refused(e.into())),
         };
-        Ok(Authenticated { claims, user })
+        Ok(Authenticated {
+            claims,
+            user,
+            legacy,
+        })
+    }
+
+    /// A token this service refused (`refusal`) tried as one of FluxStudio's: only while that
+    /// is allowed and only when the refusal says it is not one of this service's (never an
+    /// expired one of its own). Otherwise the refusal stands.
+    async fn fluxstudio_claims(
+        &self,
+        token: &str,
+        refusal: TokenError,
+    ) -> Result<Arc<AccessClaims>, RefusedToken> {
+        let standing = RefusedToken {
+            error: AuthError::AccessToken(refusal),
+            user_id: None,
+            session_id: None,
+        };
+        let Some(fluxstudio) = self.fluxstudio.as_ref().filter(|_| not_ours(&refusal)) else {
+            return Err(standing);
+        };
+        match fluxstudio.verify(token).await {
+            Outcome::Accepted(claims) => Ok(claims),
+            Outcome::NotLegacy => Err(standing),
+            Outcome::Refused { user_id, error } => Err(RefusedToken {
+                error: AuthError::AccessToken(error),
+                user_id: Some(user_id),
+                session_id: None,
+            }),
+        }
+    }
+
+    /// Records `legacy_access_token_accepted` the first time a FluxStudio token is accepted
+    /// here (once per token, not per request: see [`FluxStudioTokens::first_use`]).
+    ///
+    /// [`FluxStudioTokens::first_use`]: crate::auth::fluxstudio_tokens::FluxStudioTokens::first_use
+    pub async fn note_legacy_use(&self, auth: &Authenticated, ctx: &RequestContext) {
+        let Some(fluxstudio) = self.fluxstudio.as_ref().filter(|_| auth.legacy) else {
+            return;
+        };
+        if !fluxstudio.first_use(&auth.claims) {
+            return;
+        }
+        let expires = chrono::DateTime::from_timestamp(auth.claims.exp, 0).unwrap_or_default();
+        self.record(
+            SecurityEvent::from_request(EventType::LegacyAccessTokenAccepted, ctx)
+                .user(&auth.user.id)
+                .token(auth.claims.jti)
+                .with("accessTokenId", auth.claims.jti.to_string())
+                .with("expiresAt", expires.to_rfc3339())
+                .with("acceptedUntil", fluxstudio.until().to_rfc3339()),
+        )
+        .await;
     }
 
     /// Records a refused bearer token (`token_verification_failed`; not for internal errors)

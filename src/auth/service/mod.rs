@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::AuthError;
 use super::breached::BreachedPasswords;
+use super::fluxstudio_tokens::FluxStudioTokens;
 use super::passwords::PasswordHasher;
 use super::refresh::RefreshTokens;
 use super::revocation::RevocationList;
@@ -92,6 +93,8 @@ pub struct AuthService {
     pub clock: Clock,
     pub hasher: PasswordHasher,
     pub access: AccessTokens,
+    /// FluxStudio's access tokens, while `LEGACY_ACCESS_TOKENS_UNTIL` is ahead.
+    pub fluxstudio: Option<FluxStudioTokens>,
     pub refresh: RefreshTokens,
     pub revocations: Arc<dyn RevocationList>,
     pub events: SecurityLogger,

@@ -44,14 +44,15 @@ export const EVENT_TYPES = [
   "token_refreshed", "token_revoked",
   "mass_token_revocation", "token_verification_failed", "token_reuse_detected",
   "device_fingerprint_mismatch", "logout", "rate_limit_exceeded", "brute_force_detected",
-  "account_locked", "password_rehashed", "legacy_session_adopted", "user_type_changed",
+  "account_locked", "password_rehashed", "legacy_session_adopted", "legacy_access_token_accepted",
+  "user_type_changed",
   "profile_updated", "lockout_lifted",
   "token_cleanup", "service_started", "service_stopped", "security_events_dropped",
   "email_verification_sent", "email_verified", "password_reset_requested", "password_reset_completed",
-  "password_changed", "change_password_failed", "email_send_failed",
+  "password_changed", "change_password_failed", "email_send_failed", "alert_delivery_failed",
   "credential_stuffing_suspected", "account_targeted", "login_failure_spike", "signup_burst",
   "token_theft_suspected", "new_device_login", "mfa_enabled", "mfa_disabled", "mfa_challenge_failed",
-  "mfa_backup_code_used", "apple_success", "apple_failed",
+  "mfa_backup_code_used",
 ];
 
 export function clock(iso) {

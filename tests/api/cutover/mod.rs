@@ -5,4 +5,5 @@
 mod fluxstudio;
 mod import;
 mod import_two_factor;
+mod legacy_tokens;
 mod schema;

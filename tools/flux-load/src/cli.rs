@@ -94,6 +94,36 @@ pub enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// Server CPU per completed sign-in with two-factor on (POST /api/auth/login answering
+    /// requires2FA, then POST /api/2fa/verify with a TOTP code computed from the secret) against a
+    /// plain login, in alternating rounds on one server per store: the server process's utime +
+    /// stime over each round divided by the sign-ins it completed. Each round signs every
+    /// prepared user of its kind in once; a TOTP step is accepted once per user, so two-factor
+    /// rounds wait for the clock's next 30 s step when a user has used the current and the next.
+    TwoFactorCost {
+        /// The flux-auth binary to start.
+        #[arg(long, default_value = "target/release/flux-auth")]
+        server: PathBuf,
+        #[arg(long, value_enum, default_value = "both")]
+        store: Stores,
+        /// Admin URL of the Postgres server (a database is created and dropped there).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// Redis for the service (the temp tokens of second steps live there); unset: none.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Users of each kind, each signed in once per round.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Rounds; each is one plain round and one two-factor round, in alternating order.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Sign-ins in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Requests answered before, during and after a database outage on STORAGE=postgres: the
     /// service reaches Postgres through a relay of this process's, which stops listening (as a
     /// stopped Postgres does) for the middle phase. Clients send refreshes, /me and logins

@@ -22,6 +22,7 @@ mod probes;
 mod report;
 mod server;
 mod smtp_sink;
+mod two_factor;
 
 use std::time::Duration;
 
@@ -55,6 +56,40 @@ fn main() -> std::process::ExitCode {
             rounds,
             seconds,
         }) => hash_scaling(&memory_kib, iterations, rounds, seconds),
+        Some(Command::TwoFactorCost {
+            server,
+            store,
+            postgres_url,
+            redis_url,
+            users,
+            rounds,
+            concurrency,
+            out,
+        }) => server
+            .canonicalize()
+            .with_context(|| format!("{} not found: build it first", server.display()))
+            .and_then(|server| {
+                let args = two_factor::TwoFactorArgs {
+                    server,
+                    stores: match store {
+                        Stores::File => vec![StoreKind::File],
+                        Stores::Postgres => vec![StoreKind::Postgres],
+                        Stores::Both => vec![StoreKind::File, StoreKind::Postgres],
+                    },
+                    postgres_url,
+                    redis_url,
+                    users,
+                    rounds,
+                    concurrency,
+                    work_dir: out.join("work"),
+                };
+                println!("flux-load two-factor-cost: load average {}", machine_load());
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(two_factor::run(args)))
+            }),
         Some(Command::Outage {
             server,
             postgres_url,

@@ -299,7 +299,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// utime + stime of the process, in clock ticks.
-fn process_ticks(pid: u32) -> Option<u64> {
+pub fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name can contain spaces; the fields after its closing parenthesis cannot.
     let after = stat.rsplit_once(')')?.1;
