@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use collectors::{
     AlertCollector, HashCollector, MailRequestCollector, OutboxCollector, PoolCollector,
-    RedisCollector,
-    UserCacheCollector,
+    RedisCollector, UserCacheCollector,
 };
 
 use crate::auth::breached::BreachedPasswords;

@@ -262,7 +262,7 @@ impl Sender {
                     attempts = message.attempts + 1, error = %error,
                     "delivery failed for good; the message is dead");
                 self.events
-                    .record(self.delivery.dead_event(&message, error))
+                    .record(self.delivery.dead_event(message, error))
                     .await;
             }
         }
