@@ -53,6 +53,10 @@ pub enum EventsCommand {
         /// A spool folder (by default the service's is SECURITY_LOG_DIR).
         dir: PathBuf,
     },
+    /// Build what makes the events API fast on the security log's database, as the service does
+    /// at start unless RUN_MIGRATIONS=false: the hourly rollups (a trigger on security_events,
+    /// and every stored hour counted) and the indexes (built CONCURRENTLY), then exit.
+    Prepare,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,7 +127,23 @@ pub async fn run(settings: &Settings, command: EventsCommand) -> anyhow::Result<
             Ok(())
         }
         EventsCommand::Replay { dir } => replay(settings, &dir).await,
+        EventsCommand::Prepare => prepare(settings).await,
     }
+}
+
+async fn prepare(settings: &Settings) -> anyhow::Result<()> {
+    let url = settings.security_log_database_url().ok_or_else(|| {
+        anyhow::anyhow!("no security log database: set DATABASE_URL (or SECURITY_LOG_DATABASE_URL)")
+    })?;
+    let db = database(url, settings).await?;
+    crate::security_log::rollups::ensure(&db).await?;
+    println!("security event rollups: trigger ready; counting the stored hours");
+    crate::security_log::rollups::backfill(&db, &tokio_util::sync::CancellationToken::new())
+        .await?;
+    println!("security event rollups ready");
+    crate::security_log::indexes::ensure(&db).await?;
+    println!("security event indexes ready");
+    Ok(())
 }
 
 async fn tail(

@@ -51,8 +51,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service (the default when no command is given).
     Serve,
-    /// Apply the database migrations to DATABASE_URL (and SECURITY_LOG_DATABASE_URL) and create
-    /// the security log's hourly rollups, then exit.
+    /// Apply the database migrations to DATABASE_URL (and SECURITY_LOG_DATABASE_URL), then exit.
+    /// Another application's tables, and an existing security_events table, are left as they are.
     Migrate,
     /// Check the configuration and list every problem with how to fix it.
     CheckConfig,
@@ -261,20 +261,6 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     }
     if done == 0 {
         anyhow::bail!("no database configured: set DATABASE_URL (or SECURITY_LOG_DATABASE_URL)");
-    }
-    if let Some(url) = settings.security_log_database_url() {
-        // What the service does at start with RUN_MIGRATIONS on: the stats' hourly rollups,
-        // where the log writes, counted to the end.
-        let db = Database::connect_lazy(
-            url,
-            &Schemas::from_settings(settings)?,
-            2,
-            Duration::from_millis(settings.database_connect_timeout_ms),
-        )?;
-        crate::security_log::rollups::ensure(&db).await?;
-        crate::security_log::rollups::backfill(&db, &tokio_util::sync::CancellationToken::new())
-            .await?;
-        println!("security event rollups ready");
     }
     println!(
         "migrations applied ({} migration files)",

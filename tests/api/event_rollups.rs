@@ -331,25 +331,33 @@ async fn rows_stored_before_the_rollups_are_backfilled_and_a_backfill_resumes() 
     assert_consistent(&pool, &source, &windows(&times)).await;
 }
 
-/// `flux-auth migrate` (for `RUN_MIGRATIONS=false`) creates the rollups where the log writes and
-/// counts what is there before it exits.
+/// `flux-auth migrate` leaves an existing security_events table alone; `flux-auth events prepare`
+/// (for `RUN_MIGRATIONS=false`) creates the rollups where the log writes and counts what is there
+/// before it exits.
 #[tokio::test]
-async fn migrate_creates_and_backfills_the_rollups() {
+async fn events_prepare_creates_and_backfills_the_rollups_and_migrate_does_not() {
     if !postgres_available().await {
         return;
     }
     let (db, pool) = table_from_before_the_rollups().await;
-    let url = db.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run_cli_blocking(
-            &[("DATABASE_URL", url), ("STORAGE", "file".into())],
-            &["migrate"],
-        )
-    })
-    .await
-    .unwrap();
+    let cli = |args: &'static [&'static str]| {
+        let url = db.url.clone();
+        tokio::task::spawn_blocking(move || {
+            run_cli_blocking(&[("DATABASE_URL", url), ("STORAGE", "file".into())], args)
+        })
+    };
+    let out = cli(&["migrate"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rollups: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('public.security_event_rollups')::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rollups, None, "migrate adds nothing beside security_events");
+    let out = cli(&["events", "prepare"]).await.unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("security event rollups ready"));
+    assert!(text(&out.stdout).contains("security event indexes ready"));
     let complete: bool =
         sqlx::query_scalar("SELECT complete FROM public.security_event_rollups_state")
             .fetch_one(&pool)

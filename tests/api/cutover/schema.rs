@@ -2,6 +2,8 @@
 //! tables; an install whose tables are in `public` moves into the schema with its users and
 //! sessions; a bookkeeping table that is not flux-auth's is left alone.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -152,10 +154,30 @@ async fn an_install_in_public_moves_into_its_schema_with_every_user_and_session(
             .unwrap();
 
     let app = app.restart_with(|_| {}).await;
+    // The service builds the log's hourly counts beside it at start, in the background.
+    eventually(
+        "the security log's rollups",
+        Duration::from_secs(20),
+        || async {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT to_regclass('public.security_event_rollups_state')::text",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()
+            .flatten();
+            state
+        },
+    )
+    .await;
     assert_eq!(
         tables_in(&pool, "public").await,
-        ["security_events"],
-        "only the security log stays in public"
+        [
+            "security_event_rollups",
+            "security_event_rollups_state",
+            "security_events"
+        ],
+        "only the security log (its events and their hourly counts) stays in public"
     );
     let versions_after: Vec<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT version, checksum FROM flux_auth._sqlx_migrations ORDER BY 1")
