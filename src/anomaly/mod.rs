@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::limits::{Limits, ip_subject};
+use crate::mail::Outbox;
+use crate::mail::templates::Template;
 use crate::metrics::{Metrics, RuleLabels};
 use crate::redis_link::RedisLink;
 use crate::security_log::{EventType, SecurityEvent, SecurityLogger};
@@ -34,11 +36,20 @@ pub struct Anomalies {
     windows: Windows,
     limits: Arc<Limits>,
     store: Arc<dyn Store>,
+    /// Where `new_device_login`'s notice to the user is queued.
+    mail: Arc<Outbox>,
     events: SecurityLogger,
     metrics: Metrics,
     clock: Clock,
     /// Events evaluated so far (tests wait on it; `/metrics` does not need it).
     evaluated: AtomicU64,
+}
+
+/// Where the rules reach users: the store (each user's known devices, the user a notice is for)
+/// and the outbox (`new_device_login`'s notice).
+pub struct Accounts {
+    pub store: Arc<dyn Store>,
+    pub mail: Arc<Outbox>,
 }
 
 /// What a firing did.
@@ -67,11 +78,12 @@ impl Anomalies {
         settings: &crate::config::Settings,
         redis: Option<Arc<RedisLink>>,
         limits: Arc<Limits>,
-        store: Arc<dyn Store>,
+        accounts: Accounts,
         events: SecurityLogger,
         metrics: Metrics,
         clock: Clock,
     ) -> Self {
+        let Accounts { store, mail } = accounts;
         for rule in Rule::ALL {
             // Every rule's series from the start, at zero.
             drop(
@@ -85,6 +97,7 @@ impl Anomalies {
             windows: Windows::new(redis, &settings.redis_key_prefix),
             limits,
             store,
+            mail,
             events,
             metrics,
             clock,
@@ -359,6 +372,11 @@ impl Anomalies {
             .await;
         match seen {
             Ok(DeviceSeen::New) if event.event_type != EventType::SignupSuccess => {
+                if self.rules.new_device_notice {
+                    // Queued before the rule's event is recorded: whoever sees the event finds
+                    // the notice already durable.
+                    self.notify_new_device(user_id, event).await;
+                }
                 let now_ms = self.clock.now_ms();
                 let firing = Firing {
                     rule: Rule::NewDevice,
@@ -382,6 +400,38 @@ impl Anomalies {
             Err(e) => {
                 tracing::warn!(error = %e, "could not remember a sign-in's device; new_device_login not evaluated for it")
             }
+        }
+    }
+
+    /// Mails the user what signed in (the device's name and user agent, cut to 300 characters),
+    /// from where and when. A failure is logged: the rule's event is recorded either way.
+    async fn notify_new_device(&self, user_id: &str, event: &SecurityEvent) {
+        let user = match self.store.user_by_id(user_id).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, %user_id, "could not read the user for a new-device notice");
+                return;
+            }
+        };
+        let device = match (meta(event, "deviceName"), event.user_agent.as_deref()) {
+            (Some(name), Some(agent)) => format!("{name} ({agent})"),
+            (Some(name), None) => name.to_owned(),
+            (None, Some(agent)) => agent.to_owned(),
+            (None, None) => "an unknown device".to_owned(),
+        };
+        let device: String = device.chars().take(300).collect();
+        let template = Template::NewDevice {
+            device,
+            ip: event.ip_address.clone().unwrap_or_else(|| "unknown".into()),
+            at: event.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        };
+        if let Err(e) = self
+            .mail
+            .send(&user.email, &user.name, &template, None)
+            .await
+        {
+            tracing::warn!(error = %e, %user_id, "could not queue a new-device notice");
         }
     }
 

@@ -79,6 +79,8 @@ pub struct RuleSet {
     pub signup_burst: Counting,
     pub token_theft: Counting,
     pub new_device: bool,
+    /// Mail the owner when `new_device` fires.
+    pub new_device_notice: bool,
     pub known_devices_per_user: usize,
 }
 
@@ -113,6 +115,7 @@ impl RuleSet {
                 block: Duration::ZERO,
             },
             new_device: s.anomaly_new_device_login == Switch::On,
+            new_device_notice: s.new_device_notice == Switch::On,
             known_devices_per_user: s.anomaly_known_devices_per_user,
         }
     }

@@ -219,7 +219,10 @@ impl Core {
             &settings,
             redis.clone(),
             limits.clone(),
-            auth.store.clone(),
+            crate::anomaly::Accounts {
+                store: auth.store.clone(),
+                mail: auth.mail.clone(),
+            },
             pipeline.logger.clone(),
             metrics.clone(),
             clock.clone(),

@@ -235,6 +235,8 @@ declare::settings! {
     anomaly_new_device_login: Switch = Switch::On,
     /// Devices remembered per user for `new_device_login` (the least recently seen go).
     anomaly_known_devices_per_user: usize = 20,
+    /// Mail the user a notice (device, address, time) when `new_device_login` fires for them.
+    new_device_notice: Switch = Switch::On,
 
     /// OAuth client ids whose ID tokens are accepted; empty: no Google sign-in.
     google_client_id: Vec<String> = Vec::new(),

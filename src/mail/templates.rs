@@ -17,6 +17,12 @@ pub enum Template {
     SignInWithGoogle,
     /// Two-factor sign-in was turned on (`true`) or off.
     TwoFactor { enabled: bool },
+    /// A sign-in from a device the account had not signed in from: what it was, from where, when.
+    NewDevice {
+        device: String,
+        ip: String,
+        at: String,
+    },
     /// `flux-auth mail test`.
     Test,
 }
@@ -31,6 +37,7 @@ impl Template {
             Self::SignInWithGoogle => "sign_in_with_google",
             Self::TwoFactor { enabled: true } => "two_factor_enabled",
             Self::TwoFactor { enabled: false } => "two_factor_disabled",
+            Self::NewDevice { .. } => "new_device_login",
             Self::Test => "test",
         }
     }
@@ -43,6 +50,7 @@ impl Template {
             Self::SignInWithGoogle => "Sign in with Google",
             Self::TwoFactor { enabled: true } => "Two-factor sign-in was turned on",
             Self::TwoFactor { enabled: false } => "Two-factor sign-in was turned off",
+            Self::NewDevice { .. } => "New sign-in to your FluxStudio account",
             Self::Test => "FluxStudio mail test",
         }
     }
@@ -91,6 +99,13 @@ impl Template {
                 "",
                 "If this was not you, reset your password at once and contact support.",
             ),
+            Self::NewDevice { .. } => (
+                "Your FluxStudio account was just signed in to from a device it had not been \
+                 signed in from before:",
+                "",
+                "If this was you, no action is needed. If it was not, reset your password at once \
+                 and sign out of the other sessions in Settings.",
+            ),
             Self::Test => (
                 "This is a test message from flux-auth: mail is configured.",
                 "",
@@ -99,9 +114,27 @@ impl Template {
         }
     }
 
+    /// The lines that follow the paragraph, when the message names facts (a new device's).
+    fn details(&self) -> Vec<String> {
+        match self {
+            Self::NewDevice { device, ip, at } => vec![
+                format!("Device: {device}"),
+                format!("Address: {ip}"),
+                format!("Time: {at}"),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// The plain-text part.
     pub fn text(&self, name: &str) -> String {
         let (paragraph, _, closing) = self.wording();
+        let details = self.details();
+        let paragraph = if details.is_empty() {
+            paragraph.to_owned()
+        } else {
+            format!("{paragraph}\n\n{}", details.join("\n"))
+        };
         let greeting = greeting(name);
         match self.link() {
             Some(link) => {
@@ -126,9 +159,20 @@ impl Template {
             }
             None => String::new(),
         };
+        let details: String = self
+            .details()
+            .iter()
+            .map(|line| format!("{}<br>\n", escape(line)))
+            .collect();
+        let details = if details.is_empty() {
+            details
+        } else {
+            format!("<p>{details}</p>\n")
+        };
         format!(
             "<!doctype html>\n<html><body style=\"font-family:sans-serif;line-height:1.5\">\n\
-             <p>{greeting}</p>\n<p>{}</p>\n{action}<p>{}</p>\n<p>FluxStudio</p>\n</body></html>\n",
+             <p>{greeting}</p>\n<p>{}</p>\n{details}{action}<p>{}</p>\n<p>FluxStudio</p>\n\
+             </body></html>\n",
             escape(paragraph),
             escape(closing)
         )
@@ -175,6 +219,20 @@ pub fn link(base: &Url, path: &str, token: &str, email: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_device_notice_names_the_device_as_text() {
+        let notice = Template::NewDevice {
+            device: "<img src=x onerror=alert(1)>".into(),
+            ip: "203.0.113.9".into(),
+            at: "2026-01-31 12:00 UTC".into(),
+        };
+        let html = notice.html("Ann");
+        assert!(html.contains("Device: &lt;img src=x onerror=alert(1)&gt;<br>"));
+        assert!(!html.contains("<img"));
+        let text = notice.text("Ann");
+        assert!(text.contains("Address: 203.0.113.9\nTime: 2026-01-31 12:00 UTC"));
+    }
 
     #[test]
     fn a_name_with_markup_arrives_as_text() {

@@ -31,10 +31,14 @@ impl Received {
             .to_owned()
     }
 
+    /// Headers and body with quoted-printable's soft line breaks joined and `=3D` back to `=`.
+    pub fn text(&self) -> String {
+        self.data.replace("=\r\n", "").replace("=3D", "=")
+    }
+
     /// The token of the first link in the message (`?token=...`).
     pub fn token(&self) -> Option<String> {
-        // Quoted-printable: soft line breaks joined, `=3D` back to `=`.
-        let text = self.data.replace("=\r\n", "").replace("=3D", "=");
+        let text = self.text();
         let at = text.find("token=")? + "token=".len();
         Some(
             text[at..]
