@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreResult;
 
+/// The length of a TOTP time step: a step is the number of these since the Unix epoch, as
+/// `last_step` and [`TwoFactorStore::accept_totp_step`] count them.
+pub const TOTP_STEP_SECS: u64 = 30;
+
 /// A user's two-factor sign-in as stored. Secrets are ciphertexts (`auth::two_factor::cipher`);
 /// backup codes are hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

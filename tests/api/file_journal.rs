@@ -1,7 +1,7 @@
 //! The file store's sessions on disk: `sessions.json` (a snapshot) and `sessions.journal` (the
 //! changes since), through the real app over HTTP. Restarts after many refreshes, a journal whose
-//! last line a crash cut short, compaction past its bound, and a `sessions.json` written by
-//! earlier versions (no journal).
+//! last line a crash cut short, compaction past its bound, a `sessions.json` written by
+//! earlier versions (no journal), and the two-factor time steps kept in the journal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -386,4 +386,81 @@ async fn kill_9_during_refreshes_loses_no_acknowledged_rotation() {
         .unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+}
+
+/// A TOTP code used to sign in stays used after a restart: the accepted step is a record of the
+/// journal (not of `users.json`, which is rewritten whole), and a restart reads it back. Turning
+/// two-factor off and on again starts the new secret afresh.
+#[tokio::test]
+async fn a_used_totp_code_stays_used_across_a_restart_and_a_new_secret_starts_afresh() {
+    use crate::two_factor::{code_now, enable, next_step, temp_token, verify};
+    let app = crate::two_factor::app(Backend::File).await.unwrap();
+    let email = unique_email();
+    let token = text(&app.signed_up(&email).await, "accessToken");
+    let (secret, _) = enable(&app, &token).await;
+    let code = code_now(&app, &secret);
+    let first = temp_token(&app, &email).await;
+    let signed_in = verify(&app, &first, &code).await;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let signed_in: Value = signed_in.json().await.unwrap();
+    let journal = std::fs::read_to_string(app.data_dir().join("sessions.journal")).unwrap();
+    assert!(journal.contains("\"totpStep\""), "{journal}");
+
+    let app = app.restart_with(|_| {}).await;
+    // The new app's clock starts from the machine's: move it to where the old one was.
+    next_step(&app);
+    assert_eq!(code_now(&app, &secret), code);
+    let again = temp_token(&app, &email).await;
+    assert_error(
+        verify(&app, &again, &code).await,
+        StatusCode::BAD_REQUEST,
+        "TWO_FACTOR_INVALID_CODE",
+    )
+    .await;
+
+    // Off with the next step's code (one step ahead is accepted), then on again with a new
+    // secret confirmed at the current step: the new secret's next-step code signs in. Were the
+    // old secret's step kept, that step would count as used.
+    let access = text(&signed_in, "accessToken");
+    let now = app.clock().now().timestamp() as u64;
+    let off = app
+        .post_json_auth(
+            "/api/2fa/disable",
+            &access,
+            &json!({ "code": code_at(&secret, now + 30) }),
+        )
+        .await;
+    assert_eq!(off.status(), StatusCode::OK);
+    let setup: Value = app
+        .post_json_auth("/api/2fa/setup", &access, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = crate::two_factor::secret_bytes(setup["secret"].as_str().unwrap());
+    let on = app
+        .post_json_auth(
+            "/api/2fa/verify-setup",
+            &access,
+            &json!({ "code": code_at(&secret, now) }),
+        )
+        .await;
+    assert_eq!(on.status(), StatusCode::OK);
+    let third = temp_token(&app, &email).await;
+    assert_eq!(
+        verify(&app, &third, &code_at(&secret, now + 30))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+/// The code an authenticator shows for `secret` at `unix` seconds.
+fn code_at(secret: &[u8], unix: u64) -> String {
+    totp_rs::Builder::new()
+        .with_secret(secret.to_vec())
+        .build()
+        .expect("a valid TOTP secret")
+        .generate(unix)
+        .to_string()
 }

@@ -15,7 +15,8 @@ pub const SECRET_BYTES: usize = 20;
 pub const MIN_SECRET_BYTES: usize = 10;
 /// The longest secret accepted from elsewhere (an import): 512 bits, SHA-1's block.
 pub const MAX_SECRET_BYTES: usize = 64;
-pub const STEP_SECS: u64 = 30;
+/// RFC 6238's time step; the stores count accepted steps in it.
+pub const STEP_SECS: u64 = crate::store::two_factor::TOTP_STEP_SECS;
 pub const BACKUP_CODE_COUNT: usize = 10;
 /// Characters of a backup code, without the dashes: 12 of 32 symbols, 60 bits.
 const BACKUP_CODE_CHARS: usize = 12;

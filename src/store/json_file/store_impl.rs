@@ -158,18 +158,28 @@ impl SessionStore for FileStore {
         idle_ttl: chrono::Duration,
         _batch: usize,
     ) -> StoreResult<u64> {
-        // One journal line removes them all; batching buys nothing here.
+        // One journal line removes them all; batching buys nothing here. Two-factor sign-ins'
+        // long-past time steps go in the same line (they are not sessions: not counted).
         let cutoff = now - session_state::retention();
-        let any = self
-            .sessions
-            .read()
-            .sessions()
-            .any(|e| ended_at(&e.rec, idle_ttl) <= cutoff);
-        if !any {
+        let (any, old_steps) = {
+            let state = self.sessions.read();
+            let any = state
+                .sessions()
+                .any(|e| ended_at(&e.rec, idle_ttl) <= cutoff);
+            (any, state.totp_steps_past(now).next().is_some())
+        };
+        if !any && !old_steps {
             return Ok(0);
         }
-        self.update_sessions(|tx| Ok(tx.prune(now, idle_ttl, true)))
-            .await
+        self.update_sessions(|tx| {
+            tx.prune_totp_steps(now);
+            Ok(if any {
+                tx.prune(now, idle_ttl, true)
+            } else {
+                0
+            })
+        })
+        .await
     }
 
     async fn create_session(

@@ -1,8 +1,12 @@
 //! Two-factor sign-in on the file store: the record lives in the user's own entry of
 //! `users.json` (`"twoFactor": {...}`, the same fields as Postgres's `two_factor` row), so it is
 //! written in the same durable step as the user, and deleted with it. Every check and change runs
-//! inside one `update_users`, under the store's writer: a time step or a backup code is accepted
-//! once.
+//! inside one `update_users`, under the store's writer: a backup code is accepted once.
+//!
+//! The last accepted time step is the exception: each sign-in with a code moves it, and
+//! `users.json` is rewritten whole at each commit, so it is a record of the sessions' journal
+//! (one short line) on top of the step the entry got when two-factor was turned on. The check and
+//! the record are one step under the journal's writer, so a step is accepted once.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -37,6 +41,15 @@ fn store_back(user: &mut UserRecord, record: Option<&TwoFactorRecord>) -> StoreR
 }
 
 impl FileStore {
+    /// The record as the user's entry holds it (its `last_step` is the one set when two-factor
+    /// was turned on; later ones are in the journal).
+    async fn two_factor_in_users_file(
+        &self,
+        user_id: &str,
+    ) -> StoreResult<Option<TwoFactorRecord>> {
+        Ok(self.users().await?.by_id(user_id).and_then(stored))
+    }
+
     /// Applies `change` to the user's record (`None`: none yet) and writes back what it returns
     /// in its first place, when it returns `Some`; the answer is the second.
     async fn change_two_factor(
@@ -59,7 +72,12 @@ impl FileStore {
 #[async_trait]
 impl TwoFactorStore for FileStore {
     async fn two_factor(&self, user_id: &str) -> StoreResult<Option<TwoFactorRecord>> {
-        Ok(self.users().await?.by_id(user_id).and_then(stored))
+        let Some(mut record) = self.two_factor_in_users_file(user_id).await? else {
+            return Ok(None);
+        };
+        let journal = self.sessions.read().totp_step(user_id);
+        record.last_step = record.last_step.max(journal);
+        Ok(Some(record))
     }
 
     async fn set_pending_two_factor(&self, user_id: &str, pending: &str) -> StoreResult<bool> {
@@ -102,25 +120,45 @@ impl TwoFactorStore for FileStore {
     }
 
     async fn disable_two_factor(&self, user_id: &str) -> StoreResult<bool> {
-        match self
+        let was_on = match self
             .change_two_factor(user_id, |record| match record {
                 Some(r) => (Some(None), r.enabled()),
                 None => (None, false),
             })
             .await
         {
-            Err(StoreError::NotFound) => Ok(false),
-            other => other,
+            Err(StoreError::NotFound) => return Ok(false),
+            other => other?,
+        };
+        // The old secret's last step goes with it, as Postgres deletes the row: a secret set up
+        // later starts from its own step.
+        if self.sessions.read().totp_step(user_id).is_some() {
+            self.update_sessions(|tx| {
+                tx.drop_totp_step(user_id);
+                Ok(())
+            })
+            .await?;
         }
+        Ok(was_on)
     }
 
     async fn accept_totp_step(&self, user_id: &str, step: i64) -> StoreResult<bool> {
-        self.change_two_factor(user_id, |record| match record {
-            Some(mut r) if r.enabled() && r.last_step.is_none_or(|last| last < step) => {
-                r.last_step = Some(step);
-                (Some(Some(r)), true)
+        let Some(record) = self.two_factor_in_users_file(user_id).await? else {
+            return Ok(false);
+        };
+        if !record.enabled() || record.last_step.is_some_and(|last| last >= step) {
+            return Ok(false);
+        }
+        self.update_sessions(|tx| {
+            if tx
+                .state()
+                .totp_step(user_id)
+                .is_some_and(|last| last >= step)
+            {
+                return Ok(false);
             }
-            _ => (None, false),
+            tx.put_totp_step(user_id, step);
+            Ok(true)
         })
         .await
     }

@@ -1,5 +1,5 @@
 //! `sessions.json`, the snapshot: `{"seq":N,"sessions":[…],"tokens":[…],"oneTimeTokens":[…],
-//! "outbox":[…]}`, the state after journal batch `N`, read record by record into a state and
+//! "outbox":[…],"totpSteps":[…]}`, the state after journal batch `N`, read record by record into a state and
 //! written streaming from one.
 
 use std::fs::{self, OpenOptions};
@@ -13,7 +13,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::super::session_state::{HashKey, Op, RetiredToken, Sessions};
+use super::super::session_state::{HashKey, Op, RetiredToken, Sessions, TotpStep};
 use super::SNAPSHOT;
 use crate::durable_file;
 use crate::store::outbox::{OneTimeToken, OutboxMessage};
@@ -57,6 +57,10 @@ impl<'de> Visitor<'de> for SnapshotVisitor<'_> {
                 "outbox" => map.next_value_seed(Records {
                     state: &mut *self.0,
                     op: |m: OutboxMessage| Op::Outgoing(Arc::new(m)),
+                })?,
+                "totpSteps" => map.next_value_seed(Records {
+                    state: &mut *self.0,
+                    op: |s: TotpStep| Op::TotpStep(Arc::new(s)),
                 })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -105,6 +109,8 @@ struct SnapshotOut<'a> {
     one_time_tokens: &'a [Arc<OneTimeToken>],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     outbox: &'a [Arc<OutboxMessage>],
+    #[serde(rename = "totpSteps", skip_serializing_if = "<[_]>::is_empty")]
+    totp_steps: &'a [Arc<TotpStep>],
 }
 
 /// The live tokens, then the retired ones as whole records (the snapshot's format does not know
@@ -136,6 +142,7 @@ pub(super) struct SnapshotRecords {
     pub(super) retired: Vec<(HashKey, RetiredToken)>,
     pub(super) one_time_tokens: Vec<Arc<OneTimeToken>>,
     pub(super) outbox: Vec<Arc<OutboxMessage>>,
+    pub(super) totp_steps: Vec<Arc<TotpStep>>,
 }
 
 impl SnapshotRecords {
@@ -154,6 +161,7 @@ impl SnapshotRecords {
             retired,
             one_time_tokens: state.one_time_tokens().cloned().collect(),
             outbox: state.outbox(),
+            totp_steps: state.totp_steps().cloned().collect(),
         }
     }
 }
@@ -182,6 +190,7 @@ pub(super) fn write_snapshot(dir: &Path, records: &SnapshotRecords) -> anyhow::R
                 },
                 one_time_tokens: &records.one_time_tokens,
                 outbox: &records.outbox,
+                totp_steps: &records.totp_steps,
             },
         )?;
         let file = out.into_inner().map_err(|e| e.into_error())?;

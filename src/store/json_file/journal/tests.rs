@@ -393,3 +393,49 @@ async fn a_second_process_writing_is_noticed_and_loaded() {
     let reopened = SessionLog::open(dir.path()).unwrap();
     assert_eq!(ids(&reopened), sorted(vec![first, from_cli, next]));
 }
+
+/// A user's last accepted TOTP step survives a restart from the journal and from a snapshot,
+/// and the periodic prune forgets it once it is more than a day old (dropped on reload too).
+#[tokio::test]
+async fn totp_steps_survive_a_restart_and_a_snapshot_and_go_after_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SessionLog::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let step = now.timestamp() / 30;
+    log.update(|tx| {
+        tx.put_totp_step("ann", step - 1);
+        tx.put_totp_step("ann", step);
+        tx.put_totp_step("bob", step - 3000);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let check = |state: &Sessions| {
+        assert_eq!(state.totp_step("ann"), Some(step));
+        assert_eq!(state.totp_step("bob"), Some(step - 3000));
+        assert_eq!(state.totp_step("cid"), None);
+    };
+    check(&log.read());
+    drop(log);
+    let log = SessionLog::open(dir.path()).unwrap();
+    check(&log.read());
+
+    let snapshot = dir.path().join("snapshot");
+    fs::create_dir(&snapshot).unwrap();
+    write_snapshot(&snapshot, &SnapshotRecords::of(&log.read())).unwrap();
+    check(&load(&snapshot).unwrap().state);
+
+    // bob's step is more than a day (2,880 steps) old: it refuses nothing and goes.
+    let pruned = log.update(|tx| Ok(tx.prune_totp_steps(now))).await.unwrap();
+    assert_eq!(pruned, 1);
+    log.update(|tx| {
+        tx.drop_totp_step("ann");
+        tx.drop_totp_step("nobody");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(log);
+    let log = SessionLog::open(dir.path()).unwrap();
+    assert_eq!(log.read().totp_steps().count(), 0);
+}

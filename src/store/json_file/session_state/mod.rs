@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::store::outbox::{OneTimeToken, OutboxMessage, TokenPurpose};
+use crate::store::two_factor::TOTP_STEP_SECS;
 use crate::store::{ENDED_SESSION_RETENTION_DAYS, SessionRecord, TokenRecord};
 
 mod ops;
@@ -24,11 +25,14 @@ mod retired;
 mod tests;
 mod tx;
 
-pub(super) use ops::{Op, OpIn, OpOut};
+pub(super) use ops::{Op, OpIn, OpOut, TotpStep};
 pub(super) use outbox_index::KindIndex;
 use outbox_index::OutboxIndex;
 pub(super) use retired::{Retired, RetiredToken};
 pub(super) use tx::Tx;
+
+/// How many TOTP steps (of 30 s: a day) a user's last accepted step is kept in the journal.
+const TOTP_STEPS_KEPT: i64 = 24 * 60 * 60 / TOTP_STEP_SECS as i64;
 
 /// A record and when it first entered the state (its place in the snapshot, and the tie-break
 /// wherever the old `Vec` order decided).
@@ -75,6 +79,8 @@ pub(super) struct Sessions {
     outbox: HashMap<Uuid, Arc<OutboxMessage>>,
     /// The pending outbox by due time and age, and the dead counted.
     outbox_index: OutboxIndex,
+    /// The last TOTP step accepted per user (see [`TotpStep`]).
+    totp_steps: HashMap<String, Arc<TotpStep>>,
     /// The sequence number of the last journal batch in this state.
     pub seq: u64,
     pub prune_hint: Option<PruneHint>,
@@ -220,6 +226,13 @@ impl Sessions {
                 }
                 shrink_if_sparse(&mut self.outbox);
             }
+            Op::TotpStep(rec) => {
+                self.totp_steps.insert(rec.user_id.clone(), rec.clone());
+            }
+            Op::DropTotpStep(user) => {
+                self.totp_steps.remove(user);
+                shrink_if_sparse(&mut self.totp_steps);
+            }
             Op::DropToken(id) => {
                 if let Some(session) = self.forget_token(*id)
                     && let Some(ids) = self.family.get_mut(&session)
@@ -327,6 +340,21 @@ impl Sessions {
 
     pub fn one_time_tokens(&self) -> impl Iterator<Item = &Arc<OneTimeToken>> {
         self.one_time.values()
+    }
+
+    /// The last TOTP step accepted for the user, as far as the journal knows.
+    pub fn totp_step(&self, user_id: &str) -> Option<i64> {
+        self.totp_steps.get(user_id).map(|s| s.step)
+    }
+
+    pub fn totp_steps(&self) -> impl Iterator<Item = &Arc<TotpStep>> {
+        self.totp_steps.values()
+    }
+
+    /// The accepted steps more than [`TOTP_STEPS_KEPT`] before `now`'s.
+    pub fn totp_steps_past(&self, now: DateTime<Utc>) -> impl Iterator<Item = &Arc<TotpStep>> {
+        let oldest = now.timestamp().div_euclid(TOTP_STEP_SECS as i64) - TOTP_STEPS_KEPT;
+        self.totp_steps.values().filter(move |s| s.step < oldest)
     }
 
     pub fn outgoing(&self, id: &Uuid) -> Option<&Arc<OutboxMessage>> {

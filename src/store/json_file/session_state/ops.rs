@@ -27,11 +27,25 @@ pub(crate) enum Op {
     Outgoing(Arc<OutboxMessage>),
     /// Removes an outbox message.
     DropOutgoing(Uuid),
+    /// Records the last TOTP time step a user's code was accepted for.
+    TotpStep(Arc<TotpStep>),
+    /// Forgets a user's last accepted step (long past: it refuses nothing any more).
+    DropTotpStep(String),
+}
+
+/// The last TOTP time step accepted for a user. Kept here, in the journal, rather than in the
+/// user's entry of `users.json`: every two-factor sign-in writes one, and a journal record costs
+/// what it holds where `users.json` is rewritten whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TotpStep {
+    pub user_id: String,
+    pub step: i64,
 }
 
 /// An op as the journal writes it: `{"session":{…}}`, `{"token":{…}}`, `{"dropSession":"…"}`,
 /// `{"dropToken":"…"}`, `{"oneTime":{…}}`, `{"dropOneTime":"…"}`, `{"outgoing":{…}}`,
-/// `{"dropOutgoing":"…"}`.
+/// `{"dropOutgoing":"…"}`, `{"totpStep":{"userId":"…","step":N}}`, `{"dropTotpStep":"…"}`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum OpOut<'a> {
@@ -43,6 +57,8 @@ pub(crate) enum OpOut<'a> {
     DropOneTime(&'a str),
     Outgoing(&'a OutboxMessage),
     DropOutgoing(Uuid),
+    TotpStep(&'a TotpStep),
+    DropTotpStep(&'a str),
 }
 
 #[derive(Deserialize)]
@@ -56,6 +72,8 @@ pub(crate) enum OpIn {
     DropOneTime(String),
     Outgoing(OutboxMessage),
     DropOutgoing(Uuid),
+    TotpStep(TotpStep),
+    DropTotpStep(String),
 }
 
 impl<'a> From<&'a Op> for OpOut<'a> {
@@ -69,6 +87,8 @@ impl<'a> From<&'a Op> for OpOut<'a> {
             Op::DropOneTime(hash) => Self::DropOneTime(hash),
             Op::Outgoing(m) => Self::Outgoing(m),
             Op::DropOutgoing(id) => Self::DropOutgoing(*id),
+            Op::TotpStep(s) => Self::TotpStep(s),
+            Op::DropTotpStep(user) => Self::DropTotpStep(user),
         }
     }
 }
@@ -84,6 +104,8 @@ impl From<OpIn> for Op {
             OpIn::DropOneTime(hash) => Self::DropOneTime(hash),
             OpIn::Outgoing(m) => Self::Outgoing(Arc::new(m)),
             OpIn::DropOutgoing(id) => Self::DropOutgoing(id),
+            OpIn::TotpStep(s) => Self::TotpStep(Arc::new(s)),
+            OpIn::DropTotpStep(user) => Self::DropTotpStep(user),
         }
     }
 }

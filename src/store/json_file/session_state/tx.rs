@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{Op, PruneHint, Sessions, ended_at, retention};
+use super::{Op, PruneHint, Sessions, TotpStep, ended_at, retention};
 use crate::store::outbox::{OneTimeToken, OutboxMessage};
 use crate::store::{SessionRecord, TokenRecord};
 
@@ -61,6 +61,36 @@ impl<'a> Tx<'a> {
 
     pub fn drop_outgoing(&mut self, id: uuid::Uuid) {
         self.record(Op::DropOutgoing(id));
+    }
+
+    pub fn put_totp_step(&mut self, user_id: &str, step: i64) {
+        self.record(Op::TotpStep(Arc::new(TotpStep {
+            user_id: user_id.to_owned(),
+            step,
+        })));
+    }
+
+    pub fn drop_totp_step(&mut self, user_id: &str) {
+        if self.state.totp_step(user_id).is_some() {
+            self.record(Op::DropTotpStep(user_id.to_owned()));
+        }
+    }
+
+    /// Forgets the accepted steps older than a day: a code is accepted only for a
+    /// step within one of the clock's, so such a step refuses nothing. Kept a day rather than a
+    /// minute so that a clock set back a little still finds them. The map holds only the users
+    /// who signed in with a code within the day; the periodic clean-up runs it.
+    pub fn prune_totp_steps(&mut self, now: DateTime<Utc>) -> u64 {
+        let old: Vec<String> = self
+            .state
+            .totp_steps_past(now)
+            .map(|s| s.user_id.clone())
+            .collect();
+        let count = old.len() as u64;
+        for user in old {
+            self.record(Op::DropTotpStep(user));
+        }
+        count
     }
 
     /// Removes the sessions that ended more than the retention ago (and their tokens, and tokens
