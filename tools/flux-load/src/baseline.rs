@@ -151,8 +151,17 @@ pub fn serve(
         // Sized like flux-auth's pool (DATABASE_MAX_CONNECTIONS default).
         let db = match database_url {
             Some(url) => Some(
+                // flux-auth's tables are in its own schema (`flux_auth`); builds from before it
+                // kept them in `public`: either answers.
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(10)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(conn, "SET search_path = flux_auth, public")
+                                .await
+                                .map(drop)
+                        })
+                    })
                     .connect(&url)
                     .await?,
             ),

@@ -173,6 +173,10 @@ pub enum Scenario {
     ForgotKnown,
     /// Forgot-password for an address without an account: must cost the same.
     ForgotUnknown,
+    /// Both at once on one server: half the connections ask for addresses with an account,
+    /// half for addresses without, and each half is reported on its own. What a client probing
+    /// an address sees: the two kinds under the same load at the same time.
+    ForgotMixed,
 }
 
 impl Scenario {
@@ -186,6 +190,7 @@ impl Scenario {
             Self::Signup => "signup",
             Self::ForgotKnown => "forgot-known",
             Self::ForgotUnknown => "forgot-unknown",
+            Self::ForgotMixed => "forgot-mixed",
         }
     }
 }

@@ -98,6 +98,19 @@ impl Fixture {
         self.per_worker_clients.then(|| client_address(i))
     }
 
+    /// A forgot-password request for the `n`-th account with a login, or for a new address
+    /// without an account.
+    fn forgot(&self, account: Option<usize>) -> Call {
+        let email = match account {
+            Some(n) => self.logins[n % self.logins.len()].email.clone(),
+            None => format!("nobody-{}@bench.example", uuid::Uuid::new_v4().simple()),
+        };
+        Call::post(
+            "/api/auth/forgot-password",
+            &serde_json::json!({ "email": email }),
+        )
+    }
+
     pub fn jobs(&mut self, scenario: Scenario, concurrency: usize) -> Vec<Job> {
         (0..concurrency)
             .map(|i| {
@@ -136,21 +149,12 @@ impl Fixture {
                         ),
                         StatusCode::UNAUTHORIZED,
                     ),
-                    Scenario::ForgotKnown => {
-                        let account = &self.logins[i % self.logins.len()];
-                        fixed(
-                            Call::post(
-                                "/api/auth/forgot-password",
-                                &serde_json::json!({ "email": account.email }),
-                            ),
-                            StatusCode::OK,
-                        )
-                    }
-                    Scenario::ForgotUnknown => fixed(
-                        Call::post(
-                            "/api/auth/forgot-password",
-                            &serde_json::json!({ "email": format!("nobody-{i}@bench.example") }),
-                        ),
+                    Scenario::ForgotKnown => fixed(self.forgot(Some(i)), StatusCode::OK),
+                    Scenario::ForgotUnknown => fixed(self.forgot(None), StatusCode::OK),
+                    // Even connections known, odd unknown; the known ones spread over the
+                    // accounts as in forgot-known.
+                    Scenario::ForgotMixed => fixed(
+                        self.forgot((i % 2 == 0).then_some(i / 2)),
                         StatusCode::OK,
                     ),
                     Scenario::Signup => Job::Signup {

@@ -194,7 +194,9 @@ impl Harness {
             .await;
         let _ = baseline.child.kill().await;
         result?;
-        let mail_drain = if self.args.scenarios.contains(&Scenario::ForgotKnown) {
+        let mail_drain = if self.args.scenarios.contains(&Scenario::ForgotKnown)
+            || self.args.scenarios.contains(&Scenario::ForgotMixed)
+        {
             let drain = mail_drain::measure(server.addr, server.pid, MAIL_DRAIN_PATIENCE).await;
             match &drain {
                 Some(d) if d.delivered == 0.0 => println!(
@@ -290,6 +292,10 @@ impl Harness {
                 } else {
                     None
                 };
+                if scenario == Scenario::ForgotMixed {
+                    self.forgot_mixed(name, server, fixture, c).await;
+                    continue;
+                }
                 let jobs = fixture.jobs(scenario, c);
                 let (jobs, latency, stats) =
                     self.measure(Some(server.pid), fixture.addr, jobs).await;
@@ -304,6 +310,28 @@ impl Harness {
             self.mixed(name, server, fixture, max_c).await;
         }
         Ok(())
+    }
+
+    /// Forgot-password at concurrency `c`, the even connections for addresses with an account
+    /// and the odd ones for addresses without, at the same time; one row for each kind.
+    async fn forgot_mixed(&mut self, name: &str, server: &Server, fixture: &mut Fixture, c: usize) {
+        let (known, unknown): (Vec<_>, Vec<_>) = fixture
+            .jobs(Scenario::ForgotMixed, c)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| i % 2 == 0);
+        let strip = |jobs: Vec<(usize, Job)>| jobs.into_iter().map(|(_, j)| j).collect::<Vec<_>>();
+        let (known, unknown) = (strip(known), strip(unknown));
+        let (window, addr) = (self.window, fixture.addr);
+        let work = async move {
+            tokio::join!(
+                closed_loop(addr, known, window),
+                closed_loop(addr, unknown, window),
+            )
+        };
+        let (((_, known), (_, unknown)), stats) = observe(Some(server.pid), work).await;
+        self.push(name, "forgot-mixed: known", c, known, stats.clone());
+        self.push(name, "forgot-mixed: unknown", c, unknown, stats);
     }
 
     /// A login flood at concurrency `c` with /me probed at a fixed rate on the side.

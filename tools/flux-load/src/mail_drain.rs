@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::http::{self, Call};
 use crate::measure::rss_mb;
+use crate::probes::metric;
 
 /// How the backlog drained.
 #[derive(Debug, Clone, Serialize)]
@@ -23,14 +24,6 @@ pub struct MailDrain {
     pub emptied: bool,
     pub rss_before_mb: f64,
     pub rss_after_mb: f64,
-}
-
-/// A metric of `/metrics` (the first series of that name).
-fn metric(body: &str, name: &str) -> Option<f64> {
-    let prefix = format!("{name} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 struct Sample {

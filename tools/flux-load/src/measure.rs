@@ -300,7 +300,11 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// utime + stime of the process, in clock ticks.
 pub fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of a `stat` line (a process's or a thread's).
+fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name can contain spaces; the fields after its closing parenthesis cannot.
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -308,6 +312,21 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// utime + stime of the server's password-hashing threads (named `argon2-N`; they live as long
+/// as the process), in clock ticks.
+pub fn hashing_ticks(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path();
+        let named_argon2 = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|comm| comm.starts_with("argon2-"));
+        if named_argon2 {
+            total += stat_ticks(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+        }
+    }
+    Some(total)
 }
 
 /// (busy, total) ticks of all cores.

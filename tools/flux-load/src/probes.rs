@@ -36,6 +36,20 @@ pub async fn metric_reaches(addr: SocketAddr, name: &str, value: f64, patience: 
     false
 }
 
+/// A metric of a `/metrics` body (the first series of that name).
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A metric of the server's `/metrics` now.
+pub async fn metric_now(addr: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http::once(addr, &Call::get("/metrics")).await.ok()?;
+    metric(&String::from_utf8_lossy(&body), name)
+}
+
 pub async fn redis_answers(url: &str) -> bool {
     let Some(host_port) = url.strip_prefix("redis://").map(|rest| {
         rest.rsplit('@')

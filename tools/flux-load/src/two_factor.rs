@@ -4,7 +4,10 @@
 //! server, so load from elsewhere on the machine falls on both alike.
 //!
 //! CPU is the server process's utime + stime (/proc/<pid>/stat, every thread) over a round,
-//! divided by the sign-ins the round completed. Each round signs every prepared user of its kind
+//! divided by the sign-ins the round completed; it is also split into the password-hashing
+//! threads' share (`argon2-N`, /proc/<pid>/task/*/stat) and the rest. The hash's own time moves
+//! by a tenth from minute to minute on a shared machine, which buries a 1 ms difference in the
+//! total; the rest is what two-factor adds to. Each round signs every prepared user of its kind
 //! in once. A TOTP time step is accepted once per user, so a two-factor round uses for each user
 //! the current step or the next one (both accepted: one step either side), later than the one it
 //! last used; when none is left the round waits, before it starts, for the clock's next step.
@@ -21,12 +24,15 @@ use hyper::StatusCode;
 use crate::argon2_ceiling::{self, Cost};
 use crate::fixture::{Account, accounts};
 use crate::http::{Call, Conn, once};
-use crate::measure::{PASSWORD, process_ticks};
+use crate::measure::{PASSWORD, hashing_ticks, process_ticks};
+use crate::probes::metric_now;
 use crate::server::{BenchDb, Server, ServerLogs, ServerSpec, StoreKind};
 
 /// A fixed AES-256 key (base64) for the run's server: two-factor needs one.
 const TOTP_KEY: &str = "Zmx1eC1sb2FkIGJlbmNoIHRvdHAga2V5IDMyIGJ5dGU=";
 const STEP_SECS: u64 = 30;
+/// Every password hash waits for a worker first, so this histogram counts the hashes.
+const HASHES: &str = "flux_auth_password_hash_wait_seconds_count";
 /// Linux's USER_HZ: the unit of /proc/<pid>/stat's times.
 const TICK_MS: f64 = 10.0;
 
@@ -64,18 +70,27 @@ impl Kind {
     }
 }
 
-/// One round: sign-ins completed, failed, the server's CPU over it and the wall time.
+/// One round: sign-ins completed, failed, the server's CPU over it (all of it, and the hashing
+/// threads' share) and the wall time.
 struct Round {
     kind: Kind,
     done: usize,
     failed: usize,
     cpu_ms: f64,
+    hashing_ms: f64,
+    /// Password hashes the server computed over the round (its hash-wait histogram's count).
+    hashes: f64,
     wall: Duration,
 }
 
 impl Round {
     fn per_sign_in_ms(&self) -> f64 {
         self.cpu_ms / self.done.max(1) as f64
+    }
+
+    /// CPU per sign-in outside the hashing threads.
+    fn other_per_sign_in_ms(&self) -> f64 {
+        (self.cpu_ms - self.hashing_ms) / self.done.max(1) as f64
     }
 }
 
@@ -171,6 +186,10 @@ async fn round(
         conns.push(Conn::open(addr).await?);
     }
     let t0 = process_ticks(pid).context("the server's /proc/<pid>/stat")?;
+    let h0 = hashing_ticks(pid).context("the server's /proc/<pid>/task")?;
+    let n0 = metric_now(addr, HASHES)
+        .await
+        .context("the server's hash count")?;
     let started = Instant::now();
     let workers = conns.into_iter().map(|mut conn| {
         let (work, next) = (work.clone(), next.clone());
@@ -202,11 +221,17 @@ async fn round(
     }
     let wall = started.elapsed();
     let t1 = process_ticks(pid).context("the server's /proc/<pid>/stat")?;
+    let h1 = hashing_ticks(pid).context("the server's /proc/<pid>/task")?;
+    let n1 = metric_now(addr, HASHES)
+        .await
+        .context("the server's hash count")?;
     Ok(Round {
         kind,
         done,
         failed,
         cpu_ms: (t1 - t0) as f64 * TICK_MS,
+        hashing_ms: h1.saturating_sub(h0) as f64 * TICK_MS,
+        hashes: n1 - n0,
         wall,
     })
 }
@@ -253,7 +278,13 @@ pub async fn run(args: TwoFactorArgs) -> anyhow::Result<()> {
             StoreKind::Postgres => Some(BenchDb::create(&args.postgres_url).await?),
             StoreKind::File => None,
         };
-        let result = run_store(&args, store, db.as_ref().map(|d| d.url.as_str())).await;
+        let result = run_store(
+            &args,
+            store,
+            db.as_ref().map(|d| d.url.as_str()),
+            argon.hash_ms,
+        )
+        .await;
         if let Some(db) = db {
             db.drop_now().await;
         }
@@ -266,6 +297,7 @@ async fn run_store(
     args: &TwoFactorArgs,
     store: StoreKind,
     database_url: Option<&str>,
+    argon_hash_ms: f64,
 ) -> anyhow::Result<()> {
     let server = Server::start(&ServerSpec {
         binary: &args.server,
@@ -277,12 +309,17 @@ async fn run_store(
         logs: ServerLogs::Discard,
     })
     .await?;
-    let result = rounds(args, store, &server).await;
+    let result = rounds(args, store, &server, argon_hash_ms).await;
     server.stop().await;
     result
 }
 
-async fn rounds(args: &TwoFactorArgs, store: StoreKind, server: &Server) -> anyhow::Result<()> {
+async fn rounds(
+    args: &TwoFactorArgs,
+    store: StoreKind,
+    server: &Server,
+    argon_hash_ms: f64,
+) -> anyhow::Result<()> {
     let name = store.name();
     let tag = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let prepared = Instant::now();
@@ -315,24 +352,30 @@ async fn rounds(args: &TwoFactorArgs, store: StoreKind, server: &Server) -> anyh
             };
             let result = round(server.addr, server.pid, kind, work, args.concurrency).await?;
             println!(
-                "[{name}] round {} {:<9} {} signed in, {} failed, {:.2} s, server CPU {:.0} ms: {:.2} ms per sign-in",
+                "[{name}] round {} {:<9} {} signed in, {} failed, {:.2} s, server CPU {:.0} ms: {:.2} ms per sign-in ({:.2} hashing, {:.2} other)",
                 r + 1,
                 kind.name(),
                 result.done,
                 result.failed,
                 result.wall.as_secs_f64(),
                 result.cpu_ms,
-                result.per_sign_in_ms()
+                result.per_sign_in_ms(),
+                result.hashing_ms / result.done.max(1) as f64,
+                result.other_per_sign_in_ms()
             );
             results.push(result);
         }
     }
     let of = |kind: Kind| -> Vec<&Round> { results.iter().filter(|r| r.kind == kind).collect() };
-    let total = |rounds: &[&Round]| {
-        let cpu: f64 = rounds.iter().map(|r| r.cpu_ms).sum();
+    let per_sign_in = |rounds: &[&Round], cpu: fn(&Round) -> f64| {
+        let cpu: f64 = rounds.iter().map(|r| cpu(r)).sum();
         let done: usize = rounds.iter().map(|r| r.done).sum();
         cpu / done.max(1) as f64
     };
+    let total = |rounds: &[&Round]| per_sign_in(rounds, |r| r.cpu_ms);
+    let hashing = |rounds: &[&Round]| per_sign_in(rounds, |r| r.hashing_ms);
+    let hashes = |rounds: &[&Round]| per_sign_in(rounds, |r| r.hashes);
+    let other = |rounds: &[&Round]| per_sign_in(rounds, |r| r.cpu_ms - r.hashing_ms);
     let (plain_rounds, mfa_rounds) = (of(Kind::Plain), of(Kind::TwoFactor));
     let differences: Vec<f64> = plain_rounds
         .iter()
@@ -349,6 +392,25 @@ async fn rounds(args: &TwoFactorArgs, store: StoreKind, server: &Server) -> anyh
         differences.len(),
         median(differences),
         failed
+    );
+    let other_differences: Vec<f64> = plain_rounds
+        .iter()
+        .zip(&mfa_rounds)
+        .map(|(p, m)| m.other_per_sign_in_ms() - p.other_per_sign_in_ms())
+        .collect();
+    println!(
+        "[{name}] password hashes per sign-in: login {:.2}, login+2fa {:.2}; \
+         hashing threads per sign-in: login {:.2} ms, login+2fa {:.2} ms (one hash: {:.1} ms here); \
+         the rest: login {:.2} ms, login+2fa {:.2} ms, extra {:.2} ms; median of the paired rounds' extra {:.2} ms",
+        hashes(&plain_rounds),
+        hashes(&mfa_rounds),
+        hashing(&plain_rounds),
+        hashing(&mfa_rounds),
+        argon_hash_ms,
+        other(&plain_rounds),
+        other(&mfa_rounds),
+        other(&mfa_rounds) - other(&plain_rounds),
+        median(other_differences)
     );
     Ok(())
 }
