@@ -26,6 +26,11 @@ use crate::config::Settings;
 /// The longest the process waits at exit for queued events to be sent.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest one report's POST may take, connecting included. Without it an endpoint that
+/// accepts the connection and never answers holds the one sending thread for good: the reports
+/// queued behind it (30 at most) wait, and every later one is dropped.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Breadcrumbs (WARN logs) kept per scope and sent with an event.
 const MAX_BREADCRUMBS: usize = 20;
 
@@ -207,12 +212,41 @@ struct Scrubbing(Arc<Scrubber>);
 
 impl TransportFactory for Scrubbing {
     fn create_transport_with_options(&self, options: TransportOptions) -> Arc<dyn Transport> {
-        let http = sentry::transports::UreqHttpTransportOptions::from(options).build();
+        let agent = agent(&options);
+        let http = sentry::transports::UreqHttpTransportOptions::from(options)
+            .with_agent(agent)
+            .build();
         Arc::new(Scrubbed {
             http,
             scrubber: self.0.clone(),
         })
     }
+}
+
+/// The agent sentry's transport would make (rustls, the proxy for the DSN's scheme), with
+/// [`SEND_TIMEOUT`].
+fn agent(options: &TransportOptions) -> ureq::Agent {
+    let proxy = match (
+        options.dsn.scheme(),
+        &options.http_proxy,
+        &options.https_proxy,
+    ) {
+        (sentry::types::Scheme::Https, _, Some(proxy)) | (_, Some(proxy), _) => {
+            ureq::Proxy::new(proxy).ok()
+        }
+        _ => None,
+    };
+    ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .disable_verification(options.accept_invalid_certs)
+                .build(),
+        )
+        .proxy(proxy)
+        .timeout_global(Some(SEND_TIMEOUT))
+        .build()
+        .new_agent()
 }
 
 /// The HTTP transport, with every event and transaction scrubbed on the way in: transactions

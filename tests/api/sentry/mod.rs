@@ -2,7 +2,8 @@
 //! endpoint on loopback ([`receiver`]). A real internal error (the database refusing a write)
 //! and a real panic arrive as events tagged with the request id, route and status, and none of
 //! the secrets sent with the request (password, tokens, cookie, email) arrive with them; a 4xx is
-//! not reported; without a DSN there is no client and nothing is sent. Each process is stopped
+//! not reported; without a DSN there is no client and nothing is sent; an endpoint that never
+//! answers delays the next report by the send timeout, not for good. Each process is stopped
 //! before what it sent is checked in full: its exit sends whatever was still queued, so what the
 //! endpoint holds then is all it will ever get.
 
@@ -272,6 +273,51 @@ async fn a_panic_is_reported_with_its_request_and_without_secrets() {
             .is_some_and(|u| u.contains("/api/debug/panic"))),
         "the panicking request's transaction arrived: {transactions:?}"
     );
+}
+
+/// An endpoint that takes a report and never answers holds the sending thread for
+/// `SEND_TIMEOUT` only: the report after it arrives.
+#[tokio::test]
+async fn an_endpoint_that_never_answers_holds_up_the_next_report_only_for_the_send_timeout() {
+    let endpoint = SentryReceiver::start_hanging(1).await;
+    let mut server = Launch::in_temp_dir()
+        .env("SENTRY_DSN", endpoint.dsn())
+        .env("DEBUG_PANIC_ROUTE", "true")
+        .start()
+        .await;
+    let client = Client::new();
+    for id in ["sentry-unanswered", "sentry-after-it"] {
+        let response = client
+            .get(server.url("/api/debug/panic"))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert!(flux_auth::telemetry::error_tracking::SEND_TIMEOUT < MIRROR_PATIENCE);
+    // Each panic is reported twice: the panic itself (first, from the panic hook) and the error
+    // line the service logs for it.
+    let panic_of = |id: &'static str| {
+        let endpoint = &endpoint;
+        move || async move {
+            endpoint.items("event").into_iter().find(|e| {
+                e["tags"]["request_id"] == id
+                    && e["exception"]["values"][0]["mechanism"]["type"] == "panic"
+            })
+        }
+    };
+    let event = eventually(
+        "the later panic's report",
+        MIRROR_PATIENCE,
+        panic_of("sentry-after-it"),
+    )
+    .await;
+    assert_eq!(event["tags"]["route"], "/api/debug/panic", "{event}");
+    // The report left unanswered was the first panic's, and it is not sent again.
+    assert!(panic_of("sentry-unanswered")().await.is_none());
+    let (status, _) = server.stop("TERM").await;
+    assert!(status.success(), "{}", server.logs());
 }
 
 /// Without `SENTRY_DSN` no client is started (no sending thread) and a 5xx sends nothing, though

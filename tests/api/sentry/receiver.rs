@@ -1,9 +1,11 @@
 //! A Sentry-compatible ingestion endpoint on loopback: accepts `POST /api/<project>/envelope/`
 //! (and the older `/store/`), gzip or not, answers 200 as Sentry does, and keeps every body it
-//! received, decoded, for the test to read.
+//! received, decoded, for the test to read. It can also take the first envelopes and never
+//! answer them, as a hung endpoint does.
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -46,11 +48,17 @@ impl Drop for SentryReceiver {
 
 impl SentryReceiver {
     pub async fn start() -> SentryReceiver {
+        Self::start_hanging(0).await
+    }
+
+    /// An endpoint that reads the first `hang` envelopes and never answers them (nor keeps
+    /// them); it answers the rest.
+    pub async fn start_hanging(hang: usize) -> SentryReceiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/api/{project}/envelope/", post(envelope))
             .route("/api/{project}/store/", post(store))
-            .with_state(received.clone());
+            .with_state((received.clone(), Arc::new(AtomicUsize::new(hang))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -97,21 +105,28 @@ impl SentryReceiver {
     }
 }
 
-type Shared = State<Arc<Mutex<Vec<Received>>>>;
+/// What was received, and how many envelopes are still to be left unanswered.
+type Shared = State<(Arc<Mutex<Vec<Received>>>, Arc<AtomicUsize>)>;
 
 async fn envelope(
-    State(received): Shared,
+    State((received, hang)): Shared,
     Path(project): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let hung = hang
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if hung {
+        std::future::pending::<()>().await;
+    }
     let body = decoded(&headers, &body);
     let items = envelope_items(body.as_bytes());
     keep(&received, &project, "envelope", &headers, body, items)
 }
 
 async fn store(
-    State(received): Shared,
+    State((received, _)): Shared,
     Path(project): Path<String>,
     headers: HeaderMap,
     body: Bytes,
