@@ -123,16 +123,11 @@ async fn the_mail_limits_hold_per_address_and_stay_silent_per_account() {
         if !crate::helpers::redis_available().await {
             return;
         }
-        let sink = crate::helpers::SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = crate::helpers::TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                s.rate_limits = flux_auth::config::Switch::On;
-                s.redis_url = Some(secrecy::SecretString::from(crate::helpers::redis_url()));
-            })
-            .try_spawn()
-            .await
+        let Some((app, sink)) = super::app_with_sink_and(backend, move |s| {
+            s.rate_limits = flux_auth::config::Switch::On;
+            s.redis_url = Some(secrecy::SecretString::from(crate::helpers::redis_url()));
+        })
+        .await
         else {
             continue;
         };

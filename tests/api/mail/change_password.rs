@@ -15,17 +15,12 @@ async fn a_wrong_current_password_is_400_and_counts_toward_the_lockout() {
         if !redis_available().await {
             return;
         }
-        let sink = crate::helpers::SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = crate::helpers::TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                s.rate_limits = Switch::On;
-                s.redis_url = Some(SecretString::from(redis_url()));
-                s.lockout_threshold = 3;
-            })
-            .try_spawn()
-            .await
+        let Some((app, _sink)) = super::app_with_sink_and(backend, move |s| {
+            s.rate_limits = Switch::On;
+            s.redis_url = Some(SecretString::from(redis_url()));
+            s.lockout_threshold = 3;
+        })
+        .await
         else {
             continue;
         };

@@ -11,6 +11,7 @@ mod request_queue;
 mod reset;
 mod verification;
 
+use flux_auth::config::Settings;
 use flux_auth::store::outbox::OutboxMessage;
 use serde_json::json;
 
@@ -18,10 +19,19 @@ use crate::helpers::{Backend, PASSWORD, SmtpSink, TestApp};
 
 /// An app on `backend` whose mail goes to a new sink.
 pub async fn app_with_sink(backend: Backend) -> Option<(TestApp, SmtpSink)> {
+    app_with_sink_and(backend, |_| {}).await
+}
+
+/// An app on `backend` whose mail goes to a new sink, with `tweak` applied to its settings too.
+pub async fn app_with_sink_and(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Settings) + 'static,
+) -> Option<(TestApp, SmtpSink)> {
     let sink = SmtpSink::start().await;
     let configure = sink.clone();
     let app = TestApp::builder(backend)
         .settings(move |s| configure.configure(s))
+        .settings(tweak)
         .try_spawn()
         .await?;
     Some((app, sink))

@@ -12,15 +12,10 @@ use crate::two_factor::{code_now, enable, with_totp_key};
 #[tokio::test]
 async fn turning_two_factor_on_and_off_mails_the_owner_a_notice_on_both_stores() {
     for backend in BACKENDS {
-        let sink = SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                with_totp_key(s);
-            })
-            .try_spawn()
-            .await
+        let Some((app, sink)) = super::app_with_sink_and(backend, move |s| {
+            with_totp_key(s);
+        })
+        .await
         else {
             continue;
         };

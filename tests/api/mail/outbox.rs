@@ -64,15 +64,10 @@ async fn mail_queued_during_an_smtp_outage_is_delivered_once_it_returns() {
 #[tokio::test]
 async fn a_message_undelivered_for_the_whole_period_is_dead_and_reported() {
     for backend in BACKENDS {
-        let sink = SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                s.mail_retry_for_secs = 1;
-            })
-            .try_spawn()
-            .await
+        let Some((app, sink)) = super::app_with_sink_and(backend, move |s| {
+            s.mail_retry_for_secs = 1;
+        })
+        .await
         else {
             continue;
         };

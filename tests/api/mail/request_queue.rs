@@ -8,7 +8,7 @@ use futures::future::join_all;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{BACKENDS, Backend, SmtpSink, TestApp, eventually, metric, unique_email};
+use crate::helpers::{BACKENDS, Backend, eventually, metric, unique_email};
 
 /// Requests in the burst: far over the queue's 16.
 const BURST: usize = 200;
@@ -16,15 +16,10 @@ const BURST: usize = 200;
 #[tokio::test]
 async fn a_burst_over_the_queue_is_answered_alike_and_its_drops_are_counted() {
     for backend in BACKENDS {
-        let sink = SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                s.mail_request_queue = 16;
-            })
-            .try_spawn()
-            .await
+        let Some((app, sink)) = super::app_with_sink_and(backend, move |s| {
+            s.mail_request_queue = 16;
+        })
+        .await
         else {
             continue;
         };

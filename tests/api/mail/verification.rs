@@ -118,15 +118,10 @@ async fn resend_answers_alike_for_every_address_and_mails_only_the_unverified() 
 #[tokio::test]
 async fn required_verification_refuses_the_password_login_after_the_password_check() {
     for backend in BACKENDS {
-        let sink = crate::helpers::SmtpSink::start().await;
-        let configure = sink.clone();
-        let Some(app) = crate::helpers::TestApp::builder(backend)
-            .settings(move |s| {
-                configure.configure(s);
-                s.require_email_verification = true;
-            })
-            .try_spawn()
-            .await
+        let Some((app, sink)) = super::app_with_sink_and(backend, move |s| {
+            s.require_email_verification = true;
+        })
+        .await
         else {
             continue;
         };

@@ -160,6 +160,17 @@ pub enum Stores {
     Both,
 }
 
+impl Stores {
+    pub fn kinds(self) -> Vec<crate::server::StoreKind> {
+        use crate::server::StoreKind;
+        match self {
+            Self::File => vec![StoreKind::File],
+            Self::Postgres => vec![StoreKind::Postgres],
+            Self::Both => vec![StoreKind::File, StoreKind::Postgres],
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 pub enum Scenario {
     Health,

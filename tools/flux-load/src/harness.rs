@@ -203,20 +203,7 @@ impl Harness {
                     "[{name}] outbox: nothing delivered after the load stopped ({:.0} waiting by the last count); the sink's per-second counts give the rate",
                     d.backlog
                 ),
-                Some(d) => println!(
-                    "[{name}] outbox: {:.0} waiting when the load stopped; {:.0} delivered in {:.1} s = {:.0} messages/s{}; RSS {:.1} MB -> {:.1} MB",
-                    d.backlog,
-                    d.delivered,
-                    d.seconds,
-                    d.per_sec,
-                    if d.emptied {
-                        ""
-                    } else {
-                        " (not emptied in time)"
-                    },
-                    d.rss_before_mb,
-                    d.rss_after_mb
-                ),
+                Some(d) => println!("[{name}] outbox: {}", d.summary()),
                 None => {
                     eprintln!("flux-load: warning: [{name}] no outbox metrics to measure delivery")
                 }

@@ -26,6 +26,27 @@ pub struct MailDrain {
     pub rss_after_mb: f64,
 }
 
+impl MailDrain {
+    /// "N waiting when the load stopped; N delivered in S s = R messages/s; RSS A MB -> B MB",
+    /// for the console and the report alike.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} waiting when the load stopped; {:.0} delivered in {:.1} s = {:.0} messages/s{}; RSS {:.1} MB -> {:.1} MB",
+            self.backlog,
+            self.delivered,
+            self.seconds,
+            self.per_sec,
+            if self.emptied {
+                ""
+            } else {
+                " (not emptied in time)"
+            },
+            self.rss_before_mb,
+            self.rss_after_mb
+        )
+    }
+}
+
 struct Sample {
     at: Instant,
     sent: f64,

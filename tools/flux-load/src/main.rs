@@ -30,7 +30,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use argon2_ceiling::Cost;
-use cli::{Cli, Command, RunArgs, Stores};
+use cli::{Cli, Command, RunArgs};
 use harness::Harness;
 use measure::Window;
 use probes::{postgres_answers, redis_answers};
@@ -40,11 +40,7 @@ use server::StoreKind;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::SmtpSink { port }) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(smtp_sink::serve(port))),
+        Some(Command::SmtpSink { port }) => block_on(smtp_sink::serve(port)),
         Some(Command::BaselineServer {
             port,
             redis_url,
@@ -65,31 +61,20 @@ fn main() -> std::process::ExitCode {
             rounds,
             concurrency,
             out,
-        }) => server
-            .canonicalize()
-            .with_context(|| format!("{} not found: build it first", server.display()))
-            .and_then(|server| {
-                let args = two_factor::TwoFactorArgs {
-                    server,
-                    stores: match store {
-                        Stores::File => vec![StoreKind::File],
-                        Stores::Postgres => vec![StoreKind::Postgres],
-                        Stores::Both => vec![StoreKind::File, StoreKind::Postgres],
-                    },
-                    postgres_url,
-                    redis_url,
-                    users,
-                    rounds,
-                    concurrency,
-                    work_dir: out.join("work"),
-                };
-                println!("flux-load two-factor-cost: load average {}", machine_load());
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(two_factor::run(args)))
-            }),
+        }) => built(&server).and_then(|server| {
+            let args = two_factor::TwoFactorArgs {
+                server,
+                stores: store.kinds(),
+                postgres_url,
+                redis_url,
+                users,
+                rounds,
+                concurrency,
+                work_dir: out.join("work"),
+            };
+            println!("flux-load two-factor-cost: load average {}", machine_load());
+            block_on(two_factor::run(args))
+        }),
         Some(Command::Outage {
             server,
             postgres_url,
@@ -98,60 +83,36 @@ fn main() -> std::process::ExitCode {
             client_timeout_secs,
             out,
             server_env,
-        }) => server
-            .canonicalize()
-            .with_context(|| format!("{} not found: build it first", server.display()))
-            .and_then(|server| {
-                let args = outage::OutageArgs {
-                    server,
-                    postgres_url,
-                    clients,
-                    phase: Duration::from_secs_f64(phase_secs.clamp(0.0, 600.0)),
-                    client_timeout: Duration::from_secs_f64(client_timeout_secs.clamp(0.1, 600.0)),
-                    out,
-                    env: server_env,
-                };
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(outage::run(args)))
-            }),
+        }) => built(&server).and_then(|server| {
+            let args = outage::OutageArgs {
+                server,
+                postgres_url,
+                clients,
+                phase: Duration::from_secs_f64(phase_secs.clamp(0.0, 600.0)),
+                client_timeout: Duration::from_secs_f64(client_timeout_secs.clamp(0.1, 600.0)),
+                out,
+                env: server_env,
+            };
+            block_on(outage::run(args))
+        }),
         Some(Command::AlertLatency {
             server,
             store,
             postgres_url,
             rounds,
             threshold,
-        }) => server
-            .canonicalize()
-            .with_context(|| format!("{} not found: build it first", server.display()))
-            .and_then(|server| {
-                let stores = match store {
-                    Stores::File => vec![StoreKind::File],
-                    Stores::Postgres => vec![StoreKind::Postgres],
-                    Stores::Both => vec![StoreKind::File, StoreKind::Postgres],
-                };
-                let args = alert_latency::AlertLatencyArgs {
-                    server,
-                    postgres_url,
-                    stores,
-                    rounds: rounds.min(10_000),
-                    threshold: threshold.min(10_000),
-                };
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(alert_latency::run(args)))
-            }),
-        // The client runs on one thread: it shares the machine with the server, and a
-        // single-threaded client takes at most one core's worth from it.
-        None => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(cli.run))),
+        }) => built(&server).and_then(|server| {
+            let stores = store.kinds();
+            let args = alert_latency::AlertLatencyArgs {
+                server,
+                postgres_url,
+                stores,
+                rounds: rounds.min(10_000),
+                threshold: threshold.min(10_000),
+            };
+            block_on(alert_latency::run(args))
+        }),
+        None => block_on(run(cli.run)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -160,6 +121,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The binary at `server`, as an absolute path (the servers start in other folders).
+fn built(server: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    server
+        .canonicalize()
+        .with_context(|| format!("{} not found: build it first", server.display()))
+}
+
+/// Runs `work` on a single-threaded runtime: the tool shares the machine with the server, and
+/// one thread takes at most one core's worth from it.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn machine_load() -> String {
@@ -240,11 +217,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Some(args.redis_url.clone())
     };
     report.redis = redis.is_some();
-    let mut stores = match args.store {
-        Stores::File => vec![StoreKind::File],
-        Stores::Postgres => vec![StoreKind::Postgres],
-        Stores::Both => vec![StoreKind::File, StoreKind::Postgres],
-    };
+    let mut stores = args.store.kinds();
     let postgres = postgres_answers(&args.postgres_url).await;
     if !postgres && stores.contains(&StoreKind::Postgres) {
         println!(

@@ -361,23 +361,7 @@ impl Report {
         }
         for s in &self.stores {
             if let Some(d) = &s.mail_drain {
-                let _ = writeln!(
-                    md,
-                    "\nOutbox delivery, {}: {:.0} messages waiting when the load stopped; {:.0} \
-                     delivered in {:.1} s = **{:.0} messages/s**{}; RSS {:.1} MB before, {:.1} MB after.",
-                    s.store,
-                    d.backlog,
-                    d.delivered,
-                    d.seconds,
-                    d.per_sec,
-                    if d.emptied {
-                        ""
-                    } else {
-                        " (not emptied in time)"
-                    },
-                    d.rss_before_mb,
-                    d.rss_after_mb
-                );
+                let _ = writeln!(md, "\nOutbox delivery, {}: {}.", s.store, d.summary());
             }
         }
         md.push_str("\n| store | scenario | conc | req/s | p50 ms | p99 ms | p99.9 ms | errors | n | peak RSS MB | server CPU % | machine busy % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
